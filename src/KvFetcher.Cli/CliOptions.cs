@@ -1,0 +1,71 @@
+using System.CommandLine;
+using KvFetcher.Core;
+using Spectre.Console;
+
+namespace KvFetcher.Cli;
+
+/// <summary>Options shared by several commands, and the one place that turns failures into exit codes.</summary>
+internal static class CliOptions
+{
+    public const string BundledModelName = "kvf-pydoc-16m";
+
+    public static readonly Option<bool> Verbose = new("--verbose", "-v")
+    {
+        Description = "Print stack traces of errors.",
+        Recursive = true,
+    };
+
+    public static Option<string?> Model() => new("--model", "-m")
+    {
+        Description = $"Hugging Face model directory (default: the bundled {BundledModelName}, or $KVFETCH_MODEL).",
+    };
+
+    /// <summary>The model directory to use: the option, $KVFETCH_MODEL, or the bundled model.</summary>
+    public static string ResolveModel(string? option)
+    {
+        if (!string.IsNullOrWhiteSpace(option))
+        {
+            return option;
+        }
+
+        string? fromEnvironment = Environment.GetEnvironmentVariable("KVFETCH_MODEL");
+        if (!string.IsNullOrWhiteSpace(fromEnvironment))
+        {
+            return fromEnvironment;
+        }
+
+        // Next to the executable (copied at build and publish), else in a models/ folder of an enclosing checkout.
+        for (DirectoryInfo? dir = new(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string candidate = Path.Combine(dir.FullName, "models", BundledModelName);
+            if (File.Exists(Path.Combine(candidate, "config.json")))
+            {
+                return candidate;
+            }
+        }
+
+        throw new FileNotFoundException($"The bundled model {BundledModelName} was not found next to the executable or in an enclosing models/ folder; pass --model DIR.");
+    }
+
+    /// <summary>Runs a command body: a failure prints one line (the stack with --verbose) and exits non-zero.</summary>
+    public static int Run(ParseResult parse, Func<int> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (Exception ex) when (ex is InvalidKvDataException or IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException)
+        {
+            if (parse.GetValue(Verbose))
+            {
+                AnsiConsole.WriteException(ex);
+            }
+            else
+            {
+                Console.Error.WriteLine($"kvfetch: error: {ex.Message}");
+            }
+
+            return 1;
+        }
+    }
+}

@@ -1,0 +1,17 @@
+using System.CommandLine;
+using KvFetcher.Cli.Commands;
+
+namespace KvFetcher.Cli;
+
+internal static class Program
+{
+    private static int Main(string[] args)
+    {
+        var root = new RootCommand("KvFetcher: reuse the KV cache of contexts seen before to answer faster.")
+        {
+            GenerateCommand.Create(),
+        };
+        root.Options.Add(CliOptions.Verbose);
+        return root.Parse(args).Invoke();
+    }
+}

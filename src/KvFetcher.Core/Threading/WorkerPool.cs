@@ -1,0 +1,151 @@
+using System.Runtime.ExceptionServices;
+
+namespace KvFetcher.Core.Threading;
+
+/// <summary>One item of work that a <see cref="WorkerPool"/> runs for every index of a range.</summary>
+public interface IParallelWork
+{
+    /// <summary>Runs the work for one index; called concurrently for different indices.</summary>
+    void Execute(int index);
+}
+
+/// <summary>
+/// A fixed set of worker threads that run an <see cref="IParallelWork"/> over an index range, with the calling
+/// thread taking part. Unlike <c>Parallel.For</c> a dispatch allocates nothing, so kernels can use it once per
+/// matrix product without garbage per token. Dispatches are serialized; a dispatch from inside a worker runs inline.
+/// </summary>
+public sealed class WorkerPool : IDisposable
+{
+    private static readonly Lazy<WorkerPool> s_shared = new(() => new WorkerPool(Environment.ProcessorCount));
+
+    [ThreadStatic]
+    private static bool t_insideWork;
+
+    private readonly Thread[] _threads;
+    private readonly SemaphoreSlim _start = new(0);
+    private readonly ManualResetEventSlim _done = new(false);
+    private readonly Lock _dispatchLock = new();
+    private IParallelWork? _work;
+    private int _count;
+    private int _next;
+    private int _active;
+    private ExceptionDispatchInfo? _failure;
+    private volatile bool _disposed;
+
+    /// <summary>Creates a pool that runs work on <paramref name="concurrency"/> threads, the caller included.</summary>
+    public WorkerPool(int concurrency)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(concurrency, 1);
+        Concurrency = concurrency;
+        _threads = new Thread[concurrency - 1];
+        for (int i = 0; i < _threads.Length; i++)
+        {
+            _threads[i] = new Thread(WorkerLoop) { IsBackground = true, Name = $"kvfetch-worker-{i}" };
+            _threads[i].Start();
+        }
+    }
+
+    /// <summary>A process-wide pool with one thread per processor.</summary>
+    public static WorkerPool Shared => s_shared.Value;
+
+    /// <summary>Threads that run work, the calling thread included.</summary>
+    public int Concurrency { get; }
+
+    /// <summary>Runs <paramref name="work"/> for every index in [0, <paramref name="count"/>) and waits for all.</summary>
+    public void For(int count, IParallelWork work)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (count <= 0)
+        {
+            return;
+        }
+
+        if (count == 1 || _threads.Length == 0 || t_insideWork)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                work.Execute(i);
+            }
+
+            return;
+        }
+
+        lock (_dispatchLock)
+        {
+            int helpers = Math.Min(_threads.Length, count - 1);
+            _work = work;
+            _count = count;
+            _failure = null;
+            Volatile.Write(ref _next, 0);
+            Volatile.Write(ref _active, helpers + 1);
+            _done.Reset();
+            _start.Release(helpers);
+            RunShare();
+            _done.Wait();
+            _work = null;
+            _failure?.Throw();
+        }
+    }
+
+    private void WorkerLoop()
+    {
+        while (true)
+        {
+            _start.Wait();
+            if (_disposed)
+            {
+                return;
+            }
+
+            RunShare();
+        }
+    }
+
+    private void RunShare()
+    {
+        IParallelWork work = _work!;
+        int count = _count;
+        t_insideWork = true;
+        try
+        {
+            int index;
+            while ((index = Interlocked.Increment(ref _next) - 1) < count)
+            {
+                work.Execute(index);
+            }
+        }
+        catch (Exception ex)
+        {
+            Interlocked.CompareExchange(ref _failure, ExceptionDispatchInfo.Capture(ex), null);
+            Volatile.Write(ref _next, count);
+        }
+        finally
+        {
+            t_insideWork = false;
+            if (Interlocked.Decrement(ref _active) == 0)
+            {
+                _done.Set();
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        _start.Release(_threads.Length);
+        foreach (Thread thread in _threads)
+        {
+            thread.Join();
+        }
+
+        _start.Dispose();
+        _done.Dispose();
+    }
+}

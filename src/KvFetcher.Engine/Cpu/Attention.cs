@@ -1,0 +1,108 @@
+using KvFetcher.Core.Threading;
+
+namespace KvFetcher.Engine.Cpu;
+
+/// <summary>
+/// Causal grouped-query attention of a chunk of queries over the KV cache, parallel over (head, query block). Each
+/// query's scores, softmax and weighted sum run in a fixed order, so a query gives the same result whether it was
+/// computed in a chunk of 1 or of 4096.
+/// </summary>
+internal sealed unsafe class Attention : IParallelWork
+{
+    private const int QueryBlock = 16;
+
+    [ThreadStatic]
+    private static float[]? t_scores;
+
+    private float* _q;
+    private float* _output;
+    private float* _keys;
+    private float* _values;
+    private int _n;
+    private int _start;
+    private int _heads;
+    private int _group;
+    private int _headDim;
+    private int _capacity;
+    private int _window;
+    private int _blocks;
+    private float _scale;
+
+    public Attention(int heads, int kvHeads, int headDim, int? slidingWindow)
+    {
+        _heads = heads;
+        _group = heads / kvHeads;
+        _headDim = headDim;
+        _window = slidingWindow ?? int.MaxValue;
+        _scale = 1f / MathF.Sqrt(headDim);
+    }
+
+    /// <summary>
+    /// output[i, h, :] = softmax(q[i, h] · K[0..p]ᵀ · scale) · V[0..p] for the queries of positions
+    /// p = start + i, i in [0, n). q and output are [n, heads, headDim]; keys/values are one layer of the cache.
+    /// </summary>
+    public void Run(ReadOnlySpan<float> q, int n, int start, KvCache cache, int layer, Span<float> output, WorkerPool pool)
+    {
+        fixed (float* pq = q)
+        fixed (float* po = output)
+        fixed (float* pk = cache.LayerKeys(layer))
+        fixed (float* pv = cache.LayerValues(layer))
+        {
+            _q = pq;
+            _output = po;
+            _keys = pk;
+            _values = pv;
+            _n = n;
+            _start = start;
+            _capacity = cache.Capacity;
+            _blocks = (n + QueryBlock - 1) / QueryBlock;
+            try
+            {
+                pool.For(_heads * _blocks, this);
+            }
+            finally
+            {
+                _q = _output = _keys = _values = null;
+            }
+        }
+    }
+
+    public void Execute(int index)
+    {
+        // Longest blocks (the last queries) first, so the pool's tail is short.
+        int block = _blocks - 1 - (index / _heads);
+        int head = index % _heads;
+        int kvHead = head / _group;
+        int headDim = _headDim;
+        int rowStride = _heads * headDim;
+        var keys = new ReadOnlySpan<float>(_keys + ((long)kvHead * _capacity * headDim), _capacity * headDim);
+        var values = new ReadOnlySpan<float>(_values + ((long)kvHead * _capacity * headDim), _capacity * headDim);
+        int first = block * QueryBlock;
+        int last = Math.Min(first + QueryBlock, _n);
+        float[] scores = t_scores is { } s && s.Length >= _start + _n ? s : (t_scores = new float[Math.Max(_start + _n, 4096)]);
+
+        for (int i = first; i < last; i++)
+        {
+            int position = _start + i;
+            int lo = Math.Max(0, position - _window + 1);
+            int count = position - lo + 1;
+            var query = new ReadOnlySpan<float>(_q + ((long)i * rowStride) + (head * headDim), headDim);
+            Span<float> row = scores.AsSpan(0, count);
+            float max = float.NegativeInfinity;
+            for (int j = 0; j < count; j++)
+            {
+                float score = Kernels.Dot(query, keys.Slice((lo + j) * headDim, headDim)) * _scale;
+                row[j] = score;
+                max = MathF.Max(max, score);
+            }
+
+            float inverseSum = 1f / Kernels.ExpSubtractMaxAndSum(row, max);
+            var output = new Span<float>(_output + ((long)i * rowStride) + (head * headDim), headDim);
+            output.Clear();
+            for (int j = 0; j < count; j++)
+            {
+                Kernels.MultiplyAdd(values.Slice((lo + j) * headDim, headDim), row[j] * inverseSum, output);
+            }
+        }
+    }
+}

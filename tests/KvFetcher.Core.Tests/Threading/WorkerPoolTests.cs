@@ -1,0 +1,67 @@
+using KvFetcher.Core.Threading;
+
+namespace KvFetcher.Core.Tests.Threading;
+
+public class WorkerPoolTests
+{
+    private sealed class CountingWork : IParallelWork
+    {
+        public int[] Hits { get; } = new int[1000];
+
+        public void Execute(int index) => Interlocked.Increment(ref Hits[index]);
+    }
+
+    private sealed class FailingWork : IParallelWork
+    {
+        public void Execute(int index)
+        {
+            if (index == 3)
+            {
+                throw new InvalidOperationException("boom at 3");
+            }
+        }
+    }
+
+    [Fact]
+    public void For_RunsEveryIndexExactlyOnce()
+    {
+        using var pool = new WorkerPool(4);
+        var work = new CountingWork();
+        for (int round = 0; round < 50; round++)
+        {
+            pool.For(work.Hits.Length, work);
+        }
+
+        Assert.All(work.Hits, h => Assert.Equal(50, h));
+    }
+
+    [Fact]
+    public void For_WorkThrows_ExceptionReachesCaller_PoolStillWorks()
+    {
+        using var pool = new WorkerPool(3);
+        InvalidOperationException ex = Assert.Throws<InvalidOperationException>(() => pool.For(100, new FailingWork()));
+        Assert.Equal("boom at 3", ex.Message);
+        var work = new CountingWork();
+        pool.For(10, work);
+        Assert.Equal(10, work.Hits.Sum());
+    }
+
+    [Fact]
+    public void For_SteadyState_AllocatesNothing()
+    {
+        using var pool = new WorkerPool(2);
+        var work = new CountingWork();
+        for (int i = 0; i < 200; i++)
+        {
+            pool.For(64, work); // warm-up: the events allocate their wait objects lazily, once
+        }
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 1000; i++)
+        {
+            pool.For(64, work);
+        }
+
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+}

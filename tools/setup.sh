@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what KvFetcher needs on a fresh Debian machine that has the .NET SDK: native libraries from Debian
+# packages (apt-get, as root or through sudo) and the NuGet packages (dotnet restore). Safe to run repeatedly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: OpenBLAS (the engine benchmark's reference).
+packages=(libopenblas0)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
+dotnet restore KvFetcher.slnx --verbosity quiet >&2
