@@ -1,6 +1,5 @@
 using System.CommandLine;
 using KvFetcher.Core;
-using Spectre.Console;
 
 namespace KvFetcher.Cli;
 
@@ -58,7 +57,7 @@ internal static class CliOptions
         {
             if (parse.GetValue(Verbose))
             {
-                AnsiConsole.WriteException(ex);
+                Console.Error.WriteLine($"kvfetch: error: {ex}");
             }
             else
             {

@@ -88,7 +88,7 @@ public sealed class InferenceSession
 
         if (logitsLength < logitsNeeded)
         {
-            throw new ArgumentException($"The logits buffer holds {logitsLength} values; {logitsNeeded} are needed.", "logits");
+            throw new ArgumentException($"The logits buffer holds {logitsLength} values; {logitsNeeded} are needed.", nameof(logitsLength));
         }
     }
 }

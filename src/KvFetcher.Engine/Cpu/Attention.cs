@@ -20,13 +20,13 @@ internal sealed unsafe class Attention : IParallelWork
     private float* _values;
     private int _n;
     private int _start;
-    private int _heads;
-    private int _group;
-    private int _headDim;
+    private readonly int _heads;
+    private readonly int _group;
+    private readonly int _headDim;
     private int _capacity;
-    private int _window;
+    private readonly int _window;
     private int _blocks;
-    private float _scale;
+    private readonly float _scale;
 
     public Attention(int heads, int kvHeads, int headDim, int? slidingWindow)
     {
