@@ -111,7 +111,7 @@ public sealed class ChunkedPrefillTests : IClassFixture<ChunkedPrefillTests.Bund
         var result = new int[steps];
         for (int i = 0; i < steps; i++)
         {
-            result[i] = Cpu.Kernels.ArgMax(logits);
+            result[i] = KvFetcher.Engine.Cpu.Kernels.ArgMax(logits);
             session.Decode(result[i], _prompt.Length + i, logits);
         }
 

@@ -12,7 +12,7 @@ public class ParityTests
 
     private static (string Model, string Fixture) Paths(string name) => name == "bundled"
         ? (TestData.BundledModel, TestData.BundledFixture)
-        : (TestData.TinyModel(name), TestData.TinyModel(name));
+        : (TestData.TinyModel(name), TestData.Fixture(name));
 
     [Theory]
     [MemberData(nameof(Models))]

@@ -13,10 +13,21 @@ internal static class TestData
 
     public static string BundledFixture => Path.Combine(RepositoryRoot, "tests", "TestData", "fixtures", BundledModelName);
 
+    public static string Fixture(string name) => Path.Combine(RepositoryRoot, "tests", "TestData", "fixtures", name);
+
     public static string TinyModel(string name) => Path.Combine(RepositoryRoot, "tests", "TestData", "models", name);
 
     private static string FindRepositoryRoot()
     {
+        // The checkout this assembly was built from (outputs may live outside it, e.g. with --artifacts-path).
+        string? built = typeof(TestData).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyMetadataAttribute), false)
+            .Cast<System.Reflection.AssemblyMetadataAttribute>()
+            .FirstOrDefault(a => a.Key == "RepositoryRoot")?.Value;
+        if (built is not null && File.Exists(Path.Combine(built, "KvFetcher.slnx")))
+        {
+            return Path.GetFullPath(built);
+        }
+
         for (DirectoryInfo? dir = new(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {
             if (File.Exists(Path.Combine(dir.FullName, "KvFetcher.slnx")))

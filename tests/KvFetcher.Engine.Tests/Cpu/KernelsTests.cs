@@ -3,7 +3,7 @@ using KvFetcher.Engine.Cpu;
 
 namespace KvFetcher.Engine.Tests.Cpu;
 
-[Collection(nameof(KernelSwitchCollection))]
+[Collection(nameof(KernelSwitchGroup))]
 public class KernelsTests
 {
     private static float[] RandomVector(int length, int seed)
@@ -125,5 +125,5 @@ public class KernelsTests
     }
 }
 
-[CollectionDefinition(nameof(KernelSwitchCollection), DisableParallelization = true)]
-public sealed class KernelSwitchCollection;
+[CollectionDefinition(nameof(KernelSwitchGroup), DisableParallelization = true)]
+public sealed class KernelSwitchGroup;

@@ -1,0 +1,61 @@
+using KvFetcher.Bench.Gemm;
+
+namespace KvFetcher.Bench;
+
+/// <summary><c>kvfetch-bench &lt;mode&gt; [options]</c>: end-to-end and kernel benchmarks that print a table and write JSON.</summary>
+internal static class Program
+{
+    private const string Usage =
+        """
+        usage: kvfetch-bench <mode> [options] [--verbose]
+        modes:
+          gemm    the engine's CPU matrix products against OpenBLAS (kvfetch-bench gemm --help)
+          engine  prefill and decode throughput of the bundled model (--model, --lengths, --repeats,
+                  --decode-tokens, --json)
+        """;
+
+    private static int Main(string[] args)
+    {
+        bool verbose = args.Contains("--verbose");
+        string[] rest = args.Where(a => a != "--verbose").ToArray();
+        if (rest.Length == 0 || rest[0] is "-h" or "--help" or "help")
+        {
+            Console.WriteLine(Usage);
+            return rest.Length == 0 ? 2 : 0;
+        }
+
+        string mode = rest[0];
+        ReadOnlySpan<string> options = rest.AsSpan(1);
+        bool help = options.Contains("--help") || options.Contains("-h");
+        try
+        {
+            switch (mode)
+            {
+                case "gemm":
+                    if (help)
+                    {
+                        Console.WriteLine(GemmBenchmarkOptions.Usage);
+                        return 0;
+                    }
+
+                    return GemmBenchmark.Run(options);
+                case "engine":
+                    return EngineBenchmark.Run(options.ToArray());
+                default:
+                    Console.Error.WriteLine($"kvfetch-bench: unknown mode '{mode}'.");
+                    Console.Error.WriteLine(Usage);
+                    return 2;
+            }
+        }
+        catch (ArgumentException ex)
+        {
+            Console.Error.WriteLine($"kvfetch-bench {mode}: {ex.Message}");
+            return 2;
+        }
+        catch (Exception ex) when (!verbose)
+        {
+            Console.Error.WriteLine($"kvfetch-bench {mode}: {ex.GetType().Name}: {ex.Message} (--verbose for details)");
+            return 1;
+        }
+    }
+}

@@ -1,0 +1,248 @@
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.RegularExpressions;
+using Microsoft.ML.Tokenizers;
+
+namespace KvFetcher.Engine.Tokenization;
+
+/// <summary>
+/// A Hugging Face byte-level BPE tokenizer (<c>tokenizer.json</c>, as used by Llama 3, Qwen2 and GPT-2 style
+/// models). Encoding follows the <c>tokenizers</c> pipeline: added tokens are split out of the raw text first,
+/// the rest is normalized, pre-tokenized with the file's own split regex, mapped to the byte-level alphabet and
+/// merged by <see cref="BpeTokenizer"/> (Microsoft.ML.Tokenizers). Decoding maps tokens back to bytes and then to
+/// UTF-8 text. Instances are immutable and safe to share between threads.
+/// </summary>
+public sealed partial class TextTokenizer
+{
+    private readonly BpeTokenizer _bpe;
+    private readonly Dictionary<string, int> _vocabulary;
+    private readonly bool _ignoreMerges;
+    private readonly NormalizationForm? _normalization;
+    private readonly PreTokenizerStep[] _preTokenizer;
+    private readonly Dictionary<char, AddedToken[]> _addedByFirstChar;
+    private readonly Dictionary<string, AddedToken> _addedByContent;
+    private readonly byte[] _tokenBytes;
+    private readonly int[] _tokenOffsets;
+    private readonly bool[] _known;
+    private readonly bool[] _special;
+
+    /// <summary>Ids span [0, <see cref="VocabSize"/>): the highest id of the vocabulary or added tokens, plus one.</summary>
+    public int VocabSize { get; }
+
+    /// <summary>The beginning-of-sequence id, if the model has one.</summary>
+    public int? BosId { get; }
+
+    /// <summary>Ids that end generation: config.json's <c>eos_token_id</c> and tokenizer_config.json's <c>eos_token</c>.</summary>
+    public IReadOnlySet<int> EosIds { get; }
+
+    /// <summary>Whether <see cref="Encode"/> prepends <see cref="BosId"/> (when asked to add special tokens).</summary>
+    public bool AddBos { get; }
+
+    /// <summary>The model directory the tokenizer was loaded from.</summary>
+    public string Directory { get; }
+
+    /// <summary>
+    /// Encodes <paramref name="text"/>. Added and special tokens written in the text (such as
+    /// <c>&lt;|im_start|&gt;</c>) become their ids; with <paramref name="addSpecial"/>, <see cref="BosId"/> is
+    /// prepended when <see cref="AddBos"/> is set.
+    /// </summary>
+    public int[] Encode(string text, bool addSpecial = true)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var ids = new List<int>(text.Length / 3 + 2);
+        if (addSpecial && AddBos && BosId is int bos)
+        {
+            ids.Add(bos);
+        }
+
+        int position = 0;
+        while (position < text.Length)
+        {
+            if (TryFindAddedToken(text, position, out int start, out int end, out AddedToken? token))
+            {
+                EncodeSegment(text.AsSpan(position, start - position), ids);
+                ids.Add(token.Id);
+                position = end;
+            }
+            else
+            {
+                EncodeSegment(text.AsSpan(position), ids);
+                break;
+            }
+        }
+
+        return [.. ids];
+    }
+
+    /// <summary>
+    /// Decodes <paramref name="ids"/> to text; bytes that do not form valid UTF-8 become U+FFFD. Ids that name no
+    /// token are skipped, as Hugging Face does; with <paramref name="skipSpecial"/>, special tokens are too.
+    /// </summary>
+    public string Decode(ReadOnlySpan<int> ids, bool skipSpecial = false)
+    {
+        var bytes = new List<byte>(ids.Length * 4);
+        foreach (int id in ids)
+        {
+            bytes.AddRange(GetTokenBytes(id, skipSpecial));
+        }
+
+        return Encoding.UTF8.GetString(CollectionsMarshal.AsSpan(bytes));
+    }
+
+    /// <summary>A decoder that turns ids into text one at a time, holding back incomplete UTF-8 sequences.</summary>
+    public TokenStreamDecoder CreateStreamDecoder(bool skipSpecial = false) => new(this, skipSpecial);
+
+    /// <summary>The id of an added or special token, given its text (e.g. <c>&lt;|eot_id|&gt;</c>).</summary>
+    public int? GetAddedTokenId(string content)
+    {
+        ArgumentNullException.ThrowIfNull(content);
+        return _addedByContent.TryGetValue(content, out AddedToken? token) ? token.Id : null;
+    }
+
+    /// <summary>Whether <paramref name="id"/> is a special token (skipped by <c>skipSpecial</c>).</summary>
+    public bool IsSpecial(int id) => (uint)id < (uint)VocabSize && _special[id];
+
+    /// <summary>The bytes that token <paramref name="id"/> stands for (empty for unknown or skipped ids).</summary>
+    internal ReadOnlySpan<byte> GetTokenBytes(int id, bool skipSpecial)
+    {
+        if ((uint)id >= (uint)VocabSize || !_known[id] || (skipSpecial && _special[id]))
+        {
+            return [];
+        }
+
+        return _tokenBytes.AsSpan(_tokenOffsets[id], _tokenOffsets[id + 1] - _tokenOffsets[id]);
+    }
+
+    private void EncodeSegment(ReadOnlySpan<char> segment, List<int> ids)
+    {
+        if (segment.IsEmpty)
+        {
+            return;
+        }
+
+        string text = _normalization is NormalizationForm form ? UnicodeNormalizer.Normalize(segment, form) : segment.ToString();
+        List<string> pieces = [text];
+        foreach (PreTokenizerStep step in _preTokenizer)
+        {
+            pieces = step.Apply(pieces);
+        }
+
+        foreach (string piece in pieces)
+        {
+            if (piece.Length == 0)
+            {
+                continue;
+            }
+
+            if (_ignoreMerges && _vocabulary.TryGetValue(ByteLevelAlphabet.Encode(piece), out int whole))
+            {
+                ids.Add(whole);
+                continue;
+            }
+
+            ids.AddRange(_bpe.EncodeToIds(piece, considerPreTokenization: false, considerNormalization: false));
+        }
+    }
+
+    // Leftmost-longest match of an added token at or after 'from', honouring single_word, lstrip and rstrip.
+    private bool TryFindAddedToken(string text, int from, out int start, out int end, [NotNullWhen(true)] out AddedToken? token)
+    {
+        if (_addedByFirstChar.Count != 0)
+        {
+            for (int i = from; i < text.Length; i++)
+            {
+                if (!_addedByFirstChar.TryGetValue(text[i], out AddedToken[]? candidates))
+                {
+                    continue;
+                }
+
+                foreach (AddedToken candidate in candidates)
+                {
+                    string content = candidate.Content;
+                    if (content.Length > text.Length - i || string.CompareOrdinal(text, i, content, 0, content.Length) != 0)
+                    {
+                        continue;
+                    }
+
+                    if (candidate.SingleWord
+                        && ((i > 0 && IsWordChar(text[i - 1])) || (i + content.Length < text.Length && IsWordChar(text[i + content.Length]))))
+                    {
+                        continue;
+                    }
+
+                    start = i;
+                    end = i + content.Length;
+                    if (candidate.LStrip)
+                    {
+                        while (start > from && char.IsWhiteSpace(text[start - 1]))
+                        {
+                            start--;
+                        }
+                    }
+
+                    if (candidate.RStrip)
+                    {
+                        while (end < text.Length && char.IsWhiteSpace(text[end]))
+                        {
+                            end++;
+                        }
+                    }
+
+                    token = candidate;
+                    return true;
+                }
+            }
+        }
+
+        start = end = 0;
+        token = null;
+        return false;
+    }
+
+    private static bool IsWordChar(char c) => char.IsLetterOrDigit(c) || c == '_';
+
+    private sealed record AddedToken(int Id, string Content, bool Special, bool SingleWord, bool LStrip, bool RStrip);
+
+    /// <summary>One stage of the pre-tokenizer: a regex split (Isolated) or the ByteLevel step.</summary>
+    private sealed class PreTokenizerStep(Regex? split, bool addPrefixSpace)
+    {
+        public List<string> Apply(List<string> pieces)
+        {
+            var result = new List<string>(pieces.Count * 2);
+            foreach (string original in pieces)
+            {
+                string piece = addPrefixSpace && !original.StartsWith(' ') ? " " + original : original;
+                if (split is null)
+                {
+                    result.Add(piece);
+                    continue;
+                }
+
+                int last = 0;
+                foreach (ValueMatch match in split.EnumerateMatches(piece))
+                {
+                    if (match.Length == 0)
+                    {
+                        continue;
+                    }
+
+                    if (match.Index > last)
+                    {
+                        result.Add(piece[last..match.Index]);
+                    }
+
+                    result.Add(piece.Substring(match.Index, match.Length));
+                    last = match.Index + match.Length;
+                }
+
+                if (last < piece.Length)
+                {
+                    result.Add(piece[last..]);
+                }
+            }
+
+            return result;
+        }
+    }
+}
