@@ -3,7 +3,7 @@ using KvFetcher.Engine.Cpu;
 namespace KvFetcher.Engine.Tests;
 
 /// <summary>The engine against Hugging Face transformers' fp32 outputs on the bundled model and the tiny models.</summary>
-public class ParityTests
+public class ParityTests(ITestOutputHelper output)
 {
     private const float LogitTolerance = 2e-3f;
     private const float KvTolerance = 1e-3f;
@@ -39,6 +39,7 @@ public class ParityTests
                 }
             }
 
+            output.WriteLine($"{name} {prompt.Name} ({prompt.InputIds.Length} tokens): max |logit difference| {worst:E3}");
             Assert.True(worst <= LogitTolerance, $"{name} prompt {prompt.Name} ({prompt.InputIds.Length} tokens): max |logit difference| {worst:E3} > {LogitTolerance:E0}");
         }
     }
@@ -67,6 +68,7 @@ public class ParityTests
         session.Prefill(prompt.InputIds, 0, new float[model.Config.VocabSize]);
         int tokens = prompt.InputIds.Length;
         int headDim = model.Config.HeadDim;
+        float worst = 0;
         for (int layer = 0; layer < model.Config.NumLayers; layer++)
         {
             foreach (bool keys in new[] { true, false })
@@ -78,11 +80,14 @@ public class ParityTests
                     for (int i = 0; i < tokens * headDim; i++)
                     {
                         float e = expected[(head * tokens * headDim) + i];
+                        worst = Math.Max(worst, Math.Abs(actual[i] - e));
                         Assert.True(Math.Abs(actual[i] - e) <= KvTolerance, $"layer {layer} {(keys ? "K" : "V")} head {head} element {i}: {actual[i]} vs {e}");
                     }
                 }
             }
         }
+
+        output.WriteLine($"KV of {tokens} tokens: max |difference| {worst:E3}");
     }
 
     [Fact]

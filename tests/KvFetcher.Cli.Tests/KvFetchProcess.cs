@@ -1,0 +1,35 @@
+using System.Diagnostics;
+
+namespace KvFetcher.Cli.Tests;
+
+/// <summary>Runs the built <c>kvfetch</c> as a separate process, as a user would, and captures what it prints.</summary>
+internal static class KvFetchProcess
+{
+    public static (int ExitCode, string Output, string Error) Run(params string[] args)
+    {
+        string cli = Path.Combine(AppContext.BaseDirectory, "kvfetch.dll");
+        var start = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            WorkingDirectory = Path.GetTempPath(),
+        };
+        start.ArgumentList.Add(cli);
+        foreach (string arg in args)
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        start.Environment.Remove("KVFETCH_MODEL");
+        using Process process = Process.Start(start)!;
+        Task<string> output = process.StandardOutput.ReadToEndAsync();
+        Task<string> error = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(3)))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"kvfetch {string.Join(' ', args)} did not finish in 3 minutes.");
+        }
+
+        return (process.ExitCode, output.Result, error.Result);
+    }
+}
