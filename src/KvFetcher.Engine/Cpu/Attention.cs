@@ -1,3 +1,5 @@
+using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using KvFetcher.Core.Threading;
 
 namespace KvFetcher.Engine.Cpu;
@@ -88,18 +90,23 @@ internal sealed unsafe class Attention : IParallelWork
             int count = position - lo + 1;
             var query = new ReadOnlySpan<float>(_q + ((long)i * rowStride) + (head * headDim), headDim);
             Span<float> row = scores.AsSpan(0, count);
-            float max = float.NegativeInfinity;
-            for (int j = 0; j < count; j++)
+            int j = 0;
+            for (; j <= count - 4; j += 4)
             {
-                float score = Kernels.Dot(query, keys.Slice((lo + j) * headDim, headDim)) * _scale;
-                row[j] = score;
-                max = MathF.Max(max, score);
+                (Kernels.Dot4(query, keys.Slice((lo + j) * headDim, 4 * headDim)) * _scale).StoreUnsafe(ref row[j]);
             }
+
+            for (; j < count; j++)
+            {
+                row[j] = Kernels.Dot(query, keys.Slice((lo + j) * headDim, headDim)) * _scale;
+            }
+
+            float max = TensorPrimitives.Max(row);
 
             float inverseSum = 1f / Kernels.ExpSubtractMaxAndSum(row, max);
             var output = new Span<float>(_output + ((long)i * rowStride) + (head * headDim), headDim);
             output.Clear();
-            for (int j = 0; j < count; j++)
+            for (j = 0; j < count; j++)
             {
                 Kernels.MultiplyAdd(values.Slice((lo + j) * headDim, headDim), row[j] * inverseSum, output);
             }
