@@ -49,7 +49,8 @@ internal static class GemmBenchmark
         Console.WriteLine();
         Console.WriteLine($"Y[n, out] = X[n, k] · Wᵀ. Ours reads W as stored ({options.WeightType.ToShortName()}) and packs it per call; " +
             "OpenBLAS gets W already converted to fp32 (its best case).");
-        Console.WriteLine($"Median of {options.Runs} interleaved samples of ~{options.SampleMilliseconds} ms each, after warm-up.");
+        Console.WriteLine($"Median of {options.Runs} interleaved samples of ~{options.SampleMilliseconds} ms each (after warm-up; " +
+            $"{options.SettleMilliseconds} ms idle before each).");
 
         var gemm = new List<GemmResult>();
         foreach (int n in options.Tokens)
@@ -125,19 +126,30 @@ internal static class GemmBenchmark
         {
             if (run % 2 == 0)
             {
-                ours[run] = Time(gemmCase.RunOurs, inner);
-                blas[run] = Time(gemmCase.RunBlas, inner);
+                ours[run] = Sample(gemmCase.RunOurs, inner, options);
+                blas[run] = Sample(gemmCase.RunBlas, inner, options);
             }
             else
             {
-                blas[run] = Time(gemmCase.RunBlas, inner);
-                ours[run] = Time(gemmCase.RunOurs, inner);
+                blas[run] = Sample(gemmCase.RunBlas, inner, options);
+                ours[run] = Sample(gemmCase.RunOurs, inner, options);
             }
         }
 
         return new GemmResult(
             product.Name, gemmCase.N, gemmCase.K, gemmCase.Out, Median(ours), Median(blas), gemmCase.Flops,
             gemmCase.StoredWeightBytes, gemmCase.Fp32WeightBytes, gemmCase.MaxRelativeDifference(), product.UsesPerToken);
+    }
+
+    /// <summary>One timed sample after a settling pause (see <see cref="GemmBenchmarkOptions.SettleMilliseconds"/>).</summary>
+    private static double Sample(Action body, int inner, GemmBenchmarkOptions options)
+    {
+        if (options.SettleMilliseconds > 0)
+        {
+            Thread.Sleep(options.SettleMilliseconds);
+        }
+
+        return Time(body, inner);
     }
 
     /// <summary>Seconds per call, averaged over <paramref name="inner"/> back-to-back calls.</summary>

@@ -15,6 +15,8 @@ internal sealed class GemmBenchmarkOptions
           --threads N     threads for both libraries (default: processor count)
           --runs N        timed samples per product and library, median reported (default 7, at least 5)
           --sample-ms N   target length of one sample in ms (default 40)
+          --settle-ms N   pause after every sample, so that the other library's threads (OpenBLAS spins its
+                          workers for a while after a call) are idle when a sample starts (default 50)
           --dtype D       weight dtype of our side: bf16, fp16 or fp32 (default bf16)
           --isa I         our instruction set: Vector512, Vector256 or Scalar (default: the best one)
           --no-decode     skip the n = 1 (GEMV) section
@@ -28,6 +30,8 @@ internal sealed class GemmBenchmarkOptions
     public int Runs { get; init; } = 7;
 
     public double SampleMilliseconds { get; init; } = 40;
+
+    public int SettleMilliseconds { get; init; } = 50;
 
     public DType WeightType { get; init; } = DType.BFloat16;
 
@@ -44,6 +48,7 @@ internal sealed class GemmBenchmarkOptions
         int threads = Environment.ProcessorCount;
         int runs = 7;
         double sampleMs = 40;
+        int settleMs = 50;
         DType dtype = DType.BFloat16;
         string? isa = null;
         bool decode = true;
@@ -65,6 +70,11 @@ internal sealed class GemmBenchmarkOptions
                     break;
                 case "--sample-ms":
                     sampleMs = PositiveInt(name, Value(args, ref i));
+                    break;
+                case "--settle-ms":
+                    settleMs = int.TryParse(Value(args, ref i), NumberStyles.None, CultureInfo.InvariantCulture, out int settle)
+                        ? settle
+                        : throw new ArgumentException($"{name}: '{args[i]}' is not a non-negative integer.");
                     break;
                 case "--dtype":
                     string text = Value(args, ref i);
@@ -94,6 +104,7 @@ internal sealed class GemmBenchmarkOptions
             Threads = threads,
             Runs = runs,
             SampleMilliseconds = sampleMs,
+            SettleMilliseconds = settleMs,
             WeightType = dtype,
             Isa = isa,
             Decode = decode,

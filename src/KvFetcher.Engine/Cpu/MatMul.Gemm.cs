@@ -63,6 +63,8 @@ internal static unsafe partial class MatMul
         int stripesPerTile = (stripes + tilesM - 1) / tilesM;
         tilesM = (stripes + stripesPerTile - 1) / stripesPerTile;
 
+        // The caller's scratch is made now, whichever tiles it ends up running: a second call never allocates.
+        _ = ThreadScratch();
         GemmWork work = RentWork(ref t_gemmWork);
         try
         {

@@ -107,7 +107,10 @@ internal static unsafe partial class MatMul
         }
     }
 
-    /// <summary>The portable fallback: plain loops over the same packed layout.</summary>
+    /// <summary>
+    /// The portable fallback: plain loops over the same packed layout, with the same fused multiply-add chain per
+    /// output as the vector kernels, so every instruction set gives bit-identical results.
+    /// </summary>
     private readonly struct MicroKernelScalar : IMicroKernel
     {
         public static int Mr => 4;
@@ -127,7 +130,7 @@ internal static unsafe partial class MatMul
                     float sum = accumulate ? cr[j] : bias != null ? bias[j] : 0f;
                     for (int p = 0; p < kc; p++)
                     {
-                        sum += ar[p] * b[(p * 8) + j];
+                        sum = MathF.FusedMultiplyAdd(ar[p], b[(p * 8) + j], sum);
                     }
 
                     cr[j] = sum;

@@ -23,6 +23,21 @@ internal static unsafe partial class MatMul
 
         /// <summary>Elements [index, index + 16).</summary>
         static abstract Vector512<float> Load16(byte* row, nint index);
+
+        /// <summary>
+        /// For a vector of raw 32-bit lanes: the lane itself for fp32; for 16-bit types, the first (lower-addressed)
+        /// element of each lane's pair.
+        /// </summary>
+        static abstract Vector512<float> Low512(Vector512<uint> lanes);
+
+        /// <summary>For 16-bit types, the second element of each lane's pair (unused for fp32).</summary>
+        static abstract Vector512<float> High512(Vector512<uint> lanes);
+
+        /// <inheritdoc cref="Low512"/>
+        static abstract Vector256<float> Low256(Vector256<uint> lanes);
+
+        /// <inheritdoc cref="High512"/>
+        static abstract Vector256<float> High256(Vector256<uint> lanes);
     }
 
     private readonly struct Float32Load : IWeightLoad
@@ -37,6 +52,18 @@ internal static unsafe partial class MatMul
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load16(byte* row, nint index) => Vector512.Load((float*)row + index);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Low512(Vector512<uint> lanes) => lanes.AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> High512(Vector512<uint> lanes) => lanes.AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Low256(Vector256<uint> lanes) => lanes.AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> High256(Vector256<uint> lanes) => lanes.AsSingle();
     }
 
     /// <summary>bf16 is the top half of an fp32: widening is a zero-extend and a shift.</summary>
@@ -60,6 +87,18 @@ internal static unsafe partial class MatMul
             Vector512<uint> wide = Vector512.WidenLower(Vector256.Load((ushort*)row + index).ToVector512Unsafe());
             return (wide << 16).AsSingle();
         }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Low512(Vector512<uint> lanes) => (lanes << 16).AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> High512(Vector512<uint> lanes) => (lanes & Vector512.Create(0xFFFF_0000u)).AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Low256(Vector256<uint> lanes) => (lanes << 16).AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> High256(Vector256<uint> lanes) => (lanes & Vector256.Create(0xFFFF_0000u)).AsSingle();
     }
 
     /// <summary>
@@ -81,9 +120,29 @@ internal static unsafe partial class MatMul
         public static float Scalar(byte* row, nint index) => (float)((Half*)row)[index];
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Load8(byte* row, nint index)
+        public static Vector256<float> Load8(byte* row, nint index) =>
+            FromBits(Vector256.WidenLower(Vector128.Load((ushort*)row + index).ToVector256Unsafe()));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(byte* row, nint index) =>
+            FromBits(Vector512.WidenLower(Vector256.Load((ushort*)row + index).ToVector512Unsafe()));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Low512(Vector512<uint> lanes) => FromBits(lanes & Vector512.Create(0xFFFFu));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> High512(Vector512<uint> lanes) => FromBits(lanes >>> 16);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Low256(Vector256<uint> lanes) => FromBits(lanes & Vector256.Create(0xFFFFu));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> High256(Vector256<uint> lanes) => FromBits(lanes >>> 16);
+
+        /// <summary>fp16 bit patterns, one per 32-bit lane (upper half zero), to fp32.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static Vector256<float> FromBits(Vector256<uint> h)
         {
-            Vector256<uint> h = Vector256.WidenLower(Vector128.Load((ushort*)row + index).ToVector256Unsafe());
             Vector256<uint> em = h & Vector256.Create(ExponentMantissaMask);
             Vector256<float> magnitude = (em << 13).AsSingle() * Vector256.Create(Scale);
             Vector256<uint> special = Vector256.GreaterThan(em, Vector256.Create(MaxFinite)) & Vector256.Create(Fp32ExponentMask);
@@ -91,10 +150,10 @@ internal static unsafe partial class MatMul
             return (magnitude.AsUInt32() | special | sign).AsSingle();
         }
 
+        /// <inheritdoc cref="FromBits(Vector256{uint})"/>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load16(byte* row, nint index)
+        private static Vector512<float> FromBits(Vector512<uint> h)
         {
-            Vector512<uint> h = Vector512.WidenLower(Vector256.Load((ushort*)row + index).ToVector512Unsafe());
             Vector512<uint> em = h & Vector512.Create(ExponentMantissaMask);
             Vector512<float> magnitude = (em << 13).AsSingle() * Vector512.Create(Scale);
             Vector512<uint> special = Vector512.GreaterThan(em, Vector512.Create(MaxFinite)) & Vector512.Create(Fp32ExponentMask);

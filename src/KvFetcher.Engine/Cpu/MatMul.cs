@@ -22,10 +22,16 @@ internal enum MatMulIsa
 /// Matrix products of the CPU engine: <c>Y[n, out] = X[n, in] · Wᵀ (+ bias)</c> with W in the HF Linear layout
 /// <c>[out, in]</c>, stored as bf16, fp16 or fp32 and read in place. Arithmetic is fp32 with fused multiply-adds.
 /// <para>
-/// One or a few rows (decode) run as a GEMV that streams W once and widens its elements in registers. More rows
-/// (prefill) run as a cache-blocked GEMM: each task widens and transposes a block of W into pooled fp32 scratch
-/// (a "packed panel") and runs a register-blocked micro-kernel over it. Work is split over the
-/// <see cref="WorkerPool"/> by blocks of output features and, where those are too few, by blocks of rows.
+/// Every output is one FMA chain in k order starting from its bias (or zero): <c>acc = fma(x[p], W[o, p], acc)</c>.
+/// All paths below compute exactly that, so a row's result is bit-identical whatever n, chunking, thread split or
+/// instruction set it was computed with (chunked prefill equals one-shot prefill, decode equals prefill).
+/// </para>
+/// <para>
+/// A few rows (decode) run as a GEMV that streams W once, transposing 16 rows at a time in registers so that each
+/// vector lane carries one output's chain. More rows (prefill) run as a cache-blocked GEMM: each task widens and
+/// transposes a block of W into pooled fp32 scratch (a "packed panel") and runs a 12x32 (AVX-512) or 6x16 (AVX2)
+/// register-blocked micro-kernel over it. Work is split over the <see cref="WorkerPool"/> by blocks of output
+/// features and, where those are too few, by blocks of rows.
 /// </para>
 /// <para>A call allocates nothing once each thread involved has made its scratch (on its first call).</para>
 /// </summary>

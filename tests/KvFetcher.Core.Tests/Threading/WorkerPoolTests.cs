@@ -47,6 +47,32 @@ public class WorkerPoolTests
     }
 
     [Fact]
+    public void Dispose_SingleThreadPool_DoesNotThrow()
+    {
+        var pool = new WorkerPool(1);
+        var work = new CountingWork();
+        pool.For(5, work);
+        pool.Dispose();
+        pool.Dispose();
+        Assert.Equal(5, work.Hits.Sum());
+        Assert.Throws<ObjectDisposedException>(() => pool.For(1, work));
+    }
+
+    [Fact]
+    public void For_AfterWorkersBlocked_StillRunsAll()
+    {
+        using var pool = new WorkerPool(3);
+        var work = new CountingWork();
+        for (int round = 0; round < 5; round++)
+        {
+            Thread.Sleep(5); // past the spin window: workers are blocked and must be woken
+            pool.For(100, work);
+        }
+
+        Assert.Equal(500, work.Hits.Sum());
+    }
+
+    [Fact]
     public void For_SteadyState_AllocatesNothing()
     {
         using var pool = new WorkerPool(2);
