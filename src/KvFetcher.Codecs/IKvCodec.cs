@@ -1,0 +1,40 @@
+using System.Buffers;
+using KvFetcher.Core;
+
+namespace KvFetcher.Codecs;
+
+/// <summary>
+/// Compresses one chunk of KV. A codec is stateless and thread-safe; per-call scratch comes from pools. Encoding
+/// writes two byte strings: small codec parameters (e.g. quantization scales; stored in the container header) and
+/// the payload. Decoding writes into a caller-provided destination in the documented layout and raises
+/// <see cref="InvalidKvDataException"/> (never another exception, never a hang) on malformed parameters or payload.
+/// </summary>
+public interface IKvCodec
+{
+    /// <summary>The codec's id in containers.</summary>
+    CodecId Id { get; }
+
+    /// <summary>The codec's name on the command line: raw, exact, cachegen, video.</summary>
+    string Name { get; }
+
+    /// <summary>The quality levels this codec offers, best first (level numbers are codec-defined).</summary>
+    IReadOnlyList<int> Levels { get; }
+
+    /// <summary>The level used when none is asked for.</summary>
+    int DefaultLevel { get; }
+
+    /// <summary>Whether decoding at <paramref name="level"/> gives back exactly the encoded values.</summary>
+    bool IsLossless(int level);
+
+    /// <summary>
+    /// Encodes <paramref name="kv"/> (elements of <paramref name="dtype"/>, the documented layout of
+    /// <paramref name="shape"/>) at <paramref name="level"/>.
+    /// </summary>
+    void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload);
+
+    /// <summary>
+    /// Decodes into <paramref name="destination"/> (exactly <c>shape.Elements * dtype.SizeOf()</c> bytes, the documented
+    /// layout, elements of <paramref name="dtype"/>).
+    /// </summary>
+    void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<byte> destination);
+}

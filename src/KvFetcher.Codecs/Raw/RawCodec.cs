@@ -1,0 +1,44 @@
+using System.Buffers;
+using KvFetcher.Core;
+
+namespace KvFetcher.Codecs.Raw;
+
+/// <summary>The values as stored: the floor every compressed codec is measured against.</summary>
+public sealed class RawCodec : IKvCodec
+{
+    public static RawCodec Instance { get; } = new();
+
+    public CodecId Id => CodecId.Raw;
+
+    public string Name => "raw";
+
+    public IReadOnlyList<int> Levels { get; } = [0];
+
+    public int DefaultLevel => 0;
+
+    public bool IsLossless(int level) => true;
+
+    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
+    {
+        CodecChecks.Input(kv, shape, dtype);
+        CodecChecks.Level(this, level);
+        payload.Write(kv);
+    }
+
+    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<byte> destination)
+    {
+        CodecChecks.Output(destination, shape, dtype);
+        CodecChecks.Level(this, level);
+        if (!parameters.IsEmpty)
+        {
+            throw new InvalidKvDataException($"raw: codec parameters must be empty; found {parameters.Length} bytes.");
+        }
+
+        if (payload.Length != destination.Length)
+        {
+            throw new InvalidKvDataException($"raw: payload length {payload.Length} does not match the {destination.Length} bytes of {shape} in {dtype.ToShortName()}.");
+        }
+
+        payload.CopyTo(destination);
+    }
+}
