@@ -10,6 +10,8 @@ internal static class Program
         var root = new RootCommand("KvFetcher: reuse the KV cache of contexts seen before to answer faster.")
         {
             GenerateCommand.Create(),
+            KeysCommand.Create(),
+            InspectCommand.Create(),
         };
         root.Options.Add(CliOptions.Verbose);
         return root.Parse(args).Invoke();

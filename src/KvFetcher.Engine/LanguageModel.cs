@@ -1,4 +1,5 @@
 using KvFetcher.Core;
+using KvFetcher.Core.Keys;
 using KvFetcher.Core.Threading;
 using KvFetcher.Engine.Cpu;
 using KvFetcher.Engine.Model;
@@ -28,6 +29,7 @@ public sealed class LanguageModel : IDisposable
     private readonly LoadedModel _loaded;
     private readonly WorkerPool _pool;
     private readonly bool _ownsPool;
+    private readonly Lazy<ModelFingerprint> _fingerprint;
 
     private LanguageModel(LoadedModel loaded, LanguageModelOptions options)
     {
@@ -36,6 +38,7 @@ public sealed class LanguageModel : IDisposable
         _ownsPool = options.Threads > 0;
         _pool = _ownsPool ? new WorkerPool(options.Threads) : WorkerPool.Shared;
         Transformer = new CpuTransformer(loaded.Config, loaded.Weights, _pool);
+        _fingerprint = new Lazy<ModelFingerprint>(() => ModelFingerprinter.Get(_loaded));
     }
 
     /// <summary>Loads the model in <paramref name="directory"/>; bad files raise <see cref="InvalidModelException"/>.</summary>
@@ -64,6 +67,9 @@ public sealed class LanguageModel : IDisposable
 
     /// <summary>The model directory.</summary>
     public string Directory => _loaded.Directory;
+
+    /// <summary>The model's identity in chunk keys and containers (computed on first use, cached next to the model).</summary>
+    public ModelFingerprint Fingerprint => _fingerprint.Value;
 
     /// <summary>Threads the kernels use.</summary>
     public int Threads => _pool.Concurrency;

@@ -42,6 +42,11 @@ public sealed class WorkerPool : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(concurrency, 1);
         Concurrency = concurrency;
+
+        // The events create their wait lock on the first blocking wait; do it now, so that a dispatch that happens
+        // to block for the first time later allocates nothing.
+        _done.Wait(1);
+        _wake.Wait(1);
         _threads = new Thread[concurrency - 1];
         for (int i = 0; i < _threads.Length; i++)
         {

@@ -26,24 +26,24 @@ internal sealed unsafe class Attention : IParallelWork
     private readonly int _group;
     private readonly int _headDim;
     private int _capacity;
-    private readonly int _window;
+    private int _window;
     private int _blocks;
     private readonly float _scale;
 
-    public Attention(int heads, int kvHeads, int headDim, int? slidingWindow)
+    public Attention(int heads, int kvHeads, int headDim)
     {
         _heads = heads;
         _group = heads / kvHeads;
         _headDim = headDim;
-        _window = slidingWindow ?? int.MaxValue;
         _scale = 1f / MathF.Sqrt(headDim);
     }
 
     /// <summary>
     /// output[i, h, :] = softmax(q[i, h] · K[0..p]ᵀ · scale) · V[0..p] for the queries of positions
-    /// p = start + i, i in [0, n). q and output are [n, heads, headDim]; keys/values are one layer of the cache.
+    /// p = start + i, i in [0, n), over keys (p - window, p] when the layer has a sliding window. q and output are
+    /// [n, heads, headDim]; keys/values are one layer of the cache.
     /// </summary>
-    public void Run(ReadOnlySpan<float> q, int n, int start, KvCache cache, int layer, Span<float> output, WorkerPool pool)
+    public void Run(ReadOnlySpan<float> q, int n, int start, KvCache cache, int layer, int? window, Span<float> output, WorkerPool pool)
     {
         fixed (float* pq = q)
         fixed (float* po = output)
@@ -56,6 +56,7 @@ internal sealed unsafe class Attention : IParallelWork
             _values = pv;
             _n = n;
             _start = start;
+            _window = window ?? int.MaxValue;
             _capacity = cache.Capacity;
             _blocks = (n + QueryBlock - 1) / QueryBlock;
             try

@@ -89,7 +89,7 @@ internal sealed class CpuTransformer
             }
 
             cache.Write(l, start, n, k, v);
-            scratch.Attention.Run(q, n, start, cache, l, attention, _pool);
+            scratch.Attention.Run(q, n, start, cache, l, c.UsesSlidingWindow(l) ? c.SlidingWindow : null, attention, _pool);
             MatMul.Multiply(attention, n, layer.OutputProjection, projected, _pool, layer.OutputBias);
             Add(x, projected);
 

@@ -20,7 +20,7 @@ internal sealed class ForwardScratch
         Value = new float[maxTokens * kvWidth];
         Gate = new float[maxTokens * config.IntermediateSize];
         Up = new float[maxTokens * config.IntermediateSize];
-        Attention = new Attention(config.NumHeads, config.NumKvHeads, config.HeadDim, config.SlidingWindow);
+        Attention = new Attention(config.NumHeads, config.NumKvHeads, config.HeadDim);
     }
 
     public int MaxTokens { get; }

@@ -1,0 +1,30 @@
+using KvFetcher.Core;
+using KvFetcher.Core.Keys;
+
+namespace KvFetcher.Codecs.Containers;
+
+/// <summary>The fixed fields of a chunk container: what the chunk is, where it goes, and how it was coded.</summary>
+public readonly record struct ChunkHeader
+{
+    public CodecId Codec { get; init; }
+
+    public byte Level { get; init; }
+
+    /// <summary>The element type the KV was encoded from and decodes to.</summary>
+    public DType DType { get; init; }
+
+    public ChunkKey Key { get; init; }
+
+    public ModelFingerprint Model { get; init; }
+
+    /// <summary>First token position of the chunk in its context.</summary>
+    public long TokenStart { get; init; }
+
+    public KvShape Shape { get; init; }
+
+    public override string ToString() =>
+        $"{Codec.ToString().ToLowerInvariant()} level {Level}, {DType.ToShortName()}, tokens [{TokenStart}, {TokenStart + Shape.Tokens}), {Shape}, key {Key}, model {Model}";
+}
+
+/// <summary>What a reader expects of a container: it is refused unless every field matches.</summary>
+public readonly record struct ChunkExpectation(ChunkKey Key, ModelFingerprint Model, long TokenStart, KvShape Shape, DType DType);
