@@ -1,3 +1,4 @@
+using KvFetcher.Codecs.CacheGen;
 using KvFetcher.Codecs.Raw;
 using KvFetcher.Core;
 
@@ -6,7 +7,7 @@ namespace KvFetcher.Codecs;
 /// <summary>The codecs KvFetcher knows, by id and by name.</summary>
 public static class KvCodecs
 {
-    private static readonly IKvCodec[] s_all = [RawCodec.Instance];
+    private static readonly IKvCodec[] s_all = [RawCodec.Instance, CacheGenCodec.Instance];
 
     /// <summary>Every available codec.</summary>
     public static IReadOnlyList<IKvCodec> All => s_all;
