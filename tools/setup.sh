@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: OpenBLAS (the engine benchmark's reference).
-packages=(libopenblas0)
+# Debian packages: OpenBLAS (the engine benchmark's reference); libx265 and libavcodec with what builds the video
+# codec's shim (native/kvfvideo).
+packages=(libopenblas0 libx265-dev libavcodec-dev pkg-config gcc make)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,5 +18,8 @@ if ((${#missing[@]})); then
   $sudo apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}" >/dev/null
 fi
+
+# The video codec's shim over libx265 / libavcodec: native/kvfvideo/build/libkvfvideo.so (KvFetcher.Codecs copies it).
+make -s -C native/kvfvideo >&2
 
 dotnet restore KvFetcher.slnx --verbosity quiet >&2

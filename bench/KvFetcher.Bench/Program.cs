@@ -12,6 +12,8 @@ internal static class Program
           gemm    the engine's CPU matrix products against OpenBLAS (kvfetch-bench gemm --help)
           engine  prefill and decode throughput of the bundled model (--model, --lengths, --repeats,
                   --decode-tokens, --json)
+          codecs  every codec and level on real KV over data/heldout: ratio, encode/decode MB/s, greedy
+                  match and perplexity change (--prefix, --continuation, --max-documents, --json)
         """;
 
     private static int Main(string[] args)
@@ -41,6 +43,8 @@ internal static class Program
                     return GemmBenchmark.Run(options);
                 case "engine":
                     return EngineBenchmark.Run(options.ToArray());
+                case "codecs":
+                    return CodecBenchmark.Run(options.ToArray());
                 default:
                     Console.Error.WriteLine($"kvfetch-bench: unknown mode '{mode}'.");
                     Console.Error.WriteLine(Usage);

@@ -1,0 +1,423 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using KvFetcher.Core;
+using KvFetcher.Core.Numerics;
+
+namespace KvFetcher.Codecs.Video;
+
+/// <summary>
+/// KVFetcher's codec: per-channel min/max quantization to 8, 6 or 4 bits (the level is the bit count; all are coded
+/// in 8-bit frames), a codec-friendly frame layout (<see cref="VideoLayoutKind"/>; KVFetcher's token tiles by default),
+/// and one lossless 8-bit 4:4:4 HEVC stream each for K and V, encoded with libx265 and decoded with libavcodec on the
+/// CPU (NVDEC can decode the same streams: frames are 144x144 to 8192x8192, 4:4:4, not monochrome). Needs
+/// libkvfvideo.so (<c>native/kvfvideo</c>).
+/// </summary>
+/// <remarks>
+/// Parameters (little-endian): format version (1), bits, scale type (0 = fp16, 1 = fp32), layout id, frame width
+/// (u16), frame height (u16), frames per stream (i32), tile width (u16), tile height (u16); then per
+/// (layer, K/V, channel) the minimum, then per (layer, K/V, channel) the step, in the scale type. A value decodes as
+/// <c>min + q * step</c>, so the error is at most half a step. Scales are fp16, rounded outwards so the range still
+/// covers every value, unless a value is beyond fp16's range. Payload: a record per stream (K, then V) of its length
+/// (u32), the XxHash3 of its frames' planes (u64; a stream that decodes to other values is refused), and the Annex B
+/// HEVC stream.
+/// </remarks>
+public sealed class VideoCodec : IKvCodec
+{
+    private const int ParameterHeaderBytes = 16;
+    private const byte FormatVersion = 1;
+    private const byte ScalesFp16 = 0;
+    private const byte ScalesFp32 = 1;
+    private const float Fp16Limit = 60000f;
+
+    private readonly VideoLayoutKind _layout;
+    private readonly byte[] _preset;
+
+    /// <summary>
+    /// Creates the codec with <paramref name="layout"/> and the x265 <paramref name="preset"/> (ultrafast .. placebo).
+    /// Coding is lossless at every preset; on the bundled model's KV slower presets were about 1% smaller and 2-3x slower.
+    /// </summary>
+    public VideoCodec(VideoLayoutKind layout = VideoLayoutKind.TokenTiles, string preset = "ultrafast")
+    {
+        if (!Enum.IsDefined(layout))
+        {
+            throw new ArgumentOutOfRangeException(nameof(layout), layout, "Unknown video layout.");
+        }
+
+        ArgumentException.ThrowIfNullOrEmpty(preset);
+        _layout = layout;
+        _preset = [.. System.Text.Encoding.UTF8.GetBytes(preset), 0];
+    }
+
+    public static VideoCodec Instance { get; } = new();
+
+    /// <summary>The frame layout this instance encodes with (decoding requires the same).</summary>
+    public VideoLayoutKind Layout => _layout;
+
+    public CodecId Id => CodecId.Video;
+
+    public string Name => "video";
+
+    /// <summary>Bits per value: 8 (default), 6 and 4, all coded in 8-bit frames.</summary>
+    public IReadOnlyList<int> Levels { get; } = [8, 6, 4];
+
+    public int DefaultLevel => 8;
+
+    public bool IsLossless(int level) => false;
+
+    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
+    {
+        CodecChecks.Input(kv, shape, dtype);
+        CodecChecks.Level(this, level);
+        ArgumentNullException.ThrowIfNull(parameters);
+        ArgumentNullException.ThrowIfNull(payload);
+        VideoLayout layout = VideoLayout.For(shape, _layout);
+        int scales = shape.Layers * 2 * shape.Channels;
+        float[] values = ArrayPool<float>.Shared.Rent(checked((int)shape.Elements));
+        float[] mins = ArrayPool<float>.Shared.Rent(scales);
+        float[] steps = ArrayPool<float>.Shared.Rent(scales);
+        byte[] planes = ArrayPool<byte>.Shared.Rent(layout.StreamBytes);
+        int[] offsets = ArrayPool<int>.Shared.Rent(shape.Tokens + shape.Channels);
+        try
+        {
+            Span<float> all = values.AsSpan(0, (int)shape.Elements);
+            FloatConversions.ToSingle(dtype, kv, all);
+            bool fp16 = ComputeScales(all, shape, (1 << level) - 1, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
+            WriteParameters(parameters, layout, level, fp16, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
+            Span<byte> frames = planes.AsSpan(0, layout.StreamBytes);
+            for (int kind = 0; kind < 2; kind++)
+            {
+                Quantize(all, shape, layout, kind, (1 << level) - 1, mins, steps, offsets, frames);
+                HevcStream.Encode(frames, layout.Width, layout.Height, layout.FramesPerStream, _preset, 0, payload);
+            }
+        }
+        finally
+        {
+            ArrayPool<int>.Shared.Return(offsets);
+            ArrayPool<byte>.Shared.Return(planes);
+            ArrayPool<float>.Shared.Return(steps);
+            ArrayPool<float>.Shared.Return(mins);
+            ArrayPool<float>.Shared.Return(values);
+        }
+    }
+
+    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<byte> destination)
+    {
+        CodecChecks.Output(destination, shape, dtype);
+        CodecChecks.Level(this, level);
+        VideoLayout layout = VideoLayout.For(shape, _layout);
+        int scales = shape.Layers * 2 * shape.Channels;
+        float[] mins = ArrayPool<float>.Shared.Rent(scales);
+        float[] steps = ArrayPool<float>.Shared.Rent(scales);
+        byte[] planes = ArrayPool<byte>.Shared.Rent(layout.StreamBytes);
+        int[] offsets = ArrayPool<int>.Shared.Rent(shape.Tokens + shape.Channels);
+        float[] slab = ArrayPool<float>.Shared.Rent(shape.Tokens * shape.Channels);
+        try
+        {
+            ReadParameters(parameters, layout, level, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
+            Span<byte> frames = planes.AsSpan(0, layout.StreamBytes);
+            int position = 0;
+            for (int kind = 0; kind < 2; kind++)
+            {
+                position = DecodeRecord(payload, position, layout, kind, frames);
+                Dequantize(frames, shape, layout, kind, dtype, mins, steps, offsets, slab, destination);
+            }
+
+            if (position != payload.Length)
+            {
+                throw new InvalidKvDataException($"video: payload has {payload.Length - position} bytes after the V stream at offset {position}.");
+            }
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(slab);
+            ArrayPool<int>.Shared.Return(offsets);
+            ArrayPool<byte>.Shared.Return(planes);
+            ArrayPool<float>.Shared.Return(steps);
+            ArrayPool<float>.Shared.Return(mins);
+        }
+    }
+
+    /// <summary>The quantized frames of one stream (kind 0 = K, 1 = V) that <see cref="Encode"/> hands to the encoder.</summary>
+    internal byte[] QuantizedFrames(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, int kind)
+    {
+        CodecChecks.Input(kv, shape, dtype);
+        VideoLayout layout = VideoLayout.For(shape, _layout);
+        int scales = shape.Layers * 2 * shape.Channels;
+        var all = new float[shape.Elements];
+        FloatConversions.ToSingle(dtype, kv, all);
+        var mins = new float[scales];
+        var steps = new float[scales];
+        ComputeScales(all, shape, (1 << level) - 1, mins, steps);
+        var frames = new byte[layout.StreamBytes];
+        Quantize(all, shape, layout, kind, (1 << level) - 1, mins, steps, new int[shape.Tokens + shape.Channels], frames);
+        return frames;
+    }
+
+    /// <summary>The frames one stream of an encoded chunk decodes to, checked like <see cref="Decode"/> checks them.</summary>
+    internal byte[] DecodedFrames(ReadOnlySpan<byte> payload, KvShape shape, int kind)
+    {
+        VideoLayout layout = VideoLayout.For(shape, _layout);
+        var frames = new byte[layout.StreamBytes];
+        int position = 0;
+        for (int k = 0; k <= kind; k++)
+        {
+            position = DecodeRecord(payload, position, layout, k, frames);
+        }
+
+        return frames;
+    }
+
+    /// <summary>The frame geometry this codec uses for <paramref name="shape"/>: width, height and frames per stream.</summary>
+    internal (int Width, int Height, int Frames) Geometry(KvShape shape)
+    {
+        VideoLayout layout = VideoLayout.For(shape, _layout);
+        return (layout.Width, layout.Height, layout.FramesPerStream);
+    }
+
+    /// <summary>
+    /// Per (layer, kind, channel): the minimum and step of <paramref name="levels"/> + 1 evenly spaced values covering
+    /// the channel's range; rounded outwards to fp16 values where every value fits fp16 (returns true), else fp32.
+    /// </summary>
+    private static bool ComputeScales(ReadOnlySpan<float> values, KvShape shape, int levels, Span<float> mins, Span<float> maxs)
+    {
+        int tokens = shape.Tokens;
+        int channels = shape.Channels;
+        mins.Fill(float.PositiveInfinity);
+        maxs.Fill(float.NegativeInfinity);
+        bool fp16 = true;
+        for (int s = 0; s < shape.Layers * 2; s++)
+        {
+            Span<float> min = mins.Slice(s * channels, channels);
+            Span<float> max = maxs.Slice(s * channels, channels);
+            for (int t = 0; t < tokens; t++)
+            {
+                ReadOnlySpan<float> row = values.Slice(((s * tokens) + t) * channels, channels);
+                for (int c = 0; c < row.Length; c++)
+                {
+                    float v = row[c];
+                    if (!float.IsFinite(v))
+                    {
+                        throw new ArgumentException($"video: KV value {v} at layer {s / 2}, {(s % 2 == 0 ? "K" : "V")}, token {t}, channel {c} is not finite.", nameof(values));
+                    }
+
+                    min[c] = Math.Min(min[c], v);
+                    max[c] = Math.Max(max[c], v);
+                }
+            }
+
+            for (int c = 0; c < channels; c++)
+            {
+                fp16 &= Math.Abs(min[c]) <= Fp16Limit && Math.Abs(max[c]) <= Fp16Limit;
+            }
+        }
+
+        // maxs now holds the maxima; turn (min, max) into the stored (min, step).
+        for (int i = 0; i < mins.Length; i++)
+        {
+            (mins[i], maxs[i]) = fp16 ? ScaleFp16(mins[i], maxs[i], levels) : ScaleFp32(mins[i], maxs[i], levels);
+        }
+
+        return fp16;
+    }
+
+    private static (float Min, float Step) ScaleFp16(float min, float max, int levels)
+    {
+        var low = (Half)min;
+        if ((float)low > min)
+        {
+            low = Half.BitDecrement(low);
+        }
+
+        float step = (max - (float)low) / levels;
+        var stored = (Half)step;
+        while ((float)stored < step || (float)low + (levels * (float)stored) < max)
+        {
+            stored = Half.BitIncrement(stored);
+        }
+
+        return ((float)low, (float)stored);
+    }
+
+    private static (float Min, float Step) ScaleFp32(float min, float max, int levels)
+    {
+        float step = (max - min) / levels;
+        while (min + (levels * step) < max)
+        {
+            step = MathF.BitIncrement(step);
+        }
+
+        return (min, step);
+    }
+
+    private static void Quantize(ReadOnlySpan<float> values, KvShape shape, VideoLayout layout, int kind, int levels, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps, Span<int> offsets, Span<byte> frames)
+    {
+        int tokens = shape.Tokens;
+        int channels = shape.Channels;
+        Span<int> tokenOffsets = offsets[..tokens];
+        Span<int> channelOffsets = offsets.Slice(tokens, channels);
+        layout.TokenOffsets(tokenOffsets);
+        layout.ChannelOffsets(channelOffsets);
+        frames.Clear();
+        for (int layer = 0; layer < shape.Layers; layer++)
+        {
+            int s = (layer * 2) + kind;
+            ReadOnlySpan<float> min = mins.Slice(s * channels, channels);
+            ReadOnlySpan<float> step = steps.Slice(s * channels, channels);
+            Span<byte> plane = frames[layout.LayerOffset(layer)..];
+            for (int t = 0; t < tokens; t++)
+            {
+                ReadOnlySpan<float> row = values.Slice(((s * tokens) + t) * channels, channels);
+                Span<byte> tile = plane[tokenOffsets[t]..];
+                for (int c = 0; c < row.Length; c++)
+                {
+                    int q = step[c] > 0 ? (int)MathF.Round((row[c] - min[c]) / step[c]) : 0;
+                    tile[channelOffsets[c]] = (byte)Math.Clamp(q, 0, levels);
+                }
+            }
+        }
+    }
+
+    private static void Dequantize(ReadOnlySpan<byte> frames, KvShape shape, VideoLayout layout, int kind, DType dtype, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps, Span<int> offsets, Span<float> slab, Span<byte> destination)
+    {
+        int tokens = shape.Tokens;
+        int channels = shape.Channels;
+        int size = dtype.SizeOf();
+        Span<int> tokenOffsets = offsets[..tokens];
+        Span<int> channelOffsets = offsets.Slice(tokens, channels);
+        layout.TokenOffsets(tokenOffsets);
+        layout.ChannelOffsets(channelOffsets);
+        Span<float> values = slab[..(tokens * channels)];
+        for (int layer = 0; layer < shape.Layers; layer++)
+        {
+            int s = (layer * 2) + kind;
+            ReadOnlySpan<float> min = mins.Slice(s * channels, channels);
+            ReadOnlySpan<float> step = steps.Slice(s * channels, channels);
+            ReadOnlySpan<byte> plane = frames[layout.LayerOffset(layer)..];
+            for (int t = 0; t < tokens; t++)
+            {
+                Span<float> row = values.Slice(t * channels, channels);
+                ReadOnlySpan<byte> tile = plane[tokenOffsets[t]..];
+                for (int c = 0; c < row.Length; c++)
+                {
+                    row[c] = min[c] + (tile[channelOffsets[c]] * step[c]);
+                }
+            }
+
+            FloatConversions.FromSingle(dtype, values, destination.Slice(s * tokens * channels * size, tokens * channels * size));
+        }
+    }
+
+    private static void WriteParameters(IBufferWriter<byte> parameters, VideoLayout layout, int bits, bool fp16, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps)
+    {
+        int scaleBytes = fp16 ? 2 : 4;
+        int length = ParameterHeaderBytes + (2 * mins.Length * scaleBytes);
+        Span<byte> span = parameters.GetSpan(length)[..length];
+        span[0] = FormatVersion;
+        span[1] = (byte)bits;
+        span[2] = fp16 ? ScalesFp16 : ScalesFp32;
+        span[3] = (byte)layout.Kind;
+        BinaryPrimitives.WriteUInt16LittleEndian(span[4..], (ushort)layout.Width);
+        BinaryPrimitives.WriteUInt16LittleEndian(span[6..], (ushort)layout.Height);
+        BinaryPrimitives.WriteInt32LittleEndian(span[8..], layout.FramesPerStream);
+        BinaryPrimitives.WriteUInt16LittleEndian(span[12..], (ushort)layout.TileWidth);
+        BinaryPrimitives.WriteUInt16LittleEndian(span[14..], (ushort)layout.TileHeight);
+        Span<byte> body = span[ParameterHeaderBytes..];
+        for (int i = 0; i < mins.Length; i++)
+        {
+            if (fp16)
+            {
+                BinaryPrimitives.WriteHalfLittleEndian(body[(2 * i)..], (Half)mins[i]);
+                BinaryPrimitives.WriteHalfLittleEndian(body[(2 * (mins.Length + i))..], (Half)steps[i]);
+            }
+            else
+            {
+                BinaryPrimitives.WriteSingleLittleEndian(body[(4 * i)..], mins[i]);
+                BinaryPrimitives.WriteSingleLittleEndian(body[(4 * (mins.Length + i))..], steps[i]);
+            }
+        }
+
+        parameters.Advance(length);
+    }
+
+    private static void ReadParameters(ReadOnlySpan<byte> parameters, VideoLayout layout, int bits, Span<float> mins, Span<float> steps)
+    {
+        if (parameters.Length < ParameterHeaderBytes)
+        {
+            throw new InvalidKvDataException($"video: parameters hold {parameters.Length} bytes, fewer than the {ParameterHeaderBytes}-byte header.");
+        }
+
+        Expect(parameters[0], FormatVersion, "format version", 0);
+        Expect(parameters[1], bits, "bits (quality level)", 1);
+        if (parameters[2] is not (ScalesFp16 or ScalesFp32))
+        {
+            throw new InvalidKvDataException($"video: parameters field scale type at offset 2 is {parameters[2]}; expected 0 (fp16) or 1 (fp32).");
+        }
+
+        Expect(parameters[3], (byte)layout.Kind, "layout id", 3);
+        Expect(BinaryPrimitives.ReadUInt16LittleEndian(parameters[4..]), layout.Width, "frame width", 4);
+        Expect(BinaryPrimitives.ReadUInt16LittleEndian(parameters[6..]), layout.Height, "frame height", 6);
+        Expect(BinaryPrimitives.ReadInt32LittleEndian(parameters[8..]), layout.FramesPerStream, "frames per stream", 8);
+        Expect(BinaryPrimitives.ReadUInt16LittleEndian(parameters[12..]), layout.TileWidth, "tile width", 12);
+        Expect(BinaryPrimitives.ReadUInt16LittleEndian(parameters[14..]), layout.TileHeight, "tile height", 14);
+        bool fp16 = parameters[2] == ScalesFp16;
+        int scaleBytes = fp16 ? 2 : 4;
+        long expected = ParameterHeaderBytes + (2L * mins.Length * scaleBytes);
+        if (parameters.Length != expected)
+        {
+            throw new InvalidKvDataException($"video: parameters hold {parameters.Length} bytes; {mins.Length} {(fp16 ? "fp16" : "fp32")} minima and steps need {expected}.");
+        }
+
+        ReadOnlySpan<byte> body = parameters[ParameterHeaderBytes..];
+        for (int i = 0; i < mins.Length; i++)
+        {
+            int minOffset = scaleBytes * i;
+            int stepOffset = scaleBytes * (mins.Length + i);
+            mins[i] = fp16 ? (float)BinaryPrimitives.ReadHalfLittleEndian(body[minOffset..]) : BinaryPrimitives.ReadSingleLittleEndian(body[minOffset..]);
+            steps[i] = fp16 ? (float)BinaryPrimitives.ReadHalfLittleEndian(body[stepOffset..]) : BinaryPrimitives.ReadSingleLittleEndian(body[stepOffset..]);
+            if (!float.IsFinite(mins[i]))
+            {
+                throw new InvalidKvDataException($"video: parameters minimum {i} at offset {ParameterHeaderBytes + minOffset} is {mins[i]}.");
+            }
+
+            if (!float.IsFinite(steps[i]) || steps[i] < 0)
+            {
+                throw new InvalidKvDataException($"video: parameters step {i} at offset {ParameterHeaderBytes + stepOffset} is {steps[i]}.");
+            }
+        }
+    }
+
+    private static void Expect(long value, long expected, string field, int offset)
+    {
+        if (value != expected)
+        {
+            throw new InvalidKvDataException($"video: parameters field {field} at offset {offset} is {value}; expected {expected}.");
+        }
+    }
+
+    /// <summary>Decodes the stream record at <paramref name="position"/> into <paramref name="frames"/>; returns the next record's offset.</summary>
+    private static int DecodeRecord(ReadOnlySpan<byte> payload, int position, VideoLayout layout, int kind, Span<byte> frames)
+    {
+        string what = kind == 0 ? "K" : "V";
+        if (payload.Length - position < HevcStream.RecordHeaderBytes)
+        {
+            throw new InvalidKvDataException($"video: payload of {payload.Length} bytes ends inside the {what} stream's header at offset {position}.");
+        }
+
+        uint length = BinaryPrimitives.ReadUInt32LittleEndian(payload[position..]);
+        ulong checksum = BinaryPrimitives.ReadUInt64LittleEndian(payload[(position + 4)..]);
+        int start = position + HevcStream.RecordHeaderBytes;
+        if (length > (uint)(payload.Length - start))
+        {
+            throw new InvalidKvDataException($"video: {what} stream length {length} at offset {position} exceeds the {payload.Length - start} bytes left in the payload.");
+        }
+
+        HevcStream.Decode(payload.Slice(start, (int)length), layout.Width, layout.Height, layout.FramesPerStream, frames, what);
+        ulong actual = HevcStream.Checksum(frames);
+        if (actual != checksum)
+        {
+            throw new InvalidKvDataException($"video: the {what} stream decodes to frames with checksum {actual:x16}; the record at offset {position} declares {checksum:x16}.");
+        }
+
+        return start + (int)length;
+    }
+}
