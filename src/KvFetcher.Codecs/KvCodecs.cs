@@ -1,4 +1,5 @@
 using KvFetcher.Codecs.CacheGen;
+using KvFetcher.Codecs.Exact;
 using KvFetcher.Codecs.Raw;
 using KvFetcher.Codecs.Video;
 using KvFetcher.Core;
@@ -8,7 +9,7 @@ namespace KvFetcher.Codecs;
 /// <summary>The codecs KvFetcher knows, by id and by name.</summary>
 public static class KvCodecs
 {
-    private static readonly IKvCodec[] s_all = [RawCodec.Instance, CacheGenCodec.Instance, VideoCodec.Instance];
+    private static readonly IKvCodec[] s_all = [RawCodec.Instance, ExactCodec.Instance, CacheGenCodec.Instance, VideoCodec.Instance];
 
     /// <summary>Every available codec.</summary>
     public static IReadOnlyList<IKvCodec> All => s_all;
