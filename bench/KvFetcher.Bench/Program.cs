@@ -14,6 +14,7 @@ internal static class Program
                   --decode-tokens, --json)
           codecs  every codec and level on real KV over data/heldout: ratio, encode/decode MB/s, greedy
                   match and perplexity change (--prefix, --continuation, --max-documents, --json)
+          video-ablation  quantized / + intra / + inter sizes per video layout and bit depth (--max-documents)
         """;
 
     private static int Main(string[] args)
@@ -45,6 +46,8 @@ internal static class Program
                     return EngineBenchmark.Run(options.ToArray());
                 case "codecs":
                     return CodecBenchmark.Run(options.ToArray());
+                case "video-ablation":
+                    return VideoAblation.Run(options.ToArray());
                 default:
                     Console.Error.WriteLine($"kvfetch-bench: unknown mode '{mode}'.");
                     Console.Error.WriteLine(Usage);
