@@ -1,5 +1,4 @@
 using System.Numerics.Tensors;
-using System.Runtime.Intrinsics;
 using KvFetcher.Core.Threading;
 
 namespace KvFetcher.Engine.Cpu;
@@ -11,10 +10,15 @@ namespace KvFetcher.Engine.Cpu;
 /// </summary>
 internal sealed unsafe class Attention : IParallelWork
 {
-    private const int QueryBlock = 16;
+    private const int QueryBlock = 32;
 
     [ThreadStatic]
     private static float[]? t_scores;
+
+    [ThreadStatic]
+    private static float[]? t_queries;
+
+    private WorkerPool? _pool;
 
     private float* _q;
     private float* _output;
@@ -58,6 +62,7 @@ internal sealed unsafe class Attention : IParallelWork
             _start = start;
             _window = window ?? int.MaxValue;
             _capacity = cache.Capacity;
+            _pool = pool;
             _blocks = (n + QueryBlock - 1) / QueryBlock;
             try
             {
@@ -81,35 +86,37 @@ internal sealed unsafe class Attention : IParallelWork
         var keys = new ReadOnlySpan<float>(_keys + ((long)kvHead * _capacity * headDim), _capacity * headDim);
         var values = new ReadOnlySpan<float>(_values + ((long)kvHead * _capacity * headDim), _capacity * headDim);
         int first = block * QueryBlock;
-        int last = Math.Min(first + QueryBlock, _n);
-        float[] scores = t_scores is { } s && s.Length >= _start + _n ? s : (t_scores = new float[Math.Max(_start + _n, 4096)]);
+        int rows = Math.Min(first + QueryBlock, _n) - first;
+        int lo = Math.Max(0, _start + first - _window + 1);
+        int keyCount = _start + first + rows - lo;
 
-        for (int i = first; i < last; i++)
+        float[] queries = t_queries is { } q && q.Length >= QueryBlock * headDim ? q : (t_queries = new float[QueryBlock * headDim]);
+        int scoresNeeded = QueryBlock * Math.Max(_start + _n, 4096);
+        float[] scores = t_scores is { } s && s.Length >= scoresNeeded ? s : (t_scores = new float[scoresNeeded]);
+
+        // Scores of the block's queries against every key any of them sees, as one product on the packed GEMM: each
+        // score is one FMA chain over the head dimension, whatever the block, so chunking never changes a bit.
+        for (int r = 0; r < rows; r++)
         {
-            int position = _start + i;
-            int lo = Math.Max(0, position - _window + 1);
-            int count = position - lo + 1;
-            var query = new ReadOnlySpan<float>(_q + ((long)i * rowStride) + (head * headDim), headDim);
-            Span<float> row = scores.AsSpan(0, count);
-            int j = 0;
-            for (; j <= count - 4; j += 4)
-            {
-                (Kernels.Dot4(query, keys.Slice((lo + j) * headDim, 4 * headDim)) * _scale).StoreUnsafe(ref row[j]);
-            }
+            new ReadOnlySpan<float>(_q + ((long)(first + r) * rowStride) + (head * headDim), headDim).CopyTo(queries.AsSpan(r * headDim));
+        }
 
-            for (; j < count; j++)
-            {
-                row[j] = Kernels.Dot(query, keys.Slice((lo + j) * headDim, headDim)) * _scale;
-            }
+        MatMul.Multiply(queries.AsSpan(0, rows * headDim), rows, headDim, keys.Slice(lo * headDim, keyCount * headDim), keyCount, scores.AsSpan(0, rows * keyCount), _pool!);
 
+        for (int r = 0; r < rows; r++)
+        {
+            int position = _start + first + r;
+            int rowLo = Math.Max(0, position - _window + 1);
+            int count = position - rowLo + 1;
+            Span<float> row = scores.AsSpan((r * keyCount) + (rowLo - lo), count);
+            TensorPrimitives.Multiply(row, _scale, row);
             float max = TensorPrimitives.Max(row);
-
             float inverseSum = 1f / Kernels.ExpSubtractMaxAndSum(row, max);
-            var output = new Span<float>(_output + ((long)i * rowStride) + (head * headDim), headDim);
+            var output = new Span<float>(_output + ((long)(first + r) * rowStride) + (head * headDim), headDim);
             output.Clear();
-            for (j = 0; j < count; j++)
+            for (int j = 0; j < count; j++)
             {
-                Kernels.MultiplyAdd(values.Slice((lo + j) * headDim, headDim), row[j] * inverseSum, output);
+                Kernels.MultiplyAdd(values.Slice((rowLo + j) * headDim, headDim), row[j] * inverseSum, output);
             }
         }
     }
