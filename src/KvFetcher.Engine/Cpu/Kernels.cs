@@ -46,42 +46,6 @@ internal static class Kernels
         return sum;
     }
 
-    /// <summary>
-    /// Dot products of <paramref name="query"/> with four consecutive rows of <paramref name="rows"/> (row stride =
-    /// query length), each bit-identical to <see cref="Dot"/>: the four independent accumulator chains only hide
-    /// the FMA latency that one chain would wait on.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector128<float> Dot4(ReadOnlySpan<float> query, ReadOnlySpan<float> rows)
-    {
-        int length = query.Length;
-        if (!UseVectors || length % Vector256<float>.Count != 0 || rows.Length < 4 * length)
-        {
-            return Vector128.Create(
-                Dot(query, rows.Slice(0, length)),
-                Dot(query, rows.Slice(length, length)),
-                Dot(query, rows.Slice(2 * length, length)),
-                Dot(query, rows.Slice(3 * length, length)));
-        }
-
-        ref float q = ref MemoryMarshal.GetReference(query);
-        ref float r0 = ref MemoryMarshal.GetReference(rows);
-        ref float r1 = ref Unsafe.Add(ref r0, length);
-        ref float r2 = ref Unsafe.Add(ref r1, length);
-        ref float r3 = ref Unsafe.Add(ref r2, length);
-        Vector256<float> a0 = Vector256<float>.Zero, a1 = a0, a2 = a0, a3 = a0;
-        for (int i = 0; i < length; i += Vector256<float>.Count)
-        {
-            Vector256<float> qv = Vector256.LoadUnsafe(ref q, (nuint)i);
-            a0 = Vector256.FusedMultiplyAdd(qv, Vector256.LoadUnsafe(ref r0, (nuint)i), a0);
-            a1 = Vector256.FusedMultiplyAdd(qv, Vector256.LoadUnsafe(ref r1, (nuint)i), a1);
-            a2 = Vector256.FusedMultiplyAdd(qv, Vector256.LoadUnsafe(ref r2, (nuint)i), a2);
-            a3 = Vector256.FusedMultiplyAdd(qv, Vector256.LoadUnsafe(ref r3, (nuint)i), a3);
-        }
-
-        return Vector128.Create(HorizontalSum(a0), HorizontalSum(a1), HorizontalSum(a2), HorizontalSum(a3));
-    }
-
     /// <summary>The scalar twin of the vector loop in <see cref="Dot"/>: the same lanes, the same order.</summary>
     private static float ScalarLanes(ref float ra, ref float rb, ref int i, int length)
     {

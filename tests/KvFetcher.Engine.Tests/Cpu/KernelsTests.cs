@@ -49,21 +49,6 @@ public class KernelsTests
         }
     }
 
-    [Theory]
-    [InlineData(64)]
-    [InlineData(128)]
-    [InlineData(12)]
-    public void Dot4_EachLane_BitIdenticalToDot(int length)
-    {
-        float[] q = RandomVector(length, 8);
-        float[] rows = RandomVector(4 * length, 9);
-        System.Runtime.Intrinsics.Vector128<float> four = Kernels.Dot4(q, rows);
-        for (int r = 0; r < 4; r++)
-        {
-            Assert.Equal(Kernels.Dot(q, rows.AsSpan(r * length, length)), four.GetElement(r));
-        }
-    }
-
     [Fact]
     public void Dot_SameRowAtAnyOffset_GivesSameBits()
     {
