@@ -22,12 +22,12 @@ internal static class CodecBenchmark
 
     public static int Run(string[] args)
     {
-        string model = Option(args, "--model") ?? Path.Combine(FindRoot(), "models", "kvf-pydoc-16m");
-        string documents = Option(args, "--documents") ?? Path.Combine(FindRoot(), "data", "heldout");
-        int prefix = int.Parse(Option(args, "--prefix") ?? "2048", CultureInfo.InvariantCulture);
-        int continuation = int.Parse(Option(args, "--continuation") ?? "256", CultureInfo.InvariantCulture);
-        int maxDocuments = int.Parse(Option(args, "--max-documents") ?? "20", CultureInfo.InvariantCulture);
-        string? jsonPath = Option(args, "--json");
+        string model = BenchArgs.Option(args, "--model") ?? Path.Combine(BenchArgs.RepositoryRoot(), "models", "kvf-pydoc-16m");
+        string documents = BenchArgs.Option(args, "--documents") ?? Path.Combine(BenchArgs.RepositoryRoot(), "data", "heldout");
+        int prefix = int.Parse(BenchArgs.Option(args, "--prefix") ?? "2048", CultureInfo.InvariantCulture);
+        int continuation = int.Parse(BenchArgs.Option(args, "--continuation") ?? "256", CultureInfo.InvariantCulture);
+        int maxDocuments = int.Parse(BenchArgs.Option(args, "--max-documents") ?? "20", CultureInfo.InvariantCulture);
+        string? jsonPath = BenchArgs.Option(args, "--json");
         if (prefix % ChunkTokens != 0)
         {
             throw new ArgumentException($"--prefix must be a multiple of {ChunkTokens}.");
@@ -182,24 +182,5 @@ internal static class CodecBenchmark
             ["perplexity_change"] = PerplexityChange,
             ["documents"] = _count,
         };
-    }
-
-    private static string FindRoot()
-    {
-        for (DirectoryInfo? dir = new(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "KvFetcher.slnx")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        return Directory.GetCurrentDirectory();
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        int i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 }

@@ -14,11 +14,11 @@ internal static class EngineBenchmark
 {
     public static int Run(string[] args)
     {
-        string model = Option(args, "--model") ?? FindBundledModel();
-        int[] lengths = (Option(args, "--lengths") ?? "512,2048,4096").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-        int repeats = int.Parse(Option(args, "--repeats") ?? "3", CultureInfo.InvariantCulture);
-        int decodeTokens = int.Parse(Option(args, "--decode-tokens") ?? "64", CultureInfo.InvariantCulture);
-        string? jsonPath = Option(args, "--json");
+        string model = BenchArgs.Option(args, "--model") ?? BenchArgs.BundledModel();
+        int[] lengths = (BenchArgs.Option(args, "--lengths") ?? "512,2048,4096").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+        int repeats = int.Parse(BenchArgs.Option(args, "--repeats") ?? "3", CultureInfo.InvariantCulture);
+        int decodeTokens = int.Parse(BenchArgs.Option(args, "--decode-tokens") ?? "64", CultureInfo.InvariantCulture);
+        string? jsonPath = BenchArgs.Option(args, "--json");
 
         using LanguageModel lm = LanguageModel.Open(model);
         int[] text = LoadText(lm, lengths.Max());
@@ -103,26 +103,6 @@ internal static class EngineBenchmark
         }
 
         return tokens.ToArray();
-    }
-
-    private static string FindBundledModel()
-    {
-        for (DirectoryInfo? dir = new(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            string candidate = Path.Combine(dir.FullName, "models", "kvf-pydoc-16m");
-            if (File.Exists(Path.Combine(candidate, "config.json")))
-            {
-                return candidate;
-            }
-        }
-
-        throw new DirectoryNotFoundException("Bundled model not found; pass --model DIR.");
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        int i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 
     private static double Median(List<double> values)

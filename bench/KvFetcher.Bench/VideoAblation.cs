@@ -18,9 +18,9 @@ internal static class VideoAblation
 
     public static int Run(string[] args)
     {
-        string root = FindRoot();
-        int documents = int.Parse(Option(args, "--max-documents") ?? "4", CultureInfo.InvariantCulture);
-        int prefix = int.Parse(Option(args, "--prefix") ?? "2048", CultureInfo.InvariantCulture);
+        string root = BenchArgs.RepositoryRoot();
+        int documents = int.Parse(BenchArgs.Option(args, "--max-documents") ?? "4", CultureInfo.InvariantCulture);
+        int prefix = int.Parse(BenchArgs.Option(args, "--prefix") ?? "2048", CultureInfo.InvariantCulture);
         using LanguageModel lm = LanguageModel.Open(Path.Combine(root, "models", "kvf-pydoc-16m"), new LanguageModelOptions { KvStorageDType = DType.Float16 });
         var shape = new KvShape(lm.Config.NumLayers, ChunkTokens, lm.Config.NumKvHeads, lm.Config.HeadDim);
         var kv = new byte[shape.Elements * 2];
@@ -75,23 +75,4 @@ internal static class VideoAblation
     }
 
     private static void Add(Dictionary<string, long> sizes, string key, long bytes) => sizes[key] = sizes.GetValueOrDefault(key) + bytes;
-
-    private static string FindRoot()
-    {
-        for (DirectoryInfo? dir = new(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "KvFetcher.slnx")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        return Directory.GetCurrentDirectory();
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        int i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
-    }
 }
