@@ -22,7 +22,7 @@ internal static class CodecBenchmark
 
     public static int Run(string[] args)
     {
-        string model = BenchArgs.Option(args, "--model") ?? Path.Combine(BenchArgs.RepositoryRoot(), "models", "kvf-pydoc-16m");
+        string model = BenchArgs.Option(args, "--model") ?? BenchArgs.BundledModel();
         string documents = BenchArgs.Option(args, "--documents") ?? Path.Combine(BenchArgs.RepositoryRoot(), "data", "heldout");
         int prefix = int.Parse(BenchArgs.Option(args, "--prefix") ?? "2048", CultureInfo.InvariantCulture);
         int continuation = int.Parse(BenchArgs.Option(args, "--continuation") ?? "256", CultureInfo.InvariantCulture);

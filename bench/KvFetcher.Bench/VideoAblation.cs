@@ -21,7 +21,7 @@ internal static class VideoAblation
         string root = BenchArgs.RepositoryRoot();
         int documents = int.Parse(BenchArgs.Option(args, "--max-documents") ?? "4", CultureInfo.InvariantCulture);
         int prefix = int.Parse(BenchArgs.Option(args, "--prefix") ?? "2048", CultureInfo.InvariantCulture);
-        using LanguageModel lm = LanguageModel.Open(Path.Combine(root, "models", "kvf-pydoc-16m"), new LanguageModelOptions { KvStorageDType = DType.Float16 });
+        using LanguageModel lm = LanguageModel.Open(BenchArgs.BundledModel(), new LanguageModelOptions { KvStorageDType = DType.Float16 });
         var shape = new KvShape(lm.Config.NumLayers, ChunkTokens, lm.Config.NumKvHeads, lm.Config.HeadDim);
         var kv = new byte[shape.Elements * 2];
         long fp16 = 0;
