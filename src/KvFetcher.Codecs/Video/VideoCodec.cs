@@ -50,7 +50,7 @@ public sealed class VideoCodec : IKvCodec
 
     public static VideoCodec Instance { get; } = new();
 
-    /// <summary>The frame layout this instance encodes with (decoding requires the same).</summary>
+    /// <summary>The frame layout this instance encodes with (decoding reads the layout from the parameters).</summary>
     public VideoLayoutKind Layout => _layout;
 
     public CodecId Id => CodecId.Video;
@@ -104,7 +104,9 @@ public sealed class VideoCodec : IKvCodec
     {
         CodecChecks.Output(destination, shape, dtype);
         CodecChecks.Level(this, level);
-        VideoLayout layout = VideoLayout.For(shape, _layout);
+
+        // The layout is read from the parameters, so any instance decodes a chunk of any layout.
+        VideoLayout layout = VideoLayout.For(shape, ReadLayoutKind(parameters));
         int scales = shape.Layers * 2 * shape.Channels;
         float[] mins = ArrayPool<float>.Shared.Rent(scales);
         float[] steps = ArrayPool<float>.Shared.Rent(scales);
@@ -337,6 +339,19 @@ public sealed class VideoCodec : IKvCodec
         }
 
         parameters.Advance(length);
+    }
+
+    private static VideoLayoutKind ReadLayoutKind(ReadOnlySpan<byte> parameters)
+    {
+        if (parameters.Length < ParameterHeaderBytes)
+        {
+            throw new InvalidKvDataException($"video: parameters hold {parameters.Length} bytes, fewer than the {ParameterHeaderBytes}-byte header.");
+        }
+
+        var kind = (VideoLayoutKind)parameters[3];
+        return Enum.IsDefined(kind)
+            ? kind
+            : throw new InvalidKvDataException($"video: parameters field layout id at offset 3 is {parameters[3]}; expected {(byte)VideoLayoutKind.TokenTiles} or {(byte)VideoLayoutKind.ChannelRows}.");
     }
 
     private static void ReadParameters(ReadOnlySpan<byte> parameters, VideoLayout layout, int bits, Span<float> mins, Span<float> steps)

@@ -144,12 +144,22 @@ public class VideoCodecTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void Decode_OtherLayout_ThrowsInvalidKvData()
+    public void Decode_ChunkOfOtherLayout_DecodedByAnyInstance_UnknownLayoutRefused()
     {
         (byte[] kv, KvShape shape) = RealKv.Chunk(0, 256, DType.Float16);
-        (byte[] parameters, byte[] payload) = Encode(kv, shape, DType.Float16, 4);
         var rows = new VideoCodec(VideoLayoutKind.ChannelRows);
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => rows.Decode(parameters, payload, shape, DType.Float16, 4, new byte[kv.Length]));
+        var parameters = new ArrayBufferWriter<byte>();
+        var payload = new ArrayBufferWriter<byte>();
+        rows.Encode(kv, shape, DType.Float16, 4, parameters, payload);
+        var viaRows = new byte[kv.Length];
+        var viaDefault = new byte[kv.Length];
+        rows.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 4, viaRows);
+        VideoCodec.Instance.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 4, viaDefault);
+        Assert.Equal(viaRows, viaDefault);
+
+        byte[] unknown = parameters.WrittenSpan.ToArray();
+        unknown[3] = 9;
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => VideoCodec.Instance.Decode(unknown, payload.WrittenSpan, shape, DType.Float16, 4, viaDefault));
         Assert.Contains("layout id", ex.Message, StringComparison.Ordinal);
     }
 
