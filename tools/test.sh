@@ -8,7 +8,7 @@ tools/setup.sh || exit 1
 dotnet build KvFetcher.slnx -c Release --no-restore --verbosity quiet -nologo || exit 1
 
 log=$(mktemp)
-dotnet test KvFetcher.slnx -c Release --no-build --verbosity quiet -nologo 2>&1 | tee "$log"
+dotnet test KvFetcher.slnx -c Release --no-build -nologo 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
 # Each test project prints: "Passed!  - Failed: 0, Passed: 42, Skipped: 1, Total: 43, Duration: ..."
