@@ -1,4 +1,3 @@
-using System.Reflection;
 using System.Text.Json;
 using KvFetcher.Core;
 using KvFetcher.Engine;
@@ -13,7 +12,7 @@ internal static class RealKv
 {
     private static readonly Lazy<(float[] Values, int Tokens, LanguageModel Model, int[] Ids)> s_data = new(Compute);
 
-    public static string RepositoryRoot { get; } = FindRoot();
+    public static string RepositoryRoot => KvFetcher.Tests.Repository.Root;
 
     public static string BundledModel => Path.Combine(RepositoryRoot, "models", "kvf-pydoc-16m");
 
@@ -53,24 +52,5 @@ internal static class RealKv
         var values = new float[bytes.Length / 4];
         Buffer.BlockCopy(bytes, 0, values, 0, bytes.Length);
         return (values, ids.Length, model, ids);
-    }
-
-    private static string FindRoot()
-    {
-        string? built = typeof(RealKv).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().FirstOrDefault(a => a.Key == "RepositoryRoot")?.Value;
-        if (built is not null && File.Exists(Path.Combine(built, "KvFetcher.slnx")))
-        {
-            return Path.GetFullPath(built);
-        }
-
-        for (DirectoryInfo? dir = new(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "KvFetcher.slnx")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        throw new DirectoryNotFoundException("No KvFetcher.slnx above the test assembly.");
     }
 }
