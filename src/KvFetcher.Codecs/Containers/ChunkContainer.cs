@@ -158,6 +158,23 @@ public static class ChunkContainer
     }
 
     /// <summary>
+    /// Whether <paramref name="container"/> is a well-formed container whose checksum holds (what a store verifies
+    /// before it accepts or hands out an object). Does not check identity; <see cref="Read(ReadOnlySpan{byte}, in ChunkExpectation, out ReadOnlySpan{byte}, out ReadOnlySpan{byte})"/> does.
+    /// </summary>
+    public static bool IsIntact(ReadOnlySpan<byte> container)
+    {
+        try
+        {
+            Read(container, out _, out _);
+            return true;
+        }
+        catch (InvalidKvDataException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
     /// <see cref="Read(ReadOnlySpan{byte}, out ReadOnlySpan{byte}, out ReadOnlySpan{byte})"/>, then refuses the
     /// container unless key, model, position, shape and dtype are the expected ones.
     /// </summary>

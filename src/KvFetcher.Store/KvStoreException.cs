@@ -1,0 +1,37 @@
+namespace KvFetcher.Store;
+
+/// <summary>A store is unreachable, failing, too slow or refused an operation. Callers treat it as a miss.</summary>
+public class KvStoreException : Exception
+{
+    public KvStoreException()
+    {
+    }
+
+    public KvStoreException(string message)
+        : base(message)
+    {
+    }
+
+    public KvStoreException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+    }
+}
+
+/// <summary>An object cannot be stored: it is larger than the store's capacity, or nothing can be evicted for it.</summary>
+public class KvStoreFullException : KvStoreException
+{
+    public KvStoreFullException()
+    {
+    }
+
+    public KvStoreFullException(string message)
+        : base(message)
+    {
+    }
+
+    public KvStoreFullException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+    }
+}
