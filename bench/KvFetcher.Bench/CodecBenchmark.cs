@@ -28,6 +28,8 @@ internal static class CodecBenchmark
         int continuation = int.Parse(BenchArgs.Option(args, "--continuation") ?? "256", CultureInfo.InvariantCulture);
         int maxDocuments = int.Parse(BenchArgs.Option(args, "--max-documents") ?? "20", CultureInfo.InvariantCulture);
         string? jsonPath = BenchArgs.Option(args, "--json");
+        string[]? only = BenchArgs.Option(args, "--codecs")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        IKvCodec[] codecs = only is null ? [.. KvCodecs.All] : [.. only.Select(KvCodecs.Get)];
         if (prefix % ChunkTokens != 0)
         {
             throw new ArgumentException($"--prefix must be a multiple of {ChunkTokens}.");
@@ -46,7 +48,7 @@ internal static class CodecBenchmark
 
             used++;
             Console.Error.WriteLine($"[{used}] {Path.GetFileName(path)}: {ids.Length} tokens");
-            RunDocument(lm, ids.AsSpan(0, prefix + continuation).ToArray(), prefix, results);
+            RunDocument(lm, codecs, ids.AsSpan(0, prefix + continuation).ToArray(), prefix, results);
         }
 
         Console.WriteLine($"kvf-pydoc-16m KV (fp16) of {used} held-out documents, {prefix}-token prefixes in {ChunkTokens}-token chunks; " +
@@ -65,7 +67,7 @@ internal static class CodecBenchmark
         return 0;
     }
 
-    private static void RunDocument(LanguageModel lm, int[] ids, int prefix, Dictionary<string, Row> results)
+    private static void RunDocument(LanguageModel lm, IKvCodec[] codecs, int[] ids, int prefix, Dictionary<string, Row> results)
     {
         int vocab = lm.Config.VocabSize;
         int total = ids.Length;
@@ -79,7 +81,7 @@ internal static class CodecBenchmark
         var decoded = new byte[chunkBytes];
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        foreach (IKvCodec codec in KvCodecs.All)
+        foreach (IKvCodec codec in codecs)
         {
             foreach (int level in codec.Levels)
             {

@@ -13,7 +13,7 @@ internal static class Program
           engine  prefill and decode throughput of the bundled model (--model, --lengths, --repeats,
                   --decode-tokens, --json)
           codecs  every codec and level on real KV over data/heldout: ratio, encode/decode MB/s, greedy
-                  match and perplexity change (--prefix, --continuation, --max-documents, --json)
+                  match and perplexity change (--prefix, --continuation, --max-documents, --codecs a,b, --json)
           video-ablation  quantized / + intra / + inter sizes per video layout and bit depth (--max-documents)
         """;
 

@@ -50,12 +50,12 @@ internal static class VideoAblation
                         {
                             byte[] planes = codec.QuantizedFrames(kv, shape, DType.Float16, bits, kind);
                             output.ResetWrittenCount();
-                            Codecs.Video.HevcStream.Encode(planes, width, height, frames, preset, 0, output);
+                            Codecs.Video.HevcStream.Encode(planes, width, height, 8, frames, preset, 0, output);
                             Add(sizes, $"{name}|intra+inter", output.WrittenCount);
                             for (int f = 0; f < frames; f++)
                             {
                                 output.ResetWrittenCount();
-                                Codecs.Video.HevcStream.Encode(planes.AsSpan(f * frameBytes, frameBytes), width, height, 1, preset, 0, output);
+                                Codecs.Video.HevcStream.Encode(planes.AsSpan(f * frameBytes, frameBytes), width, height, 8, 1, preset, 0, output);
                                 Add(sizes, $"{name}|intra", output.WrittenCount);
                             }
                         }

@@ -2,7 +2,8 @@
  * kvfvideo: the thin C shim between KvFetcher's video codec (C#) and libx265 / libavcodec.
  *
  * It hides the libraries' struct layouts: the managed side only passes plane pointers, sizes and strides.
- * Streams are 8-bit 4:4:4 (yuv444p) lossless HEVC in Annex B byte-stream format, so NVDEC can decode them too.
+ * Streams are 8-, 10- or 12-bit 4:4:4 lossless HEVC in Annex B byte-stream format, so NVDEC can decode them too.
+ * Planes hold one byte per sample at 8 bits and two (little-endian uint16) at 10 and 12 bits.
  * Every function returns KVF_OK or a negative status; a handle keeps a one-line description of its last failure.
  */
 #include <stdarg.h>
@@ -34,7 +35,7 @@ enum
 #define KVF_MAX_SIZE 8192
 
 /* The shim's ABI version; the managed side refuses a library with another one. */
-KVF_API int kvf_version(void) { return 1; }
+KVF_API int kvf_version(void) { return 2; }
 
 /* ---------------------------------------------------------------------------------------------------------- */
 /* Encoder                                                                                                    */
@@ -42,7 +43,9 @@ KVF_API int kvf_version(void) { return 1; }
 
 typedef struct kvf_encoder
 {
+    const x265_api *api;
     x265_param *param;
+    int depth;
     x265_encoder *encoder;
     int width;
     int height;
@@ -95,7 +98,7 @@ static int enc_append(kvf_encoder *e, const x265_nal *nals, uint32_t count)
 
 static int enc_param(kvf_encoder *e, const char *name, const char *value)
 {
-    int rc = x265_param_parse(e->param, name, value);
+    int rc = e->api->param_parse(e->param, name, value);
     return rc == 0 ? KVF_OK : enc_fail(e, KVF_EX265, "x265_param_parse(%s=%s) returned %d", name, value, rc);
 }
 
@@ -108,12 +111,12 @@ KVF_API void kvf_encoder_destroy(kvf_encoder *e)
 
     if (e->encoder)
     {
-        x265_encoder_close(e->encoder);
+        e->api->encoder_close(e->encoder);
     }
 
     if (e->param)
     {
-        x265_param_free(e->param);
+        e->api->param_free(e->param);
     }
 
     free(e->out);
@@ -123,11 +126,12 @@ KVF_API void kvf_encoder_destroy(kvf_encoder *e)
 KVF_API const char *kvf_encoder_error(const kvf_encoder *e) { return e ? e->error : "null encoder"; }
 
 /*
- * Opens a lossless 8-bit 4:4:4 HEVC encoder for `frames` frames of width x height; one GOP covers the stream.
+ * Opens a lossless 4:4:4 HEVC encoder of `depth` bits (8, 10 or 12; libx265's multilib build provides each) for
+ * `frames` frames of width x height; one GOP covers the stream.
  * preset: an x265 preset name (ultrafast .. placebo). threads: x265 worker threads (0 = x265's default).
  * On failure *out is still a handle (unless allocation failed) whose error text says what failed.
  */
-KVF_API int kvf_encoder_create(int width, int height, int frames, const char *preset, int threads, kvf_encoder **out)
+KVF_API int kvf_encoder_create(int width, int height, int depth, int frames, const char *preset, int threads, kvf_encoder **out)
 {
     if (!out)
     {
@@ -147,15 +151,28 @@ KVF_API int kvf_encoder_create(int width, int height, int frames, const char *pr
         return enc_fail(e, KVF_EINVAL, "invalid encoder arguments: %dx%d, %d frames, %d threads", width, height, frames, threads);
     }
 
+    if (depth != 8 && depth != 10 && depth != 12)
+    {
+        return enc_fail(e, KVF_EINVAL, "invalid bit depth %d (8, 10 or 12)", depth);
+    }
+
+    e->api = x265_api_get(depth);
+    if (!e->api || e->api->bit_depth != depth)
+    {
+        e->api = NULL;
+        return enc_fail(e, KVF_EX265, "libx265 has no %d-bit encoder (x265_api_get(%d) failed; Debian's libx265 is built with 8, 10 and 12)", depth, depth);
+    }
+
+    e->depth = depth;
     e->width = width;
     e->height = height;
-    e->param = x265_param_alloc();
+    e->param = e->api->param_alloc();
     if (!e->param)
     {
         return enc_fail(e, KVF_ENOMEM, "x265_param_alloc failed");
     }
 
-    if (x265_param_default_preset(e->param, preset, NULL) != 0)
+    if (e->api->param_default_preset(e->param, preset, NULL) != 0)
     {
         return enc_fail(e, KVF_EX265, "x265_param_default_preset(%s) failed", preset);
     }
@@ -175,9 +192,9 @@ KVF_API int kvf_encoder_create(int width, int height, int frames, const char *pr
         return rc;
     }
 
-    if (e->param->internalBitDepth != 8)
+    if (e->param->internalBitDepth != depth)
     {
-        return enc_fail(e, KVF_EX265, "libx265 encodes %d-bit; the shim needs its 8-bit build", e->param->internalBitDepth);
+        return enc_fail(e, KVF_EX265, "libx265's %d-bit API encodes %d-bit", depth, e->param->internalBitDepth);
     }
 
     e->param->internalCsp = X265_CSP_I444;
@@ -185,20 +202,21 @@ KVF_API int kvf_encoder_create(int width, int height, int frames, const char *pr
     e->param->sourceHeight = height;
     e->param->fpsNum = 25;
     e->param->fpsDenom = 1;
-    if (x265_param_apply_profile(e->param, "main444-8") != 0)
+    const char *profile = depth == 8 ? "main444-8" : depth == 10 ? "main444-10" : "main444-12";
+    if (e->api->param_apply_profile(e->param, profile) != 0)
     {
-        return enc_fail(e, KVF_EX265, "x265_param_apply_profile(main444-8) failed (is libx265 built with 8-bit support?)");
+        return enc_fail(e, KVF_EX265, "x265_param_apply_profile(%s) failed", profile);
     }
 
-    e->encoder = x265_encoder_open(e->param);
+    e->encoder = e->api->encoder_open(e->param);
     if (!e->encoder)
     {
-        return enc_fail(e, KVF_EX265, "x265_encoder_open failed for %dx%d 4:4:4 8-bit lossless", width, height);
+        return enc_fail(e, KVF_EX265, "x265_encoder_open failed for %dx%d 4:4:4 %d-bit lossless", width, height, depth);
     }
 
     x265_nal *nals = NULL;
     uint32_t count = 0;
-    rc = x265_encoder_headers(e->encoder, &nals, &count);
+    rc = e->api->encoder_headers(e->encoder, &nals, &count);
     if (rc < 0)
     {
         return enc_fail(e, KVF_EX265, "x265_encoder_headers returned %d", rc);
@@ -215,15 +233,16 @@ KVF_API int kvf_encoder_encode(kvf_encoder *e, const uint8_t *y, const uint8_t *
         return KVF_EINVAL;
     }
 
-    if (e->finished || !y || !u || !v || stride < e->width)
+    int sample = e->depth > 8 ? 2 : 1;
+    if (e->finished || !y || !u || !v || stride < e->width * sample)
     {
         return enc_fail(e, KVF_EINVAL, "invalid frame: stride %d for width %d, finished %d", stride, e->width, e->finished);
     }
 
     x265_picture picture;
-    x265_picture_init(e->param, &picture);
+    e->api->picture_init(e->param, &picture);
     picture.colorSpace = X265_CSP_I444;
-    picture.bitDepth = 8;
+    picture.bitDepth = e->depth;
     picture.planes[0] = (void *)y;
     picture.planes[1] = (void *)u;
     picture.planes[2] = (void *)v;
@@ -231,7 +250,7 @@ KVF_API int kvf_encoder_encode(kvf_encoder *e, const uint8_t *y, const uint8_t *
     picture.pts = e->frames_in;
     x265_nal *nals = NULL;
     uint32_t count = 0;
-    int rc = x265_encoder_encode(e->encoder, &nals, &count, &picture, NULL);
+    int rc = e->api->encoder_encode(e->encoder, &nals, &count, &picture, NULL);
     if (rc < 0)
     {
         return enc_fail(e, KVF_EX265, "x265_encoder_encode returned %d on frame %d", rc, e->frames_in);
@@ -253,7 +272,7 @@ KVF_API int kvf_encoder_finish(kvf_encoder *e, const uint8_t **data, size_t *siz
     {
         x265_nal *nals = NULL;
         uint32_t count = 0;
-        int rc = x265_encoder_encode(e->encoder, &nals, &count, NULL, NULL);
+        int rc = e->api->encoder_encode(e->encoder, &nals, &count, NULL, NULL);
         if (rc < 0)
         {
             return enc_fail(e, KVF_EX265, "x265_encoder_encode (flush) returned %d", rc);
@@ -287,6 +306,7 @@ typedef struct kvf_decoder
     AVFrame *frame;
     int width;
     int height;
+    int depth;
     char error[256];
 } kvf_decoder;
 
@@ -326,8 +346,8 @@ KVF_API void kvf_decoder_destroy(kvf_decoder *d)
 
 KVF_API const char *kvf_decoder_error(const kvf_decoder *d) { return d ? d->error : "null decoder"; }
 
-/* Opens a CPU HEVC decoder (libavcodec) that accepts only width x height yuv444p frames. */
-KVF_API int kvf_decoder_create(int width, int height, kvf_decoder **out)
+/* Opens a CPU HEVC decoder (libavcodec) that accepts only width x height 4:4:4 frames of `depth` bits (8, 10, 12). */
+KVF_API int kvf_decoder_create(int width, int height, int depth, kvf_decoder **out)
 {
     if (!out)
     {
@@ -342,12 +362,14 @@ KVF_API int kvf_decoder_create(int width, int height, kvf_decoder **out)
     }
 
     *out = d;
-    if (width < KVF_MIN_SIZE || height < KVF_MIN_SIZE || width > KVF_MAX_SIZE || height > KVF_MAX_SIZE)
+    if (width < KVF_MIN_SIZE || height < KVF_MIN_SIZE || width > KVF_MAX_SIZE || height > KVF_MAX_SIZE ||
+        (depth != 8 && depth != 10 && depth != 12))
     {
-        return dec_fail(d, KVF_EINVAL, "invalid decoder size %dx%d", width, height);
+        return dec_fail(d, KVF_EINVAL, "invalid decoder size %dx%d or bit depth %d", width, height, depth);
     }
 
     av_log_set_level(AV_LOG_QUIET);
+    d->depth = depth;
     d->width = width;
     d->height = height;
     const AVCodec *codec = avcodec_find_decoder(AV_CODEC_ID_HEVC);
@@ -376,7 +398,10 @@ KVF_API int kvf_decoder_create(int width, int height, kvf_decoder **out)
 /* Copies every frame the decoder has ready into planes (frame f, plane p at (f * 3 + p) * width * height). */
 static int dec_receive(kvf_decoder *d, uint8_t *planes, int max_frames, int *frames)
 {
-    size_t plane = (size_t)d->width * d->height;
+    int sample = d->depth > 8 ? 2 : 1;
+    int format = d->depth == 8 ? AV_PIX_FMT_YUV444P : d->depth == 10 ? AV_PIX_FMT_YUV444P10LE : AV_PIX_FMT_YUV444P12LE;
+    size_t row_bytes = (size_t)d->width * sample;
+    size_t plane = row_bytes * d->height;
     for (;;)
     {
         int rc = avcodec_receive_frame(d->context, d->frame);
@@ -391,10 +416,10 @@ static int dec_receive(kvf_decoder *d, uint8_t *planes, int max_frames, int *fra
         }
 
         AVFrame *f = d->frame;
-        if (f->format != AV_PIX_FMT_YUV444P || f->width != d->width || f->height != d->height)
+        if (f->format != format || f->width != d->width || f->height != d->height)
         {
-            int status = dec_fail(d, KVF_EFRAME, "frame %d is %dx%d in pixel format %d; expected %dx%d yuv444p (%d)", *frames, f->width,
-                                  f->height, f->format, d->width, d->height, AV_PIX_FMT_YUV444P);
+            int status = dec_fail(d, KVF_EFRAME, "frame %d is %dx%d in pixel format %d; expected %dx%d %d-bit 4:4:4 (%d)", *frames, f->width,
+                                  f->height, f->format, d->width, d->height, d->depth, format);
             av_frame_unref(f);
             return status;
         }
@@ -417,7 +442,7 @@ static int dec_receive(kvf_decoder *d, uint8_t *planes, int max_frames, int *fra
             uint8_t *dst = planes + ((size_t)*frames * 3 + p) * plane;
             for (int row = 0; row < d->height; row++)
             {
-                memcpy(dst + (size_t)row * d->width, f->data[p] + (size_t)row * f->linesize[p], (size_t)d->width);
+                memcpy(dst + (size_t)row * row_bytes, f->data[p] + (size_t)row * f->linesize[p], row_bytes);
             }
         }
 
@@ -458,7 +483,7 @@ static int dec_send(kvf_decoder *d, AVPacket *packet, uint8_t *planes, int max_f
 
 /*
  * Decodes a whole Annex B stream (a decoder decodes one stream) into planes, which holds max_frames frames of
- * three width x height planes; *frames receives the number decoded. A stream with other frame sizes, formats,
+ * three width x height planes of 1 (8-bit) or 2 (10/12-bit) bytes per sample; *frames receives the number decoded. A stream with other frame sizes, formats,
  * more frames, or any error libavcodec reports fails with a description in kvf_decoder_error.
  */
 KVF_API int kvf_decoder_decode(kvf_decoder *d, const uint8_t *data, size_t size, uint8_t *planes, size_t planes_size, int max_frames,
@@ -469,7 +494,7 @@ KVF_API int kvf_decoder_decode(kvf_decoder *d, const uint8_t *data, size_t size,
         return KVF_EINVAL;
     }
 
-    if (!data || !planes || !frames || max_frames < 1 || planes_size / 3 / ((size_t)d->width * d->height) < (size_t)max_frames)
+    if (!data || !planes || !frames || max_frames < 1 || planes_size / 3 / ((size_t)d->width * d->height * (d->depth > 8 ? 2 : 1)) < (size_t)max_frames)
     {
         return dec_fail(d, KVF_EINVAL, "invalid decode arguments: %zu plane bytes for %d frames", planes_size, max_frames);
     }

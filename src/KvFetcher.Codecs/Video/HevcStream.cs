@@ -9,8 +9,9 @@ using KvFetcher.Core;
 namespace KvFetcher.Codecs.Video;
 
 /// <summary>
-/// Lossless 8-bit 4:4:4 HEVC streams through libkvfvideo: frames are three width x height planes (Y, U, V), stored
-/// one after another (frame f, plane p at <c>(f * 3 + p) * width * height</c>).
+/// Lossless 4:4:4 HEVC streams of 8, 10 or 12 bits through libkvfvideo: frames are three width x height planes (Y, U,
+/// V), stored one after another (frame f, plane p at <c>(f * 3 + p) * width * height</c> samples); a sample is one byte
+/// at 8 bits and a little-endian uint16 at 10 and 12.
 /// </summary>
 internal static unsafe class HevcStream
 {
@@ -29,22 +30,24 @@ internal static unsafe class HevcStream
     /// length (u32 LE), the planes' checksum (u64 LE, <see cref="Checksum"/>), then the Annex B stream.
     /// </summary>
     /// <returns>The stream's length in bytes.</returns>
-    public static int Encode(ReadOnlySpan<byte> planes, int width, int height, int frames, ReadOnlySpan<byte> presetUtf8Z, int threads, IBufferWriter<byte> output)
+    public static int Encode(ReadOnlySpan<byte> planes, int width, int height, int depth, int frames, ReadOnlySpan<byte> presetUtf8Z, int threads, IBufferWriter<byte> output)
     {
-        CheckGeometry(planes.Length, width, height, frames);
+        CheckGeometry(planes.Length, width, height, depth, frames);
         KvfVideoLibrary.EnsureLoaded();
-        int frameBytes = width * height * 3;
+        int sample = SampleBytes(depth);
+        int planeBytes = width * height * sample;
+        int frameBytes = planeBytes * 3;
         fixed (byte* preset = presetUtf8Z)
         fixed (byte* source = planes)
         {
-            int status = Interop.KvfVideo.EncoderCreate(width, height, frames, preset, threads, out KvfEncoderHandle encoder);
+            int status = Interop.KvfVideo.EncoderCreate(width, height, depth, frames, preset, threads, out KvfEncoderHandle encoder);
             using (encoder)
             {
                 Check(status, encoder, "kvf_encoder_create");
                 for (int f = 0; f < frames; f++)
                 {
                     byte* y = source + ((long)f * frameBytes);
-                    Check(Interop.KvfVideo.EncoderEncode(encoder, y, y + (width * height), y + (2 * width * height), width), encoder);
+                    Check(Interop.KvfVideo.EncoderEncode(encoder, y, y + planeBytes, y + (2 * planeBytes), width * sample), encoder);
                 }
 
                 Check(Interop.KvfVideo.EncoderFinish(encoder, out byte* data, out nuint size), encoder);
@@ -68,9 +71,9 @@ internal static unsafe class HevcStream
     /// Decodes one stream into <paramref name="planes"/> and checks that it held exactly <paramref name="frames"/>
     /// frames of the declared size; <paramref name="what"/> names the stream in error messages.
     /// </summary>
-    public static void Decode(ReadOnlySpan<byte> stream, int width, int height, int frames, Span<byte> planes, string what)
+    public static void Decode(ReadOnlySpan<byte> stream, int width, int height, int depth, int frames, Span<byte> planes, string what)
     {
-        CheckGeometry(planes.Length, width, height, frames);
+        CheckGeometry(planes.Length, width, height, depth, frames);
         if (stream.IsEmpty)
         {
             throw new InvalidKvDataException($"video: the {what} HEVC stream is empty.");
@@ -80,7 +83,7 @@ internal static unsafe class HevcStream
         fixed (byte* source = stream)
         fixed (byte* destination = planes)
         {
-            int status = Interop.KvfVideo.DecoderCreate(width, height, out KvfDecoderHandle decoder);
+            int status = Interop.KvfVideo.DecoderCreate(width, height, depth, out KvfDecoderHandle decoder);
             using (decoder)
             {
                 if (status != Interop.KvfVideo.Ok)
@@ -106,16 +109,26 @@ internal static unsafe class HevcStream
     /// <summary>The checksum a payload record carries for its planes: catches streams that decode to other values.</summary>
     public static ulong Checksum(ReadOnlySpan<byte> planes) => XxHash3.HashToUInt64(planes);
 
-    private static void CheckGeometry(int planeBytes, int width, int height, int frames)
+    /// <summary>Bytes per sample at <paramref name="depth"/> bits: 1 at 8, 2 at 10 and 12.</summary>
+    public static int SampleBytes(int depth) => depth switch
     {
+        8 => 1,
+        10 or 12 => 2,
+        _ => throw new ArgumentOutOfRangeException(nameof(depth), depth, "HEVC streams here are 8, 10 or 12 bits."),
+    };
+
+    private static void CheckGeometry(int planeBytes, int width, int height, int depth, int frames)
+    {
+        int sample = SampleBytes(depth);
         ArgumentOutOfRangeException.ThrowIfLessThan(width, MinSide);
         ArgumentOutOfRangeException.ThrowIfLessThan(height, MinSide);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(width, MaxSide);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(height, MaxSide);
         ArgumentOutOfRangeException.ThrowIfLessThan(frames, 1);
-        if ((long)width * height * 3 * frames != planeBytes)
+        long expected = (long)width * height * 3 * frames * sample;
+        if (expected != planeBytes)
         {
-            throw new ArgumentException($"{frames} frames of {width}x{height}x3 are {(long)width * height * 3 * frames} bytes, not {planeBytes}.", nameof(planeBytes));
+            throw new ArgumentException($"{frames} frames of {width}x{height}x3 {depth}-bit samples are {expected} bytes, not {planeBytes}.", nameof(planeBytes));
         }
     }
 

@@ -1,16 +1,18 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Numerics;
+using System.Runtime.InteropServices;
 using KvFetcher.Core;
 using KvFetcher.Core.Numerics;
 
 namespace KvFetcher.Codecs.Video;
 
 /// <summary>
-/// KVFetcher's codec: per-channel min/max quantization to 8, 6 or 4 bits (the level is the bit count; all are coded
-/// in 8-bit frames), a codec-friendly frame layout (<see cref="VideoLayoutKind"/>; KVFetcher's token tiles by default),
-/// and one lossless 8-bit 4:4:4 HEVC stream each for K and V, encoded with libx265 and decoded with libavcodec on the
-/// CPU (NVDEC can decode the same streams: frames are 144x144 to 8192x8192, 4:4:4, not monochrome). Needs
-/// libkvfvideo.so (<c>native/kvfvideo</c>).
+/// KVFetcher's codec: per-channel min/max quantization to 12, 10, 8, 6 or 4 bits (the level is the bit count; 8 bits
+/// and fewer are coded in 8-bit frames, 10 and 12 in 10- and 12-bit frames), a codec-friendly frame layout
+/// (<see cref="VideoLayoutKind"/>; KVFetcher's token tiles by default), and one lossless 4:4:4 HEVC stream each for K and
+/// V, encoded with libx265 and decoded with libavcodec on the CPU (NVDEC can decode the same streams: frames are
+/// 144x144 to 8192x8192, 4:4:4 at 8/10/12 bits, not monochrome). Needs libkvfvideo.so (<c>native/kvfvideo</c>).
 /// </summary>
 /// <remarks>
 /// Parameters (little-endian): format version (1), bits, scale type (0 = fp16, 1 = fp32), layout id, frame width
@@ -57,8 +59,8 @@ public sealed class VideoCodec : IKvCodec
 
     public string Name => "video";
 
-    /// <summary>Bits per value: 8 (default), 6 and 4, all coded in 8-bit frames.</summary>
-    public IReadOnlyList<int> Levels { get; } = [8, 6, 4];
+    /// <summary>Bits per value: 12, 10, 8 (default), 6 and 4.</summary>
+    public IReadOnlyList<int> Levels { get; } = [12, 10, 8, 6, 4];
 
     public int DefaultLevel => 8;
 
@@ -75,7 +77,9 @@ public sealed class VideoCodec : IKvCodec
         float[] values = ArrayPool<float>.Shared.Rent(checked((int)shape.Elements));
         float[] mins = ArrayPool<float>.Shared.Rent(scales);
         float[] steps = ArrayPool<float>.Shared.Rent(scales);
-        byte[] planes = ArrayPool<byte>.Shared.Rent(layout.StreamBytes);
+        int depth = FrameDepth(level);
+        int frameBytes = layout.StreamSamples * HevcStream.SampleBytes(depth);
+        byte[] planes = ArrayPool<byte>.Shared.Rent(frameBytes);
         int[] offsets = ArrayPool<int>.Shared.Rent(shape.Tokens + shape.Channels);
         try
         {
@@ -83,11 +87,11 @@ public sealed class VideoCodec : IKvCodec
             FloatConversions.ToSingle(dtype, kv, all);
             bool fp16 = ComputeScales(all, shape, (1 << level) - 1, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
             WriteParameters(parameters, layout, level, fp16, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
-            Span<byte> frames = planes.AsSpan(0, layout.StreamBytes);
+            Span<byte> frames = planes.AsSpan(0, frameBytes);
             for (int kind = 0; kind < 2; kind++)
             {
-                Quantize(all, shape, layout, kind, (1 << level) - 1, mins, steps, offsets, frames);
-                HevcStream.Encode(frames, layout.Width, layout.Height, layout.FramesPerStream, _preset, 0, payload);
+                Quantize(all, shape, layout, kind, level, mins, steps, offsets, frames);
+                HevcStream.Encode(frames, layout.Width, layout.Height, depth, layout.FramesPerStream, _preset, 0, payload);
             }
         }
         finally
@@ -110,18 +114,20 @@ public sealed class VideoCodec : IKvCodec
         int scales = shape.Layers * 2 * shape.Channels;
         float[] mins = ArrayPool<float>.Shared.Rent(scales);
         float[] steps = ArrayPool<float>.Shared.Rent(scales);
-        byte[] planes = ArrayPool<byte>.Shared.Rent(layout.StreamBytes);
+        int depth = FrameDepth(level);
+        int frameBytes = layout.StreamSamples * HevcStream.SampleBytes(depth);
+        byte[] planes = ArrayPool<byte>.Shared.Rent(frameBytes);
         int[] offsets = ArrayPool<int>.Shared.Rent(shape.Tokens + shape.Channels);
         float[] slab = ArrayPool<float>.Shared.Rent(shape.Tokens * shape.Channels);
         try
         {
             ReadParameters(parameters, layout, level, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
-            Span<byte> frames = planes.AsSpan(0, layout.StreamBytes);
+            Span<byte> frames = planes.AsSpan(0, frameBytes);
             int position = 0;
             for (int kind = 0; kind < 2; kind++)
             {
-                position = DecodeRecord(payload, position, layout, kind, frames);
-                Dequantize(frames, shape, layout, kind, dtype, mins, steps, offsets, slab, destination);
+                position = DecodeRecord(payload, position, layout, depth, kind, frames);
+                Dequantize(frames, shape, layout, depth, kind, dtype, mins, steps, offsets, slab, destination);
             }
 
             if (position != payload.Length)
@@ -150,20 +156,21 @@ public sealed class VideoCodec : IKvCodec
         var mins = new float[scales];
         var steps = new float[scales];
         ComputeScales(all, shape, (1 << level) - 1, mins, steps);
-        var frames = new byte[layout.StreamBytes];
-        Quantize(all, shape, layout, kind, (1 << level) - 1, mins, steps, new int[shape.Tokens + shape.Channels], frames);
+        var frames = new byte[layout.StreamSamples * HevcStream.SampleBytes(FrameDepth(level))];
+        Quantize(all, shape, layout, kind, level, mins, steps, new int[shape.Tokens + shape.Channels], frames);
         return frames;
     }
 
     /// <summary>The frames one stream of an encoded chunk decodes to, checked like <see cref="Decode"/> checks them.</summary>
-    internal byte[] DecodedFrames(ReadOnlySpan<byte> payload, KvShape shape, int kind)
+    internal byte[] DecodedFrames(ReadOnlySpan<byte> payload, KvShape shape, int level, int kind)
     {
         VideoLayout layout = VideoLayout.For(shape, _layout);
-        var frames = new byte[layout.StreamBytes];
+        int depth = FrameDepth(level);
+        var frames = new byte[layout.StreamSamples * HevcStream.SampleBytes(depth)];
         int position = 0;
         for (int k = 0; k <= kind; k++)
         {
-            position = DecodeRecord(payload, position, layout, k, frames);
+            position = DecodeRecord(payload, position, layout, depth, k, frames);
         }
 
         return frames;
@@ -251,7 +258,23 @@ public sealed class VideoCodec : IKvCodec
         return (min, step);
     }
 
-    private static void Quantize(ReadOnlySpan<float> values, KvShape shape, VideoLayout layout, int kind, int levels, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps, Span<int> offsets, Span<byte> frames)
+    /// <summary>The sample depth of the frames a level is coded in: 8 bits up to 8-bit levels, else the level's bits.</summary>
+    internal static int FrameDepth(int bits) => bits <= 8 ? 8 : bits;
+
+    private static void Quantize(ReadOnlySpan<float> values, KvShape shape, VideoLayout layout, int kind, int bits, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps, Span<int> offsets, Span<byte> frames)
+    {
+        if (FrameDepth(bits) == 8)
+        {
+            Quantize<byte>(values, shape, layout, kind, (1 << bits) - 1, mins, steps, offsets, frames);
+        }
+        else
+        {
+            Quantize(values, shape, layout, kind, (1 << bits) - 1, mins, steps, offsets, MemoryMarshal.Cast<byte, ushort>(frames));
+        }
+    }
+
+    private static void Quantize<T>(ReadOnlySpan<float> values, KvShape shape, VideoLayout layout, int kind, int levels, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps, Span<int> offsets, Span<T> frames)
+        where T : unmanaged, IBinaryInteger<T>
     {
         int tokens = shape.Tokens;
         int channels = shape.Channels;
@@ -265,21 +288,34 @@ public sealed class VideoCodec : IKvCodec
             int s = (layer * 2) + kind;
             ReadOnlySpan<float> min = mins.Slice(s * channels, channels);
             ReadOnlySpan<float> step = steps.Slice(s * channels, channels);
-            Span<byte> plane = frames[layout.LayerOffset(layer)..];
+            Span<T> plane = frames[layout.LayerOffset(layer)..];
             for (int t = 0; t < tokens; t++)
             {
                 ReadOnlySpan<float> row = values.Slice(((s * tokens) + t) * channels, channels);
-                Span<byte> tile = plane[tokenOffsets[t]..];
+                Span<T> tile = plane[tokenOffsets[t]..];
                 for (int c = 0; c < row.Length; c++)
                 {
                     int q = step[c] > 0 ? (int)MathF.Round((row[c] - min[c]) / step[c]) : 0;
-                    tile[channelOffsets[c]] = (byte)Math.Clamp(q, 0, levels);
+                    tile[channelOffsets[c]] = T.CreateTruncating(Math.Clamp(q, 0, levels));
                 }
             }
         }
     }
 
-    private static void Dequantize(ReadOnlySpan<byte> frames, KvShape shape, VideoLayout layout, int kind, DType dtype, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps, Span<int> offsets, Span<float> slab, Span<byte> destination)
+    private static void Dequantize(ReadOnlySpan<byte> frames, KvShape shape, VideoLayout layout, int depth, int kind, DType dtype, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps, Span<int> offsets, Span<float> slab, Span<byte> destination)
+    {
+        if (depth == 8)
+        {
+            Dequantize<byte>(frames, shape, layout, kind, dtype, mins, steps, offsets, slab, destination);
+        }
+        else
+        {
+            Dequantize(MemoryMarshal.Cast<byte, ushort>(frames), shape, layout, kind, dtype, mins, steps, offsets, slab, destination);
+        }
+    }
+
+    private static void Dequantize<T>(ReadOnlySpan<T> frames, KvShape shape, VideoLayout layout, int kind, DType dtype, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps, Span<int> offsets, Span<float> slab, Span<byte> destination)
+        where T : unmanaged, IBinaryInteger<T>
     {
         int tokens = shape.Tokens;
         int channels = shape.Channels;
@@ -294,14 +330,14 @@ public sealed class VideoCodec : IKvCodec
             int s = (layer * 2) + kind;
             ReadOnlySpan<float> min = mins.Slice(s * channels, channels);
             ReadOnlySpan<float> step = steps.Slice(s * channels, channels);
-            ReadOnlySpan<byte> plane = frames[layout.LayerOffset(layer)..];
+            ReadOnlySpan<T> plane = frames[layout.LayerOffset(layer)..];
             for (int t = 0; t < tokens; t++)
             {
                 Span<float> row = values.Slice(t * channels, channels);
-                ReadOnlySpan<byte> tile = plane[tokenOffsets[t]..];
+                ReadOnlySpan<T> tile = plane[tokenOffsets[t]..];
                 for (int c = 0; c < row.Length; c++)
                 {
-                    row[c] = min[c] + (tile[channelOffsets[c]] * step[c]);
+                    row[c] = min[c] + (int.CreateTruncating(tile[channelOffsets[c]]) * step[c]);
                 }
             }
 
@@ -410,7 +446,7 @@ public sealed class VideoCodec : IKvCodec
     }
 
     /// <summary>Decodes the stream record at <paramref name="position"/> into <paramref name="frames"/>; returns the next record's offset.</summary>
-    private static int DecodeRecord(ReadOnlySpan<byte> payload, int position, VideoLayout layout, int kind, Span<byte> frames)
+    private static int DecodeRecord(ReadOnlySpan<byte> payload, int position, VideoLayout layout, int depth, int kind, Span<byte> frames)
     {
         string what = kind == 0 ? "K" : "V";
         if (payload.Length - position < HevcStream.RecordHeaderBytes)
@@ -426,7 +462,7 @@ public sealed class VideoCodec : IKvCodec
             throw new InvalidKvDataException($"video: {what} stream length {length} at offset {position} exceeds the {payload.Length - start} bytes left in the payload.");
         }
 
-        HevcStream.Decode(payload.Slice(start, (int)length), layout.Width, layout.Height, layout.FramesPerStream, frames, what);
+        HevcStream.Decode(payload.Slice(start, (int)length), layout.Width, layout.Height, depth, layout.FramesPerStream, frames, what);
         ulong actual = HevcStream.Checksum(frames);
         if (actual != checksum)
         {

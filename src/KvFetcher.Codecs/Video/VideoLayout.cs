@@ -27,12 +27,12 @@ public enum VideoLayoutKind : byte
 /// </summary>
 internal readonly record struct VideoLayout(VideoLayoutKind Kind, int Width, int Height, int TileWidth, int TileHeight, int FramesPerGroup, int Groups)
 {
-    public int PlaneBytes => Width * Height;
+    public int PlaneSamples => Width * Height;
 
     public int FramesPerStream => Groups * FramesPerGroup;
 
-    /// <summary>The bytes of one stream's frames (all planes).</summary>
-    public int StreamBytes => FramesPerStream * 3 * PlaneBytes;
+    /// <summary>The samples of one stream's frames (all planes).</summary>
+    public int StreamSamples => FramesPerStream * 3 * PlaneSamples;
 
     private int GridColumns => Width / TileWidth;
 
@@ -74,7 +74,7 @@ internal readonly record struct VideoLayout(VideoLayoutKind Kind, int Width, int
             throw new ArgumentOutOfRangeException(nameof(kind), kind, "Unknown video layout.");
         }
 
-        if ((long)layout.FramesPerStream * 3 * layout.PlaneBytes > Array.MaxLength)
+        if ((long)layout.FramesPerStream * 3 * layout.PlaneSamples * 2 > Array.MaxLength)
         {
             throw new ArgumentException($"video: {shape} needs {layout.FramesPerStream} frames of {layout.Width}x{layout.Height}, more than one buffer can hold.", nameof(shape));
         }
@@ -92,11 +92,11 @@ internal readonly record struct VideoLayout(VideoLayoutKind Kind, int Width, int
                 int slot = t / FramesPerGroup;
                 int x = slot % GridColumns * TileWidth;
                 int y = slot / GridColumns * TileHeight;
-                offsets[t] = (t % FramesPerGroup * 3 * PlaneBytes) + (y * Width) + x;
+                offsets[t] = (t % FramesPerGroup * 3 * PlaneSamples) + (y * Width) + x;
             }
             else
             {
-                offsets[t] = (t / Width * 3 * PlaneBytes) + (t % Width);
+                offsets[t] = (t / Width * 3 * PlaneSamples) + (t % Width);
             }
         }
     }
@@ -111,7 +111,7 @@ internal readonly record struct VideoLayout(VideoLayoutKind Kind, int Width, int
     }
 
     /// <summary>Where layer <paramref name="layer"/>'s plane of its group's first frame starts.</summary>
-    public int LayerOffset(int layer) => (layer / 3 * FramesPerGroup * 3 * PlaneBytes) + (layer % 3 * PlaneBytes);
+    public int LayerOffset(int layer) => (layer / 3 * FramesPerGroup * 3 * PlaneSamples) + (layer % 3 * PlaneSamples);
 
     private static void CheckSide(long side, int channels)
     {

@@ -13,6 +13,8 @@ public class VideoCodecTests(ITestOutputHelper output)
     private static readonly VideoCodec s_codec = VideoCodec.Instance;
 
     [Theory]
+    [InlineData(12)]
+    [InlineData(10)]
     [InlineData(8)]
     [InlineData(6)]
     [InlineData(4)]
@@ -23,12 +25,19 @@ public class VideoCodecTests(ITestOutputHelper output)
         for (int kind = 0; kind < 2; kind++)
         {
             byte[] quantized = s_codec.QuantizedFrames(kv, shape, DType.Float16, level, kind);
-            Assert.All(quantized, q => Assert.InRange(q, 0, (1 << level) - 1));
-            Assert.Equal(quantized, s_codec.DecodedFrames(payload, shape, kind));
+            int[] samples = level > 8
+                ? [.. System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(quantized).ToArray().Select(q => (int)q)]
+                : [.. quantized.Select(q => (int)q)];
+            Assert.All(samples, q => Assert.InRange(q, 0, (1 << level) - 1));
+            Assert.Equal(1 << level, samples.Max() + 1); // the channel maxima reach the top of the range
+            Assert.Equal(quantized, s_codec.DecodedFrames(payload, shape, level, kind));
         }
     }
 
     [Theory]
+    [InlineData(12, DType.Float32, VideoLayoutKind.TokenTiles)]
+    [InlineData(10, DType.Float16, VideoLayoutKind.TokenTiles)]
+    [InlineData(10, DType.Float16, VideoLayoutKind.ChannelRows)]
     [InlineData(8, DType.Float32, VideoLayoutKind.TokenTiles)]
     [InlineData(6, DType.Float32, VideoLayoutKind.TokenTiles)]
     [InlineData(4, DType.Float32, VideoLayoutKind.TokenTiles)]
@@ -74,7 +83,10 @@ public class VideoCodecTests(ITestOutputHelper output)
         double ratio = fp16Bytes / (parameters.Length + payload.Length);
         output.WriteLine($"video {layout} {level}-bit {dtype}: {shape}, parameters {parameters.Length} B, payload {payload.Length} B, {ratio:F2}x smaller than fp16, " +
             $"worst error {worst:F3} steps, encode {fp16Bytes / 1e6 / encodeSeconds:F1} MB/s, decode {fp16Bytes / 1e6 / decodeSeconds:F1} MB/s (fp16 MB)");
-        Assert.True(ratio > 1.5, $"ratio {ratio}");
+        // Up to 8 bits the streams come within 75% of the ideal 16/bits. 10- and 12-bit frames code the low, noise-like
+        // bits of the KV almost verbatim (measured 1.17x and 0.88x on this KV): those levels buy accuracy, not size.
+        double floor = level <= 8 ? 0.75 * 16 / level : 0.8;
+        Assert.True(ratio > floor, $"ratio {ratio}: under {floor:F2}");
     }
 
     [Fact]
@@ -120,7 +132,7 @@ public class VideoCodecTests(ITestOutputHelper output)
         codec.Encode(kv, shape, DType.Float32, 8, parameterWriter, payloadWriter);
         byte[] parameters = parameterWriter.WrittenSpan.ToArray();
         byte[] payload = payloadWriter.WrittenSpan.ToArray();
-        Assert.Equal(codec.QuantizedFrames(kv, shape, DType.Float32, 8, 1), codec.DecodedFrames(payload, shape, 1));
+        Assert.Equal(codec.QuantizedFrames(kv, shape, DType.Float32, 8, 1), codec.DecodedFrames(payload, shape, 8, 1));
         var decoded = new float[values.Length];
         codec.Decode(parameters, payload, shape, DType.Float32, 8, System.Runtime.InteropServices.MemoryMarshal.AsBytes(decoded.AsSpan()));
         float[] steps = Steps(parameters, shape);

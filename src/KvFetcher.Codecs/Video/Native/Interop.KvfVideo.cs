@@ -8,7 +8,7 @@ internal static unsafe partial class Interop
     internal static partial class KvfVideo
     {
         /// <summary>The shim's ABI version this assembly was written against.</summary>
-        public const int Version = 1;
+        public const int Version = 2;
 
         public const int Ok = 0;
 
@@ -16,7 +16,7 @@ internal static unsafe partial class Interop
         public static partial int GetVersion();
 
         [LibraryImport(KvfVideoLibrary.Name, EntryPoint = "kvf_encoder_create")]
-        public static partial int EncoderCreate(int width, int height, int frames, byte* preset, int threads, out KvfEncoderHandle encoder);
+        public static partial int EncoderCreate(int width, int height, int depth, int frames, byte* preset, int threads, out KvfEncoderHandle encoder);
 
         [LibraryImport(KvfVideoLibrary.Name, EntryPoint = "kvf_encoder_encode")]
         public static partial int EncoderEncode(KvfEncoderHandle encoder, byte* y, byte* u, byte* v, int stride);
@@ -31,7 +31,7 @@ internal static unsafe partial class Interop
         public static partial void EncoderDestroy(IntPtr encoder);
 
         [LibraryImport(KvfVideoLibrary.Name, EntryPoint = "kvf_decoder_create")]
-        public static partial int DecoderCreate(int width, int height, out KvfDecoderHandle decoder);
+        public static partial int DecoderCreate(int width, int height, int depth, out KvfDecoderHandle decoder);
 
         [LibraryImport(KvfVideoLibrary.Name, EntryPoint = "kvf_decoder_decode")]
         public static partial int DecoderDecode(KvfDecoderHandle decoder, byte* data, nuint size, byte* planes, nuint planesSize, int maxFrames, out int frames);
