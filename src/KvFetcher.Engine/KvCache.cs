@@ -25,7 +25,8 @@ public sealed class KvCache
     private readonly float[][] _keys;
     private readonly float[][] _values;
     private readonly bool[] _filled;
-    private int _length;
+    private readonly Lock _fillLock = new();
+    private volatile int _length;
 
     /// <summary>Creates an empty cache.</summary>
     public KvCache(int numLayers, int numKvHeads, int headDim, int capacity, DType storageDType = DType.Float32)
@@ -70,7 +71,7 @@ public sealed class KvCache
     public int ChannelsPerToken => NumKvHeads * HeadDim;
 
     /// <summary>Whether <paramref name="position"/> holds a computed or imported value.</summary>
-    public bool IsFilled(int position) => (uint)position < (uint)Capacity && _filled[position];
+    public bool IsFilled(int position) => (uint)position < (uint)Capacity && Volatile.Read(ref _filled[position]);
 
     /// <summary>Bytes of an export of <paramref name="tokens"/> positions in <paramref name="dtype"/>.</summary>
     public long GetExportByteCount(int tokens, DType dtype) =>
@@ -81,8 +82,11 @@ public sealed class KvCache
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(length, Capacity);
-        Array.Clear(_filled, length, Capacity - length);
-        _length = Math.Min(_length, length);
+        lock (_fillLock)
+        {
+            Array.Clear(_filled, length, Capacity - length);
+            _length = Math.Min(_length, length);
+        }
     }
 
     /// <summary>
@@ -200,13 +204,23 @@ public sealed class KvCache
         }
     }
 
-    /// <summary>Marks [start, end) filled and extends <see cref="Length"/> over any now-contiguous prefix.</summary>
+    /// <summary>
+    /// Marks [start, end) filled and extends <see cref="Length"/> over any now-contiguous prefix. Thread-safe: a fetcher
+    /// may import one range while the engine computes another (disjoint positions); the lock also publishes the
+    /// range's values to the thread that next observes it filled.
+    /// </summary>
     internal void MarkFilled(int start, int end)
     {
-        _filled.AsSpan(start, end - start).Fill(true);
-        while (_length < Capacity && _filled[_length])
+        lock (_fillLock)
         {
-            _length++;
+            _filled.AsSpan(start, end - start).Fill(true);
+            int length = _length;
+            while (length < Capacity && _filled[length])
+            {
+                length++;
+            }
+
+            _length = length;
         }
     }
 

@@ -1,0 +1,79 @@
+using KvFetcher.Codecs;
+using KvFetcher.Codecs.Containers;
+using KvFetcher.Core;
+using KvFetcher.Core.Keys;
+using KvFetcher.Store;
+
+namespace KvFetcher.Fetch;
+
+/// <summary>
+/// A prompt cut into chunks: the chained key of every full chunk, and how many of them may be reused (the prompt's last
+/// token is always computed, since its logits give the first token).
+/// </summary>
+public sealed class ContextPlan
+{
+    private ContextPlan(int[] tokens, ChunkKey[] keys, ModelFingerprint model, int chunkTokens, KvShape chunkShape, DType dtype)
+    {
+        Tokens = tokens;
+        Keys = keys;
+        Model = model;
+        ChunkTokens = chunkTokens;
+        ChunkShape = chunkShape;
+        DType = dtype;
+        ReusableChunks = Math.Min(keys.Length, (tokens.Length - 1) / chunkTokens);
+    }
+
+    public int[] Tokens { get; }
+
+    /// <summary>Keys of the full chunks.</summary>
+    public ChunkKey[] Keys { get; }
+
+    public ModelFingerprint Model { get; }
+
+    public int ChunkTokens { get; }
+
+    /// <summary>The shape of one chunk's KV.</summary>
+    public KvShape ChunkShape { get; }
+
+    /// <summary>The element type chunks are stored in: the engine's KV storage type, so reuse is exact.</summary>
+    public DType DType { get; }
+
+    /// <summary>Full chunks that end before the prompt's last token.</summary>
+    public int ReusableChunks { get; }
+
+    /// <summary>Bytes of one chunk's KV in <see cref="DType"/>.</summary>
+    public int ChunkBytes => checked((int)(ChunkShape.Elements * DType.SizeOf()));
+
+    public static ContextPlan Create(ModelFingerprint model, string tenantSalt, int[] tokens, int chunkTokens, int layers, int kvHeads, int headDim, DType dtype)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        if (tokens.Length == 0)
+        {
+            throw new ArgumentException("A prompt needs at least one token.", nameof(tokens));
+        }
+
+        if (dtype is not (DType.Float16 or DType.BFloat16 or DType.Float32))
+        {
+            throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "KV is stored as fp16, bf16 or fp32.");
+        }
+
+        ChunkKey[] keys = ChunkKey.ComputeChain(model, tenantSalt, tokens, chunkTokens);
+        return new ContextPlan(tokens, keys, model, chunkTokens, new KvShape(layers, chunkTokens, kvHeads, headDim), dtype);
+    }
+
+    public ObjectKey ObjectKeyOf(int chunk, KvVariant variant) => ObjectKey.ForChunk(Keys[chunk], variant.Codec, variant.Level);
+
+    /// <summary>What a container for <paramref name="chunk"/> must declare to be restored.</summary>
+    public ChunkExpectation Expectation(int chunk) => new(Keys[chunk], Model, (long)chunk * ChunkTokens, ChunkShape, DType);
+
+    public ChunkHeader Header(int chunk, KvVariant variant) => new()
+    {
+        Codec = variant.Codec,
+        Level = variant.Level,
+        DType = DType,
+        Key = Keys[chunk],
+        Model = Model,
+        TokenStart = (long)chunk * ChunkTokens,
+        Shape = ChunkShape,
+    };
+}

@@ -1,0 +1,318 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using KvFetcher.Codecs.Containers;
+using KvFetcher.Core;
+using KvFetcher.Engine;
+using KvFetcher.Store;
+
+namespace KvFetcher.Fetch.Fetching;
+
+/// <summary>
+/// The fetch side of one request: transfer -> decode -> restore, three stages joined by bounded channels, a fixed set
+/// of slots (the memory cap, which also bounds the chunks in flight) and a fixed number of workers per stage. Chunks
+/// are claimed one at a time through <see cref="IFetchPolicy"/>, which decides the order, the variant and when to stop
+/// (the meeting point with the engine). Any failure on a chunk (miss, timeout, store error, corrupt or foreign data)
+/// marks it <see cref="ChunkState.Failed"/> so the engine computes it; nothing is ever restored unverified.
+/// </summary>
+internal sealed class ChunkFetcher : IAsyncDisposable
+{
+    private const int MaxConsecutiveStoreErrors = 2;
+
+    private readonly ContextPlan _plan;
+    private readonly IKvStore _store;
+    private readonly KvCache _cache;
+    private readonly FetchRates _rates;
+    private readonly ReuseOptions _options;
+    private readonly IFetchPolicy _policy;
+    private readonly Timeline _timeline;
+    private readonly int[] _states;
+    private readonly ChunkSlot[] _slots;
+    private readonly Channel<ChunkSlot> _free;
+    private readonly Channel<ChunkSlot> _decode;
+    private readonly Channel<ChunkSlot> _restore;
+    private readonly SemaphoreSlim _progress;
+    private readonly CancellationTokenSource _stop;
+    private readonly Task _completion;
+    private int _activeTransfers;
+    private int _storeErrors;
+    private long _bytes;
+    private int _restored;
+    private int _failed;
+
+    public ChunkFetcher(ContextPlan plan, IKvStore store, KvCache cache, FetchRates rates, ReuseOptions options, IFetchPolicy policy,
+        int[] states, Timeline timeline, SemaphoreSlim progress, int slots, CancellationToken cancellationToken)
+    {
+        _plan = plan;
+        _store = store;
+        _cache = cache;
+        _rates = rates;
+        _options = options;
+        _policy = policy;
+        _states = states;
+        _timeline = timeline;
+        _progress = progress;
+        _stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        int containerCapacity = (plan.ChunkBytes * 2) + (1 << 20);
+        _slots = new ChunkSlot[slots];
+        _free = Channel.CreateBounded<ChunkSlot>(new BoundedChannelOptions(slots) { SingleWriter = false });
+        for (int i = 0; i < slots; i++)
+        {
+            _slots[i] = new ChunkSlot(containerCapacity, plan.ChunkBytes);
+            _free.Writer.TryWrite(_slots[i]);
+        }
+
+        _decode = Channel.CreateBounded<ChunkSlot>(new BoundedChannelOptions(slots) { SingleReader = options.DecodeWorkers == 1 });
+        _restore = Channel.CreateBounded<ChunkSlot>(new BoundedChannelOptions(slots) { SingleReader = true });
+        int transfers = Math.Min(options.TransfersInFlight, slots);
+        var transferTasks = new Task[transfers];
+        for (int i = 0; i < transfers; i++)
+        {
+            transferTasks[i] = Task.Run(TransferLoopAsync, CancellationToken.None);
+        }
+
+        var decodeTasks = new Task[options.DecodeWorkers];
+        for (int i = 0; i < decodeTasks.Length; i++)
+        {
+            decodeTasks[i] = Task.Factory.StartNew(DecodeLoop, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        }
+
+        Task restoreTask = Task.Factory.StartNew(RestoreLoop, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        _completion = RunAsync(transferTasks, decodeTasks, restoreTask);
+    }
+
+    /// <summary>Completes when every stage has stopped; after it no chunk changes state any more.</summary>
+    public Task Completion => _completion;
+
+    public long BytesFetched => Interlocked.Read(ref _bytes);
+
+    public int RestoredChunks => Volatile.Read(ref _restored);
+
+    public int FailedChunks => Volatile.Read(ref _failed);
+
+    /// <summary>Transfers, decodes and restores in progress right now.</summary>
+    public int InFlight => _slots.Length - _free.Reader.Count;
+
+    /// <summary>Stops claiming chunks; work in flight finishes (or is cancelled) and <see cref="Completion"/> completes.</summary>
+    public void StopClaiming() => _policy.Stop();
+
+    public async ValueTask DisposeAsync()
+    {
+        _policy.Stop();
+        await _stop.CancelAsync().ConfigureAwait(false);
+        try
+        {
+            await _completion.ConfigureAwait(false);
+        }
+        finally
+        {
+            foreach (ChunkSlot slot in _slots)
+            {
+                slot.Dispose();
+            }
+
+            _stop.Dispose();
+        }
+    }
+
+    private async Task RunAsync(Task[] transfers, Task[] decoders, Task restorer)
+    {
+        try
+        {
+            await Task.WhenAll(transfers).ConfigureAwait(false);
+        }
+        finally
+        {
+            _decode.Writer.TryComplete();
+        }
+
+        try
+        {
+            await Task.WhenAll(decoders).ConfigureAwait(false);
+        }
+        finally
+        {
+            _restore.Writer.TryComplete();
+        }
+
+        await restorer.ConfigureAwait(false);
+
+        // Anything still marked as being fetched (a stage stopped early) goes back to the engine.
+        for (int i = 0; i < _states.Length; i++)
+        {
+            if (Interlocked.CompareExchange(ref _states[i], (int)ChunkState.Failed, (int)ChunkState.Fetching) == (int)ChunkState.Fetching)
+            {
+                Interlocked.Increment(ref _failed);
+            }
+        }
+
+        _progress.Release();
+    }
+
+    private async Task TransferLoopAsync()
+    {
+        CancellationToken stop = _stop.Token;
+        while (!stop.IsCancellationRequested)
+        {
+            ChunkSlot slot;
+            try
+            {
+                slot = await _free.Reader.ReadAsync(stop).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+
+            if (Volatile.Read(ref _storeErrors) >= MaxConsecutiveStoreErrors || !_policy.TryClaim(InFlight - 1, out int chunk, out KvVariant variant))
+            {
+                _free.Writer.TryWrite(slot);
+                return;
+            }
+
+            slot.Reset(chunk, variant);
+            if (!await TransferAsync(slot, stop).ConfigureAwait(false))
+            {
+                Fail(chunk);
+                _free.Writer.TryWrite(slot);
+                continue;
+            }
+
+            try
+            {
+                await _decode.Writer.WriteAsync(slot, stop).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                Fail(chunk);
+                _free.Writer.TryWrite(slot);
+                return;
+            }
+        }
+    }
+
+    /// <summary>Gets the chunk's container into the slot within the chunk deadline; false on any failure.</summary>
+    private async Task<bool> TransferAsync(ChunkSlot slot, CancellationToken stop)
+    {
+        TimeSpan start = _timeline.Now;
+        long t0 = Stopwatch.GetTimestamp();
+        int concurrent = Interlocked.Increment(ref _activeTransfers);
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(stop);
+        deadline.CancelAfter(_options.ChunkTimeout);
+        try
+        {
+            StoreRead read = await _store.GetAsync(_plan.ObjectKeyOf(slot.Chunk, slot.Variant), slot, ByteRange.All, deadline.Token).ConfigureAwait(false);
+            if (!read.Found)
+            {
+                return false; // evicted or found corrupt since the lookup
+            }
+
+            Interlocked.Exchange(ref _storeErrors, 0);
+            double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            _rates.ObserveTransfer(read.BytesWritten, seconds, concurrent);
+            Interlocked.Add(ref _bytes, read.BytesWritten);
+            _timeline.Add(PrefillStage.Transfer, slot.Chunk, slot.Variant.ToString(), start, read.BytesWritten);
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false; // the chunk deadline, or the request is over
+        }
+        catch (KvStoreException)
+        {
+            Interlocked.Increment(ref _storeErrors);
+            return false;
+        }
+        catch (InvalidDataException)
+        {
+            return false; // larger than any container of this chunk
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _activeTransfers);
+        }
+    }
+
+    private void DecodeLoop()
+    {
+        ChannelReader<ChunkSlot> reader = _decode.Reader;
+        while (WaitToRead(reader))
+        {
+            while (reader.TryRead(out ChunkSlot? slot))
+            {
+                TimeSpan start = _timeline.Now;
+                long t0 = Stopwatch.GetTimestamp();
+                bool decoded;
+                try
+                {
+                    ChunkContainer.Decode(slot.Container, _plan.Expectation(slot.Chunk), slot.Variant.GetCodec(), slot.Kv);
+                    decoded = true;
+                }
+                catch (InvalidKvDataException)
+                {
+                    decoded = false; // corrupt, or another chunk/model/tenant's container: never restored
+                }
+
+                if (!decoded)
+                {
+                    Fail(slot.Chunk);
+                    _free.Writer.TryWrite(slot);
+                    continue;
+                }
+
+                _rates.ObserveVariant(slot.Variant, slot.Container.Length, _plan.ChunkBytes, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                _timeline.Add(PrefillStage.Decode, slot.Chunk, slot.Variant.ToString(), start);
+
+                // The restore channel has a place for every slot, so this never blocks.
+                if (!_restore.Writer.TryWrite(slot))
+                {
+                    Fail(slot.Chunk);
+                    _free.Writer.TryWrite(slot);
+                }
+            }
+        }
+    }
+
+    private void RestoreLoop()
+    {
+        ChannelReader<ChunkSlot> reader = _restore.Reader;
+        while (WaitToRead(reader))
+        {
+            while (reader.TryRead(out ChunkSlot? slot))
+            {
+                int chunk = slot.Chunk;
+
+                // The engine may have taken the chunk back (it predicted computing it was faster): then drop the data.
+                if (Interlocked.CompareExchange(ref _states[chunk], (int)ChunkState.Restoring, (int)ChunkState.Fetching) == (int)ChunkState.Fetching)
+                {
+                    TimeSpan start = _timeline.Now;
+                    long t0 = Stopwatch.GetTimestamp();
+                    int first = chunk * _plan.ChunkTokens;
+                    _cache.Import(first, first + _plan.ChunkTokens, _plan.DType, slot.Kv);
+                    _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                    _timeline.Add(PrefillStage.Restore, chunk, slot.Variant.ToString(), start);
+                    Volatile.Write(ref _states[chunk], (int)ChunkState.Filled);
+                    Interlocked.Increment(ref _restored);
+                    _progress.Release();
+                }
+
+                _free.Writer.TryWrite(slot);
+            }
+        }
+    }
+
+    private void Fail(int chunk)
+    {
+        if (Interlocked.CompareExchange(ref _states[chunk], (int)ChunkState.Failed, (int)ChunkState.Fetching) == (int)ChunkState.Fetching)
+        {
+            Interlocked.Increment(ref _failed);
+        }
+
+        _progress.Release();
+    }
+
+    private static bool WaitToRead(ChannelReader<ChunkSlot> reader)
+    {
+        ValueTask<bool> wait = reader.WaitToReadAsync();
+        return wait.IsCompletedSuccessfully ? wait.Result : wait.AsTask().GetAwaiter().GetResult();
+    }
+}

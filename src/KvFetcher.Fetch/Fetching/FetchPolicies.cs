@@ -1,0 +1,210 @@
+using System.Diagnostics;
+
+namespace KvFetcher.Fetch.Fetching;
+
+/// <summary>Decides which chunk the fetcher takes next, as which variant, and when it stops.</summary>
+internal interface IFetchPolicy
+{
+    /// <summary>
+    /// Claims the next chunk (moving it from Pending to Fetching) and picks its variant; false when the fetcher should
+    /// stop. <paramref name="inFlight"/> counts the chunks already in the pipeline.
+    /// </summary>
+    bool TryClaim(int inFlight, out int chunk, out KvVariant variant);
+
+    void Stop();
+}
+
+/// <summary>The shared view of a request's stored prefix: chunk states, which variants each has, the engine's position.</summary>
+internal sealed class PrefixState(int chunks, IReadOnlyList<KvVariant> ladder, int[] available)
+{
+    private int _computeFrontier;
+    private long _computeChunkStart;
+
+    public int[] States { get; } = new int[chunks];
+
+    public int Chunks => States.Length;
+
+    public IReadOnlyList<KvVariant> Ladder { get; } = ladder;
+
+    /// <summary>Per chunk, a bit per ladder index that is stored.</summary>
+    public int[] Available { get; } = available;
+
+    /// <summary>The chunk the engine computes or waits for now (it has passed every chunk before it).</summary>
+    public int ComputeFrontier => Volatile.Read(ref _computeFrontier);
+
+    /// <summary>When the engine started on its current chunk (Stopwatch timestamp).</summary>
+    public long ComputeChunkStart => Interlocked.Read(ref _computeChunkStart);
+
+    public void SetComputeFrontier(int chunk)
+    {
+        Interlocked.Exchange(ref _computeChunkStart, Stopwatch.GetTimestamp());
+        Volatile.Write(ref _computeFrontier, chunk);
+    }
+
+    public ChunkState StateOf(int chunk) => (ChunkState)Volatile.Read(ref States[chunk]);
+
+    public bool TryTake(int chunk, ChunkState from, ChunkState to) =>
+        Interlocked.CompareExchange(ref States[chunk], (int)to, (int)from) == (int)from;
+
+    public bool Has(int chunk, int ladderIndex) => (Available[chunk] & (1 << ladderIndex)) != 0;
+}
+
+/// <summary>
+/// Fetch-only: every stored chunk, front to back, as one fixed variant (sequential with one slot, pipelined with more).
+/// </summary>
+internal sealed class FetchAllPolicy(PrefixState prefix, int ladderIndex) : IFetchPolicy
+{
+    private int _next = -1;
+    private volatile bool _stopped;
+
+    public bool TryClaim(int inFlight, out int chunk, out KvVariant variant)
+    {
+        variant = prefix.Ladder[ladderIndex];
+        while (!_stopped)
+        {
+            chunk = Interlocked.Increment(ref _next);
+            if (chunk >= prefix.Chunks)
+            {
+                break;
+            }
+
+            if (!prefix.Has(chunk, ladderIndex))
+            {
+                prefix.TryTake(chunk, ChunkState.Pending, ChunkState.Failed);
+                continue;
+            }
+
+            if (prefix.TryTake(chunk, ChunkState.Pending, ChunkState.Fetching))
+            {
+                return true;
+            }
+        }
+
+        chunk = -1;
+        return false;
+    }
+
+    public void Stop() => _stopped = true;
+}
+
+/// <summary>
+/// Cake: fetch back to front while the engine computes front to back; stop when the fetcher reaches the engine.
+/// With a fixed variant this is Cake as published; <see cref="AdaptivePolicy"/> adds prediction and per-chunk quality.
+/// </summary>
+internal class MeetInMiddlePolicy(PrefixState prefix, int ladderIndex) : IFetchPolicy
+{
+    private int _next = prefix.Chunks;
+    private volatile bool _stopped;
+
+    protected PrefixState Prefix => prefix;
+
+    public bool TryClaim(int inFlight, out int chunk, out KvVariant variant)
+    {
+        while (!_stopped)
+        {
+            chunk = Interlocked.Decrement(ref _next);
+            if (chunk < 0 || chunk <= prefix.ComputeFrontier)
+            {
+                break;
+            }
+
+            int index = Choose(chunk, inFlight);
+            if (index < 0)
+            {
+                break; // the engine will get here first: the meeting point
+            }
+
+            if (!prefix.Has(chunk, index))
+            {
+                prefix.TryTake(chunk, ChunkState.Pending, ChunkState.Failed);
+                continue;
+            }
+
+            if (prefix.TryTake(chunk, ChunkState.Pending, ChunkState.Fetching))
+            {
+                variant = prefix.Ladder[index];
+                return true;
+            }
+
+            break; // the engine took it
+        }
+
+        _stopped = true;
+        chunk = -1;
+        variant = default;
+        return false;
+    }
+
+    public void Stop() => _stopped = true;
+
+    /// <summary>The ladder index to fetch <paramref name="chunk"/> as, or -1 to stop fetching.</summary>
+    protected virtual int Choose(int chunk, int inFlight) => ladderIndex;
+}
+
+/// <summary>
+/// Ours: meet in the middle, with the meeting point predicted from the measured compute, bandwidth and decode rates.
+/// For each chunk, every stored variant's pipelined cost is predicted; the fetcher picks the most accurate variant whose
+/// predicted time to meet is within the quality slack of the fastest, and stops claiming once a chunk's predicted
+/// arrival is later than the engine's predicted arrival there (the engine computes it instead of waiting).
+/// </summary>
+internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, ContextPlan plan, ReuseOptions options) : MeetInMiddlePolicy(prefix, -1)
+{
+    /// <summary>Variants picked, by ladder index (for the report).</summary>
+    public int[] Picks { get; } = new int[prefix.Ladder.Count];
+
+    protected override int Choose(int chunk, int inFlight)
+    {
+        int frontier = Prefix.ComputeFrontier;
+        double elapsedOnCurrent = Stopwatch.GetElapsedTime(Prefix.ComputeChunkStart).TotalSeconds;
+
+        // Seconds until the engine reaches this chunk, and its mean cost per chunk over the gap.
+        double engineArrival = -elapsedOnCurrent;
+        for (int i = frontier; i < chunk; i++)
+        {
+            engineArrival += rates.ComputeSeconds(i, plan.ChunkTokens);
+        }
+
+        int gap = Math.Max(1, chunk - frontier + 1);
+        double computePerChunk = Math.Max(1e-6, (engineArrival + elapsedOnCurrent + rates.ComputeSeconds(chunk, plan.ChunkTokens)) / gap);
+        int best = -1;
+        double bestMeet = double.MaxValue;
+        Span<double> meet = stackalloc double[Prefix.Ladder.Count];
+        Span<double> arrival = stackalloc double[Prefix.Ladder.Count];
+        for (int v = 0; v < Prefix.Ladder.Count; v++)
+        {
+            meet[v] = double.NaN;
+            if (!Prefix.Has(chunk, v) || (options.LosslessOnly && !Prefix.Ladder[v].IsLossless))
+            {
+                continue;
+            }
+
+            (double transfer, double decode, double restore) = rates.ChunkSeconds(Prefix.Ladder[v], plan.ChunkBytes);
+            double perChunk = Math.Max(transfer / options.TransfersInFlight, Math.Max(decode / options.DecodeWorkers, restore));
+            perChunk = Math.Max(perChunk, transfer); // one transfer shares the link with the others
+            arrival[v] = ((inFlight + 1) * perChunk) + decode + restore;
+            meet[v] = gap / ((1 / computePerChunk) + (1 / perChunk));
+            if (meet[v] < bestMeet)
+            {
+                bestMeet = meet[v];
+            }
+        }
+
+        for (int v = 0; v < meet.Length; v++)
+        {
+            if (!double.IsNaN(meet[v]) && meet[v] <= bestMeet * (1 + options.QualitySlack) && (best < 0 || Prefix.Ladder[v].Rank > Prefix.Ladder[best].Rank ||
+                (Prefix.Ladder[v].Rank == Prefix.Ladder[best].Rank && meet[v] < meet[best])))
+            {
+                best = v;
+            }
+        }
+
+        // Fetch only what arrives before the engine would get there itself.
+        if (best < 0 || arrival[best] >= engineArrival)
+        {
+            return -1;
+        }
+
+        Interlocked.Increment(ref Picks[best]);
+        return best;
+    }
+}

@@ -1,0 +1,251 @@
+using System.Diagnostics;
+using KvFetcher.Engine;
+using KvFetcher.Fetch.Fetching;
+using KvFetcher.Fetch.Publishing;
+using KvFetcher.Fetch.Scheduling;
+using KvFetcher.Store;
+
+namespace KvFetcher.Fetch;
+
+/// <summary>
+/// Remote KV reuse for one model and one store: a prefill looks up the longest stored prefix of the prompt, obtains it by
+/// the chosen <see cref="PrefillStrategy"/> (computing, fetching, or both meeting in the middle), computes the rest and
+/// the first token, then stores the chunks it computed in the background. The answer never depends on the store: a
+/// chunk that cannot be fetched and verified in time is computed, and a store that is down only turns hits into
+/// computation.
+/// </summary>
+public sealed class KvReuse : IAsyncDisposable
+{
+    private readonly LanguageModel _model;
+
+    public KvReuse(LanguageModel model, IKvStore store, ReuseOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(store);
+        options ??= new ReuseOptions();
+        options.Validate();
+        _model = model;
+        Store = store;
+        Options = options;
+        Publisher = new KvPublisher(store, options.Ladder);
+    }
+
+    public IKvStore Store { get; }
+
+    public ReuseOptions Options { get; }
+
+    /// <summary>Rates measured so far (they drive the adaptive strategy's predictions).</summary>
+    public FetchRates Rates { get; } = new();
+
+    public KvPublisher Publisher { get; }
+
+    /// <summary>The chunk keys of a prompt under this model and tenant.</summary>
+    public ContextPlan Plan(int[] tokens) =>
+        ContextPlan.Create(_model.Fingerprint, Options.TenantSalt, tokens, Options.ChunkTokens, _model.Config.NumLayers, _model.Config.NumKvHeads,
+            _model.Config.HeadDim, _model.Options.KvStorageDType);
+
+    /// <summary>
+    /// Prefills <paramref name="tokens"/> into <paramref name="session"/> (which is reset first) and writes the last
+    /// token's logits to <paramref name="lastLogits"/>. With <paramref name="publish"/>, chunks computed here are stored
+    /// afterwards in the background.
+    /// </summary>
+    public async Task<PrefillReport> PrefillAsync(InferenceSession session, int[] tokens, PrefillStrategy strategy, float[] lastLogits,
+        bool publish = true, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(session);
+        ArgumentNullException.ThrowIfNull(strategy);
+        ArgumentNullException.ThrowIfNull(lastLogits);
+        if (session.Model != _model)
+        {
+            throw new ArgumentException("The session belongs to another model.", nameof(session));
+        }
+
+        long t0 = Stopwatch.GetTimestamp();
+        ContextPlan plan = Plan(tokens);
+        session.Reset();
+        int chunkTokens = plan.ChunkTokens;
+        var timeline = new Timeline((plan.ReusableChunks * 5) + 8, t0);
+        IReadOnlyList<KvVariant> ladder = LadderFor(strategy);
+
+        // 1. Lookup: which variants of which chunks are stored, in one round trip.
+        (int stored, int[] available, bool lookupFailed) = strategy.Mode == PrefillMode.ComputeOnly || plan.ReusableChunks == 0
+            ? (0, [], false)
+            : await LookupAsync(plan, ladder, timeline, cancellationToken).ConfigureAwait(false);
+
+        var prefix = new PrefixState(stored, ladder, available);
+        var republish = new bool[stored];
+        using var progress = new SemaphoreSlim(0);
+        ChunkFetcher? fetcher = null;
+        IFetchPolicy? policy = null;
+        if (stored > 0)
+        {
+            policy = strategy.Mode switch
+            {
+                PrefillMode.FetchOnly => new FetchAllPolicy(prefix, 0),
+                PrefillMode.Cake => new MeetInMiddlePolicy(prefix, 0),
+                _ => new AdaptivePolicy(prefix, Rates, plan, Options),
+            };
+            int slots = strategy.Pipelined ? (int)Math.Clamp(Options.MaxBufferedBytes / (3L * plan.ChunkBytes), 2, 16) : 1;
+            ReuseOptions options = strategy.Pipelined ? Options : Options with { TransfersInFlight = 1 };
+            fetcher = new ChunkFetcher(plan, Store, session.Cache, Rates, options, policy, prefix.States, timeline, progress, slots, cancellationToken);
+        }
+
+        int restored = 0, failed = 0;
+        long bytes = 0;
+        try
+        {
+            // 2. The engine walks the stored prefix front to back, computing what nobody else has.
+            for (int chunk = 0; chunk < stored; chunk++)
+            {
+                prefix.SetComputeFrontier(chunk);
+                while (true)
+                {
+                    ChunkState state = prefix.StateOf(chunk);
+                    if (state == ChunkState.Filled)
+                    {
+                        break;
+                    }
+
+                    if (state is ChunkState.Pending or ChunkState.Failed && (strategy.Mode != PrefillMode.FetchOnly || state == ChunkState.Failed || fetcher!.Completion.IsCompleted) &&
+                        prefix.TryTake(chunk, state, ChunkState.Computing))
+                    {
+                        republish[chunk] = state == ChunkState.Failed;
+                        Compute(session, plan, chunk, lastLogits, timeline);
+                        Volatile.Write(ref prefix.States[chunk], (int)ChunkState.Filled);
+                        break;
+                    }
+
+                    // Fetching or restoring (or, fetch-only, not claimed yet): wait for the fetcher to settle it.
+                    await progress.WaitAsync(20, cancellationToken).ConfigureAwait(false);
+                }
+            }
+
+            prefix.SetComputeFrontier(stored);
+            fetcher?.StopClaiming();
+
+            // 3. The rest of the prompt and the first token.
+            int start = stored * chunkTokens;
+            TimeSpan suffixStart = timeline.Now;
+            session.Prefill(tokens.AsSpan(start), start, lastLogits);
+            timeline.Add(PrefillStage.Compute, -1, null, suffixStart);
+        }
+        finally
+        {
+            if (fetcher is not null)
+            {
+                await fetcher.DisposeAsync().ConfigureAwait(false);
+                restored = fetcher.RestoredChunks;
+                failed = fetcher.FailedChunks;
+                bytes = fetcher.BytesFetched;
+            }
+        }
+
+        TimeSpan ttft = Stopwatch.GetElapsedTime(t0);
+        int first = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(lastLogits.AsSpan(0, _model.Config.VocabSize));
+
+        // 4. Store what this request computed, off the response path.
+        // A chunk whose fetch failed is stored again (a corrupt object was removed; a missing variant is added back).
+        if (publish)
+        {
+            for (int chunk = 0; chunk < plan.Keys.Length; chunk++)
+            {
+                if (chunk >= stored || republish[chunk])
+                {
+                    Publisher.TryEnqueue(plan, chunk, session.Cache);
+                }
+            }
+        }
+
+        StageSpan[] spans = timeline.ToArray();
+        return new PrefillReport
+        {
+            Strategy = strategy.ToString(),
+            PromptTokens = tokens.Length,
+            StoredChunks = stored,
+            RestoredChunks = restored,
+            FailedChunks = failed,
+            ReusedTokens = restored * chunkTokens,
+            ComputedTokens = tokens.Length - (restored * chunkTokens),
+            BytesFetched = bytes,
+            LookupFailed = lookupFailed,
+            TimeToFirstToken = ttft,
+            FirstToken = first,
+            Variants = spans.Where(s => s.Stage == PrefillStage.Restore && s.Variant is not null).GroupBy(s => s.Variant!).ToDictionary(g => g.Key, g => g.Count()),
+            Timeline = spans,
+        };
+    }
+
+    public async ValueTask DisposeAsync() => await Publisher.DisposeAsync().ConfigureAwait(false);
+
+    private IReadOnlyList<KvVariant> LadderFor(PrefillStrategy strategy) => strategy.Mode switch
+    {
+        PrefillMode.ComputeOnly => [],
+        PrefillMode.Adaptive => Options.LosslessOnly ? [.. Options.Ladder.Where(v => v.IsLossless)] : Options.Ladder,
+        _ => [strategy.Variant ?? throw new ArgumentException($"Strategy {strategy.Mode} needs a variant.", nameof(strategy))],
+    };
+
+    private async Task<(int Stored, int[] Available, bool Failed)> LookupAsync(ContextPlan plan, IReadOnlyList<KvVariant> ladder, Timeline timeline, CancellationToken cancellationToken)
+    {
+        TimeSpan start = timeline.Now;
+        int chunks = plan.ReusableChunks;
+        var keys = new ObjectKey[chunks * ladder.Count];
+        for (int chunk = 0; chunk < chunks; chunk++)
+        {
+            for (int v = 0; v < ladder.Count; v++)
+            {
+                keys[(chunk * ladder.Count) + v] = plan.ObjectKeyOf(chunk, ladder[v]);
+            }
+        }
+
+        bool[] exists;
+        try
+        {
+            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            deadline.CancelAfter(Options.ChunkTimeout);
+            exists = await Store.ExistsAsync(keys, deadline.Token).ConfigureAwait(false);
+        }
+        catch (KvStoreException)
+        {
+            timeline.Add(PrefillStage.Lookup, -1, null, start);
+            return (0, [], true);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            timeline.Add(PrefillStage.Lookup, -1, null, start);
+            return (0, [], true);
+        }
+
+        var available = new int[chunks];
+        int stored = 0;
+        while (stored < chunks)
+        {
+            for (int v = 0; v < ladder.Count; v++)
+            {
+                if (exists[(stored * ladder.Count) + v])
+                {
+                    available[stored] |= 1 << v;
+                }
+            }
+
+            if (available[stored] == 0)
+            {
+                break;
+            }
+
+            stored++;
+        }
+
+        timeline.Add(PrefillStage.Lookup, -1, null, start);
+        return (stored, available[..stored], false);
+    }
+
+    private void Compute(InferenceSession session, ContextPlan plan, int chunk, float[] logits, Timeline timeline)
+    {
+        TimeSpan start = timeline.Now;
+        long t0 = Stopwatch.GetTimestamp();
+        int first = chunk * plan.ChunkTokens;
+        session.Prefill(plan.Tokens.AsSpan(first, plan.ChunkTokens), first, logits);
+        Rates.ObserveCompute(chunk, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+        timeline.Add(PrefillStage.Compute, chunk, null, start);
+    }
+}

@@ -1,0 +1,44 @@
+using KvFetcher.Fetch.Fetching;
+
+namespace KvFetcher.Fetch.Scheduling;
+
+/// <summary>What a prefill did and how long each part took.</summary>
+public sealed record PrefillReport
+{
+    public required string Strategy { get; init; }
+
+    public int PromptTokens { get; init; }
+
+    /// <summary>Chunks of the prompt found in the store (the longest stored prefix).</summary>
+    public int StoredChunks { get; init; }
+
+    /// <summary>Chunks restored from the store.</summary>
+    public int RestoredChunks { get; init; }
+
+    /// <summary>Stored chunks whose fetch failed (miss, timeout, store error, corrupt data) and that were computed instead.</summary>
+    public int FailedChunks { get; init; }
+
+    /// <summary>Tokens whose KV came from the store.</summary>
+    public int ReusedTokens { get; init; }
+
+    public int ComputedTokens { get; init; }
+
+    public long BytesFetched { get; init; }
+
+    /// <summary>The lookup failed (store down); everything was computed.</summary>
+    public bool LookupFailed { get; init; }
+
+    /// <summary>Time to first token: from the request to the first token's logits.</summary>
+    public TimeSpan TimeToFirstToken { get; init; }
+
+    /// <summary>The first token (greedy).</summary>
+    public int FirstToken { get; init; }
+
+    /// <summary>How many chunks each variant supplied.</summary>
+    public IReadOnlyDictionary<string, int> Variants { get; init; } = new Dictionary<string, int>();
+
+    public IReadOnlyList<StageSpan> Timeline { get; init; } = [];
+
+    /// <summary>The summed duration of each stage (stages overlap, so these add up to more than the TTFT).</summary>
+    public TimeSpan Total(PrefillStage stage) => TimeSpan.FromTicks(Timeline.Where(s => s.Stage == stage).Sum(s => s.Duration.Ticks));
+}
