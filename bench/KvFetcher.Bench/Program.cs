@@ -15,6 +15,8 @@ internal static class Program
           codecs  every codec and level on real KV over data/heldout: ratio, encode/decode MB/s, greedy
                   match and perplexity change (--prefix, --continuation, --max-documents, --codecs a,b, --json)
           video-ablation  quantized / + intra / + inter sizes per video layout and bit depth (--max-documents)
+          store   put/get MB/s and p50/p99 latency of the disk store, our HTTP server and redis-server side by side
+                  (kvfetch-bench store --help)
         """;
 
     private static int Main(string[] args)
@@ -48,6 +50,14 @@ internal static class Program
                     return CodecBenchmark.Run(options.ToArray());
                 case "video-ablation":
                     return VideoAblation.Run(options.ToArray());
+                case "store":
+                    if (help)
+                    {
+                        Console.WriteLine(StoreBenchmark.Usage);
+                        return 0;
+                    }
+
+                    return StoreBenchmark.Run(options.ToArray());
                 default:
                     Console.Error.WriteLine($"kvfetch-bench: unknown mode '{mode}'.");
                     Console.Error.WriteLine(Usage);

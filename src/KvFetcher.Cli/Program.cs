@@ -12,6 +12,9 @@ internal static class Program
             GenerateCommand.Create(),
             KeysCommand.Create(),
             InspectCommand.Create(),
+            ServeCommand.Create(),
+            DemoCommand.Create(),
+            BenchCommand.Create(),
         };
         root.Options.Add(CliOptions.Verbose);
         return root.Parse(args).Invoke();

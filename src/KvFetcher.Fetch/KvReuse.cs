@@ -18,7 +18,11 @@ public sealed class KvReuse : IAsyncDisposable
 {
     private readonly LanguageModel _model;
 
-    public KvReuse(LanguageModel model, IKvStore store, ReuseOptions? options = null)
+    /// <param name="model">The engine's model (its KV storage dtype is the dtype chunks are stored in).</param>
+    /// <param name="store">Where chunks live.</param>
+    /// <param name="options">Chunking, ladder, deadlines.</param>
+    /// <param name="rates">Measured rates to start from (shared by several instances over one engine); a new set by default.</param>
+    public KvReuse(LanguageModel model, IKvStore store, ReuseOptions? options = null, FetchRates? rates = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(store);
@@ -28,6 +32,7 @@ public sealed class KvReuse : IAsyncDisposable
         Store = store;
         Options = options;
         Publisher = new KvPublisher(store, options.Ladder);
+        Rates = rates ?? new FetchRates();
     }
 
     public IKvStore Store { get; }
@@ -35,7 +40,7 @@ public sealed class KvReuse : IAsyncDisposable
     public ReuseOptions Options { get; }
 
     /// <summary>Rates measured so far (they drive the adaptive strategy's predictions).</summary>
-    public FetchRates Rates { get; } = new();
+    public FetchRates Rates { get; }
 
     public KvPublisher Publisher { get; }
 
@@ -88,6 +93,11 @@ public sealed class KvReuse : IAsyncDisposable
             int slots = strategy.Pipelined ? (int)Math.Clamp(Options.MaxBufferedBytes / (3L * plan.ChunkBytes), 2, 16) : 1;
             ReuseOptions options = strategy.Pipelined ? Options : Options with { TransfersInFlight = 1 };
             fetcher = new ChunkFetcher(plan, Store, session.Cache, Rates, options, policy, prefix.States, timeline, progress, slots, cancellationToken);
+            if (policy is AdaptivePolicy adaptive)
+            {
+                ChunkFetcher started = fetcher;
+                adaptive.InFlight = () => started.InFlight;
+            }
         }
 
         int restored = 0, failed = 0;
@@ -106,8 +116,16 @@ public sealed class KvReuse : IAsyncDisposable
                         break;
                     }
 
-                    if (state is ChunkState.Pending or ChunkState.Failed && (strategy.Mode != PrefillMode.FetchOnly || state == ChunkState.Failed || fetcher!.Completion.IsCompleted) &&
-                        prefix.TryTake(chunk, state, ChunkState.Computing))
+                    bool engineComputes = state == ChunkState.Failed || strategy.Mode switch
+                    {
+                        PrefillMode.FetchOnly => fetcher!.Completion.IsCompleted,
+                        PrefillMode.Adaptive => fetcher!.Completion.IsCompleted || !((AdaptivePolicy)policy!).EngineShouldWait(chunk),
+                        _ => true,
+                    };
+                    // Cake as published: the engine checks whether its next chunk is loaded and computes it if not,
+                    // even while it is in flight (that transfer is wasted). Ours waits for a chunk it let the fetcher take.
+                    bool cakeTakesOver = strategy.Mode == PrefillMode.Cake && state == ChunkState.Fetching;
+                    if ((state is ChunkState.Pending or ChunkState.Failed && engineComputes || cakeTakesOver) && prefix.TryTake(chunk, state, ChunkState.Computing))
                     {
                         republish[chunk] = state == ChunkState.Failed;
                         Compute(session, plan, chunk, lastLogits, timeline);

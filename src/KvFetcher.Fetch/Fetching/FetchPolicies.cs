@@ -18,7 +18,7 @@ internal interface IFetchPolicy
 internal sealed class PrefixState(int chunks, IReadOnlyList<KvVariant> ladder, int[] available)
 {
     private int _computeFrontier;
-    private long _computeChunkStart;
+    private long _computeChunkStart = Stopwatch.GetTimestamp();
 
     public int[] States { get; } = new int[chunks];
 
@@ -47,6 +47,15 @@ internal sealed class PrefixState(int chunks, IReadOnlyList<KvVariant> ladder, i
         Interlocked.CompareExchange(ref States[chunk], (int)to, (int)from) == (int)from;
 
     public bool Has(int chunk, int ladderIndex) => (Available[chunk] & (1 << ladderIndex)) != 0;
+
+    /// <summary>The chunk the engine decided to wait for instead of computing, or -1.</summary>
+    public int EngineWaitingFor
+    {
+        get => Volatile.Read(ref _engineWaitingFor);
+        set => Volatile.Write(ref _engineWaitingFor, value);
+    }
+
+    private int _engineWaitingFor = -1;
 }
 
 /// <summary>
@@ -97,6 +106,12 @@ internal class MeetInMiddlePolicy(PrefixState prefix, int ladderIndex) : IFetchP
     private volatile bool _stopped;
 
     protected PrefixState Prefix => prefix;
+
+    /// <summary>Whether the fetcher has stopped claiming (it met the engine, or failed).</summary>
+    public bool IsStopped => _stopped;
+
+    /// <summary>Chunks [0, NextUnclaimed) have not been claimed by the fetcher.</summary>
+    public int NextUnclaimed => Math.Max(0, Volatile.Read(ref _next));
 
     public bool TryClaim(int inFlight, out int chunk, out KvVariant variant)
     {
@@ -152,6 +167,54 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
     /// <summary>Variants picked, by ladder index (for the report).</summary>
     public int[] Picks { get; } = new int[prefix.Ladder.Count];
 
+    /// <summary>Chunks in the fetch pipeline now (set by the fetcher).</summary>
+    public Func<int> InFlight { get; set; } = () => 0;
+
+    /// <summary>
+    /// The engine's side of the prediction: whether the fetcher is predicted to deliver <paramref name="chunk"/> before
+    /// the engine could compute it (then the engine waits for it instead of computing). Once the engine defers, the
+    /// fetcher stops comparing against the engine and fetches down to the chunk the engine waits for.
+    /// </summary>
+    public bool EngineShouldWait(int chunk)
+    {
+        if (IsStopped || Prefix.EngineWaitingFor == chunk)
+        {
+            return !IsStopped;
+        }
+
+        double fastest = double.MaxValue, latency = 0;
+        for (int v = 0; v < Prefix.Ladder.Count; v++)
+        {
+            if (!Prefix.Has(chunk, v) || (options.LosslessOnly && !Prefix.Ladder[v].IsLossless))
+            {
+                continue;
+            }
+
+            (double perChunk, double decode, double restore) = PerChunk(v);
+            if (perChunk < fastest)
+            {
+                (fastest, latency) = (perChunk, decode + restore);
+            }
+        }
+
+        int ahead = InFlight() + Math.Max(0, NextUnclaimed - chunk);
+        double arrival = (ahead * fastest) + latency;
+        bool wait = fastest < double.MaxValue && arrival < rates.ComputeSeconds(chunk, plan.ChunkTokens);
+        if (wait)
+        {
+            Prefix.EngineWaitingFor = chunk;
+        }
+
+        return wait;
+    }
+
+    private (double PerChunk, double Decode, double Restore) PerChunk(int ladderIndex)
+    {
+        (double transfer, double decode, double restore) = rates.ChunkSeconds(Prefix.Ladder[ladderIndex], plan.ChunkBytes);
+        double perChunk = Math.Max(transfer, Math.Max(decode / options.DecodeWorkers, restore));
+        return (perChunk, decode, restore);
+    }
+
     protected override int Choose(int chunk, int inFlight)
     {
         int frontier = Prefix.ComputeFrontier;
@@ -178,9 +241,7 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
                 continue;
             }
 
-            (double transfer, double decode, double restore) = rates.ChunkSeconds(Prefix.Ladder[v], plan.ChunkBytes);
-            double perChunk = Math.Max(transfer / options.TransfersInFlight, Math.Max(decode / options.DecodeWorkers, restore));
-            perChunk = Math.Max(perChunk, transfer); // one transfer shares the link with the others
+            (double perChunk, double decode, double restore) = PerChunk(v);
             arrival[v] = ((inFlight + 1) * perChunk) + decode + restore;
             meet[v] = gap / ((1 / computePerChunk) + (1 / perChunk));
             if (meet[v] < bestMeet)
@@ -198,8 +259,9 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
             }
         }
 
-        // Fetch only what arrives before the engine would get there itself.
-        if (best < 0 || arrival[best] >= engineArrival)
+        // Fetch only what arrives before the engine would get there itself (unless the engine waits for the fetcher).
+        bool engineWaits = Prefix.EngineWaitingFor >= 0 && Prefix.EngineWaitingFor <= chunk;
+        if (best < 0 || (!engineWaits && arrival[best] >= engineArrival))
         {
             return -1;
         }

@@ -1,0 +1,79 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using KvFetcher.Core;
+using KvFetcher.Engine;
+using KvFetcher.Fetch.Benchmarking;
+
+namespace KvFetcher.Cli.Commands;
+
+/// <summary>
+/// <c>kvfetch bench</c>: the TTFT sweep (strategies x bandwidths x stored contexts, plus a jitter profile) on the
+/// bundled model; writes JSON, a markdown table with the lower bound and ratios, and PNG plots of TTFT vs bandwidth.
+/// </summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        Option<string?> model = CliOptions.Model();
+        Option<DirectoryInfo> output = new("--output", "-o") { Description = "Folder for ttft.json, ttft.md and ttft-*.png.", DefaultValueFactory = _ => new DirectoryInfo("bench-results") };
+        Option<string> contexts = new("--contexts") { Description = "Stored context lengths in tokens (multiples of 256).", DefaultValueFactory = _ => "2048,3840" };
+        Option<string> bandwidths = new("--bandwidths") { Description = "Link rates in Mbit/s.", DefaultValueFactory = _ => "10,50,100,500,1000,10000" };
+        Option<string> strategies = new("--strategies") { Description = "Strategies to compare.", DefaultValueFactory = _ => "compute,fetch-raw,fetch-cachegen0,fetch-video8,cake-raw,ours" };
+        Option<string?> jitter = new("--jitter") { Description = "Jitter profile for the longest context ('none' to skip).", DefaultValueFactory = _ => "200Mbps@500ms,20Mbps@500ms" };
+        Option<int> repeats = new("--repeats") { Description = "Runs per point (median reported).", DefaultValueFactory = _ => 1 };
+        Option<DirectoryInfo?> documents = new("--documents") { Description = "Documents whose tokens form the contexts (default: the bundled held-out set)." };
+        Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        var command = new Command("bench", "Measure TTFT per strategy across bandwidths and context lengths.")
+        {
+            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads,
+        };
+        command.SetAction(parse => CliOptions.Run(parse, () =>
+        {
+            using LanguageModel lm = LanguageModel.Open(CliOptions.ResolveModel(parse.GetValue(model)),
+                new LanguageModelOptions { Threads = parse.GetValue(threads), KvStorageDType = DType.Float16 });
+            string? jitterText = parse.GetValue(jitter);
+            var options = new TtftSweepOptions
+            {
+                Contexts = [.. Split(parse.GetValue(contexts)!).Select(s => int.Parse(s, CultureInfo.InvariantCulture))],
+                BandwidthsMbps = [.. Split(parse.GetValue(bandwidths)!).Select(s => double.Parse(s, CultureInfo.InvariantCulture))],
+                Strategies = Split(parse.GetValue(strategies)!),
+                Jitter = jitterText is null or "none" ? null : jitterText,
+                Repeats = parse.GetValue(repeats),
+                DocumentsDirectory = parse.GetValue(documents)?.FullName ?? DefaultDocuments(),
+                Log = Console.Error.WriteLine,
+            };
+            TtftSweepResult result = TtftSweep.RunAsync(lm, options).GetAwaiter().GetResult();
+            DirectoryInfo folder = parse.GetValue(output)!;
+            folder.Create();
+            File.WriteAllText(Path.Combine(folder.FullName, "ttft.json"), JsonSerializer.Serialize(result, BenchCommandJson.Default.TtftSweepResult));
+            string table = TtftReport.Markdown(result);
+            File.WriteAllText(Path.Combine(folder.FullName, "ttft.md"), table);
+            TtftReport.Plots(result, folder.FullName);
+            Console.WriteLine(table);
+            return 0;
+        }));
+        return command;
+    }
+
+    private static string[] Split(string text) => text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+
+    private static string DefaultDocuments()
+    {
+        for (DirectoryInfo? dir = new(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string candidate = Path.Combine(dir.FullName, "data", "heldout");
+            if (Directory.Exists(candidate))
+            {
+                return candidate;
+            }
+        }
+
+        throw new DirectoryNotFoundException("data/heldout was not found above the executable; pass --documents DIR.");
+    }
+}
+
+[JsonSourceGenerationOptions(WriteIndented = true)]
+[JsonSerializable(typeof(TtftSweepResult))]
+internal sealed partial class BenchCommandJson : JsonSerializerContext;

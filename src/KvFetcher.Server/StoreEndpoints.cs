@@ -1,0 +1,331 @@
+using System.Buffers;
+using System.Globalization;
+using System.IO.Pipelines;
+using System.Text;
+using System.Text.Json;
+using KvFetcher.Codecs.Containers;
+using KvFetcher.Store;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Net.Http.Headers;
+
+namespace KvFetcher.Server;
+
+/// <summary>
+/// The HTTP API over one <see cref="IKvStore"/>: <c>/v1/objects/{key}</c> (GET with optional single Range, HEAD, PUT,
+/// DELETE), <c>POST /v1/lookup</c>, <c>GET /v1/stats</c>, <c>/healthz</c> and <c>/metrics</c>. Every handler answers a
+/// bad request with a status and one line of text and leaves the server serving.
+/// </summary>
+internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options, ServerMetrics metrics)
+{
+    /// <summary>The most keys one lookup may ask about.</summary>
+    public const int MaxLookupKeys = 4096;
+
+    /// <summary>The largest lookup body: every key at its longest, JSON-quoted, with room to spare.</summary>
+    private const long MaxLookupBodyBytes = MaxLookupKeys * (ObjectKey.MaxLength + 8) + 1024;
+
+    private const string ObjectRoute = "/v1/objects/{key}";
+
+    public void Map(IEndpointRouteBuilder app)
+    {
+        app.MapGet(ObjectRoute, new RequestDelegate(GetAsync)).WithDisplayName("get");
+        app.MapMethods(ObjectRoute, [HttpMethods.Head], new RequestDelegate(HeadAsync)).WithDisplayName("head");
+        app.MapPut(ObjectRoute, new RequestDelegate(PutAsync)).WithDisplayName("put");
+        app.MapDelete(ObjectRoute, new RequestDelegate(DeleteAsync)).WithDisplayName("delete");
+        app.MapPost("/v1/lookup", new RequestDelegate(LookupAsync)).WithDisplayName("lookup");
+        app.MapGet("/v1/stats", new RequestDelegate(StatsAsync)).WithDisplayName("stats");
+        app.MapGet("/healthz", new RequestDelegate(HealthAsync)).WithDisplayName("healthz");
+        app.MapGet("/metrics", new RequestDelegate(MetricsAsync)).WithDisplayName("metrics");
+    }
+
+    /// <summary>Answers with <paramref name="status"/> and one line, or aborts when the response has already begun.</summary>
+    public static Task FailAsync(HttpContext context, int status, string message)
+    {
+        HttpResponse response = context.Response;
+        if (response.HasStarted || (response.BodyWriter.CanGetUnflushedBytes && response.BodyWriter.UnflushedBytes > 0))
+        {
+            // Part of an answer is already out (or buffered): a clean error is impossible, and a torn body must not
+            // look complete, so the connection goes.
+            context.Abort();
+            return Task.CompletedTask;
+        }
+
+        byte[] text = Encoding.UTF8.GetBytes(message + "\n");
+        response.StatusCode = status;
+        response.ContentType = "text/plain; charset=utf-8";
+        response.ContentLength = text.Length;
+        return response.Body.WriteAsync(text, context.RequestAborted).AsTask();
+    }
+
+    private async Task GetAsync(HttpContext context)
+    {
+        if (!TryGetKey(context, out ObjectKey key))
+        {
+            await FailAsync(context, StatusCodes.Status400BadRequest, "invalid object key");
+            return;
+        }
+
+        string? rangeHeader = context.Request.Headers.Range;
+        bool ranged = !string.IsNullOrEmpty(rangeHeader);
+        ByteRange range = ByteRange.All;
+        if (ranged && !TryParseRange(rangeHeader!, out range))
+        {
+            await FailAsync(context, StatusCodes.Status400BadRequest, "unsupported Range: one 'bytes=first-last' or 'bytes=first-' range is served");
+            return;
+        }
+
+        HttpResponse response = context.Response;
+        PipeWriter body = response.BodyWriter;
+        StoreRead read;
+        try
+        {
+            // The store verifies the object and writes it straight into the response; Kestrel holds it until the
+            // handler returns, so the status and Content-Length set below still go out first.
+            read = await store.GetAsync(key, body, range, context.RequestAborted);
+        }
+        catch (ArgumentException) when (ranged)
+        {
+            await FailAsync(context, StatusCodes.Status416RangeNotSatisfiable, "range outside the object");
+            return;
+        }
+
+        if (!read.Found)
+        {
+            await FailAsync(context, StatusCodes.Status404NotFound, "not found");
+            return;
+        }
+
+        response.ContentType = "application/octet-stream";
+        response.Headers.AcceptRanges = "bytes";
+        response.ContentLength = read.BytesWritten;
+        if (ranged)
+        {
+            if (read.BytesWritten == 0)
+            {
+                response.StatusCode = StatusCodes.Status416RangeNotSatisfiable;
+                response.Headers.ContentRange = $"bytes */{read.ObjectLength}";
+                return;
+            }
+
+            response.StatusCode = StatusCodes.Status206PartialContent;
+            response.Headers.ContentRange = string.Create(CultureInfo.InvariantCulture, $"bytes {range.Offset}-{range.Offset + read.BytesWritten - 1}/{read.ObjectLength}");
+        }
+
+        metrics.AddSent(read.BytesWritten);
+    }
+
+    private async Task HeadAsync(HttpContext context)
+    {
+        if (!TryGetKey(context, out ObjectKey key))
+        {
+            context.Response.StatusCode = StatusCodes.Status400BadRequest;
+            return;
+        }
+
+        // An empty range: the store verifies the object and reports its length without writing any of it.
+        StoreRead read = await store.GetAsync(key, NothingWriter.Instance, new ByteRange(0, 0), context.RequestAborted);
+        if (!read.Found)
+        {
+            context.Response.StatusCode = StatusCodes.Status404NotFound;
+            return;
+        }
+
+        context.Response.ContentType = "application/octet-stream";
+        context.Response.Headers.AcceptRanges = "bytes";
+        context.Response.ContentLength = read.ObjectLength;
+    }
+
+    private async Task PutAsync(HttpContext context)
+    {
+        if (!TryGetKey(context, out ObjectKey key))
+        {
+            await FailAsync(context, StatusCodes.Status400BadRequest, "invalid object key");
+            return;
+        }
+
+        if (context.Request.ContentLength is not long length)
+        {
+            await FailAsync(context, StatusCodes.Status411LengthRequired, "Content-Length is required");
+            return;
+        }
+
+        if (length > options.MaxObjectBytes)
+        {
+            await FailAsync(context, StatusCodes.Status413PayloadTooLarge, $"object of {length} bytes exceeds the limit of {options.MaxObjectBytes}");
+            return;
+        }
+
+        int size = (int)length;
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(size, 1));
+        try
+        {
+            Memory<byte> data = buffer.AsMemory(0, size);
+            int received = 0;
+            Stream requestBody = context.Request.Body;
+            while (received < size)
+            {
+                int n = await requestBody.ReadAsync(data[received..], context.RequestAborted);
+                if (n == 0)
+                {
+                    await FailAsync(context, StatusCodes.Status400BadRequest, $"body ended after {received} of {size} bytes");
+                    return;
+                }
+
+                received += n;
+            }
+
+            metrics.AddReceived(size);
+            if (!ChunkContainer.IsIntact(data.Span))
+            {
+                await FailAsync(context, StatusCodes.Status400BadRequest, "the body is not an intact chunk container");
+                return;
+            }
+
+            await store.PutAsync(key, data, context.RequestAborted);
+            context.Response.StatusCode = StatusCodes.Status204NoContent;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private async Task DeleteAsync(HttpContext context)
+    {
+        if (!TryGetKey(context, out ObjectKey key))
+        {
+            await FailAsync(context, StatusCodes.Status400BadRequest, "invalid object key");
+            return;
+        }
+
+        bool removed = await store.DeleteAsync(key, context.RequestAborted);
+        context.Response.StatusCode = removed ? StatusCodes.Status204NoContent : StatusCodes.Status404NotFound;
+    }
+
+    private async Task LookupAsync(HttpContext context)
+    {
+        if (context.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
+        {
+            limit.MaxRequestBodySize = MaxLookupBodyBytes;
+        }
+
+        LookupRequest? request;
+        try
+        {
+            request = await JsonSerializer.DeserializeAsync(context.Request.Body, ServerJson.Default.LookupRequest, context.RequestAborted);
+        }
+        catch (JsonException ex)
+        {
+            await FailAsync(context, StatusCodes.Status400BadRequest, $"invalid lookup JSON: {ex.Message}");
+            return;
+        }
+
+        if (request?.Keys is not { } names)
+        {
+            await FailAsync(context, StatusCodes.Status400BadRequest, "the lookup needs {\"keys\":[...]}");
+            return;
+        }
+
+        if (names.Length > MaxLookupKeys)
+        {
+            await FailAsync(context, StatusCodes.Status400BadRequest, $"{names.Length} keys in one lookup; at most {MaxLookupKeys}");
+            return;
+        }
+
+        var keys = new ObjectKey[names.Length];
+        for (int i = 0; i < names.Length; i++)
+        {
+            if (!ObjectKey.TryParse(names[i], out keys[i]))
+            {
+                await FailAsync(context, StatusCodes.Status400BadRequest, $"invalid object key at index {i}");
+                return;
+            }
+        }
+
+        bool[] exists = keys.Length == 0 ? [] : await store.ExistsAsync(keys, context.RequestAborted);
+        int prefix = Array.IndexOf(exists, false);
+        var answer = new LookupResponse(prefix < 0 ? exists.Length : prefix, exists);
+        context.Response.ContentType = "application/json";
+        await JsonSerializer.SerializeAsync(context.Response.Body, answer, ServerJson.Default.LookupResponse, context.RequestAborted);
+    }
+
+    private async Task StatsAsync(HttpContext context)
+    {
+        StoreStats stats = await store.GetStatsAsync(context.RequestAborted);
+        context.Response.ContentType = "application/json";
+        await JsonSerializer.SerializeAsync(context.Response.Body, stats, ServerJson.Default.StoreStats, context.RequestAborted);
+    }
+
+    private static Task HealthAsync(HttpContext context)
+    {
+        context.Response.ContentType = "text/plain; charset=utf-8";
+        return context.Response.WriteAsync("ok\n", context.RequestAborted);
+    }
+
+    private async Task MetricsAsync(HttpContext context)
+    {
+        StoreStats stats = await store.GetStatsAsync(context.RequestAborted);
+        context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+        await context.Response.WriteAsync(metrics.Format(stats), context.RequestAborted);
+    }
+
+    private static bool TryGetKey(HttpContext context, out ObjectKey key)
+    {
+        key = default;
+        return context.Request.RouteValues.TryGetValue("key", out object? value) && ObjectKey.TryParse(value as string, out key);
+    }
+
+    /// <summary>Parses one <c>bytes=first-last</c> or <c>bytes=first-</c> range (suffix and multiple ranges are not served).</summary>
+    internal static bool TryParseRange(string header, out ByteRange range)
+    {
+        range = default;
+        if (!RangeHeaderValue.TryParse(header, out RangeHeaderValue? parsed)
+            || !string.Equals(parsed.Unit.Value, "bytes", StringComparison.OrdinalIgnoreCase)
+            || parsed.Ranges.Count != 1)
+        {
+            return false;
+        }
+
+        RangeItemHeaderValue item = parsed.Ranges.First();
+        if (item.From is not long from)
+        {
+            return false;
+        }
+
+        if (item.To is long to)
+        {
+            if (to < from)
+            {
+                return false;
+            }
+
+            range = new ByteRange(from, to - from + 1);
+        }
+        else
+        {
+            range = new ByteRange(from, null);
+        }
+
+        return true;
+    }
+
+    /// <summary>A destination for gets that must write nothing (an empty range).</summary>
+    private sealed class NothingWriter : IBufferWriter<byte>
+    {
+        public static readonly NothingWriter Instance = new();
+
+        public void Advance(int count)
+        {
+            if (count != 0)
+            {
+                throw new InvalidOperationException($"A get of an empty range wrote {count} bytes.");
+            }
+        }
+
+        public Memory<byte> GetMemory(int sizeHint = 0) => new byte[Math.Max(sizeHint, 1)];
+
+        public Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
+    }
+}

@@ -1,0 +1,249 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using KvFetcher.Store;
+using KvFetcher.Store.Disk;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace KvFetcher.Server;
+
+/// <summary>
+/// KvFetcher's network KV store: a Kestrel server (HTTP/1.1, and HTTP/2 over TLS) in front of a
+/// <see cref="DiskKvStore"/>, guarded by a bearer token. See <see cref="StoreEndpoints"/> for the API.
+/// </summary>
+public sealed class StoreServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly IKvStore _store;
+    private readonly bool _ownsStore;
+    private int _stopped;
+    private int _disposed;
+
+    private StoreServer(WebApplication app, IKvStore store, bool ownsStore, IReadOnlyList<Uri> addresses)
+    {
+        _app = app;
+        _store = store;
+        _ownsStore = ownsStore;
+        Addresses = addresses;
+    }
+
+    /// <summary>The bound addresses, ephemeral ports resolved (e.g. <c>http://127.0.0.1:41234/</c>).</summary>
+    public IReadOnlyList<Uri> Addresses { get; }
+
+    /// <summary>Validates <paramref name="options"/>, opens the store in its data directory, binds and starts serving.</summary>
+    public static async Task<StoreServer> StartAsync(StoreServerOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        DiskKvStore store = DiskKvStore.Open(new DiskKvStoreOptions
+        {
+            Directory = options.DataDirectory,
+            CapacityBytes = options.CapacityBytes,
+            Fsync = true,
+        });
+        try
+        {
+            return await StartAsync(options, store, ownsStore: true, cancellationToken);
+        }
+        catch
+        {
+            await store.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>Serves <paramref name="store"/> (any implementation); disposes it with the server when <paramref name="ownsStore"/>.</summary>
+    internal static async Task<StoreServer> StartAsync(StoreServerOptions options, IKvStore store, bool ownsStore, CancellationToken cancellationToken = default)
+    {
+        IReadOnlyList<ListenEndpoint> endpoints = options.ParseEndpoints();
+        X509Certificate2? certificate = endpoints.Any(e => e.Https) ? LoadCertificate(options) : null;
+
+        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = "kvfetch-server" });
+        builder.Logging.ClearProviders();
+        builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
+        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        builder.Services.AddSingleton<IHostLifetime, ExplicitLifetime>(); // the owner stops the server, not the host's signal handlers
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.RequestTimeout + TimeSpan.FromSeconds(5));
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Limits.MaxRequestBodySize = options.MaxObjectBytes;
+            // Large objects: windows big enough that one 8 MB transfer never stalls on flow control.
+            kestrel.Limits.Http2.InitialConnectionWindowSize = 32 << 20;
+            kestrel.Limits.Http2.InitialStreamWindowSize = 16 << 20;
+            foreach (ListenEndpoint endpoint in endpoints)
+            {
+                void Configure(ListenOptions listen)
+                {
+                    if (endpoint.Https)
+                    {
+                        listen.Protocols = HttpProtocols.Http1AndHttp2;
+                        listen.UseHttps(certificate!);
+                    }
+                    else
+                    {
+                        // Cleartext carries one protocol (HTTP/2 would need prior knowledge); HTTP/1.1 measured faster.
+                        listen.Protocols = options.CleartextProtocols;
+                    }
+                }
+
+                if (endpoint.Address is null)
+                {
+                    kestrel.ListenAnyIP(endpoint.Port, Configure);
+                }
+                else
+                {
+                    kestrel.Listen(endpoint.Address, endpoint.Port, Configure);
+                }
+            }
+        });
+
+        WebApplication app = builder.Build();
+        var metrics = new ServerMetrics();
+        var auth = new BearerTokenCheck(options.Token);
+        app.Use((context, next) => HandleAsync(context, next, auth, metrics, options.RequestTimeout));
+        new StoreEndpoints(store, options, metrics).Map(app);
+
+        try
+        {
+            await app.StartAsync(cancellationToken);
+        }
+        catch
+        {
+            await app.DisposeAsync();
+            throw;
+        }
+
+        ICollection<string> bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
+        return new StoreServer(app, store, ownsStore, [.. bound.Select(a => new Uri(a))]);
+    }
+
+    /// <summary>Stops accepting connections and waits for requests in flight to finish (cancel to cut them short).</summary>
+    public async Task StopAsync(CancellationToken cancellationToken = default)
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) == 0)
+        {
+            await _app.StopAsync(cancellationToken);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        try
+        {
+            await StopAsync();
+        }
+        finally
+        {
+            await _app.DisposeAsync();
+            if (_ownsStore)
+            {
+                await _store.DisposeAsync();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Every request: metrics; for <c>/v1</c>, the bearer check (401 before anything is read), the per-request deadline
+    /// and the mapping of store failures to status codes.
+    /// </summary>
+    private static async Task HandleAsync(HttpContext context, RequestDelegate next, BearerTokenCheck auth, ServerMetrics metrics, TimeSpan timeout)
+    {
+        long start = Stopwatch.GetTimestamp();
+        try
+        {
+            if (!context.Request.Path.StartsWithSegments("/v1", StringComparison.Ordinal))
+            {
+                await next(context);
+                return;
+            }
+
+            if (!auth.IsAuthorized(context.Request))
+            {
+                context.Response.Headers.WWWAuthenticate = "Bearer";
+                await StoreEndpoints.FailAsync(context, StatusCodes.Status401Unauthorized, "a valid bearer token is required");
+                return;
+            }
+
+            CancellationToken aborted = context.RequestAborted;
+            (int Status, string Message)? failure = null;
+            using (var deadline = CancellationTokenSource.CreateLinkedTokenSource(aborted))
+            {
+                deadline.CancelAfter(timeout);
+                context.RequestAborted = deadline.Token;
+                try
+                {
+                    await next(context);
+                }
+                catch (OperationCanceledException) when (deadline.IsCancellationRequested && !aborted.IsCancellationRequested)
+                {
+                    failure = (StatusCodes.Status503ServiceUnavailable, $"the request took longer than {timeout.TotalSeconds:0.###} s");
+                }
+                catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+                {
+                    // The client went away; nobody is listening for an answer.
+                }
+                catch (KvStoreFullException ex)
+                {
+                    failure = (StatusCodes.Status507InsufficientStorage, ex.Message);
+                }
+                catch (KvStoreException ex)
+                {
+                    failure = (StatusCodes.Status503ServiceUnavailable, ex.Message);
+                }
+                catch (Microsoft.AspNetCore.Http.BadHttpRequestException ex)
+                {
+                    failure = (ex.StatusCode, ex.Message);
+                }
+                finally
+                {
+                    context.RequestAborted = aborted;
+                }
+            }
+
+            // Written under the connection's own token: the deadline's may be the one that fired.
+            if (failure is (int status, string message))
+            {
+                await StoreEndpoints.FailAsync(context, status, message);
+            }
+        }
+        finally
+        {
+            int route = ServerMetrics.RouteIndex(context.GetEndpoint()?.DisplayName);
+            metrics.ObserveRequest(route, context.Response.StatusCode, Stopwatch.GetElapsedTime(start));
+        }
+    }
+
+    private static X509Certificate2 LoadCertificate(StoreServerOptions options)
+    {
+        try
+        {
+            return X509Certificate2.CreateFromPemFile(options.CertificateFile!, options.CertificateKeyFile);
+        }
+        catch (CryptographicException ex)
+        {
+            throw new ArgumentException($"Cannot load the certificate '{options.CertificateFile}' with key '{options.CertificateKeyFile}': {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>A host lifetime that leaves Ctrl+C and SIGTERM to the owner (the CLI stops the server itself).</summary>
+    private sealed class ExplicitLifetime : IHostLifetime
+    {
+        public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    }
+}

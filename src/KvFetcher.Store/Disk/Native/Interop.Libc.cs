@@ -1,0 +1,19 @@
+using System.Runtime.InteropServices;
+
+namespace KvFetcher.Store.Disk.Native;
+
+/// <summary>The C library calls .NET has no API for: opening a directory, so that it can be fsynced.</summary>
+internal static partial class Interop
+{
+    internal static partial class Libc
+    {
+        private const string Name = "libc";
+
+        /// <summary>O_RDONLY | O_CLOEXEC (the same values on Linux x64 and arm64).</summary>
+        public const int OpenReadOnlyCloseOnExec = 0x80000;
+
+        /// <summary><c>int open(const char *path, int flags)</c>: a file descriptor, or -1 with errno set.</summary>
+        [LibraryImport(Name, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+        public static partial int Open(string path, int flags);
+    }
+}

@@ -1,0 +1,560 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using KvFetcher.Codecs.Containers;
+using StackExchange.Redis;
+
+namespace KvFetcher.Store.Redis;
+
+/// <summary>
+/// An <see cref="IKvStore"/> in one Redis server or a Redis Cluster. An object lives in one hash slot (its keys carry
+/// the hash tag <c>{objectkey}</c>): a manifest key <c>prefix{objectkey}:m</c> and, for objects larger than
+/// <see cref="RedisKvStoreOptions.PartSize"/>, part keys <c>prefix{objectkey}:p:version:index</c>. A put writes the
+/// parts of a fresh random version first, then commits with one script that swaps the manifest in and drops the
+/// replaced version's parts, so a reader sees the old object or the new one, never a mix or a partial one. Small
+/// objects sit inline in the manifest key: one round trip each way. Capacity is Redis's own <c>maxmemory</c>.
+/// </summary>
+public sealed partial class RedisKvStore : IKvStore
+{
+    /// <summary>Reads retried when the object was replaced between reading its manifest and its parts.</summary>
+    private const int MaxReadAttempts = 4;
+
+    /// <summary>How much longer parts live than their manifest under a TTL, so a live manifest never lacks its parts.</summary>
+    private static readonly TimeSpan s_partTtlMargin = TimeSpan.FromSeconds(1);
+
+    private readonly ConnectionMultiplexer _connection;
+    private readonly IDatabase _database;
+    private readonly RedisKvStoreOptions _options;
+    private long _hits;
+    private long _misses;
+    private long _bytesIn;
+    private long _bytesOut;
+    private long _corruptObjects;
+    private int _disposed;
+
+    private RedisKvStore(ConnectionMultiplexer connection, RedisKvStoreOptions options, string description)
+    {
+        _connection = connection;
+        _database = connection.GetDatabase();
+        _options = options;
+        Description = description;
+    }
+
+    private enum ReadStatus
+    {
+        Found,
+        Missing,
+        Corrupt,
+        Replaced,
+    }
+
+    public string Description { get; }
+
+    /// <summary>
+    /// Connects to the Redis server or cluster named by <paramref name="options"/>. Throws
+    /// <see cref="KvStoreException"/> within <see cref="RedisKvStoreOptions.ConnectTimeout"/> when it cannot.
+    /// </summary>
+    public static async Task<RedisKvStore> ConnectAsync(RedisKvStoreOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        ConfigurationOptions configuration;
+        try
+        {
+            configuration = ConfigurationOptions.Parse(options.ConnectionString);
+        }
+        catch (Exception ex) when (ex is ArgumentException or RedisException)
+        {
+            throw new ArgumentException($"Invalid Redis connection string '{options.ConnectionString}': {ex.Message}", nameof(options), ex);
+        }
+
+        if (configuration.EndPoints.Count == 0)
+        {
+            throw new ArgumentException($"The Redis connection string '{options.ConnectionString}' names no host:port.", nameof(options));
+        }
+
+        configuration.AbortOnConnectFail = true;
+        configuration.ConnectRetry = 1;
+        configuration.ConnectTimeout = Milliseconds(options.ConnectTimeout);
+        configuration.AsyncTimeout = Milliseconds(options.OperationTimeout);
+        configuration.SyncTimeout = Milliseconds(options.OperationTimeout);
+        configuration.BacklogPolicy = BacklogPolicy.FailFast;
+        configuration.ClientName ??= "kvfetcher";
+        configuration.AllowAdmin = true; // INFO and DBSIZE for GetStatsAsync; nothing here flushes or reconfigures
+        string description = "redis:" + string.Join(',', configuration.EndPoints.Select(FormatEndPoint));
+
+        cancellationToken.ThrowIfCancellationRequested();
+        Task<ConnectionMultiplexer> connecting = ConnectionMultiplexer.ConnectAsync(configuration);
+        try
+        {
+            ConnectionMultiplexer connection = await connecting.WaitAsync(cancellationToken).ConfigureAwait(false);
+            return new RedisKvStore(connection, options, description);
+        }
+        catch (OperationCanceledException)
+        {
+            _ = connecting.ContinueWith(
+                static t => t.Result.Dispose(),
+                CancellationToken.None,
+                TaskContinuationOptions.OnlyOnRanToCompletion | TaskContinuationOptions.ExecuteSynchronously,
+                TaskScheduler.Default);
+            throw;
+        }
+        catch (Exception ex) when (IsRedisFailure(ex))
+        {
+            throw new KvStoreException($"Cannot connect to {description}: {ex.Message}", ex);
+        }
+    }
+
+    public async ValueTask PutAsync(ObjectKey key, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default)
+    {
+        ThrowIfInvalid(key);
+        if (!ChunkContainer.IsIntact(data.Span))
+        {
+            throw new ArgumentException($"Refusing to store '{key}': its {data.Length} bytes are not an intact chunk container.", nameof(data));
+        }
+
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        cancellationToken.ThrowIfCancellationRequested();
+        ulong checksum = BinaryPrimitives.ReadUInt64LittleEndian(data.Span[^ChunkContainer.ChecksumSize..]);
+        int partSize = _options.PartSize;
+        string partPrefix = PartPrefix(key);
+        try
+        {
+            if (data.Length <= partSize)
+            {
+                var manifest = new RedisManifest(data.Length, partSize, 0, NewVersion(), checksum);
+                byte[] value = new byte[RedisManifest.Size + data.Length];
+                manifest.Write(value);
+                data.Span.CopyTo(value.AsSpan(RedisManifest.Size));
+                await CommitAsync([ManifestKey(key)], value, partPrefix, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                // As few parts as PartSize allows, of equal size: 1 MiB + 136 bytes is two halves, not 1 MiB and 136 bytes.
+                int partCount = (int)((data.Length + (long)partSize - 1) / partSize);
+                partSize = (int)((data.Length + (long)partCount - 1) / partCount);
+                var manifest = new RedisManifest(data.Length, partSize, partCount, NewVersion(), checksum);
+                string versionPrefix = partPrefix + manifest.VersionHex() + ":";
+                var keys = new RedisKey[partCount + 1];
+                keys[0] = ManifestKey(key);
+                var writes = new Task<bool>[partCount];
+                for (int i = 0; i < partCount; i++)
+                {
+                    keys[i + 1] = versionPrefix + i.ToString(CultureInfo.InvariantCulture);
+                    ReadOnlyMemory<byte> part = data.Slice(i * partSize, manifest.PartLength(i));
+                    writes[i] = _database.StringSetAsync(keys[i + 1], part, _options.PendingPartLifetime, When.Always);
+                }
+
+                await Task.WhenAll(writes).WaitAsync(cancellationToken).ConfigureAwait(false);
+                byte[] head = new byte[RedisManifest.Size];
+                manifest.Write(head);
+                await CommitAsync(keys, head, partPrefix, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (IsRedisFailure(ex))
+        {
+            throw Failure("put", key, ex);
+        }
+
+        Interlocked.Add(ref _bytesIn, data.Length);
+    }
+
+    public async ValueTask<StoreRead> GetAsync(ObjectKey key, IBufferWriter<byte> destination, ByteRange range = default, CancellationToken cancellationToken = default)
+    {
+        ThrowIfInvalid(key);
+        ArgumentNullException.ThrowIfNull(destination);
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        cancellationToken.ThrowIfCancellationRequested();
+        try
+        {
+            for (int attempt = 0; attempt < MaxReadAttempts; attempt++)
+            {
+                (ReadStatus status, StoreRead read, byte[]? head) = await ReadOnceAsync(key, destination, range, cancellationToken).ConfigureAwait(false);
+                switch (status)
+                {
+                    case ReadStatus.Found:
+                        Interlocked.Increment(ref _hits);
+                        Interlocked.Add(ref _bytesOut, read.BytesWritten);
+                        return read;
+                    case ReadStatus.Corrupt:
+                        await RemoveAsync(key, head, cancellationToken).ConfigureAwait(false);
+                        Interlocked.Increment(ref _corruptObjects);
+                        Interlocked.Increment(ref _misses);
+                        return StoreRead.Miss;
+                    case ReadStatus.Missing:
+                        Interlocked.Increment(ref _misses);
+                        return StoreRead.Miss;
+                    case ReadStatus.Replaced:
+                    default:
+                        continue;
+                }
+            }
+        }
+        catch (Exception ex) when (IsRedisFailure(ex))
+        {
+            throw Failure("get", key, ex);
+        }
+
+        // Replaced on every attempt: the object is being rewritten faster than it can be read.
+        Interlocked.Increment(ref _misses);
+        return StoreRead.Miss;
+    }
+
+    public async ValueTask<bool[]> ExistsAsync(IReadOnlyList<ObjectKey> keys, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        cancellationToken.ThrowIfCancellationRequested();
+        Task<bool>[] checks = StartExists(keys);
+        try
+        {
+            await Task.WhenAll(checks).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (IsRedisFailure(ex))
+        {
+            throw new KvStoreException($"Redis exists of {keys.Count} keys at {Description} failed: {ex.Message}", ex);
+        }
+
+        bool[] found = new bool[checks.Length];
+        for (int i = 0; i < checks.Length; i++)
+        {
+            found[i] = checks[i].Result;
+        }
+
+        return found;
+    }
+
+    public async ValueTask<int> LongestPrefixAsync(IReadOnlyList<ObjectKey> chain, CancellationToken cancellationToken = default)
+    {
+        bool[] found = await ExistsAsync(chain, cancellationToken).ConfigureAwait(false);
+        int prefix = Array.IndexOf(found, false);
+        return prefix < 0 ? found.Length : prefix;
+    }
+
+    public async ValueTask<bool> DeleteAsync(ObjectKey key, CancellationToken cancellationToken = default)
+    {
+        ThrowIfInvalid(key);
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        cancellationToken.ThrowIfCancellationRequested();
+        try
+        {
+            return await RemoveAsync(key, expectedHead: null, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (IsRedisFailure(ex))
+        {
+            throw Failure("delete", key, ex);
+        }
+    }
+
+    /// <summary>
+    /// Counters are this client's. Usage comes from <c>INFO</c> of every primary: <see cref="StoreStats.UsedBytes"/>
+    /// is Redis's <c>used_memory</c>, <see cref="StoreStats.CapacityBytes"/> its <c>maxmemory</c> (null when any primary
+    /// has none), <see cref="StoreStats.Evictions"/> its <c>evicted_keys</c> and <see cref="StoreStats.Objects"/> the
+    /// number of keys (<c>DBSIZE</c>): Redis keeps no count of objects, and a large object is several keys.
+    /// </summary>
+    public async ValueTask<StoreStats> GetStatsAsync(CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        cancellationToken.ThrowIfCancellationRequested();
+        IServer[] primaries = [.. _connection.GetServers().Where(s => !s.IsReplica)];
+        var memory = new Task<IGrouping<string, KeyValuePair<string, string>>[]>[primaries.Length];
+        var stats = new Task<IGrouping<string, KeyValuePair<string, string>>[]>[primaries.Length];
+        var sizes = new Task<long>[primaries.Length];
+        for (int i = 0; i < primaries.Length; i++)
+        {
+            memory[i] = primaries[i].InfoAsync("memory");
+            stats[i] = primaries[i].InfoAsync("stats");
+            sizes[i] = primaries[i].DatabaseSizeAsync(_database.Database);
+        }
+
+        try
+        {
+            await Task.WhenAll(Task.WhenAll(memory), Task.WhenAll(stats), Task.WhenAll(sizes)).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (IsRedisFailure(ex))
+        {
+            throw new KvStoreException($"Redis INFO at {Description} failed: {ex.Message}", ex);
+        }
+
+        long used = 0;
+        long capacity = 0;
+        bool bounded = primaries.Length > 0;
+        long evicted = 0;
+        long keys = 0;
+        for (int i = 0; i < primaries.Length; i++)
+        {
+            used += InfoValue(memory[i].Result, "used_memory");
+            long max = InfoValue(memory[i].Result, "maxmemory");
+            bounded &= max > 0;
+            capacity += max;
+            evicted += InfoValue(stats[i].Result, "evicted_keys");
+            keys += sizes[i].Result;
+        }
+
+        return new StoreStats
+        {
+            Objects = keys,
+            UsedBytes = used,
+            CapacityBytes = bounded ? capacity : null,
+            Hits = Interlocked.Read(ref _hits),
+            Misses = Interlocked.Read(ref _misses),
+            BytesIn = Interlocked.Read(ref _bytesIn),
+            BytesOut = Interlocked.Read(ref _bytesOut),
+            Evictions = evicted,
+            CorruptObjects = Interlocked.Read(ref _corruptObjects),
+        };
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 0)
+        {
+            await _connection.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    public override string ToString() => Description;
+
+    /// <summary>The Redis key of an object's manifest (tests reach it to damage objects on purpose).</summary>
+    internal string ManifestKey(ObjectKey key) => $"{_options.KeyPrefix}{{{key.Value}}}:m";
+
+    /// <summary>What every part key of an object starts with; the version's hex, ':' and the index follow.</summary>
+    internal string PartPrefix(ObjectKey key) => $"{_options.KeyPrefix}{{{key.Value}}}:p:";
+
+    private static void ThrowIfInvalid(ObjectKey key)
+    {
+        if (key.Value is null)
+        {
+            throw new ArgumentException("The object key is the default (empty) value.", nameof(key));
+        }
+    }
+
+    private static bool IsRedisFailure(Exception ex) =>
+        ex is RedisException or TimeoutException or IOException or SocketException;
+
+    private KvStoreException Failure(string operation, ObjectKey key, Exception ex) =>
+        new($"Redis {operation} of '{key}' at {Description} failed: {ex.Message}", ex);
+
+    private static int Milliseconds(TimeSpan value) => (int)Math.Min(int.MaxValue, Math.Ceiling(value.TotalMilliseconds));
+
+    private static string FormatEndPoint(EndPoint endPoint) => endPoint switch
+    {
+        DnsEndPoint dns => $"{dns.Host}:{dns.Port}",
+        _ => endPoint.ToString() ?? "?",
+    };
+
+    private static ulong NewVersion()
+    {
+        Span<byte> random = stackalloc byte[sizeof(ulong)];
+        RandomNumberGenerator.Fill(random);
+        return BinaryPrimitives.ReadUInt64LittleEndian(random);
+    }
+
+    private static long InfoValue(IGrouping<string, KeyValuePair<string, string>>[] info, string name)
+    {
+        foreach (IGrouping<string, KeyValuePair<string, string>> section in info)
+        {
+            foreach (KeyValuePair<string, string> pair in section)
+            {
+                if (pair.Key == name && long.TryParse(pair.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out long value))
+                {
+                    return value;
+                }
+            }
+        }
+
+        return 0;
+    }
+
+    /// <summary>Whether <paramref name="value"/> is an intact container that is the object the manifest names.</summary>
+    private static bool IsObject(ReadOnlySpan<byte> value, in RedisManifest manifest) =>
+        value.Length == manifest.Length
+        && value.Length >= ChunkContainer.ChecksumSize
+        && BinaryPrimitives.ReadUInt64LittleEndian(value[^ChunkContainer.ChecksumSize..]) == manifest.Checksum
+        && ChunkContainer.IsIntact(value);
+
+    private static void ThrowIfOutside(ObjectKey key, ByteRange range, long length)
+    {
+        if (!range.TryResolve(length, out _, out _))
+        {
+            throw new ArgumentOutOfRangeException(nameof(range), range, $"The range lies outside '{key}', which is {length} bytes long.");
+        }
+    }
+
+    /// <summary>Hands leases back to their pool, including those of reads still in flight after a cancellation.</summary>
+    private static void Release(Task<Lease<byte>?> read)
+    {
+        if (read.IsCompletedSuccessfully)
+        {
+            read.Result?.Dispose();
+        }
+        else if (!read.IsCompleted)
+        {
+            _ = read.ContinueWith(
+                static t => t.Result?.Dispose(),
+                CancellationToken.None,
+                TaskContinuationOptions.OnlyOnRanToCompletion | TaskContinuationOptions.ExecuteSynchronously,
+                TaskScheduler.Default);
+        }
+    }
+
+    private Task<bool>[] StartExists(IReadOnlyList<ObjectKey> keys)
+    {
+        var checks = new Task<bool>[keys.Count];
+        for (int i = 0; i < checks.Length; i++)
+        {
+            ThrowIfInvalid(keys[i]);
+            checks[i] = _database.KeyExistsAsync(ManifestKey(keys[i]));
+        }
+
+        return checks;
+    }
+
+    private async Task CommitAsync(RedisKey[] keys, byte[] manifest, string partPrefix, CancellationToken cancellationToken)
+    {
+        long manifestTtl = _options.TimeToLive is { } ttl ? (long)Math.Ceiling(ttl.TotalMilliseconds) : 0;
+        long partTtl = manifestTtl > 0 ? manifestTtl + (long)s_partTtlMargin.TotalMilliseconds : 0;
+        RedisValue[] arguments = [manifest, manifestTtl, partTtl, partPrefix];
+        await _database.ScriptEvaluateAsync(CommitScript, keys, arguments).WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Removes an object (only while its manifest still starts with <paramref name="expectedHead"/>, when given).</summary>
+    private async Task<bool> RemoveAsync(ObjectKey key, byte[]? expectedHead, CancellationToken cancellationToken)
+    {
+        RedisValue[] arguments = [PartPrefix(key), expectedHead is null ? "0" : "1", expectedHead ?? []];
+        RedisResult result = await _database.ScriptEvaluateAsync(RemoveScript, [ManifestKey(key)], arguments)
+            .WaitAsync(cancellationToken).ConfigureAwait(false);
+        return (long)result == 1;
+    }
+
+    /// <summary>
+    /// One read: the manifest, then (for a large object) every part at once. Writes to <paramref name="destination"/>
+    /// only when it returns <see cref="ReadStatus.Found"/>; for <see cref="ReadStatus.Corrupt"/> it returns the
+    /// manifest head it saw, so only that object is removed.
+    /// </summary>
+    private async Task<(ReadStatus Status, StoreRead Read, byte[]? Head)> ReadOnceAsync(
+        ObjectKey key, IBufferWriter<byte> destination, ByteRange range, CancellationToken cancellationToken)
+    {
+        string manifestKey = ManifestKey(key);
+        Task<Lease<byte>?> manifestRead = _database.StringGetLeaseAsync(manifestKey);
+        RedisManifest manifest;
+        byte[] head;
+        try
+        {
+            Lease<byte>? value = await manifestRead.WaitAsync(cancellationToken).ConfigureAwait(false);
+            if (value is null)
+            {
+                return (ReadStatus.Missing, StoreRead.Miss, null);
+            }
+
+            head = value.Span[..Math.Min(RedisManifest.Size, value.Length)].ToArray();
+            if (!RedisManifest.TryRead(value.Span, out manifest))
+            {
+                return (ReadStatus.Corrupt, StoreRead.Miss, head);
+            }
+
+            ThrowIfOutside(key, range, manifest.Length);
+            if (manifest.IsInline)
+            {
+                return ReadInline(value.Span[RedisManifest.Size..], manifest, destination, range, head);
+            }
+        }
+        finally
+        {
+            Release(manifestRead);
+        }
+
+        string versionPrefix = PartPrefix(key) + manifest.VersionHex() + ":";
+        var parts = new Task<Lease<byte>?>[manifest.PartCount];
+        for (int i = 0; i < parts.Length; i++)
+        {
+            parts[i] = _database.StringGetLeaseAsync(versionPrefix + i.ToString(CultureInfo.InvariantCulture));
+        }
+
+        try
+        {
+            await Task.WhenAll(parts).WaitAsync(cancellationToken).ConfigureAwait(false);
+            for (int i = 0; i < parts.Length; i++)
+            {
+                if (parts[i].Result is not { } part || part.Length != manifest.PartLength(i))
+                {
+                    // A missing part: either the object was replaced or deleted since its manifest was read (retry),
+                    // or it lost a part while its manifest stayed (an incomplete object: remove it).
+                    RedisValue now = await _database.StringGetRangeAsync(manifestKey, 0, RedisManifest.Size - 1)
+                        .WaitAsync(cancellationToken).ConfigureAwait(false);
+                    return ((byte[]?)now) is { } current && current.AsSpan().SequenceEqual(head)
+                        ? (ReadStatus.Corrupt, StoreRead.Miss, head)
+                        : (ReadStatus.Replaced, StoreRead.Miss, null);
+                }
+            }
+
+            return Assemble(parts, manifest, destination, range, head);
+        }
+        finally
+        {
+            foreach (Task<Lease<byte>?> part in parts)
+            {
+                Release(part);
+            }
+        }
+    }
+
+    private static (ReadStatus, StoreRead, byte[]?) ReadInline(
+        ReadOnlySpan<byte> value, in RedisManifest manifest, IBufferWriter<byte> destination, ByteRange range, byte[] head)
+    {
+        if (!IsObject(value, manifest))
+        {
+            return (ReadStatus.Corrupt, StoreRead.Miss, head);
+        }
+
+        range.TryResolve(manifest.Length, out long start, out long count);
+        destination.Write(value.Slice((int)start, (int)count));
+        return (ReadStatus.Found, new StoreRead(true, manifest.Length, count), null);
+    }
+
+    /// <summary>Copies the parts into place (the destination itself for a whole-object read), verifies, then commits.</summary>
+    private static (ReadStatus, StoreRead, byte[]?) Assemble(
+        Task<Lease<byte>?>[] parts, in RedisManifest manifest, IBufferWriter<byte> destination, ByteRange range, byte[] head)
+    {
+        int length = (int)manifest.Length;
+        range.TryResolve(length, out long start, out long count);
+        byte[]? rented = range.IsAll ? null : ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            Span<byte> target = rented is null ? destination.GetSpan(length)[..length] : rented.AsSpan(0, length);
+            int offset = 0;
+            foreach (Task<Lease<byte>?> part in parts)
+            {
+                ReadOnlySpan<byte> bytes = part.Result!.Span;
+                bytes.CopyTo(target[offset..]);
+                offset += bytes.Length;
+            }
+
+            if (!IsObject(target, manifest))
+            {
+                return (ReadStatus.Corrupt, StoreRead.Miss, head);
+            }
+
+            if (rented is null)
+            {
+                destination.Advance(length);
+            }
+            else
+            {
+                destination.Write(target.Slice((int)start, (int)count));
+            }
+
+            return (ReadStatus.Found, new StoreRead(true, length, count), null);
+        }
+        finally
+        {
+            if (rented is not null)
+            {
+                ArrayPool<byte>.Shared.Return(rented);
+            }
+        }
+    }
+}

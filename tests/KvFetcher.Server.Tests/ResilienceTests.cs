@@ -1,0 +1,237 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using KvFetcher.Store;
+using KvFetcher.Store.Remote;
+using KvFetcher.Store.Tests;
+
+namespace KvFetcher.Server.Tests;
+
+/// <summary>Failures: corrupt objects, a stopped or silent server, store hiccups, timeouts, shutdown, TLS.</summary>
+public sealed class ResilienceTests
+{
+    /// <summary>Far beyond any healthy answer here; a call still running then has hung.</summary>
+    private static readonly TimeSpan s_hang = TimeSpan.FromSeconds(30);
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task Get_StoredFileCorrupted_MissNeverWrongData()
+    {
+        await using ServerHarness harness = await ServerHarness.StartAsync();
+        await using HttpKvStore client = harness.Client();
+        ObjectKey key = TestObjects.KeyFor("rotting");
+        byte[] container = TestObjects.Container(key, 50_000, 1);
+        await client.PutAsync(key, container, Ct);
+
+        string file = harness.ObjectPath(key);
+        byte[] onDisk = await File.ReadAllBytesAsync(file, Ct);
+        Assert.Equal(container, onDisk);
+        onDisk[30_000] ^= 0x01;
+        await File.WriteAllBytesAsync(file, onDisk, Ct);
+
+        Assert.Null(await client.GetBytesAsync(key, cancellationToken: Ct));
+        Assert.Equal(new[] { false }, await client.ExistsAsync([key], Ct)); // removed, not served again
+        Assert.Equal(1, (await client.GetStatsAsync(Ct)).CorruptObjects);
+        await StoreServerTests.AssertServingAsync(harness);
+    }
+
+    [Fact]
+    public async Task Get_RangeOfCorruptedFile_MissNeverWrongData()
+    {
+        await using ServerHarness harness = await ServerHarness.StartAsync();
+        await using HttpKvStore client = harness.Client();
+        ObjectKey key = TestObjects.KeyFor("rotting-range");
+        byte[] container = TestObjects.Container(key, 50_000, 1);
+        await client.PutAsync(key, container, Ct);
+        string file = harness.ObjectPath(key);
+        byte[] onDisk = await File.ReadAllBytesAsync(file, Ct);
+        onDisk[^1] ^= 0x80; // the checksum itself
+        await File.WriteAllBytesAsync(file, onDisk, Ct);
+
+        Assert.Null(await client.GetBytesAsync(key, new ByteRange(0, 100), Ct));
+    }
+
+    [Fact]
+    public async Task AnyCall_ServerStopped_ThrowsKvStoreExceptionWithoutHanging()
+    {
+        ServerHarness harness = await ServerHarness.StartAsync();
+        await using HttpKvStore client = harness.Client(timeout: TimeSpan.FromSeconds(5));
+        ObjectKey key = TestObjects.KeyFor("gone");
+        byte[] container = TestObjects.Container(key, 100, 1);
+        await client.PutAsync(key, container, Ct); // a pooled connection exists
+        await harness.DisposeAsync();
+
+        await Assert.ThrowsAsync<KvStoreException>(async () => await client.GetBytesAsync(key, cancellationToken: Ct).WaitAsync(s_hang, Ct));
+        await Assert.ThrowsAsync<KvStoreException>(async () => await client.PutAsync(key, container, Ct).AsTask().WaitAsync(s_hang, Ct));
+        await Assert.ThrowsAsync<KvStoreException>(async () => await client.LongestPrefixAsync([key], Ct).AsTask().WaitAsync(s_hang, Ct));
+        await Assert.ThrowsAsync<KvStoreException>(async () => await client.DeleteAsync(key, Ct).AsTask().WaitAsync(s_hang, Ct));
+        await Assert.ThrowsAsync<KvStoreException>(async () => await client.GetStatsAsync(Ct).AsTask().WaitAsync(s_hang, Ct));
+    }
+
+    [Fact]
+    public async Task Get_ServerAcceptsButNeverAnswers_TimesOutAsKvStoreException()
+    {
+        using var silent = new TcpListener(IPAddress.Loopback, 0);
+        silent.Start();
+        var accepted = new List<Socket>();
+        Task acceptLoop = Task.Run(async () =>
+        {
+            while (true)
+            {
+                accepted.Add(await silent.AcceptSocketAsync(Ct));
+            }
+        }, Ct);
+        await using var client = new HttpKvStore(new HttpKvStoreOptions
+        {
+            BaseAddress = new Uri($"http://127.0.0.1:{((IPEndPoint)silent.LocalEndpoint).Port}"),
+            Token = ServerHarness.Token,
+            RequestTimeout = TimeSpan.FromMilliseconds(300),
+            MaxRetries = 1,
+        });
+
+        KvStoreException timeout = await Assert.ThrowsAsync<KvStoreException>(async () => await client.GetBytesAsync(TestObjects.KeyFor("x"), cancellationToken: Ct).WaitAsync(s_hang, Ct));
+        Assert.Contains("no answer within", timeout.Message, StringComparison.Ordinal);
+        Assert.Contains("after 2 attempts", timeout.Message, StringComparison.Ordinal);
+        silent.Stop();
+        accepted.ForEach(s => s.Dispose());
+    }
+
+    [Fact]
+    public async Task Get_CallerCancels_OperationCanceledNotKvStoreException()
+    {
+        using var silent = new TcpListener(IPAddress.Loopback, 0);
+        silent.Start();
+        await using var client = new HttpKvStore(new HttpKvStoreOptions { BaseAddress = new Uri($"http://127.0.0.1:{((IPEndPoint)silent.LocalEndpoint).Port}") });
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        cancel.CancelAfter(TimeSpan.FromMilliseconds(200));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await client.GetBytesAsync(TestObjects.KeyFor("x"), cancellationToken: cancel.Token).WaitAsync(s_hang, Ct));
+    }
+
+    [Fact]
+    public async Task Get_StoreHiccupsOnce_ClientRetriesAndSucceeds()
+    {
+        FaultyStore? faulty = null;
+        await using ServerHarness harness = await ServerHarness.StartAsync(wrap: inner => faulty = new FaultyStore(inner));
+        await using HttpKvStore client = harness.Client();
+        ObjectKey key = TestObjects.KeyFor("flaky");
+        byte[] container = TestObjects.Container(key, 1000, 1);
+        await client.PutAsync(key, container, Ct);
+
+        faulty!.FailNextGets(1);
+        Assert.Equal(container, await client.GetBytesAsync(key, cancellationToken: Ct));
+        Assert.Equal(2, faulty.GetCalls);
+
+        // More failures than retries: a KvStoreException that carries the server's 503.
+        faulty.FailNextGets(3);
+        KvStoreException failure = await Assert.ThrowsAsync<KvStoreException>(async () => await client.GetBytesAsync(key, cancellationToken: Ct));
+        Assert.Contains("503", failure.Message, StringComparison.Ordinal);
+        Assert.Equal(5, faulty.GetCalls);
+    }
+
+    [Fact]
+    public async Task Get_StoreSlowerThanServerTimeout_Answers503AndKeepsServing()
+    {
+        FaultyStore? faulty = null;
+        await using ServerHarness harness = await ServerHarness.StartAsync(o => o with { RequestTimeout = TimeSpan.FromMilliseconds(300) }, inner => faulty = new FaultyStore(inner));
+        await using HttpKvStore client = harness.Client(maxRetries: 0);
+        ObjectKey key = TestObjects.KeyFor("slow");
+        await client.PutAsync(key, TestObjects.Container(key, 1000, 1), Ct);
+
+        faulty!.GetGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // never released
+        KvStoreException failure = await Assert.ThrowsAsync<KvStoreException>(async () => await client.GetBytesAsync(key, cancellationToken: Ct));
+        Assert.Contains("503", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("took longer than", failure.Message, StringComparison.Ordinal);
+        faulty.GetGate = null;
+        await StoreServerTests.AssertServingAsync(harness);
+    }
+
+    [Fact]
+    public async Task StopAsync_RequestInFlight_FinishesItThenRefusesNewOnes()
+    {
+        FaultyStore? faulty = null;
+        ServerHarness harness = await ServerHarness.StartAsync(wrap: inner => faulty = new FaultyStore(inner));
+        try
+        {
+            await using HttpKvStore client = harness.Client(maxRetries: 0, timeout: TimeSpan.FromSeconds(20));
+            ObjectKey key = TestObjects.KeyFor("in-flight");
+            byte[] container = TestObjects.Container(key, 200_000, 1);
+            await client.PutAsync(key, container, Ct);
+
+            var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            faulty!.GetGate = gate;
+            Task<byte[]?> get = client.GetBytesAsync(key, cancellationToken: Ct);
+            await faulty.GetEntered.Task.WaitAsync(s_hang, Ct);
+
+            Task stop = harness.Server.StopAsync(Ct);
+            await Task.Delay(200, Ct);
+            Assert.False(stop.IsCompleted); // waits for the request
+            gate.SetResult();
+            Assert.Equal(container, await get.WaitAsync(s_hang, Ct));
+            await stop.WaitAsync(s_hang, Ct);
+
+            faulty.GetGate = null;
+            await Assert.ThrowsAsync<KvStoreException>(async () => await client.GetBytesAsync(key, cancellationToken: Ct));
+        }
+        finally
+        {
+            await harness.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Tls_TrustedSelfSignedCertificate_RoundTripsOverHttp2()
+    {
+        string directory = ServerHarness.NewTempDirectory();
+        Directory.CreateDirectory(directory);
+        (string certFile, string keyFile) = WriteSelfSignedCertificate(directory);
+        await using ServerHarness harness = await ServerHarness.StartAsync(o => o with
+        {
+            Urls = ["https://127.0.0.1:0"],
+            CertificateFile = certFile,
+            CertificateKeyFile = keyFile,
+        });
+        try
+        {
+            Assert.Equal("https", harness.Address.Scheme);
+            await using var client = new HttpKvStore(new HttpKvStoreOptions { BaseAddress = harness.Address, Token = ServerHarness.Token, TrustedCertificateFile = certFile });
+            ObjectKey key = TestObjects.KeyFor("secure");
+            byte[] container = TestObjects.Container(key, 1 << 20, 1);
+            await client.PutAsync(key, container, Ct);
+            Assert.Equal(container, await client.GetBytesAsync(key, cancellationToken: Ct));
+
+            // The connection negotiated HTTP/2.
+            using var handler = new SocketsHttpHandler();
+            using X509Certificate2 expected = X509Certificate2.CreateFromPem(File.ReadAllText(certFile));
+            handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, _) => certificate?.GetCertHashString() == expected.GetCertHashString();
+            using var raw = new HttpClient(handler) { DefaultRequestVersion = HttpVersion.Version20 };
+            using HttpResponseMessage health = await raw.GetAsync(new Uri(harness.Address, "/healthz"), Ct);
+            Assert.Equal(HttpVersion.Version20, health.Version);
+
+            // Without trusting the certificate, the client refuses the server.
+            await using var untrusting = new HttpKvStore(new HttpKvStoreOptions { BaseAddress = harness.Address, Token = ServerHarness.Token, MaxRetries = 0 });
+            await Assert.ThrowsAsync<KvStoreException>(async () => await untrusting.GetBytesAsync(key, cancellationToken: Ct));
+        }
+        finally
+        {
+            ServerHarness.DeleteDirectory(directory);
+        }
+    }
+
+    private static (string CertFile, string KeyFile) WriteSelfSignedCertificate(string directory)
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=kvfetch-test", key, HashAlgorithmName.SHA256);
+        var names = new SubjectAlternativeNameBuilder();
+        names.AddIpAddress(IPAddress.Loopback);
+        request.CertificateExtensions.Add(names.Build());
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, false));
+        using X509Certificate2 certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(1));
+        string certFile = Path.Combine(directory, "cert.pem");
+        string keyFile = Path.Combine(directory, "key.pem");
+        File.WriteAllText(certFile, certificate.ExportCertificatePem());
+        File.WriteAllText(keyFile, key.ExportPkcs8PrivateKeyPem());
+        return (certFile, keyFile);
+    }
+}
