@@ -14,6 +14,7 @@ internal static class Program
             InspectCommand.Create(),
             ServeCommand.Create(),
             DemoCommand.Create(),
+            WarmCommand.Create(),
             BenchCommand.Create(),
         };
         root.Options.Add(CliOptions.Verbose);

@@ -193,6 +193,40 @@ public sealed class KvReuse : IAsyncDisposable
         };
     }
 
+    /// <summary>
+    /// Fetches the stored prefix of <paramref name="tokens"/> as <paramref name="variant"/> into <paramref name="session"/>
+    /// (reset first) without using the engine, for a scheduler that computes other requests meanwhile. Returns the
+    /// tokens now filled from position 0 (<see cref="KvCache.Length"/>); the caller computes the rest from there.
+    /// </summary>
+    public async Task<int> RestoreAsync(InferenceSession session, int[] tokens, KvVariant variant, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(session);
+        ContextPlan plan = Plan(tokens);
+        session.Reset();
+        var timeline = new Timeline((plan.ReusableChunks * 5) + 8, Stopwatch.GetTimestamp());
+        IReadOnlyList<KvVariant> ladder = [variant];
+        (int stored, int[] available, _) = plan.ReusableChunks == 0 ? (0, [], false) : await LookupAsync(plan, ladder, timeline, cancellationToken).ConfigureAwait(false);
+        if (stored == 0)
+        {
+            return 0;
+        }
+
+        var prefix = new PrefixState(stored, ladder, available);
+        using var progress = new SemaphoreSlim(0);
+        int slots = (int)Math.Clamp(Options.MaxBufferedBytes / (3L * plan.ChunkBytes), 2, 16);
+        var fetcher = new ChunkFetcher(plan, Store, session.Cache, Rates, Options, new FetchAllPolicy(prefix, 0), prefix.States, timeline, progress, slots, cancellationToken);
+        try
+        {
+            await fetcher.Completion.ConfigureAwait(false);
+        }
+        finally
+        {
+            await fetcher.DisposeAsync().ConfigureAwait(false);
+        }
+
+        return session.Cache.Length;
+    }
+
     public async ValueTask DisposeAsync() => await Publisher.DisposeAsync().ConfigureAwait(false);
 
     private IReadOnlyList<KvVariant> LadderFor(PrefillStrategy strategy) => strategy.Mode switch

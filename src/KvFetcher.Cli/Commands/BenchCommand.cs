@@ -25,14 +25,32 @@ internal static class BenchCommand
         Option<int> repeats = new("--repeats") { Description = "Runs per point (median reported).", DefaultValueFactory = _ => 1 };
         Option<DirectoryInfo?> documents = new("--documents") { Description = "Documents whose tokens form the contexts (default: the bundled held-out set)." };
         Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        Option<bool> mixed = new("--mixed") { Description = "Run the mixed workload instead: reuse requests among a background load, one FIFO queue vs a separate waiting queue." };
         var command = new Command("bench", "Measure TTFT per strategy across bandwidths and context lengths.")
         {
-            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads,
+            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads, mixed,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
             using LanguageModel lm = LanguageModel.Open(CliOptions.ResolveModel(parse.GetValue(model)),
                 new LanguageModelOptions { Threads = parse.GetValue(threads), KvStorageDType = DType.Float16 });
+            DirectoryInfo folder = parse.GetValue(output)!;
+            folder.Create();
+            if (parse.GetValue(mixed))
+            {
+                IReadOnlyList<MixedWorkloadRow> rows = MixedWorkload.RunAsync(lm, new MixedWorkloadOptions
+                {
+                    DocumentsDirectory = parse.GetValue(documents)?.FullName ?? DefaultDocuments(),
+                    Log = Console.Error.WriteLine,
+                }).GetAwaiter().GetResult();
+                File.WriteAllText(Path.Combine(folder.FullName, "mixed.json"), JsonSerializer.Serialize(rows, BenchCommandJson.Default.IReadOnlyListMixedWorkloadRow));
+                string mixedTable = "| queueing | requests | count | TTFT p50 ms | TTFT p99 ms | mean ms |\n| --- | --- | ---: | ---: | ---: | ---: |\n" +
+                    string.Concat(rows.Select(r => string.Create(CultureInfo.InvariantCulture, $"| {r.Queueing} | {r.Requests} | {r.Count} | {r.P50Ms:F0} | {r.P99Ms:F0} | {r.MeanMs:F0} |\n")));
+                File.WriteAllText(Path.Combine(folder.FullName, "mixed.md"), mixedTable);
+                Console.WriteLine(mixedTable);
+                return 0;
+            }
+
             string? jitterText = parse.GetValue(jitter);
             var options = new TtftSweepOptions
             {
@@ -45,8 +63,6 @@ internal static class BenchCommand
                 Log = Console.Error.WriteLine,
             };
             TtftSweepResult result = TtftSweep.RunAsync(lm, options).GetAwaiter().GetResult();
-            DirectoryInfo folder = parse.GetValue(output)!;
-            folder.Create();
             File.WriteAllText(Path.Combine(folder.FullName, "ttft.json"), JsonSerializer.Serialize(result, BenchCommandJson.Default.TtftSweepResult));
             string table = TtftReport.Markdown(result);
             File.WriteAllText(Path.Combine(folder.FullName, "ttft.md"), table);
@@ -76,4 +92,5 @@ internal static class BenchCommand
 
 [JsonSourceGenerationOptions(WriteIndented = true)]
 [JsonSerializable(typeof(TtftSweepResult))]
+[JsonSerializable(typeof(IReadOnlyList<MixedWorkloadRow>))]
 internal sealed partial class BenchCommandJson : JsonSerializerContext;

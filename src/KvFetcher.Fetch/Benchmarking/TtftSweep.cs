@@ -216,7 +216,7 @@ public static class TtftSweep
     }
 
     /// <summary>Tokens of the documents, in file order, concatenated until <paramref name="count"/> are collected.</summary>
-    private static int[] Corpus(LanguageModel model, string directory, int count)
+    internal static int[] Corpus(LanguageModel model, string directory, int count)
     {
         var tokens = new List<int>(count);
         foreach (string file in Directory.GetFiles(directory, "*.txt").Order(StringComparer.Ordinal))
