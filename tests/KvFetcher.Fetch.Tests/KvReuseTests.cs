@@ -10,12 +10,21 @@ using KvFetcher.Store.Shaping;
 
 namespace KvFetcher.Fetch.Tests;
 
-public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixture>, IDisposable
+public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixture>, IAsyncDisposable
 {
     private static readonly KvVariant[] s_ladder = [KvVariant.Raw, KvVariant.Exact, KvVariant.Parse("video8"), KvVariant.Parse("cachegen0")];
     private readonly string _directory = Directory.CreateTempSubdirectory("kvf-reuse-").FullName;
+    private readonly List<IKvStore> _stores = [];
 
-    public void Dispose() => Directory.Delete(_directory, recursive: true);
+    public async ValueTask DisposeAsync()
+    {
+        foreach (IKvStore store in _stores)
+        {
+            await store.DisposeAsync();
+        }
+
+        Directory.Delete(_directory, recursive: true);
+    }
 
     [Theory]
     [InlineData("fetch-raw")]
@@ -42,10 +51,13 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
 
         if (strategy.StartsWith("cake", StringComparison.Ordinal))
         {
-            // Cake fetches from the back: restores arrive last chunk first.
-            int[] order = [.. report.Timeline.Where(s => s.Stage == PrefillStage.Restore).OrderBy(s => s.End).Select(s => s.Chunk)];
-            Assert.NotEmpty(order);
-            Assert.Equal(order.OrderDescending(), order);
+            // Cake fetches from the back while the engine computes from the front: the restored chunks are the last
+            // ones, restored into the cache out of order, before the ones in front of them are computed.
+            int[] restored = [.. report.Timeline.Where(s => s.Stage == PrefillStage.Restore).Select(s => s.Chunk).Order()];
+            Assert.NotEmpty(restored);
+            Assert.Equal(Enumerable.Range(4 - restored.Length, restored.Length), restored);
+            Assert.True(report.Timeline.Where(s => s.Stage == PrefillStage.Restore).Min(s => s.Start) <
+                report.Timeline.Where(s => s.Stage == PrefillStage.Compute && s.Chunk >= 0).Max(s => s.End));
         }
     }
 
@@ -121,6 +133,39 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
     }
 
     [Fact]
+    public async Task Prefill_ServerKilledMidFetch_CompletesWithTheFullPrefillAnswer()
+    {
+        // Chunks live in a real `kvfetch serve` server (its own data directory), fetched over HTTP through a slow link.
+        await using (KvReuse writer = await WarmAsync(new ReuseOptions { Ladder = [KvVariant.Raw] }))
+        {
+            await writer.Store.DisposeAsync(); // releases the directory for the server
+        }
+
+        var server = await KvFetcher.Server.StoreServer.StartAsync(new KvFetcher.Server.StoreServerOptions
+        {
+            DataDirectory = _directory,
+            Token = "a-test-token-of-32-characters!!",
+            Urls = ["http://127.0.0.1:0"],
+        }, TestContext.Current.CancellationToken);
+        await using var http = new HttpKvStore(new HttpKvStoreOptions { BaseAddress = server.Addresses[0], Token = "a-test-token-of-32-characters!!", RequestTimeout = TimeSpan.FromSeconds(2), MaxRetries = 1 });
+        await using var slow = new ShapedKvStore(http, BandwidthSchedule.Constant(4e6), ownsInner: false);
+        await using var reuse = new KvReuse(fixture.Model, slow, new ReuseOptions { Ladder = [KvVariant.Raw], TransfersInFlight = 1 });
+        var session = fixture.Model.CreateSession(ReuseFixture.PromptTokens);
+        var logits = new float[fixture.Model.Config.VocabSize];
+
+        Task<PrefillReport> prefill = reuse.PrefillAsync(session, fixture.Tokens, PrefillStrategy.FetchOnly(KvVariant.Raw), logits, publish: false, TestContext.Current.CancellationToken);
+        await Task.Delay(400, TestContext.Current.CancellationToken); // about one 1 MB chunk in at 4 MB/s
+        await server.DisposeAsync();
+        PrefillReport report = await prefill;
+
+        Assert.Equal(4, report.StoredChunks);
+        Assert.InRange(report.RestoredChunks, 0, 3);
+        Assert.True(report.FailedChunks >= 1);
+        Assert.Equal(fixture.FullLogits, logits);
+        Assert.Equal(fixture.FullKv, ReuseFixture.Export(session));
+    }
+
+    [Fact]
     public async Task Prefill_StoreSlowerThanTheDeadline_ComputesTheLateChunks()
     {
         await using KvReuse warm = await WarmAsync(new ReuseOptions { Ladder = s_ladder });
@@ -162,6 +207,7 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
     private async Task<KvReuse> WarmAsync(ReuseOptions options)
     {
         var store = DiskKvStore.Open(new DiskKvStoreOptions { Directory = _directory, Fsync = false });
+        _stores.Add(store);
         var reuse = new KvReuse(fixture.Model, store, options);
         (PrefillReport report, _, _) = await PrefillAsync(reuse, PrefillStrategy.Adaptive);
         Assert.Equal(0, report.StoredChunks);
