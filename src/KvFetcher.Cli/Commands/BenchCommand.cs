@@ -25,10 +25,12 @@ internal static class BenchCommand
         Option<int> repeats = new("--repeats") { Description = "Runs per point (median reported).", DefaultValueFactory = _ => 1 };
         Option<DirectoryInfo?> documents = new("--documents") { Description = "Documents whose tokens form the contexts (default: the bundled held-out set)." };
         Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        Option<string?> store = new("--store") { Description = "Run against this store (e.g. a kvfetch serve URL behind a real shaped link) instead of a temporary disk store." };
+        Option<double?> linkMbps = new("--link-mbps") { Description = "With --store: the real link's rate; the shaper is off and one point per context is measured." };
         Option<bool> mixed = new("--mixed") { Description = "Run the mixed workload instead: reuse requests among a background load, one FIFO queue vs a separate waiting queue." };
         var command = new Command("bench", "Measure TTFT per strategy across bandwidths and context lengths.")
         {
-            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads, mixed,
+            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads, store, linkMbps, mixed,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -60,6 +62,8 @@ internal static class BenchCommand
                 Jitter = jitterText is null or "none" ? null : jitterText,
                 Repeats = parse.GetValue(repeats),
                 DocumentsDirectory = parse.GetValue(documents)?.FullName ?? DefaultDocuments(),
+                Store = parse.GetValue(store),
+                RealLinkMbps = parse.GetValue(linkMbps),
                 Log = Console.Error.WriteLine,
             };
             TtftSweepResult result = TtftSweep.RunAsync(lm, options).GetAwaiter().GetResult();

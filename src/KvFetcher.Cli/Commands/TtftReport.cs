@@ -10,19 +10,19 @@ internal static class TtftReport
     public static string Markdown(TtftSweepResult result)
     {
         var text = new StringBuilder();
-        TtftPoint[] shaped = [.. result.Points.Where(p => p.Link == "shaper")];
+        TtftPoint[] shaped = [.. result.Points.Where(p => !p.Link.StartsWith("jitter", StringComparison.Ordinal))];
         string[] strategies = [.. shaped.Select(p => p.Strategy).Distinct()];
         text.Append(CultureInfo.InvariantCulture, $"TTFT in ms ({result.Machine}); bound = DESIGN.md's lower bound from rates measured in the same run.\n\n");
-        text.Append("| context | Mbit/s | ").AppendJoin(" | ", strategies).Append(" | bound | ours / bound | ours / best other | ours picked |\n");
-        text.Append("| ---: | ---: |").Append(string.Concat(Enumerable.Repeat(" ---: |", strategies.Length + 3))).Append(" --- |\n");
+        text.Append("| link | context | Mbit/s | ").AppendJoin(" | ", strategies).Append(" | bound | ours / bound | ours / best other | ours picked |\n");
+        text.Append("| --- | ---: | ---: |").Append(string.Concat(Enumerable.Repeat(" ---: |", strategies.Length + 3))).Append(" --- |\n");
         var versusCompute = new List<double>();
         var versusRaw = new List<double>();
         double worstBound = 0, worstOther = 0;
-        foreach (var group in shaped.GroupBy(p => (p.Context, p.Mbps)))
+        foreach (var group in shaped.GroupBy(p => (p.Link, p.Context, p.Mbps)))
         {
             Dictionary<string, TtftPoint> row = group.ToDictionary(p => p.Strategy);
             TtftBound? bound = result.Bounds.FirstOrDefault(b => b.Context == group.Key.Context && b.Mbps == group.Key.Mbps);
-            text.Append(CultureInfo.InvariantCulture, $"| {group.Key.Context} | {group.Key.Mbps:G} |");
+            text.Append(CultureInfo.InvariantCulture, $"| {group.Key.Link} | {group.Key.Context} | {group.Key.Mbps:G} |");
             foreach (string s in strategies)
             {
                 text.Append(CultureInfo.InvariantCulture, $" {(row.TryGetValue(s, out TtftPoint? p) ? p.TtftMs.ToString("F0", CultureInfo.InvariantCulture) : "-")} |");
@@ -65,7 +65,7 @@ internal static class TtftReport
         }
 
         text.Append(CultureInfo.InvariantCulture, $"Worst ours / bound: {worstBound:F2}. Worst ours / best other: {worstOther:F2}.\n");
-        TtftPoint[] jitter = [.. result.Points.Where(p => p.Link != "shaper")];
+        TtftPoint[] jitter = [.. result.Points.Where(p => p.Link.StartsWith("jitter", StringComparison.Ordinal))];
         if (jitter.Length > 0)
         {
             text.Append(CultureInfo.InvariantCulture, $"\nJitter ({jitter[0].Link}, mean {jitter[0].Mbps:F0} Mbit/s, context {jitter[0].Context}):\n\n| pipeline | TTFT ms | chunks restored | variants |\n| --- | ---: | ---: | --- |\n");

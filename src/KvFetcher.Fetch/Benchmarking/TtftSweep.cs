@@ -33,6 +33,15 @@ public sealed record TtftSweepOptions
     /// <summary>Where the documents come from (their tokens are concatenated).</summary>
     public required string DocumentsDirectory { get; init; }
 
+    /// <summary>
+    /// An external store to run against (e.g. a <c>kvfetch serve</c> URL across a real shaped link) instead of a temporary
+    /// disk store; with <see cref="RealLinkMbps"/> the token-bucket shaper is off and the link's own rate is reported.
+    /// </summary>
+    public string? Store { get; init; }
+
+    /// <summary>The real link's rate (netns + tc) when <see cref="Store"/> sits behind one; the shaper is not used.</summary>
+    public double? RealLinkMbps { get; init; }
+
     /// <summary>Progress lines.</summary>
     public Action<string>? Log { get; init; }
 }
@@ -68,7 +77,9 @@ public static class TtftSweep
             foreach (int context in options.Contexts)
             {
                 int[] tokens = corpus[..(context + options.SuffixTokens)];
-                await using var disk = DiskKvStore.Open(new DiskKvStoreOptions { Directory = Path.Combine(directory, context.ToString(System.Globalization.CultureInfo.InvariantCulture)), Fsync = false });
+                await using IKvStore disk = options.Store is null
+                    ? DiskKvStore.Open(new DiskKvStoreOptions { Directory = Path.Combine(directory, context.ToString(System.Globalization.CultureInfo.InvariantCulture)), Fsync = false })
+                    : await KvStores.OpenAsync(options.Store, cancellationToken: cancellationToken).ConfigureAwait(false);
                 var rates = new FetchRates();
 
                 // Store the context (every ladder variant) and calibrate compute per chunk.
@@ -83,10 +94,10 @@ public static class TtftSweep
                 options.Log?.Invoke($"context {context}: stored; compute {chunkMs.Sum():F0} ms in {chunkMs.Length} chunks + suffix {suffixMs:F0} ms");
 
                 double computeOnly = await MedianAsync(model, disk, reuseOptions, rates, tokens, PrefillStrategy.ComputeOnly, options.Repeats, cancellationToken).ConfigureAwait(false) is var c ? c.TtftMs : 0;
-                foreach (double mbps in options.BandwidthsMbps)
+                foreach (double mbps in options.RealLinkMbps is { } link ? [link] : options.BandwidthsMbps)
                 {
                     var schedule = BandwidthSchedule.Constant(mbps * 1e6 / 8);
-                    await using var shaped = new ShapedKvStore(disk, schedule, ownsInner: false);
+                    await using IKvStore shaped = options.RealLinkMbps is null ? new ShapedKvStore(disk, schedule, ownsInner: false) : new Unowned(disk);
 
                     // One adaptive request first: the estimator learns this link (a serving engine has seen earlier requests).
                     await MedianAsync(model, shaped, reuseOptions, rates, tokens, PrefillStrategy.Adaptive, 1, cancellationToken).ConfigureAwait(false);
@@ -96,7 +107,7 @@ public static class TtftSweep
                         PointResult result = strategy.Mode == PrefillMode.ComputeOnly
                             ? new PointResult(computeOnly, 0, 0, 0, "")
                             : await MedianAsync(model, shaped, reuseOptions, rates, tokens, strategy, options.Repeats, cancellationToken).ConfigureAwait(false);
-                        points.Add(new TtftPoint(context, "shaper", mbps, name, result.TtftMs, result.Restored, result.Failed, result.Bytes, result.Variants));
+                        points.Add(new TtftPoint(context, options.RealLinkMbps is null ? "shaper" : "netns", mbps, name, result.TtftMs, result.Restored, result.Failed, result.Bytes, result.Variants));
                         options.Log?.Invoke($"  {context} tokens, {mbps,6} Mbit/s, {name,-16} TTFT {result.TtftMs,8:F0} ms  restored {result.Restored,2} ({result.Variants})");
                     }
 
@@ -105,7 +116,7 @@ public static class TtftSweep
                     options.Log?.Invoke($"  {context} tokens, {mbps,6} Mbit/s, lower bound {bound.BoundMs:F0} ms (split at chunk {bound.SplitChunk}, {bound.Variant})");
                 }
 
-                if (options.Jitter is not null && context == options.Contexts.Max())
+                if (options.Jitter is not null && options.RealLinkMbps is null && context == options.Contexts.Max())
                 {
                     var schedule = BandwidthSchedule.Parse(options.Jitter);
                     await using var shaped = new ShapedKvStore(disk, schedule, ownsInner: false);
@@ -129,6 +140,27 @@ public static class TtftSweep
 
         string machine = $"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, {model.Threads} engine threads";
         return new TtftSweepResult(points, bounds, computeMs, machine);
+    }
+
+    /// <summary>A store used without taking ownership (disposing it does nothing).</summary>
+    private sealed class Unowned(IKvStore inner) : IKvStore
+    {
+        public string Description => inner.Description;
+
+        public ValueTask PutAsync(ObjectKey key, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default) => inner.PutAsync(key, data, cancellationToken);
+
+        public ValueTask<StoreRead> GetAsync(ObjectKey key, System.Buffers.IBufferWriter<byte> destination, ByteRange range = default, CancellationToken cancellationToken = default) =>
+            inner.GetAsync(key, destination, range, cancellationToken);
+
+        public ValueTask<bool[]> ExistsAsync(IReadOnlyList<ObjectKey> keys, CancellationToken cancellationToken = default) => inner.ExistsAsync(keys, cancellationToken);
+
+        public ValueTask<int> LongestPrefixAsync(IReadOnlyList<ObjectKey> chain, CancellationToken cancellationToken = default) => inner.LongestPrefixAsync(chain, cancellationToken);
+
+        public ValueTask<bool> DeleteAsync(ObjectKey key, CancellationToken cancellationToken = default) => inner.DeleteAsync(key, cancellationToken);
+
+        public ValueTask<StoreStats> GetStatsAsync(CancellationToken cancellationToken = default) => inner.GetStatsAsync(cancellationToken);
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 
     private sealed record PointResult(double TtftMs, int Restored, int Failed, long Bytes, string Variants);
