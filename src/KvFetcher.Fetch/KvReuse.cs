@@ -45,8 +45,14 @@ public sealed class KvReuse : IAsyncDisposable
     public KvPublisher Publisher { get; }
 
     /// <summary>The chunk keys of a prompt under this model and tenant.</summary>
-    public ContextPlan Plan(int[] tokens) =>
-        ContextPlan.Create(_model.Fingerprint, Options.TenantSalt, tokens, Options.ChunkTokens, _model.Config.NumLayers, _model.Config.NumKvHeads,
+    public ContextPlan Plan(int[] tokens) => Plan(tokens, Options.TenantSalt);
+
+    /// <summary>
+    /// The chunk keys of a prompt under this model and <paramref name="tenantSalt"/>, for one instance serving many
+    /// tenants (a server salts each request with its caller's tenant; <see cref="ReuseOptions.TenantSalt"/> is ignored).
+    /// </summary>
+    public ContextPlan Plan(int[] tokens, string tenantSalt) =>
+        ContextPlan.Create(_model.Fingerprint, tenantSalt, tokens, Options.ChunkTokens, _model.Config.NumLayers, _model.Config.NumKvHeads,
             _model.Config.HeadDim, _model.Options.KvStorageDType);
 
     /// <summary>
@@ -93,6 +99,7 @@ public sealed class KvReuse : IAsyncDisposable
             int slots = strategy.Pipelined ? (int)Math.Clamp(Options.MaxBufferedBytes / (3L * plan.ChunkBytes), 2, 16) : 1;
             ReuseOptions options = strategy.Pipelined ? Options : Options with { TransfersInFlight = 1 };
             fetcher = new ChunkFetcher(plan, Store, session.Cache, Rates, options, policy, prefix.States, timeline, progress, slots, cancellationToken);
+            fetcher.EngineBusy = () => prefix.EngineBusy;
             if (policy is AdaptivePolicy adaptive)
             {
                 ChunkFetcher started = fetcher;
@@ -128,7 +135,9 @@ public sealed class KvReuse : IAsyncDisposable
                     if ((state is ChunkState.Pending or ChunkState.Failed && engineComputes || cakeTakesOver) && prefix.TryTake(chunk, state, ChunkState.Computing))
                     {
                         republish[chunk] = state == ChunkState.Failed;
+                        prefix.EngineBusy = true;
                         Compute(session, plan, chunk, lastLogits, timeline);
+                        prefix.EngineBusy = false;
                         Volatile.Write(ref prefix.States[chunk], (int)ChunkState.Filled);
                         break;
                     }
@@ -198,33 +207,62 @@ public sealed class KvReuse : IAsyncDisposable
     /// (reset first) without using the engine, for a scheduler that computes other requests meanwhile. Returns the
     /// tokens now filled from position 0 (<see cref="KvCache.Length"/>); the caller computes the rest from there.
     /// </summary>
-    public async Task<int> RestoreAsync(InferenceSession session, int[] tokens, KvVariant variant, CancellationToken cancellationToken = default)
+    public async Task<int> RestoreAsync(InferenceSession session, int[] tokens, KvVariant variant, CancellationToken cancellationToken = default) =>
+        (await FetchPrefixAsync(session, Plan(tokens), variant, cancellationToken).ConfigureAwait(false)).ReusedTokens;
+
+    /// <summary>
+    /// Fetches the stored prefix of <paramref name="plan"/> as <paramref name="variant"/> into <paramref name="session"/>
+    /// (reset first) without using the engine, and reports what it did. Positions [0, <see cref="RestoreReport.ReusedTokens"/>)
+    /// are filled afterwards; the caller computes the rest from there (and may publish the chunks it computes through
+    /// <see cref="Publisher"/>). A store that is down or slow only shortens the reused prefix.
+    /// </summary>
+    public async Task<RestoreReport> FetchPrefixAsync(InferenceSession session, ContextPlan plan, KvVariant variant, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(session);
-        ContextPlan plan = Plan(tokens);
+        ArgumentNullException.ThrowIfNull(plan);
+        if (session.Model != _model)
+        {
+            throw new ArgumentException("The session belongs to another model.", nameof(session));
+        }
+
+        long t0 = Stopwatch.GetTimestamp();
         session.Reset();
-        var timeline = new Timeline((plan.ReusableChunks * 5) + 8, Stopwatch.GetTimestamp());
+        var timeline = new Timeline((plan.ReusableChunks * 5) + 8, t0);
         IReadOnlyList<KvVariant> ladder = [variant];
-        (int stored, int[] available, _) = plan.ReusableChunks == 0 ? (0, [], false) : await LookupAsync(plan, ladder, timeline, cancellationToken).ConfigureAwait(false);
-        if (stored == 0)
+        (int stored, int[] available, bool lookupFailed) = plan.ReusableChunks == 0 ? (0, [], false) : await LookupAsync(plan, ladder, timeline, cancellationToken).ConfigureAwait(false);
+        int restored = 0, failed = 0;
+        long bytes = 0;
+        if (stored > 0)
         {
-            return 0;
+            var prefix = new PrefixState(stored, ladder, available);
+            using var progress = new SemaphoreSlim(0);
+            int slots = (int)Math.Clamp(Options.MaxBufferedBytes / (3L * plan.ChunkBytes), 2, 16);
+            var fetcher = new ChunkFetcher(plan, Store, session.Cache, Rates, Options, new FetchAllPolicy(prefix, 0), prefix.States, timeline, progress, slots, cancellationToken);
+            try
+            {
+                await fetcher.Completion.ConfigureAwait(false);
+            }
+            finally
+            {
+                await fetcher.DisposeAsync().ConfigureAwait(false);
+                restored = fetcher.RestoredChunks;
+                failed = fetcher.FailedChunks;
+                bytes = fetcher.BytesFetched;
+            }
         }
 
-        var prefix = new PrefixState(stored, ladder, available);
-        using var progress = new SemaphoreSlim(0);
-        int slots = (int)Math.Clamp(Options.MaxBufferedBytes / (3L * plan.ChunkBytes), 2, 16);
-        var fetcher = new ChunkFetcher(plan, Store, session.Cache, Rates, Options, new FetchAllPolicy(prefix, 0), prefix.States, timeline, progress, slots, cancellationToken);
-        try
+        return new RestoreReport
         {
-            await fetcher.Completion.ConfigureAwait(false);
-        }
-        finally
-        {
-            await fetcher.DisposeAsync().ConfigureAwait(false);
-        }
-
-        return session.Cache.Length;
+            PromptTokens = plan.Tokens.Length,
+            StoredChunks = stored,
+            RestoredChunks = restored,
+            FailedChunks = failed,
+            ReusedTokens = session.Cache.Length,
+            BytesFetched = bytes,
+            LookupFailed = lookupFailed,
+            Elapsed = Stopwatch.GetElapsedTime(t0),
+            Timeline = timeline.ToArray(),
+        };
     }
 
     public async ValueTask DisposeAsync() => await Publisher.DisposeAsync().ConfigureAwait(false);

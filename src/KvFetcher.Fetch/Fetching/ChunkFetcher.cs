@@ -89,6 +89,9 @@ internal sealed class ChunkFetcher : IAsyncDisposable
 
     public int FailedChunks => Volatile.Read(ref _failed);
 
+    /// <summary>Whether the engine computes right now (set by the scheduler; decode and restore then share the cores).</summary>
+    public Func<bool> EngineBusy { get; set; } = static () => false;
+
     /// <summary>Transfers, decodes and restores in progress right now.</summary>
     public int InFlight => _slots.Length - _free.Reader.Count;
 
@@ -259,7 +262,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                     continue;
                 }
 
-                _rates.ObserveVariant(slot.Variant, slot.Container.Length, _plan.ChunkBytes, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                _rates.ObserveVariant(slot.Variant, slot.Container.Length, _plan.ChunkBytes, Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy());
                 _timeline.Add(PrefillStage.Decode, slot.Chunk, slot.Variant.ToString(), start);
 
                 // The restore channel has a place for every slot, so this never blocks.
@@ -288,7 +291,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                     long t0 = Stopwatch.GetTimestamp();
                     int first = chunk * _plan.ChunkTokens;
                     _cache.Import(first, first + _plan.ChunkTokens, _plan.DType, slot.Kv);
-                    _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                    _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy());
                     _timeline.Add(PrefillStage.Restore, chunk, slot.Variant.ToString(), start);
                     Volatile.Write(ref _states[chunk], (int)ChunkState.Filled);
                     Interlocked.Increment(ref _restored);

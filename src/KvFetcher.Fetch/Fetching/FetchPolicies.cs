@@ -32,6 +32,15 @@ internal sealed class PrefixState(int chunks, IReadOnlyList<KvVariant> ladder, i
     /// <summary>The chunk the engine computes or waits for now (it has passed every chunk before it).</summary>
     public int ComputeFrontier => Volatile.Read(ref _computeFrontier);
 
+    /// <summary>Whether the engine is computing now (the fetcher's CPU stages then share the cores with it).</summary>
+    public bool EngineBusy
+    {
+        get => Volatile.Read(ref _engineBusy);
+        set => Volatile.Write(ref _engineBusy, value);
+    }
+
+    private bool _engineBusy;
+
     /// <summary>When the engine started on its current chunk (Stopwatch timestamp).</summary>
     public long ComputeChunkStart => Interlocked.Read(ref _computeChunkStart);
 
@@ -190,7 +199,7 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
                 continue;
             }
 
-            (double perChunk, double decode, double restore) = PerChunk(v);
+            (double perChunk, double decode, double restore) = PerChunk(v, engineBusy: false);
             if (perChunk < fastest)
             {
                 (fastest, latency) = (perChunk, decode + restore);
@@ -208,9 +217,9 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
         return wait;
     }
 
-    private (double PerChunk, double Decode, double Restore) PerChunk(int ladderIndex)
+    private (double PerChunk, double Decode, double Restore) PerChunk(int ladderIndex, bool engineBusy)
     {
-        (double transfer, double decode, double restore) = rates.ChunkSeconds(Prefix.Ladder[ladderIndex], plan.ChunkBytes);
+        (double transfer, double decode, double restore) = rates.ChunkSeconds(Prefix.Ladder[ladderIndex], plan.ChunkBytes, engineBusy);
         double perChunk = Math.Max(transfer, Math.Max(decode / options.DecodeWorkers, restore));
         return (perChunk, decode, restore);
     }
@@ -241,7 +250,8 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
                 continue;
             }
 
-            (double perChunk, double decode, double restore) = PerChunk(v);
+            // While the engine computes, decode and restore share the cores with it; once it waits, they have them.
+            (double perChunk, double decode, double restore) = PerChunk(v, engineBusy: Prefix.EngineWaitingFor < 0);
             arrival[v] = ((inFlight + 1) * perChunk) + decode + restore;
             meet[v] = gap / ((1 / computePerChunk) + (1 / perChunk));
             if (meet[v] < bestMeet)

@@ -5,16 +5,20 @@ namespace KvFetcher.Fetch.Fetching;
 /// <summary>
 /// What the fetcher has measured, kept across requests (EWMA): the link's bandwidth, each variant's stored size and
 /// decode time per chunk, restore time, and the engine's compute time per chunk by position (prefill of a chunk costs
-/// more the later it sits). Until a rate is measured, a conservative prior stands in. Thread-safe.
+/// more the later it sits). Decode and restore run on the CPU next to the engine, so their times are kept twice: while
+/// the engine computes (they share the cores) and while it is idle or waiting. Until a rate is measured, a conservative
+/// prior stands in. Thread-safe.
 /// </summary>
 public sealed class FetchRates
 {
     private const double Alpha = 0.5;
     private readonly Lock _lock = new();
-    private readonly Dictionary<KvVariant, (double SizeFraction, double DecodeSeconds)> _variants = [];
+    private readonly Dictionary<KvVariant, double> _sizes = [];
+    private readonly Dictionary<(KvVariant, bool), double> _decode = [];
     private double[] _compute = new double[64];
     private double _bandwidth = 100e6;
-    private double _restoreSeconds = 0.002;
+    private double _restoreIdle = 0.002;
+    private double _restoreBusy;
     private bool _bandwidthMeasured;
 
     /// <summary>The estimated link bandwidth in bytes per second (all transfers of a request together).</summary>
@@ -56,22 +60,29 @@ public sealed class FetchRates
         }
     }
 
-    public void ObserveVariant(KvVariant variant, long containerBytes, int chunkBytes, double decodeSeconds)
+    /// <summary>Records a decoded chunk: its container size and decode time, and whether the engine was computing meanwhile.</summary>
+    public void ObserveVariant(KvVariant variant, long containerBytes, int chunkBytes, double decodeSeconds, bool engineBusy = false)
     {
         double fraction = (double)containerBytes / chunkBytes;
         lock (_lock)
         {
-            _variants[variant] = _variants.TryGetValue(variant, out var old)
-                ? ((Alpha * fraction) + ((1 - Alpha) * old.SizeFraction), (Alpha * decodeSeconds) + ((1 - Alpha) * old.DecodeSeconds))
-                : (fraction, decodeSeconds);
+            _sizes[variant] = _sizes.TryGetValue(variant, out double size) ? (Alpha * fraction) + ((1 - Alpha) * size) : fraction;
+            _decode[(variant, engineBusy)] = _decode.TryGetValue((variant, engineBusy), out double decode) ? (Alpha * decodeSeconds) + ((1 - Alpha) * decode) : decodeSeconds;
         }
     }
 
-    public void ObserveRestore(double seconds)
+    public void ObserveRestore(double seconds, bool engineBusy = false)
     {
         lock (_lock)
         {
-            _restoreSeconds = (Alpha * seconds) + ((1 - Alpha) * _restoreSeconds);
+            if (engineBusy)
+            {
+                _restoreBusy = _restoreBusy == 0 ? seconds : (Alpha * seconds) + ((1 - Alpha) * _restoreBusy);
+            }
+            else
+            {
+                _restoreIdle = (Alpha * seconds) + ((1 - Alpha) * _restoreIdle);
+            }
         }
     }
 
@@ -111,13 +122,20 @@ public sealed class FetchRates
         }
     }
 
-    /// <summary>Predicted (transfer, decode, restore) seconds of one chunk of <paramref name="chunkBytes"/> as <paramref name="variant"/>.</summary>
-    public (double Transfer, double Decode, double Restore) ChunkSeconds(KvVariant variant, int chunkBytes)
+    /// <summary>
+    /// Predicted (transfer, decode, restore) seconds of one chunk of <paramref name="chunkBytes"/> as
+    /// <paramref name="variant"/>, with the engine computing alongside (<paramref name="engineBusy"/>) or not.
+    /// </summary>
+    public (double Transfer, double Decode, double Restore) ChunkSeconds(KvVariant variant, int chunkBytes, bool engineBusy = false)
     {
         lock (_lock)
         {
-            (double fraction, double decode) = _variants.TryGetValue(variant, out var measured) ? measured : Prior(variant, chunkBytes);
-            return (fraction * chunkBytes / _bandwidth, decode, _restoreSeconds);
+            (double priorFraction, double priorDecode) = Prior(variant, chunkBytes);
+            double fraction = _sizes.TryGetValue(variant, out double size) ? size : priorFraction;
+            double idle = _decode.TryGetValue((variant, false), out double measuredIdle) ? measuredIdle : priorDecode;
+            double decode = !engineBusy ? idle : _decode.TryGetValue((variant, true), out double measuredBusy) ? measuredBusy : idle * 1.5;
+            double restore = !engineBusy ? _restoreIdle : _restoreBusy > 0 ? _restoreBusy : _restoreIdle * 1.5;
+            return (fraction * chunkBytes / _bandwidth, decode, restore);
         }
     }
 

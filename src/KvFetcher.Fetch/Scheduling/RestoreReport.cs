@@ -1,0 +1,34 @@
+using KvFetcher.Fetch.Fetching;
+
+namespace KvFetcher.Fetch.Scheduling;
+
+/// <summary>What a fetch of a request's stored prefix did, off the engine (see <see cref="KvReuse.FetchPrefixAsync"/>).</summary>
+public sealed record RestoreReport
+{
+    public int PromptTokens { get; init; }
+
+    /// <summary>Chunks of the prompt found in the store (the longest stored prefix).</summary>
+    public int StoredChunks { get; init; }
+
+    /// <summary>Chunks restored into the cache.</summary>
+    public int RestoredChunks { get; init; }
+
+    /// <summary>Stored chunks whose fetch failed (miss, timeout, store error, corrupt data); the engine computes them.</summary>
+    public int FailedChunks { get; init; }
+
+    /// <summary>Positions [0, ReusedTokens) are filled: the cache's contiguous prefix, where the engine continues.</summary>
+    public int ReusedTokens { get; init; }
+
+    public long BytesFetched { get; init; }
+
+    /// <summary>The lookup failed (store down or too slow); nothing was fetched.</summary>
+    public bool LookupFailed { get; init; }
+
+    /// <summary>From the call to the restored prefix (lookup, transfer, decode and restore).</summary>
+    public TimeSpan Elapsed { get; init; }
+
+    public IReadOnlyList<StageSpan> Timeline { get; init; } = [];
+
+    /// <summary>The summed duration of each stage (stages overlap, so these add up to more than <see cref="Elapsed"/>).</summary>
+    public TimeSpan Total(PrefillStage stage) => TimeSpan.FromTicks(Timeline.Where(s => s.Stage == stage).Sum(s => s.Duration.Ticks));
+}
