@@ -13,6 +13,7 @@ internal static class Program
             KeysCommand.Create(),
             InspectCommand.Create(),
             ServeCommand.Create(),
+            ServeLlmCommand.Create(),
             DemoCommand.Create(),
             WarmCommand.Create(),
             BenchCommand.Create(),

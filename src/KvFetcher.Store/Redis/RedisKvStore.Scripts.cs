@@ -30,7 +30,7 @@ public sealed partial class RedisKvStore
         local partTtl = tonumber(ARGV[3])
         for i = 2, #KEYS do
           if redis.call('EXISTS', KEYS[i]) == 0 then
-            return redis.error_reply('ERR part ' .. KEYS[i] .. ' expired before its manifest was written')
+            return redis.error_reply('ERR part ' .. KEYS[i] .. ' is missing at commit (its write failed, or it expired first)')
           end
           if partTtl > 0 then redis.call('PEXPIRE', KEYS[i], partTtl) else redis.call('PERSIST', KEYS[i]) end
         end

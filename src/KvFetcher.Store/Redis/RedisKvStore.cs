@@ -13,9 +13,10 @@ namespace KvFetcher.Store.Redis;
 /// An <see cref="IKvStore"/> in one Redis server or a Redis Cluster. An object lives in one hash slot (its keys carry
 /// the hash tag <c>{objectkey}</c>): a manifest key <c>prefix{objectkey}:m</c> and, for objects larger than
 /// <see cref="RedisKvStoreOptions.PartSize"/>, part keys <c>prefix{objectkey}:p:version:index</c>. A put writes the
-/// parts of a fresh random version first, then commits with one script that swaps the manifest in and drops the
-/// replaced version's parts, so a reader sees the old object or the new one, never a mix or a partial one. Small
-/// objects sit inline in the manifest key: one round trip each way. Capacity is Redis's own <c>maxmemory</c>.
+/// parts of a fresh random version first, then (pipelined behind them, one round trip) a script that checks they are
+/// all there, swaps the manifest in and drops the replaced version's parts, so a reader sees the old object or the new
+/// one, never a mix or a partial one. A get reads the manifest, then every part at once (two round trips); small
+/// objects sit inline in the manifest key (one). Capacity is Redis's own <c>maxmemory</c>.
 /// </summary>
 public sealed partial class RedisKvStore : IKvStore
 {
@@ -129,7 +130,7 @@ public sealed partial class RedisKvStore : IKvStore
                 byte[] value = new byte[RedisManifest.Size + data.Length];
                 manifest.Write(value);
                 data.Span.CopyTo(value.AsSpan(RedisManifest.Size));
-                await CommitAsync([ManifestKey(key)], value, partPrefix, cancellationToken).ConfigureAwait(false);
+                await StartCommit([ManifestKey(key)], value, partPrefix).WaitAsync(cancellationToken).ConfigureAwait(false);
             }
             else
             {
@@ -140,7 +141,7 @@ public sealed partial class RedisKvStore : IKvStore
                 string versionPrefix = partPrefix + manifest.VersionHex() + ":";
                 var keys = new RedisKey[partCount + 1];
                 keys[0] = ManifestKey(key);
-                var writes = new Task<bool>[partCount];
+                var writes = new Task[partCount + 1];
                 for (int i = 0; i < partCount; i++)
                 {
                     keys[i + 1] = versionPrefix + i.ToString(CultureInfo.InvariantCulture);
@@ -148,10 +149,12 @@ public sealed partial class RedisKvStore : IKvStore
                     writes[i] = _database.StringSetAsync(keys[i + 1], part, _options.PendingPartLifetime, When.Always);
                 }
 
-                await Task.WhenAll(writes).WaitAsync(cancellationToken).ConfigureAwait(false);
+                // One round trip: every key is in the object's slot, so the parts and the commit share one connection and
+                // Redis runs them in order. The commit checks that every part is there, so a failed part write fails it.
                 byte[] head = new byte[RedisManifest.Size];
                 manifest.Write(head);
-                await CommitAsync(keys, head, partPrefix, cancellationToken).ConfigureAwait(false);
+                writes[partCount] = StartCommit(keys, head, partPrefix);
+                await Task.WhenAll(writes).WaitAsync(cancellationToken).ConfigureAwait(false);
             }
         }
         catch (Exception ex) when (IsRedisFailure(ex))
@@ -413,12 +416,13 @@ public sealed partial class RedisKvStore : IKvStore
         return checks;
     }
 
-    private async Task CommitAsync(RedisKey[] keys, byte[] manifest, string partPrefix, CancellationToken cancellationToken)
+    /// <summary>Sends the commit script (it runs after every command sent before it on the object's connection).</summary>
+    private Task<RedisResult> StartCommit(RedisKey[] keys, byte[] manifest, string partPrefix)
     {
         long manifestTtl = _options.TimeToLive is { } ttl ? (long)Math.Ceiling(ttl.TotalMilliseconds) : 0;
         long partTtl = manifestTtl > 0 ? manifestTtl + (long)s_partTtlMargin.TotalMilliseconds : 0;
         RedisValue[] arguments = [manifest, manifestTtl, partTtl, partPrefix];
-        await _database.ScriptEvaluateAsync(CommitScript, keys, arguments).WaitAsync(cancellationToken).ConfigureAwait(false);
+        return _database.ScriptEvaluateAsync(CommitScript, keys, arguments);
     }
 
     /// <summary>Removes an object (only while its manifest still starts with <paramref name="expectedHead"/>, when given).</summary>

@@ -147,8 +147,8 @@ public sealed class BandwidthSchedule
             t += d;
         }
 
-        // Round up to whole ticks so that waiting this long always earns the bytes.
-        return TimeSpan.FromTicks((long)Math.Ceiling(Math.Max(0, t - start) * TimeSpan.TicksPerSecond));
+        // Round up to whole ticks so that waiting this long earns the bytes (ignoring floating-point noise far below a tick).
+        return TimeSpan.FromTicks((long)Math.Ceiling((Math.Max(0, t - start) * TimeSpan.TicksPerSecond) - 1e-4));
     }
 
     public override string ToString()

@@ -30,15 +30,25 @@ public sealed class ShapedKvStore : IKvStore
         ArgumentNullException.ThrowIfNull(schedule);
         _inner = inner;
         _ownsInner = ownsInner;
-        long burst = Math.Max(SliceBytes, (long)(schedule.MaxBytesPerSecond * s_burstTime.TotalSeconds));
-        Bucket = new TokenBucket(schedule, burst, timeProvider);
-        Description = $"shaped({schedule}):{inner.Description}";
+        Bucket = new TokenBucket(schedule, BurstFor(schedule), timeProvider);
     }
 
-    public string Description { get; }
+    public string Description => $"shaped({Bucket.Schedule}):{_inner.Description}";
 
-    /// <summary>The bucket every transfer goes through (its schedule or rate may be changed at run time).</summary>
+    /// <summary>The bucket every transfer goes through.</summary>
     public TokenBucket Bucket { get; }
+
+    /// <summary>The link's schedule; setting it applies from now, to transfers in flight too (within 100 ms).</summary>
+    public BandwidthSchedule Schedule
+    {
+        get => Bucket.Schedule;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            Bucket.BurstBytes = BurstFor(value);
+            Bucket.Schedule = value;
+        }
+    }
 
     public async ValueTask PutAsync(ObjectKey key, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default)
     {
@@ -72,6 +82,9 @@ public sealed class ShapedKvStore : IKvStore
     public ValueTask DisposeAsync() => _ownsInner ? _inner.DisposeAsync() : ValueTask.CompletedTask;
 
     public override string ToString() => Description;
+
+    private static long BurstFor(BandwidthSchedule schedule) =>
+        Math.Max(SliceBytes, (long)(schedule.MaxBytesPerSecond * s_burstTime.TotalSeconds));
 
     private async ValueTask PaceAsync(long bytes, CancellationToken cancellationToken)
     {

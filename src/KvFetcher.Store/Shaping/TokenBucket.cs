@@ -11,12 +11,19 @@ public sealed class TokenBucket
     /// <summary>The longest one wait sleeps before looking again (so a changed rate takes effect soon).</summary>
     private static readonly TimeSpan s_maxSleep = TimeSpan.FromMilliseconds(100);
 
+    /// <summary>Timers count whole milliseconds: a shorter delay would end at once and spin on the same instant.</summary>
+    private static readonly TimeSpan s_minSleep = TimeSpan.FromMilliseconds(1);
+
+    /// <summary>Tokens are real numbers: a shortfall this small is rounding, not a reason to wait.</summary>
+    private const double Tolerance = 1e-3;
+
     private readonly Lock _gate = new();
     private readonly TimeProvider _time;
     private BandwidthSchedule _schedule;
     private long _scheduleStart;
     private long _lastRefill;
     private double _tokens;
+    private long _burst;
     private int _waiters;
 
     public TokenBucket(double bytesPerSecond, long burstBytes, TimeProvider? timeProvider = null)
@@ -30,12 +37,25 @@ public sealed class TokenBucket
         ArgumentOutOfRangeException.ThrowIfLessThan(burstBytes, 1);
         _time = timeProvider ?? TimeProvider.System;
         _schedule = schedule;
-        BurstBytes = burstBytes;
+        _burst = burstBytes;
         _scheduleStart = _lastRefill = _time.GetTimestamp();
     }
 
-    /// <summary>The most tokens the bucket holds.</summary>
-    public long BurstBytes { get; }
+    /// <summary>The most tokens the bucket holds (at least 1). Lowering it drops tokens above the new size.</summary>
+    public long BurstBytes
+    {
+        get => Volatile.Read(ref _burst);
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
+            lock (_gate)
+            {
+                Refill(_time.GetTimestamp());
+                _burst = value;
+                _tokens = Math.Min(_tokens, value);
+            }
+        }
+    }
 
     /// <summary>The schedule in force. Setting it settles the tokens earned so far and starts the new one from now.</summary>
     public BandwidthSchedule Schedule
@@ -106,8 +126,8 @@ public sealed class TokenBucket
         {
             long now = _time.GetTimestamp();
             Refill(now);
-            double needed = Math.Min(bytes, BurstBytes);
-            if (_tokens >= needed)
+            double needed = Math.Min(bytes, _burst);
+            if (_tokens >= needed - Tolerance)
             {
                 _tokens -= bytes;
                 wait = TimeSpan.Zero;
@@ -115,6 +135,7 @@ public sealed class TokenBucket
             }
 
             wait = _schedule.TimeToCarry(_time.GetElapsedTime(_scheduleStart, now), needed - _tokens);
+            wait = wait < s_minSleep ? s_minSleep : wait;
             return false;
         }
     }
@@ -140,7 +161,7 @@ public sealed class TokenBucket
     {
         TimeSpan from = _time.GetElapsedTime(_scheduleStart, _lastRefill);
         TimeSpan to = _time.GetElapsedTime(_scheduleStart, now);
-        _tokens = Math.Min(BurstBytes, _tokens + _schedule.BytesBetween(from, to));
+        _tokens = Math.Min(_burst, _tokens + _schedule.BytesBetween(from, to));
         _lastRefill = now;
     }
 }

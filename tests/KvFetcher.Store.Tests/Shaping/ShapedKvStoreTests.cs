@@ -9,7 +9,8 @@ namespace KvFetcher.Store.Tests.Shaping;
 /// <summary>A shaped link in front of a real disk store.</summary>
 public sealed class ShapedKvStoreTests
 {
-    private static readonly TimeSpan s_step = TimeSpan.FromMilliseconds(10);
+    /// <summary>Fake-clock steps: fine enough that a waiter woken up to a step late loses few tokens to the burst cap.</summary>
+    private static readonly TimeSpan s_step = TimeSpan.FromMilliseconds(1);
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -30,7 +31,7 @@ public sealed class ShapedKvStoreTests
         await store.GetAsync(key, part, new ByteRange(1000, 200_000), Ct);
         Assert.Equal(container.AsSpan(1000, 200_000), part.WrittenSpan);
 
-        Assert.Equal([true], await store.ExistsAsync([key], Ct));
+        Assert.Equal(new[] { true }, await store.ExistsAsync([key], Ct));
         Assert.Equal(1, await store.LongestPrefixAsync([key], Ct));
         Assert.True(await store.DeleteAsync(key, Ct));
         Assert.Equal(StoreRead.Miss, await store.GetAsync(key, new ArrayBufferWriter<byte>(), cancellationToken: Ct));
@@ -40,7 +41,7 @@ public sealed class ShapedKvStoreTests
     [Theory]
     [InlineData("100KB/s", 4.0)]
     [InlineData("100KB/s@1s,300KB/s@1s", 2.0)] // 100 KB in the first second, 300 KB in the next
-    [InlineData("300KB/s@1s,100KB/s@1s", 1.333)] // 300 KB, then 100 KB takes a third of a second more... at 300 KB/s
+    [InlineData("500KB/s@500ms,100KB/s@500ms", 1.2)] // 250 + 50 KB in the first period, the last 100 KB at 500 KB/s
     public async Task Get_400KB_FinishesWhenTheScheduleHasCarriedIt(string schedule, double expectedSeconds)
     {
         using var directory = new TempStoreDirectory();
@@ -72,11 +73,11 @@ public sealed class ShapedKvStoreTests
         Task put = store.PutAsync(key, container, Ct).AsTask();
         await TokenBucketTests.DriveAsync(time, store.Bucket, Task.Delay(Timeout.Infinite, Ct), s_step, until: TimeSpan.FromSeconds(1.5));
         Assert.False(put.IsCompleted);
-        Assert.Equal([false], await disk.ExistsAsync([key], Ct)); // not there while the bytes are still "on the wire"
+        Assert.Equal(new[] { false }, await disk.ExistsAsync([key], Ct)); // not there while the bytes are still "on the wire"
 
         TimeSpan rest = await TokenBucketTests.DriveAsync(time, store.Bucket, put, s_step);
         Assert.InRange(rest.TotalSeconds, 0.5 - 0.001, 0.55);
-        Assert.Equal([true], await disk.ExistsAsync([key], Ct));
+        Assert.Equal(new[] { true }, await disk.ExistsAsync([key], Ct));
     }
 
     [Fact]
@@ -92,10 +93,11 @@ public sealed class ShapedKvStoreTests
         await using var store = new ShapedKvStore(disk, BandwidthSchedule.Constant(100_000), time); // 10 s at this rate
         Task<StoreRead> get = store.GetAsync(key, new ArrayBufferWriter<byte>(), cancellationToken: Ct).AsTask();
         await TokenBucketTests.DriveAsync(time, store.Bucket, Task.Delay(Timeout.Infinite, Ct), s_step, until: TimeSpan.FromSeconds(1));
-        store.Bucket.Schedule = BandwidthSchedule.Constant(9_000_000); // the remaining 900 KB take 0.1 s
+        store.Schedule = BandwidthSchedule.Constant(90_000_000); // the remaining 900 KB take 10 ms, once the waiter looks again
         TimeSpan rest = await TokenBucketTests.DriveAsync(time, store.Bucket, get, s_step);
         Assert.True((await get).Found);
-        Assert.InRange(rest.TotalSeconds, 0.09, 0.2);
+        Assert.InRange(rest.TotalSeconds, 0.01, 0.15); // up to 100 ms until the sleeping slice looks again
+        Assert.Equal(360_000, store.Bucket.BurstBytes); // resized for the new rate (4 ms of it)
     }
 
     [Fact]
@@ -105,7 +107,7 @@ public sealed class ShapedKvStoreTests
         var time = new FakeTimeProvider();
         await using var store = new ShapedKvStore(directory.Open(fsync: false), BandwidthSchedule.Constant(1), time);
         ObjectKey key = TestObjects.KeyFor("absent");
-        Assert.Equal([false], await store.ExistsAsync([key], Ct).AsTask().WaitAsync(TimeSpan.FromSeconds(10), Ct));
+        Assert.Equal(new[] { false }, await store.ExistsAsync([key], Ct).AsTask().WaitAsync(TimeSpan.FromSeconds(10), Ct));
         Assert.Equal(0, await store.LongestPrefixAsync([key], Ct).AsTask().WaitAsync(TimeSpan.FromSeconds(10), Ct));
         Assert.False(await store.DeleteAsync(key, Ct).AsTask().WaitAsync(TimeSpan.FromSeconds(10), Ct));
         Assert.Equal(StoreRead.Miss, await store.GetAsync(key, new ArrayBufferWriter<byte>(), cancellationToken: Ct).AsTask().WaitAsync(TimeSpan.FromSeconds(10), Ct));

@@ -1,0 +1,46 @@
+namespace KvFetcher.NvdecBench;
+
+/// <summary><c>kvfetch-nvdec-bench prepare|run [options]</c>: NVDEC against the CPU decoder on real-KV video streams.</summary>
+internal static class Program
+{
+    private const string Usage =
+        """
+        usage: KvFetcher.NvdecBench <mode> [options] [--verbose]
+          prepare --out DIR [--repo PATH] [--document 0] [--plan 256x2:12,10,8,4;1024x1:8,4;2048x1:8]
+                  real KV of the bundled model encoded by the video codec (both layouts), checked with the CPU decoder
+          run --data DIR [--json FILE] [--seconds 0.5] [--sessions 1,2,4,7,8,16] [--cpu-threads 1,16] [--tune]
+                  NVDEC bit-exactness against the CPU decoder and refusal of bad input, then throughput per
+                  stream group (--tune: also without display delay)
+        """;
+
+    private static int Main(string[] args)
+    {
+        bool verbose = args.Contains("--verbose");
+        string[] rest = args.Where(a => a != "--verbose").ToArray();
+        if (rest.Length == 0 || rest[0] is "-h" or "--help")
+        {
+            Console.WriteLine(Usage);
+            return rest.Length == 0 ? 2 : 0;
+        }
+
+        try
+        {
+            return rest[0] switch
+            {
+                "prepare" => PrepareCommand.Run(rest[1..]),
+                "run" => RunCommand.Run(rest[1..]),
+                _ => throw new ArgumentException($"unknown mode '{rest[0]}'.\n{Usage}"),
+            };
+        }
+        catch (ArgumentException ex)
+        {
+            Console.Error.WriteLine($"KvFetcher.NvdecBench: {ex.Message}");
+            return 2;
+        }
+        catch (Exception ex) when (!verbose)
+        {
+            Console.Error.WriteLine($"KvFetcher.NvdecBench {rest[0]}: {ex.GetType().Name}: {ex.Message} (--verbose for details)");
+            return 1;
+        }
+    }
+}

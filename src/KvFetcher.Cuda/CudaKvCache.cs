@@ -1,0 +1,314 @@
+using KvFetcher.Core;
+using KvFetcher.Cuda.Gpu;
+using KvFetcher.Cuda.Native;
+
+namespace KvFetcher.Cuda;
+
+/// <summary>
+/// The attention keys and values of one sequence in device memory, for every layer and token position in
+/// [0, <see cref="Capacity"/>): the GPU twin of <see cref="Engine.KvCache"/>, with the same rules. Positions may be
+/// filled in any order, by computing them or by importing them; <see cref="Length"/> is the longest filled prefix.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Values are stored in <see cref="StorageDType"/> (rounded to nearest even when written), so an export in the
+/// storage dtype followed by an import is exact. Keys are stored after the rotary embedding.
+/// </para>
+/// <para>
+/// Export/import layout, as the CPU cache documents it: little-endian elements of the chosen dtype,
+/// <c>[layer][kind: 0 = K, 1 = V][token][kvHead][headDim]</c>. On the device the cache is one buffer
+/// <c>[layer][kind][kvHead][position][headDim]</c>, so attention reads a head's keys contiguously.
+/// </para>
+/// <para>
+/// Import and export are synchronous and may run on another thread than the session's forward steps, for disjoint
+/// positions (a fetcher restoring one chunk while the engine computes another).
+/// </para>
+/// </remarks>
+public sealed unsafe class CudaKvCache : IDisposable
+{
+    private readonly CudaContext _context;
+    private readonly DeviceBuffer _memory;
+    private readonly CudaStream _stream;
+    private readonly CudaKernel _import;
+    private readonly CudaKernel _export;
+    private readonly bool[] _filled;
+    private readonly Lock _fillLock = new();
+    private readonly Lock _transferLock = new();
+    private DeviceBuffer? _staging;
+    private volatile int _length;
+
+    internal CudaKvCache(CudaContext context, KernelModule module, int numLayers, int numKvHeads, int headDim, int capacity, DType storageDType)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
+        _context = context;
+        NumLayers = numLayers;
+        NumKvHeads = numKvHeads;
+        HeadDim = headDim;
+        Capacity = capacity;
+        StorageDType = storageDType;
+        _import = module.Get("kv_import");
+        _export = module.Get("kv_export");
+        _filled = new bool[capacity];
+        _memory = context.Allocate((long)numLayers * 2 * numKvHeads * capacity * headDim * storageDType.SizeOf());
+        try
+        {
+            _stream = context.CreateStream();
+        }
+        catch
+        {
+            _memory.Dispose();
+            throw;
+        }
+    }
+
+    public int NumLayers { get; }
+
+    public int NumKvHeads { get; }
+
+    public int HeadDim { get; }
+
+    /// <summary>The most token positions the cache can hold.</summary>
+    public int Capacity { get; }
+
+    /// <summary>The element type values are stored in, and exported/imported in without loss.</summary>
+    public DType StorageDType { get; }
+
+    /// <summary>The number of positions [0, n) that are all filled.</summary>
+    public int Length => _length;
+
+    /// <summary>K or V channels per token per layer: kvHeads * headDim.</summary>
+    public int ChannelsPerToken => NumKvHeads * HeadDim;
+
+    /// <summary>Device memory the cache takes, in bytes.</summary>
+    public long DeviceBytes => _memory.Length;
+
+    /// <summary>Whether <paramref name="position"/> holds a computed or imported value.</summary>
+    public bool IsFilled(int position) => (uint)position < (uint)Capacity && Volatile.Read(ref _filled[position]);
+
+    /// <summary>Bytes of an export of <paramref name="tokens"/> positions in <paramref name="dtype"/>.</summary>
+    public long GetExportByteCount(int tokens, DType dtype) =>
+        (long)NumLayers * 2 * tokens * ChannelsPerToken * dtype.SizeOf();
+
+    /// <summary>Forgets every position at or after <paramref name="length"/> (0 empties the cache).</summary>
+    public void Truncate(int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, Capacity);
+        lock (_fillLock)
+        {
+            Array.Clear(_filled, length, Capacity - length);
+            _length = Math.Min(_length, length);
+        }
+    }
+
+    /// <summary>
+    /// Writes the K/V of positions [<paramref name="start"/>, <paramref name="end"/>) to <paramref name="destination"/>
+    /// in the documented layout, converting to <paramref name="dtype"/>. Every position must be filled.
+    /// </summary>
+    public void Export(int start, int end, DType dtype, Span<byte> destination)
+    {
+        long needed = CheckExport(start, end, dtype, destination.Length, nameof(destination));
+        lock (_transferLock)
+        {
+            DeviceBuffer staging = Staging(needed);
+            ExportTo(start, end, dtype, staging.Pointer);
+            fixed (byte* target = destination)
+            {
+                Check.Cuda(Interop.Cuda.cuMemcpyDtoHAsync(target, staging.Pointer, (nuint)needed, _stream.Handle));
+            }
+
+            _stream.Synchronize();
+        }
+    }
+
+    /// <summary>Like <see cref="Export(int, int, DType, Span{byte})"/>, into device memory at byte <paramref name="offset"/>.</summary>
+    public void Export(int start, int end, DType dtype, DeviceBuffer destination, long offset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        _ = CheckExport(start, end, dtype, destination.Length - offset, nameof(destination));
+        lock (_transferLock)
+        {
+            ExportTo(start, end, dtype, destination.Pointer + (ulong)offset);
+            _stream.Synchronize();
+        }
+    }
+
+    /// <summary>
+    /// Fills positions [<paramref name="start"/>, <paramref name="end"/>) from <paramref name="source"/> in the
+    /// documented layout and element type <paramref name="dtype"/>; values are rounded to <see cref="StorageDType"/>.
+    /// </summary>
+    public void Import(int start, int end, DType dtype, ReadOnlySpan<byte> source)
+    {
+        long needed = CheckImport(start, end, dtype, source.Length, nameof(source));
+        lock (_transferLock)
+        {
+            DeviceBuffer staging = Staging(needed);
+            _context.MakeCurrent();
+            fixed (byte* data = source)
+            {
+                Check.Cuda(Interop.Cuda.cuMemcpyHtoDAsync(staging.Pointer, data, (nuint)needed, _stream.Handle));
+            }
+
+            ImportFrom(start, end, dtype, staging.Pointer);
+            _stream.Synchronize();
+        }
+
+        MarkFilled(start, end);
+    }
+
+    /// <summary>
+    /// Like <see cref="Import(int, int, DType, ReadOnlySpan{byte})"/>, from device memory at byte
+    /// <paramref name="offset"/> (e.g. a decoder's output). The caller's writes to <paramref name="source"/> must be
+    /// complete (synchronous copies are; work on another stream must have been synchronized).
+    /// </summary>
+    public void Import(int start, int end, DType dtype, DeviceBuffer source, long offset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        long needed = GetExportByteCount(Math.Max(0, end - start), dtype);
+        if (offset + needed > source.Length)
+        {
+            throw new ArgumentException($"The source holds {source.Length - offset} bytes from offset {offset}; positions [{start}, {end}) in {dtype.ToShortName()} need {needed}.", nameof(source));
+        }
+
+        CheckImport(start, end, dtype, needed, nameof(source));
+        lock (_transferLock)
+        {
+            ImportFrom(start, end, dtype, source.Pointer + (ulong)offset);
+            _stream.Synchronize();
+        }
+
+        MarkFilled(start, end);
+    }
+
+    public void Dispose()
+    {
+        _staging?.Dispose();
+        _stream.Dispose();
+        _memory.Dispose();
+    }
+
+    /// <summary>Keys of layer <paramref name="layer"/>: [kvHead][capacity][headDim] of <see cref="StorageDType"/>.</summary>
+    internal ulong LayerKeys(int layer) => _memory.Pointer + (ulong)(((long)layer * 2) * NumKvHeads * Capacity * HeadDim * StorageDType.SizeOf());
+
+    /// <summary>Values of layer <paramref name="layer"/>: [kvHead][capacity][headDim] of <see cref="StorageDType"/>.</summary>
+    internal ulong LayerValues(int layer) => _memory.Pointer + (ulong)((((long)layer * 2) + 1) * NumKvHeads * Capacity * HeadDim * StorageDType.SizeOf());
+
+    /// <summary>
+    /// Marks [start, end) filled and extends <see cref="Length"/> over any now-contiguous prefix (after the values are
+    /// on the device). Thread-safe.
+    /// </summary>
+    internal void MarkFilled(int start, int end)
+    {
+        lock (_fillLock)
+        {
+            _filled.AsSpan(start, end - start).Fill(true);
+            int length = _length;
+            while (length < Capacity && _filled[length])
+            {
+                length++;
+            }
+
+            _length = length;
+        }
+    }
+
+    private void ExportTo(int start, int end, DType dtype, ulong destination)
+    {
+        int tokens = end - start;
+        var arguments = default(KernelArguments);
+        arguments.Add(_memory.Pointer);
+        arguments.Add(destination);
+        arguments.Add((int)dtype);
+        arguments.Add(NumLayers);
+        arguments.Add(NumKvHeads);
+        arguments.Add(Capacity);
+        arguments.Add(start);
+        arguments.Add(tokens);
+        _context.MakeCurrent();
+        _export.Launch(_stream, (GridFor((long)NumLayers * 2 * tokens * ChannelsPerToken), 1, 1), 256, 0, ref arguments);
+    }
+
+    private void ImportFrom(int start, int end, DType dtype, ulong source)
+    {
+        int tokens = end - start;
+        var arguments = default(KernelArguments);
+        arguments.Add(source);
+        arguments.Add((int)dtype);
+        arguments.Add(_memory.Pointer);
+        arguments.Add(NumLayers);
+        arguments.Add(NumKvHeads);
+        arguments.Add(Capacity);
+        arguments.Add(start);
+        arguments.Add(tokens);
+        _context.MakeCurrent();
+        _import.Launch(_stream, (GridFor((long)NumLayers * 2 * tokens * ChannelsPerToken), 1, 1), 256, 0, ref arguments);
+    }
+
+    private static int GridFor(long elements) => (int)Math.Clamp((elements + 255) / 256, 1, 65_535);
+
+    private DeviceBuffer Staging(long bytes)
+    {
+        if (_staging is null || _staging.Length < bytes)
+        {
+            _staging?.Dispose();
+            _staging = null;
+            _staging = _context.Allocate(Math.Max(bytes, 1 << 20));
+        }
+
+        return _staging;
+    }
+
+    private long CheckImport(int start, int end, DType dtype, long sourceLength, string parameterName)
+    {
+        CheckRange(start, end);
+        CheckDType(dtype);
+        long needed = GetExportByteCount(end - start, dtype);
+        if (sourceLength != needed)
+        {
+            throw new ArgumentException($"Source holds {sourceLength} bytes; positions [{start}, {end}) in {dtype.ToShortName()} need exactly {needed}.", parameterName);
+        }
+
+        return needed;
+    }
+
+    private long CheckExport(int start, int end, DType dtype, long destinationLength, string parameterName)
+    {
+        CheckRange(start, end);
+        CheckDType(dtype);
+        long needed = GetExportByteCount(end - start, dtype);
+        if (destinationLength < needed)
+        {
+            throw new ArgumentException($"Destination holds {destinationLength} bytes; the export needs {needed}.", parameterName);
+        }
+
+        for (int position = start; position < end; position++)
+        {
+            if (!IsFilled(position))
+            {
+                throw new InvalidOperationException($"Position {position} of the KV cache is not filled; export needs [{start}, {end}) filled.");
+            }
+        }
+
+        return needed;
+    }
+
+    private static void CheckDType(DType dtype)
+    {
+        if (dtype is not (DType.Float32 or DType.Float16 or DType.BFloat16))
+        {
+            throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "Unknown dtype.");
+        }
+    }
+
+    private void CheckRange(int start, int end)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(start);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(end, Capacity);
+        if (start >= end)
+        {
+            throw new ArgumentOutOfRangeException(nameof(end), end, $"The token range [{start}, {end}) is empty.");
+        }
+    }
+}

@@ -1,0 +1,48 @@
+using KvFetcher.Core;
+
+namespace KvFetcher.Cuda;
+
+/// <summary>How the matrix products of a <see cref="CudaLanguageModel"/> compute. Every product accumulates in fp32.</summary>
+public enum CudaMatmulPrecision
+{
+    /// <summary>
+    /// Weights as the checkpoint stores them (bf16, fp16 or fp32) and activations rounded to that type for the
+    /// products (cuBLAS tensor cores for 16-bit types); the LM head alone sees split activations (see
+    /// <see cref="StoredSplit"/>), which costs nothing noticeable (one row per prompt). The fast setting, but the
+    /// rounding of activations to bf16 costs accuracy: logits within 4e-2 to 6e-2 of fp32 on the test models, and
+    /// greedy continuations may part from fp32's at near ties.
+    /// </summary>
+    Stored,
+
+    /// <summary>
+    /// Weights as stored; every activation enters the products as the sum of two values of the stored type
+    /// (hi = round(x), lo = round(x - hi)), two products each on the 16-bit tensor cores: close to fp32 accuracy
+    /// (bf16 weights are exact) at twice the product cost. Like <see cref="Stored"/> for fp32 checkpoints. The default.
+    /// </summary>
+    StoredSplit,
+
+    /// <summary>Weights widened to fp32, products in full fp32 (no tensor cores): the reference setting.</summary>
+    Float32,
+
+    /// <summary>Weights widened to fp32, products on the tensor cores with inputs rounded to tf32.</summary>
+    TensorFloat32,
+}
+
+/// <summary>Options of a model loaded on a CUDA device.</summary>
+public sealed class CudaModelOptions
+{
+    /// <summary>The device to use when <see cref="Context"/> is not given.</summary>
+    public int DeviceOrdinal { get; init; }
+
+    /// <summary>A context to share (e.g. with NVDEC decoders); the model then does not own it.</summary>
+    public CudaContext? Context { get; init; }
+
+    /// <summary>The dtype KV values are stored in on the device (they are rounded to it when written).</summary>
+    public DType KvStorageDType { get; init; } = DType.Float32;
+
+    /// <summary>The most tokens one forward step computes; longer prefills run in steps of this size.</summary>
+    public int MaxStepTokens { get; init; } = 2048;
+
+    /// <summary>How the matrix products compute.</summary>
+    public CudaMatmulPrecision MatmulPrecision { get; init; } = CudaMatmulPrecision.StoredSplit;
+}

@@ -1,0 +1,360 @@
+using KvFetcher.Core;
+using KvFetcher.Engine.Cpu;
+using KvFetcher.Engine.Model;
+using KvFetcher.Cuda.Native;
+
+namespace KvFetcher.Cuda.Gpu;
+
+/// <summary>
+/// The Llama-family forward pass on a CUDA device, step for step the CPU engine's (<see cref="CpuTransformer"/>):
+/// embedding, per layer RMSNorm, fused q/k/v projection (+ biases), RoPE, grouped-query causal attention over the
+/// device KV cache (sliding window per layer), output projection, RMSNorm, fused gate/up projection, SwiGLU, down
+/// projection; final RMSNorm and the LM head. Matrix products on cuBLAS, everything else in the NVRTC-compiled
+/// kernels of Kernels.cu. Stateless between calls: per-sequence state is in the cache and the session's scratch.
+/// </summary>
+internal sealed unsafe class CudaTransformer : IDisposable
+{
+    /// <summary>(query, head) rows per attention block (ATT_ROWS in Kernels.cu).</summary>
+    public const int AttentionRows = 16;
+
+    private const int AttentionKeys = 32;
+    private const int AttentionThreads = 128;
+
+    private readonly CudaContext _context;
+    private readonly ModelConfig _config;
+    private readonly DeviceWeights _weights;
+    private readonly KernelModule _module;
+    private readonly CudaKernel _embed;
+    private readonly CudaKernel _rmsNorm;
+    private readonly CudaKernel _qkvRope;
+    private readonly CudaKernel _attention;
+    private readonly CudaKernel _attentionCombine;
+    private readonly CudaKernel _residualAdd;
+    private readonly CudaKernel _swiGlu;
+    private readonly CudaKernel _argMax;
+    private readonly CudaKernel _fillUniform;
+    private readonly int _attentionSharedBytes;
+    private readonly float _attentionScale;
+
+    /// <summary>Takes ownership of <paramref name="weights"/> and compiles the kernels for them.</summary>
+    public CudaTransformer(CudaContext context, ModelConfig config, DeviceWeights weights, DType kvStorage, CudaMatmulPrecision precision)
+    {
+        if (config.HeadDim > 256)
+        {
+            weights.Dispose();
+            throw new NotSupportedException($"The CUDA attention kernel supports head dimensions up to 256; the model's is {config.HeadDim}.");
+        }
+
+        _context = context;
+        _config = config;
+        Precision = precision;
+        DType matmulType = weights.MatmulType;
+        KvStorageDType = kvStorage;
+        SplitHeadActivations = matmulType != DType.Float32;
+        SplitLayerActivations = SplitHeadActivations && precision == CudaMatmulPrecision.StoredSplit;
+        _weights = weights;
+        try
+        {
+            _module = KernelModule.Compile(context, KernelModule.EngineSource, "Kernels.cu",
+            [
+                $"HEAD_DIM={config.HeadDim}",
+                $"KV={TypeName(kvStorage)}",
+                $"ACT={TypeName(matmulType)}",
+                $"EMB={TypeName(_weights.EmbeddingType)}",
+            ]);
+            _embed = _module.Get("embed");
+            _rmsNorm = _module.Get("rmsnorm");
+            _qkvRope = _module.Get("qkv_rope");
+            _attention = _module.Get("attention");
+            _attentionCombine = _module.Get("attention_combine");
+            _residualAdd = _module.Get("residual_add");
+            _swiGlu = _module.Get("swiglu");
+            _argMax = _module.Get("argmax");
+            _fillUniform = _module.Get("fill_uniform");
+            int hd = config.HeadDim;
+            _attentionSharedBytes = ((AttentionRows * hd) + (AttentionKeys * (hd + 1)) + (AttentionKeys * hd)) * sizeof(float);
+            if (_attentionSharedBytes > 48 * 1024)
+            {
+                if (_attentionSharedBytes > context.MaxSharedMemoryPerBlock)
+                {
+                    throw new NotSupportedException($"Attention over head dimension {hd} needs {_attentionSharedBytes} bytes of shared memory per block; the device allows {context.MaxSharedMemoryPerBlock}.");
+                }
+
+                _attention.SetMaxDynamicSharedMemory(_attentionSharedBytes);
+            }
+
+            _attentionScale = 1f / MathF.Sqrt(hd);
+        }
+        catch
+        {
+            _module?.Dispose();
+            _weights.Dispose();
+            throw;
+        }
+    }
+
+    public ModelConfig Config => _config;
+
+    public CudaMatmulPrecision Precision { get; }
+
+    public DType KvStorageDType { get; }
+
+    /// <summary>The element type the matrix products take.</summary>
+    public DType MatmulType => _weights.MatmulType;
+
+    /// <summary>Whether the LM head's input is split in hi + lo (16-bit products).</summary>
+    public bool SplitHeadActivations { get; }
+
+    /// <summary>Whether every layer product's input is split in hi + lo (<see cref="CudaMatmulPrecision.StoredSplit"/>).</summary>
+    public bool SplitLayerActivations { get; }
+
+    /// <summary>Device bytes of the weights.</summary>
+    public long WeightBytes => _weights.Bytes;
+
+    internal KernelModule Module => _module;
+
+    /// <summary>
+    /// Computes the tokens at positions [start, start + n), writing their K/V into <paramref name="cache"/>, and the
+    /// logits of the last token (when <paramref name="allLogits"/> is false) or of every token ([n, vocab]) into
+    /// <paramref name="logits"/>, or (when <paramref name="logits"/> is empty) only the greedy choice of the last
+    /// token, which it returns. Positions [0, start) must be filled. n must not exceed the scratch's capacity.
+    /// </summary>
+    public int Forward(ReadOnlySpan<int> tokens, int start, CudaKvCache cache, DeviceScratch s, Span<float> logits, bool allLogits)
+    {
+        int n = tokens.Length;
+        ModelConfig c = _config;
+        int d = c.HiddenSize;
+        int qkvWidth = c.QueryDim + (2 * c.KvDim);
+        int ffn = c.IntermediateSize;
+        for (int i = 0; i < n; i++)
+        {
+            if ((uint)tokens[i] >= (uint)c.VocabSize)
+            {
+                throw new ArgumentOutOfRangeException(nameof(tokens), tokens[i], $"Token id at index {i} is outside the vocabulary of {c.VocabSize}.");
+            }
+        }
+
+        _context.MakeCurrent();
+        EnsureRotary(s, start + n);
+        CudaStream stream = s.Stream;
+        tokens.CopyTo(s.PinnedTokens.AsSpan<int>());
+        Check.Cuda(Interop.Cuda.cuMemcpyHtoDAsync(s.Tokens.Pointer, s.PinnedTokens.Pointer, (nuint)(n * sizeof(int)), stream.Handle));
+
+        var args = default(KernelArguments);
+        args.Add(s.Tokens.Pointer);
+        args.Add(_weights.Embedding);
+        args.Add(s.Hidden.Pointer);
+        args.Add(d);
+        _embed.Launch(stream, (n, 1, 1), 128, 0, ref args);
+
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            DeviceWeights.Layer layer = _weights.Layers[l];
+            ulong normedLo = SplitLayerActivations ? s.NormedLo.Pointer : 0;
+            RmsNorm(stream, s.Hidden.Pointer, layer.InputNorm, s.Normed.Pointer, normedLo, n);
+            s.Blas.Linear(s.Normed.Pointer, normedLo, layer.QueryKeyValue, s.QueryKeyValue.Pointer, n, d, qkvWidth);
+
+            args = default;
+            args.Add(s.QueryKeyValue.Pointer);
+            args.Add(layer.QueryKeyValueBias);
+            args.Add(s.RotaryCos!.Pointer);
+            args.Add(s.RotarySin!.Pointer);
+            args.Add(s.Query.Pointer);
+            args.Add(cache.LayerKeys(l));
+            args.Add(cache.LayerValues(l));
+            args.Add(start);
+            args.Add(c.NumHeads);
+            args.Add(c.NumKvHeads);
+            args.Add(cache.Capacity);
+            _qkvRope.Launch(stream, (n, 1, 1), 128, 0, ref args);
+
+            Attention(stream, s, cache, l, n, start);
+            s.Blas.Linear(s.AttentionOutput.Pointer, s.AttentionOutputLo?.Pointer ?? 0, layer.Output, s.Projected.Pointer, n, c.QueryDim, d);
+            ResidualAdd(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.OutputBias, n * d, d);
+
+            RmsNorm(stream, s.Hidden.Pointer, layer.PostAttentionNorm, s.Normed.Pointer, normedLo, n);
+            s.Blas.Linear(s.Normed.Pointer, normedLo, layer.GateUp, s.GateUp.Pointer, n, d, 2 * ffn);
+            args = default;
+            args.Add(s.GateUp.Pointer);
+            args.Add(layer.GateUpBias);
+            args.Add(s.Activated.Pointer);
+            args.Add(s.ActivatedLo?.Pointer ?? 0);
+            args.Add(n);
+            args.Add(ffn);
+            _swiGlu.Launch(stream, (Blocks((long)n * ffn), 1, 1), 256, 0, ref args);
+            s.Blas.Linear(s.Activated.Pointer, s.ActivatedLo?.Pointer ?? 0, layer.Down, s.Projected.Pointer, n, ffn, d);
+            ResidualAdd(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.DownBias, n * d, d);
+        }
+
+        int firstRow = allLogits ? 0 : n - 1;
+        int rows = n - firstRow;
+        int vocab = c.VocabSize;
+        int act = MatmulType.SizeOf();
+        ulong finalHidden = s.Hidden.Pointer + (ulong)((long)firstRow * d * sizeof(float));
+        ulong headLo = SplitHeadActivations ? s.NormedLo.Pointer : 0;
+        RmsNorm(stream, finalHidden, _weights.FinalNorm, s.Normed.Pointer, headLo, rows);
+        int chosen = -1;
+        for (int done = 0; done < rows; done += s.LogitRows)
+        {
+            int count = Math.Min(s.LogitRows, rows - done);
+            ulong rowOffset = (ulong)((long)done * d * act);
+            s.Blas.Linear(s.Normed.Pointer + rowOffset, headLo == 0 ? 0 : headLo + rowOffset, _weights.LmHead, s.Logits.Pointer, count, d, vocab);
+            if (logits.IsEmpty)
+            {
+                args = default;
+                args.Add(s.Logits.Pointer + (ulong)((long)(count - 1) * vocab * sizeof(float)));
+                args.Add(s.Chosen.Pointer);
+                args.Add(vocab);
+                _argMax.Launch(stream, (1, 1, 1), 1024, 0, ref args);
+                Check.Cuda(Interop.Cuda.cuMemcpyDtoHAsync(s.PinnedTokens.Pointer, s.Chosen.Pointer, sizeof(int), stream.Handle));
+                stream.Synchronize();
+                chosen = s.PinnedTokens.AsSpan<int>()[0];
+                continue;
+            }
+
+            long bytes = (long)count * vocab * sizeof(float);
+            Check.Cuda(Interop.Cuda.cuMemcpyDtoHAsync(s.PinnedLogits.Pointer, s.Logits.Pointer, (nuint)bytes, stream.Handle));
+            stream.Synchronize();
+            s.PinnedLogits.AsSpan<float>()[..(count * vocab)].CopyTo(logits.Slice(done * vocab, count * vocab));
+        }
+
+        cache.MarkFilled(start, start + n);
+        return chosen;
+    }
+
+    /// <summary>Fills weights from <see cref="DeviceWeights.AllocateRandom"/> with random values.</summary>
+    public void FillRandomWeights(int seed)
+    {
+        using CudaStream stream = _context.CreateStream();
+        _weights.FillRandom(_fillUniform, stream, seed);
+    }
+
+    /// <summary>The matrix products' input type for <paramref name="precision"/>, given the checkpoint's type.</summary>
+    public static DType MatmulTypeFor(CudaMatmulPrecision precision, DType stored) =>
+        precision is CudaMatmulPrecision.Stored or CudaMatmulPrecision.StoredSplit ? stored : DType.Float32;
+
+    public void Dispose()
+    {
+        _module.Dispose();
+        _weights.Dispose();
+    }
+
+    /// <summary>The rotary table for positions [0, positions) on the device, built as the CPU engine builds it.</summary>
+    private void EnsureRotary(DeviceScratch s, int positions)
+    {
+        bool dynamic = _config.Rope.Type == "dynamic";
+        if (s.RotaryCos is not null && (dynamic ? s.RotaryPositions == positions : s.RotaryPositions >= positions))
+        {
+            return;
+        }
+
+        int size = dynamic
+            ? positions
+            : Math.Max(positions, Math.Max(Math.Min(_config.MaxPositionEmbeddings, 4096), s.RotaryPositions * 2));
+        var table = new RotaryTable(_config.Rope, _config.HeadDim, _config.MaxPositionEmbeddings, size);
+        int half = _config.HeadDim / 2;
+        float[] cos = new float[size * half];
+        float[] sin = new float[size * half];
+        for (int p = 0; p < size; p++)
+        {
+            table.Cos(p).CopyTo(cos.AsSpan(p * half));
+            table.Sin(p).CopyTo(sin.AsSpan(p * half));
+        }
+
+        // The previous table may still be read by queued work of this session's stream.
+        s.Stream.Synchronize();
+        if (s.RotaryCos is null || s.RotaryCos.Length < (long)cos.Length * sizeof(float))
+        {
+            s.RotaryCos?.Dispose();
+            s.RotarySin?.Dispose();
+            s.RotaryCos = null;
+            s.RotarySin = null;
+            s.RotaryCos = _context.Allocate((long)cos.Length * sizeof(float));
+            s.RotarySin = _context.Allocate((long)sin.Length * sizeof(float));
+        }
+
+        s.RotaryCos.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(cos.AsSpan()));
+        s.RotarySin!.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(sin.AsSpan()));
+        s.RotaryPositions = size;
+    }
+
+    private void Attention(CudaStream stream, DeviceScratch s, CudaKvCache cache, int layer, int n, int start)
+    {
+        ModelConfig c = _config;
+        int window = c.UsesSlidingWindow(layer) ? c.SlidingWindow!.Value : int.MaxValue;
+        int group = c.NumHeads / c.NumKvHeads;
+        int tiles = ((n * group) + AttentionRows - 1) / AttentionRows;
+        int blocks = tiles * c.NumKvHeads;
+        int keys = Math.Min(window, start + n);
+        int splits = 1;
+        int target = DeviceScratch.SplitTargetBlocksPerSm * _context.MultiprocessorCount;
+        if (blocks < target && n <= s.PartialQueries)
+        {
+            // Enough blocks to fill the device, each split at least four key tiles, within the split-state buffer.
+            splits = (target + blocks - 1) / blocks;
+            splits = Math.Min(splits, Math.Max(1, keys / (4 * AttentionKeys)));
+            splits = Math.Min(splits, DeviceScratch.MaxSplits * s.PartialQueries / n);
+        }
+
+        var args = default(KernelArguments);
+        args.Add(s.Query.Pointer);
+        args.Add(cache.LayerKeys(layer));
+        args.Add(cache.LayerValues(layer));
+        args.Add(s.AttentionOutput.Pointer);
+        args.Add(s.AttentionOutputLo?.Pointer ?? 0);
+        args.Add(s.Partial.Pointer);
+        args.Add(n);
+        args.Add(start);
+        args.Add(c.NumHeads);
+        args.Add(group);
+        args.Add(cache.Capacity);
+        args.Add(window);
+        args.Add(_attentionScale);
+        args.Add(splits);
+        _attention.Launch(stream, (tiles, c.NumKvHeads, splits), AttentionThreads, _attentionSharedBytes, ref args);
+        if (splits > 1)
+        {
+            args = default;
+            args.Add(s.Partial.Pointer);
+            args.Add(s.AttentionOutput.Pointer);
+            args.Add(s.AttentionOutputLo?.Pointer ?? 0);
+            args.Add(n);
+            args.Add(c.NumHeads);
+            args.Add(splits);
+            _attentionCombine.Launch(stream, (n, c.NumHeads, 1), 32, 0, ref args);
+        }
+    }
+
+    private void RmsNorm(CudaStream stream, ulong x, ulong weight, ulong y, ulong yLo, int rows)
+    {
+        var args = default(KernelArguments);
+        args.Add(x);
+        args.Add(weight);
+        args.Add(y);
+        args.Add(yLo);
+        args.Add(_config.HiddenSize);
+        args.Add(_config.RmsNormEps);
+        _rmsNorm.Launch(stream, (rows, 1, 1), 256, 0, ref args);
+    }
+
+    private void ResidualAdd(CudaStream stream, ulong x, ulong y, ulong bias, int count, int width)
+    {
+        var args = default(KernelArguments);
+        args.Add(x);
+        args.Add(y);
+        args.Add(bias);
+        args.Add(count);
+        args.Add(width);
+        _residualAdd.Launch(stream, (Blocks(count), 1, 1), 256, 0, ref args);
+    }
+
+    private static int Blocks(long elements) => (int)Math.Clamp((elements + 255) / 256, 1, 65_535);
+
+    private static string TypeName(DType type) => type switch
+    {
+        DType.Float32 => "f32_t",
+        DType.Float16 => "f16_t",
+        DType.BFloat16 => "bf16_t",
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "Unknown dtype."),
+    };
+}

@@ -1,0 +1,608 @@
+// The engine's own CUDA kernels, compiled at run time by NVRTC for the device at hand (Gpu/KernelModule.cs).
+// The host defines, per model:
+//   HEAD_DIM  the attention head dimension (even, at most 256)
+//   KV        the KV cache's storage type (f32_t, f16_t or bf16_t)
+//   ACT       the type of the matrix products' inputs (activations and weights), f32_t, f16_t or bf16_t
+//   EMB       the stored type of the embedding table
+// Residual stream, norms, RoPE, softmax and every accumulation run in fp32. Conversions to 16-bit types round to
+// nearest even, like the CPU engine (KvFetcher.Core.Numerics.FloatConversions).
+
+typedef unsigned short u16;
+typedef decltype(sizeof(0)) size_t;
+
+#define NEG_INF __uint_as_float(0xff800000u)
+
+struct f32_t
+{
+    typedef float storage;
+    static __device__ __forceinline__ float load(float v) { return v; }
+    static __device__ __forceinline__ float store(float v) { return v; }
+};
+
+struct f16_t
+{
+    typedef u16 storage;
+    static __device__ __forceinline__ float load(u16 h)
+    {
+        float f;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+        return f;
+    }
+    static __device__ __forceinline__ u16 store(float f)
+    {
+        u16 h;
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+        return h;
+    }
+};
+
+struct bf16_t
+{
+    typedef u16 storage;
+    static __device__ __forceinline__ float load(u16 h) { return __uint_as_float(((unsigned int)h) << 16); }
+    static __device__ __forceinline__ u16 store(float f)
+    {
+        unsigned int u = __float_as_uint(f);
+        if ((u & 0x7fffffffu) > 0x7f800000u)
+        {
+            return (u16)((u >> 16) | 0x40u);
+        }
+        u += 0x7fffu + ((u >> 16) & 1u);
+        return (u16)(u >> 16);
+    }
+};
+
+typedef KV::storage kv_t;
+typedef ACT::storage act_t;
+typedef EMB::storage emb_t;
+
+#define HD HEAD_DIM
+#define FULL_MASK 0xffffffffu
+
+// Element types of the KV export/import wire format, as KvFetcher.Core.DType numbers them.
+__device__ __forceinline__ float load_dtype(const unsigned char* base, size_t index, int dtype)
+{
+    switch (dtype)
+    {
+        case 0: return ((const float*)base)[index];
+        case 1: return f16_t::load(((const u16*)base)[index]);
+        default: return bf16_t::load(((const u16*)base)[index]);
+    }
+}
+
+__device__ __forceinline__ void store_dtype(unsigned char* base, size_t index, int dtype, float v)
+{
+    switch (dtype)
+    {
+        case 0: ((float*)base)[index] = v; break;
+        case 1: ((u16*)base)[index] = f16_t::store(v); break;
+        default: ((u16*)base)[index] = bf16_t::store(v); break;
+    }
+}
+
+// Writes v rounded to the products' input type, and (when lo is given) the rounding error, also in that type: the
+// products then see hi + lo, about 16 mantissa bits for bf16 (split activations, see CudaMatmulPrecision).
+__device__ __forceinline__ void store_act(act_t* __restrict__ hi, act_t* __restrict__ lo, size_t i, float v)
+{
+    act_t h = ACT::store(v);
+    hi[i] = h;
+    if (lo != nullptr)
+    {
+        lo[i] = ACT::store(v - ACT::load(h));
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int offset = 16; offset > 0; offset >>= 1)
+    {
+        v += __shfl_xor_sync(FULL_MASK, v, offset);
+    }
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int offset = 16; offset > 0; offset >>= 1)
+    {
+        v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, offset));
+    }
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
+__device__ float block_sum(float v)
+{
+    __shared__ float partial[32];
+    __shared__ float total;
+    int lane = threadIdx.x & 31;
+    int warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0)
+    {
+        partial[warp] = v;
+    }
+    __syncthreads();
+    if (warp == 0)
+    {
+        float s = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0f;
+        s = warp_sum(s);
+        if (lane == 0)
+        {
+            total = s;
+        }
+    }
+    __syncthreads();
+    return total;
+}
+
+// x[row, :] = embedding[tokens[row], :] in fp32. Grid: one block per token.
+extern "C" __global__ void embed(const int* __restrict__ tokens, const emb_t* __restrict__ table, float* __restrict__ x, int d)
+{
+    int row = blockIdx.x;
+    const emb_t* source = table + (size_t)tokens[row] * d;
+    float* target = x + (size_t)row * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+    {
+        target[i] = EMB::load(source[i]);
+    }
+}
+
+// y[row, :] = weight * x[row, :] / sqrt(mean(x[row, :]^2) + eps), rounded to the matrix products' input type
+// (+ the rounding error in yLo when given).
+extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __restrict__ weight, act_t* __restrict__ y, act_t* __restrict__ yLo, int d, float eps)
+{
+    const float* source = x + (size_t)blockIdx.x * d;
+    size_t row = (size_t)blockIdx.x * d;
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+    {
+        sum = fmaf(source[i], source[i], sum);
+    }
+    sum = block_sum(sum);
+    float scale = 1.0f / sqrtf(sum / (float)d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+    {
+        store_act(y, yLo, row + i, weight[i] * (source[i] * scale));
+    }
+}
+
+// The fused q/k/v projection's output [n, (heads + 2 kvHeads) * HD] (+ bias) becomes: q with RoPE (fp32,
+// [n, heads, HD]); k with RoPE and v written into one layer of the cache ([kvHead][capacity][HD]) at positions
+// start + row, rounded to the storage type. RoPE uses Hugging Face's half-split rotation and the CPU's cos/sin table
+// ([position][HD / 2]), products rounded before the sum as the CPU computes them. Grid: one block per token.
+extern "C" __global__ void qkv_rope(
+    const float* __restrict__ qkv, const float* __restrict__ bias, const float* __restrict__ cosTable, const float* __restrict__ sinTable,
+    float* __restrict__ q, kv_t* __restrict__ keys, kv_t* __restrict__ values, int start, int heads, int kvHeads, int capacity)
+{
+    const int half = HD / 2;
+    int row = blockIdx.x;
+    int position = start + row;
+    int width = (heads + 2 * kvHeads) * HD;
+    const float* source = qkv + (size_t)row * width;
+    const float* cosRow = cosTable + (size_t)position * half;
+    const float* sinRow = sinTable + (size_t)position * half;
+    for (int p = threadIdx.x; p < (heads + kvHeads) * half; p += blockDim.x)
+    {
+        int h = p / half;
+        int i = p - h * half;
+        int at = h * HD + i;
+        float a = source[at];
+        float b = source[at + half];
+        if (bias != nullptr)
+        {
+            a += bias[at];
+            b += bias[at + half];
+        }
+        float c = cosRow[i];
+        float s = sinRow[i];
+        float ra = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+        float rb = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+        if (h < heads)
+        {
+            float* target = q + ((size_t)row * heads + h) * HD;
+            target[i] = ra;
+            target[i + half] = rb;
+        }
+        else
+        {
+            kv_t* target = keys + ((size_t)(h - heads) * capacity + position) * HD;
+            target[i] = KV::store(ra);
+            target[i + half] = KV::store(rb);
+        }
+    }
+
+    int valueAt = (heads + kvHeads) * HD;
+    for (int e = threadIdx.x; e < kvHeads * HD; e += blockDim.x)
+    {
+        int h = e / HD;
+        int d = e - h * HD;
+        float v = source[valueAt + e];
+        if (bias != nullptr)
+        {
+            v += bias[valueAt + e];
+        }
+        values[((size_t)h * capacity + position) * HD + d] = KV::store(v);
+    }
+}
+
+// Causal grouped-query attention of queries at positions start + [0, n) over one layer of the cache, flash style:
+// key tiles in shared memory, an online softmax per query row in fp32. A block serves one KV head and ATT_ROWS rows
+// of (query, head of the KV head's group), query-major, so the group's heads share each key tile it loads (a decode
+// step's group heads run in one block). Four warps; row slot s goes to warp s % 4, so a few rows still spread over
+// all warps; a warp's lanes take one key each for the scores, one dimension each for the weighted sum. Grid: (row
+// tiles, KV heads, splits). With splits > 1 the block's key range is cut in `splits` parts (long contexts with few
+// queries, e.g. decoding) and each part writes its unnormalized state (max, sum, HD values) to `partial` for
+// attention_combine; with splits == 1 the block writes the output directly.
+#define ATT_ROWS 16
+#define ATT_KEYS 32
+#define ATT_WARPS 4
+#define ATT_PER_WARP (ATT_ROWS / ATT_WARPS)
+#define ATT_DIMS_PER_LANE ((HD + 31) / 32)
+#define KEY_STRIDE (HD + 1)
+
+extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention(
+    const float* __restrict__ q, const kv_t* __restrict__ keys, const kv_t* __restrict__ values, act_t* __restrict__ output,
+    act_t* __restrict__ outputLo, float* __restrict__ partial, int n, int start, int heads, int group, int capacity, int window, float scale, int splits)
+{
+    extern __shared__ float shared[];
+    float* queryTile = shared;                              // [ATT_ROWS][HD]
+    float* keyTile = queryTile + ATT_ROWS * HD;             // [ATT_KEYS][HD + 1]
+    float* valueTile = keyTile + ATT_KEYS * KEY_STRIDE;     // [ATT_KEYS][HD]
+
+    int kvHead = blockIdx.y;
+    int split = blockIdx.z;
+    int warp = threadIdx.x >> 5;
+    int lane = threadIdx.x & 31;
+    int rows = n * group;
+    int firstRow = blockIdx.x * ATT_ROWS;
+    int firstQuery = firstRow / group;
+    int lastQuery = (min(firstRow + ATT_ROWS, rows) - 1) / group;
+
+    // Keys any query of the block sees: [max(0, first position - window + 1), last position].
+    int keyLo = max(0, start + firstQuery - window + 1);
+    int keyHi = start + lastQuery + 1;
+    int tiles = (keyHi - keyLo + ATT_KEYS - 1) / ATT_KEYS;
+    int tilesPerSplit = (tiles + splits - 1) / splits;
+    int tileBegin = split * tilesPerSplit;
+    int tileEnd = min(tiles, tileBegin + tilesPerSplit);
+
+    for (int i = threadIdx.x; i < ATT_ROWS * HD; i += blockDim.x)
+    {
+        int slot = i / HD;
+        int d = i - slot * HD;
+        int row = firstRow + slot;
+        float value = 0.0f;
+        if (row < rows)
+        {
+            int query = row / group;
+            int head = kvHead * group + (row - query * group);
+            value = q[((size_t)query * heads + head) * HD + d];
+        }
+        queryTile[i] = value;
+    }
+
+    float m[ATT_PER_WARP];
+    float l[ATT_PER_WARP];
+    float acc[ATT_PER_WARP][ATT_DIMS_PER_LANE];
+    for (int r = 0; r < ATT_PER_WARP; r++)
+    {
+        m[r] = NEG_INF;
+        l[r] = 0.0f;
+        for (int c = 0; c < ATT_DIMS_PER_LANE; c++)
+        {
+            acc[r][c] = 0.0f;
+        }
+    }
+
+    const kv_t* keyBase = keys + (size_t)kvHead * capacity * HD;
+    const kv_t* valueBase = values + (size_t)kvHead * capacity * HD;
+    for (int t = tileBegin; t < tileEnd; t++)
+    {
+        int key0 = keyLo + t * ATT_KEYS;
+        __syncthreads();
+        for (int i = threadIdx.x; i < ATT_KEYS * HD; i += blockDim.x)
+        {
+            int j = i / HD;
+            int d = i - j * HD;
+            int key = key0 + j;
+            float k = 0.0f;
+            float v = 0.0f;
+            if (key < keyHi)
+            {
+                k = KV::load(keyBase[(size_t)key * HD + d]);
+                v = KV::load(valueBase[(size_t)key * HD + d]);
+            }
+            keyTile[j * KEY_STRIDE + d] = k;
+            valueTile[j * HD + d] = v;
+        }
+        __syncthreads();
+
+        for (int r = 0; r < ATT_PER_WARP; r++)
+        {
+            int slot = r * ATT_WARPS + warp;
+            int row = firstRow + slot;
+            if (row >= rows)
+            {
+                break;
+            }
+
+            int position = start + row / group;
+            int lo = max(0, position - window + 1);
+            int key = key0 + lane;
+            bool valid = key >= lo && key <= position;
+            if (!__any_sync(FULL_MASK, valid))
+            {
+                continue;
+            }
+
+            float score = NEG_INF;
+            if (valid)
+            {
+                const float* queryRow = queryTile + slot * HD;
+                const float* keyRow = keyTile + lane * KEY_STRIDE;
+                float dot = 0.0f;
+#pragma unroll 16
+                for (int d = 0; d < HD; d++)
+                {
+                    dot = fmaf(queryRow[d], keyRow[d], dot);
+                }
+                score = dot * scale;
+            }
+
+            float newMax = fmaxf(m[r], warp_max(score));
+            float p = valid ? expf(score - newMax) : 0.0f;
+            float correction = expf(m[r] - newMax);
+            l[r] = l[r] * correction + warp_sum(p);
+            for (int c = 0; c < ATT_DIMS_PER_LANE; c++)
+            {
+                acc[r][c] *= correction;
+            }
+            for (int j = 0; j < ATT_KEYS; j++)
+            {
+                float pj = __shfl_sync(FULL_MASK, p, j);
+#pragma unroll
+                for (int c = 0; c < ATT_DIMS_PER_LANE; c++)
+                {
+                    int d = lane + 32 * c;
+                    if (d < HD)
+                    {
+                        acc[r][c] = fmaf(pj, valueTile[j * HD + d], acc[r][c]);
+                    }
+                }
+            }
+            m[r] = newMax;
+        }
+    }
+
+    for (int r = 0; r < ATT_PER_WARP; r++)
+    {
+        int row = firstRow + r * ATT_WARPS + warp;
+        if (row >= rows)
+        {
+            break;
+        }
+
+        int query = row / group;
+        int head = kvHead * group + (row - query * group);
+        if (splits == 1)
+        {
+            float inverse = 1.0f / l[r];
+            size_t at = ((size_t)query * heads + head) * HD;
+            for (int c = 0; c < ATT_DIMS_PER_LANE; c++)
+            {
+                int d = lane + 32 * c;
+                if (d < HD)
+                {
+                    store_act(output, outputLo, at + d, acc[r][c] * inverse);
+                }
+            }
+        }
+        else
+        {
+            float* target = partial + (((size_t)split * n + query) * heads + head) * (HD + 2);
+            if (lane == 0)
+            {
+                target[0] = m[r];
+                target[1] = l[r];
+            }
+            for (int c = 0; c < ATT_DIMS_PER_LANE; c++)
+            {
+                int d = lane + 32 * c;
+                if (d < HD)
+                {
+                    target[2 + d] = acc[r][c];
+                }
+            }
+        }
+    }
+}
+
+// Merges the split states of attention: output = Σ acc_s e^(m_s - M) / Σ l_s e^(m_s - M). Grid: (n, heads), one warp.
+extern "C" __global__ void attention_combine(const float* __restrict__ partial, act_t* __restrict__ output, act_t* __restrict__ outputLo, int n, int heads, int splits)
+{
+    int query = blockIdx.x;
+    int head = blockIdx.y;
+    int lane = threadIdx.x;
+    size_t stride = (size_t)n * heads * (HD + 2);
+    const float* first = partial + ((size_t)query * heads + head) * (HD + 2);
+    float maximum = NEG_INF;
+    for (int s = 0; s < splits; s++)
+    {
+        maximum = fmaxf(maximum, first[s * stride]);
+    }
+
+    float sum = 0.0f;
+    float acc[ATT_DIMS_PER_LANE];
+    for (int c = 0; c < ATT_DIMS_PER_LANE; c++)
+    {
+        acc[c] = 0.0f;
+    }
+    for (int s = 0; s < splits; s++)
+    {
+        const float* state = first + s * stride;
+        if (state[0] == NEG_INF)
+        {
+            continue;
+        }
+        float weight = expf(state[0] - maximum);
+        sum += state[1] * weight;
+        for (int c = 0; c < ATT_DIMS_PER_LANE; c++)
+        {
+            int d = lane + 32 * c;
+            if (d < HD)
+            {
+                acc[c] = fmaf(state[2 + d], weight, acc[c]);
+            }
+        }
+    }
+
+    float inverse = 1.0f / sum;
+    size_t at = ((size_t)query * heads + head) * HD;
+    for (int c = 0; c < ATT_DIMS_PER_LANE; c++)
+    {
+        int d = lane + 32 * c;
+        if (d < HD)
+        {
+            store_act(output, outputLo, at + d, acc[c] * inverse);
+        }
+    }
+}
+
+// x += y (+ bias[column]), over [count] fp32 elements of rows of width d.
+extern "C" __global__ void residual_add(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias, int count, int d)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x)
+    {
+        float v = y[i];
+        if (bias != nullptr)
+        {
+            v += bias[i % d];
+        }
+        x[i] += v;
+    }
+}
+
+// out[row, j] = silu(gate) * up from the fused gate/up projection [rows, 2 ffn] (+ bias), rounded to the matrix
+// products' input type (+ the rounding error in outputLo when given).
+extern "C" __global__ void swiglu(const float* __restrict__ gateUp, const float* __restrict__ bias, act_t* __restrict__ output, act_t* __restrict__ outputLo, int rows, int ffn)
+{
+    int count = rows * ffn;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x)
+    {
+        int row = i / ffn;
+        int j = i - row * ffn;
+        float g = gateUp[(size_t)row * 2 * ffn + j];
+        float u = gateUp[(size_t)row * 2 * ffn + ffn + j];
+        if (bias != nullptr)
+        {
+            g += bias[j];
+            u += bias[ffn + j];
+        }
+        store_act(output, outputLo, i, g / (1.0f + expf(-g)) * u);
+    }
+}
+
+// Wire layout [layer][kind][token][kvHead][HD] of `dtype` <-> cache layout [layer][kind][kvHead][capacity][HD].
+extern "C" __global__ void kv_import(
+    const unsigned char* __restrict__ source, int dtype, kv_t* __restrict__ cache, int layers, int kvHeads, int capacity, int start, int tokens)
+{
+    size_t total = (size_t)layers * 2 * tokens * kvHeads * HD;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+    {
+        int d = (int)(i % HD);
+        size_t rest = i / HD;
+        int h = (int)(rest % kvHeads);
+        rest /= kvHeads;
+        int token = (int)(rest % tokens);
+        size_t layerKind = rest / tokens;
+        cache[((layerKind * kvHeads + h) * capacity + start + token) * HD + d] = KV::store(load_dtype(source, i, dtype));
+    }
+}
+
+extern "C" __global__ void kv_export(
+    const kv_t* __restrict__ cache, unsigned char* __restrict__ destination, int dtype, int layers, int kvHeads, int capacity, int start, int tokens)
+{
+    size_t total = (size_t)layers * 2 * tokens * kvHeads * HD;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+    {
+        int d = (int)(i % HD);
+        size_t rest = i / HD;
+        int h = (int)(rest % kvHeads);
+        rest /= kvHeads;
+        int token = (int)(rest % tokens);
+        size_t layerKind = rest / tokens;
+        store_dtype(destination, i, dtype, KV::load(cache[((layerKind * kvHeads + h) * capacity + start + token) * HD + d]));
+    }
+}
+
+// Index of the largest logit of each row (the first on ties, like the CPU's ArgMax). Grid: one block of 1024 per row.
+extern "C" __global__ void argmax(const float* __restrict__ logits, int* __restrict__ result, int vocab)
+{
+    __shared__ float bestValues[32];
+    __shared__ int bestIndices[32];
+    const float* row = logits + (size_t)blockIdx.x * vocab;
+    float best = NEG_INF;
+    int index = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+    {
+        float v = row[i];
+        if (v > best)
+        {
+            best = v;
+            index = i;
+        }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1)
+    {
+        float otherValue = __shfl_xor_sync(FULL_MASK, best, offset);
+        int otherIndex = __shfl_xor_sync(FULL_MASK, index, offset);
+        if (otherValue > best || (otherValue == best && otherIndex < index))
+        {
+            best = otherValue;
+            index = otherIndex;
+        }
+    }
+    int lane = threadIdx.x & 31;
+    int warp = threadIdx.x >> 5;
+    if (lane == 0)
+    {
+        bestValues[warp] = best;
+        bestIndices[warp] = index;
+    }
+    __syncthreads();
+    if (warp == 0)
+    {
+        int warps = blockDim.x >> 5;
+        best = lane < warps ? bestValues[lane] : NEG_INF;
+        index = lane < warps ? bestIndices[lane] : 0x7fffffff;
+        for (int offset = 16; offset > 0; offset >>= 1)
+        {
+            float otherValue = __shfl_xor_sync(FULL_MASK, best, offset);
+            int otherIndex = __shfl_xor_sync(FULL_MASK, index, offset);
+            if (otherValue > best || (otherValue == best && otherIndex < index))
+            {
+                best = otherValue;
+                index = otherIndex;
+            }
+        }
+        if (lane == 0)
+        {
+            result[blockIdx.x] = index;
+        }
+    }
+}
+
+// dst[i] = uniform in [low, high] from a hash of (i, seed), as `dtype` (random weights for timing model shapes).
+extern "C" __global__ void fill_uniform(unsigned char* __restrict__ destination, int dtype, size_t count, float low, float high, unsigned int seed)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+    {
+        unsigned long long z = (unsigned long long)i + ((unsigned long long)seed << 40) + 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        float unit = (float)(z >> 40) * (1.0f / 16777216.0f);
+        store_dtype(destination, i, dtype, low + (high - low) * unit);
+    }
+}

@@ -1,0 +1,524 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using KvFetcher.Serving.Chat;
+using KvFetcher.Serving.Scheduling;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace KvFetcher.Serving.Api;
+
+/// <summary>
+/// The OpenAI-compatible HTTP API over one <see cref="KvFetcherEngine"/>: <c>POST /v1/completions</c>,
+/// <c>POST /v1/chat/completions</c> (both streaming with server-sent events or not), <c>GET /v1/models</c>,
+/// <c>/healthz</c> and <c>/metrics</c>. A bad request gets an OpenAI-style error (<c>{"error": {...}}</c>, 4xx) and the
+/// server keeps serving; at capacity, 429. Every answer reports reuse in <c>X-KvFetcher-Reused-Tokens</c> and
+/// <c>X-KvFetcher-TTFT-Ms</c> and, in <c>usage</c>, <c>prompt_tokens_details.cached_tokens</c> and <c>kvfetcher</c>.
+/// </summary>
+internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions options)
+{
+    public const string TenantHeader = "X-KvFetcher-Tenant";
+    public const string ReusedTokensHeader = "X-KvFetcher-Reused-Tokens";
+    public const string TtftHeader = "X-KvFetcher-TTFT-Ms";
+
+    /// <summary>OpenAI's limit on stop sequences per request.</summary>
+    private const int MaxStopSequences = 4;
+
+    private static readonly long s_created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    private readonly ApiKeyCheck _keys = new(options.ApiKeys);
+
+    private enum Route
+    {
+        Completions,
+        Chat,
+    }
+
+    public void Map(IEndpointRouteBuilder app)
+    {
+        app.MapPost("/v1/completions", new RequestDelegate(context => ServeAsync(context, Route.Completions))).WithDisplayName("completions");
+        app.MapPost("/v1/chat/completions", new RequestDelegate(context => ServeAsync(context, Route.Chat))).WithDisplayName("chat");
+        app.MapGet("/v1/models", new RequestDelegate(ModelsAsync)).WithDisplayName("models");
+        app.MapGet("/v1/models/{id}", new RequestDelegate(ModelAsync)).WithDisplayName("model");
+        app.MapGet("/healthz", new RequestDelegate(HealthAsync)).WithDisplayName("healthz");
+        app.MapGet("/metrics", new RequestDelegate(MetricsAsync)).WithDisplayName("metrics");
+    }
+
+    /// <summary>The API key check of <c>/v1</c> requests: null when allowed, else the 401 to answer.</summary>
+    public ApiError? Authorize(HttpContext context)
+    {
+        string? key = ApiKeyCheck.Presented(context.Request);
+        if ((_keys.Required || options.TenantFromKey) && (key is null || !_keys.IsAccepted(key)))
+        {
+            context.Response.Headers.WWWAuthenticate = "Bearer";
+            return new ApiError(StatusCodes.Status401Unauthorized, "Incorrect or missing API key: send 'Authorization: Bearer KEY'.", "invalid_request_error", Code: "invalid_api_key");
+        }
+
+        return null;
+    }
+
+    private async Task ServeAsync(HttpContext context, Route route)
+    {
+        if (Authorize(context) is { } unauthorized)
+        {
+            await unauthorized.WriteAsync(context);
+            return;
+        }
+
+        (Prepared? prepared, ApiError? error) = route == Route.Chat ? await PrepareChatAsync(context) : await PrepareCompletionAsync(context);
+        if (error is not null)
+        {
+            await error.WriteAsync(context);
+            return;
+        }
+
+        Generation generation;
+        try
+        {
+            generation = engine.Submit(prepared!.Request, context.RequestAborted);
+        }
+        catch (EngineBusyException ex)
+        {
+            context.Response.Headers.RetryAfter = "1";
+            await new ApiError(StatusCodes.Status429TooManyRequests, ex.Message, "server_busy", Code: "rate_limit_exceeded").WriteAsync(context);
+            return;
+        }
+
+        string id = (route == Route.Chat ? "chatcmpl-" : "cmpl-") + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(12));
+        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        try
+        {
+            PrefillInfo first = await generation.FirstToken;
+            context.Response.Headers[ReusedTokensHeader] = first.ReusedTokens.ToString(CultureInfo.InvariantCulture);
+            context.Response.Headers[TtftHeader] = first.TimeToFirstToken.TotalMilliseconds.ToString("0.###", CultureInfo.InvariantCulture);
+            if (prepared.Request.Stream)
+            {
+                await StreamAsync(context, route, id, created, prepared, generation);
+                return;
+            }
+
+            GenerationResult result = await generation.Completion;
+            Usage usage = UsageOf(result, prepared);
+            string finish = FinishName(result.FinishReason);
+            context.Response.ContentType = "application/json";
+            if (route == Route.Chat)
+            {
+                var body = new ChatCompletionResponse(id, "chat.completion", created, engine.ModelId, null,
+                    [new ChatChoice(0, new ChatMessageOut("assistant", result.Text, null), null, finish)], usage);
+                await JsonSerializer.SerializeAsync(context.Response.Body, body, OpenAiJson.Default.ChatCompletionResponse, context.RequestAborted);
+            }
+            else
+            {
+                var body = new CompletionResponse(id, "text_completion", created, engine.ModelId, [new CompletionChoice(result.Text, 0, null, finish)], usage);
+                await JsonSerializer.SerializeAsync(context.Response.Body, body, OpenAiJson.Default.CompletionResponse, context.RequestAborted);
+            }
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            // The client went away; the engine has dropped the request.
+        }
+        catch (ObjectDisposedException)
+        {
+            await new ApiError(StatusCodes.Status503ServiceUnavailable, "The server is shutting down.", "server_error").WriteAsync(context);
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException and not OperationCanceledException)
+        {
+            // The engine failed this request (only this one): a 500 with the reason, and the server serves on.
+            await new ApiError(StatusCodes.Status500InternalServerError, $"The engine failed the request: {ex.Message}", "server_error").WriteAsync(context);
+        }
+    }
+
+    private async Task StreamAsync(HttpContext context, Route route, string id, long created, Prepared prepared, Generation generation)
+    {
+        HttpResponse response = context.Response;
+        response.ContentType = "text/event-stream";
+        response.Headers.CacheControl = "no-cache";
+        CancellationToken aborted = context.RequestAborted;
+        if (route == Route.Chat)
+        {
+            await WriteEventAsync(response, Chunk(id, created, new ChatDelta("assistant", ""), null, null), OpenAiJson.Default.ChatChunk, aborted);
+        }
+
+        await foreach (string piece in generation.Text.ReadAllAsync(aborted))
+        {
+            if (route == Route.Chat)
+            {
+                await WriteEventAsync(response, Chunk(id, created, new ChatDelta(null, piece), null, null), OpenAiJson.Default.ChatChunk, aborted);
+            }
+            else
+            {
+                await WriteEventAsync(response, new CompletionResponse(id, "text_completion", created, engine.ModelId, [new CompletionChoice(piece, 0, null, null)], null),
+                    OpenAiJson.Default.CompletionResponse, aborted);
+            }
+        }
+
+        GenerationResult result = await generation.Completion;
+        string finish = FinishName(result.FinishReason);
+        Usage usage = UsageOf(result, prepared);
+        if (route == Route.Chat)
+        {
+            await WriteEventAsync(response, Chunk(id, created, new ChatDelta(null, null), finish, null), OpenAiJson.Default.ChatChunk, aborted);
+            if (prepared.IncludeUsage)
+            {
+                await WriteEventAsync(response, new ChatChunk(id, "chat.completion.chunk", created, engine.ModelId, null, [], usage), OpenAiJson.Default.ChatChunk, aborted);
+            }
+        }
+        else
+        {
+            await WriteEventAsync(response, new CompletionResponse(id, "text_completion", created, engine.ModelId, [new CompletionChoice("", 0, null, finish)], null),
+                OpenAiJson.Default.CompletionResponse, aborted);
+            if (prepared.IncludeUsage)
+            {
+                await WriteEventAsync(response, new CompletionResponse(id, "text_completion", created, engine.ModelId, [], usage), OpenAiJson.Default.CompletionResponse, aborted);
+            }
+        }
+
+        await response.Body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), aborted);
+        await response.Body.FlushAsync(aborted);
+    }
+
+    private ChatChunk Chunk(string id, long created, ChatDelta delta, string? finish, Usage? usage) =>
+        new(id, "chat.completion.chunk", created, engine.ModelId, null, [new ChatChunkChoice(0, delta, null, finish)], usage);
+
+    private static async Task WriteEventAsync<T>(HttpResponse response, T value, JsonTypeInfo<T> type, CancellationToken cancellationToken)
+    {
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(value, type);
+        byte[] line = new byte[json.Length + 8];
+        "data: "u8.CopyTo(line);
+        json.CopyTo(line, 6);
+        line[^2] = (byte)'\n';
+        line[^1] = (byte)'\n';
+        await response.Body.WriteAsync(line, cancellationToken);
+        await response.Body.FlushAsync(cancellationToken);
+    }
+
+    private static string FinishName(FinishReason reason) => reason == FinishReason.Length ? "length" : "stop";
+
+    private static Usage UsageOf(GenerationResult result, Prepared prepared)
+    {
+        PrefillInfo p = result.Prefill;
+        return new Usage(p.PromptTokens, result.CompletionTokens, p.PromptTokens + result.CompletionTokens, new PromptTokensDetails(p.ReusedTokens),
+            new KvFetcherUsage(p.ReusedTokens, p.ComputedTokens, Ms(p.TimeToFirstToken), Ms(p.Queue), Ms(p.Fetch), Ms(p.Prefill), p.BytesFetched,
+                p.FailedChunks, p.LookupFailed, prepared.TenantName));
+    }
+
+    private static double Ms(TimeSpan span) => Math.Round(span.TotalMilliseconds, 3);
+
+    /// <summary>A validated request, ready for the engine.</summary>
+    private sealed record Prepared(GenerationRequest Request, bool IncludeUsage, string TenantName);
+
+    private async Task<(Prepared?, ApiError?)> PrepareChatAsync(HttpContext context)
+    {
+        (ChatCompletionRequest? body, ApiError? error) = await ReadBodyAsync(context, OpenAiJson.Default.ChatCompletionRequest);
+        if (error is not null)
+        {
+            return (null, error);
+        }
+
+        if (CheckModel(body!.Model) is { } unknown)
+        {
+            return (null, unknown);
+        }
+
+        if (body.N is not (null or 1))
+        {
+            return (null, ApiError.Invalid("Only n = 1 is supported.", "n"));
+        }
+
+        if (body.Logprobs.ValueKind == JsonValueKind.True)
+        {
+            return (null, ApiError.Invalid("logprobs are not supported.", "logprobs"));
+        }
+
+        if (body.Tools.ValueKind is not (JsonValueKind.Undefined or JsonValueKind.Null))
+        {
+            return (null, ApiError.Invalid("Tools are not supported.", "tools"));
+        }
+
+        if (body.Messages is null || body.Messages.Count == 0)
+        {
+            return (null, ApiError.Invalid("'messages' must be a non-empty array.", "messages"));
+        }
+
+        var turns = new List<ChatTurn>(body.Messages.Count);
+        for (int i = 0; i < body.Messages.Count; i++)
+        {
+            ChatMessageIn? message = body.Messages[i];
+            string param = $"messages[{i}]";
+            if (message?.Role is not { Length: > 0 and <= 64 } role || !role.All(char.IsAsciiLetterLower))
+            {
+                return (null, ApiError.Invalid($"{param}.role must be a lower-case role name such as system, user or assistant.", param + ".role"));
+            }
+
+            if (!TryReadContent(message.Content, out string? content))
+            {
+                return (null, ApiError.Invalid($"{param}.content must be a string or an array of text parts.", param + ".content"));
+            }
+
+            turns.Add(new ChatTurn(role, content));
+        }
+
+        return Prepare(context, engine.EncodeChat(turns), "messages", body.MaxCompletionTokens ?? body.MaxTokens, body.MaxCompletionTokens is null ? "max_tokens" : "max_completion_tokens",
+            body.Temperature, body.TopP, body.Seed, body.Stop, engine.Template.StopSequences, body.Stream, body.StreamOptions, body.PresencePenalty, body.FrequencyPenalty);
+    }
+
+    private async Task<(Prepared?, ApiError?)> PrepareCompletionAsync(HttpContext context)
+    {
+        (CompletionRequest? body, ApiError? error) = await ReadBodyAsync(context, OpenAiJson.Default.CompletionRequest);
+        if (error is not null)
+        {
+            return (null, error);
+        }
+
+        if (CheckModel(body!.Model) is { } unknown)
+        {
+            return (null, unknown);
+        }
+
+        if (body.N is not (null or 1) || body.BestOf is not (null or 1))
+        {
+            return (null, ApiError.Invalid("Only n = 1 and best_of = 1 are supported.", body.N is not (null or 1) ? "n" : "best_of"));
+        }
+
+        if (body.Echo == true)
+        {
+            return (null, ApiError.Invalid("echo is not supported.", "echo"));
+        }
+
+        if (body.Logprobs.ValueKind is not (JsonValueKind.Undefined or JsonValueKind.Null))
+        {
+            return (null, ApiError.Invalid("logprobs are not supported.", "logprobs"));
+        }
+
+        int[]? tokens = ReadPrompt(body.Prompt);
+        if (tokens is null)
+        {
+            return (null, ApiError.Invalid("'prompt' must be a string, an array of one string, or an array of token ids.", "prompt"));
+        }
+
+        if (tokens.Length == 0 || tokens.Any(t => (uint)t >= (uint)engine.Model.Config.VocabSize))
+        {
+            return (null, ApiError.Invalid($"The prompt must hold at least one token, and token ids must be below {engine.Model.Config.VocabSize}.", "prompt"));
+        }
+
+        return Prepare(context, tokens, "prompt", body.MaxTokens, "max_tokens", body.Temperature, body.TopP, body.Seed, body.Stop, [], body.Stream, body.StreamOptions,
+            body.PresencePenalty, body.FrequencyPenalty);
+    }
+
+    private (Prepared?, ApiError?) Prepare(HttpContext context, int[] tokens, string promptName, int? maxTokens, string maxTokensName, float? temperature, float? topP, long? seed,
+        JsonElement stop, IReadOnlyList<string> implicitStops, bool? stream, StreamOptions? streamOptions, float? presencePenalty, float? frequencyPenalty)
+    {
+        if (presencePenalty is not (null or 0f) || frequencyPenalty is not (null or 0f))
+        {
+            return (null, ApiError.Invalid("presence_penalty and frequency_penalty are not supported (only 0).", presencePenalty is not (null or 0f) ? "presence_penalty" : "frequency_penalty"));
+        }
+
+        if (temperature is float t && !(t is >= 0f and <= 2f))
+        {
+            return (null, ApiError.Invalid($"temperature must be between 0 and 2; got {t.ToString(CultureInfo.InvariantCulture)}.", "temperature"));
+        }
+
+        if (topP is float p && !(p is > 0f and <= 1f))
+        {
+            return (null, ApiError.Invalid($"top_p must be in (0, 1]; got {p.ToString(CultureInfo.InvariantCulture)}.", "top_p"));
+        }
+
+        if (maxTokens is int requested && requested < 1)
+        {
+            return (null, ApiError.Invalid($"{maxTokensName} must be at least 1; got {requested}.", maxTokensName));
+        }
+
+        int window = engine.Model.Config.MaxPositionEmbeddings;
+        if (tokens.Length >= window)
+        {
+            return (null, ApiError.Invalid($"This model's maximum context length is {window} tokens; the prompt has {tokens.Length}.", "messages", "context_length_exceeded"));
+        }
+
+        if (maxTokens is int limit && (long)tokens.Length + limit > window)
+        {
+            return (null, ApiError.Invalid($"This model's maximum context length is {window} tokens; the prompt ({tokens.Length}) and {maxTokensName} ({limit}) exceed it.",
+                maxTokensName, "context_length_exceeded"));
+        }
+
+        if (!TryReadStops(stop, out List<string>? stops))
+        {
+            return (null, ApiError.Invalid($"stop must be a non-empty string or an array of at most {MaxStopSequences} non-empty strings.", "stop"));
+        }
+
+        (string? salt, string tenantName, ApiError? tenantError) = ResolveTenant(context);
+        if (tenantError is not null)
+        {
+            return (null, tenantError);
+        }
+
+        var request = new GenerationRequest
+        {
+            Prompt = tokens,
+            TenantSalt = salt!,
+            MaxTokens = maxTokens ?? Math.Min(engine.Options.DefaultMaxTokens, window - tokens.Length),
+            // OpenAI's default temperature is 1.
+            Temperature = temperature ?? 1f,
+            TopP = topP ?? 1f,
+            Seed = seed is long s ? unchecked((int)(s ^ (s >> 32))) : null,
+            StopSequences = [.. stops!, .. implicitStops],
+            Stream = stream == true,
+        };
+        return (new Prepared(request, streamOptions?.IncludeUsage == true, tenantName), null);
+    }
+
+    /// <summary>The tenant salt of a request: its API key's (with <see cref="LlmServerOptions.TenantFromKey"/>), or the header's, or the default.</summary>
+    private (string? Salt, string Name, ApiError? Error) ResolveTenant(HttpContext context)
+    {
+        string? named = context.Request.Headers[TenantHeader].Count switch
+        {
+            0 => null,
+            1 => context.Request.Headers[TenantHeader][0],
+            _ => "\n", // several headers: invalid below
+        };
+        if (named is not null && (named.Length == 0 || !TenantSalts.IsValidName(named)))
+        {
+            return (null, "", ApiError.Invalid($"{TenantHeader} must have 1 to {TenantSalts.MaxTenantLength} characters of [A-Za-z0-9._-].", TenantHeader));
+        }
+
+        if (options.TenantFromKey)
+        {
+            string key = ApiKeyCheck.Presented(context.Request)!;
+            string salt = TenantSalts.ForKey(key, named ?? "");
+            return (salt, salt, null);
+        }
+
+        string tenant = named ?? engine.Options.DefaultTenant;
+        return (tenant, tenant, null);
+    }
+
+    private ApiError? CheckModel(string? model) =>
+        model is null || model == engine.ModelId
+            ? null
+            : new ApiError(StatusCodes.Status404NotFound, $"The model '{model}' does not exist; this server serves '{engine.ModelId}'.", "invalid_request_error", "model", "model_not_found");
+
+    private int[]? ReadPrompt(JsonElement prompt)
+    {
+        switch (prompt.ValueKind)
+        {
+            case JsonValueKind.String:
+                return engine.EncodeText(prompt.GetString()!);
+            case JsonValueKind.Array when prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.String:
+                return engine.EncodeText(prompt[0].GetString()!);
+            case JsonValueKind.Array when prompt.GetArrayLength() > 0 && prompt.EnumerateArray().All(e => e.ValueKind == JsonValueKind.Number):
+                var ids = new int[prompt.GetArrayLength()];
+                int i = 0;
+                foreach (JsonElement id in prompt.EnumerateArray())
+                {
+                    if (!id.TryGetInt32(out ids[i++]))
+                    {
+                        return null;
+                    }
+                }
+
+                return ids;
+            default:
+                return null;
+        }
+    }
+
+    private static bool TryReadContent(JsonElement content, out string text)
+    {
+        text = "";
+        switch (content.ValueKind)
+        {
+            case JsonValueKind.String:
+                text = content.GetString()!;
+                return true;
+            case JsonValueKind.Array:
+                var joined = new StringBuilder();
+                foreach (JsonElement part in content.EnumerateArray())
+                {
+                    if (part.ValueKind != JsonValueKind.Object || !part.TryGetProperty("type", out JsonElement type) || !type.ValueEquals("text")
+                        || !part.TryGetProperty("text", out JsonElement value) || value.ValueKind != JsonValueKind.String)
+                    {
+                        return false;
+                    }
+
+                    joined.Append(value.GetString());
+                }
+
+                text = joined.ToString();
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    private static bool TryReadStops(JsonElement stop, out List<string>? stops)
+    {
+        stops = [];
+        switch (stop.ValueKind)
+        {
+            case JsonValueKind.Undefined or JsonValueKind.Null:
+                return true;
+            case JsonValueKind.String:
+                stops.Add(stop.GetString()!);
+                return stops[0].Length > 0;
+            case JsonValueKind.Array when stop.GetArrayLength() <= MaxStopSequences:
+                foreach (JsonElement item in stop.EnumerateArray())
+                {
+                    if (item.ValueKind != JsonValueKind.String || item.GetString() is not { Length: > 0 } text)
+                    {
+                        return false;
+                    }
+
+                    stops.Add(text);
+                }
+
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    private static async Task<(T?, ApiError?)> ReadBodyAsync<T>(HttpContext context, JsonTypeInfo<T> type)
+        where T : class
+    {
+        try
+        {
+            T? body = await JsonSerializer.DeserializeAsync(context.Request.Body, type, context.RequestAborted);
+            return body is null ? (null, ApiError.Invalid("The request body must be a JSON object.")) : (body, null);
+        }
+        catch (JsonException ex)
+        {
+            return (null, ApiError.Invalid($"The request body is not valid JSON for this endpoint: {ex.Message}"));
+        }
+    }
+
+    private Task ModelsAsync(HttpContext context) =>
+        Authorize(context) is { } unauthorized
+            ? unauthorized.WriteAsync(context)
+            : context.Response.WriteAsJsonAsync(new ModelList("list", [Info()]), OpenAiJson.Default.ModelList, cancellationToken: context.RequestAborted);
+
+    private Task ModelAsync(HttpContext context)
+    {
+        if (Authorize(context) is { } unauthorized)
+        {
+            return unauthorized.WriteAsync(context);
+        }
+
+        return context.Request.RouteValues["id"] as string == engine.ModelId
+            ? context.Response.WriteAsJsonAsync(Info(), OpenAiJson.Default.ModelInfo, cancellationToken: context.RequestAborted)
+            : CheckModel(context.Request.RouteValues["id"] as string ?? "")!.WriteAsync(context);
+    }
+
+    private ModelInfo Info() => new(engine.ModelId, "model", s_created, "kvfetcher");
+
+    private Task HealthAsync(HttpContext context) =>
+        context.Response.WriteAsJsonAsync(new HealthResponse("ok", engine.ModelId, engine.ReuseEnabled, engine.Scheduler.ActiveSessions, engine.Scheduler.QueuedRequests),
+            OpenAiJson.Default.HealthResponse, cancellationToken: context.RequestAborted);
+
+    private Task MetricsAsync(HttpContext context)
+    {
+        context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+        return context.Response.WriteAsync(engine.Metrics.Format(engine.Scheduler, engine.Publisher?.Failed, engine.Publisher?.Dropped), context.RequestAborted);
+    }
+}

@@ -1,0 +1,134 @@
+using KvFetcher.Core;
+using KvFetcher.Engine;
+using KvFetcher.Fetch;
+using KvFetcher.Serving.Chat;
+using KvFetcher.Serving.Scheduling;
+using KvFetcher.Store;
+
+namespace KvFetcher.Serving;
+
+/// <summary>
+/// A model, its KV store and the scheduler that serves requests on it: what <c>kvfetch serve-llm</c> and the in-process
+/// <see cref="Extensions.KvFetcherChatClient"/> share. Prompts whose prefix is in the store reuse it automatically;
+/// chunks computed here are stored for everyone else using the same store.
+/// </summary>
+public sealed class KvFetcherEngine : IAsyncDisposable
+{
+    private readonly IKvStore? _store;
+    private readonly KvReuse? _reuse;
+    private int _disposed;
+
+    private KvFetcherEngine(KvFetcherOptions options, LanguageModel model, IKvStore? store)
+    {
+        Options = options;
+        Model = model;
+        _store = store;
+        ModelId = options.ResolveModelId();
+        Template = ChatTemplate.ForModel(model.Directory, model.Tokenizer);
+        Metrics = new ServingMetrics();
+        if (store is not null)
+        {
+            _reuse = new KvReuse(model, store, new ReuseOptions
+            {
+                ChunkTokens = options.ChunkTokens,
+                TenantSalt = options.DefaultTenant,
+                Ladder = [options.ParseVariant()],
+                ChunkTimeout = options.FetchTimeout,
+                // A few chunks in flight per request: several requests fetch at once.
+                MaxBufferedBytes = 16L << 20,
+            });
+        }
+
+        Scheduler = new EngineScheduler(model, _reuse, new EngineSchedulerOptions
+        {
+            MaxActiveSessions = options.MaxActiveSessions,
+            MaxQueuedRequests = options.MaxQueuedRequests,
+            PrefillStepTokens = options.PrefillStepTokens,
+            Variant = options.ParseVariant(),
+        }, Metrics);
+    }
+
+    public KvFetcherOptions Options { get; }
+
+    public LanguageModel Model { get; }
+
+    /// <summary>The name clients use for the model.</summary>
+    public string ModelId { get; }
+
+    public ChatTemplate Template { get; }
+
+    public ServingMetrics Metrics { get; }
+
+    public EngineScheduler Scheduler { get; }
+
+    /// <summary>Whether prompts are looked up in and published to a store.</summary>
+    public bool ReuseEnabled => _reuse is not null;
+
+    /// <summary>The background publisher (null without reuse).</summary>
+    public Fetch.Publishing.KvPublisher? Publisher => _reuse?.Publisher;
+
+    /// <summary>Validates <paramref name="options"/>, loads the model (fp16 KV, as chunks are stored) and opens the store.</summary>
+    public static async Task<KvFetcherEngine> StartAsync(KvFetcherOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        LanguageModel model = LanguageModel.Open(options.ModelDirectory, new LanguageModelOptions { KvStorageDType = DType.Float16, Threads = options.Threads });
+        IKvStore? store = null;
+        try
+        {
+            if (options.Reuse && options.Store is not null)
+            {
+                store = await KvStores.OpenAsync(options.Store, options.StoreToken, cancellationToken: cancellationToken).ConfigureAwait(false);
+            }
+
+            return new KvFetcherEngine(options, model, store);
+        }
+        catch
+        {
+            if (store is not null)
+            {
+                await store.DisposeAsync().ConfigureAwait(false);
+            }
+
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The prompt tokens of a conversation, rendered with the model's <see cref="Template"/>.</summary>
+    public int[] EncodeChat(IReadOnlyList<ChatTurn> messages) =>
+        Model.Tokenizer.Encode(Template.Render(messages), Template.AddSpecialTokens);
+
+    /// <summary>The prompt tokens of plain text (BOS added as the tokenizer's config says).</summary>
+    public int[] EncodeText(string prompt) => Model.Tokenizer.Encode(prompt);
+
+    /// <summary>Submits a request (see <see cref="EngineScheduler.Submit"/>).</summary>
+    public Generation Submit(GenerationRequest request, CancellationToken cancellationToken = default) =>
+        Scheduler.Submit(request, cancellationToken);
+
+    /// <summary>Completes when every computed chunk queued so far has been stored (or failed to be).</summary>
+    public Task WhenPublishedAsync() => _reuse?.Publisher.WhenIdleAsync() ?? Task.CompletedTask;
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        await Scheduler.DisposeAsync().ConfigureAwait(false);
+        if (_reuse is not null)
+        {
+            // Give chunks still being stored a moment; a store that is down must not hold the shutdown.
+            await Task.WhenAny(_reuse.Publisher.WhenIdleAsync(), Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
+            await _reuse.DisposeAsync().ConfigureAwait(false);
+        }
+
+        if (_store is not null)
+        {
+            await _store.DisposeAsync().ConfigureAwait(false);
+        }
+
+        Model.Dispose();
+    }
+}

@@ -1,0 +1,120 @@
+using KvFetcher.Fetch;
+
+namespace KvFetcher.Serving;
+
+/// <summary>
+/// How a <see cref="KvFetcherEngine"/> loads its model, reuses KV and bounds its work. Bindable from configuration
+/// (<c>services.AddKvFetcher(configuration.GetSection("KvFetcher"))</c>); <see cref="Validate"/> runs before anything
+/// is loaded or bound.
+/// </summary>
+public sealed class KvFetcherOptions
+{
+    /// <summary>The Hugging Face model directory (config.json, *.safetensors, tokenizer.json).</summary>
+    public string ModelDirectory { get; set; } = "";
+
+    /// <summary>The name clients use for the model (the <c>model</c> field); default: the directory's name.</summary>
+    public string? ModelId { get; set; }
+
+    /// <summary>
+    /// The KV store: a directory (embedded disk store), <c>http(s)://HOST:PORT</c> (a <c>kvfetch serve</c> server, token
+    /// from <see cref="StoreToken"/> or $KVFETCH_TOKEN) or <c>redis://HOST:PORT[,HOST:PORT]</c> (Redis or Redis Cluster).
+    /// Null: no store, every prompt is computed.
+    /// </summary>
+    public string? Store { get; set; }
+
+    /// <summary>The bearer token of an <c>http(s)://</c> store (else $KVFETCH_TOKEN).</summary>
+    public string? StoreToken { get; set; }
+
+    /// <summary>Look up and fetch stored prefixes, and store computed chunks (false: the store is not used).</summary>
+    public bool Reuse { get; set; } = true;
+
+    /// <summary>The variant chunks are stored and fetched as: <c>raw</c>, <c>exact</c> (both lossless), <c>video8</c>, ...</summary>
+    public string Variant { get; set; } = "raw";
+
+    /// <summary>Tokens per stored chunk.</summary>
+    public int ChunkTokens { get; set; } = 256;
+
+    /// <summary>
+    /// The tenant of requests that name none (the in-process chat client's, and the server's when a request carries no
+    /// tenant): contexts are reused only within a tenant.
+    /// </summary>
+    public string DefaultTenant { get; set; } = "";
+
+    /// <summary>A chunk (or the lookup) that takes longer than this is computed instead.</summary>
+    public TimeSpan FetchTimeout { get; set; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>Requests holding a KV cache at once (fetching, prefilling or decoding): the engine's memory bound.</summary>
+    public int MaxActiveSessions { get; set; } = 8;
+
+    /// <summary>Requests waiting for a session beyond <see cref="MaxActiveSessions"/>; more are refused (HTTP 429).</summary>
+    public int MaxQueuedRequests { get; set; } = 64;
+
+    /// <summary>The most prompt tokens one engine iteration computes for one request (chunked prefill).</summary>
+    public int PrefillStepTokens { get; set; } = 256;
+
+    /// <summary>New tokens when a request sets no limit (capped by the room left in the context).</summary>
+    public int DefaultMaxTokens { get; set; } = 256;
+
+    /// <summary>Threads for the kernels; 0 uses one per processor.</summary>
+    public int Threads { get; set; }
+
+    /// <summary>Throws <see cref="ArgumentException"/> with one line naming the first problem.</summary>
+    public void Validate()
+    {
+        if (string.IsNullOrWhiteSpace(ModelDirectory))
+        {
+            throw new ArgumentException("The model directory is required.");
+        }
+
+        if (ModelId is not null && (ModelId.Length == 0 || ModelId.Length > 256))
+        {
+            throw new ArgumentException($"The model id must have 1 to 256 characters; got {ModelId.Length}.");
+        }
+
+        if (Reuse && Store is not null && string.IsNullOrWhiteSpace(Store))
+        {
+            throw new ArgumentException("The store location is empty.");
+        }
+
+        _ = ParseVariant();
+        Check(ChunkTokens, 16, 8192, nameof(ChunkTokens));
+        Check(MaxActiveSessions, 1, 4096, nameof(MaxActiveSessions));
+        Check(MaxQueuedRequests, 0, 1 << 20, nameof(MaxQueuedRequests));
+        Check(PrefillStepTokens, 1, 1 << 16, nameof(PrefillStepTokens));
+        Check(DefaultMaxTokens, 1, 1 << 20, nameof(DefaultMaxTokens));
+        Check(Threads, 0, 1024, nameof(Threads));
+        if (FetchTimeout < TimeSpan.FromMilliseconds(1) || FetchTimeout > TimeSpan.FromMinutes(10))
+        {
+            throw new ArgumentException($"{nameof(FetchTimeout)} must be between 1 ms and 10 minutes; got {FetchTimeout}.");
+        }
+
+        if (DefaultTenant is null || DefaultTenant.Length > TenantSalts.MaxTenantLength)
+        {
+            throw new ArgumentException($"{nameof(DefaultTenant)} must have at most {TenantSalts.MaxTenantLength} characters.");
+        }
+    }
+
+    internal KvVariant ParseVariant()
+    {
+        try
+        {
+            return KvVariant.Parse(Variant);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new ArgumentException($"{nameof(Variant)} '{Variant}': {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>The id clients use: <see cref="ModelId"/> or the model directory's name.</summary>
+    internal string ResolveModelId() =>
+        ModelId ?? new DirectoryInfo(Path.GetFullPath(ModelDirectory).TrimEnd(Path.DirectorySeparatorChar)).Name;
+
+    private static void Check(int value, int min, int max, string name)
+    {
+        if (value < min || value > max)
+        {
+            throw new ArgumentException($"{name} must be between {min} and {max}; got {value}.");
+        }
+    }
+}

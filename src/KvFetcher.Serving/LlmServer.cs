@@ -1,0 +1,157 @@
+using KvFetcher.Serving.Api;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace KvFetcher.Serving;
+
+/// <summary>
+/// <c>kvfetch serve-llm</c>: an OpenAI-compatible inference server (Kestrel, HTTP/1.1) over a <see cref="KvFetcherEngine"/>.
+/// Several servers sharing one KV store reuse each other's contexts. See <see cref="OpenAiEndpoints"/> for the API.
+/// </summary>
+public sealed class LlmServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly bool _ownsEngine;
+    private int _stopped;
+    private int _disposed;
+
+    private LlmServer(WebApplication app, KvFetcherEngine engine, bool ownsEngine, IReadOnlyList<Uri> addresses)
+    {
+        _app = app;
+        Engine = engine;
+        _ownsEngine = ownsEngine;
+        Addresses = addresses;
+    }
+
+    /// <summary>The bound addresses, ephemeral ports resolved (e.g. <c>http://127.0.0.1:41234/</c>).</summary>
+    public IReadOnlyList<Uri> Addresses { get; }
+
+    public KvFetcherEngine Engine { get; }
+
+    /// <summary>Validates <paramref name="options"/>, loads the model, opens the store, binds and starts serving.</summary>
+    public static async Task<LlmServer> StartAsync(LlmServerOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        KvFetcherEngine engine = await KvFetcherEngine.StartAsync(options.Engine, cancellationToken);
+        try
+        {
+            return await StartAsync(options, engine, ownsEngine: true, cancellationToken);
+        }
+        catch
+        {
+            await engine.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>Serves <paramref name="engine"/>; disposes it with the server when <paramref name="ownsEngine"/>.</summary>
+    public static async Task<LlmServer> StartAsync(LlmServerOptions options, KvFetcherEngine engine, bool ownsEngine, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(engine);
+        IReadOnlyList<(System.Net.IPAddress? Address, int Port)> endpoints = options.ParseEndpoints();
+        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = "kvfetch-serve-llm" });
+        builder.Logging.ClearProviders();
+        builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
+        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        builder.Services.AddSingleton<IHostLifetime, ExplicitLifetime>(); // the owner stops the server, not the host's signal handlers
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
+            foreach ((System.Net.IPAddress? address, int port) in endpoints)
+            {
+                if (address is null)
+                {
+                    kestrel.ListenAnyIP(port, listen => listen.Protocols = HttpProtocols.Http1);
+                }
+                else
+                {
+                    kestrel.Listen(address, port, listen => listen.Protocols = HttpProtocols.Http1);
+                }
+            }
+        });
+
+        WebApplication app = builder.Build();
+        var endpointsApi = new OpenAiEndpoints(engine, options);
+        app.Use((context, next) => HandleAsync(context, next, engine.Metrics));
+        endpointsApi.Map(app);
+        try
+        {
+            await app.StartAsync(cancellationToken);
+        }
+        catch
+        {
+            await app.DisposeAsync();
+            throw;
+        }
+
+        ICollection<string> bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
+        return new LlmServer(app, engine, ownsEngine, [.. bound.Select(a => new Uri(a))]);
+    }
+
+    /// <summary>Stops accepting connections and waits for requests in flight (cancel to cut them short).</summary>
+    public async Task StopAsync(CancellationToken cancellationToken = default)
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) == 0)
+        {
+            await _app.StopAsync(cancellationToken);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        try
+        {
+            using var quick = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+            await StopAsync(quick.Token);
+        }
+        finally
+        {
+            await _app.DisposeAsync();
+            if (_ownsEngine)
+            {
+                await Engine.DisposeAsync();
+            }
+        }
+    }
+
+    /// <summary>Every request: counted by route and status; a body over the limit or a malformed request becomes a 4xx.</summary>
+    private static async Task HandleAsync(HttpContext context, RequestDelegate next, ServingMetrics metrics)
+    {
+        try
+        {
+            await next(context);
+        }
+        catch (Microsoft.AspNetCore.Http.BadHttpRequestException ex)
+        {
+            await new ApiError(ex.StatusCode, ex.Message).WriteAsync(context);
+        }
+        finally
+        {
+            string route = context.GetEndpoint()?.DisplayName ?? "other";
+            metrics.ObserveRequest(route, context.Response.StatusCode);
+        }
+    }
+
+    /// <summary>A host lifetime that leaves Ctrl+C and SIGTERM to the owner (the CLI stops the server itself).</summary>
+    private sealed class ExplicitLifetime : IHostLifetime
+    {
+        public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    }
+}

@@ -1,0 +1,479 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using KvFetcher.Engine;
+using KvFetcher.Fetch;
+using KvFetcher.Fetch.Scheduling;
+
+namespace KvFetcher.Serving.Scheduling;
+
+/// <summary>How an <see cref="EngineScheduler"/> bounds and slices its work.</summary>
+public sealed record EngineSchedulerOptions
+{
+    /// <summary>Requests holding a session (fetching, prefilling or decoding) at once.</summary>
+    public int MaxActiveSessions { get; init; } = 8;
+
+    /// <summary>Requests waiting for a session; beyond this <see cref="EngineScheduler.Submit"/> throws <see cref="EngineBusyException"/>.</summary>
+    public int MaxQueuedRequests { get; init; } = 64;
+
+    /// <summary>The most prompt tokens one iteration computes for one request.</summary>
+    public int PrefillStepTokens { get; init; } = 256;
+
+    /// <summary>The variant the waiting queue fetches stored prefixes as.</summary>
+    public KvVariant Variant { get; init; } = KvVariant.Raw;
+}
+
+/// <summary>
+/// One engine serving many requests with iteration-level (continuous) scheduling. A request first waits for a session
+/// (at most <see cref="EngineSchedulerOptions.MaxActiveSessions"/> exist, which bounds KV memory; a bounded queue
+/// beyond, then <see cref="EngineBusyException"/>); then, when its prompt has a stored prefix, it sits in the waiting
+/// queue while that prefix is fetched off the engine (<see cref="KvReuse.FetchPrefixAsync"/>), so requests without
+/// reuse are never stuck behind a transfer; then it joins the engine thread. Each engine iteration computes one slice
+/// of at most <see cref="EngineSchedulerOptions.PrefillStepTokens"/> prompt tokens for the oldest request still
+/// prefilling and one decode step for every request that is generating, round robin, so a long prompt arriving never
+/// stalls the others' streams for longer than one slice, and a request joins or leaves between any two steps.
+/// The CPU engine computes one sequence per forward step: this interleaves requests' steps, it does not batch their
+/// matrix products. Chunks a request computes are published to the store in the background.
+/// </summary>
+public sealed class EngineScheduler : IAsyncDisposable
+{
+    private readonly LanguageModel _model;
+    private readonly KvReuse? _reuse;
+    private readonly EngineSchedulerOptions _options;
+    private readonly ServingMetrics _metrics;
+    private readonly Lock _gate = new();
+    private readonly Queue<Sequence> _queued = new();
+    private readonly ConcurrentQueue<Sequence> _inbox = new();
+    private readonly ManualResetEventSlim _signal = new(false);
+    private readonly Thread _engine;
+    private readonly CancellationTokenSource _stopping = new();
+    private int _active;
+    private int _fetching;
+    private bool _closed;
+
+    /// <param name="model">The engine's model.</param>
+    /// <param name="reuse">Lookup, fetch and publishing of stored KV; null = every prompt is computed.</param>
+    /// <param name="options">Bounds and slicing.</param>
+    /// <param name="metrics">Where request statistics go.</param>
+    public EngineScheduler(LanguageModel model, KvReuse? reuse, EngineSchedulerOptions options, ServingMetrics metrics)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(metrics);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxActiveSessions, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(options.MaxQueuedRequests);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.PrefillStepTokens, 1);
+        _model = model;
+        _reuse = reuse;
+        _options = options;
+        _metrics = metrics;
+        _engine = new Thread(EngineLoop) { IsBackground = true, Name = "kvfetch serving engine" };
+        _engine.Start();
+    }
+
+    /// <summary>Requests holding a session now.</summary>
+    public int ActiveSessions => Volatile.Read(ref _active);
+
+    /// <summary>Requests waiting for a session now.</summary>
+    public int QueuedRequests
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _queued.Count;
+            }
+        }
+    }
+
+    /// <summary>Requests in the waiting queue (their stored prefix being fetched) now.</summary>
+    public int FetchingRequests => Volatile.Read(ref _fetching);
+
+    /// <summary>
+    /// Admits <paramref name="request"/>: it starts at once when a session is free, else waits in the bounded queue.
+    /// Throws <see cref="EngineBusyException"/> when the queue is full too, <see cref="ArgumentException"/> when the
+    /// prompt and its token limit do not fit the model's context.
+    /// </summary>
+    public Generation Submit(GenerationRequest request, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(request.Prompt);
+        if (request.Prompt.Length == 0)
+        {
+            throw new ArgumentException("The prompt has no tokens.", nameof(request));
+        }
+
+        ArgumentOutOfRangeException.ThrowIfLessThan(request.MaxTokens, 1);
+        int context = _model.Config.MaxPositionEmbeddings;
+        if ((long)request.Prompt.Length + request.MaxTokens > context)
+        {
+            throw new ArgumentException($"The prompt ({request.Prompt.Length} tokens) and max_tokens ({request.MaxTokens}) exceed the model's context of {context} tokens.", nameof(request));
+        }
+
+        var sequence = new Sequence(request, _reuse?.Plan(request.Prompt, request.TenantSalt), cancellationToken);
+        bool start;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_closed, this);
+            if (_active < _options.MaxActiveSessions)
+            {
+                _active++;
+                start = true;
+            }
+            else if (_queued.Count < _options.MaxQueuedRequests)
+            {
+                _queued.Enqueue(sequence);
+                start = false;
+            }
+            else
+            {
+                _metrics.ObserveRejected();
+                throw new EngineBusyException($"The engine is at capacity: {_options.MaxActiveSessions} requests active and {_options.MaxQueuedRequests} queued.");
+            }
+        }
+
+        if (start)
+        {
+            Start(sequence);
+        }
+
+        return sequence.Handle;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        List<Sequence> dropped;
+        lock (_gate)
+        {
+            if (_closed)
+            {
+                return;
+            }
+
+            _closed = true;
+            dropped = [.. _queued];
+            _queued.Clear();
+        }
+
+        await _stopping.CancelAsync();
+        foreach (Sequence sequence in dropped)
+        {
+            sequence.Handle.Fail(new ObjectDisposedException(nameof(EngineScheduler)));
+        }
+
+        _signal.Set();
+        await Task.Run(_engine.Join);
+        _signal.Dispose();
+        _stopping.Dispose();
+    }
+
+    // A session is ours: allocate it, fetch the stored prefix in the waiting queue (or go straight to the engine).
+    private void Start(Sequence sequence)
+    {
+        sequence.Admitted = Stopwatch.GetTimestamp();
+        if (sequence.IsCancelled)
+        {
+            Finish(sequence, new OperationCanceledException(sequence.CancellationToken));
+            return;
+        }
+
+        try
+        {
+            sequence.Session = _model.CreateSession(sequence.Request.Prompt.Length + sequence.Request.MaxTokens);
+        }
+        catch (Exception ex) when (ex is OutOfMemoryException or ArgumentException)
+        {
+            Finish(sequence, ex);
+            return;
+        }
+
+        if (_reuse is not null && sequence.Plan!.ReusableChunks > 0)
+        {
+            _ = WaitForKvAsync(sequence);
+        }
+        else
+        {
+            Post(sequence);
+        }
+    }
+
+    /// <summary>The waiting queue: fetch the request's stored prefix off the engine, then hand it to the engine.</summary>
+    private async Task WaitForKvAsync(Sequence sequence)
+    {
+        Interlocked.Increment(ref _fetching);
+        try
+        {
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(sequence.CancellationToken, _stopping.Token);
+            sequence.Restore = await _reuse!.FetchPrefixAsync(sequence.Session!, sequence.Plan!, _options.Variant, linked.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException ex)
+        {
+            Interlocked.Decrement(ref _fetching);
+            Finish(sequence, sequence.IsCancelled ? ex : new ObjectDisposedException(nameof(EngineScheduler)));
+            return;
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // The fetcher turns store failures into misses; anything else is a bug, but it is this request's alone:
+            // compute everything.
+            sequence.Session!.Reset();
+            sequence.Restore = null;
+            Trace.TraceWarning($"kvfetch serving: prefix fetch failed, computing instead: {ex.Message}");
+        }
+
+        Interlocked.Decrement(ref _fetching);
+        Post(sequence);
+    }
+
+    private void Post(Sequence sequence)
+    {
+        sequence.Ready = Stopwatch.GetTimestamp();
+        _inbox.Enqueue(sequence);
+        _signal.Set();
+    }
+
+    /// <summary>The request left the engine (done, failed or cancelled): its session goes to the next queued request.</summary>
+    private void Finish(Sequence sequence, Exception? failure)
+    {
+        if (failure is not null)
+        {
+            sequence.Handle.Fail(failure);
+            if (failure is not OperationCanceledException)
+            {
+                _metrics.ObserveFailed();
+            }
+            else
+            {
+                _metrics.ObserveCancelled();
+            }
+        }
+
+        sequence.Session = null;
+        while (true)
+        {
+            Sequence? next;
+            lock (_gate)
+            {
+                if (_closed || !_queued.TryDequeue(out next))
+                {
+                    _active--;
+                    return;
+                }
+            }
+
+            if (!next.IsCancelled)
+            {
+                Start(next);
+                return;
+            }
+
+            next.Handle.Fail(new OperationCanceledException(next.CancellationToken));
+            _metrics.ObserveCancelled();
+        }
+    }
+
+    private void EngineLoop()
+    {
+        var logits = new float[_model.Config.VocabSize];
+        var prefilling = new List<Sequence>();
+        var decoding = new List<Sequence>();
+        IReadOnlySet<int> eos = _model.Tokenizer.EosIds;
+        while (true)
+        {
+            _signal.Reset();
+            while (_inbox.TryDequeue(out Sequence? ready))
+            {
+                if (_stopping.IsCancellationRequested)
+                {
+                    Finish(ready, new ObjectDisposedException(nameof(EngineScheduler)));
+                    continue;
+                }
+
+                ready.StartSampling(_model.Tokenizer, _model.Config.VocabSize);
+                int reused = Math.Min(ready.Session!.Cache.Length, ready.Request.Prompt.Length - 1);
+                ready.Session.Cache.Truncate(reused);
+                ready.Reused = reused;
+                ready.Computed = reused;
+                prefilling.Add(ready);
+            }
+
+            if (_stopping.IsCancellationRequested)
+            {
+                foreach (Sequence sequence in prefilling.Concat(decoding))
+                {
+                    Finish(sequence, new ObjectDisposedException(nameof(EngineScheduler)));
+                }
+
+                if (Volatile.Read(ref _fetching) == 0 && _inbox.IsEmpty)
+                {
+                    return;
+                }
+
+                prefilling.Clear();
+                decoding.Clear();
+                _signal.Wait(50);
+                continue;
+            }
+
+            if (prefilling.Count == 0 && decoding.Count == 0)
+            {
+                _signal.Wait();
+                continue;
+            }
+
+            // One prefill slice for the oldest request still prefilling.
+            if (prefilling.Count > 0)
+            {
+                Sequence sequence = prefilling[0];
+                if (sequence.IsCancelled)
+                {
+                    prefilling.RemoveAt(0);
+                    Finish(sequence, new OperationCanceledException(sequence.CancellationToken));
+                }
+                else
+                {
+                    StepOutcome outcome = Step(sequence, logits, eos, prefill: true);
+                    if (outcome != StepOutcome.Working)
+                    {
+                        prefilling.RemoveAt(0);
+                    }
+
+                    if (outcome == StepOutcome.Generating)
+                    {
+                        decoding.Add(sequence);
+                    }
+                }
+            }
+
+            // One decode step for every generating request.
+            for (int i = 0; i < decoding.Count; i++)
+            {
+                Sequence sequence = decoding[i];
+                bool leaves;
+                if (sequence.IsCancelled)
+                {
+                    Finish(sequence, new OperationCanceledException(sequence.CancellationToken));
+                    leaves = true;
+                }
+                else
+                {
+                    leaves = Step(sequence, logits, eos, prefill: false) == StepOutcome.Left;
+                }
+
+                if (leaves)
+                {
+                    decoding.RemoveAt(i);
+                    i--;
+                }
+            }
+        }
+    }
+
+    private enum StepOutcome
+    {
+        /// <summary>Still prefilling, or still decoding.</summary>
+        Working,
+
+        /// <summary>The prompt is done and the first token chosen; decoding follows.</summary>
+        Generating,
+
+        /// <summary>Finished, failed: the request has left the engine.</summary>
+        Left,
+    }
+
+    /// <summary>One step of <paramref name="sequence"/>: a prefill slice, or a decode step.</summary>
+    private StepOutcome Step(Sequence sequence, float[] logits, IReadOnlySet<int> eos, bool prefill)
+    {
+        InferenceSession session = sequence.Session!;
+        int[] prompt = sequence.Request.Prompt;
+        try
+        {
+            if (prefill)
+            {
+                int count = Math.Min(_options.PrefillStepTokens, prompt.Length - sequence.Computed);
+                session.Prefill(prompt.AsSpan(sequence.Computed, count), sequence.Computed, logits);
+                sequence.Computed += count;
+                if (sequence.Computed < prompt.Length)
+                {
+                    return StepOutcome.Working;
+                }
+
+                Publish(sequence);
+            }
+            else
+            {
+                session.Decode(sequence.LastToken, prompt.Length + sequence.Generated - 1, logits);
+            }
+
+            FinishReason? reason = sequence.Accept(logits.AsSpan(0, _model.Config.VocabSize), eos);
+            if (prefill)
+            {
+                sequence.Info = FirstTokenInfo(sequence);
+                sequence.Handle.PublishFirst(sequence.Info);
+                _metrics.ObserveFirstToken(sequence.Info);
+            }
+
+            if (reason is not FinishReason finish)
+            {
+                return prefill ? StepOutcome.Generating : StepOutcome.Working;
+            }
+
+            string text = sequence.Finish(finish);
+            var result = new GenerationResult
+            {
+                Text = text,
+                FinishReason = finish,
+                CompletionTokens = sequence.Generated,
+                Prefill = sequence.Info!,
+                Elapsed = Stopwatch.GetElapsedTime(sequence.Submitted),
+            };
+            _metrics.ObserveCompleted(result);
+            sequence.Handle.Complete(result);
+            Finish(sequence, null);
+            return StepOutcome.Left;
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // One request's failure is its own; the engine keeps serving the others.
+            Finish(sequence, ex);
+            return StepOutcome.Left;
+        }
+    }
+
+    // Store the chunks this request computed (the stored prefix is already there), off the engine thread.
+    private void Publish(Sequence sequence)
+    {
+        if (_reuse is null)
+        {
+            return;
+        }
+
+        ContextPlan plan = sequence.Plan!;
+        for (int chunk = sequence.Reused / plan.ChunkTokens; chunk < plan.Keys.Length; chunk++)
+        {
+            if (_reuse.Publisher.TryEnqueue(plan, chunk, sequence.Session!.Cache))
+            {
+                _metrics.ObservePublishedChunk();
+            }
+        }
+    }
+
+    private static PrefillInfo FirstTokenInfo(Sequence sequence)
+    {
+        long now = Stopwatch.GetTimestamp();
+        RestoreReport? restore = sequence.Restore;
+        return new PrefillInfo
+        {
+            PromptTokens = sequence.Request.Prompt.Length,
+            ReusedTokens = sequence.Reused,
+            LookedUp = restore is not null,
+            StoredChunks = restore?.StoredChunks ?? 0,
+            FailedChunks = restore is null ? 0 : restore.StoredChunks - (sequence.Reused / sequence.Plan!.ChunkTokens),
+            LookupFailed = restore?.LookupFailed ?? false,
+            BytesFetched = restore?.BytesFetched ?? 0,
+            Queue = Stopwatch.GetElapsedTime(sequence.Submitted, sequence.Admitted),
+            Fetch = Stopwatch.GetElapsedTime(sequence.Admitted, sequence.Ready),
+            Prefill = Stopwatch.GetElapsedTime(sequence.Ready, now),
+            TimeToFirstToken = Stopwatch.GetElapsedTime(sequence.Submitted, now),
+        };
+    }
+}

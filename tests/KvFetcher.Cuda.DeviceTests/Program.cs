@@ -1,0 +1,303 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using KvFetcher.Core;
+using KvFetcher.Cuda;
+using KvFetcher.Cuda.Tests;
+using KvFetcher.Engine;
+using KvFetcher.Engine.Tests;
+
+// kvf-gpu-check [--checks] [--bench] [--json FILE]: the CUDA engine's checks (the xunit suite's GpuChecks) and its
+// prefill/decode throughput next to the CPU engine's, on the machine it runs on. Exit code 1 when a check fails.
+bool checks = args.Contains("--checks") || !args.Contains("--bench");
+bool bench = args.Contains("--bench") || !args.Contains("--checks");
+int jsonAt = Array.IndexOf(args, "--json");
+string? jsonPath = jsonAt >= 0 && jsonAt + 1 < args.Length ? args[jsonAt + 1] : null;
+
+if (args.Contains("--nvrtc-smoke"))
+{
+    // Without a device: compile the engine's kernels through NVRTC (checks the native library resolution of this build).
+    byte[] image = KvFetcher.Cuda.Gpu.KernelModule.CompileImage(
+        KvFetcher.Cuda.Gpu.KernelModule.EngineSource, "Kernels.cu", new Version(9, 0), ["HEAD_DIM=64", "KV=bf16_t", "ACT=bf16_t", "EMB=bf16_t"]);
+    Console.WriteLine($"NVRTC compiled the engine kernels for sm_90: {image.Length} bytes");
+    return 0;
+}
+
+if (!GpuModels.Available)
+{
+    Console.WriteLine($"No CUDA device: {GpuModels.Reason}");
+    return 2;
+}
+
+CudaContext context = GpuModels.Context;
+Console.WriteLine($"device: {context}; driver {context.DriverVersion / 1000}.{context.DriverVersion % 1000 / 10}; {context.MultiprocessorCount} SMs");
+Console.WriteLine($"repository: {TestData.RepositoryRoot}");
+
+var results = new List<CheckResult>();
+var timings = new List<(string Engine, string Setting, string Phase, int Context, int Tokens, double Seconds)>();
+if (checks)
+{
+    var all = new List<(string, Func<CheckResult>)>();
+    var info = new List<(string, Func<CheckResult>)>();
+    foreach (string name in GpuModels.Names)
+    {
+        all.Add(($"logits {name} Stored", () => GpuChecks.Logits(name, CudaMatmulPrecision.Stored)));
+        all.Add(($"logits {name} Float32", () => GpuChecks.Logits(name, CudaMatmulPrecision.Float32)));
+        all.Add(($"logits {name} StoredSplit", () => GpuChecks.Logits(name, CudaMatmulPrecision.StoredSplit)));
+        all.Add(($"logits {name} TensorFloat32", () => GpuChecks.Logits(name, CudaMatmulPrecision.TensorFloat32)));
+        all.Add(($"greedy {name} Float32", () => GpuChecks.Greedy(name, CudaMatmulPrecision.Float32)));
+        all.Add(($"greedy {name} TensorFloat32", () => GpuChecks.Greedy(name, CudaMatmulPrecision.TensorFloat32)));
+        all.Add(($"greedy {name} StoredSplit", () => GpuChecks.Greedy(name, CudaMatmulPrecision.StoredSplit)));
+        info.Add(($"greedy {name} Stored", () => GpuChecks.Greedy(name, CudaMatmulPrecision.Stored)));
+    }
+
+    all.Add(("kv vs cpu", GpuChecks.KvVersusCpu));
+    all.Add(("device argmax", GpuChecks.DeviceArgMax));
+    foreach (int[] pattern in new[] { new[] { 1 }, new[] { 7 }, new[] { 100, 3, 129, 1, 64 } })
+    {
+        all.Add(($"chunked {string.Join(',', pattern)}", () => GpuChecks.ChunkedPrefill(pattern)));
+    }
+
+    foreach (DType storage in new[] { DType.Float32, DType.Float16, DType.BFloat16 })
+    {
+        all.Add(($"kv import/export {storage}", () => GpuChecks.ImportExportRoundTrip(storage)));
+        all.Add(($"reuse {storage}", () => GpuChecks.ReuseAfterImport(storage)));
+    }
+
+    foreach ((string name, Func<CheckResult> check) in all)
+    {
+        CheckResult result = RunCheck(name, check);
+        results.Add(result);
+        Console.WriteLine(result);
+    }
+
+    // Measured and printed, not a pass/fail criterion: the fast setting's greedy agreement.
+    foreach ((string name, Func<CheckResult> check) in info)
+    {
+        CheckResult result = RunCheck(name, check);
+        Console.WriteLine($"INFO {result.Name}: {result.Detail}");
+    }
+}
+
+if (bench)
+{
+    Bench(CudaMatmulPrecision.Stored, DType.BFloat16);
+    Bench(CudaMatmulPrecision.StoredSplit, DType.BFloat16);
+    Bench(CudaMatmulPrecision.Float32, DType.Float32);
+    BenchCpu();
+    if (!args.Contains("--no-large"))
+    {
+        BenchLarge(CudaMatmulPrecision.Stored, [4096, 16384], [4096, 16384, 32768]);
+        BenchLarge(CudaMatmulPrecision.StoredSplit, [4096], [4096]);
+    }
+}
+
+if (jsonPath is not null)
+{
+    using FileStream file = File.Create(jsonPath);
+    using var json = new Utf8JsonWriter(file, new JsonWriterOptions { Indented = true });
+    json.WriteStartObject();
+    json.WriteString("device", context.ToString());
+    json.WriteNumber("driver", context.DriverVersion);
+    json.WriteStartArray("checks");
+    foreach (CheckResult r in results)
+    {
+        json.WriteStartObject();
+        json.WriteString("name", r.Name);
+        json.WriteBoolean("passed", r.Passed);
+        json.WriteString("detail", r.Detail);
+        json.WriteEndObject();
+    }
+
+    json.WriteEndArray();
+    json.WriteStartArray("throughput");
+    foreach (var t in timings)
+    {
+        json.WriteStartObject();
+        json.WriteString("engine", t.Engine);
+        json.WriteString("setting", t.Setting);
+        json.WriteString("phase", t.Phase);
+        json.WriteNumber("context", t.Context);
+        json.WriteNumber("tokens", t.Tokens);
+        json.WriteNumber("seconds", t.Seconds);
+        json.WriteNumber("tokensPerSecond", t.Tokens / t.Seconds);
+        json.WriteEndObject();
+    }
+
+    json.WriteEndArray();
+    json.WriteEndObject();
+}
+
+int failed = results.Count(r => !r.Passed);
+Console.WriteLine($"{results.Count - failed} passed, {failed} failed");
+return failed == 0 ? 0 : 1;
+
+// Prefill of N tokens (median of 3 after a warm-up) and 64 greedy decode steps after N - 65 tokens, N = 512/2048/4096.
+void Bench(CudaMatmulPrecision precision, DType kv)
+{
+    using var model = CudaLanguageModel.Open(TestData.BundledModel, new CudaModelOptions { Context = context, MatmulPrecision = precision, KvStorageDType = kv, MaxStepTokens = 4096 });
+    string setting = $"{precision} products, {kv.ToShortName()} KV";
+    int[] tokens = RandomTokens(model.Config.VocabSize, model.Config.MaxPositionEmbeddings);
+    using CudaSession session = model.CreateSession();
+    foreach (int n in new[] { 512, 2048, 4096 })
+    {
+        double seconds = Median(() =>
+        {
+            session.Reset();
+            return Time(() => session.PrefillGreedy(tokens.AsSpan(0, n), 0));
+        });
+        Record("cuda", setting, "prefill", n, n, seconds);
+
+        const int Steps = 64;
+        int prefix = n - Steps - 1;
+        double decode = Median(() =>
+        {
+            session.Reset();
+            int next = session.PrefillGreedy(tokens.AsSpan(0, prefix), 0);
+            return Time(() =>
+            {
+                for (int i = 0; i < Steps; i++)
+                {
+                    next = session.DecodeGreedy(next, prefix + i);
+                }
+            });
+        });
+        Record("cuda", setting, "decode", n, Steps, decode);
+    }
+}
+
+// Llama-3-8B's shape with random bf16 weights, bf16 KV: prefill of N - 16 tokens (N in prefillContexts); 15 greedy
+// decode steps after N - 16 positions (N in decodeContexts) filled by importing KV from device memory (what the
+// positions hold does not change the time).
+void BenchLarge(CudaMatmulPrecision precision, int[] prefillContexts, int[] decodeContexts)
+{
+    var config = new KvFetcher.Engine.Model.ModelConfig
+    {
+        Architecture = KvFetcher.Engine.Model.ModelArchitecture.Llama,
+        VocabSize = 128_256,
+        HiddenSize = 4096,
+        IntermediateSize = 14_336,
+        NumLayers = 32,
+        NumHeads = 32,
+        NumKvHeads = 8,
+        HeadDim = 128,
+        MaxPositionEmbeddings = 32_768,
+        RmsNormEps = 1e-5f,
+        Rope = new KvFetcher.Engine.Model.RopeConfig { Theta = 500_000 },
+    };
+    long start = Stopwatch.GetTimestamp();
+    using var model = CudaLanguageModel.CreateWithRandomWeights(config, seed: 1, new CudaModelOptions { Context = context, MatmulPrecision = precision, KvStorageDType = DType.BFloat16, MaxStepTokens = 4096 });
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"llama-3-8b shape ({model.WeightBytes >> 20} MiB of weights) ready in {Stopwatch.GetElapsedTime(start).TotalSeconds:F1} s"));
+    string setting = $"llama-3-8b shape, {precision} products, bf16 KV";
+    int capacity = Math.Max(prefillContexts.DefaultIfEmpty(0).Max(), decodeContexts.DefaultIfEmpty(0).Max());
+    int[] tokens = RandomTokens(config.VocabSize, capacity);
+    using CudaSession session = model.CreateSession(capacity);
+    session.PrefillGreedy(tokens.AsSpan(0, 512), 0);
+    foreach (int n in prefillContexts)
+    {
+        session.Reset();
+        int prefix = n - 16;
+        double seconds = Time(() => session.PrefillGreedy(tokens.AsSpan(0, prefix), 0));
+        Record("cuda", setting, "prefill", prefix, prefix, seconds);
+    }
+
+    const int ImportTokens = 1024;
+    using DeviceBuffer kv = context.Allocate(session.Cache.GetExportByteCount(ImportTokens, DType.BFloat16));
+    kv.CopyFrom(new byte[kv.Length]);
+    foreach (int n in decodeContexts)
+    {
+        session.Reset();
+        int prefix = n - 16;
+        for (int at = 0; at < prefix; at += ImportTokens)
+        {
+            int count = Math.Min(ImportTokens, prefix - at);
+            session.Cache.Import(at, at + count, DType.BFloat16, kv);
+        }
+
+        int next = tokens[prefix];
+        double decode = Time(() =>
+        {
+            for (int i = 0; i < 15; i++)
+            {
+                next = session.DecodeGreedy(next, prefix + i);
+            }
+        });
+        Record("cuda", setting, "decode", n, 15, decode);
+    }
+}
+
+void BenchCpu()
+{
+    using var model = LanguageModel.Open(TestData.BundledModel);
+    int[] tokens = RandomTokens(model.Config.VocabSize, model.Config.MaxPositionEmbeddings);
+    InferenceSession session = model.CreateSession();
+    var logits = new float[model.Config.VocabSize];
+    foreach (int n in new[] { 512, 2048, 4096 })
+    {
+        session.Reset();
+        session.Prefill(tokens.AsSpan(0, Math.Min(n, 256)), 0, logits);
+        session.Reset();
+        double seconds = Time(() => session.Prefill(tokens.AsSpan(0, n), 0, logits));
+        Record("cpu", $"{model.Threads} threads, fp32 KV", "prefill", n, n, seconds);
+
+        const int Steps = 32;
+        int prefix = n - Steps - 1;
+        session.Reset();
+        session.Prefill(tokens.AsSpan(0, prefix), 0, logits);
+        double decode = Time(() =>
+        {
+            for (int i = 0; i < Steps; i++)
+            {
+                session.Decode(GpuChecks.ArgMax(logits), prefix + i, logits);
+            }
+        });
+        Record("cpu", $"{model.Threads} threads, fp32 KV", "decode", n, Steps, decode);
+    }
+}
+
+void Record(string engine, string setting, string phase, int contextTokens, int tokens, double seconds)
+{
+    timings.Add((engine, setting, phase, contextTokens, tokens, seconds));
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"bench {engine} [{setting}] {phase} @ {contextTokens}: {tokens} tokens in {seconds * 1000:F2} ms = {tokens / seconds:F0} tok/s"));
+}
+
+static CheckResult RunCheck(string name, Func<CheckResult> check)
+{
+    try
+    {
+        return check();
+    }
+#pragma warning disable CA1031 // The runner reports every failure and goes on to the next check.
+    catch (Exception e)
+#pragma warning restore CA1031
+    {
+        return new CheckResult(name, false, $"{e.GetType().Name}: {e.Message}");
+    }
+}
+
+static int[] RandomTokens(int vocab, int count)
+{
+    var random = new Random(1234);
+    var tokens = new int[count];
+    for (int i = 0; i < count; i++)
+    {
+        tokens[i] = random.Next(3, vocab);
+    }
+
+    return tokens;
+}
+
+static double Time(Action action)
+{
+    long start = Stopwatch.GetTimestamp();
+    action();
+    return Stopwatch.GetElapsedTime(start).TotalSeconds;
+}
+
+static double Median(Func<double> run)
+{
+    run();
+    double[] samples = [run(), run(), run()];
+    Array.Sort(samples);
+    return samples[1];
+}

@@ -1,0 +1,93 @@
+using KvFetcher.Serving.Scheduling;
+
+namespace KvFetcher.Serving.Tests;
+
+/// <summary>Continuous scheduling on one engine: interleaved requests, each exactly as if it ran alone; bounded admission.</summary>
+public sealed class SchedulerTests(ServingFixture fixture) : IClassFixture<ServingFixture>
+{
+    [Fact]
+    public async Task ConcurrentRequests_Interleaved_EachAsIfAlone()
+    {
+        KvFetcherOptions options = fixture.EngineOptions(store: null);
+        options.PrefillStepTokens = 64; // long prompts in several slices between other requests' decode steps
+        await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(options, TestContext.Current.CancellationToken);
+        int[][] prompts =
+        [
+            fixture.Model.Tokenizer.Encode(fixture.Document[..1500]),
+            fixture.Model.Tokenizer.Encode("The :mod:`json` module provides"),
+            fixture.Model.Tokenizer.Encode(fixture.Document[1000..2200]),
+            fixture.Model.Tokenizer.Encode("To enable this driver, the kernel must be"),
+        ];
+
+        Generation[] running = [.. prompts.Select(p => engine.Submit(new GenerationRequest { Prompt = p, MaxTokens = 20 }, TestContext.Current.CancellationToken))];
+        GenerationResult[] results = await Task.WhenAll(running.Select(g => g.Completion));
+
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            Assert.Equal(fixture.Greedy(prompts[i], 20), results[i].Text);
+            Assert.Equal(prompts[i].Length, results[i].Prefill.PromptTokens);
+        }
+    }
+
+    [Fact]
+    public async Task ShortRequestDuringLongGeneration_FinishesFirst()
+    {
+        await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(fixture.EngineOptions(store: null), TestContext.Current.CancellationToken);
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        // The greedy model loops on this prompt instead of ending: up to 3,000 tokens of decode steps.
+        Generation longOne = engine.Submit(new GenerationRequest { Prompt = fixture.Model.Tokenizer.Encode("In Perl, a hash is"), MaxTokens = 3000, Stream = true }, cancel.Token);
+        await longOne.FirstToken;
+
+        int[] prompt = fixture.Model.Tokenizer.Encode(fixture.Document);
+        Generation shortOne = engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 4 }, TestContext.Current.CancellationToken);
+        GenerationResult done = await shortOne.Completion;
+
+        // The short request was served between the long one's decode steps, not after it, and the long one goes on.
+        Assert.False(longOne.Completion.IsCompleted);
+        Assert.Equal(fixture.Greedy(prompt, 4), done.Text);
+        Assert.True(longOne.Text.TryRead(out _));
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => longOne.Completion);
+        for (int attempt = 0; attempt < 100 && engine.Scheduler.ActiveSessions > 0; attempt++)
+        {
+            await Task.Delay(20, TestContext.Current.CancellationToken);
+        }
+
+        Assert.Equal(0, engine.Scheduler.ActiveSessions);
+    }
+
+    [Fact]
+    public async Task BeyondSessionsAndQueue_Refused_QueuedOneRunsLater()
+    {
+        KvFetcherOptions options = fixture.EngineOptions(store: null);
+        options.MaxActiveSessions = 1;
+        options.MaxQueuedRequests = 1;
+        await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(options, TestContext.Current.CancellationToken);
+        int[] prompt = fixture.Model.Tokenizer.Encode("In Perl, a hash is");
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+
+        Generation active = engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 3000 }, cancel.Token);
+        Generation queued = engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 3 }, TestContext.Current.CancellationToken);
+        Assert.Throws<EngineBusyException>(() => engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 3 }, TestContext.Current.CancellationToken));
+        Assert.Equal(1, engine.Scheduler.QueuedRequests);
+        Assert.False(queued.FirstToken.IsCompleted);
+
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => active.Completion);
+        GenerationResult result = await queued.Completion;
+
+        Assert.Equal(fixture.Greedy(prompt, 3), result.Text);
+        Assert.True(result.Prefill.Queue > TimeSpan.Zero);
+        Assert.Equal(1, engine.Metrics.Rejected);
+    }
+
+    [Fact]
+    public async Task PromptAndLimitBeyondContext_Refused()
+    {
+        await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(fixture.EngineOptions(store: null), TestContext.Current.CancellationToken);
+
+        Assert.Throws<ArgumentException>(() => engine.Submit(new GenerationRequest { Prompt = new int[4000], MaxTokens = 200 }, TestContext.Current.CancellationToken));
+        Assert.Throws<ArgumentOutOfRangeException>(() => engine.Submit(new GenerationRequest { Prompt = [0, 5], MaxTokens = 0 }, TestContext.Current.CancellationToken));
+        Assert.Equal(0, engine.Scheduler.ActiveSessions);
+    }
+}
