@@ -17,6 +17,8 @@ internal static class Program
           video-ablation  quantized / + intra / + inter sizes per video layout and bit depth (--max-documents)
           store   put/get MB/s and p50/p99 latency of the disk store, our HTTP server and redis-server side by side
                   (kvfetch-bench store --help)
+          serving N concurrent clients replaying document QA against serve-llm, reuse off vs on: TTFT p50/p99,
+                  throughput, hit rate (kvfetch-bench serving --help)
         """;
 
     private static int Main(string[] args)
@@ -58,6 +60,14 @@ internal static class Program
                     }
 
                     return StoreBenchmark.Run(options.ToArray());
+                case "serving":
+                    if (help)
+                    {
+                        Console.WriteLine(ServingBenchmark.Usage);
+                        return 0;
+                    }
+
+                    return ServingBenchmark.Run(options.ToArray());
                 default:
                     Console.Error.WriteLine($"kvfetch-bench: unknown mode '{mode}'.");
                     Console.Error.WriteLine(Usage);

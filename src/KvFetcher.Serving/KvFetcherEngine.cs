@@ -72,7 +72,13 @@ public sealed class KvFetcherEngine : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        LanguageModel model = LanguageModel.Open(options.ModelDirectory, new LanguageModelOptions { KvStorageDType = DType.Float16, Threads = options.Threads });
+        LanguageModel model = LanguageModel.Open(options.ModelDirectory, new LanguageModelOptions
+        {
+            KvStorageDType = DType.Float16,
+            Threads = options.Threads,
+            // Slices are at most this long: smaller per-session scratch.
+            MaxStepTokens = Math.Min(512, options.PrefillStepTokens),
+        });
         IKvStore? store = null;
         try
         {

@@ -82,6 +82,23 @@ public sealed class SchedulerTests(ServingFixture fixture) : IClassFixture<Servi
     }
 
     [Fact]
+    public async Task SeededSampling_SameAsTextGeneratorWithThatSeed()
+    {
+        await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(fixture.EngineOptions(store: null), TestContext.Current.CancellationToken);
+        int[] prompt = fixture.Model.Tokenizer.Encode("To enable this driver, the kernel must be");
+        var sampling = new KvFetcher.Engine.Generation.SamplingOptions { Temperature = 0.9f, TopP = 0.95f, Seed = 11, MaxTokens = 24 };
+        var generator = new KvFetcher.Engine.Generation.TextGenerator(fixture.Model.CreateSession(prompt.Length + 24), sampling);
+        string expected = fixture.Model.Tokenizer.Decode([.. generator.Generate(prompt)], skipSpecial: true);
+
+        var request = new GenerationRequest { Prompt = prompt, MaxTokens = 24, Temperature = 0.9f, TopP = 0.95f, Seed = 11 };
+        GenerationResult[] results = await Task.WhenAll(engine.Submit(request, TestContext.Current.CancellationToken).Completion,
+            engine.Submit(request, TestContext.Current.CancellationToken).Completion);
+
+        Assert.Equal(expected, results[0].Text);
+        Assert.Equal(expected, results[1].Text);
+    }
+
+    [Fact]
     public async Task PromptAndLimitBeyondContext_Refused()
     {
         await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(fixture.EngineOptions(store: null), TestContext.Current.CancellationToken);

@@ -86,6 +86,11 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
             await new ApiError(StatusCodes.Status429TooManyRequests, ex.Message, "server_busy", Code: "rate_limit_exceeded").WriteAsync(context);
             return;
         }
+        catch (ObjectDisposedException)
+        {
+            await new ApiError(StatusCodes.Status503ServiceUnavailable, "The server is shutting down.", "server_error").WriteAsync(context);
+            return;
+        }
 
         string id = (route == Route.Chat ? "chatcmpl-" : "cmpl-") + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(12));
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();

@@ -28,9 +28,11 @@ public sealed record EngineSchedulerOptions
 /// beyond, then <see cref="EngineBusyException"/>); then, when its prompt has a stored prefix, it sits in the waiting
 /// queue while that prefix is fetched off the engine (<see cref="KvReuse.FetchPrefixAsync"/>), so requests without
 /// reuse are never stuck behind a transfer; then it joins the engine thread. Each engine iteration computes one slice
-/// of at most <see cref="EngineSchedulerOptions.PrefillStepTokens"/> prompt tokens for the oldest request still
-/// prefilling and one decode step for every request that is generating, round robin, so a long prompt arriving never
-/// stalls the others' streams for longer than one slice, and a request joins or leaves between any two steps.
+/// of at most <see cref="EngineSchedulerOptions.PrefillStepTokens"/> prompt tokens for one prefilling request (the one
+/// with the least left to compute, so a request whose prefix was fetched does not wait behind a long computation; one
+/// passed over 8 times goes first) and one decode step for every request that is generating, round robin, so a long
+/// prompt arriving never stalls the others' streams for longer than one slice, and a request joins or leaves between
+/// any two steps.
 /// The CPU engine computes one sequence per forward step: this interleaves requests' steps, it does not batch their
 /// matrix products. Chunks a request computes are published to the store in the background.
 /// </summary>
@@ -320,13 +322,16 @@ public sealed class EngineScheduler : IAsyncDisposable
                 continue;
             }
 
-            // One prefill slice for the oldest request still prefilling.
+            // One prefill slice for the prefilling request with the least left to compute (a request whose prefix was
+            // fetched finishes in one slice instead of waiting behind a long computation); one passed over too often
+            // goes first, so a stream of short prompts cannot starve a long one.
             if (prefilling.Count > 0)
             {
-                Sequence sequence = prefilling[0];
+                int index = NextPrefill(prefilling);
+                Sequence sequence = prefilling[index];
                 if (sequence.IsCancelled)
                 {
-                    prefilling.RemoveAt(0);
+                    prefilling.RemoveAt(index);
                     Finish(sequence, new OperationCanceledException(sequence.CancellationToken));
                 }
                 else
@@ -334,7 +339,7 @@ public sealed class EngineScheduler : IAsyncDisposable
                     StepOutcome outcome = Step(sequence, logits, eos, prefill: true);
                     if (outcome != StepOutcome.Working)
                     {
-                        prefilling.RemoveAt(0);
+                        prefilling.RemoveAt(index);
                     }
 
                     if (outcome == StepOutcome.Generating)
@@ -366,6 +371,37 @@ public sealed class EngineScheduler : IAsyncDisposable
                 }
             }
         }
+    }
+
+    /// <summary>Prefill slices another request may take before a passed-over one goes first.</summary>
+    private const int MaxPassedOver = 8;
+
+    // Shortest remaining prompt first (oldest on ties), unless someone has been passed over too often (oldest of those).
+    private static int NextPrefill(List<Sequence> prefilling)
+    {
+        int best = 0;
+        for (int i = 0; i < prefilling.Count; i++)
+        {
+            if (prefilling[i].PassedOver >= MaxPassedOver)
+            {
+                best = i;
+                break;
+            }
+
+            if (Remaining(prefilling[i]) < Remaining(prefilling[best]))
+            {
+                best = i;
+            }
+        }
+
+        for (int i = 0; i < prefilling.Count; i++)
+        {
+            prefilling[i].PassedOver = i == best ? 0 : prefilling[i].PassedOver + 1;
+        }
+
+        return best;
+
+        static int Remaining(Sequence sequence) => sequence.Request.Prompt.Length - sequence.Computed;
     }
 
     private enum StepOutcome

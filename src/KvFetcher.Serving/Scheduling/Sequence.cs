@@ -55,6 +55,9 @@ internal sealed class Sequence
     /// <summary>Prompt positions [0, Computed) are in the cache.</summary>
     public int Computed { get; set; }
 
+    /// <summary>Prefill slices other requests took since this one's last (the scheduler's anti-starvation count).</summary>
+    public int PassedOver { get; set; }
+
     /// <summary>The prompt tokens that came from the store.</summary>
     public int Reused { get; set; }
 

@@ -45,6 +45,16 @@ public sealed partial class RedisKvStore
         """;
 
     /// <summary>
+    /// Drops the parts named by a replaced manifest head. KEYS[1] the object's manifest (it routes the script to the
+    /// object's slot); ARGV: the object's part key prefix, the replaced head.
+    /// </summary>
+    private const string DropPartsScript = DropPartsFunction +
+        """
+        dropParts(ARGV[2], ARGV[1])
+        return 1
+        """;
+
+    /// <summary>
     /// Removes an object. KEYS[1] the manifest; ARGV: the object's part key prefix, '1' to remove only while the
     /// manifest still starts with ARGV[3] (a reader's view of a corrupt object) else '0', that head.
     /// Returns 1 when it removed the object.

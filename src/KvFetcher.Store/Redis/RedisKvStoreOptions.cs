@@ -27,6 +27,13 @@ public sealed record RedisKvStoreOptions
     /// </summary>
     public int PartSize { get; init; } = 1024 * 1024;
 
+    /// <summary>
+    /// Connections opened to every node; operations take turns. One connection carries one operation's commands in
+    /// order, so concurrent large transfers queue behind each other on it: a few connections measured 2-3x the
+    /// throughput of one with 8 or more concurrent clients of 1 MB parts.
+    /// </summary>
+    public int Connections { get; init; } = 4;
+
     /// <summary>How long connecting may take before a down Redis is reported.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(2);
 
@@ -59,6 +66,8 @@ public sealed record RedisKvStoreOptions
 
         ArgumentOutOfRangeException.ThrowIfLessThan(PartSize, MinPartSize, nameof(PartSize));
         ArgumentOutOfRangeException.ThrowIfGreaterThan(PartSize, MaxPartSize, nameof(PartSize));
+        ArgumentOutOfRangeException.ThrowIfLessThan(Connections, 1, nameof(Connections));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(Connections, 64, nameof(Connections));
         ArgumentOutOfRangeException.ThrowIfLessThan(ConnectTimeout, TimeSpan.FromMilliseconds(1), nameof(ConnectTimeout));
         ArgumentOutOfRangeException.ThrowIfLessThan(OperationTimeout, TimeSpan.FromMilliseconds(1), nameof(OperationTimeout));
         ArgumentOutOfRangeException.ThrowIfLessThan(PendingPartLifetime, TimeSpan.FromSeconds(1), nameof(PendingPartLifetime));
