@@ -98,6 +98,10 @@ public sealed class KvReuse : IAsyncDisposable
             };
             int slots = strategy.Pipelined ? (int)Math.Clamp(Options.MaxBufferedBytes / (3L * plan.ChunkBytes), 2, 16) : 1;
             ReuseOptions options = strategy.Pipelined ? Options : Options with { TransfersInFlight = 1 };
+
+            // Ours decides before the fetcher starts whether the engine computes chunk 0 or waits for the fetch, so a fast
+            // fetcher cannot reach the front before the decision is made.
+            (policy as AdaptivePolicy)?.EngineShouldWait(0);
             fetcher = new ChunkFetcher(plan, Store, session.Cache, Rates, options, policy, prefix.States, timeline, progress, slots, cancellationToken);
             fetcher.EngineBusy = () => prefix.EngineBusy;
             if (policy is AdaptivePolicy adaptive)

@@ -126,8 +126,10 @@ internal class MeetInMiddlePolicy(PrefixState prefix, int ladderIndex) : IFetchP
     {
         while (!_stopped)
         {
+            // The engine owns every chunk up to its position, unless it decided to wait for the fetcher there.
             chunk = Interlocked.Decrement(ref _next);
-            if (chunk < 0 || chunk <= prefix.ComputeFrontier)
+            int waitingFor = prefix.EngineWaitingFor;
+            if (chunk < 0 || (chunk <= prefix.ComputeFrontier && !(waitingFor >= 0 && chunk >= waitingFor)))
             {
                 break;
             }
@@ -206,9 +208,12 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
             }
         }
 
+        // Computing this chunk instead costs its compute time plus the CPU work of the chunks fetched meanwhile: on the
+        // CPU backend, decode and restore run on the cores the engine computes on, so overlapping them is not free.
         int ahead = InFlight() + Math.Max(0, NextUnclaimed - chunk);
         double arrival = (ahead * fastest) + latency;
-        bool wait = fastest < double.MaxValue && arrival < rates.ComputeSeconds(chunk, plan.ChunkTokens);
+        double computeInstead = rates.ComputeSeconds(chunk, plan.ChunkTokens) + (Math.Max(0, ahead - 1) * latency);
+        bool wait = fastest < double.MaxValue && arrival < computeInstead;
         if (wait)
         {
             Prefix.EngineWaitingFor = chunk;
