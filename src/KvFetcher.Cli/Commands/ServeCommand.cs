@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Runtime.InteropServices;
 using KvFetcher.Server;
 using KvFetcher.Store;
 
@@ -53,15 +52,7 @@ internal static class ServeCommand
 
     private static async Task<int> ServeAsync(StoreServerOptions options)
     {
-        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        void OnSignal(PosixSignalContext context)
-        {
-            context.Cancel = true; // stop gracefully instead of being killed
-            stop.TrySetResult();
-        }
-
-        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        using PosixSignalRegistration terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var stop = new StopSignal();
         await using StoreServer server = await StoreServer.StartAsync(options);
         foreach (Uri address in server.Addresses)
         {

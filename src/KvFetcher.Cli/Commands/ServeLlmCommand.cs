@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Runtime.InteropServices;
 using KvFetcher.Serving;
 using KvFetcher.Store;
 
@@ -80,15 +79,7 @@ internal static class ServeLlmCommand
 
     private static async Task<int> ServeAsync(LlmServerOptions options)
     {
-        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        void OnSignal(PosixSignalContext context)
-        {
-            context.Cancel = true; // stop gracefully instead of being killed
-            stop.TrySetResult();
-        }
-
-        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        using PosixSignalRegistration terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var stop = new StopSignal();
         await using LlmServer server = await LlmServer.StartAsync(options);
         foreach (Uri address in server.Addresses)
         {
