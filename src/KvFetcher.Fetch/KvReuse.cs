@@ -207,6 +207,19 @@ public sealed class KvReuse : IAsyncDisposable
     }
 
     /// <summary>
+    /// Stores <paramref name="tokens"/> ahead of time (what <c>kvfetch warm</c> does): prefills them, reusing what is
+    /// stored already, and returns once every chunk it computed is stored (or failed to be, see <see cref="Publisher"/>).
+    /// </summary>
+    public async Task<PrefillReport> WarmAsync(int[] tokens, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        PrefillReport report = await PrefillAsync(_model.CreateSession(tokens.Length), tokens, PrefillStrategy.Adaptive, new float[_model.Config.VocabSize],
+            publish: true, cancellationToken).ConfigureAwait(false);
+        await Publisher.WhenIdleAsync().ConfigureAwait(false);
+        return report;
+    }
+
+    /// <summary>
     /// Fetches the stored prefix of <paramref name="tokens"/> as <paramref name="variant"/> into <paramref name="session"/>
     /// (reset first) without using the engine, for a scheduler that computes other requests meanwhile. Returns the
     /// tokens now filled from position 0 (<see cref="KvCache.Length"/>); the caller computes the rest from there.

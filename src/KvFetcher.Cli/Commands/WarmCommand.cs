@@ -47,8 +47,7 @@ internal static class WarmCommand
         await using (store.ConfigureAwait(false))
         {
             await using var reuse = new KvReuse(lm, store, options);
-            PrefillReport report = await reuse.PrefillAsync(lm.CreateSession(tokens.Length), tokens, PrefillStrategy.Adaptive, new float[lm.Config.VocabSize]).ConfigureAwait(false);
-            await reuse.Publisher.WhenIdleAsync().ConfigureAwait(false);
+            PrefillReport report = await reuse.WarmAsync(tokens).ConfigureAwait(false);
             AnsiConsole.MarkupLineInterpolated($"{tokens.Length} tokens, {tokens.Length / options.ChunkTokens} full chunks ({report.StoredChunks} were stored already); stored {reuse.Publisher.Published} containers ({reuse.Publisher.BytesStored / 1e6:F1} MB) in {store.Description}; {reuse.Publisher.Failed} failed");
             return reuse.Publisher.Failed == 0 ? 0 : 1;
         }

@@ -52,8 +52,7 @@ public static class MixedWorkload
             var reuseOptions = new ReuseOptions { Ladder = [KvVariant.Raw] };
             await using (var writer = new KvReuse(model, disk, reuseOptions))
             {
-                await writer.PrefillAsync(model.CreateSession(reusePrompt.Length), reusePrompt, PrefillStrategy.ComputeOnly, new float[model.Config.VocabSize], publish: true, cancellationToken).ConfigureAwait(false);
-                await writer.Publisher.WhenIdleAsync().ConfigureAwait(false);
+                await writer.WarmAsync(reusePrompt, cancellationToken).ConfigureAwait(false);
             }
 
             await using var shaped = new ShapedKvStore(disk, BandwidthSchedule.Constant(options.Mbps * 1e6 / 8), ownsInner: false);

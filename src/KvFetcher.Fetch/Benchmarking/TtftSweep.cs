@@ -85,8 +85,7 @@ public static class TtftSweep
                 // Store the context (every ladder variant) and calibrate compute per chunk.
                 await using (var writer = new KvReuse(model, disk, reuseOptions, rates))
                 {
-                    await writer.PrefillAsync(model.CreateSession(tokens.Length), tokens, PrefillStrategy.ComputeOnly, new float[model.Config.VocabSize], publish: true, cancellationToken).ConfigureAwait(false);
-                    await writer.Publisher.WhenIdleAsync().ConfigureAwait(false);
+                    await writer.WarmAsync(tokens, cancellationToken).ConfigureAwait(false);
                 }
 
                 double[] chunkMs = Calibrate(model, tokens, reuseOptions.ChunkTokens, context / reuseOptions.ChunkTokens, rates, out double suffixMs);
@@ -97,7 +96,8 @@ public static class TtftSweep
                 foreach (double mbps in options.RealLinkMbps is { } link ? [link] : options.BandwidthsMbps)
                 {
                     var schedule = BandwidthSchedule.Constant(mbps * 1e6 / 8);
-                    await using IKvStore shaped = options.RealLinkMbps is null ? new ShapedKvStore(disk, schedule, ownsInner: false) : new Unowned(disk);
+                    await using ShapedKvStore? shaper = options.RealLinkMbps is null ? new ShapedKvStore(disk, schedule, ownsInner: false) : null;
+                    IKvStore shaped = shaper ?? disk;
 
                     // One adaptive request first: the estimator learns this link (a serving engine has seen earlier requests).
                     await MedianAsync(model, shaped, reuseOptions, rates, tokens, PrefillStrategy.Adaptive, 1, cancellationToken).ConfigureAwait(false);
@@ -140,27 +140,6 @@ public static class TtftSweep
 
         string machine = $"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, {model.Threads} engine threads";
         return new TtftSweepResult(points, bounds, computeMs, machine);
-    }
-
-    /// <summary>A store used without taking ownership (disposing it does nothing).</summary>
-    private sealed class Unowned(IKvStore inner) : IKvStore
-    {
-        public string Description => inner.Description;
-
-        public ValueTask PutAsync(ObjectKey key, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default) => inner.PutAsync(key, data, cancellationToken);
-
-        public ValueTask<StoreRead> GetAsync(ObjectKey key, System.Buffers.IBufferWriter<byte> destination, ByteRange range = default, CancellationToken cancellationToken = default) =>
-            inner.GetAsync(key, destination, range, cancellationToken);
-
-        public ValueTask<bool[]> ExistsAsync(IReadOnlyList<ObjectKey> keys, CancellationToken cancellationToken = default) => inner.ExistsAsync(keys, cancellationToken);
-
-        public ValueTask<int> LongestPrefixAsync(IReadOnlyList<ObjectKey> chain, CancellationToken cancellationToken = default) => inner.LongestPrefixAsync(chain, cancellationToken);
-
-        public ValueTask<bool> DeleteAsync(ObjectKey key, CancellationToken cancellationToken = default) => inner.DeleteAsync(key, cancellationToken);
-
-        public ValueTask<StoreStats> GetStatsAsync(CancellationToken cancellationToken = default) => inner.GetStatsAsync(cancellationToken);
-
-        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 
     private sealed record PointResult(double TtftMs, int Restored, int Failed, long Bytes, string Variants);
