@@ -1,17 +1,15 @@
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
+using KvFetcher.Server.Hosting;
 using KvFetcher.Store;
 using KvFetcher.Store.Disk;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
-using Microsoft.Extensions.Logging;
 
 namespace KvFetcher.Server;
 
@@ -66,11 +64,7 @@ public sealed class StoreServer : IAsyncDisposable
         IReadOnlyList<ListenEndpoint> endpoints = options.ParseEndpoints();
         X509Certificate2? certificate = endpoints.Any(e => e.Https) ? LoadCertificate(options) : null;
 
-        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = "kvfetch-server" });
-        builder.Logging.ClearProviders();
-        builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
-        builder.Logging.SetMinimumLevel(LogLevel.Warning);
-        builder.Services.AddSingleton<IHostLifetime, ExplicitLifetime>(); // the owner stops the server, not the host's signal handlers
+        WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvfetch-server");
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.RequestTimeout + TimeSpan.FromSeconds(5));
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
@@ -112,18 +106,7 @@ public sealed class StoreServer : IAsyncDisposable
         app.Use((context, next) => HandleAsync(context, next, auth, metrics, options.RequestTimeout));
         new StoreEndpoints(store, options, metrics).Map(app);
 
-        try
-        {
-            await app.StartAsync(cancellationToken);
-        }
-        catch
-        {
-            await app.DisposeAsync();
-            throw;
-        }
-
-        ICollection<string> bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
-        return new StoreServer(app, store, ownsStore, [.. bound.Select(a => new Uri(a))]);
+        return new StoreServer(app, store, ownsStore, await KestrelApp.StartAsync(app, cancellationToken));
     }
 
     /// <summary>Stops accepting connections and waits for requests in flight to finish (cancel to cut them short).</summary>
@@ -237,13 +220,5 @@ public sealed class StoreServer : IAsyncDisposable
         {
             throw new ArgumentException($"Cannot load the certificate '{options.CertificateFile}' with key '{options.CertificateKeyFile}': {ex.Message}", ex);
         }
-    }
-
-    /// <summary>A host lifetime that leaves Ctrl+C and SIGTERM to the owner (the CLI stops the server itself).</summary>
-    private sealed class ExplicitLifetime : IHostLifetime
-    {
-        public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
-
-        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
     }
 }

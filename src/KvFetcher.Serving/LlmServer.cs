@@ -1,13 +1,9 @@
+using KvFetcher.Server.Hosting;
 using KvFetcher.Serving.Api;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Hosting;
-using Microsoft.Extensions.Logging;
 
 namespace KvFetcher.Serving;
 
@@ -58,11 +54,7 @@ public sealed class LlmServer : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(engine);
         IReadOnlyList<(System.Net.IPAddress? Address, int Port)> endpoints = options.ParseEndpoints();
-        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = "kvfetch-serve-llm" });
-        builder.Logging.ClearProviders();
-        builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
-        builder.Logging.SetMinimumLevel(LogLevel.Warning);
-        builder.Services.AddSingleton<IHostLifetime, ExplicitLifetime>(); // the owner stops the server, not the host's signal handlers
+        WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvfetch-serve-llm");
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
@@ -84,18 +76,7 @@ public sealed class LlmServer : IAsyncDisposable
         var endpointsApi = new OpenAiEndpoints(engine, options);
         app.Use((context, next) => HandleAsync(context, next, engine.Metrics));
         endpointsApi.Map(app);
-        try
-        {
-            await app.StartAsync(cancellationToken);
-        }
-        catch
-        {
-            await app.DisposeAsync();
-            throw;
-        }
-
-        ICollection<string> bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
-        return new LlmServer(app, engine, ownsEngine, [.. bound.Select(a => new Uri(a))]);
+        return new LlmServer(app, engine, ownsEngine, await KestrelApp.StartAsync(app, cancellationToken));
     }
 
     /// <summary>Stops accepting connections and waits for requests in flight (cancel to cut them short).</summary>
@@ -145,13 +126,5 @@ public sealed class LlmServer : IAsyncDisposable
             string route = context.GetEndpoint()?.DisplayName ?? "other";
             metrics.ObserveRequest(route, context.Response.StatusCode);
         }
-    }
-
-    /// <summary>A host lifetime that leaves Ctrl+C and SIGTERM to the owner (the CLI stops the server itself).</summary>
-    private sealed class ExplicitLifetime : IHostLifetime
-    {
-        public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
-
-        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
     }
 }
