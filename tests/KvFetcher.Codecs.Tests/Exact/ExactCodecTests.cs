@@ -205,15 +205,18 @@ public class ExactCodecTests
         var destination = new byte[kv.Length];
         long encodeBytes = 0;
         long decodeBytes = 0;
-        for (int round = 0; round < 3; round++)
+        using (new NoGcRegion())
         {
-            payload.ResetWrittenCount();
-            long before = GC.GetAllocatedBytesForCurrentThread();
-            ExactCodec.Instance.Encode(kv, shape, DType.BFloat16, 0, parameters, payload);
-            long middle = GC.GetAllocatedBytesForCurrentThread();
-            ExactCodec.Instance.Decode([], payload.WrittenSpan, shape, DType.BFloat16, 0, destination);
-            encodeBytes = middle - before;
-            decodeBytes = GC.GetAllocatedBytesForCurrentThread() - middle;
+            for (int round = 0; round < 3; round++)
+            {
+                payload.ResetWrittenCount();
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                ExactCodec.Instance.Encode(kv, shape, DType.BFloat16, 0, parameters, payload);
+                long middle = GC.GetAllocatedBytesForCurrentThread();
+                ExactCodec.Instance.Decode([], payload.WrittenSpan, shape, DType.BFloat16, 0, destination);
+                encodeBytes = middle - before;
+                decodeBytes = GC.GetAllocatedBytesForCurrentThread() - middle;
+            }
         }
 
         Assert.Equal(kv, destination);
