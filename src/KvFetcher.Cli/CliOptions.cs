@@ -1,5 +1,6 @@
 using System.CommandLine;
 using KvFetcher.Core;
+using KvFetcher.Cuda.Reuse;
 
 namespace KvFetcher.Cli;
 
@@ -18,6 +19,20 @@ internal static class CliOptions
     {
         Description = $"Hugging Face model directory (default: the bundled {BundledModelName}, or $KVFETCH_MODEL).",
     };
+
+    public static Option<EngineKind> Engine() => new("--engine")
+    {
+        Description = "Engine: auto (the GPU with NVDEC restore when CUDA can be used, else the CPU), cpu or cuda.",
+        DefaultValueFactory = _ => EngineKind.Auto,
+    };
+
+    /// <summary>Loads the model on the chosen engine with fp16 KV (as chunks are stored) and says which engine runs it.</summary>
+    public static LocalEngine OpenEngine(string? model, EngineKind kind, int threads)
+    {
+        LocalEngine engine = LocalEngine.Open(ResolveModel(model), new LocalEngineOptions { Kind = kind, Threads = threads });
+        Console.Error.WriteLine($"kvfetch: engine {engine.Kind.ToString().ToLowerInvariant()}: {engine.Choice}");
+        return engine;
+    }
 
     /// <summary>The model directory to use: the option, $KVFETCH_MODEL, or the bundled model.</summary>
     public static string ResolveModel(string? option)

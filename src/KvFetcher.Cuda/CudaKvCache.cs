@@ -1,4 +1,5 @@
 using KvFetcher.Core;
+using KvFetcher.Engine;
 using KvFetcher.Cuda.Gpu;
 using KvFetcher.Cuda.Native;
 
@@ -24,7 +25,7 @@ namespace KvFetcher.Cuda;
 /// positions (a fetcher restoring one chunk while the engine computes another).
 /// </para>
 /// </remarks>
-public sealed unsafe class CudaKvCache : IDisposable
+public sealed unsafe class CudaKvCache : IKvCache, IDisposable
 {
     private readonly CudaContext _context;
     private readonly DeviceBuffer _memory;

@@ -1,6 +1,7 @@
 using KvFetcher.Core;
 using KvFetcher.Core.Keys;
 using KvFetcher.Cuda.Gpu;
+using KvFetcher.Engine;
 using KvFetcher.Engine.Model;
 using KvFetcher.Engine.Tokenization;
 
@@ -12,14 +13,14 @@ namespace KvFetcher.Cuda;
 /// the kernels compiled for the device when the model opens. Thread-safe: each request uses its own
 /// <see cref="CudaSession"/>.
 /// </summary>
-public sealed class CudaLanguageModel : IDisposable
+public sealed class CudaLanguageModel : IInferenceModel
 {
     private readonly LoadedModel? _loaded;
     private readonly CudaContext _context;
     private readonly bool _ownsContext;
     private readonly Lazy<ModelFingerprint> _fingerprint;
 
-    private CudaLanguageModel(LoadedModel? loaded, ModelConfig config, CudaContext context, bool ownsContext, CudaModelOptions options, DeviceWeights weights)
+    private CudaLanguageModel(LoadedModel? loaded, ModelConfig config, CudaContext context, bool ownsContext, CudaModelOptions options, DeviceWeights weights, int seed = 0)
     {
         _loaded = loaded;
         _context = context;
@@ -27,7 +28,7 @@ public sealed class CudaLanguageModel : IDisposable
         Options = options;
         Config = config;
         Transformer = new CudaTransformer(context, config, weights, options.KvStorageDType, options.MatmulPrecision);
-        _fingerprint = new Lazy<ModelFingerprint>(() => ModelFingerprinter.Get(Loaded));
+        _fingerprint = new Lazy<ModelFingerprint>(() => loaded is null ? ModelFingerprinter.ComputeSynthetic(config, "cuda-random-bf16", seed) : ModelFingerprinter.Get(loaded));
     }
 
     /// <summary>Loads the model in <paramref name="directory"/> onto the device.</summary>
@@ -77,7 +78,7 @@ public sealed class CudaLanguageModel : IDisposable
         {
             context = options.Context ?? CudaContext.Create(options.DeviceOrdinal);
             DeviceWeights weights = DeviceWeights.AllocateRandom(context, config, CudaTransformer.MatmulTypeFor(options.MatmulPrecision, DType.BFloat16));
-            model = new CudaLanguageModel(null, config, context, owns, options, weights);
+            model = new CudaLanguageModel(null, config, context, owns, options, weights, seed);
             model.Transformer.FillRandomWeights(seed);
             return model;
         }
@@ -106,11 +107,18 @@ public sealed class CudaLanguageModel : IDisposable
     /// <summary>The model directory (a model with random weights has none).</summary>
     public string Directory => Loaded.Directory;
 
-    /// <summary>The model's identity in chunk keys and containers (the same as the CPU engine's).</summary>
+    /// <summary>
+    /// The model's identity in chunk keys and containers: the same as the CPU engine's for a checkpoint; for random
+    /// weights, one derived from the shape and seed.
+    /// </summary>
     public ModelFingerprint Fingerprint => _fingerprint.Value;
 
     /// <summary>The device the model runs on.</summary>
     public CudaContext Context => _context;
+
+    public DType KvStorageDType => Options.KvStorageDType;
+
+    public string Device => _context.DeviceName;
 
     /// <summary>The element type the matrix products take (set by <see cref="CudaModelOptions.MatmulPrecision"/>).</summary>
     public DType MatmulDType => Transformer.MatmulType;
@@ -120,7 +128,7 @@ public sealed class CudaLanguageModel : IDisposable
 
     internal CudaTransformer Transformer { get; }
 
-    private LoadedModel Loaded => _loaded ?? throw new InvalidOperationException("A model with random weights has no checkpoint: no tokenizer, directory or fingerprint.");
+    private LoadedModel Loaded => _loaded ?? throw new InvalidOperationException("A model with random weights has no checkpoint: no tokenizer or directory.");
 
     /// <summary>Starts a sequence with an empty KV cache of <paramref name="capacity"/> positions (0: the model's maximum).</summary>
     public CudaSession CreateSession(int capacity = 0)
@@ -133,6 +141,8 @@ public sealed class CudaLanguageModel : IDisposable
 
         return new CudaSession(this, capacity);
     }
+
+    IInferenceSession IInferenceModel.CreateSession(int capacity) => CreateSession(capacity);
 
     /// <summary>A new empty device KV cache shaped for this model.</summary>
     public CudaKvCache CreateCache(int capacity) =>

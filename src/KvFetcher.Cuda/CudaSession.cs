@@ -1,4 +1,5 @@
 using KvFetcher.Cuda.Gpu;
+using KvFetcher.Engine;
 
 namespace KvFetcher.Cuda;
 
@@ -8,7 +9,7 @@ namespace KvFetcher.Cuda;
 /// imported into <see cref="Cache"/> in any order, and prefill and decode then continue as if they had been computed.
 /// Every call returns when its work on the device is done. Not thread-safe.
 /// </summary>
-public sealed class CudaSession : IDisposable
+public sealed class CudaSession : IInferenceSession
 {
     /// <summary>The most bytes of logits a step copies back at once.</summary>
     private const long LogitBytesPerCopy = 64L << 20;
@@ -37,6 +38,10 @@ public sealed class CudaSession : IDisposable
     public CudaLanguageModel Model { get; }
 
     public CudaKvCache Cache { get; }
+
+    IInferenceModel IInferenceSession.Model => Model;
+
+    IKvCache IInferenceSession.Cache => Cache;
 
     /// <summary>Logits per token: the vocabulary size.</summary>
     public int VocabSize => Model.Config.VocabSize;

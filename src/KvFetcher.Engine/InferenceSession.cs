@@ -7,7 +7,7 @@ namespace KvFetcher.Engine;
 /// chunks ([a, b) on top of [0, a)), and positions may also be imported into <see cref="Cache"/> in any order, after
 /// which prefill and decode continue exactly as if those positions had been computed. Not thread-safe.
 /// </summary>
-public sealed class InferenceSession
+public sealed class InferenceSession : IInferenceSession
 {
     private readonly CpuTransformer _transformer;
     private readonly ForwardScratch _scratch;
@@ -23,6 +23,10 @@ public sealed class InferenceSession
     public LanguageModel Model { get; }
 
     public KvCache Cache { get; }
+
+    IInferenceModel IInferenceSession.Model => Model;
+
+    IKvCache IInferenceSession.Cache => Cache;
 
     /// <summary>Logits per token: the vocabulary size.</summary>
     public int VocabSize => Model.Config.VocabSize;
@@ -67,6 +71,11 @@ public sealed class InferenceSession
 
     /// <summary>Empties the cache.</summary>
     public void Reset() => Cache.Truncate(0);
+
+    /// <summary>Nothing to release: the cache lives in managed memory.</summary>
+    public void Dispose()
+    {
+    }
 
     private void CheckStep(ReadOnlySpan<int> tokens, int startPosition, int logitsLength, long logitsNeeded)
     {

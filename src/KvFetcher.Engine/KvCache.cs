@@ -20,7 +20,7 @@ namespace KvFetcher.Engine;
 /// Internally each layer holds K and V as <c>[kvHead][position][headDim]</c> so attention reads keys contiguously.
 /// </para>
 /// </remarks>
-public sealed class KvCache
+public sealed class KvCache : IKvCache
 {
     private readonly float[][] _keys;
     private readonly float[][] _values;

@@ -24,7 +24,7 @@ public sealed class LanguageModelOptions
 /// A Llama-family model loaded from a Hugging Face directory (config.json, *.safetensors, tokenizer.json), ready
 /// to run on the CPU. Thread-safe: each request uses its own <see cref="InferenceSession"/>.
 /// </summary>
-public sealed class LanguageModel : IDisposable
+public sealed class LanguageModel : IInferenceModel
 {
     private readonly LoadedModel _loaded;
     private readonly WorkerPool _pool;
@@ -74,6 +74,10 @@ public sealed class LanguageModel : IDisposable
     /// <summary>Threads the kernels use.</summary>
     public int Threads => _pool.Concurrency;
 
+    public DType KvStorageDType => Options.KvStorageDType;
+
+    public string Device => $"cpu ({Threads} threads)";
+
     internal CpuTransformer Transformer { get; }
 
     /// <summary>Starts a sequence with an empty KV cache of <paramref name="capacity"/> positions (0: the model's maximum).</summary>
@@ -87,6 +91,8 @@ public sealed class LanguageModel : IDisposable
 
         return new InferenceSession(this, capacity);
     }
+
+    IInferenceSession IInferenceModel.CreateSession(int capacity) => CreateSession(capacity);
 
     /// <summary>A new empty KV cache shaped for this model.</summary>
     public KvCache CreateCache(int capacity) =>

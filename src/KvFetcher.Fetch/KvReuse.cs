@@ -2,6 +2,7 @@ using System.Diagnostics;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Fetching;
 using KvFetcher.Fetch.Publishing;
+using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Store;
 
@@ -16,13 +17,14 @@ namespace KvFetcher.Fetch;
 /// </summary>
 public sealed class KvReuse : IAsyncDisposable
 {
-    private readonly LanguageModel _model;
+    private readonly IInferenceModel _model;
 
     /// <param name="model">The engine's model (its KV storage dtype is the dtype chunks are stored in).</param>
     /// <param name="store">Where chunks live.</param>
     /// <param name="options">Chunking, ladder, deadlines.</param>
     /// <param name="rates">Measured rates to start from (shared by several instances over one engine); a new set by default.</param>
-    public KvReuse(LanguageModel model, IKvStore store, ReuseOptions? options = null, FetchRates? rates = null)
+    /// <param name="restorer">How fetched chunks are decoded into the engine's cache; the CPU decoders by default.</param>
+    public KvReuse(IInferenceModel model, IKvStore store, ReuseOptions? options = null, FetchRates? rates = null, IChunkRestorer? restorer = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(store);
@@ -33,6 +35,7 @@ public sealed class KvReuse : IAsyncDisposable
         Options = options;
         Publisher = new KvPublisher(store, options.Ladder);
         Rates = rates ?? new FetchRates();
+        Restorer = restorer ?? HostChunkRestorer.Instance;
     }
 
     public IKvStore Store { get; }
@@ -44,6 +47,9 @@ public sealed class KvReuse : IAsyncDisposable
 
     public KvPublisher Publisher { get; }
 
+    /// <summary>How fetched chunks are decoded and restored into the engine's cache.</summary>
+    public IChunkRestorer Restorer { get; }
+
     /// <summary>The chunk keys of a prompt under this model and tenant.</summary>
     public ContextPlan Plan(int[] tokens) => Plan(tokens, Options.TenantSalt);
 
@@ -53,14 +59,14 @@ public sealed class KvReuse : IAsyncDisposable
     /// </summary>
     public ContextPlan Plan(int[] tokens, string tenantSalt) =>
         ContextPlan.Create(_model.Fingerprint, tenantSalt, tokens, Options.ChunkTokens, _model.Config.NumLayers, _model.Config.NumKvHeads,
-            _model.Config.HeadDim, _model.Options.KvStorageDType);
+            _model.Config.HeadDim, _model.KvStorageDType);
 
     /// <summary>
     /// Prefills <paramref name="tokens"/> into <paramref name="session"/> (which is reset first) and writes the last
     /// token's logits to <paramref name="lastLogits"/>. With <paramref name="publish"/>, chunks computed here are stored
     /// afterwards in the background.
     /// </summary>
-    public async Task<PrefillReport> PrefillAsync(InferenceSession session, int[] tokens, PrefillStrategy strategy, float[] lastLogits,
+    public async Task<PrefillReport> PrefillAsync(IInferenceSession session, int[] tokens, PrefillStrategy strategy, float[] lastLogits,
         bool publish = true, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(session);
@@ -102,7 +108,7 @@ public sealed class KvReuse : IAsyncDisposable
             // Ours decides before the fetcher starts whether the engine computes chunk 0 or waits for the fetch, so a fast
             // fetcher cannot reach the front before the decision is made.
             (policy as AdaptivePolicy)?.EngineShouldWait(0);
-            fetcher = new ChunkFetcher(plan, Store, session.Cache, Rates, options, policy, prefix.States, timeline, progress, slots, cancellationToken);
+            fetcher = new ChunkFetcher(plan, Store, session.Cache, Restorer, Rates, options, policy, prefix.States, timeline, progress, slots, cancellationToken);
             fetcher.EngineBusy = () => prefix.EngineBusy;
             if (policy is AdaptivePolicy adaptive)
             {
@@ -213,7 +219,8 @@ public sealed class KvReuse : IAsyncDisposable
     public async Task<PrefillReport> WarmAsync(int[] tokens, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(tokens);
-        PrefillReport report = await PrefillAsync(_model.CreateSession(tokens.Length), tokens, PrefillStrategy.Adaptive, new float[_model.Config.VocabSize],
+        using IInferenceSession session = _model.CreateSession(tokens.Length);
+        PrefillReport report = await PrefillAsync(session, tokens, PrefillStrategy.Adaptive, new float[_model.Config.VocabSize],
             publish: true, cancellationToken).ConfigureAwait(false);
         await Publisher.WhenIdleAsync().ConfigureAwait(false);
         return report;
@@ -222,9 +229,9 @@ public sealed class KvReuse : IAsyncDisposable
     /// <summary>
     /// Fetches the stored prefix of <paramref name="tokens"/> as <paramref name="variant"/> into <paramref name="session"/>
     /// (reset first) without using the engine, for a scheduler that computes other requests meanwhile. Returns the
-    /// tokens now filled from position 0 (<see cref="KvCache.Length"/>); the caller computes the rest from there.
+    /// tokens now filled from position 0 (<see cref="IKvCache.Length"/>); the caller computes the rest from there.
     /// </summary>
-    public async Task<int> RestoreAsync(InferenceSession session, int[] tokens, KvVariant variant, CancellationToken cancellationToken = default) =>
+    public async Task<int> RestoreAsync(IInferenceSession session, int[] tokens, KvVariant variant, CancellationToken cancellationToken = default) =>
         (await FetchPrefixAsync(session, Plan(tokens), variant, cancellationToken).ConfigureAwait(false)).ReusedTokens;
 
     /// <summary>
@@ -233,7 +240,7 @@ public sealed class KvReuse : IAsyncDisposable
     /// are filled afterwards; the caller computes the rest from there (and may publish the chunks it computes through
     /// <see cref="Publisher"/>). A store that is down or slow only shortens the reused prefix.
     /// </summary>
-    public async Task<RestoreReport> FetchPrefixAsync(InferenceSession session, ContextPlan plan, KvVariant variant, CancellationToken cancellationToken = default)
+    public async Task<RestoreReport> FetchPrefixAsync(IInferenceSession session, ContextPlan plan, KvVariant variant, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(session);
         ArgumentNullException.ThrowIfNull(plan);
@@ -254,7 +261,7 @@ public sealed class KvReuse : IAsyncDisposable
             var prefix = new PrefixState(stored, ladder, available);
             using var progress = new SemaphoreSlim(0);
             int slots = (int)Math.Clamp(Options.MaxBufferedBytes / (3L * plan.ChunkBytes), 2, 16);
-            var fetcher = new ChunkFetcher(plan, Store, session.Cache, Rates, Options, new FetchAllPolicy(prefix, 0), prefix.States, timeline, progress, slots, cancellationToken);
+            var fetcher = new ChunkFetcher(plan, Store, session.Cache, Restorer, Rates, Options, new FetchAllPolicy(prefix, 0), prefix.States, timeline, progress, slots, cancellationToken);
             try
             {
                 await fetcher.Completion.ConfigureAwait(false);
@@ -346,7 +353,7 @@ public sealed class KvReuse : IAsyncDisposable
         return (stored, available[..stored], false);
     }
 
-    private void Compute(InferenceSession session, ContextPlan plan, int chunk, float[] logits, Timeline timeline)
+    private void Compute(IInferenceSession session, ContextPlan plan, int chunk, float[] logits, Timeline timeline)
     {
         TimeSpan start = timeline.Now;
         long t0 = Stopwatch.GetTimestamp();

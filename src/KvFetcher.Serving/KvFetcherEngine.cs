@@ -1,4 +1,4 @@
-using KvFetcher.Core;
+using KvFetcher.Cuda.Reuse;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;
 using KvFetcher.Serving.Chat;
@@ -14,12 +14,15 @@ namespace KvFetcher.Serving;
 /// </summary>
 public sealed class KvFetcherEngine : IAsyncDisposable
 {
+    private readonly LocalEngine _engine;
     private readonly IKvStore? _store;
     private readonly KvReuse? _reuse;
     private int _disposed;
 
-    private KvFetcherEngine(KvFetcherOptions options, LanguageModel model, IKvStore? store)
+    private KvFetcherEngine(KvFetcherOptions options, LocalEngine engine, IKvStore? store)
     {
+        IInferenceModel model = engine.Model;
+        _engine = engine;
         Options = options;
         Model = model;
         _store = store;
@@ -36,7 +39,7 @@ public sealed class KvFetcherEngine : IAsyncDisposable
                 ChunkTimeout = options.FetchTimeout,
                 // A few chunks in flight per request: several requests fetch at once.
                 MaxBufferedBytes = 16L << 20,
-            });
+            }, restorer: engine.Restorer);
         }
 
         Scheduler = new EngineScheduler(model, _reuse, new EngineSchedulerOptions
@@ -50,7 +53,10 @@ public sealed class KvFetcherEngine : IAsyncDisposable
 
     public KvFetcherOptions Options { get; }
 
-    public LanguageModel Model { get; }
+    public IInferenceModel Model { get; }
+
+    /// <summary>Which engine and decoders run the model, and why.</summary>
+    public string EngineChoice => _engine.Choice;
 
     /// <summary>The name clients use for the model.</summary>
     public string ModelId { get; }
@@ -72,9 +78,9 @@ public sealed class KvFetcherEngine : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        LanguageModel model = LanguageModel.Open(options.ModelDirectory, new LanguageModelOptions
+        LocalEngine engine = LocalEngine.Open(options.ModelDirectory, new LocalEngineOptions
         {
-            KvStorageDType = DType.Float16,
+            Kind = options.Engine,
             Threads = options.Threads,
             // Slices are at most this long: smaller per-session scratch.
             MaxStepTokens = Math.Min(512, options.PrefillStepTokens),
@@ -87,7 +93,7 @@ public sealed class KvFetcherEngine : IAsyncDisposable
                 store = await KvStores.OpenAsync(options.Store, options.StoreToken, cancellationToken: cancellationToken).ConfigureAwait(false);
             }
 
-            return new KvFetcherEngine(options, model, store);
+            return new KvFetcherEngine(options, engine, store);
         }
         catch
         {
@@ -96,7 +102,7 @@ public sealed class KvFetcherEngine : IAsyncDisposable
                 await store.DisposeAsync().ConfigureAwait(false);
             }
 
-            model.Dispose();
+            engine.Dispose();
             throw;
         }
     }
@@ -135,6 +141,6 @@ public sealed class KvFetcherEngine : IAsyncDisposable
             await _store.DisposeAsync().ConfigureAwait(false);
         }
 
-        Model.Dispose();
+        _engine.Dispose();
     }
 }

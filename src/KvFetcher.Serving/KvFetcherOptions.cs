@@ -1,3 +1,4 @@
+using KvFetcher.Cuda.Reuse;
 using KvFetcher.Fetch;
 
 namespace KvFetcher.Serving;
@@ -57,6 +58,9 @@ public sealed class KvFetcherOptions
 
     /// <summary>Threads for the kernels; 0 uses one per processor.</summary>
     public int Threads { get; set; }
+
+    /// <summary>The engine: auto (the GPU with NVDEC restore when CUDA can be used, else the CPU), cpu or cuda.</summary>
+    public EngineKind Engine { get; set; } = EngineKind.Auto;
 
     /// <summary>Throws <see cref="ArgumentException"/> with one line naming the first problem.</summary>
     public void Validate()

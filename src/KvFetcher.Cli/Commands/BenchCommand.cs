@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using KvFetcher.Core;
+using KvFetcher.Cuda.Reuse;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Benchmarking;
 
@@ -27,15 +27,16 @@ internal static class BenchCommand
         Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
         Option<string?> store = new("--store") { Description = "Run against this store (e.g. a kvfetch serve URL behind a real shaped link) instead of a temporary disk store." };
         Option<double?> linkMbps = new("--link-mbps") { Description = "With --store: the real link's rate; the shaper is off and one point per context is measured." };
+        Option<EngineKind> engine = CliOptions.Engine();
         Option<bool> mixed = new("--mixed") { Description = "Run the mixed workload instead: reuse requests among a background load, one FIFO queue vs a separate waiting queue." };
         var command = new Command("bench", "Measure TTFT per strategy across bandwidths and context lengths.")
         {
-            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads, store, linkMbps, mixed,
+            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads, store, linkMbps, mixed, engine,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
-            using LanguageModel lm = LanguageModel.Open(CliOptions.ResolveModel(parse.GetValue(model)),
-                new LanguageModelOptions { Threads = parse.GetValue(threads), KvStorageDType = DType.Float16 });
+            using LocalEngine local = CliOptions.OpenEngine(parse.GetValue(model), parse.GetValue(engine), parse.GetValue(threads));
+            IInferenceModel lm = local.Model;
             DirectoryInfo folder = parse.GetValue(output)!;
             folder.Create();
             if (parse.GetValue(mixed))
@@ -43,6 +44,7 @@ internal static class BenchCommand
                 IReadOnlyList<MixedWorkloadRow> rows = MixedWorkload.RunAsync(lm, new MixedWorkloadOptions
                 {
                     DocumentsDirectory = parse.GetValue(documents)?.FullName ?? DefaultDocuments(),
+                    Restorer = local.Restorer,
                     Log = Console.Error.WriteLine,
                 }).GetAwaiter().GetResult();
                 File.WriteAllText(Path.Combine(folder.FullName, "mixed.json"), JsonSerializer.Serialize(rows, BenchCommandJson.Default.IReadOnlyListMixedWorkloadRow));
@@ -64,6 +66,7 @@ internal static class BenchCommand
                 DocumentsDirectory = parse.GetValue(documents)?.FullName ?? DefaultDocuments(),
                 Store = parse.GetValue(store),
                 RealLinkMbps = parse.GetValue(linkMbps),
+                Restorer = local.Restorer,
                 Log = Console.Error.WriteLine,
             };
             TtftSweepResult result = TtftSweep.RunAsync(lm, options).GetAwaiter().GetResult();

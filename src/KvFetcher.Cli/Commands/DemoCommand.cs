@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
-using KvFetcher.Core;
+using KvFetcher.Cuda.Reuse;
 using KvFetcher.Engine;
 using KvFetcher.Engine.Generation;
 using KvFetcher.Fetch;
@@ -30,23 +30,23 @@ internal static class DemoCommand
         Option<string?> bandwidth = new("--bandwidth") { Description = "Shape the store's transfers, e.g. 100Mbps or 1Gbps@500ms,200Mbps@500ms." };
         Option<int> maxTokens = new("--max-tokens", "-n") { Description = "Answer tokens to generate.", DefaultValueFactory = _ => 40 };
         Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        Option<EngineKind> engine = CliOptions.Engine();
         var command = new Command("demo", "Answer a question about a long document twice, cold then warm, and show the TTFT of each.")
         {
-            model, store, document, strategy, bandwidth, maxTokens, threads,
+            model, store, document, strategy, bandwidth, maxTokens, threads, engine,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
             PrefillStrategy warmStrategy = PrefillStrategy.Parse(parse.GetValue(strategy)!);
             BandwidthSchedule? shape = parse.GetValue(bandwidth) is { } text ? BandwidthSchedule.Parse(text) : null;
             string documentPath = parse.GetValue(document)?.FullName ?? Path.Combine(AppContext.BaseDirectory, "demo", "document.txt");
-            using LanguageModel lm = LanguageModel.Open(CliOptions.ResolveModel(parse.GetValue(model)),
-                new LanguageModelOptions { Threads = parse.GetValue(threads), KvStorageDType = DType.Float16 });
-            return RunAsync(lm, parse.GetValue(store), documentPath, warmStrategy, shape, parse.GetValue(maxTokens)).GetAwaiter().GetResult();
+            using LocalEngine local = CliOptions.OpenEngine(parse.GetValue(model), parse.GetValue(engine), parse.GetValue(threads));
+            return RunAsync(local, parse.GetValue(store), documentPath, warmStrategy, shape, parse.GetValue(maxTokens)).GetAwaiter().GetResult();
         }));
         return command;
     }
 
-    private static async Task<int> RunAsync(LanguageModel lm, string? storeLocation, string documentPath, PrefillStrategy warmStrategy, BandwidthSchedule? shape, int maxTokens)
+    private static async Task<int> RunAsync(LocalEngine local, string? storeLocation, string documentPath, PrefillStrategy warmStrategy, BandwidthSchedule? shape, int maxTokens)
     {
         string? temporary = storeLocation is null ? Directory.CreateTempSubdirectory("kvfetch-demo-").FullName : null;
         try
@@ -59,10 +59,11 @@ internal static class DemoCommand
 
             await using (store.ConfigureAwait(false))
             {
-                await using var reuse = new KvReuse(lm, store);
+                IInferenceModel lm = local.Model;
+                await using var reuse = new KvReuse(lm, store, restorer: local.Restorer);
                 int[] tokens = PromptTokens(lm, documentPath, maxTokens);
                 ContextPlan plan = reuse.Plan(tokens);
-                AnsiConsole.MarkupLineInterpolated($"[bold]KvFetcher demo[/]: {Path.GetFileName(lm.Directory)}, {lm.Threads} threads; document {Path.GetFileName(documentPath)}");
+                AnsiConsole.MarkupLineInterpolated($"[bold]KvFetcher demo[/]: {Path.GetFileName(lm.Directory)} on {local.Choice}; document {Path.GetFileName(documentPath)}");
                 AnsiConsole.MarkupLineInterpolated($"prompt {tokens.Length} tokens = {plan.Keys.Length} chunks of {plan.ChunkTokens} + question; store {store.Description}{(shape is null ? "" : $" shaped to {shape}")}; ladder {string.Join(", ", reuse.Options.Ladder)}");
                 AnsiConsole.WriteLine();
 
@@ -84,7 +85,7 @@ internal static class DemoCommand
         }
     }
 
-    private static int[] PromptTokens(LanguageModel lm, string documentPath, int maxTokens)
+    private static int[] PromptTokens(IInferenceModel lm, string documentPath, int maxTokens)
     {
         int[] question = lm.Tokenizer.Encode(Question);
         int[] document = lm.Tokenizer.Encode(File.ReadAllText(documentPath));
@@ -92,9 +93,9 @@ internal static class DemoCommand
         return [.. document.AsSpan(0, Math.Min(document.Length, room)), .. question.AsSpan(question.Length > 0 && question[0] == lm.Tokenizer.BosId ? 1 : 0)];
     }
 
-    private static async Task<(PrefillReport Report, string Answer)> AskAsync(LanguageModel lm, KvReuse reuse, int[] tokens, PrefillStrategy strategy, int maxTokens, string label)
+    private static async Task<(PrefillReport Report, string Answer)> AskAsync(IInferenceModel lm, KvReuse reuse, int[] tokens, PrefillStrategy strategy, int maxTokens, string label)
     {
-        InferenceSession session = lm.CreateSession(tokens.Length + maxTokens);
+        using IInferenceSession session = lm.CreateSession(tokens.Length + maxTokens);
         var logits = new float[lm.Config.VocabSize];
         PrefillReport report = await reuse.PrefillAsync(session, tokens, strategy, logits).ConfigureAwait(false);
 

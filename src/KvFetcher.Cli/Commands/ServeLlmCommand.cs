@@ -1,4 +1,5 @@
 using System.CommandLine;
+using KvFetcher.Cuda.Reuse;
 using KvFetcher.Serving;
 using KvFetcher.Store;
 
@@ -34,9 +35,10 @@ internal static class ServeLlmCommand
         Option<int> maxSessions = new("--max-sessions") { Description = "Requests holding a KV cache at once (memory bound).", DefaultValueFactory = _ => 8 };
         Option<int> maxQueue = new("--max-queue") { Description = "Requests waiting beyond --max-sessions; more get 429.", DefaultValueFactory = _ => 64 };
         Option<int> threads = new("--threads", "-t") { Description = "Kernel threads (0 = one per processor).", DefaultValueFactory = _ => 0 };
+        Option<EngineKind> engine = CliOptions.Engine();
         var command = new Command("serve-llm", "Run an OpenAI-compatible inference server that reuses stored KV.")
         {
-            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, variant, modelId, maxSessions, maxQueue, threads,
+            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, variant, modelId, maxSessions, maxQueue, threads, engine,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -59,6 +61,7 @@ internal static class ServeLlmCommand
                     MaxActiveSessions = parse.GetValue(maxSessions),
                     MaxQueuedRequests = parse.GetValue(maxQueue),
                     Threads = parse.GetValue(threads),
+                    Engine = parse.GetValue(engine),
                 },
                 Urls = parse.GetValue(urls)!,
                 ApiKeys = ReadKeys(parse.GetValue(apiKeys)),
@@ -88,7 +91,7 @@ internal static class ServeLlmCommand
 
         KvFetcherEngine engine = server.Engine;
         string reuse = engine.ReuseEnabled ? $"reusing KV from {options.Engine.Store} ({options.Engine.Variant})" : "reuse off";
-        Console.Out.WriteLine($"serving {engine.ModelId} (chat template: {engine.Template.Name}); {reuse}; Ctrl+C stops");
+        Console.Out.WriteLine($"serving {engine.ModelId} on {engine.EngineChoice} (chat template: {engine.Template.Name}); {reuse}; Ctrl+C stops");
         if (engine.Template.Unrecognised is { } why)
         {
             Console.Error.WriteLine($"kvfetch: warning: {why}");

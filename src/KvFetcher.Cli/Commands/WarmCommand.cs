@@ -1,5 +1,5 @@
 using System.CommandLine;
-using KvFetcher.Core;
+using KvFetcher.Cuda.Reuse;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;
 using KvFetcher.Fetch.Scheduling;
@@ -19,23 +19,23 @@ internal static class WarmCommand
         Option<string> tenant = new("--tenant") { Description = "Tenant salt: only requests with the same salt reuse these chunks.", DefaultValueFactory = _ => "" };
         Option<string?> ladder = new("--ladder") { Description = "Variants to store per chunk, e.g. raw,exact,video8,video4 (default: the reuse default)." };
         Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
-        var command = new Command("warm", "Compute a context and store its KV chunks.") { model, file, store, tenant, ladder, threads };
+        Option<EngineKind> engine = CliOptions.Engine();
+        var command = new Command("warm", "Compute a context and store its KV chunks.") { model, file, store, tenant, ladder, threads, engine };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
-            using LanguageModel lm = LanguageModel.Open(CliOptions.ResolveModel(parse.GetValue(model)),
-                new LanguageModelOptions { Threads = parse.GetValue(threads), KvStorageDType = DType.Float16 });
+            using LocalEngine local = CliOptions.OpenEngine(parse.GetValue(model), parse.GetValue(engine), parse.GetValue(threads));
             var options = new ReuseOptions { TenantSalt = parse.GetValue(tenant)! };
             if (parse.GetValue(ladder) is { } variants)
             {
                 options = options with { Ladder = [.. variants.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(KvVariant.Parse)] };
             }
 
-            return RunAsync(lm, File.ReadAllText(parse.GetValue(file)!.FullName), parse.GetValue(store)!, options).GetAwaiter().GetResult();
+            return RunAsync(local.Model, File.ReadAllText(parse.GetValue(file)!.FullName), parse.GetValue(store)!, options).GetAwaiter().GetResult();
         }));
         return command;
     }
 
-    private static async Task<int> RunAsync(LanguageModel lm, string text, string location, ReuseOptions options)
+    private static async Task<int> RunAsync(IInferenceModel lm, string text, string location, ReuseOptions options)
     {
         int[] tokens = lm.Tokenizer.Encode(text);
         if (tokens.Length > lm.Config.MaxPositionEmbeddings)

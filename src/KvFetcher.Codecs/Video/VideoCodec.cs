@@ -176,6 +176,43 @@ public sealed class VideoCodec : IKvCodec
         return frames;
     }
 
+    /// <summary>
+    /// For a decoder outside this codec (NVDEC with a restore kernel): checks a chunk's parameters like
+    /// <see cref="Decode"/> does, writes the per (layer, K/V, channel) minima and steps (<c>layers * 2 * channels</c>
+    /// each; a value is <c>min + q * step</c> in fp32) and returns the chunk's frame layout.
+    /// </summary>
+    /// <exception cref="InvalidKvDataException">The parameters are malformed or do not match <paramref name="shape"/> and <paramref name="level"/>.</exception>
+    public static VideoLayoutKind ReadScales(ReadOnlySpan<byte> parameters, KvShape shape, int level, Span<float> mins, Span<float> steps)
+    {
+        VideoLayoutKind kind = ReadLayoutKind(parameters);
+        int scales = shape.Layers * 2 * shape.Channels;
+        if (mins.Length != scales || steps.Length != scales)
+        {
+            throw new ArgumentException($"video: {shape} has {scales} scales; the spans hold {mins.Length} and {steps.Length}.", nameof(mins));
+        }
+
+        ReadParameters(parameters, VideoLayout.For(shape, kind), level, mins, steps);
+        return kind;
+    }
+
+    /// <summary>
+    /// Where a chunk's quantized values sit in a stream's decoded frames (all planes, samples of 1 or 2 bytes): value
+    /// (layer, token, channel) is sample <c>layerOffsets[layer] + tokenOffsets[token] + channelOffsets[channel]</c>.
+    /// </summary>
+    public static void FrameOffsets(KvShape shape, VideoLayoutKind kind, Span<int> tokenOffsets, Span<int> channelOffsets, Span<int> layerOffsets)
+    {
+        VideoLayout layout = VideoLayout.For(shape, kind);
+        layout.TokenOffsets(tokenOffsets[..shape.Tokens]);
+        layout.ChannelOffsets(channelOffsets[..shape.Channels]);
+        for (int layer = 0; layer < shape.Layers; layer++)
+        {
+            layerOffsets[layer] = layout.LayerOffset(layer);
+        }
+    }
+
+    /// <summary>The checksum a stream record declares for its decoded frames (little-endian samples).</summary>
+    public static ulong FramesChecksum(ReadOnlySpan<byte> frames) => HevcStream.Checksum(frames);
+
     /// <summary>The frame geometry this codec uses for <paramref name="shape"/>: width, height and frames per stream.</summary>
     internal (int Width, int Height, int Frames) Geometry(KvShape shape)
     {

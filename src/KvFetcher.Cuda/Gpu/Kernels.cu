@@ -536,6 +536,30 @@ extern "C" __global__ void kv_export(
     }
 }
 
+// The video codec's dequantization, from one stream's decoded frames (NVDEC output: all planes of every frame, samples
+// of 1 or 2 bytes) to the KV wire layout [layer][kind][token][channel] in dtype. Value (layer, token, channel) is sample
+// layerOffsets[layer] + tokenOffsets[token] + channelOffsets[channel] and decodes as min + q * step in fp32, rounded
+// like the CPU decoder (no fused multiply-add), so the result is bit-identical to VideoCodec.Decode.
+extern "C" __global__ void video_restore(
+    const unsigned char* __restrict__ frames, int sampleBytes, const int* __restrict__ tokenOffsets, const int* __restrict__ channelOffsets,
+    const int* __restrict__ layerOffsets, const float* __restrict__ mins, const float* __restrict__ steps, unsigned char* __restrict__ destination,
+    int dtype, int layers, int kind, int tokens, int channels)
+{
+    size_t total = (size_t)layers * tokens * channels;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+    {
+        int c = (int)(i % channels);
+        size_t rest = i / channels;
+        int t = (int)(rest % tokens);
+        int layer = (int)(rest / tokens);
+        size_t at = (size_t)layerOffsets[layer] + tokenOffsets[t] + channelOffsets[c];
+        int q = sampleBytes == 1 ? frames[at] : ((const u16*)frames)[at];
+        int scale = ((layer * 2) + kind) * channels + c;
+        float v = __fadd_rn(mins[scale], __fmul_rn((float)q, steps[scale]));
+        store_dtype(destination, (((size_t)layer * 2 + kind) * tokens + t) * channels + c, dtype, v);
+    }
+}
+
 // Index of the largest logit of each row (the first on ties, like the CPU's ArgMax). Grid: one block of 1024 per row.
 extern "C" __global__ void argmax(const float* __restrict__ logits, int* __restrict__ result, int vocab)
 {

@@ -29,18 +29,18 @@ public sealed record GenerationStats
 }
 
 /// <summary>
-/// Runs prefill and then decode on an <see cref="InferenceSession"/>, streaming generated token ids. A prompt whose
+/// Runs prefill and then decode on an <see cref="IInferenceSession"/>, streaming generated token ids. A prompt whose
 /// first <see cref="KvCache.Length"/> positions are already in the cache (computed earlier or imported) is
 /// continued from there.
 /// </summary>
 public sealed class TextGenerator
 {
-    private readonly InferenceSession _session;
+    private readonly IInferenceSession _session;
     private readonly SamplingOptions _options;
     private readonly Sampler _sampler;
     private readonly float[] _logits;
 
-    public TextGenerator(InferenceSession session, SamplingOptions options)
+    public TextGenerator(IInferenceSession session, SamplingOptions options)
     {
         _session = session;
         _options = options;

@@ -43,6 +43,18 @@ public static class ModelFingerprinter
         return fingerprint;
     }
 
+    /// <summary>
+    /// The fingerprint of a model with generated weights (no checkpoint): SHA-256 over the canonical config, the
+    /// generator's name and its seed, so chunks of different synthetic models never mix with each other or with a real one.
+    /// </summary>
+    public static ModelFingerprint ComputeSynthetic(ModelConfig config, string generator, int seed)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentException.ThrowIfNullOrEmpty(generator);
+        byte[] digest = SHA256.HashData(Encoding.UTF8.GetBytes($"{CanonicalConfig(config)}\nsynthetic|{generator}|{seed.ToString(CultureInfo.InvariantCulture)}"));
+        return new ModelFingerprint(Hash256.Read(digest));
+    }
+
     /// <summary>Hashes the config and every tensor (no cache).</summary>
     public static unsafe ModelFingerprint Compute(ModelConfig config, ModelWeights weights)
     {

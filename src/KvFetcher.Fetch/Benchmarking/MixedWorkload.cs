@@ -1,4 +1,5 @@
 using KvFetcher.Engine;
+using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Store.Disk;
 using KvFetcher.Store.Shaping;
@@ -25,6 +26,9 @@ public sealed record MixedWorkloadOptions
     /// <summary>The link to the store.</summary>
     public double Mbps { get; init; } = 100;
 
+    /// <summary>How fetched chunks reach the engine; the CPU decoders by default.</summary>
+    public IChunkRestorer? Restorer { get; init; }
+
     public Action<string>? Log { get; init; }
 }
 
@@ -38,7 +42,7 @@ public sealed record MixedWorkloadRow(string Queueing, string Requests, int Coun
 /// </summary>
 public static class MixedWorkload
 {
-    public static async Task<IReadOnlyList<MixedWorkloadRow>> RunAsync(LanguageModel model, MixedWorkloadOptions options, CancellationToken cancellationToken = default)
+    public static async Task<IReadOnlyList<MixedWorkloadRow>> RunAsync(IInferenceModel model, MixedWorkloadOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
@@ -50,7 +54,7 @@ public static class MixedWorkload
         {
             await using var disk = DiskKvStore.Open(new DiskKvStoreOptions { Directory = directory, Fsync = false });
             var reuseOptions = new ReuseOptions { Ladder = [KvVariant.Raw] };
-            await using (var writer = new KvReuse(model, disk, reuseOptions))
+            await using (var writer = new KvReuse(model, disk, reuseOptions, restorer: options.Restorer))
             {
                 await writer.WarmAsync(reusePrompt, cancellationToken).ConfigureAwait(false);
             }
@@ -58,7 +62,7 @@ public static class MixedWorkload
             await using var shaped = new ShapedKvStore(disk, BandwidthSchedule.Constant(options.Mbps * 1e6 / 8), ownsInner: false);
             foreach (bool separate in new[] { false, true })
             {
-                await using var reuse = new KvReuse(model, shaped, reuseOptions);
+                await using var reuse = new KvReuse(model, shaped, reuseOptions, restorer: options.Restorer);
                 await using var scheduler = new RequestScheduler(model, reuse, new RequestSchedulerOptions { SeparateWaitingQueue = separate, Variant = KvVariant.Raw });
                 var background = new List<Task<RequestResult>>();
                 var reusing = new List<Task<RequestResult>>();

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Fetching;
+using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Store;
 using KvFetcher.Store.Disk;
@@ -42,6 +43,9 @@ public sealed record TtftSweepOptions
     /// <summary>The real link's rate (netns + tc) when <see cref="Store"/> sits behind one; the shaper is not used.</summary>
     public double? RealLinkMbps { get; init; }
 
+    /// <summary>How fetched chunks reach the engine (e.g. NVDEC on a GPU); the CPU decoders by default.</summary>
+    public IChunkRestorer? Restorer { get; init; }
+
     /// <summary>Progress lines.</summary>
     public Action<string>? Log { get; init; }
 }
@@ -62,7 +66,7 @@ public sealed record TtftSweepResult(IReadOnlyList<TtftPoint> Points, IReadOnlyL
 /// </summary>
 public static class TtftSweep
 {
-    public static async Task<TtftSweepResult> RunAsync(LanguageModel model, TtftSweepOptions options, CancellationToken cancellationToken = default)
+    public static async Task<TtftSweepResult> RunAsync(IInferenceModel model, TtftSweepOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
@@ -83,7 +87,7 @@ public static class TtftSweep
                 var rates = new FetchRates();
 
                 // Store the context (every ladder variant) and calibrate compute per chunk.
-                await using (var writer = new KvReuse(model, disk, reuseOptions, rates))
+                await using (var writer = new KvReuse(model, disk, reuseOptions, rates, options.Restorer))
                 {
                     await writer.WarmAsync(tokens, cancellationToken).ConfigureAwait(false);
                 }
@@ -92,7 +96,7 @@ public static class TtftSweep
                 computeMs[context] = chunkMs;
                 options.Log?.Invoke($"context {context}: stored; compute {chunkMs.Sum():F0} ms in {chunkMs.Length} chunks + suffix {suffixMs:F0} ms");
 
-                double computeOnly = await MedianAsync(model, disk, reuseOptions, rates, tokens, PrefillStrategy.ComputeOnly, options.Repeats, cancellationToken).ConfigureAwait(false) is var c ? c.TtftMs : 0;
+                double computeOnly = await MedianAsync(model, disk, reuseOptions, rates, options.Restorer, tokens, PrefillStrategy.ComputeOnly, options.Repeats, cancellationToken).ConfigureAwait(false) is var c ? c.TtftMs : 0;
                 foreach (double mbps in options.RealLinkMbps is { } link ? [link] : options.BandwidthsMbps)
                 {
                     var schedule = BandwidthSchedule.Constant(mbps * 1e6 / 8);
@@ -100,13 +104,13 @@ public static class TtftSweep
                     IKvStore shaped = shaper ?? disk;
 
                     // One adaptive request first: the estimator learns this link (a serving engine has seen earlier requests).
-                    await MedianAsync(model, shaped, reuseOptions, rates, tokens, PrefillStrategy.Adaptive, 1, cancellationToken).ConfigureAwait(false);
+                    await MedianAsync(model, shaped, reuseOptions, rates, options.Restorer, tokens, PrefillStrategy.Adaptive, 1, cancellationToken).ConfigureAwait(false);
                     foreach (string name in options.Strategies)
                     {
                         PrefillStrategy strategy = PrefillStrategy.Parse(name);
                         PointResult result = strategy.Mode == PrefillMode.ComputeOnly
                             ? new PointResult(computeOnly, 0, 0, 0, "")
-                            : await MedianAsync(model, shaped, reuseOptions, rates, tokens, strategy, options.Repeats, cancellationToken).ConfigureAwait(false);
+                            : await MedianAsync(model, shaped, reuseOptions, rates, options.Restorer, tokens, strategy, options.Repeats, cancellationToken).ConfigureAwait(false);
                         points.Add(new TtftPoint(context, options.RealLinkMbps is null ? "shaper" : "netns", mbps, name, result.TtftMs, result.Restored, result.Failed, result.Bytes, result.Variants));
                         options.Log?.Invoke($"  {context} tokens, {mbps,6} Mbit/s, {name,-16} TTFT {result.TtftMs,8:F0} ms  restored {result.Restored,2} ({result.Variants})");
                     }
@@ -125,8 +129,8 @@ public static class TtftSweep
                     {
                         ReuseOptions variantOptions = fixedVariant is { } only ? reuseOptions with { Ladder = [only] } : reuseOptions;
                         string name = fixedVariant is { } v ? $"ours-fixed-{v}" : "ours";
-                        await MedianAsync(model, shaped, variantOptions, rates, tokens, PrefillStrategy.Adaptive, 1, cancellationToken).ConfigureAwait(false);
-                        PointResult result = await MedianAsync(model, shaped, variantOptions, rates, tokens, PrefillStrategy.Adaptive, Math.Max(3, options.Repeats), cancellationToken).ConfigureAwait(false);
+                        await MedianAsync(model, shaped, variantOptions, rates, options.Restorer, tokens, PrefillStrategy.Adaptive, 1, cancellationToken).ConfigureAwait(false);
+                        PointResult result = await MedianAsync(model, shaped, variantOptions, rates, options.Restorer, tokens, PrefillStrategy.Adaptive, Math.Max(3, options.Repeats), cancellationToken).ConfigureAwait(false);
                         points.Add(new TtftPoint(context, $"jitter {options.Jitter}", mean, name, result.TtftMs, result.Restored, result.Failed, result.Bytes, result.Variants));
                         options.Log?.Invoke($"  {context} tokens, jitter {options.Jitter}, {name,-22} TTFT {result.TtftMs,8:F0} ms  restored {result.Restored,2} ({result.Variants})");
                     }
@@ -138,17 +142,17 @@ public static class TtftSweep
             Directory.Delete(directory, recursive: true);
         }
 
-        string machine = $"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, {model.Threads} engine threads";
+        string machine = $"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, engine {model.Device}";
         return new TtftSweepResult(points, bounds, computeMs, machine);
     }
 
     private sealed record PointResult(double TtftMs, int Restored, int Failed, long Bytes, string Variants);
 
-    private static async Task<PointResult> MedianAsync(LanguageModel model, IKvStore store, ReuseOptions options, FetchRates rates, int[] tokens, PrefillStrategy strategy, int repeats, CancellationToken cancellationToken)
+    private static async Task<PointResult> MedianAsync(IInferenceModel model, IKvStore store, ReuseOptions options, FetchRates rates, IChunkRestorer? restorer, int[] tokens, PrefillStrategy strategy, int repeats, CancellationToken cancellationToken)
     {
         var results = new List<PrefillReport>(repeats);
-        await using var reuse = new KvReuse(model, store, options, rates);
-        InferenceSession session = model.CreateSession(tokens.Length);
+        await using var reuse = new KvReuse(model, store, options, rates, restorer);
+        using IInferenceSession session = model.CreateSession(tokens.Length);
         var logits = new float[model.Config.VocabSize];
         for (int i = 0; i < repeats; i++)
         {
@@ -161,9 +165,9 @@ public static class TtftSweep
     }
 
     /// <summary>Times a chunk-by-chunk prefill (the engine's compute rate by position) and the suffix.</summary>
-    private static double[] Calibrate(LanguageModel model, int[] tokens, int chunkTokens, int chunks, FetchRates rates, out double suffixMs)
+    private static double[] Calibrate(IInferenceModel model, int[] tokens, int chunkTokens, int chunks, FetchRates rates, out double suffixMs)
     {
-        InferenceSession session = model.CreateSession(tokens.Length);
+        using IInferenceSession session = model.CreateSession(tokens.Length);
         var logits = new float[model.Config.VocabSize];
         var ms = new double[chunks];
         for (int repeat = 0; repeat < 2; repeat++)
@@ -190,9 +194,9 @@ public static class TtftSweep
     /// as a variant takes m x max(transfer, decode, restore) + the other stages of one chunk (a perfect pipeline) and
     /// transfer = the variant's measured bytes at the nominal bandwidth.
     /// </summary>
-    private static TtftBound Bound(int context, double mbps, double[] chunkMs, double suffixMs, FetchRates rates, IReadOnlyList<KvVariant> ladder, LanguageModel model, int[] tokens, ReuseOptions options)
+    private static TtftBound Bound(int context, double mbps, double[] chunkMs, double suffixMs, FetchRates rates, IReadOnlyList<KvVariant> ladder, IInferenceModel model, int[] tokens, ReuseOptions options)
     {
-        ContextPlan plan = ContextPlan.Create(model.Fingerprint, options.TenantSalt, tokens, options.ChunkTokens, model.Config.NumLayers, model.Config.NumKvHeads, model.Config.HeadDim, model.Options.KvStorageDType);
+        ContextPlan plan = ContextPlan.Create(model.Fingerprint, options.TenantSalt, tokens, options.ChunkTokens, model.Config.NumLayers, model.Config.NumKvHeads, model.Config.HeadDim, model.KvStorageDType);
         double bytesPerMs = mbps * 1e6 / 8 / 1000;
         int n = chunkMs.Length;
         double best = double.MaxValue;
@@ -227,7 +231,7 @@ public static class TtftSweep
     }
 
     /// <summary>Tokens of the documents, in file order, concatenated until <paramref name="count"/> are collected.</summary>
-    internal static int[] Corpus(LanguageModel model, string directory, int count)
+    internal static int[] Corpus(IInferenceModel model, string directory, int count)
     {
         var tokens = new List<int>(count);
         foreach (string file in Directory.GetFiles(directory, "*.txt").Order(StringComparer.Ordinal))

@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Threading.Channels;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
 using KvFetcher.Engine;
+using KvFetcher.Fetch.Restoring;
 using KvFetcher.Store;
 
 namespace KvFetcher.Fetch.Fetching;
@@ -20,7 +20,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
 
     private readonly ContextPlan _plan;
     private readonly IKvStore _store;
-    private readonly KvCache _cache;
+    private readonly IKvCache _cache;
     private readonly FetchRates _rates;
     private readonly ReuseOptions _options;
     private readonly IFetchPolicy _policy;
@@ -39,7 +39,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     private int _restored;
     private int _failed;
 
-    public ChunkFetcher(ContextPlan plan, IKvStore store, KvCache cache, FetchRates rates, ReuseOptions options, IFetchPolicy policy,
+    public ChunkFetcher(ContextPlan plan, IKvStore store, IKvCache cache, IChunkRestorer restorer, FetchRates rates, ReuseOptions options, IFetchPolicy policy,
         int[] states, Timeline timeline, SemaphoreSlim progress, int slots, CancellationToken cancellationToken)
     {
         _plan = plan;
@@ -57,7 +57,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
         _free = Channel.CreateBounded<ChunkSlot>(new BoundedChannelOptions(slots) { SingleWriter = false });
         for (int i = 0; i < slots; i++)
         {
-            _slots[i] = new ChunkSlot(containerCapacity, plan.ChunkBytes);
+            _slots[i] = new ChunkSlot(containerCapacity, restorer.CreateSlot(plan.ChunkShape, plan.DType));
             _free.Writer.TryWrite(_slots[i]);
         }
 
@@ -247,12 +247,16 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                 bool decoded;
                 try
                 {
-                    ChunkContainer.Decode(slot.Container, _plan.Expectation(slot.Chunk), slot.Variant.GetCodec(), slot.Kv);
+                    slot.Decoded.Decode(slot.Container, _plan.Expectation(slot.Chunk), slot.Variant);
                     decoded = true;
                 }
                 catch (InvalidKvDataException)
                 {
                     decoded = false; // corrupt, or another chunk/model/tenant's container: never restored
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException)
+                {
+                    decoded = false; // the decoder failed (e.g. a GPU decoder error): the engine computes the chunk
                 }
 
                 if (!decoded)
@@ -290,16 +294,38 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                     TimeSpan start = _timeline.Now;
                     long t0 = Stopwatch.GetTimestamp();
                     int first = chunk * _plan.ChunkTokens;
-                    _cache.Import(first, first + _plan.ChunkTokens, _plan.DType, slot.Kv);
-                    _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy());
-                    _timeline.Add(PrefillStage.Restore, chunk, slot.Variant.ToString(), start);
-                    Volatile.Write(ref _states[chunk], (int)ChunkState.Filled);
-                    Interlocked.Increment(ref _restored);
+                    if (TryRestore(slot, first))
+                    {
+                        _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy());
+                        _timeline.Add(PrefillStage.Restore, chunk, slot.Variant.ToString(), start);
+                        Volatile.Write(ref _states[chunk], (int)ChunkState.Filled);
+                        Interlocked.Increment(ref _restored);
+                    }
+                    else
+                    {
+                        // Positions the restore may have written are not marked filled; the engine computes them over.
+                        Volatile.Write(ref _states[chunk], (int)ChunkState.Failed);
+                        Interlocked.Increment(ref _failed);
+                    }
+
                     _progress.Release();
                 }
 
                 _free.Writer.TryWrite(slot);
             }
+        }
+    }
+
+    private bool TryRestore(ChunkSlot slot, int first)
+    {
+        try
+        {
+            slot.Decoded.Restore(_cache, first, first + _plan.ChunkTokens);
+            return true;
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            return false; // e.g. a device error while restoring
         }
     }
 

@@ -1,23 +1,22 @@
 using System.Buffers;
+using KvFetcher.Fetch.Restoring;
 
 namespace KvFetcher.Fetch.Fetching;
 
 /// <summary>
-/// One chunk in flight: a buffer the store writes the container into and a buffer the codec decodes the KV into.
+/// One chunk in flight: a buffer the store writes the container into and the restorer's state the chunk is decoded
+/// into (<see cref="IRestoreSlot"/>).
 /// A request rents a fixed set of slots (its memory cap) and cycles them: nothing is allocated per chunk.
 /// </summary>
 internal sealed class ChunkSlot : IBufferWriter<byte>, IDisposable
 {
     private byte[] _container;
-    private byte[] _kv;
-    private readonly int _kvBytes;
     private int _written;
 
-    public ChunkSlot(int containerCapacity, int kvBytes)
+    public ChunkSlot(int containerCapacity, IRestoreSlot decoded)
     {
         _container = ArrayPool<byte>.Shared.Rent(containerCapacity);
-        _kv = ArrayPool<byte>.Shared.Rent(kvBytes);
-        _kvBytes = kvBytes;
+        Decoded = decoded;
     }
 
     public int Chunk { get; private set; }
@@ -27,9 +26,10 @@ internal sealed class ChunkSlot : IBufferWriter<byte>, IDisposable
     /// <summary>When the transfer started (Stopwatch timestamp) and how many transfers ran then.</summary>
     public long TransferStart { get; set; }
 
-    public ReadOnlySpan<byte> Container => _container.AsSpan(0, _written);
+    public ReadOnlyMemory<byte> Container => _container.AsMemory(0, _written);
 
-    public Span<byte> Kv => _kv.AsSpan(0, _kvBytes);
+    /// <summary>The chunk decoded, until it is restored.</summary>
+    public IRestoreSlot Decoded { get; }
 
     public void Reset(int chunk, KvVariant variant)
     {
@@ -52,9 +52,8 @@ internal sealed class ChunkSlot : IBufferWriter<byte>, IDisposable
     public void Dispose()
     {
         ArrayPool<byte>.Shared.Return(_container);
-        ArrayPool<byte>.Shared.Return(_kv);
         _container = [];
-        _kv = [];
+        Decoded.Dispose();
     }
 
     private int Room(int sizeHint)

@@ -52,7 +52,7 @@ public sealed class KvPublisher : IAsyncDisposable
     /// Copies chunk <paramref name="chunk"/>'s KV out of <paramref name="cache"/> (its positions must be filled) and
     /// queues it for storing; false (and counted) when the queue is full.
     /// </summary>
-    public bool TryEnqueue(ContextPlan plan, int chunk, KvCache cache)
+    public bool TryEnqueue(ContextPlan plan, int chunk, IKvCache cache)
     {
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentNullException.ThrowIfNull(cache);

@@ -28,13 +28,13 @@ public readonly record struct RequestResult(bool Reuse, TimeSpan TimeToFirstToke
 /// </summary>
 public sealed class RequestScheduler : IAsyncDisposable
 {
-    private readonly LanguageModel _model;
+    private readonly IInferenceModel _model;
     private readonly KvReuse _reuse;
     private readonly RequestSchedulerOptions _options;
     private readonly Channel<Job> _ready = Channel.CreateUnbounded<Job>(new UnboundedChannelOptions { SingleReader = true });
     private readonly Thread _engine;
 
-    public RequestScheduler(LanguageModel model, KvReuse reuse, RequestSchedulerOptions? options = null)
+    public RequestScheduler(IInferenceModel model, KvReuse reuse, RequestSchedulerOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(reuse);
@@ -106,7 +106,8 @@ public sealed class RequestScheduler : IAsyncDisposable
                     }
                     else
                     {
-                        InferenceSession session = job.Session ?? _model.CreateSession(job.Tokens.Length);
+                        job.Session ??= _model.CreateSession(job.Tokens.Length);
+                        IInferenceSession session = job.Session;
                         int start = Math.Min(session.Cache.Length, job.Tokens.Length - 1);
                         session.Prefill(job.Tokens.AsSpan(start), start, logits);
                         reused = start;
@@ -119,6 +120,11 @@ public sealed class RequestScheduler : IAsyncDisposable
                 {
                     // One request's failure (e.g. a prompt too long for the engine) is its own; the engine keeps serving.
                     job.Done.TrySetException(ex);
+                }
+                finally
+                {
+                    job.Session?.Dispose();
+                    job.Session = null;
                 }
             }
         }
@@ -134,7 +140,7 @@ public sealed class RequestScheduler : IAsyncDisposable
 
         public TaskCompletionSource<RequestResult> Done { get; } = done;
 
-        public InferenceSession? Session { get; set; }
+        public IInferenceSession? Session { get; set; }
 
         public int Reused { get; set; }
     }

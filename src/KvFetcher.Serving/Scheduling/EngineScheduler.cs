@@ -38,7 +38,7 @@ public sealed record EngineSchedulerOptions
 /// </summary>
 public sealed class EngineScheduler : IAsyncDisposable
 {
-    private readonly LanguageModel _model;
+    private readonly IInferenceModel _model;
     private readonly KvReuse? _reuse;
     private readonly EngineSchedulerOptions _options;
     private readonly ServingMetrics _metrics;
@@ -56,7 +56,7 @@ public sealed class EngineScheduler : IAsyncDisposable
     /// <param name="reuse">Lookup, fetch and publishing of stored KV; null = every prompt is computed.</param>
     /// <param name="options">Bounds and slicing.</param>
     /// <param name="metrics">Where request statistics go.</param>
-    public EngineScheduler(LanguageModel model, KvReuse? reuse, EngineSchedulerOptions options, ServingMetrics metrics)
+    public EngineScheduler(IInferenceModel model, KvReuse? reuse, EngineSchedulerOptions options, ServingMetrics metrics)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
@@ -249,6 +249,8 @@ public sealed class EngineScheduler : IAsyncDisposable
             }
         }
 
+        // A GPU session holds device memory: give it back now, not at collection.
+        sequence.Session?.Dispose();
         sequence.Session = null;
         while (true)
         {
@@ -419,7 +421,7 @@ public sealed class EngineScheduler : IAsyncDisposable
     /// <summary>One step of <paramref name="sequence"/>: a prefill slice, or a decode step.</summary>
     private StepOutcome Step(Sequence sequence, float[] logits, IReadOnlySet<int> eos, bool prefill)
     {
-        InferenceSession session = sequence.Session!;
+        IInferenceSession session = sequence.Session!;
         int[] prompt = sequence.Request.Prompt;
         try
         {

@@ -41,7 +41,7 @@ internal sealed class Sequence
 
     public Generation Handle { get; }
 
-    public InferenceSession? Session { get; set; }
+    public IInferenceSession? Session { get; set; }
 
     public long Submitted { get; }
 

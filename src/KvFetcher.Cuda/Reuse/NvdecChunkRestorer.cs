@@ -1,0 +1,209 @@
+using KvFetcher.Codecs;
+using KvFetcher.Codecs.Containers;
+using KvFetcher.Codecs.Video;
+using KvFetcher.Core;
+using KvFetcher.Cuda.Gpu;
+using KvFetcher.Cuda.Nvdec;
+using KvFetcher.Engine;
+using KvFetcher.Fetch;
+using KvFetcher.Fetch.Restoring;
+
+namespace KvFetcher.Cuda.Reuse;
+
+/// <summary>
+/// Restores fetched chunks into a <see cref="CudaKvCache"/> using the GPU's own decoders: <c>video</c> chunks are decoded
+/// by NVDEC into device memory (K and V streams on two sessions of a shared <see cref="NvdecPool"/> at once) and
+/// dequantized by a kernel straight into the wire layout on the device, then imported; every other codec is decoded on
+/// the CPU and copied up. With <see cref="VerifyFrames"/> each stream's decoded frames are also checked against the
+/// checksum its record declares, as the CPU decoder does, so a decoder that returns other values never reaches the cache.
+/// </summary>
+public sealed class NvdecChunkRestorer : IChunkRestorer
+{
+    private readonly CudaLanguageModel _model;
+    private readonly NvdecDevice _device;
+    private readonly NvdecPool _pool;
+
+    /// <param name="model">The engine whose caches chunks are restored into (its context and kernels are used).</param>
+    /// <param name="device">The NVDEC device of the model's GPU.</param>
+    /// <param name="pool">Decode sessions shared by every slot (and every request using this restorer).</param>
+    /// <param name="verifyFrames">Check each stream's decoded frames against its declared checksum (a device-to-host copy and a hash per stream).</param>
+    public NvdecChunkRestorer(CudaLanguageModel model, NvdecDevice device, NvdecPool pool, bool verifyFrames = true)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(pool);
+        _model = model;
+        _device = device;
+        _pool = pool;
+        VerifyFrames = verifyFrames;
+    }
+
+    public string Name => $"nvdec x{_pool.Sessions} + cpu";
+
+    /// <summary>Whether decoded frames are checked against their streams' checksums.</summary>
+    public bool VerifyFrames { get; }
+
+    public IRestoreSlot CreateSlot(KvShape shape, DType dtype) => new Slot(this, shape, dtype);
+
+    private sealed unsafe class Slot : IRestoreSlot
+    {
+        private readonly NvdecChunkRestorer _owner;
+        private readonly KvShape _shape;
+        private readonly DType _dtype;
+        private readonly HostChunkRestorer.Slot _host;
+        private readonly CudaKernel _kernel;
+        private readonly float[] _scales;
+        private readonly int[] _offsets;
+        private NvdecDeviceBuffer? _framesK;
+        private NvdecDeviceBuffer? _framesV;
+        private DeviceBuffer? _tables;
+        private DeviceBuffer? _kv;
+        private CudaStream? _stream;
+        private byte[] _hostFrames = [];
+        private VideoLayoutKind _uploadedLayout;
+        private bool _onDevice;
+
+        public Slot(NvdecChunkRestorer owner, KvShape shape, DType dtype)
+        {
+            _owner = owner;
+            _shape = shape;
+            _dtype = dtype;
+            _host = new HostChunkRestorer.Slot(checked((int)(shape.Elements * dtype.SizeOf())), dtype);
+            _kernel = owner._model.Transformer.Module.Get("video_restore");
+            _scales = new float[2 * shape.Layers * 2 * shape.Channels];
+            _offsets = new int[shape.Tokens + shape.Channels + shape.Layers];
+        }
+
+        private int ScaleCount => _shape.Layers * 2 * _shape.Channels;
+
+        public void Decode(ReadOnlyMemory<byte> container, in ChunkExpectation expected, KvVariant variant)
+        {
+            if (variant.Codec != CodecId.Video)
+            {
+                _onDevice = false;
+                _host.Decode(container, expected, variant);
+                return;
+            }
+
+            ChunkHeader header = ChunkContainer.Read(container.Span, expected, out ReadOnlySpan<byte> parameters, out ReadOnlySpan<byte> payload);
+            if (header.Codec != CodecId.Video || header.Level != variant.Level)
+            {
+                throw new InvalidKvDataException($"KV chunk container: holds {header.Codec} level {header.Level}; video level {variant.Level} was fetched.");
+            }
+
+            VideoLayoutKind layout = VideoCodec.ReadScales(parameters, _shape, header.Level, _scales.AsSpan(0, ScaleCount), _scales.AsSpan(ScaleCount, ScaleCount));
+            (VideoStreamRecord k, VideoStreamRecord v) = VideoChunkStreams.Parse(parameters, payload);
+            int payloadStart = ChunkContainer.HeaderSize + parameters.Length;
+            long frameBytes = k.Format.OutputBytes;
+            EnsureBuffers(frameBytes, layout);
+
+            // K and V on two sessions at once; both write device memory only.
+            Task decodeK = _owner._pool.DecodeToDeviceAsync(container.Slice(payloadStart + k.Offset, k.Length), k.Format, _framesK!);
+            Task decodeV = _owner._pool.DecodeToDeviceAsync(container.Slice(payloadStart + v.Offset, v.Length), v.Format, _framesV!);
+            Task.WaitAll(decodeK, decodeV);
+            if (_owner.VerifyFrames)
+            {
+                Verify(_framesK!, frameBytes, k.Checksum, "K");
+                Verify(_framesV!, frameBytes, v.Checksum, "V");
+            }
+
+            _tables!.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(_scales.AsSpan()), (long)_offsets.Length * sizeof(int));
+            Dequantize(_framesK!, k.Format.SampleBytes, kind: 0);
+            Dequantize(_framesV!, v.Format.SampleBytes, kind: 1);
+            _stream!.Synchronize();
+            _onDevice = true;
+        }
+
+        public void Restore(IKvCache cache, int start, int end)
+        {
+            if (!_onDevice)
+            {
+                _host.Restore(cache, start, end);
+                return;
+            }
+
+            if (cache is not CudaKvCache device)
+            {
+                throw new InvalidOperationException($"NVDEC restores into a {nameof(CudaKvCache)}; this session's cache is a {cache.GetType().Name}.");
+            }
+
+            device.Import(start, end, _dtype, _kv!);
+        }
+
+        public void Dispose()
+        {
+            _host.Dispose();
+            _framesK?.Dispose();
+            _framesV?.Dispose();
+            _tables?.Dispose();
+            _kv?.Dispose();
+            _stream?.Dispose();
+        }
+
+        private void EnsureBuffers(long frameBytes, VideoLayoutKind layout)
+        {
+            if (_framesK is null || _framesK.Length < frameBytes)
+            {
+                _framesK?.Dispose();
+                _framesV?.Dispose();
+                _framesK = new NvdecDeviceBuffer(_owner._device, frameBytes);
+                _framesV = new NvdecDeviceBuffer(_owner._device, frameBytes);
+            }
+
+            CudaContext context = _owner._model.Context;
+            _stream ??= context.CreateStream();
+            _kv ??= context.Allocate(_shape.Elements * _dtype.SizeOf());
+            if (_tables is null || _uploadedLayout != layout)
+            {
+                _tables ??= context.Allocate(((long)_offsets.Length * sizeof(int)) + ((long)_scales.Length * sizeof(float)));
+                Span<int> offsets = _offsets;
+                VideoCodec.FrameOffsets(_shape, layout, offsets[.._shape.Tokens], offsets.Slice(_shape.Tokens, _shape.Channels), offsets[(_shape.Tokens + _shape.Channels)..]);
+                _tables.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(offsets));
+                _uploadedLayout = layout;
+            }
+        }
+
+        private void Verify(NvdecDeviceBuffer frames, long bytes, ulong declared, string stream)
+        {
+            if (_hostFrames.Length < bytes)
+            {
+                _hostFrames = GC.AllocateUninitializedArray<byte>(checked((int)bytes), pinned: true);
+            }
+
+            Span<byte> host = _hostFrames.AsSpan(0, (int)bytes);
+            frames.CopyTo(host);
+            ulong actual = VideoCodec.FramesChecksum(host);
+            if (actual != declared)
+            {
+                throw new InvalidKvDataException($"video: NVDEC decoded the {stream} stream to frames with checksum {actual:x16}; the record declares {declared:x16}.");
+            }
+        }
+
+        private void Dequantize(NvdecDeviceBuffer frames, int sampleBytes, int kind)
+        {
+            ulong tables = _tables!.Pointer;
+            ulong tokenOffsets = tables;
+            ulong channelOffsets = tables + ((ulong)_shape.Tokens * sizeof(int));
+            ulong layerOffsets = channelOffsets + ((ulong)_shape.Channels * sizeof(int));
+            ulong mins = tables + ((ulong)_offsets.Length * sizeof(int));
+            ulong steps = mins + ((ulong)ScaleCount * sizeof(float));
+            var arguments = default(KernelArguments);
+            arguments.Add(frames.DeviceAddress);
+            arguments.Add(sampleBytes);
+            arguments.Add(tokenOffsets);
+            arguments.Add(channelOffsets);
+            arguments.Add(layerOffsets);
+            arguments.Add(mins);
+            arguments.Add(steps);
+            arguments.Add(_kv!.Pointer);
+            arguments.Add((int)_dtype);
+            arguments.Add(_shape.Layers);
+            arguments.Add(kind);
+            arguments.Add(_shape.Tokens);
+            arguments.Add(_shape.Channels);
+            long elements = (long)_shape.Layers * _shape.Tokens * _shape.Channels;
+            _owner._model.Context.MakeCurrent();
+            _kernel.Launch(_stream!, ((int)Math.Clamp((elements + 255) / 256, 1, 65_535), 1, 1), 256, 0, ref arguments);
+        }
+    }
+}

@@ -1,0 +1,38 @@
+using KvFetcher.Codecs;
+using KvFetcher.Codecs.Containers;
+using KvFetcher.Core;
+using KvFetcher.Engine;
+
+namespace KvFetcher.Fetch.Restoring;
+
+/// <summary>
+/// How fetched chunks get from their containers into an engine's KV cache: decoding on the CPU into host memory and
+/// importing (<see cref="HostChunkRestorer"/>, any engine and codec), or on the decoders next to the engine, e.g. the
+/// GPU's NVDEC for the <c>video</c> codec with a kernel restoring straight into device KV memory. The fetcher gives
+/// every chunk slot its own <see cref="IRestoreSlot"/>, so a request's memory stays fixed.
+/// </summary>
+public interface IChunkRestorer
+{
+    /// <summary>Where chunks are decoded, for reports (e.g. "cpu", "nvdec+cpu").</summary>
+    string Name { get; }
+
+    /// <summary>Working state for one slot: chunks of <paramref name="shape"/> in <paramref name="dtype"/>.</summary>
+    IRestoreSlot CreateSlot(KvShape shape, DType dtype);
+}
+
+/// <summary>
+/// One chunk slot's decode and restore state. <see cref="Decode"/> runs on a decode worker, <see cref="Restore"/>
+/// afterwards on the restore worker; a slot holds one chunk at a time.
+/// </summary>
+public interface IRestoreSlot : IDisposable
+{
+    /// <summary>
+    /// Checks <paramref name="container"/> against <paramref name="expected"/> (structure, checksum, key, model,
+    /// position, shape, dtype, codec) and decodes it; throws <see cref="InvalidKvDataException"/> if it is corrupt or not
+    /// this chunk's, or if the decoded values fail the codec's own check. Nothing unverified is ever restored.
+    /// </summary>
+    void Decode(ReadOnlyMemory<byte> container, in ChunkExpectation expected, KvVariant variant);
+
+    /// <summary>Writes the decoded chunk into <paramref name="cache"/> positions [<paramref name="start"/>, <paramref name="end"/>).</summary>
+    void Restore(IKvCache cache, int start, int end);
+}
