@@ -11,6 +11,10 @@ internal static class Program
           run --data DIR [--json FILE] [--seconds 0.5] [--sessions 1,2,4,7,8,16] [--cpu-threads 1,16] [--tune]
                   NVDEC bit-exactness against the CPU decoder and refusal of bad input, then throughput per
                   stream group (--tune: also without display delay)
+          reuse --repo PATH [--out DIR] [--bandwidths 1000,4000,8000,16000,40000] [--large 4096,16384]
+                [--skip-checks] [--skip-bundled]
+                  the CUDA engine with NVDEC restore: NVDEC path == CPU decoders and greedy checks on the bundled model,
+                  then the TTFT sweep on it and on a Llama-3-8B shape (random weights, real-KV chunks; --large 0 skips)
         """;
 
     private static int Main(string[] args)
@@ -29,6 +33,7 @@ internal static class Program
             {
                 "prepare" => PrepareCommand.Run(rest[1..]),
                 "run" => RunCommand.Run(rest[1..]),
+                "reuse" => ReuseCommand.Run(rest[1..]),
                 _ => throw new ArgumentException($"unknown mode '{rest[0]}'.\n{Usage}"),
             };
         }

@@ -37,10 +37,13 @@ dotnet publish "$repo/bench/KvFetcher.NvdecBench" -r linux-x64 -p:PublishAot=tru
     { tail -30 "$work/publish.log"; exit 1; }
 cp "$work/aot/publish/KvFetcher.NvdecBench/release_linux-x64/KvFetcher.NvdecBench" "$work/stage/bin/"
 
-# 4. The streams (prepare runs the JIT build, with the repository's own libkvfvideo).
+# 4. The streams (prepare runs the JIT build, with the repository's own libkvfvideo); NVDEC_SKIP_PREPARE=1 skips
+#    them (the `reuse` mode needs none: it stores its own chunks on the device, with the carried libkvfvideo).
 mkdir -p "$repo/.nvdec-carry"
+if [ -z "${NVDEC_SKIP_PREPARE:-}" ]; then
 rm -rf "$repo/.nvdec-carry/data"
 dotnet run --project "$repo/bench/KvFetcher.NvdecBench" -c Release --artifacts-path "$work/jit" -- \
     prepare --out "$repo/.nvdec-carry/data" --repo "$repo" --plan "$plan"
+fi
 tar cJf "$repo/.nvdec-carry/bin.tar.xz" -C "$work/stage" bin
 du -sh "$repo/.nvdec-carry"

@@ -120,6 +120,8 @@ public sealed class CudaLanguageModel : IInferenceModel
 
     public string Device => _context.DeviceName;
 
+    public bool ComputesOnHostCores => false;
+
     /// <summary>The element type the matrix products take (set by <see cref="CudaModelOptions.MatmulPrecision"/>).</summary>
     public DType MatmulDType => Transformer.MatmulType;
 

@@ -78,6 +78,8 @@ public sealed class LanguageModel : IInferenceModel
 
     public string Device => $"cpu ({Threads} threads)";
 
+    public bool ComputesOnHostCores => true;
+
     internal CpuTransformer Transformer { get; }
 
     /// <summary>Starts a sequence with an empty KV cache of <paramref name="capacity"/> positions (0: the model's maximum).</summary>

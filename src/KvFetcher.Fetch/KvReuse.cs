@@ -33,7 +33,7 @@ public sealed class KvReuse : IAsyncDisposable
         _model = model;
         Store = store;
         Options = options;
-        Publisher = new KvPublisher(store, options.Ladder);
+        Publisher = new KvPublisher(store, options.Ladder, workers: options.PublishWorkers);
         Rates = rates ?? new FetchRates();
         Restorer = restorer ?? HostChunkRestorer.Instance;
     }
@@ -100,7 +100,7 @@ public sealed class KvReuse : IAsyncDisposable
             {
                 PrefillMode.FetchOnly => new FetchAllPolicy(prefix, 0),
                 PrefillMode.Cake => new MeetInMiddlePolicy(prefix, 0),
-                _ => new AdaptivePolicy(prefix, Rates, plan, Options),
+                _ => new AdaptivePolicy(prefix, Rates, plan, Options, _model.ComputesOnHostCores),
             };
             int slots = strategy.Pipelined ? (int)Math.Clamp(Options.MaxBufferedBytes / (3L * plan.ChunkBytes), 2, 16) : 1;
             ReuseOptions options = strategy.Pipelined ? Options : Options with { TransfersInFlight = 1 };
@@ -109,7 +109,9 @@ public sealed class KvReuse : IAsyncDisposable
             // fetcher cannot reach the front before the decision is made.
             (policy as AdaptivePolicy)?.EngineShouldWait(0);
             fetcher = new ChunkFetcher(plan, Store, session.Cache, Restorer, Rates, options, policy, prefix.States, timeline, progress, slots, cancellationToken);
-            fetcher.EngineBusy = () => prefix.EngineBusy;
+            // Decode and restore rates are kept apart for when the engine computes on the same cores and when it does not.
+            bool shared = _model.ComputesOnHostCores;
+            fetcher.EngineBusy = () => shared && prefix.EngineBusy;
             if (policy is AdaptivePolicy adaptive)
             {
                 ChunkFetcher started = fetcher;

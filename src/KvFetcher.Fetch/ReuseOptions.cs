@@ -33,6 +33,9 @@ public sealed record ReuseOptions
     /// <summary>Cap on the fetched and decoded bytes a request buffers (sets how many chunks are in flight).</summary>
     public long MaxBufferedBytes { get; init; } = 64L << 20;
 
+    /// <summary>Chunks the background publisher encodes at once.</summary>
+    public int PublishWorkers { get; init; } = 1;
+
     public void Validate()
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(ChunkTokens, 1);
@@ -46,6 +49,7 @@ public sealed record ReuseOptions
         ArgumentOutOfRangeException.ThrowIfNegative(QualitySlack);
         ArgumentOutOfRangeException.ThrowIfLessThan(TransfersInFlight, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(DecodeWorkers, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(PublishWorkers, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(ChunkTimeout, TimeSpan.FromMilliseconds(1));
     }
 }

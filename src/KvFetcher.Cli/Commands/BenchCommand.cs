@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
-using System.Text.Json.Serialization;
 using KvFetcher.Cuda.Reuse;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Benchmarking;
@@ -28,13 +27,21 @@ internal static class BenchCommand
         Option<string?> store = new("--store") { Description = "Run against this store (e.g. a kvfetch serve URL behind a real shaped link) instead of a temporary disk store." };
         Option<double?> linkMbps = new("--link-mbps") { Description = "With --store: the real link's rate; the shaper is off and one point per context is measured." };
         Option<EngineKind> engine = CliOptions.Engine();
+        Option<FileInfo?> render = new("--render") { Description = "Only write ttft.md and the plots for a ttft.json measured elsewhere (e.g. on the GPU machine)." };
         Option<bool> mixed = new("--mixed") { Description = "Run the mixed workload instead: reuse requests among a background load, one FIFO queue vs a separate waiting queue." };
         var command = new Command("bench", "Measure TTFT per strategy across bandwidths and context lengths.")
         {
-            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads, store, linkMbps, mixed, engine,
+            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads, store, linkMbps, mixed, engine, render,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
+            if (parse.GetValue(render) is { } measured)
+            {
+                TtftSweepResult elsewhere = JsonSerializer.Deserialize(File.ReadAllText(measured.FullName), BenchmarkJson.Default.TtftSweepResult)
+                    ?? throw new InvalidDataException($"{measured.FullName} holds no sweep result.");
+                return Report(elsewhere, parse.GetValue(output)!);
+            }
+
             using LocalEngine local = CliOptions.OpenEngine(parse.GetValue(model), parse.GetValue(engine), parse.GetValue(threads));
             IInferenceModel lm = local.Model;
             DirectoryInfo folder = parse.GetValue(output)!;
@@ -47,7 +54,7 @@ internal static class BenchCommand
                     Restorer = local.Restorer,
                     Log = Console.Error.WriteLine,
                 }).GetAwaiter().GetResult();
-                File.WriteAllText(Path.Combine(folder.FullName, "mixed.json"), JsonSerializer.Serialize(rows, BenchCommandJson.Default.IReadOnlyListMixedWorkloadRow));
+                File.WriteAllText(Path.Combine(folder.FullName, "mixed.json"), JsonSerializer.Serialize(rows, BenchmarkJson.Default.IReadOnlyListMixedWorkloadRow));
                 string mixedTable = "| queueing | requests | count | TTFT p50 ms | TTFT p99 ms | mean ms |\n| --- | --- | ---: | ---: | ---: | ---: |\n" +
                     string.Concat(rows.Select(r => string.Create(CultureInfo.InvariantCulture, $"| {r.Queueing} | {r.Requests} | {r.Count} | {r.P50Ms:F0} | {r.P99Ms:F0} | {r.MeanMs:F0} |\n")));
                 File.WriteAllText(Path.Combine(folder.FullName, "mixed.md"), mixedTable);
@@ -70,14 +77,20 @@ internal static class BenchCommand
                 Log = Console.Error.WriteLine,
             };
             TtftSweepResult result = TtftSweep.RunAsync(lm, options).GetAwaiter().GetResult();
-            File.WriteAllText(Path.Combine(folder.FullName, "ttft.json"), JsonSerializer.Serialize(result, BenchCommandJson.Default.TtftSweepResult));
-            string table = TtftReport.Markdown(result);
-            File.WriteAllText(Path.Combine(folder.FullName, "ttft.md"), table);
-            TtftReport.Plots(result, folder.FullName);
-            Console.WriteLine(table);
-            return 0;
+            File.WriteAllText(Path.Combine(folder.FullName, "ttft.json"), JsonSerializer.Serialize(result, BenchmarkJson.Default.TtftSweepResult));
+            return Report(result, folder);
         }));
         return command;
+    }
+
+    private static int Report(TtftSweepResult result, DirectoryInfo folder)
+    {
+        folder.Create();
+        string table = TtftReport.Markdown(result);
+        File.WriteAllText(Path.Combine(folder.FullName, "ttft.md"), table);
+        TtftReport.Plots(result, folder.FullName);
+        Console.WriteLine(table);
+        return 0;
     }
 
     private static string[] Split(string text) => text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -96,8 +109,3 @@ internal static class BenchCommand
         throw new DirectoryNotFoundException("data/heldout was not found above the executable; pass --documents DIR.");
     }
 }
-
-[JsonSourceGenerationOptions(WriteIndented = true)]
-[JsonSerializable(typeof(TtftSweepResult))]
-[JsonSerializable(typeof(IReadOnlyList<MixedWorkloadRow>))]
-internal sealed partial class BenchCommandJson : JsonSerializerContext;

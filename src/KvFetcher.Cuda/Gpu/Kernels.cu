@@ -536,6 +536,16 @@ extern "C" __global__ void kv_export(
     }
 }
 
+// NVDEC writes samples of more than 8 bits MSB-aligned in 16 bits (value << (16 - depth)); this puts them back in the
+// low bits, as the CPU decoder and the stream checksums have them.
+extern "C" __global__ void samples_to_lsb(u16* __restrict__ samples, size_t count, int shift)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+    {
+        samples[i] = (u16)(samples[i] >> shift);
+    }
+}
+
 // The video codec's dequantization, from one stream's decoded frames (NVDEC output: all planes of every frame, samples
 // of 1 or 2 bytes) to the KV wire layout [layer][kind][token][channel] in dtype. Value (layer, token, channel) is sample
 // layerOffsets[layer] + tokenOffsets[token] + channelOffsets[channel] and decodes as min + q * step in fp32, rounded

@@ -13,7 +13,8 @@ namespace KvFetcher.Cuda.Reuse;
 /// <summary>
 /// Restores fetched chunks into a <see cref="CudaKvCache"/> using the GPU's own decoders: <c>video</c> chunks are decoded
 /// by NVDEC into device memory (K and V streams on two sessions of a shared <see cref="NvdecPool"/> at once) and
-/// dequantized by a kernel straight into the wire layout on the device, then imported; every other codec is decoded on
+/// dequantized by a kernel into the wire layout on the device (samples above 8 bits, which NVDEC writes MSB-aligned,
+/// are shifted down first), then imported; every other codec is decoded on
 /// the CPU and copied up. With <see cref="VerifyFrames"/> each stream's decoded frames are also checked against the
 /// checksum its record declares, as the CPU decoder does, so a decoder that returns other values never reaches the cache.
 /// </summary>
@@ -52,6 +53,7 @@ public sealed class NvdecChunkRestorer : IChunkRestorer
         private readonly DType _dtype;
         private readonly HostChunkRestorer.Slot _host;
         private readonly CudaKernel _kernel;
+        private readonly CudaKernel _toLsb;
         private readonly float[] _scales;
         private readonly int[] _offsets;
         private NvdecDeviceBuffer? _framesK;
@@ -70,6 +72,7 @@ public sealed class NvdecChunkRestorer : IChunkRestorer
             _dtype = dtype;
             _host = new HostChunkRestorer.Slot(checked((int)(shape.Elements * dtype.SizeOf())), dtype);
             _kernel = owner._model.Transformer.Module.Get("video_restore");
+            _toLsb = owner._model.Transformer.Module.Get("samples_to_lsb");
             _scales = new float[2 * shape.Layers * 2 * shape.Channels];
             _offsets = new int[shape.Tokens + shape.Channels + shape.Layers];
         }
@@ -101,6 +104,13 @@ public sealed class NvdecChunkRestorer : IChunkRestorer
             Task decodeK = _owner._pool.DecodeToDeviceAsync(container.Slice(payloadStart + k.Offset, k.Length), k.Format, _framesK!);
             Task decodeV = _owner._pool.DecodeToDeviceAsync(container.Slice(payloadStart + v.Offset, v.Length), v.Format, _framesV!);
             Task.WaitAll(decodeK, decodeV);
+            if (k.Format.Depth > 8)
+            {
+                ToLowBits(_framesK!, frameBytes, k.Format.Depth);
+                ToLowBits(_framesV!, frameBytes, v.Format.Depth);
+                _stream!.Synchronize();
+            }
+
             if (_owner.VerifyFrames)
             {
                 Verify(_framesK!, frameBytes, k.Checksum, "K");
@@ -177,6 +187,17 @@ public sealed class NvdecChunkRestorer : IChunkRestorer
             {
                 throw new InvalidKvDataException($"video: NVDEC decoded the {stream} stream to frames with checksum {actual:x16}; the record declares {declared:x16}.");
             }
+        }
+
+        private void ToLowBits(NvdecDeviceBuffer frames, long bytes, int depth)
+        {
+            long samples = bytes / sizeof(ushort);
+            var arguments = default(KernelArguments);
+            arguments.Add(frames.DeviceAddress);
+            arguments.Add((ulong)samples);
+            arguments.Add(16 - depth);
+            _owner._model.Context.MakeCurrent();
+            _toLsb.Launch(_stream!, ((int)Math.Clamp((samples + 255) / 256, 1, 65_535), 1, 1), 256, 0, ref arguments);
         }
 
         private void Dequantize(NvdecDeviceBuffer frames, int sampleBytes, int kind)

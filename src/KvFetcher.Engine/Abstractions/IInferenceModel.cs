@@ -28,6 +28,12 @@ public interface IInferenceModel : IDisposable
     /// <summary>Where the model runs, for reports: e.g. "cpu (2 threads)" or the GPU's name.</summary>
     string Device { get; }
 
+    /// <summary>
+    /// Whether the engine computes on the host's cores, which the CPU decoders and restores of fetched chunks then take
+    /// from it (false for a GPU engine: fetching alongside costs its compute nothing).
+    /// </summary>
+    bool ComputesOnHostCores { get; }
+
     /// <summary>Starts a sequence with an empty KV cache of <paramref name="capacity"/> positions (0: the model's maximum).</summary>
     IInferenceSession CreateSession(int capacity = 0);
 }

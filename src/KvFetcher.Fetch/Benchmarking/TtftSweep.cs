@@ -31,8 +31,20 @@ public sealed record TtftSweepOptions
     /// <summary>A jitter profile (a <see cref="BandwidthSchedule"/>) run on the longest context; null to skip.</summary>
     public string? Jitter { get; init; } = "200Mbps@500ms,20Mbps@500ms";
 
-    /// <summary>Where the documents come from (their tokens are concatenated).</summary>
-    public required string DocumentsDirectory { get; init; }
+    /// <summary>Where the documents come from (their tokens are concatenated); or see <see cref="Tokens"/>.</summary>
+    public string? DocumentsDirectory { get; init; }
+
+    /// <summary>The prompt tokens of a given length, instead of <see cref="DocumentsDirectory"/> (e.g. for a model without a tokenizer).</summary>
+    public Func<int, int[]>? Tokens { get; init; }
+
+    /// <summary>
+    /// How a context's chunks get into the store before the points run; the default computes them on the engine and
+    /// stores every ladder variant (<see cref="KvReuse.WarmAsync"/>).
+    /// </summary>
+    public Func<KvReuse, int[], CancellationToken, Task>? Warm { get; init; }
+
+    /// <summary>Fetcher settings (workers, deadlines, memory); the ladder comes from <see cref="Ladder"/>.</summary>
+    public ReuseOptions Reuse { get; init; } = new();
 
     /// <summary>
     /// An external store to run against (e.g. a <c>kvfetch serve</c> URL across a real shaped link) instead of a temporary
@@ -73,8 +85,10 @@ public static class TtftSweep
         var points = new List<TtftPoint>();
         var bounds = new List<TtftBound>();
         var computeMs = new Dictionary<int, double[]>();
-        int[] corpus = Corpus(model, options.DocumentsDirectory, options.Contexts.Max() + options.SuffixTokens);
-        var reuseOptions = new ReuseOptions { Ladder = options.Ladder };
+        int length = options.Contexts.Max() + options.SuffixTokens;
+        int[] corpus = options.Tokens?.Invoke(length)
+            ?? Corpus(model, options.DocumentsDirectory ?? throw new ArgumentException("The sweep needs documents or a token source.", nameof(options)), length);
+        ReuseOptions reuseOptions = options.Reuse with { Ladder = options.Ladder };
         string directory = Directory.CreateTempSubdirectory("kvfetch-ttft-").FullName;
         try
         {
@@ -89,7 +103,15 @@ public static class TtftSweep
                 // Store the context (every ladder variant) and calibrate compute per chunk.
                 await using (var writer = new KvReuse(model, disk, reuseOptions, rates, options.Restorer))
                 {
-                    await writer.WarmAsync(tokens, cancellationToken).ConfigureAwait(false);
+                    if (options.Warm is { } warm)
+                    {
+                        await warm(writer, tokens, cancellationToken).ConfigureAwait(false);
+                        await writer.Publisher.WhenIdleAsync().ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        await writer.WarmAsync(tokens, cancellationToken).ConfigureAwait(false);
+                    }
                 }
 
                 double[] chunkMs = Calibrate(model, tokens, reuseOptions.ChunkTokens, context / reuseOptions.ChunkTokens, rates, out double suffixMs);

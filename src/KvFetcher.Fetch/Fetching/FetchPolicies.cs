@@ -173,7 +173,7 @@ internal class MeetInMiddlePolicy(PrefixState prefix, int ladderIndex) : IFetchP
 /// predicted time to meet is within the quality slack of the fastest, and stops claiming once a chunk's predicted
 /// arrival is later than the engine's predicted arrival there (the engine computes it instead of waiting).
 /// </summary>
-internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, ContextPlan plan, ReuseOptions options) : MeetInMiddlePolicy(prefix, -1)
+internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, ContextPlan plan, ReuseOptions options, bool sharedCores) : MeetInMiddlePolicy(prefix, -1)
 {
     /// <summary>Variants picked, by ladder index (for the report).</summary>
     public int[] Picks { get; } = new int[prefix.Ladder.Count];
@@ -208,11 +208,12 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
             }
         }
 
-        // Computing this chunk instead costs its compute time plus the CPU work of the chunks fetched meanwhile: on the
-        // CPU backend, decode and restore run on the cores the engine computes on, so overlapping them is not free.
+        // Computing this chunk instead costs its compute time plus, when the engine computes on the host's cores (the CPU
+        // backend), the CPU work of the chunks fetched meanwhile: decode and restore then take cores from it. A GPU
+        // engine loses nothing to them.
         int ahead = InFlight() + Math.Max(0, NextUnclaimed - chunk);
         double arrival = (ahead * fastest) + latency;
-        double computeInstead = rates.ComputeSeconds(chunk, plan.ChunkTokens) + (Math.Max(0, ahead - 1) * latency);
+        double computeInstead = rates.ComputeSeconds(chunk, plan.ChunkTokens) + (sharedCores ? Math.Max(0, ahead - 1) * latency : 0);
         bool wait = fastest < double.MaxValue && arrival < computeInstead;
         if (wait)
         {
@@ -256,7 +257,7 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
             }
 
             // While the engine computes, decode and restore share the cores with it; once it waits, they have them.
-            (double perChunk, double decode, double restore) = PerChunk(v, engineBusy: Prefix.EngineWaitingFor < 0);
+            (double perChunk, double decode, double restore) = PerChunk(v, engineBusy: sharedCores && Prefix.EngineWaitingFor < 0);
             arrival[v] = ((inFlight + 1) * perChunk) + decode + restore;
             meet[v] = gap / ((1 / computePerChunk) + (1 / perChunk));
             if (meet[v] < bestMeet)

@@ -26,14 +26,20 @@ public sealed class KvPublisher : IAsyncDisposable
     private long _bytes;
     private TaskCompletionSource _idle = NewIdle(completed: true);
 
-    public KvPublisher(IKvStore store, IReadOnlyList<KvVariant> ladder, int maxQueuedChunks = 256)
+    /// <param name="store">Where containers go.</param>
+    /// <param name="ladder">The variants stored per chunk.</param>
+    /// <param name="maxQueuedChunks">Chunks waiting beyond this are dropped (and counted).</param>
+    /// <param name="workers">Chunks encoded at once (one by default, so the background work takes one core from the engine).</param>
+    public KvPublisher(IKvStore store, IReadOnlyList<KvVariant> ladder, int maxQueuedChunks = 256, int workers = 1)
     {
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(ladder);
+        ArgumentOutOfRangeException.ThrowIfLessThan(workers, 1);
         _store = store;
         _ladder = ladder;
-        _queue = Channel.CreateBounded<Job>(new BoundedChannelOptions(maxQueuedChunks) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
-        _worker = Task.Factory.StartNew(() => RunAsync(_stop.Token), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+        _queue = Channel.CreateBounded<Job>(new BoundedChannelOptions(maxQueuedChunks) { SingleReader = workers == 1, FullMode = BoundedChannelFullMode.Wait });
+        _worker = Task.WhenAll(Enumerable.Range(0, workers).Select(_ =>
+            Task.Factory.StartNew(() => RunAsync(_stop.Token), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap()));
     }
 
     /// <summary>Variant containers stored.</summary>
@@ -59,6 +65,28 @@ public sealed class KvPublisher : IAsyncDisposable
         byte[] kv = ArrayPool<byte>.Shared.Rent(plan.ChunkBytes);
         int first = chunk * plan.ChunkTokens;
         cache.Export(first, first + plan.ChunkTokens, plan.DType, kv.AsSpan(0, plan.ChunkBytes));
+        return TryEnqueue(plan, chunk, kv);
+    }
+
+    /// <summary>
+    /// Like <see cref="TryEnqueue(ContextPlan, int, IKvCache)"/> for a chunk's KV given in the wire layout
+    /// (<see cref="ContextPlan.ChunkBytes"/> bytes of <see cref="ContextPlan.DType"/>), e.g. KV made elsewhere.
+    /// </summary>
+    public bool TryEnqueue(ContextPlan plan, int chunk, ReadOnlySpan<byte> kv)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        if (kv.Length != plan.ChunkBytes)
+        {
+            throw new ArgumentException($"A chunk of this plan has {plan.ChunkBytes} bytes of KV, not {kv.Length}.", nameof(kv));
+        }
+
+        byte[] copy = ArrayPool<byte>.Shared.Rent(plan.ChunkBytes);
+        kv.CopyTo(copy);
+        return TryEnqueue(plan, chunk, copy);
+    }
+
+    private bool TryEnqueue(ContextPlan plan, int chunk, byte[] kv)
+    {
         lock (_queue)
         {
             if (_pending++ == 0)

@@ -1,0 +1,336 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using KvFetcher.Core;
+using KvFetcher.Cuda;
+using KvFetcher.Cuda.Reuse;
+using KvFetcher.Engine.Model;
+using KvFetcher.Fetch;
+using KvFetcher.Fetch.Benchmarking;
+using KvFetcher.Fetch.Restoring;
+using KvFetcher.Fetch.Scheduling;
+using KvFetcher.Store;
+using KvFetcher.Store.Disk;
+
+namespace KvFetcher.NvdecBench;
+
+/// <summary>
+/// <c>reuse</c>, on the GPU machine: remote KV reuse with the CUDA engine and NVDEC restore.
+/// 1. Checks on the bundled model: for every stored variant, the NVDEC path restores exactly the bytes the CPU decoders
+///    restore, and greedy continuations after reuse equal full prefill on the GPU (required for the lossless variants,
+///    measured for the lossy ones).
+/// 2. The TTFT sweep on the bundled model.
+/// 3. The TTFT sweep on a Llama-3-8B-shaped model with random weights, whose stored chunks are made of the bundled
+///    model's real KV (see <see cref="RealKvPool"/>), so codec sizes and decode rates are those of real KV.
+/// </summary>
+internal static class ReuseCommand
+{
+    private static readonly string[] Strategies = ["compute", "fetch-raw", "fetch-cachegen0", "fetch-video8", "cake-raw", "ours"];
+
+    private static readonly string[] CheckedVariants = ["raw", "exact", "cachegen0", "cachegen2", "video12", "video10", "video8", "video6", "video4"];
+
+    public static int Run(string[] args) => RunAsync(args).GetAwaiter().GetResult();
+
+    private static async Task<int> RunAsync(string[] args)
+    {
+        string repo = Args.Option(args, "--repo") ?? ".";
+        string output = Args.Option(args, "--out") ?? ".";
+        Directory.CreateDirectory(output);
+        double[] bandwidths = [.. Args.Ints(args, "--bandwidths", [1000, 4000, 8000, 16000, 40000]).Select(b => (double)b)];
+        int[] large = Args.Ints(args, "--large", [4096]);
+        string bundledDirectory = Path.Combine(repo, "models", "kvf-pydoc-16m");
+        string documents = Path.Combine(repo, "data", "heldout");
+
+        using LocalEngine bundled = LocalEngine.Open(bundledDirectory, new LocalEngineOptions { Kind = EngineKind.Cuda });
+        Console.WriteLine($"engine: {bundled.Choice}; {Environment.ProcessorCount} cores");
+        var model = (CudaLanguageModel)bundled.Model;
+        int[] corpus = Corpus(model, documents, 3840 + 16);
+        int failures = 0;
+        if (!args.Contains("--skip-checks"))
+        {
+            failures += await CheckAsync(bundled, corpus, Path.Combine(output, "gpu-reuse-checks.json"));
+        }
+
+        var reuse = new ReuseOptions { DecodeWorkers = 6, TransfersInFlight = 4, PublishWorkers = 12, MaxBufferedBytes = 1L << 30 };
+        if (!args.Contains("--skip-bundled"))
+        {
+            TtftSweepResult result = await TtftSweep.RunAsync(model, new TtftSweepOptions
+            {
+                Contexts = [3840],
+                BandwidthsMbps = bandwidths,
+                Strategies = Strategies,
+                Repeats = 3,
+                Jitter = null,
+                DocumentsDirectory = documents,
+                Restorer = bundled.Restorer,
+                Reuse = reuse,
+                Log = Console.WriteLine,
+            });
+            Write(result, Path.Combine(output, "ttft-gpu-bundled.json"));
+        }
+
+        if (large.Length > 0 && large[0] > 0)
+        {
+            RealKvPool pool = RealKvPool.From(model, corpus[..3840]);
+            ModelConfig config = Llama3Shape(large.Max() + 256);
+            using LocalEngine big = LocalEngine.WithDecoders(
+                CudaLanguageModel.CreateWithRandomWeights(config, seed: 1, new CudaModelOptions
+                {
+                    KvStorageDType = DType.Float16,
+                    MatmulPrecision = CudaMatmulPrecision.Stored,
+                    MaxStepTokens = 4096,
+                }));
+            Console.WriteLine($"llama-3-8b shape: {big.Choice}");
+            var random = new Random(7);
+            TtftSweepResult result = await TtftSweep.RunAsync(big.Model, new TtftSweepOptions
+            {
+                Contexts = large,
+                BandwidthsMbps = bandwidths,
+                Strategies = Strategies,
+                Repeats = 1,
+                Jitter = null,
+                Tokens = count => [.. Enumerable.Range(0, count).Select(_ => random.Next(config.VocabSize))],
+                Warm = (writer, tokens, _) =>
+                {
+                    ContextPlan plan = writer.Plan(tokens);
+                    byte[] kv = new byte[plan.ChunkBytes];
+                    for (int chunk = 0; chunk < plan.ReusableChunks; chunk++)
+                    {
+                        pool.Fill(plan, chunk, kv);
+                        if (!writer.Publisher.TryEnqueue(plan, chunk, kv))
+                        {
+                            throw new InvalidOperationException($"The publisher dropped chunk {chunk}.");
+                        }
+                    }
+
+                    return Task.CompletedTask;
+                },
+                Restorer = big.Restorer,
+                Reuse = reuse,
+                Log = Console.WriteLine,
+            });
+            Write(result, Path.Combine(output, $"ttft-gpu-llama3-8b-{string.Join('-', large)}.json"));
+        }
+
+        return failures == 0 ? 0 : 1;
+    }
+
+    /// <summary>The checks of step 1; returns the number that failed.</summary>
+    private static async Task<int> CheckAsync(LocalEngine engine, int[] tokens, string jsonPath)
+    {
+        var model = (CudaLanguageModel)engine.Model;
+        KvVariant[] ladder = [.. CheckedVariants.Select(KvVariant.Parse)];
+        string directory = Directory.CreateTempSubdirectory("kvf-gpu-reuse-").FullName;
+        var rows = new List<(string Variant, int Restored, bool Identical, int Greedy, double HostMs, double NvdecMs, long Bytes)>();
+        int failures = 0;
+        const int Continuation = 32;
+        try
+        {
+            await using IKvStore store = DiskKvStore.Open(new DiskKvStoreOptions { Directory = directory, Fsync = false });
+            var options = new ReuseOptions { Ladder = ladder, DecodeWorkers = 4, PublishWorkers = 12 };
+            await using var nvdec = new KvReuse(model, store, options, restorer: engine.Restorer);
+            await using var host = new KvReuse(model, store, options, restorer: HostChunkRestorer.Instance);
+            await nvdec.WarmAsync(tokens);
+            Console.WriteLine($"stored {nvdec.Publisher.Published} containers ({nvdec.Publisher.BytesStored / 1e6:F1} MB), {nvdec.Publisher.Failed} failed");
+
+            int[] reference = Greedy(model, tokens, 0, null, Continuation);
+            ContextPlan plan = nvdec.Plan(tokens);
+            int prefix = plan.ReusableChunks * plan.ChunkTokens;
+            foreach (KvVariant variant in ladder)
+            {
+                using CudaSession fromHost = model.CreateSession(tokens.Length + Continuation);
+                using CudaSession fromNvdec = model.CreateSession(tokens.Length + Continuation);
+                RestoreReport viaHost = await host.FetchPrefixAsync(fromHost, plan, variant);
+                RestoreReport viaNvdec = await nvdec.FetchPrefixAsync(fromNvdec, plan, variant);
+                bool identical = viaHost.ReusedTokens == prefix && viaNvdec.ReusedTokens == prefix && SameKv(fromHost.Cache, fromNvdec.Cache, prefix);
+                if (viaHost.ReusedTokens < prefix || viaNvdec.ReusedTokens < prefix)
+                {
+                    Console.WriteLine($"  {variant}: cpu path restored {viaHost.ReusedTokens}, nvdec path {viaNvdec.ReusedTokens} of {prefix} tokens; chunk 0 directly: cpu {Diagnose(HostChunkRestorer.Instance, store, plan, variant)}; nvdec {Diagnose(engine.Restorer, store, plan, variant)}");
+                }
+
+                int[] continued = Greedy(model, tokens, fromNvdec.Cache.Length, fromNvdec, Continuation);
+                int agree = reference.Zip(continued).TakeWhile(p => p.First == p.Second).Count();
+                bool passed = identical && (!variant.IsLossless || agree == Continuation);
+                failures += passed ? 0 : 1;
+                rows.Add((variant.ToString(), viaNvdec.RestoredChunks, identical, agree, viaHost.Elapsed.TotalMilliseconds, viaNvdec.Elapsed.TotalMilliseconds, viaNvdec.BytesFetched));
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{(passed ? "PASS" : "FAIL")} {variant,-10} restored {viaNvdec.RestoredChunks}/{plan.ReusableChunks} chunks; NVDEC path == CPU decoders: {identical}; greedy after reuse equals full prefill for {agree}/{Continuation} tokens; fetch+decode+restore {viaHost.Elapsed.TotalMilliseconds:F1} ms (cpu) vs {viaNvdec.Elapsed.TotalMilliseconds:F1} ms ({engine.Restorer.Name}), {viaNvdec.BytesFetched / 1e6:F2} MB"));
+            }
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+
+        using FileStream file = File.Create(jsonPath);
+        using var json = new Utf8JsonWriter(file, new JsonWriterOptions { Indented = true });
+        json.WriteStartObject();
+        json.WriteString("device", model.Device);
+        json.WriteString("restorer", engine.Restorer.Name);
+        json.WriteNumber("promptTokens", tokens.Length);
+        json.WriteStartArray("variants");
+        foreach (var row in rows)
+        {
+            json.WriteStartObject();
+            json.WriteString("variant", row.Variant);
+            json.WriteNumber("restoredChunks", row.Restored);
+            json.WriteBoolean("nvdecEqualsCpu", row.Identical);
+            json.WriteNumber("greedyTokensEqual", row.Greedy);
+            json.WriteNumber("greedyTokens", Continuation);
+            json.WriteNumber("cpuPathMs", row.HostMs);
+            json.WriteNumber("nvdecPathMs", row.NvdecMs);
+            json.WriteNumber("bytes", row.Bytes);
+            json.WriteEndObject();
+        }
+
+        json.WriteEndArray();
+        json.WriteEndObject();
+        return failures;
+    }
+
+    /// <summary>Decodes and restores chunk 0 of <paramref name="plan"/> through <paramref name="restorer"/> outside the fetcher, naming any failure.</summary>
+    private static string Diagnose(IChunkRestorer restorer, IKvStore store, ContextPlan plan, KvVariant variant)
+    {
+        try
+        {
+            var container = new System.Buffers.ArrayBufferWriter<byte>();
+            StoreRead read = store.GetAsync(plan.ObjectKeyOf(0, variant), container, ByteRange.All).AsTask().GetAwaiter().GetResult();
+            if (!read.Found)
+            {
+                return "not in the store";
+            }
+
+            using IRestoreSlot slot = restorer.CreateSlot(plan.ChunkShape, plan.DType);
+            slot.Decode(container.WrittenMemory, plan.Expectation(0), variant);
+            return "decoded";
+        }
+        catch (Exception ex)
+        {
+            return $"{ex.GetType().Name}: {ex.Message}";
+        }
+    }
+
+    /// <summary>Greedy tokens after <paramref name="tokens"/>: computed from <paramref name="filled"/> on (a new session from 0 when null).</summary>
+    private static int[] Greedy(CudaLanguageModel model, int[] tokens, int filled, CudaSession? session, int count)
+    {
+        using CudaSession? owned = session is null ? model.CreateSession(tokens.Length + count) : null;
+        CudaSession s = session ?? owned!;
+        var result = new int[count];
+        int next = s.PrefillGreedy(tokens.AsSpan(filled), filled);
+        for (int i = 0; i < count; i++)
+        {
+            result[i] = next;
+            if (i + 1 < count)
+            {
+                next = s.DecodeGreedy(next, tokens.Length + i);
+            }
+        }
+
+        return result;
+    }
+
+    private static bool SameKv(CudaKvCache a, CudaKvCache b, int tokens)
+    {
+        var x = new byte[a.GetExportByteCount(tokens, a.StorageDType)];
+        var y = new byte[x.Length];
+        a.Export(0, tokens, a.StorageDType, x);
+        b.Export(0, tokens, b.StorageDType, y);
+        return x.AsSpan().SequenceEqual(y);
+    }
+
+    private static int[] Corpus(CudaLanguageModel model, string directory, int count)
+    {
+        var tokens = new List<int>(count);
+        foreach (string path in Directory.GetFiles(directory, "*.txt").Order(StringComparer.Ordinal))
+        {
+            tokens.AddRange(model.Tokenizer.Encode(File.ReadAllText(path)));
+            if (tokens.Count >= count)
+            {
+                return [.. tokens.Take(count)];
+            }
+        }
+
+        throw new ArgumentException($"{directory} holds {tokens.Count} tokens; {count} are needed.");
+    }
+
+    private static ModelConfig Llama3Shape(int positions) => new()
+    {
+        Architecture = ModelArchitecture.Llama,
+        VocabSize = 128_256,
+        HiddenSize = 4096,
+        IntermediateSize = 14_336,
+        NumLayers = 32,
+        NumHeads = 32,
+        NumKvHeads = 8,
+        HeadDim = 128,
+        MaxPositionEmbeddings = positions,
+        RmsNormEps = 1e-5f,
+        Rope = new RopeConfig { Theta = 500_000 },
+    };
+
+    private static void Write(TtftSweepResult result, string path)
+    {
+        File.WriteAllText(path, JsonSerializer.Serialize(result, BenchmarkJson.Default.TtftSweepResult));
+        Console.WriteLine($"wrote {path}");
+    }
+
+    /// <summary>
+    /// Real KV (the bundled model's, fp16, of one long document) laid out as another model's chunks: channel
+    /// <c>c</c> of layer <c>l</c> takes source channel <c>c mod C</c> of source layer <c>l mod L</c>, over a window
+    /// of consecutive source tokens that starts at a different place for every (layer, head block, chunk), so no two
+    /// blocks of a chunk repeat each other (which a video codec would exploit).
+    /// </summary>
+    private sealed class RealKvPool
+    {
+        private readonly ushort[] _values;
+        private readonly int _layers;
+        private readonly int _tokens;
+        private readonly int _channels;
+
+        private RealKvPool(ushort[] values, int layers, int tokens, int channels)
+        {
+            _values = values;
+            _layers = layers;
+            _tokens = tokens;
+            _channels = channels;
+        }
+
+        public static RealKvPool From(CudaLanguageModel model, int[] tokens)
+        {
+            using CudaSession session = model.CreateSession(tokens.Length);
+            _ = session.PrefillGreedy(tokens, 0);
+            var bytes = new byte[session.Cache.GetExportByteCount(tokens.Length, DType.Float16)];
+            session.Cache.Export(0, tokens.Length, DType.Float16, bytes);
+            return new RealKvPool(MemoryMarshal.Cast<byte, ushort>(bytes).ToArray(), model.Config.NumLayers, tokens.Length, model.Config.NumKvHeads * model.Config.HeadDim);
+        }
+
+        public void Fill(ContextPlan plan, int chunk, Span<byte> destination)
+        {
+            if (plan.DType != DType.Float16)
+            {
+                throw new ArgumentException("The pool holds fp16 KV.", nameof(plan));
+            }
+
+            Span<ushort> kv = MemoryMarshal.Cast<byte, ushort>(destination);
+            int tokens = plan.ChunkTokens;
+            int channels = plan.ChunkShape.Channels;
+            for (int layer = 0; layer < plan.ChunkShape.Layers; layer++)
+            {
+                for (int kind = 0; kind < 2; kind++)
+                {
+                    int source = (((layer % _layers) * 2) + kind) * _tokens;
+                    for (int block = 0; block < channels; block += _channels)
+                    {
+                        int width = Math.Min(_channels, channels - block);
+                        int start = (int)((((long)chunk * 7919) + (layer * 389) + (block / _channels * 97)) % (_tokens - tokens));
+                        for (int t = 0; t < tokens; t++)
+                        {
+                            _values.AsSpan(((source + start + t) * _channels), width)
+                                .CopyTo(kv.Slice((((((layer * 2) + kind) * tokens) + t) * channels) + block, width));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
