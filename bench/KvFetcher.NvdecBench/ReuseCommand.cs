@@ -51,7 +51,7 @@ internal static class ReuseCommand
             failures += await CheckAsync(bundled, corpus, Path.Combine(output, "gpu-reuse-checks.json"));
         }
 
-        var reuse = new ReuseOptions { DecodeWorkers = 6, TransfersInFlight = 4, PublishWorkers = 12, MaxBufferedBytes = 1L << 30 };
+        var reuse = new ReuseOptions { DecodeWorkers = 12, TransfersInFlight = 4, PublishWorkers = 12, MaxBufferedBytes = 1L << 30 };
         if (!args.Contains("--skip-bundled"))
         {
             TtftSweepResult result = await TtftSweep.RunAsync(model, new TtftSweepOptions

@@ -11,6 +11,9 @@ namespace KvFetcher.Cuda;
 /// </summary>
 public sealed unsafe class CudaContext : IDisposable
 {
+    /// <summary><c>CU_STREAM_NON_BLOCKING</c>.</summary>
+    private const uint NonBlockingStream = 1;
+
     private readonly SafeCudaContextHandle _handle;
 
     private CudaContext(SafeCudaContextHandle handle, string name, int major, int minor, int multiprocessors, long totalMemory, int driverVersion, int sharedMemoryOptin)
@@ -131,7 +134,10 @@ public sealed unsafe class CudaContext : IDisposable
     public CudaStream CreateStream()
     {
         MakeCurrent();
-        return new CudaStream(this, SafeCudaStreamHandle.Create(_handle, 0));
+
+        // Non-blocking: work on it never waits for synchronous copies on the legacy default stream (a decoder's check
+        // copy, a table upload) and they never wait for it, so restores and decodes overlap the engine's steps.
+        return new CudaStream(this, SafeCudaStreamHandle.Create(_handle, NonBlockingStream));
     }
 
     /// <summary>Free and total device memory in bytes.</summary>

@@ -134,7 +134,7 @@ public static class TtftSweep
                             ? new PointResult(computeOnly, 0, 0, 0, "")
                             : await MedianAsync(model, shaped, reuseOptions, rates, options.Restorer, tokens, strategy, options.Repeats, cancellationToken).ConfigureAwait(false);
                         points.Add(new TtftPoint(context, options.RealLinkMbps is null ? "shaper" : "netns", mbps, name, result.TtftMs, result.Restored, result.Failed, result.Bytes, result.Variants));
-                        options.Log?.Invoke($"  {context} tokens, {mbps,6} Mbit/s, {name,-16} TTFT {result.TtftMs,8:F0} ms  restored {result.Restored,2} ({result.Variants})");
+                        options.Log?.Invoke($"  {context} tokens, {mbps,6} Mbit/s, {name,-16} TTFT {result.TtftMs,8:F0} ms  restored {result.Restored,2} ({result.Variants}) {result.Stages}");
                     }
 
                     TtftBound bound = Bound(context, mbps, chunkMs, suffixMs, rates, options.Ladder, model, tokens, reuseOptions);
@@ -168,7 +168,7 @@ public static class TtftSweep
         return new TtftSweepResult(points, bounds, computeMs, machine);
     }
 
-    private sealed record PointResult(double TtftMs, int Restored, int Failed, long Bytes, string Variants);
+    private sealed record PointResult(double TtftMs, int Restored, int Failed, long Bytes, string Variants, string Stages = "");
 
     private static async Task<PointResult> MedianAsync(IInferenceModel model, IKvStore store, ReuseOptions options, FetchRates rates, IChunkRestorer? restorer, int[] tokens, PrefillStrategy strategy, int repeats, CancellationToken cancellationToken)
     {
@@ -183,8 +183,15 @@ public static class TtftSweep
 
         PrefillReport median = results.OrderBy(r => r.TimeToFirstToken).ElementAt(results.Count / 2);
         return new PointResult(median.TimeToFirstToken.TotalMilliseconds, median.RestoredChunks, median.FailedChunks, median.BytesFetched,
-            string.Join(" ", median.Variants.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => $"{p.Key}:{p.Value}")));
+            string.Join(" ", median.Variants.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => $"{p.Key}:{p.Value}")), Stages(median));
     }
+
+    /// <summary>Busy time and span count per stage, for the log: e.g. "compute 812ms/23 transfer 1200ms/41".</summary>
+    private static string Stages(PrefillReport report) =>
+        string.Join(" ", Enum.GetValues<PrefillStage>()
+            .Select(stage => (stage, count: report.Timeline.Count(s => s.Stage == stage)))
+            .Where(x => x.count > 0)
+            .Select(x => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{x.stage.ToString().ToLowerInvariant()} {report.Total(x.stage).TotalMilliseconds:F0}ms/{x.count}")));
 
     /// <summary>Times a chunk-by-chunk prefill (the engine's compute rate by position) and the suffix.</summary>
     private static double[] Calibrate(IInferenceModel model, int[] tokens, int chunkTokens, int chunks, FetchRates rates, out double suffixMs)
