@@ -1,7 +1,11 @@
 using System.Net;
 using System.Net.Sockets;
+using KvFetcher.Codecs;
 using KvFetcher.Codecs.Containers;
+using KvFetcher.Core;
+using KvFetcher.Engine;
 using KvFetcher.Fetch.Fetching;
+using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Store;
 using KvFetcher.Store.Disk;
@@ -204,6 +208,51 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
     }
 
     /// <summary>A disk store in this test's directory holding the prompt's chunks, stored by a computing prefill.</summary>
+    [Fact]
+    public async Task Prefill_RestorerThatFails_ChunksComputedAndAnswerUnchanged()
+    {
+        // A restorer whose decoder throws on one chunk and whose restore throws on another (as a GPU decoder or a
+        // device copy might): both chunks are computed instead, and the result is the full prefill's.
+        await using KvReuse warm = await WarmAsync(new ReuseOptions { Ladder = s_ladder, LosslessOnly = true });
+        await using var reuse = new KvReuse(fixture.Model, warm.Store, warm.Options, restorer: new FailingRestorer(decodeFails: 1, restoreFails: 2));
+
+        (PrefillReport report, float[] logits, byte[] kv) = await PrefillAsync(reuse, PrefillStrategy.FetchOnly(KvVariant.Raw), publish: false);
+
+        Assert.Equal(4, report.StoredChunks);
+        Assert.Equal(2, report.FailedChunks);
+        Assert.Equal(2, report.RestoredChunks);
+        Assert.Equal(fixture.FullLogits, logits);
+        Assert.Equal(fixture.FullKv, kv);
+    }
+
+    [Fact]
+    public async Task Publisher_SeveralWorkers_StoresEveryVariantOfEveryChunk()
+    {
+        var store = DiskKvStore.Open(new DiskKvStoreOptions { Directory = _directory, Fsync = false });
+        _stores.Add(store);
+        await using var reuse = new KvReuse(fixture.Model, store, new ReuseOptions { Ladder = s_ladder, PublishWorkers = 4 });
+        ContextPlan plan = reuse.Plan(fixture.Tokens);
+        byte[] full = fixture.FullKv;
+        for (int chunk = 0; chunk < plan.ReusableChunks; chunk++)
+        {
+            Assert.True(reuse.Publisher.TryEnqueue(plan, chunk, Slice(full, chunk, ReuseFixture.PromptTokens, plan)));
+        }
+
+        await reuse.Publisher.WhenIdleAsync();
+
+        Assert.Equal(plan.ReusableChunks * s_ladder.Length, reuse.Publisher.Published);
+        Assert.Equal(0, reuse.Publisher.Failed);
+        ObjectKey[] keys = [.. Enumerable.Range(0, plan.ReusableChunks).SelectMany(c => s_ladder.Select(v => plan.ObjectKeyOf(c, v)))];
+        Assert.All(await store.ExistsAsync(keys, TestContext.Current.CancellationToken), Assert.True);
+
+        // KV published from wire-layout bytes restores to exactly those bytes (raw), so a full fetch equals full prefill.
+        (PrefillReport report, float[] logits, byte[] kv) = await PrefillAsync(reuse, PrefillStrategy.FetchOnly(KvVariant.Raw), publish: false);
+        Assert.Equal(plan.ReusableChunks, report.RestoredChunks);
+        Assert.Equal(fixture.FullLogits, logits);
+        Assert.Equal(fixture.FullKv, kv);
+        Assert.Throws<ArgumentException>(() => reuse.Publisher.TryEnqueue(plan, 0, new byte[plan.ChunkBytes - 1]));
+    }
+
     private async Task<KvReuse> WarmAsync(ReuseOptions options)
     {
         var store = DiskKvStore.Open(new DiskKvStoreOptions { Directory = _directory, Fsync = false });
@@ -237,5 +286,38 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
         }
 
         return result;
+    }
+
+    /// <summary>The CPU restorer, except that chunk <c>decodeFails</c>'s decode and chunk <c>restoreFails</c>'s restore throw.</summary>
+    private sealed class FailingRestorer(int decodeFails, int restoreFails) : IChunkRestorer
+    {
+        public string Name => "failing";
+
+        public IRestoreSlot CreateSlot(KvShape shape, DType dtype) => new Slot(HostChunkRestorer.Instance.CreateSlot(shape, dtype), decodeFails, restoreFails * shape.Tokens);
+
+        private sealed class Slot(IRestoreSlot inner, int decodeFails, int restoreFailsAt) : IRestoreSlot
+        {
+            public void Decode(ReadOnlyMemory<byte> container, in ChunkExpectation expected, KvVariant variant)
+            {
+                if (expected.TokenStart == decodeFails * expected.Shape.Tokens)
+                {
+                    throw new InvalidOperationException("decoder fault");
+                }
+
+                inner.Decode(container, expected, variant);
+            }
+
+            public void Restore(IKvCache cache, int start, int end)
+            {
+                if (start == restoreFailsAt)
+                {
+                    throw new IOException("device copy fault");
+                }
+
+                inner.Restore(cache, start, end);
+            }
+
+            public void Dispose() => inner.Dispose();
+        }
     }
 }

@@ -13,6 +13,54 @@ public class VideoCodecTests(ITestOutputHelper output)
     private static readonly VideoCodec s_codec = VideoCodec.Instance;
 
     [Theory]
+    [InlineData(12, VideoLayoutKind.TokenTiles)]
+    [InlineData(8, VideoLayoutKind.TokenTiles)]
+    [InlineData(4, VideoLayoutKind.ChannelRows)]
+    public void FrameMapAndScales_AsAnOutsideDecoderUsesThem_ReproduceDecodeBitForBit(int level, VideoLayoutKind layout)
+    {
+        // What the GPU restore kernel does with NVDEC's frames (video_restore in Kernels.cu), done here on the CPU:
+        // value = min + q * step in fp32 at layerOffsets[l] + tokenOffsets[t] + channelOffsets[c], rounded to fp16.
+        var codec = new VideoCodec(layout);
+        (byte[] kv, KvShape shape) = RealKv.Chunk(512, 256, DType.Float16);
+        var parameters = new ArrayBufferWriter<byte>();
+        var payload = new ArrayBufferWriter<byte>();
+        codec.Encode(kv, shape, DType.Float16, level, parameters, payload);
+        var expected = new byte[kv.Length];
+        codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, level, expected);
+
+        int scales = shape.Layers * 2 * shape.Channels;
+        var mins = new float[scales];
+        var steps = new float[scales];
+        Assert.Equal(layout, VideoCodec.ReadScales(parameters.WrittenSpan, shape, level, mins, steps));
+        var tokenOffsets = new int[shape.Tokens];
+        var channelOffsets = new int[shape.Channels];
+        var layerOffsets = new int[shape.Layers];
+        VideoCodec.FrameOffsets(shape, layout, tokenOffsets, channelOffsets, layerOffsets);
+        var restored = new Half[shape.Elements];
+        for (int kind = 0; kind < 2; kind++)
+        {
+            byte[] frames = codec.DecodedFrames(payload.WrittenSpan, shape, level, kind);
+            Assert.Equal(VideoCodec.FramesChecksum(frames), BinaryPrimitives.ReadUInt64LittleEndian(payload.WrittenSpan[(kind == 0 ? 4 : 16 + BinaryPrimitives.ReadInt32LittleEndian(payload.WrittenSpan))..]));
+            for (int layer = 0; layer < shape.Layers; layer++)
+            {
+                for (int t = 0; t < shape.Tokens; t++)
+                {
+                    for (int c = 0; c < shape.Channels; c++)
+                    {
+                        int at = layerOffsets[layer] + tokenOffsets[t] + channelOffsets[c];
+                        int q = level > 8 ? BinaryPrimitives.ReadUInt16LittleEndian(frames.AsSpan(2 * at)) : frames[at];
+                        int scale = (((layer * 2) + kind) * shape.Channels) + c;
+                        restored[((((layer * 2) + kind) * shape.Tokens) + t) * shape.Channels + c] = (Half)(mins[scale] + (q * steps[scale]));
+                    }
+                }
+            }
+        }
+
+        Assert.Equal(expected, System.Runtime.InteropServices.MemoryMarshal.AsBytes(restored.AsSpan()).ToArray());
+        Assert.Throws<InvalidKvDataException>(() => VideoCodec.ReadScales(parameters.WrittenSpan, shape, level == 4 ? 6 : 4, mins, steps));
+    }
+
+    [Theory]
     [InlineData(12)]
     [InlineData(10)]
     [InlineData(8)]
