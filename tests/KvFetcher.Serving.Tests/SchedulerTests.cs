@@ -30,6 +30,41 @@ public sealed class SchedulerTests(ServingFixture fixture) : IClassFixture<Servi
     }
 
     [Fact]
+    public async Task FinishedAnswer_ChunksItCompletesArePublished_NextTurnReusesThem()
+    {
+        string store = Directory.CreateTempSubdirectory("kvf-answers-").FullName;
+        try
+        {
+            await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(fixture.EngineOptions(store: store), TestContext.Current.CancellationToken);
+            int[] prompt = fixture.Model.Tokenizer.Encode(fixture.Document)[..300];
+
+            // Turn 1: 300 prompt tokens (one full chunk) and 260 generated; the cache then holds 559 positions, so the
+            // answer completes a second chunk.
+            GenerationResult first = await engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 260 }, TestContext.Current.CancellationToken).Completion;
+            Assert.Equal(260, first.CompletionTokens);
+            await engine.WhenPublishedAsync();
+
+            // Turn 2 repeats turn 1 and its answer (as a chat client sends the history back) and asks on.
+            int[] answer = GreedyIds(prompt, 259);
+            int[] next = [.. prompt, .. answer, .. fixture.Model.Tokenizer.Encode(" Question: what next?")];
+            GenerationResult second = await engine.Submit(new GenerationRequest { Prompt = next, MaxTokens = 8 }, TestContext.Current.CancellationToken).Completion;
+
+            Assert.Equal(512, second.Prefill.ReusedTokens);
+            Assert.Equal(fixture.Greedy(next, 8), second.Text);
+        }
+        finally
+        {
+            Directory.Delete(store, recursive: true);
+        }
+    }
+
+    private int[] GreedyIds(int[] prompt, int count)
+    {
+        var generator = new KvFetcher.Engine.Generation.TextGenerator(fixture.Model.CreateSession(prompt.Length + count), new KvFetcher.Engine.Generation.SamplingOptions { MaxTokens = count });
+        return [.. generator.Generate(prompt)];
+    }
+
+    [Fact]
     public async Task ShortRequestDuringLongGeneration_FinishesFirst()
     {
         await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(fixture.EngineOptions(store: null), TestContext.Current.CancellationToken);

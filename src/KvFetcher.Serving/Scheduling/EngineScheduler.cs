@@ -12,6 +12,9 @@ public sealed record EngineSchedulerOptions
     /// <summary>Requests holding a session (fetching, prefilling or decoding) at once.</summary>
     public int MaxActiveSessions { get; init; } = 8;
 
+    /// <summary>Also store the chunks a finished answer completes, for the next turn of the conversation.</summary>
+    public bool PublishAnswers { get; init; } = true;
+
     /// <summary>Requests waiting for a session; beyond this <see cref="EngineScheduler.Submit"/> throws <see cref="EngineBusyException"/>.</summary>
     public int MaxQueuedRequests { get; init; } = 64;
 
@@ -466,6 +469,7 @@ public sealed class EngineScheduler : IAsyncDisposable
             };
             _metrics.ObserveCompleted(result);
             sequence.Handle.Complete(result);
+            PublishAnswer(sequence);
             Finish(sequence, null);
             return StepOutcome.Left;
         }
@@ -487,6 +491,40 @@ public sealed class EngineScheduler : IAsyncDisposable
 
         ContextPlan plan = sequence.Plan!;
         for (int chunk = sequence.Reused / plan.ChunkTokens; chunk < plan.Keys.Length; chunk++)
+        {
+            if (_reuse.Publisher.TryEnqueue(plan, chunk, sequence.Session!.Cache))
+            {
+                _metrics.ObservePublishedChunk();
+            }
+        }
+    }
+
+    // Store the chunks the answer completed (prompt + generated tokens whose KV is in the cache: all but the last
+    // token), so the next turn of a conversation, whose prompt repeats this one and the answer, reuses them too.
+    private void PublishAnswer(Sequence sequence)
+    {
+        if (_reuse is null || !_options.PublishAnswers)
+        {
+            return;
+        }
+
+        int[] prompt = sequence.Request.Prompt;
+        int cached = prompt.Length + sequence.Generated - 1;
+        ContextPlan promptPlan = sequence.Plan!;
+        if (cached / promptPlan.ChunkTokens <= promptPlan.Keys.Length)
+        {
+            return; // no chunk completed beyond the prompt's
+        }
+
+        var tokens = new int[cached];
+        prompt.CopyTo(tokens, 0);
+        for (int i = prompt.Length; i < cached; i++)
+        {
+            tokens[i] = sequence.GeneratedTokens[i - prompt.Length];
+        }
+
+        ContextPlan plan = _reuse.Plan(tokens, sequence.Request.TenantSalt);
+        for (int chunk = promptPlan.Keys.Length; chunk < plan.Keys.Length; chunk++)
         {
             if (_reuse.Publisher.TryEnqueue(plan, chunk, sequence.Session!.Cache))
             {

@@ -15,6 +15,7 @@ namespace KvFetcher.Serving.Scheduling;
 /// </summary>
 internal sealed class Sequence
 {
+    private readonly List<int> _generated = [];
     private readonly StringBuilder _text = new();
     private readonly int _longestStop;
     private int _released;
@@ -68,6 +69,9 @@ internal sealed class Sequence
 
     public int Generated { get; private set; }
 
+    /// <summary>The tokens chosen so far, in order (the last one is <see cref="LastToken"/>).</summary>
+    public IReadOnlyList<int> GeneratedTokens => _generated;
+
     public bool IsCancelled => CancellationToken.IsCancellationRequested;
 
     /// <summary>Prepares sampling once the engine takes the request.</summary>
@@ -86,6 +90,7 @@ internal sealed class Sequence
         int token = _sampler!.Next(logits);
         LastToken = token;
         Generated++;
+        _generated.Add(token);
         if (eos.Contains(token))
         {
             return FinishReason.Stop;
