@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using KvFetcher.Server.Hosting;
 using KvFetcher.Store;
@@ -7,7 +6,6 @@ using KvFetcher.Store.Disk;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
-using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 
@@ -62,7 +60,7 @@ public sealed class StoreServer : IAsyncDisposable
     internal static async Task<StoreServer> StartAsync(StoreServerOptions options, IKvStore store, bool ownsStore, CancellationToken cancellationToken = default)
     {
         IReadOnlyList<ListenEndpoint> endpoints = options.ParseEndpoints();
-        X509Certificate2? certificate = endpoints.Any(e => e.Https) ? LoadCertificate(options) : null;
+        X509Certificate2? certificate = ListenEndpoint.LoadCertificate(endpoints, options.CertificateFile, options.CertificateKeyFile);
 
         WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvfetch-server");
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.RequestTimeout + TimeSpan.FromSeconds(5));
@@ -73,31 +71,8 @@ public sealed class StoreServer : IAsyncDisposable
             // Large objects: windows big enough that one 8 MB transfer never stalls on flow control.
             kestrel.Limits.Http2.InitialConnectionWindowSize = 32 << 20;
             kestrel.Limits.Http2.InitialStreamWindowSize = 16 << 20;
-            foreach (ListenEndpoint endpoint in endpoints)
-            {
-                void Configure(ListenOptions listen)
-                {
-                    if (endpoint.Https)
-                    {
-                        listen.Protocols = HttpProtocols.Http1AndHttp2;
-                        listen.UseHttps(certificate!);
-                    }
-                    else
-                    {
-                        // Cleartext carries one protocol (HTTP/2 would need prior knowledge); HTTP/1.1 measured faster.
-                        listen.Protocols = options.CleartextProtocols;
-                    }
-                }
-
-                if (endpoint.Address is null)
-                {
-                    kestrel.ListenAnyIP(endpoint.Port, Configure);
-                }
-                else
-                {
-                    kestrel.Listen(endpoint.Address, endpoint.Port, Configure);
-                }
-            }
+            // Cleartext carries one protocol (HTTP/2 would need prior knowledge); HTTP/1.1 measured faster.
+            ListenEndpoint.Bind(kestrel, endpoints, certificate, options.CleartextProtocols);
         });
 
         WebApplication app = builder.Build();
@@ -207,18 +182,6 @@ public sealed class StoreServer : IAsyncDisposable
         {
             int route = ServerMetrics.RouteIndex(context.GetEndpoint()?.DisplayName);
             metrics.ObserveRequest(route, context.Response.StatusCode, Stopwatch.GetElapsedTime(start));
-        }
-    }
-
-    private static X509Certificate2 LoadCertificate(StoreServerOptions options)
-    {
-        try
-        {
-            return X509Certificate2.CreateFromPemFile(options.CertificateFile!, options.CertificateKeyFile);
-        }
-        catch (CryptographicException ex)
-        {
-            throw new ArgumentException($"Cannot load the certificate '{options.CertificateFile}' with key '{options.CertificateKeyFile}': {ex.Message}", ex);
         }
     }
 }

@@ -1,5 +1,5 @@
-using System.Net;
 using KvFetcher.Codecs.Containers;
+using KvFetcher.Server.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 
 namespace KvFetcher.Server;
@@ -91,25 +91,7 @@ public sealed record StoreServerOptions
             throw new ArgumentException($"Anonymous access is refused on a non-loopback URL ({open.Url}); give a token.");
         }
 
-        if (endpoints.Any(e => e.Https))
-        {
-            if (string.IsNullOrWhiteSpace(CertificateFile) || string.IsNullOrWhiteSpace(CertificateKeyFile))
-            {
-                throw new ArgumentException("An https URL needs a PEM certificate and its key file.");
-            }
-
-            foreach (string file in (string[])[CertificateFile, CertificateKeyFile])
-            {
-                if (!File.Exists(file))
-                {
-                    throw new ArgumentException($"The certificate file '{file}' does not exist.");
-                }
-            }
-        }
-        else if (CertificateFile is not null || CertificateKeyFile is not null)
-        {
-            throw new ArgumentException("A certificate was given but no URL is https.");
-        }
+        ListenEndpoint.CheckCertificate(endpoints, CertificateFile, CertificateKeyFile);
 
         if (CapacityBytes is <= 0)
         {
@@ -128,53 +110,5 @@ public sealed record StoreServerOptions
         }
 
         return endpoints;
-    }
-}
-
-/// <summary>One address to listen on, parsed from a URL.</summary>
-internal sealed record ListenEndpoint(string Url, bool Https, IPAddress? Address, int Port)
-{
-    /// <summary>Null <see cref="Address"/> = every interface.</summary>
-    public bool IsLoopback => Address is not null && IPAddress.IsLoopback(Address);
-
-    public static ListenEndpoint Parse(string url)
-    {
-        if (string.IsNullOrWhiteSpace(url))
-        {
-            throw new ArgumentException("An empty URL was given.");
-        }
-
-        // "*" and "+" (every interface) are not valid URI hosts; parse them as an IP placeholder.
-        string text = url.Replace("://*", "://0.0.0.0", StringComparison.Ordinal).Replace("://+", "://0.0.0.0", StringComparison.Ordinal);
-        bool wildcard = text != url;
-        if (!Uri.TryCreate(text, UriKind.Absolute, out Uri? uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
-        {
-            throw new ArgumentException($"'{url}' is not an http:// or https:// URL.");
-        }
-
-        if (uri.AbsolutePath != "/" || uri.Query.Length > 0 || uri.UserInfo.Length > 0)
-        {
-            throw new ArgumentException($"The URL '{url}' may hold only a scheme, a host and a port.");
-        }
-
-        IPAddress? address;
-        if (wildcard)
-        {
-            address = null;
-        }
-        else if (uri.IsLoopback && uri.HostNameType == UriHostNameType.Dns)
-        {
-            address = IPAddress.Loopback; // localhost: IPv4 loopback, which also allows an ephemeral port
-        }
-        else if (IPAddress.TryParse(uri.Host.Trim('[', ']'), out IPAddress? ip))
-        {
-            address = ip;
-        }
-        else
-        {
-            throw new ArgumentException($"The host of '{url}' must be an IP address, localhost or *.");
-        }
-
-        return new ListenEndpoint(url, uri.Scheme == Uri.UriSchemeHttps, address, uri.Port);
     }
 }

@@ -53,23 +53,14 @@ public sealed class LlmServer : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(engine);
-        IReadOnlyList<(System.Net.IPAddress? Address, int Port)> endpoints = options.ParseEndpoints();
+        IReadOnlyList<ListenEndpoint> endpoints = options.ParseEndpoints();
+        System.Security.Cryptography.X509Certificates.X509Certificate2? certificate = ListenEndpoint.LoadCertificate(endpoints, options.CertificateFile, options.CertificateKeyFile);
         WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvfetch-serve-llm");
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
             kestrel.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
-            foreach ((System.Net.IPAddress? address, int port) in endpoints)
-            {
-                if (address is null)
-                {
-                    kestrel.ListenAnyIP(port, listen => listen.Protocols = HttpProtocols.Http1);
-                }
-                else
-                {
-                    kestrel.Listen(address, port, listen => listen.Protocols = HttpProtocols.Http1);
-                }
-            }
+            ListenEndpoint.Bind(kestrel, endpoints, certificate, HttpProtocols.Http1);
         });
 
         WebApplication app = builder.Build();

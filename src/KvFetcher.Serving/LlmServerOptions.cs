@@ -1,4 +1,4 @@
-using System.Net;
+using KvFetcher.Server.Hosting;
 
 namespace KvFetcher.Serving;
 
@@ -8,8 +8,14 @@ public sealed record LlmServerOptions
     /// <summary>The engine's options (model, store, limits).</summary>
     public required KvFetcherOptions Engine { get; init; }
 
-    /// <summary>Where to listen: <c>http://IP:PORT</c>, <c>http://localhost:PORT</c> or <c>http://*:PORT</c>; port 0 = ephemeral.</summary>
+    /// <summary>Where to listen: <c>http(s)://IP:PORT</c>, <c>localhost</c> or <c>*</c> (all interfaces); port 0 = ephemeral.</summary>
     public IReadOnlyList<string> Urls { get; init; } = ["http://127.0.0.1:8080"];
+
+    /// <summary>PEM certificate for <c>https</c> URLs.</summary>
+    public string? CertificateFile { get; init; }
+
+    /// <summary>PEM private key of <see cref="CertificateFile"/>.</summary>
+    public string? CertificateKeyFile { get; init; }
 
     /// <summary>
     /// API keys a <c>/v1</c> request must present as <c>Authorization: Bearer KEY</c> (401 otherwise); null = no check.
@@ -32,7 +38,7 @@ public sealed record LlmServerOptions
     /// <summary>Throws <see cref="ArgumentException"/> with one line naming the first problem.</summary>
     public void Validate() => _ = ParseEndpoints();
 
-    internal IReadOnlyList<(IPAddress? Address, int Port)> ParseEndpoints()
+    internal IReadOnlyList<ListenEndpoint> ParseEndpoints()
     {
         ArgumentNullException.ThrowIfNull(Engine);
         Engine.Validate();
@@ -41,11 +47,8 @@ public sealed record LlmServerOptions
             throw new ArgumentException("At least one URL to listen on is required.");
         }
 
-        var endpoints = new List<(IPAddress?, int)>(Urls.Count);
-        foreach (string url in Urls)
-        {
-            endpoints.Add(ParseUrl(url));
-        }
+        ListenEndpoint[] endpoints = [.. Urls.Select(ListenEndpoint.Parse)];
+        ListenEndpoint.CheckCertificate(endpoints, CertificateFile, CertificateKeyFile);
 
         if (ApiKeys is not null)
         {
@@ -63,7 +66,7 @@ public sealed record LlmServerOptions
             }
         }
 
-        bool everyLoopback = endpoints.All(e => e.Item1 is not null && IPAddress.IsLoopback(e.Item1));
+        bool everyLoopback = endpoints.All(e => e.IsLoopback);
         if (ApiKeys is null && !AllowAnonymous && !everyLoopback)
         {
             throw new ArgumentException("Serving on a non-loopback URL needs API keys (or allow anonymous access explicitly).");
@@ -75,42 +78,5 @@ public sealed record LlmServerOptions
         }
 
         return endpoints;
-    }
-
-    private static (IPAddress? Address, int Port) ParseUrl(string url)
-    {
-        if (string.IsNullOrWhiteSpace(url))
-        {
-            throw new ArgumentException("An empty URL was given.");
-        }
-
-        string text = url.Replace("://*", "://0.0.0.0", StringComparison.Ordinal).Replace("://+", "://0.0.0.0", StringComparison.Ordinal);
-        bool wildcard = text != url;
-        if (!Uri.TryCreate(text, UriKind.Absolute, out Uri? uri) || uri.Scheme != Uri.UriSchemeHttp)
-        {
-            throw new ArgumentException($"'{url}' is not an http:// URL (terminate TLS in front of the server).");
-        }
-
-        if (uri.AbsolutePath != "/" || uri.Query.Length > 0 || uri.UserInfo.Length > 0)
-        {
-            throw new ArgumentException($"The URL '{url}' may hold only a scheme, a host and a port.");
-        }
-
-        if (wildcard)
-        {
-            return (null, uri.Port);
-        }
-
-        if (uri.IsLoopback && uri.HostNameType == UriHostNameType.Dns)
-        {
-            return (IPAddress.Loopback, uri.Port);
-        }
-
-        if (IPAddress.TryParse(uri.Host.Trim('[', ']'), out IPAddress? ip))
-        {
-            return (ip, uri.Port);
-        }
-
-        throw new ArgumentException($"The host of '{url}' must be an IP address, localhost or *.");
     }
 }

@@ -1,6 +1,5 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using KvFetcher.Store;
 using KvFetcher.Store.Remote;
@@ -185,7 +184,7 @@ public sealed class ResilienceTests
     {
         string directory = ServerHarness.NewTempDirectory();
         Directory.CreateDirectory(directory);
-        (string certFile, string keyFile) = WriteSelfSignedCertificate(directory);
+        (string certFile, string keyFile) = KvFetcher.Tests.TestCertificates.WriteSelfSigned(directory);
         await using ServerHarness harness = await ServerHarness.StartAsync(o => o with
         {
             Urls = ["https://127.0.0.1:0"],
@@ -217,21 +216,5 @@ public sealed class ResilienceTests
         {
             ServerHarness.DeleteDirectory(directory);
         }
-    }
-
-    private static (string CertFile, string KeyFile) WriteSelfSignedCertificate(string directory)
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=kvfetch-test", key, HashAlgorithmName.SHA256);
-        var names = new SubjectAlternativeNameBuilder();
-        names.AddIpAddress(IPAddress.Loopback);
-        request.CertificateExtensions.Add(names.Build());
-        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, false));
-        using X509Certificate2 certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(1));
-        string certFile = Path.Combine(directory, "cert.pem");
-        string keyFile = Path.Combine(directory, "key.pem");
-        File.WriteAllText(certFile, certificate.ExportCertificatePem());
-        File.WriteAllText(keyFile, key.ExportPkcs8PrivateKeyPem());
-        return (certFile, keyFile);
     }
 }

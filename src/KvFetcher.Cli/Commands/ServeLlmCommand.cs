@@ -23,7 +23,7 @@ internal static class ServeLlmCommand
         Option<bool> noReuse = new("--no-reuse") { Description = "Compute every prompt (no store is used)." };
         Option<string[]> urls = new("--urls")
         {
-            Description = "Where to listen, repeatable: http://IP:PORT, localhost or * (port 0 = any free port).",
+            Description = "Where to listen, repeatable: http(s)://IP:PORT, localhost or * (port 0 = any free port; https needs --cert and --cert-key).",
             DefaultValueFactory = _ => ["http://127.0.0.1:8080"],
             AllowMultipleArgumentsPerToken = true,
         };
@@ -36,9 +36,11 @@ internal static class ServeLlmCommand
         Option<int> maxQueue = new("--max-queue") { Description = "Requests waiting beyond --max-sessions; more get 429.", DefaultValueFactory = _ => 64 };
         Option<int> threads = new("--threads", "-t") { Description = "Kernel threads (0 = one per processor).", DefaultValueFactory = _ => 0 };
         Option<EngineKind> engine = CliOptions.Engine();
+        Option<FileInfo?> cert = new("--cert") { Description = "PEM certificate for https URLs." };
+        Option<FileInfo?> certKey = new("--cert-key") { Description = "PEM private key of --cert." };
         var command = new Command("serve-llm", "Run an OpenAI-compatible inference server that reuses stored KV.")
         {
-            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, variant, modelId, maxSessions, maxQueue, threads, engine,
+            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, variant, modelId, maxSessions, maxQueue, threads, engine, cert, certKey,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -64,6 +66,8 @@ internal static class ServeLlmCommand
                     Engine = parse.GetValue(engine),
                 },
                 Urls = parse.GetValue(urls)!,
+                CertificateFile = parse.GetValue(cert)?.FullName,
+                CertificateKeyFile = parse.GetValue(certKey)?.FullName,
                 ApiKeys = ReadKeys(parse.GetValue(apiKeys)),
                 TenantFromKey = parse.GetValue(tenantFromKey),
                 AllowAnonymous = parse.GetValue(allowAnonymous),
