@@ -16,7 +16,8 @@ namespace KvFetcher.NvdecBench;
 
 /// <summary>
 /// <c>reuse</c>, on the GPU machine: remote KV reuse with the CUDA engine and NVDEC restore.
-/// 1. Checks on the bundled model: for every stored variant, the NVDEC path restores exactly the bytes the CPU decoders
+/// 1. Checks on the bundled model: for every stored variant, the GPU path (NVDEC for video, the CUDA-core decoder for
+///    cachegen) restores exactly the bytes the CPU decoders
 ///    restore, and greedy continuations after reuse equal full prefill on the GPU (required for the lossless variants,
 ///    measured for the lossy ones).
 /// 2. The TTFT sweep on the bundled model.
@@ -154,7 +155,7 @@ internal static class ReuseCommand
                 failures += passed ? 0 : 1;
                 rows.Add((variant.ToString(), viaNvdec.RestoredChunks, identical, agree, viaHost.Elapsed.TotalMilliseconds, viaNvdec.Elapsed.TotalMilliseconds, viaNvdec.BytesFetched));
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{(passed ? "PASS" : "FAIL")} {variant,-10} restored {viaNvdec.RestoredChunks}/{plan.ReusableChunks} chunks; NVDEC path == CPU decoders: {identical}; greedy after reuse equals full prefill for {agree}/{Continuation} tokens; fetch+decode+restore {viaHost.Elapsed.TotalMilliseconds:F1} ms (cpu) vs {viaNvdec.Elapsed.TotalMilliseconds:F1} ms ({engine.Restorer.Name}), {viaNvdec.BytesFetched / 1e6:F2} MB"));
+                    $"{(passed ? "PASS" : "FAIL")} {variant,-10} restored {viaNvdec.RestoredChunks}/{plan.ReusableChunks} chunks; GPU path == CPU decoders: {identical}; greedy after reuse equals full prefill for {agree}/{Continuation} tokens; fetch+decode+restore {viaHost.Elapsed.TotalMilliseconds:F1} ms (cpu) vs {viaNvdec.Elapsed.TotalMilliseconds:F1} ms ({engine.Restorer.Name}), {viaNvdec.BytesFetched / 1e6:F2} MB"));
             }
         }
         finally
@@ -174,11 +175,11 @@ internal static class ReuseCommand
             json.WriteStartObject();
             json.WriteString("variant", row.Variant);
             json.WriteNumber("restoredChunks", row.Restored);
-            json.WriteBoolean("nvdecEqualsCpu", row.Identical);
+            json.WriteBoolean("gpuEqualsCpu", row.Identical);
             json.WriteNumber("greedyTokensEqual", row.Greedy);
             json.WriteNumber("greedyTokens", Continuation);
             json.WriteNumber("cpuPathMs", row.HostMs);
-            json.WriteNumber("nvdecPathMs", row.NvdecMs);
+            json.WriteNumber("gpuPathMs", row.NvdecMs);
             json.WriteNumber("bytes", row.Bytes);
             json.WriteEndObject();
         }

@@ -251,6 +251,60 @@ public sealed class CacheGenCodec : IKvCodec
         }
     }
 
+    /// <summary>
+    /// For a decoder outside this codec (the CUDA-core decoder): checks a chunk's parameters, scales and CDF tables as
+    /// <see cref="Decode"/> does (so a decoder given them can never loop or read out of bounds), and writes per plane
+    /// (<c>layer * 2 + kind</c>) where its CDF table and its stream start in the payload, the stream's length, its
+    /// symbol count and its largest magnitude. Tables are <c>u16[channels][symbols - 1]</c>; scales are the fp16 values
+    /// at <see cref="ScalesOffset"/> in the parameters, <c>[plane][token]</c>.
+    /// </summary>
+    /// <exception cref="InvalidKvDataException">The chunk is malformed.</exception>
+    public static void DescribePlanes(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, int level,
+        Span<int> tableOffsets, Span<int> streamOffsets, Span<int> streamLengths, Span<int> symbols, Span<int> magnitudes)
+    {
+        CodecChecks.Level(Instance, level);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(shape.Channels, MaxChannels, nameof(shape));
+        int planes = shape.Layers * 2;
+        ReadOnlySpan<byte> scaleBytes = CheckParameters(parameters, shape, level);
+        CheckPayloadLength(parameters.Slice(HeaderBytes, 4 * planes), payload.Length, shape, level);
+        for (int i = 0; i < planes * shape.Tokens; i++)
+        {
+            Half scale = BitConverter.UInt16BitsToHalf(BinaryPrimitives.ReadUInt16LittleEndian(scaleBytes.Slice(2 * i, 2)));
+            if (!Half.IsFinite(scale) || Half.IsNegative(scale))
+            {
+                throw new InvalidKvDataException($"cachegen: scale of {PlaneName(i / shape.Tokens)} token {i % shape.Tokens} is {scale}; scales are finite and non-negative.");
+            }
+        }
+
+        int[] cdf = ArrayPool<int>.Shared.Rent(shape.Channels * CacheGenBins.MaxBins);
+        try
+        {
+            int offset = 0;
+            for (int plane = 0; plane < planes; plane++)
+            {
+                int bins = CacheGenBins.Of(level, shape.Layers, plane >> 1, plane & 1);
+                int n = CacheGenBins.Symbols(bins);
+                int tableBytes = shape.Channels * (n - 1) * 2;
+                ReadCdfs(payload.Slice(offset, tableBytes), shape.Channels, n, cdf.AsSpan(0, shape.Channels * (n + 1)), plane, offset);
+                tableOffsets[plane] = offset;
+                offset += tableBytes;
+                int length = (int)BinaryPrimitives.ReadUInt32LittleEndian(parameters.Slice(HeaderBytes + (4 * plane), 4));
+                streamOffsets[plane] = offset;
+                streamLengths[plane] = length;
+                symbols[plane] = n;
+                magnitudes[plane] = CacheGenBins.MaxMagnitude(bins);
+                offset += length;
+            }
+        }
+        finally
+        {
+            ArrayPool<int>.Shared.Return(cdf);
+        }
+    }
+
+    /// <summary>Where the fp16 scales start in the parameters of a chunk with <paramref name="layers"/> layers.</summary>
+    public static int ScalesOffset(int layers) => HeaderBytes + (4 * layers * 2);
+
     /// <summary>For each channel and each 256-wide slice of [0, 2^16): the symbol whose range holds the slice's start.</summary>
     private static void BuildBuckets(ReadOnlySpan<int> cdf, int channels, int n, Span<byte> buckets)
     {

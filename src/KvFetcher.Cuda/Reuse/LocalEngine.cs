@@ -112,7 +112,8 @@ public sealed class LocalEngine : IDisposable
         if (!options.Nvdec || !NvdecDevice.IsSupported(out reason))
         {
             string why = options.Nvdec ? $"no NVDEC: {reason}" : "NVDEC off";
-            return new LocalEngine(model, HostChunkRestorer.Instance, EngineKind.Cuda, $"{model.Device}, cpu decoders ({why})", null, null);
+            var withoutNvdec = new GpuChunkRestorer(model, null, null);
+            return new LocalEngine(model, withoutNvdec, EngineKind.Cuda, $"{model.Device}, {withoutNvdec.Name} decoders ({why})", null, null);
         }
 
         NvdecDevice? device = null;
@@ -121,7 +122,7 @@ public sealed class LocalEngine : IDisposable
         {
             device = NvdecDevice.Open(model.Context.DeviceOrdinal);
             pool = new NvdecPool(device, options.NvdecSessions);
-            var restorer = new NvdecChunkRestorer(model, device, pool);
+            var restorer = new GpuChunkRestorer(model, device, pool);
             return new LocalEngine(model, restorer, EngineKind.Cuda, $"{model.Device}, {restorer.Name} decoders", device, pool);
         }
         catch
