@@ -336,7 +336,8 @@ public abstract class RedisKvStoreTests(RedisFixture fixture) : IAsyncLifetime
     [InlineData(Large)]
     public async Task Put_WithTimeToLive_ObjectAndPartsExpire(int payload)
     {
-        RedisKvStore store = await OpenAsync(TimeSpan.FromMilliseconds(1500));
+        // Long enough that a 5 MB put on a loaded 2-core machine finishes well inside it (1.5 s once did not).
+        RedisKvStore store = await OpenAsync(TimeSpan.FromSeconds(4));
         ObjectKey key = TestObjects.KeyFor("ttl");
         await store.PutAsync(key, TestObjects.Container(key, payload, 1), Ct);
         RedisKey[] keys = await KeysOfAsync(store, key);
