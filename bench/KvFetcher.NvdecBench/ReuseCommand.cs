@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json;
@@ -82,6 +83,12 @@ internal static class ReuseCommand
                     MaxStepTokens = 4096,
                 }));
             Console.WriteLine($"llama-3-8b shape: {big.Choice}");
+            if (args.Contains("--decoders"))
+            {
+                DecoderRates(big, pool, Path.Combine(output, "gpu-decoder-rates.txt"));
+                return failures == 0 ? 0 : 1;
+            }
+
             var random = new Random(7);
             TtftSweepResult result = await TtftSweep.RunAsync(big.Model, new TtftSweepOptions
             {
@@ -187,6 +194,87 @@ internal static class ReuseCommand
         json.WriteEndArray();
         json.WriteEndObject();
         return failures;
+    }
+
+    /// <summary>
+    /// Decode rates of the GPU path's decoders on Llama-3-8B-shaped chunks of real KV: NVDEC (video8), the CUDA-core
+    /// CacheGen decoder (cachegen0) and the CPU (exact), each alone and all at once, in GB/s of fp16 KV produced.
+    /// </summary>
+    private static void DecoderRates(LocalEngine engine, RealKvPool pool, string path)
+    {
+        const int Chunks = 24;
+        var random = new Random(3);
+        int[] tokens = [.. Enumerable.Range(0, (Chunks * 256) + 1).Select(_ => random.Next(engine.Model.Config.VocabSize))];
+        ContextPlan plan = ContextPlan.Create(engine.Model.Fingerprint, "", tokens, 256, engine.Model.Config.NumLayers, engine.Model.Config.NumKvHeads, engine.Model.Config.HeadDim, DType.Float16);
+        KvVariant[] variants = [KvVariant.Parse("video8"), KvVariant.Parse("cachegen0"), KvVariant.Exact];
+        var containers = new Dictionary<KvVariant, byte[][]>();
+        foreach (KvVariant variant in variants)
+        {
+            var encoded = new byte[Chunks][];
+            Parallel.For(0, Chunks, chunk =>
+            {
+                byte[] kv = new byte[plan.ChunkBytes];
+                pool.Fill(plan, chunk, kv);
+                var parameters = new System.Buffers.ArrayBufferWriter<byte>();
+                var payload = new System.Buffers.ArrayBufferWriter<byte>();
+                var container = new System.Buffers.ArrayBufferWriter<byte>();
+                variant.GetCodec().Encode(kv, plan.ChunkShape, plan.DType, variant.Level, parameters, payload);
+                Codecs.Containers.ChunkContainer.Write(plan.Header(chunk, variant), parameters.WrittenSpan, payload.WrittenSpan, container);
+                encoded[chunk] = container.WrittenSpan.ToArray();
+            });
+            containers[variant] = encoded;
+        }
+
+        var lines = new List<string> { $"decode rates, GB/s of fp16 KV produced ({plan.ChunkBytes >> 20} MiB chunks of the Llama-3-8B shape, real KV; {engine.Restorer.Name})" };
+        void Report(string name, params (KvVariant Variant, int Workers)[] mix)
+        {
+            // Each worker owns a slot and decodes its variant's chunks round after round for a fixed time.
+            var stop = Stopwatch.StartNew();
+            long[] produced = new long[mix.Length];
+            var threads = new List<Thread>();
+            using var start = new ManualResetEventSlim();
+            for (int m = 0; m < mix.Length; m++)
+            {
+                (KvVariant variant, int workers) = mix[m];
+                int index = m;
+                for (int w = 0; w < workers; w++)
+                {
+                    int worker = w;
+                    var thread = new Thread(() =>
+                    {
+                        using IRestoreSlot slot = engine.Restorer.CreateSlot(plan.ChunkShape, plan.DType);
+                        start.Wait();
+                        for (int i = worker; stop.Elapsed.TotalSeconds < 4; i += workers)
+                        {
+                            int chunk = i % Chunks;
+                            slot.Decode(containers[variant][chunk], plan.Expectation(chunk), variant);
+                            Interlocked.Add(ref produced[index], plan.ChunkBytes);
+                        }
+                    });
+                    thread.Start();
+                    threads.Add(thread);
+                }
+            }
+
+            stop.Restart();
+            start.Set();
+            threads.ForEach(t => t.Join());
+            double seconds = stop.Elapsed.TotalSeconds;
+            string parts = string.Join(", ", mix.Select((x, i) => string.Create(CultureInfo.InvariantCulture, $"{x.Variant} x{x.Workers} {produced[i] / seconds / 1e9:F2}")));
+            string line = string.Create(CultureInfo.InvariantCulture, $"{name,-28} total {produced.Sum() / seconds / 1e9:F2} GB/s  ({parts})");
+            Console.WriteLine(line);
+            lines.Add(line);
+        }
+
+        KvVariant video = variants[0], cachegen = variants[1], exact = variants[2];
+        Report("nvdec alone", (video, 4));
+        Report("nvdec alone", (video, 8));
+        Report("cuda cachegen alone", (cachegen, 4));
+        Report("cuda cachegen alone", (cachegen, 12));
+        Report("cpu exact alone", (exact, 8));
+        Report("cpu exact alone", (exact, 14));
+        Report("all three at once", (video, 4), (cachegen, 6), (exact, 8));
+        File.WriteAllLines(path, lines);
     }
 
     /// <summary>Decodes and restores chunk 0 of <paramref name="plan"/> through <paramref name="restorer"/> outside the fetcher, naming any failure.</summary>
