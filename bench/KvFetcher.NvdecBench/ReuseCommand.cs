@@ -46,7 +46,7 @@ internal static class ReuseCommand
         using LocalEngine bundled = LocalEngine.Open(bundledDirectory, new LocalEngineOptions { Kind = EngineKind.Cuda });
         Console.WriteLine($"engine: {bundled.Choice}; {Environment.ProcessorCount} cores");
         var model = (CudaLanguageModel)bundled.Model;
-        int[] corpus = Corpus(model, documents, 3840 + 16);
+        int[] corpus = TtftSweep.Corpus(model, documents, 3840 + 16);
         int failures = 0;
         if (!args.Contains("--skip-checks"))
         {
@@ -74,7 +74,7 @@ internal static class ReuseCommand
         if (large.Length > 0 && large[0] > 0)
         {
             RealKvPool pool = RealKvPool.From(model, corpus[..3840]);
-            ModelConfig config = Llama3Shape(large.Max() + 256);
+            ModelConfig config = ModelShapes.Llama3Size8B(large.Max() + 256);
             using LocalEngine big = LocalEngine.WithDecoders(
                 CudaLanguageModel.CreateWithRandomWeights(config, seed: 1, new CudaModelOptions
                 {
@@ -326,36 +326,6 @@ internal static class ReuseCommand
         b.Export(0, tokens, b.StorageDType, y);
         return x.AsSpan().SequenceEqual(y);
     }
-
-    private static int[] Corpus(CudaLanguageModel model, string directory, int count)
-    {
-        var tokens = new List<int>(count);
-        foreach (string path in Directory.GetFiles(directory, "*.txt").Order(StringComparer.Ordinal))
-        {
-            tokens.AddRange(model.Tokenizer.Encode(File.ReadAllText(path)));
-            if (tokens.Count >= count)
-            {
-                return [.. tokens.Take(count)];
-            }
-        }
-
-        throw new ArgumentException($"{directory} holds {tokens.Count} tokens; {count} are needed.");
-    }
-
-    private static ModelConfig Llama3Shape(int positions) => new()
-    {
-        Architecture = ModelArchitecture.Llama,
-        VocabSize = 128_256,
-        HiddenSize = 4096,
-        IntermediateSize = 14_336,
-        NumLayers = 32,
-        NumHeads = 32,
-        NumKvHeads = 8,
-        HeadDim = 128,
-        MaxPositionEmbeddings = positions,
-        RmsNormEps = 1e-5f,
-        Rope = new RopeConfig { Theta = 500_000 },
-    };
 
     private static void Write(TtftSweepResult result, string path)
     {

@@ -171,20 +171,7 @@ void Bench(CudaMatmulPrecision precision, DType kv)
 // positions hold does not change the time).
 void BenchLarge(CudaMatmulPrecision precision, int[] prefillContexts, int[] decodeContexts)
 {
-    var config = new KvFetcher.Engine.Model.ModelConfig
-    {
-        Architecture = KvFetcher.Engine.Model.ModelArchitecture.Llama,
-        VocabSize = 128_256,
-        HiddenSize = 4096,
-        IntermediateSize = 14_336,
-        NumLayers = 32,
-        NumHeads = 32,
-        NumKvHeads = 8,
-        HeadDim = 128,
-        MaxPositionEmbeddings = 32_768,
-        RmsNormEps = 1e-5f,
-        Rope = new KvFetcher.Engine.Model.RopeConfig { Theta = 500_000 },
-    };
+    KvFetcher.Engine.Model.ModelConfig config = KvFetcher.Engine.Model.ModelShapes.Llama3Size8B();
     long start = Stopwatch.GetTimestamp();
     using var model = CudaLanguageModel.CreateWithRandomWeights(config, seed: 1, new CudaModelOptions { Context = context, MatmulPrecision = precision, KvStorageDType = DType.BFloat16, MaxStepTokens = 4096 });
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"llama-3-8b shape ({model.WeightBytes >> 20} MiB of weights) ready in {Stopwatch.GetElapsedTime(start).TotalSeconds:F1} s"));

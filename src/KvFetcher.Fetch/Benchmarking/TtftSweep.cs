@@ -259,8 +259,8 @@ public static class TtftSweep
         return new TtftBound(context, mbps, best + suffixMs, bestSplit, bestVariant);
     }
 
-    /// <summary>Tokens of the documents, in file order, concatenated until <paramref name="count"/> are collected.</summary>
-    internal static int[] Corpus(IInferenceModel model, string directory, int count)
+    /// <summary>Tokens of the documents (<c>*.txt</c>), in file order, concatenated until <paramref name="count"/> are collected.</summary>
+    public static int[] Corpus(IInferenceModel model, string directory, int count)
     {
         var tokens = new List<int>(count);
         foreach (string file in Directory.GetFiles(directory, "*.txt").Order(StringComparer.Ordinal))
