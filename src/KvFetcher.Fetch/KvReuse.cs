@@ -242,8 +242,23 @@ public sealed class KvReuse : IAsyncDisposable
     /// are filled afterwards; the caller computes the rest from there (and may publish the chunks it computes through
     /// <see cref="Publisher"/>). A store that is down or slow only shortens the reused prefix.
     /// </summary>
-    public async Task<RestoreReport> FetchPrefixAsync(IInferenceSession session, ContextPlan plan, KvVariant variant, CancellationToken cancellationToken = default)
+    public Task<RestoreReport> FetchPrefixAsync(IInferenceSession session, ContextPlan plan, KvVariant variant, CancellationToken cancellationToken = default) =>
+        FetchPrefixAsync(session, plan, [variant], cancellationToken);
+
+    /// <summary>
+    /// Like <see cref="FetchPrefixAsync(IInferenceSession, ContextPlan, KvVariant, CancellationToken)"/>, fetching each
+    /// chunk as whichever of <paramref name="ladder"/>'s stored variants is predicted to arrive fastest from the rates
+    /// measured so far (the most accurate within <see cref="ReuseOptions.QualitySlack"/> of it): a request adapts to the
+    /// link and the decoders it meets.
+    /// </summary>
+    public async Task<RestoreReport> FetchPrefixAsync(IInferenceSession session, ContextPlan plan, IReadOnlyList<KvVariant> ladder, CancellationToken cancellationToken = default)
     {
+        ArgumentNullException.ThrowIfNull(ladder);
+        if (ladder.Count is 0 or > 30)
+        {
+            throw new ArgumentException($"A ladder holds 1 to 30 variants; got {ladder.Count}.", nameof(ladder));
+        }
+
         ArgumentNullException.ThrowIfNull(session);
         ArgumentNullException.ThrowIfNull(plan);
         if (session.Model != _model)
@@ -254,7 +269,6 @@ public sealed class KvReuse : IAsyncDisposable
         long t0 = Stopwatch.GetTimestamp();
         session.Reset();
         var timeline = new Timeline((plan.ReusableChunks * 5) + 8, t0);
-        IReadOnlyList<KvVariant> ladder = [variant];
         (int stored, int[] available, bool lookupFailed) = plan.ReusableChunks == 0 ? (0, [], false) : await LookupAsync(plan, ladder, timeline, cancellationToken).ConfigureAwait(false);
         int restored = 0, failed = 0;
         long bytes = 0;
@@ -263,7 +277,8 @@ public sealed class KvReuse : IAsyncDisposable
             var prefix = new PrefixState(stored, ladder, available);
             using var progress = new SemaphoreSlim(0);
             int slots = (int)Math.Clamp(Options.MaxBufferedBytes / (3L * plan.ChunkBytes), 2, 16);
-            var fetcher = new ChunkFetcher(plan, Store, session.Cache, Restorer, Rates, Options, new FetchAllPolicy(prefix, 0), prefix.States, timeline, progress, slots, cancellationToken);
+            Func<int, int, int>? choose = ladder.Count > 1 ? new FastestVariant(prefix, Rates, plan, Options).Choose : null;
+            var fetcher = new ChunkFetcher(plan, Store, session.Cache, Restorer, Rates, Options, new FetchAllPolicy(prefix, 0, choose), prefix.States, timeline, progress, slots, cancellationToken);
             try
             {
                 await fetcher.Completion.ConfigureAwait(false);

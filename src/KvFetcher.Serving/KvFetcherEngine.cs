@@ -35,7 +35,7 @@ public sealed class KvFetcherEngine : IAsyncDisposable
             {
                 ChunkTokens = options.ChunkTokens,
                 TenantSalt = options.DefaultTenant,
-                Ladder = [options.ParseVariant()],
+                Ladder = options.ParseLadder(),
                 ChunkTimeout = options.FetchTimeout,
                 // A few chunks in flight per request: several requests fetch at once.
                 MaxBufferedBytes = 16L << 20,
@@ -47,7 +47,7 @@ public sealed class KvFetcherEngine : IAsyncDisposable
             MaxActiveSessions = options.MaxActiveSessions,
             MaxQueuedRequests = options.MaxQueuedRequests,
             PrefillStepTokens = options.PrefillStepTokens,
-            Variant = options.ParseVariant(),
+            Ladder = options.ParseLadder(),
         }, Metrics);
     }
 

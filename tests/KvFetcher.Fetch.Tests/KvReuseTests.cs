@@ -209,6 +209,40 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
 
     /// <summary>A disk store in this test's directory holding the prompt's chunks, stored by a computing prefill.</summary>
     [Fact]
+    public async Task FetchPrefix_Ladder_EachChunkAsAStoredVariant_MissingOneFallsToTheOther()
+    {
+        KvVariant video = KvVariant.Parse("video8");
+        await using KvReuse reuse = await WarmAsync(new ReuseOptions { Ladder = [KvVariant.Raw, video] });
+        ContextPlan plan = reuse.Plan(fixture.Tokens);
+        Assert.True(await reuse.Store.DeleteAsync(plan.ObjectKeyOf(1, KvVariant.Raw), TestContext.Current.CancellationToken));
+        Assert.True(await reuse.Store.DeleteAsync(plan.ObjectKeyOf(2, video), TestContext.Current.CancellationToken));
+        var session = fixture.Model.CreateSession(ReuseFixture.PromptTokens);
+
+        RestoreReport report = await reuse.FetchPrefixAsync(session, plan, [KvVariant.Raw, video], TestContext.Current.CancellationToken);
+
+        Assert.Equal(4, report.RestoredChunks);
+        Assert.Equal(0, report.FailedChunks);
+        Assert.Equal(4 * 256, report.ReusedTokens);
+        Assert.Equal(4, report.Variants.Values.Sum());
+        string[] picked = [.. Enumerable.Range(0, 4).Select(c => report.Timeline.Single(s => s.Stage == PrefillStage.Restore && s.Chunk == c).Variant!)];
+        Assert.Equal("video8", picked[1]); // raw is gone
+        Assert.Equal("raw", picked[2]);    // video8 is gone
+
+        // Every chunk holds exactly what its picked variant decodes to.
+        var kv = new byte[session.Cache.GetExportByteCount(4 * 256, plan.DType)];
+        session.Cache.Export(0, 4 * 256, plan.DType, kv);
+        for (int chunk = 0; chunk < 4; chunk++)
+        {
+            KvVariant variant = KvVariant.Parse(picked[chunk]);
+            var container = new System.Buffers.ArrayBufferWriter<byte>();
+            Assert.True((await reuse.Store.GetAsync(plan.ObjectKeyOf(chunk, variant), container, cancellationToken: TestContext.Current.CancellationToken)).Found);
+            var decoded = new byte[plan.ChunkBytes];
+            ChunkContainer.Decode(container.WrittenSpan, plan.Expectation(chunk), variant.GetCodec(), decoded);
+            Assert.Equal(decoded, Slice(kv, chunk, 4 * 256, plan));
+        }
+    }
+
+    [Fact]
     public async Task Prefill_RestorerThatFails_ChunksComputedAndAnswerUnchanged()
     {
         // A restorer whose decoder throws on one chunk and whose restore throws on another (as a GPU decoder or a

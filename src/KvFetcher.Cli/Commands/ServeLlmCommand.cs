@@ -30,7 +30,7 @@ internal static class ServeLlmCommand
         Option<FileInfo?> apiKeys = new("--api-keys-file") { Description = $"File with the API keys clients must send, one a line (else ${ApiKeysVariable}, comma-separated; none: no check)." };
         Option<bool> tenantFromKey = new("--tenant-from-key") { Description = "Each API key is its own tenant: contexts are reused only for the same key (X-KvFetcher-Tenant narrows further)." };
         Option<bool> allowAnonymous = new("--allow-anonymous") { Description = "Serve without API keys on a non-loopback URL." };
-        Option<string> variant = new("--variant") { Description = "How chunks are stored and fetched: raw, exact (lossless), video8, cachegen0, ...", DefaultValueFactory = _ => "raw" };
+        Option<string> variant = new("--variant") { Description = "How chunks are stored and fetched: raw, exact (lossless), video8, cachegen0, ...; several comma-separated (e.g. raw,video8): each chunk is fetched as the one predicted fastest.", DefaultValueFactory = _ => "raw" };
         Option<string?> modelId = new("--model-id") { Description = "The model name clients send (default: the model directory's name)." };
         Option<int> maxSessions = new("--max-sessions") { Description = "Requests holding a KV cache at once (memory bound).", DefaultValueFactory = _ => 8 };
         Option<int> maxQueue = new("--max-queue") { Description = "Requests waiting beyond --max-sessions; more get 429.", DefaultValueFactory = _ => 64 };

@@ -68,16 +68,17 @@ internal sealed class PrefixState(int chunks, IReadOnlyList<KvVariant> ladder, i
 }
 
 /// <summary>
-/// Fetch-only: every stored chunk, front to back, as one fixed variant (sequential with one slot, pipelined with more).
+/// Fetch-only: every stored chunk, front to back, as one fixed variant (sequential with one slot, pipelined with more),
+/// or with <paramref name="choose"/>, as the variant it picks per chunk (ladder index, given the chunks in flight).
 /// </summary>
-internal sealed class FetchAllPolicy(PrefixState prefix, int ladderIndex) : IFetchPolicy
+internal sealed class FetchAllPolicy(PrefixState prefix, int ladderIndex, Func<int, int, int>? choose = null) : IFetchPolicy
 {
     private int _next = -1;
     private volatile bool _stopped;
 
     public bool TryClaim(int inFlight, out int chunk, out KvVariant variant)
     {
-        variant = prefix.Ladder[ladderIndex];
+        variant = default;
         while (!_stopped)
         {
             chunk = Interlocked.Increment(ref _next);
@@ -86,7 +87,9 @@ internal sealed class FetchAllPolicy(PrefixState prefix, int ladderIndex) : IFet
                 break;
             }
 
-            if (!prefix.Has(chunk, ladderIndex))
+            int index = choose?.Invoke(chunk, inFlight) ?? ladderIndex;
+            variant = prefix.Ladder[index];
+            if (!prefix.Has(chunk, index))
             {
                 prefix.TryTake(chunk, ChunkState.Pending, ChunkState.Failed);
                 continue;
@@ -284,5 +287,43 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
 
         Interlocked.Increment(ref Picks[best]);
         return best;
+    }
+}
+
+/// <summary>
+/// Fetch-only over several stored variants, for a request that waits off the engine: per chunk, the most accurate
+/// stored variant whose predicted pipelined time per chunk (the slowest of transfer, decode over the workers and
+/// restore, from the measured rates) is within the quality slack of the fastest stored one.
+/// </summary>
+internal sealed class FastestVariant(PrefixState prefix, FetchRates rates, ContextPlan plan, ReuseOptions options)
+{
+    public int Choose(int chunk, int inFlight)
+    {
+        Span<double> cost = stackalloc double[prefix.Ladder.Count];
+        double fastest = double.MaxValue;
+        for (int v = 0; v < cost.Length; v++)
+        {
+            cost[v] = double.NaN;
+            if (!prefix.Has(chunk, v) || (options.LosslessOnly && !prefix.Ladder[v].IsLossless))
+            {
+                continue;
+            }
+
+            (double transfer, double decode, double restore) = rates.ChunkSeconds(prefix.Ladder[v], plan.ChunkBytes);
+            cost[v] = Math.Max(transfer, Math.Max(decode / options.DecodeWorkers, restore));
+            fastest = Math.Min(fastest, cost[v]);
+        }
+
+        int best = -1;
+        for (int v = 0; v < cost.Length; v++)
+        {
+            if (!double.IsNaN(cost[v]) && cost[v] <= fastest * (1 + options.QualitySlack) &&
+                (best < 0 || prefix.Ladder[v].Rank > prefix.Ladder[best].Rank || (prefix.Ladder[v].Rank == prefix.Ladder[best].Rank && cost[v] < cost[best])))
+            {
+                best = v;
+            }
+        }
+
+        return Math.Max(best, 0); // none stored: index 0, which the policy marks failed
     }
 }

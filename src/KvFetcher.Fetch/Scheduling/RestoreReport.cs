@@ -2,7 +2,7 @@ using KvFetcher.Fetch.Fetching;
 
 namespace KvFetcher.Fetch.Scheduling;
 
-/// <summary>What a fetch of a request's stored prefix did, off the engine (see <see cref="KvReuse.FetchPrefixAsync"/>).</summary>
+/// <summary>What a fetch of a request's stored prefix did, off the engine (see <see cref="KvReuse.FetchPrefixAsync(Engine.IInferenceSession, ContextPlan, IReadOnlyList{KvVariant}, CancellationToken)"/>).</summary>
 public sealed record RestoreReport
 {
     public int PromptTokens { get; init; }
@@ -28,6 +28,10 @@ public sealed record RestoreReport
     public TimeSpan Elapsed { get; init; }
 
     public IReadOnlyList<StageSpan> Timeline { get; init; } = [];
+
+    /// <summary>Chunks restored per variant (e.g. raw: 3, video8: 9).</summary>
+    public IReadOnlyDictionary<string, int> Variants =>
+        Timeline.Where(s => s.Stage == PrefillStage.Restore && s.Variant is not null).GroupBy(s => s.Variant!).ToDictionary(g => g.Key, g => g.Count());
 
     /// <summary>The summed duration of each stage (stages overlap, so these add up to more than <see cref="Elapsed"/>).</summary>
     public TimeSpan Total(PrefillStage stage) => TimeSpan.FromTicks(Timeline.Where(s => s.Stage == stage).Sum(s => s.Duration.Ticks));

@@ -21,15 +21,15 @@ public sealed record EngineSchedulerOptions
     /// <summary>The most prompt tokens one iteration computes for one request.</summary>
     public int PrefillStepTokens { get; init; } = 256;
 
-    /// <summary>The variant the waiting queue fetches stored prefixes as.</summary>
-    public KvVariant Variant { get; init; } = KvVariant.Raw;
+    /// <summary>The stored variants the waiting queue fetches prefixes as (per chunk, the fastest predicted; see <see cref="KvReuse.FetchPrefixAsync(IInferenceSession, ContextPlan, IReadOnlyList{KvVariant}, CancellationToken)"/>).</summary>
+    public IReadOnlyList<KvVariant> Ladder { get; init; } = [KvVariant.Raw];
 }
 
 /// <summary>
 /// One engine serving many requests with iteration-level (continuous) scheduling. A request first waits for a session
 /// (at most <see cref="EngineSchedulerOptions.MaxActiveSessions"/> exist, which bounds KV memory; a bounded queue
 /// beyond, then <see cref="EngineBusyException"/>); then, when its prompt has a stored prefix, it sits in the waiting
-/// queue while that prefix is fetched off the engine (<see cref="KvReuse.FetchPrefixAsync"/>), so requests without
+/// queue while that prefix is fetched off the engine (<see cref="KvReuse.FetchPrefixAsync(IInferenceSession, ContextPlan, IReadOnlyList{KvVariant}, CancellationToken)"/>), so requests without
 /// reuse are never stuck behind a transfer; then it joins the engine thread. Each engine iteration computes one slice
 /// of at most <see cref="EngineSchedulerOptions.PrefillStepTokens"/> prompt tokens for one prefilling request (the one
 /// with the least left to compute, so a request whose prefix was fetched does not wait behind a long computation; one
@@ -208,7 +208,7 @@ public sealed class EngineScheduler : IAsyncDisposable
         try
         {
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(sequence.CancellationToken, _stopping.Token);
-            sequence.Restore = await _reuse!.FetchPrefixAsync(sequence.Session!, sequence.Plan!, _options.Variant, linked.Token).ConfigureAwait(false);
+            sequence.Restore = await _reuse!.FetchPrefixAsync(sequence.Session!, sequence.Plan!, _options.Ladder, linked.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException ex)
         {
