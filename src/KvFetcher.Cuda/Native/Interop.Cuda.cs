@@ -111,6 +111,9 @@ internal static unsafe partial class Interop
         [LibraryImport(Library)]
         public static partial CudaResult cuMemsetD8Async(ulong destination, byte value, nuint count, IntPtr stream);
 
+        [LibraryImport(Library, EntryPoint = "cuMemcpy2DAsync_v2")]
+        public static partial CudaResult cuMemcpy2DAsync(CudaMemcpy2D* copy, IntPtr stream);
+
         [LibraryImport(Library)]
         public static partial CudaResult cuStreamCreate(IntPtr* stream, uint flags);
 

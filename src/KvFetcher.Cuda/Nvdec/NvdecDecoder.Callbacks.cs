@@ -2,6 +2,9 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using KvFetcher.Core;
 using KvFetcher.Cuda.Nvdec.Native;
+using CudaMemcpy2D = KvFetcher.Cuda.Native.CudaMemcpy2D;
+using CudaMemoryType = KvFetcher.Cuda.Native.CudaMemoryType;
+using CudaApi = KvFetcher.Cuda.Native.Interop.Cuda;
 
 namespace KvFetcher.Cuda.Nvdec;
 
@@ -172,7 +175,7 @@ public sealed unsafe partial class NvdecDecoder
                 copy.SourceDevice = surface;
                 copy.DestinationDevice = frame;
                 copy.Height = 3 * planeRows;
-                CudaStatus.Check(Interop.CudaDriver.Memcpy2DAsync(&copy, stream));
+                CudaStatus.Check((int)CudaApi.cuMemcpy2DAsync(&copy, stream));
             }
             else
             {
@@ -181,11 +184,11 @@ public sealed unsafe partial class NvdecDecoder
                     copy.SourceDevice = surface + ((ulong)p * pitch * planeRows);
                     copy.DestinationDevice = frame + ((ulong)p * planeBytes);
                     copy.Height = (nuint)format.Height;
-                    CudaStatus.Check(Interop.CudaDriver.Memcpy2DAsync(&copy, stream));
+                    CudaStatus.Check((int)CudaApi.cuMemcpy2DAsync(&copy, stream));
                 }
             }
 
-            CudaStatus.Check(Interop.CudaDriver.StreamSynchronize(stream));
+            CudaStatus.Check((int)CudaApi.cuStreamSynchronize(stream));
             copied = true;
         }
         finally
@@ -212,7 +215,7 @@ public sealed unsafe partial class NvdecDecoder
 
         var status = default(CuvidGetDecodeStatus);
         int result = Interop.Nvcuvid.GetDecodeStatus(decoder, pictureIndex, &status);
-        if (result == Interop.CudaDriver.NotSupported)
+        if (result == CudaStatus.NotSupported)
         {
             _decodeStatusUnsupported = true;
             return;

@@ -3,6 +3,7 @@ using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 using KvFetcher.Core;
 using KvFetcher.Cuda.Nvdec.Native;
+using CudaApi = KvFetcher.Cuda.Native.Interop.Cuda;
 
 namespace KvFetcher.Cuda.Nvdec;
 
@@ -101,7 +102,7 @@ public sealed unsafe partial class NvdecDecoder : IDisposable
                 DecodeCore(stream, format, _scratch!.Address);
                 fixed (byte* host = planes)
                 {
-                    CudaStatus.Check(Interop.CudaDriver.MemcpyDtoH(host, _scratch.Address, (nuint)planes.Length));
+                    CudaStatus.Check((int)CudaApi.cuMemcpyDtoH(host, _scratch.Address, (nuint)planes.Length));
                 }
             }
         }
@@ -213,7 +214,7 @@ public sealed unsafe partial class NvdecDecoder : IDisposable
                     ExceptionDispatchInfo.Throw(_failure);
                 }
 
-                if (status != Interop.CudaDriver.Success)
+                if (status != CudaStatus.Success)
                 {
                     throw new InvalidKvDataException($"nvdec: cuvidParseVideoData refused the {format} HEVC stream ({stream.Length} bytes): {CudaStatus.Name(status)} ({status}).");
                 }

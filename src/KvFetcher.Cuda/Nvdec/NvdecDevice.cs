@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using KvFetcher.Cuda.Nvdec.Native;
+using CudaApi = KvFetcher.Cuda.Native.Interop.Cuda;
 
 namespace KvFetcher.Cuda.Nvdec;
 
@@ -40,11 +41,11 @@ public sealed unsafe class NvdecDevice : IDisposable
 
         try
         {
-            int init = Interop.CudaDriver.Init(0);
+            int init = (int)CudaApi.cuInit(0);
             int count = 0;
-            if (init != Interop.CudaDriver.Success || Interop.CudaDriver.DeviceGetCount(&count) != Interop.CudaDriver.Success || count == 0)
+            if (init != CudaStatus.Success || (int)CudaApi.cuDeviceGetCount(&count) != CudaStatus.Success || count == 0)
             {
-                reason = init != Interop.CudaDriver.Success
+                reason = init != CudaStatus.Success
                     ? $"cuInit failed: {CudaStatus.Name(init)}; the driver is installed but no usable GPU was found."
                     : "The CUDA driver reports no GPU.";
                 return false;
@@ -76,11 +77,11 @@ public sealed unsafe class NvdecDevice : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(ordinal);
         NvdecLibraries.EnsureLoaded();
-        CudaStatus.Check(Interop.CudaDriver.Init(0));
+        CudaStatus.Check((int)CudaApi.cuInit(0));
         int device;
-        CudaStatus.Check(Interop.CudaDriver.DeviceGet(&device, ordinal));
+        CudaStatus.Check((int)CudaApi.cuDeviceGet(&device, ordinal));
         byte* name = stackalloc byte[256];
-        CudaStatus.Check(Interop.CudaDriver.DeviceGetName(name, 256, device));
+        CudaStatus.Check((int)CudaApi.cuDeviceGetName(name, 256, device));
         return new NvdecDevice(ordinal, Marshal.PtrToStringUTF8((IntPtr)name) ?? $"CUDA device {ordinal}", CudaPrimaryContextHandle.Retain(device));
     }
 
@@ -107,7 +108,7 @@ public sealed unsafe class NvdecDevice : IDisposable
     internal ContextScope Enter()
     {
         ObjectDisposedException.ThrowIf(_context.IsClosed, this);
-        CudaStatus.Check(Interop.CudaDriver.CtxPushCurrent(_context.DangerousGetHandle()));
+        CudaStatus.Check((int)CudaApi.cuCtxPushCurrent(_context.DangerousGetHandle()));
         return default;
     }
 
@@ -117,7 +118,7 @@ public sealed unsafe class NvdecDevice : IDisposable
         public void Dispose()
         {
             IntPtr popped;
-            CudaStatus.Check(Interop.CudaDriver.CtxPopCurrent(&popped));
+            CudaStatus.Check((int)CudaApi.cuCtxPopCurrent(&popped));
         }
     }
 }

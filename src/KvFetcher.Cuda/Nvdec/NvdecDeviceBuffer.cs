@@ -1,4 +1,5 @@
 using KvFetcher.Cuda.Nvdec.Native;
+using CudaApi = KvFetcher.Cuda.Native.Interop.Cuda;
 
 namespace KvFetcher.Cuda.Nvdec;
 
@@ -55,7 +56,7 @@ public sealed unsafe class NvdecDeviceBuffer : IDisposable
         {
             fixed (byte* host = destination)
             {
-                CudaStatus.Check(Interop.CudaDriver.MemcpyDtoH(host, DeviceAddress, (nuint)destination.Length));
+                CudaStatus.Check((int)CudaApi.cuMemcpyDtoH(host, DeviceAddress, (nuint)destination.Length));
             }
         }
     }

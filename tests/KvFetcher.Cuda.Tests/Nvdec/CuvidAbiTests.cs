@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using KvFetcher.Cuda.Native;
 using KvFetcher.Cuda.Nvdec.Native;
 
 namespace KvFetcher.Cuda.Tests.Nvdec;
@@ -102,5 +103,7 @@ public class CuvidAbiTests
         Assert.Equal(2, (int)CudaMemoryType.Device);
     }
 
-    private static Type Type(string name) => typeof(CuvidParserParams).Assembly.GetType($"{typeof(CuvidParserParams).Namespace}.{name}", throwOnError: true)!;
+    private static Type Type(string name) =>
+        typeof(CuvidParserParams).Assembly.GetType($"{typeof(CuvidParserParams).Namespace}.{name}", throwOnError: false)
+        ?? typeof(CudaMemcpy2D).Assembly.GetType($"{typeof(CudaMemcpy2D).Namespace}.{name}", throwOnError: true)!;
 }

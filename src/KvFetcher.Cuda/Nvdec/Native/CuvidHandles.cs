@@ -1,4 +1,5 @@
 using Microsoft.Win32.SafeHandles;
+using CudaApi = KvFetcher.Cuda.Native.Interop.Cuda;
 
 namespace KvFetcher.Cuda.Nvdec.Native;
 
@@ -18,11 +19,11 @@ internal sealed unsafe class CudaPrimaryContextHandle : SafeHandleZeroOrMinusOne
     public static CudaPrimaryContextHandle Retain(int device)
     {
         IntPtr context;
-        CudaStatus.Check(Interop.CudaDriver.DevicePrimaryCtxRetain(&context, device));
+        CudaStatus.Check((int)CudaApi.cuDevicePrimaryCtxRetain(&context, device));
         return new CudaPrimaryContextHandle(context, device);
     }
 
-    protected override bool ReleaseHandle() => Interop.CudaDriver.DevicePrimaryCtxRelease(_device) == Interop.CudaDriver.Success;
+    protected override bool ReleaseHandle() => (int)CudaApi.cuDevicePrimaryCtxRelease(_device) == CudaStatus.Success;
 }
 
 /// <summary>
@@ -45,11 +46,11 @@ internal abstract unsafe class CudaContextBoundHandle : SafeHandleZeroOrMinusOne
     protected override bool ReleaseHandle()
     {
         IntPtr popped;
-        bool pushed = Interop.CudaDriver.CtxPushCurrent(_context.DangerousGetHandle()) == Interop.CudaDriver.Success;
+        bool pushed = (int)CudaApi.cuCtxPushCurrent(_context.DangerousGetHandle()) == CudaStatus.Success;
         bool freed = Free(handle);
         if (pushed)
         {
-            _ = Interop.CudaDriver.CtxPopCurrent(&popped);
+            _ = (int)CudaApi.cuCtxPopCurrent(&popped);
         }
 
         _context.DangerousRelease();
@@ -71,11 +72,11 @@ internal sealed unsafe class CudaStreamHandle : CudaContextBoundHandle
     public static CudaStreamHandle Create(CudaPrimaryContextHandle context)
     {
         IntPtr stream;
-        CudaStatus.Check(Interop.CudaDriver.StreamCreate(&stream, Interop.CudaDriver.StreamNonBlocking));
+        CudaStatus.Check((int)CudaApi.cuStreamCreate(&stream, CudaApi.StreamNonBlocking));
         return new CudaStreamHandle(stream, context);
     }
 
-    protected override bool Free(IntPtr value) => Interop.CudaDriver.StreamDestroy(value) == Interop.CudaDriver.Success;
+    protected override bool Free(IntPtr value) => (int)CudaApi.cuStreamDestroy(value) == CudaStatus.Success;
 }
 
 /// <summary>Device memory from cuMemAlloc.</summary>
@@ -93,11 +94,11 @@ internal sealed unsafe class CudaDeviceMemoryHandle : CudaContextBoundHandle
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(bytes, 1);
         ulong pointer;
-        CudaStatus.Check(Interop.CudaDriver.MemAlloc(&pointer, (nuint)bytes));
+        CudaStatus.Check((int)CudaApi.cuMemAlloc(&pointer, (nuint)bytes));
         return new CudaDeviceMemoryHandle(pointer, context);
     }
 
-    protected override bool Free(IntPtr value) => Interop.CudaDriver.MemFree((ulong)(long)value) == Interop.CudaDriver.Success;
+    protected override bool Free(IntPtr value) => (int)CudaApi.cuMemFree((ulong)(long)value) == CudaStatus.Success;
 }
 
 /// <summary>An NVDEC decoder (cuvidCreateDecoder).</summary>
@@ -120,7 +121,7 @@ internal sealed unsafe class CuvidDecoderHandle : CudaContextBoundHandle
         return new CuvidDecoderHandle(decoder, context);
     }
 
-    protected override bool Free(IntPtr value) => Interop.Nvcuvid.DestroyDecoder(value) == Interop.CudaDriver.Success;
+    protected override bool Free(IntPtr value) => Interop.Nvcuvid.DestroyDecoder(value) == CudaStatus.Success;
 }
 
 /// <summary>An NVDEC bitstream parser (cuvidCreateVideoParser).</summary>
@@ -131,7 +132,7 @@ internal sealed class CuvidParserHandle : SafeHandleZeroOrMinusOneIsInvalid
     {
     }
 
-    protected override bool ReleaseHandle() => Interop.Nvcuvid.DestroyVideoParser(handle) == Interop.CudaDriver.Success;
+    protected override bool ReleaseHandle() => Interop.Nvcuvid.DestroyVideoParser(handle) == CudaStatus.Success;
 }
 
 /// <summary>An NVDEC context lock (cuvidCtxLockCreate): serializes the decoder's use of its CUDA context.</summary>
@@ -142,5 +143,5 @@ internal sealed class CuvidContextLockHandle : SafeHandleZeroOrMinusOneIsInvalid
     {
     }
 
-    protected override bool ReleaseHandle() => Interop.Nvcuvid.CtxLockDestroy(handle) == Interop.CudaDriver.Success;
+    protected override bool ReleaseHandle() => Interop.Nvcuvid.CtxLockDestroy(handle) == CudaStatus.Success;
 }

@@ -26,12 +26,14 @@ internal static class NvdecLibraries
     private static string? Probe()
     {
         var missing = new List<string>();
-        foreach (string library in new[] { Interop.CudaDriver.Library, Interop.Nvcuvid.Library })
+        if (!KvFetcher.Cuda.Native.NativeLibraries.TryLoad(KvFetcher.Cuda.Native.NativeLibraries.Cuda, out _))
         {
-            if (!NativeLibrary.TryLoad(library, out _))
-            {
-                missing.Add(library);
-            }
+            missing.Add("libcuda.so.1");
+        }
+
+        if (!NativeLibrary.TryLoad(Interop.Nvcuvid.Library, out _))
+        {
+            missing.Add(Interop.Nvcuvid.Library);
         }
 
         return missing.Count == 0
