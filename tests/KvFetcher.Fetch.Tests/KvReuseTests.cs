@@ -76,14 +76,9 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
         Assert.Equal(4, report.RestoredChunks);
         Assert.Equal(new Dictionary<string, int> { ["video8"] = 4 }, report.Variants);
         ContextPlan plan = reuse.Plan(fixture.Tokens);
-        int chunkBytes = plan.ChunkBytes;
         for (int chunk = 0; chunk < 4; chunk++)
         {
-            var container = new System.Buffers.ArrayBufferWriter<byte>();
-            Assert.True((await reuse.Store.GetAsync(plan.ObjectKeyOf(chunk, video), container, cancellationToken: TestContext.Current.CancellationToken)).Found);
-            var decoded = new byte[chunkBytes];
-            ChunkContainer.Decode(container.WrittenSpan, plan.Expectation(chunk), video.GetCodec(), decoded);
-            Assert.Equal(decoded, Slice(kv, chunk, 1100, plan));
+            Assert.Equal(await DecodeStoredAsync(reuse, plan, chunk, video), Slice(kv, chunk, 1100, plan));
         }
 
         // The suffix is computed on top of the restored KV; the codec issue measured the effect (video 8-bit: -0.01%
@@ -233,12 +228,7 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
         session.Cache.Export(0, 4 * 256, plan.DType, kv);
         for (int chunk = 0; chunk < 4; chunk++)
         {
-            KvVariant variant = KvVariant.Parse(picked[chunk]);
-            var container = new System.Buffers.ArrayBufferWriter<byte>();
-            Assert.True((await reuse.Store.GetAsync(plan.ObjectKeyOf(chunk, variant), container, cancellationToken: TestContext.Current.CancellationToken)).Found);
-            var decoded = new byte[plan.ChunkBytes];
-            ChunkContainer.Decode(container.WrittenSpan, plan.Expectation(chunk), variant.GetCodec(), decoded);
-            Assert.Equal(decoded, Slice(kv, chunk, 4 * 256, plan));
+            Assert.Equal(await DecodeStoredAsync(reuse, plan, chunk, KvVariant.Parse(picked[chunk])), Slice(kv, chunk, 4 * 256, plan));
         }
     }
 
@@ -304,6 +294,16 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
         var logits = new float[fixture.Model.Config.VocabSize];
         PrefillReport report = await reuse.PrefillAsync(session, fixture.Tokens, strategy, logits, publish, TestContext.Current.CancellationToken);
         return (report, logits, ReuseFixture.Export(session));
+    }
+
+    /// <summary>What the codec itself decodes chunk <paramref name="chunk"/>'s stored <paramref name="variant"/> to.</summary>
+    private static async Task<byte[]> DecodeStoredAsync(KvReuse reuse, ContextPlan plan, int chunk, KvVariant variant)
+    {
+        var container = new System.Buffers.ArrayBufferWriter<byte>();
+        Assert.True((await reuse.Store.GetAsync(plan.ObjectKeyOf(chunk, variant), container, cancellationToken: TestContext.Current.CancellationToken)).Found);
+        var decoded = new byte[plan.ChunkBytes];
+        ChunkContainer.Decode(container.WrittenSpan, plan.Expectation(chunk), variant.GetCodec(), decoded);
+        return decoded;
     }
 
     private static byte[] Slice(byte[] kv, int chunk, int tokens, ContextPlan plan)
