@@ -4,6 +4,8 @@ using System.Runtime.CompilerServices;
 using System.Text;
 using KvFetcher.Serving.Scheduling;
 
+using KvFetcher.Server.Hosting;
+
 namespace KvFetcher.Serving;
 
 /// <summary>
@@ -16,11 +18,11 @@ public sealed class ServingMetrics
     /// <summary>Upper bounds of the latency buckets, in seconds (+Inf is implied).</summary>
     private static readonly double[] s_bounds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
-    private readonly Histogram _ttft = new();
-    private readonly Histogram _queue = new();
-    private readonly Histogram _fetch = new();
-    private readonly Histogram _prefill = new();
-    private readonly Histogram _request = new();
+    private readonly SecondsHistogram _ttft = new(s_bounds);
+    private readonly SecondsHistogram _queue = new(s_bounds);
+    private readonly SecondsHistogram _fetch = new(s_bounds);
+    private readonly SecondsHistogram _prefill = new(s_bounds);
+    private readonly SecondsHistogram _request = new(s_bounds);
     private readonly ConcurrentDictionary<(string Route, int Status), StrongBox<long>> _requests = new();
     private long _prefills;
     private long _lookups;
@@ -111,100 +113,55 @@ public sealed class ServingMetrics
     public string Format(EngineScheduler? gauges = null, long? publisherFailures = null, long? publisherDropped = null)
     {
         var text = new StringBuilder(8192);
-        Header(text, "kvfetch_llm_http_requests_total", "counter", "HTTP requests by route and status code.");
+        PrometheusText.Header(text, "kvfetch_llm_http_requests_total", "counter", "HTTP requests by route and status code.");
         foreach (KeyValuePair<(string Route, int Status), StrongBox<long>> entry in _requests.OrderBy(e => e.Key))
         {
             text.Append(CultureInfo.InvariantCulture, $"kvfetch_llm_http_requests_total{{route=\"{entry.Key.Route}\",code=\"{entry.Key.Status}\"}} {Volatile.Read(ref entry.Value.Value)}\n");
         }
 
-        _ttft.Format(text, "kvfetch_llm_ttft_seconds", "Time to first token: from arrival to the first token.");
-        _queue.Format(text, "kvfetch_llm_ttft_queue_seconds", "TTFT part: waiting for a session (engine at capacity).");
-        _fetch.Format(text, "kvfetch_llm_ttft_fetch_seconds", "TTFT part: looking up and fetching the stored prefix, off the engine.");
-        _prefill.Format(text, "kvfetch_llm_ttft_prefill_seconds", "TTFT part: computing the rest of the prompt, interleaved with other requests.");
-        _request.Format(text, "kvfetch_llm_request_seconds", "From arrival to the last token.");
-        Sample(text, "kvfetch_llm_prefills_total", "counter", "Requests that got their first token.", Prefills);
-        Sample(text, "kvfetch_llm_reuse_lookups_total", "counter", "Requests with a reusable prefix length, looked up in the store.", Lookups);
-        Sample(text, "kvfetch_llm_reuse_hits_total", "counter", "Looked-up requests that reused at least one chunk.", Hits);
+        PrometheusText.Header(text, "kvfetch_llm_ttft_seconds", "histogram", "Time to first token: from arrival to the first token.");
+        _ttft.Format(text, "kvfetch_llm_ttft_seconds");
+        PrometheusText.Header(text, "kvfetch_llm_ttft_queue_seconds", "histogram", "TTFT part: waiting for a session (engine at capacity).");
+        _queue.Format(text, "kvfetch_llm_ttft_queue_seconds");
+        PrometheusText.Header(text, "kvfetch_llm_ttft_fetch_seconds", "histogram", "TTFT part: looking up and fetching the stored prefix, off the engine.");
+        _fetch.Format(text, "kvfetch_llm_ttft_fetch_seconds");
+        PrometheusText.Header(text, "kvfetch_llm_ttft_prefill_seconds", "histogram", "TTFT part: computing the rest of the prompt, interleaved with other requests.");
+        _prefill.Format(text, "kvfetch_llm_ttft_prefill_seconds");
+        PrometheusText.Header(text, "kvfetch_llm_request_seconds", "histogram", "From arrival to the last token.");
+        _request.Format(text, "kvfetch_llm_request_seconds");
+        PrometheusText.Sample(text, "kvfetch_llm_prefills_total", "counter", "Requests that got their first token.", Prefills);
+        PrometheusText.Sample(text, "kvfetch_llm_reuse_lookups_total", "counter", "Requests with a reusable prefix length, looked up in the store.", Lookups);
+        PrometheusText.Sample(text, "kvfetch_llm_reuse_hits_total", "counter", "Looked-up requests that reused at least one chunk.", Hits);
         long lookups = Lookups;
-        SampleDouble(text, "kvfetch_llm_reuse_hit_ratio", "gauge", "Hits / lookups since start.", lookups == 0 ? 0 : (double)Hits / lookups);
-        Sample(text, "kvfetch_llm_prompt_tokens_total", "counter", "Prompt tokens of all requests.", PromptTokens);
-        Sample(text, "kvfetch_llm_reused_tokens_total", "counter", "Prompt tokens whose KV came from the store.", ReusedTokens);
-        Sample(text, "kvfetch_llm_computed_tokens_total", "counter", "Prompt tokens the engine computed.", PromptTokens - ReusedTokens);
-        Sample(text, "kvfetch_llm_generated_tokens_total", "counter", "Tokens generated.", Interlocked.Read(ref _generatedTokens));
-        Sample(text, "kvfetch_llm_fetched_bytes_total", "counter", "Bytes fetched from the store.", BytesFetched);
-        Sample(text, "kvfetch_llm_fallback_chunks_total", "counter", "Stored chunks that failed to fetch and were recomputed.", FallbackChunks);
-        Sample(text, "kvfetch_llm_lookup_failures_total", "counter", "Store lookups that failed (store down or slow); the prompt was computed.", LookupFailures);
-        Sample(text, "kvfetch_llm_published_chunks_total", "counter", "Computed chunks queued for storing.", Interlocked.Read(ref _publishedChunks));
+        PrometheusText.Sample(text, "kvfetch_llm_reuse_hit_ratio", "gauge", "Hits / lookups since start.", lookups == 0 ? 0 : (double)Hits / lookups);
+        PrometheusText.Sample(text, "kvfetch_llm_prompt_tokens_total", "counter", "Prompt tokens of all requests.", PromptTokens);
+        PrometheusText.Sample(text, "kvfetch_llm_reused_tokens_total", "counter", "Prompt tokens whose KV came from the store.", ReusedTokens);
+        PrometheusText.Sample(text, "kvfetch_llm_computed_tokens_total", "counter", "Prompt tokens the engine computed.", PromptTokens - ReusedTokens);
+        PrometheusText.Sample(text, "kvfetch_llm_generated_tokens_total", "counter", "Tokens generated.", Interlocked.Read(ref _generatedTokens));
+        PrometheusText.Sample(text, "kvfetch_llm_fetched_bytes_total", "counter", "Bytes fetched from the store.", BytesFetched);
+        PrometheusText.Sample(text, "kvfetch_llm_fallback_chunks_total", "counter", "Stored chunks that failed to fetch and were recomputed.", FallbackChunks);
+        PrometheusText.Sample(text, "kvfetch_llm_lookup_failures_total", "counter", "Store lookups that failed (store down or slow); the prompt was computed.", LookupFailures);
+        PrometheusText.Sample(text, "kvfetch_llm_published_chunks_total", "counter", "Computed chunks queued for storing.", Interlocked.Read(ref _publishedChunks));
         if (publisherFailures is long failures)
         {
-            Sample(text, "kvfetch_llm_publish_failures_total", "counter", "Chunk variants the store failed to take.", failures);
+            PrometheusText.Sample(text, "kvfetch_llm_publish_failures_total", "counter", "Chunk variants the store failed to take.", failures);
         }
 
         if (publisherDropped is long dropped)
         {
-            Sample(text, "kvfetch_llm_publish_dropped_total", "counter", "Chunks not stored because the publish queue was full.", dropped);
+            PrometheusText.Sample(text, "kvfetch_llm_publish_dropped_total", "counter", "Chunks not stored because the publish queue was full.", dropped);
         }
 
-        Sample(text, "kvfetch_llm_rejected_total", "counter", "Requests refused at capacity (429).", Rejected);
-        Sample(text, "kvfetch_llm_failed_total", "counter", "Requests that failed inside the engine.", Interlocked.Read(ref _failed));
-        Sample(text, "kvfetch_llm_cancelled_total", "counter", "Requests abandoned by their client.", Interlocked.Read(ref _cancelled));
+        PrometheusText.Sample(text, "kvfetch_llm_rejected_total", "counter", "Requests refused at capacity (429).", Rejected);
+        PrometheusText.Sample(text, "kvfetch_llm_failed_total", "counter", "Requests that failed inside the engine.", Interlocked.Read(ref _failed));
+        PrometheusText.Sample(text, "kvfetch_llm_cancelled_total", "counter", "Requests abandoned by their client.", Interlocked.Read(ref _cancelled));
         if (gauges is not null)
         {
-            Sample(text, "kvfetch_llm_active_sessions", "gauge", "Requests holding a KV cache.", gauges.ActiveSessions);
-            Sample(text, "kvfetch_llm_queued_requests", "gauge", "Requests waiting for a session.", gauges.QueuedRequests);
-            Sample(text, "kvfetch_llm_fetching_requests", "gauge", "Requests in the waiting queue (prefix being fetched).", gauges.FetchingRequests);
+            PrometheusText.Sample(text, "kvfetch_llm_active_sessions", "gauge", "Requests holding a KV cache.", gauges.ActiveSessions);
+            PrometheusText.Sample(text, "kvfetch_llm_queued_requests", "gauge", "Requests waiting for a session.", gauges.QueuedRequests);
+            PrometheusText.Sample(text, "kvfetch_llm_fetching_requests", "gauge", "Requests in the waiting queue (prefix being fetched).", gauges.FetchingRequests);
         }
 
         return text.ToString();
-    }
-
-    private static void Header(StringBuilder text, string name, string type, string help) =>
-        text.Append(CultureInfo.InvariantCulture, $"# HELP {name} {help}\n# TYPE {name} {type}\n");
-
-    private static void Sample(StringBuilder text, string name, string type, string help, long value)
-    {
-        Header(text, name, type, help);
-        text.Append(CultureInfo.InvariantCulture, $"{name} {value}\n");
-    }
-
-    private static void SampleDouble(StringBuilder text, string name, string type, string help, double value)
-    {
-        Header(text, name, type, help);
-        text.Append(CultureInfo.InvariantCulture, $"{name} {value.ToString("R", CultureInfo.InvariantCulture)}\n");
-    }
-
-    /// <summary>A lock-free cumulative histogram over <see cref="s_bounds"/>.</summary>
-    private sealed class Histogram
-    {
-        private readonly long[] _buckets = new long[s_bounds.Length + 1];
-        private long _sumTicks;
-
-        public void Observe(double seconds)
-        {
-            int bucket = 0;
-            while (bucket < s_bounds.Length && seconds > s_bounds[bucket])
-            {
-                bucket++;
-            }
-
-            Interlocked.Increment(ref _buckets[bucket]);
-            Interlocked.Add(ref _sumTicks, (long)(seconds * TimeSpan.TicksPerSecond));
-        }
-
-        public void Format(StringBuilder text, string name, string help)
-        {
-            Header(text, name, "histogram", help);
-            long cumulative = 0;
-            for (int i = 0; i < _buckets.Length; i++)
-            {
-                cumulative += Interlocked.Read(ref _buckets[i]);
-                string le = i < s_bounds.Length ? s_bounds[i].ToString(CultureInfo.InvariantCulture) : "+Inf";
-                text.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{le=\"{le}\"}} {cumulative}\n");
-            }
-
-            double sum = Interlocked.Read(ref _sumTicks) / (double)TimeSpan.TicksPerSecond;
-            text.Append(CultureInfo.InvariantCulture, $"{name}_sum {sum.ToString("R", CultureInfo.InvariantCulture)}\n");
-            text.Append(CultureInfo.InvariantCulture, $"{name}_count {cumulative}\n");
-        }
     }
 }
