@@ -17,22 +17,12 @@ namespace KvFetcher.Server;
 /// </summary>
 public sealed class StoreServer : IAsyncDisposable
 {
-    private readonly WebApplication _app;
-    private readonly IKvStore _store;
-    private readonly bool _ownsStore;
-    private int _stopped;
-    private int _disposed;
+    private readonly RunningApp _running;
 
-    private StoreServer(WebApplication app, IKvStore store, bool ownsStore, IReadOnlyList<Uri> addresses)
-    {
-        _app = app;
-        _store = store;
-        _ownsStore = ownsStore;
-        Addresses = addresses;
-    }
+    private StoreServer(RunningApp running) => _running = running;
 
     /// <summary>The bound addresses, ephemeral ports resolved (e.g. <c>http://127.0.0.1:41234/</c>).</summary>
-    public IReadOnlyList<Uri> Addresses { get; }
+    public IReadOnlyList<Uri> Addresses => _running.Addresses;
 
     /// <summary>Validates <paramref name="options"/>, opens the store in its data directory, binds and starts serving.</summary>
     public static async Task<StoreServer> StartAsync(StoreServerOptions options, CancellationToken cancellationToken = default)
@@ -81,38 +71,14 @@ public sealed class StoreServer : IAsyncDisposable
         app.Use((context, next) => HandleAsync(context, next, auth, metrics, options.RequestTimeout));
         new StoreEndpoints(store, options, metrics).Map(app);
 
-        return new StoreServer(app, store, ownsStore, await KestrelApp.StartAsync(app, cancellationToken));
+        return new StoreServer(await KestrelApp.StartAsync(app, ownsStore ? store : null, stopTimeout: null, cancellationToken));
     }
 
     /// <summary>Stops accepting connections and waits for requests in flight to finish (cancel to cut them short).</summary>
-    public async Task StopAsync(CancellationToken cancellationToken = default)
-    {
-        if (Interlocked.Exchange(ref _stopped, 1) == 0)
-        {
-            await _app.StopAsync(cancellationToken);
-        }
-    }
+    public Task StopAsync(CancellationToken cancellationToken = default) => _running.StopAsync(cancellationToken);
 
-    public async ValueTask DisposeAsync()
-    {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
-        {
-            return;
-        }
-
-        try
-        {
-            await StopAsync();
-        }
-        finally
-        {
-            await _app.DisposeAsync();
-            if (_ownsStore)
-            {
-                await _store.DisposeAsync();
-            }
-        }
-    }
+    /// <summary>Stops (requests in flight finish within the host's shutdown timeout), then disposes the store if owned.</summary>
+    public ValueTask DisposeAsync() => _running.DisposeAsync();
 
     /// <summary>
     /// Every request: metrics; for <c>/v1</c>, the bearer check (401 before anything is read), the per-request deadline

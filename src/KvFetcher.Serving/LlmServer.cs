@@ -13,21 +13,16 @@ namespace KvFetcher.Serving;
 /// </summary>
 public sealed class LlmServer : IAsyncDisposable
 {
-    private readonly WebApplication _app;
-    private readonly bool _ownsEngine;
-    private int _stopped;
-    private int _disposed;
+    private readonly RunningApp _running;
 
-    private LlmServer(WebApplication app, KvFetcherEngine engine, bool ownsEngine, IReadOnlyList<Uri> addresses)
+    private LlmServer(RunningApp running, KvFetcherEngine engine)
     {
-        _app = app;
+        _running = running;
         Engine = engine;
-        _ownsEngine = ownsEngine;
-        Addresses = addresses;
     }
 
     /// <summary>The bound addresses, ephemeral ports resolved (e.g. <c>http://127.0.0.1:41234/</c>).</summary>
-    public IReadOnlyList<Uri> Addresses { get; }
+    public IReadOnlyList<Uri> Addresses => _running.Addresses;
 
     public KvFetcherEngine Engine { get; }
 
@@ -67,39 +62,15 @@ public sealed class LlmServer : IAsyncDisposable
         var endpointsApi = new OpenAiEndpoints(engine, options);
         app.Use((context, next) => HandleAsync(context, next, engine.Metrics));
         endpointsApi.Map(app);
-        return new LlmServer(app, engine, ownsEngine, await KestrelApp.StartAsync(app, cancellationToken));
+        // Requests in flight get 10 s to finish when the server is disposed.
+        return new LlmServer(await KestrelApp.StartAsync(app, ownsEngine ? engine : null, TimeSpan.FromSeconds(10), cancellationToken), engine);
     }
 
     /// <summary>Stops accepting connections and waits for requests in flight (cancel to cut them short).</summary>
-    public async Task StopAsync(CancellationToken cancellationToken = default)
-    {
-        if (Interlocked.Exchange(ref _stopped, 1) == 0)
-        {
-            await _app.StopAsync(cancellationToken);
-        }
-    }
+    public Task StopAsync(CancellationToken cancellationToken = default) => _running.StopAsync(cancellationToken);
 
-    public async ValueTask DisposeAsync()
-    {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
-        {
-            return;
-        }
-
-        try
-        {
-            using var quick = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-            await StopAsync(quick.Token);
-        }
-        finally
-        {
-            await _app.DisposeAsync();
-            if (_ownsEngine)
-            {
-                await Engine.DisposeAsync();
-            }
-        }
-    }
+    /// <summary>Stops (requests in flight get 10 s), then disposes the engine if owned.</summary>
+    public ValueTask DisposeAsync() => _running.DisposeAsync();
 
     /// <summary>Every request: counted by route and status; a body over the limit or a malformed request becomes a 4xx.</summary>
     private static async Task HandleAsync(HttpContext context, RequestDelegate next, ServingMetrics metrics)
