@@ -32,11 +32,9 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
     private readonly CudaStream _stream;
     private readonly CudaKernel _import;
     private readonly CudaKernel _export;
-    private readonly bool[] _filled;
-    private readonly Lock _fillLock = new();
+    private readonly FilledPositions _filled;
     private readonly Lock _transferLock = new();
     private DeviceBuffer? _staging;
-    private volatile int _length;
 
     internal CudaKvCache(CudaContext context, KernelModule module, int numLayers, int numKvHeads, int headDim, int capacity, DType storageDType)
     {
@@ -49,7 +47,7 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
         StorageDType = storageDType;
         _import = module.Get("kv_import");
         _export = module.Get("kv_export");
-        _filled = new bool[capacity];
+        _filled = new FilledPositions(capacity);
         _memory = context.Allocate((long)numLayers * 2 * numKvHeads * capacity * headDim * storageDType.SizeOf());
         try
         {
@@ -75,7 +73,7 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
     public DType StorageDType { get; }
 
     /// <summary>The number of positions [0, n) that are all filled.</summary>
-    public int Length => _length;
+    public int Length => _filled.Length;
 
     /// <summary>K or V channels per token per layer: kvHeads * headDim.</summary>
     public int ChannelsPerToken => NumKvHeads * HeadDim;
@@ -84,23 +82,14 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
     public long DeviceBytes => _memory.Length;
 
     /// <summary>Whether <paramref name="position"/> holds a computed or imported value.</summary>
-    public bool IsFilled(int position) => (uint)position < (uint)Capacity && Volatile.Read(ref _filled[position]);
+    public bool IsFilled(int position) => _filled.IsFilled(position);
 
     /// <summary>Bytes of an export of <paramref name="tokens"/> positions in <paramref name="dtype"/>.</summary>
     public long GetExportByteCount(int tokens, DType dtype) =>
         (long)NumLayers * 2 * tokens * ChannelsPerToken * dtype.SizeOf();
 
     /// <summary>Forgets every position at or after <paramref name="length"/> (0 empties the cache).</summary>
-    public void Truncate(int length)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(length);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, Capacity);
-        lock (_fillLock)
-        {
-            Array.Clear(_filled, length, Capacity - length);
-            _length = Math.Min(_length, length);
-        }
-    }
+    public void Truncate(int length) => _filled.Truncate(length);
 
     /// <summary>
     /// Writes the K/V of positions [<paramref name="start"/>, <paramref name="end"/>) to <paramref name="destination"/>
@@ -200,20 +189,7 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
     /// Marks [start, end) filled and extends <see cref="Length"/> over any now-contiguous prefix (after the values are
     /// on the device). Thread-safe.
     /// </summary>
-    internal void MarkFilled(int start, int end)
-    {
-        lock (_fillLock)
-        {
-            _filled.AsSpan(start, end - start).Fill(true);
-            int length = _length;
-            while (length < Capacity && _filled[length])
-            {
-                length++;
-            }
-
-            _length = length;
-        }
-    }
+    internal void MarkFilled(int start, int end) => _filled.MarkFilled(start, end);
 
     private void ExportTo(int start, int end, DType dtype, ulong destination)
     {
@@ -263,7 +239,7 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
 
     private long CheckImport(int start, int end, DType dtype, long sourceLength, string parameterName)
     {
-        CheckRange(start, end);
+        _filled.CheckRange(start, end);
         CheckDType(dtype);
         long needed = GetExportByteCount(end - start, dtype);
         if (sourceLength != needed)
@@ -276,7 +252,7 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
 
     private long CheckExport(int start, int end, DType dtype, long destinationLength, string parameterName)
     {
-        CheckRange(start, end);
+        _filled.CheckRange(start, end);
         CheckDType(dtype);
         long needed = GetExportByteCount(end - start, dtype);
         if (destinationLength < needed)
@@ -284,13 +260,7 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
             throw new ArgumentException($"Destination holds {destinationLength} bytes; the export needs {needed}.", parameterName);
         }
 
-        for (int position = start; position < end; position++)
-        {
-            if (!IsFilled(position))
-            {
-                throw new InvalidOperationException($"Position {position} of the KV cache is not filled; export needs [{start}, {end}) filled.");
-            }
-        }
+        _filled.CheckFilled(start, end);
 
         return needed;
     }
@@ -300,16 +270,6 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
         if (dtype is not (DType.Float32 or DType.Float16 or DType.BFloat16))
         {
             throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "Unknown dtype.");
-        }
-    }
-
-    private void CheckRange(int start, int end)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(start);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(end, Capacity);
-        if (start >= end)
-        {
-            throw new ArgumentOutOfRangeException(nameof(end), end, $"The token range [{start}, {end}) is empty.");
         }
     }
 }

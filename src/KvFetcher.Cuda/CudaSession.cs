@@ -116,27 +116,6 @@ public sealed class CudaSession : IInferenceSession
         Cache.Dispose();
     }
 
-    private void CheckStep(ReadOnlySpan<int> tokens, int startPosition, int logitsLength, long logitsNeeded)
-    {
-        if (tokens.IsEmpty)
-        {
-            throw new ArgumentException("At least one token is needed.", nameof(tokens));
-        }
-
-        ArgumentOutOfRangeException.ThrowIfNegative(startPosition);
-        if (Cache.Length < startPosition)
-        {
-            throw new InvalidOperationException($"Prefill at position {startPosition} needs positions [0, {startPosition}) in the KV cache; only [0, {Cache.Length}) are filled.");
-        }
-
-        if (startPosition + tokens.Length > Cache.Capacity)
-        {
-            throw new ArgumentOutOfRangeException(nameof(tokens), tokens.Length, $"Positions [{startPosition}, {startPosition + tokens.Length}) exceed the KV cache capacity of {Cache.Capacity} tokens.");
-        }
-
-        if (logitsLength < logitsNeeded)
-        {
-            throw new ArgumentException($"The logits buffer holds {logitsLength} values; {logitsNeeded} are needed.", nameof(logitsLength));
-        }
-    }
+    private void CheckStep(ReadOnlySpan<int> tokens, int startPosition, int logitsLength, long logitsNeeded) =>
+        SessionChecks.Step(Cache, tokens, startPosition, logitsLength, logitsNeeded);
 }

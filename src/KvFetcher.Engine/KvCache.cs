@@ -24,9 +24,7 @@ public sealed class KvCache : IKvCache
 {
     private readonly float[][] _keys;
     private readonly float[][] _values;
-    private readonly bool[] _filled;
-    private readonly Lock _fillLock = new();
-    private volatile int _length;
+    private readonly FilledPositions _filled;
 
     /// <summary>Creates an empty cache.</summary>
     public KvCache(int numLayers, int numKvHeads, int headDim, int capacity, DType storageDType = DType.Float32)
@@ -49,7 +47,7 @@ public sealed class KvCache : IKvCache
             _values[layer] = new float[perLayer];
         }
 
-        _filled = new bool[capacity];
+        _filled = new FilledPositions(capacity);
     }
 
     public int NumLayers { get; }
@@ -65,29 +63,20 @@ public sealed class KvCache : IKvCache
     public DType StorageDType { get; }
 
     /// <summary>The number of positions [0, n) that are all filled.</summary>
-    public int Length => _length;
+    public int Length => _filled.Length;
 
     /// <summary>K or V channels per token per layer: kvHeads * headDim.</summary>
     public int ChannelsPerToken => NumKvHeads * HeadDim;
 
     /// <summary>Whether <paramref name="position"/> holds a computed or imported value.</summary>
-    public bool IsFilled(int position) => (uint)position < (uint)Capacity && Volatile.Read(ref _filled[position]);
+    public bool IsFilled(int position) => _filled.IsFilled(position);
 
     /// <summary>Bytes of an export of <paramref name="tokens"/> positions in <paramref name="dtype"/>.</summary>
     public long GetExportByteCount(int tokens, DType dtype) =>
         (long)NumLayers * 2 * tokens * ChannelsPerToken * dtype.SizeOf();
 
     /// <summary>Forgets every position at or after <paramref name="length"/> (0 empties the cache).</summary>
-    public void Truncate(int length)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(length);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, Capacity);
-        lock (_fillLock)
-        {
-            Array.Clear(_filled, length, Capacity - length);
-            _length = Math.Min(_length, length);
-        }
-    }
+    public void Truncate(int length) => _filled.Truncate(length);
 
     /// <summary>
     /// Writes the K/V of positions [<paramref name="start"/>, <paramref name="end"/>) to <paramref name="destination"/>
@@ -95,7 +84,7 @@ public sealed class KvCache : IKvCache
     /// </summary>
     public void Export(int start, int end, DType dtype, Span<byte> destination)
     {
-        CheckRange(start, end);
+        _filled.CheckRange(start, end);
         int tokens = end - start;
         long needed = GetExportByteCount(tokens, dtype);
         if (destination.Length < needed)
@@ -103,13 +92,7 @@ public sealed class KvCache : IKvCache
             throw new ArgumentException($"Destination holds {destination.Length} bytes; the export needs {needed}.", nameof(destination));
         }
 
-        for (int position = start; position < end; position++)
-        {
-            if (!_filled[position])
-            {
-                throw new InvalidOperationException($"Position {position} of the KV cache is not filled; export needs [{start}, {end}) filled.");
-            }
-        }
+        _filled.CheckFilled(start, end);
 
         int elementSize = dtype.SizeOf();
         int rowBytes = HeadDim * elementSize;
@@ -138,7 +121,7 @@ public sealed class KvCache : IKvCache
     /// </summary>
     public void Import(int start, int end, DType dtype, ReadOnlySpan<byte> source)
     {
-        CheckRange(start, end);
+        _filled.CheckRange(start, end);
         int tokens = end - start;
         long needed = GetExportByteCount(tokens, dtype);
         if (source.Length != needed)
@@ -209,30 +192,7 @@ public sealed class KvCache : IKvCache
     /// may import one range while the engine computes another (disjoint positions); the lock also publishes the
     /// range's values to the thread that next observes it filled.
     /// </summary>
-    internal void MarkFilled(int start, int end)
-    {
-        lock (_fillLock)
-        {
-            _filled.AsSpan(start, end - start).Fill(true);
-            int length = _length;
-            while (length < Capacity && _filled[length])
-            {
-                length++;
-            }
-
-            _length = length;
-        }
-    }
+    internal void MarkFilled(int start, int end) => _filled.MarkFilled(start, end);
 
     private int RowOffset(int kvHead, int position) => ((kvHead * Capacity) + position) * HeadDim;
-
-    private void CheckRange(int start, int end)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(start);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(end, Capacity);
-        if (start >= end)
-        {
-            throw new ArgumentOutOfRangeException(nameof(end), end, $"The token range [{start}, {end}) is empty.");
-        }
-    }
 }
