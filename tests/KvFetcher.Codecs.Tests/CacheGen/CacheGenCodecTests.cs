@@ -240,7 +240,7 @@ public class CacheGenCodecTests(ITestOutputHelper output)
         var parameters = new ArrayBufferWriter<byte>(1 << 16);
         var payload = new ArrayBufferWriter<byte>(1 << 20);
         var decoded = new byte[kv.Length];
-        using var noGc = new NoGcRegion();
+        using var noGc = new KvFetcher.Tests.NoGcRegion();
         s_codec.Encode(kv, shape, DType.BFloat16, 0, parameters, payload);
         s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.BFloat16, 0, decoded);
 

@@ -205,7 +205,7 @@ public class ExactCodecTests
         var destination = new byte[kv.Length];
         long encodeBytes = 0;
         long decodeBytes = 0;
-        using (new NoGcRegion())
+        using (new KvFetcher.Tests.NoGcRegion())
         {
             for (int round = 0; round < 3; round++)
             {

@@ -182,6 +182,8 @@ public sealed unsafe class MatMulTests : IDisposable
         float[] y = new float[n * Out];
         using var w = new TestWeight(dtype, Out, K, random);
 
+        // No collection between warm-up and measurement: one lets the shared array pool trim, and a re-rental then allocates.
+        using var noGc = new KvFetcher.Tests.NoGcRegion();
         MatMul.Multiply(x, n, w.Tensor, y, s_callerOnly, bias);
         MatMul.Multiply(x, n, K, w.Values, Out, y, s_callerOnly);
         long before = GC.GetAllocatedBytesForCurrentThread();

@@ -1,12 +1,12 @@
 using System.Runtime;
 
-namespace KvFetcher.Codecs.Tests;
+namespace KvFetcher.Tests;
 
 /// <summary>
 /// Holds off garbage collection while an allocation check warms up and measures: a collection in between lets
 /// <see cref="System.Buffers.ArrayPool{T}.Shared"/> trim its buffers, and the next rental then allocates a new one. That
 /// is the pool's business, not the code under test; with other test projects running alongside it happened in one
-/// of four fresh CI runs this session (6 KB in the CacheGen check).
+/// of four fresh CI runs (6 KB in the CacheGen check), and in the engine's threaded MatMul check (7.6 KB).
 /// </summary>
 /// <remarks>
 /// The region is process-wide: when another test already holds one, this one runs under it (or unprotected once that
