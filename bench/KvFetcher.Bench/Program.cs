@@ -19,6 +19,8 @@ internal static class Program
                   (kvfetch-bench store --help)
           serving N concurrent clients replaying document QA against serve-llm, reuse off vs on: TTFT p50/p99,
                   throughput, hit rate (kvfetch-bench serving --help)
+          integrity  per-chunk cost of the chunk MAC (HMAC-SHA256) next to the XxHash3 checksum (--repeats)
+          fingerprint  the model fingerprint on a multi-GB checkpoint: full hash serial/parallel, cached path (--gb)
         """;
 
     private static int Main(string[] args)
@@ -68,6 +70,10 @@ internal static class Program
                     }
 
                     return ServingBenchmark.Run(options.ToArray());
+                case "integrity":
+                    return IntegrityBenchmark.RunIntegrity(options.ToArray());
+                case "fingerprint":
+                    return IntegrityBenchmark.RunFingerprint(options.ToArray());
                 default:
                     Console.Error.WriteLine($"kvfetch-bench: unknown mode '{mode}'.");
                     Console.Error.WriteLine(Usage);

@@ -12,8 +12,9 @@ namespace KvFetcher.Fetch;
 /// </summary>
 public sealed class ContextPlan
 {
-    private ContextPlan(int[] tokens, ChunkKey[] keys, ModelFingerprint model, int chunkTokens, KvShape chunkShape, DType dtype)
+    private ContextPlan(int[] tokens, ChunkKey[] keys, ModelFingerprint model, int chunkTokens, KvShape chunkShape, DType dtype, ChunkMacKey? mac)
     {
+        Mac = mac;
         Tokens = tokens;
         Keys = keys;
         Model = model;
@@ -38,13 +39,18 @@ public sealed class ContextPlan
     /// <summary>The element type chunks are stored in: the engine's KV storage type, so reuse is exact.</summary>
     public DType DType { get; }
 
+    /// <summary>The tenant's chunk MAC key when the store is untrusted: containers are sealed and verified with it.</summary>
+    public ChunkMacKey? Mac { get; }
+
     /// <summary>Full chunks that end before the prompt's last token.</summary>
     public int ReusableChunks { get; }
 
     /// <summary>Bytes of one chunk's KV in <see cref="DType"/>.</summary>
     public int ChunkBytes => checked((int)(ChunkShape.Elements * DType.SizeOf()));
 
-    public static ContextPlan Create(ModelFingerprint model, string tenantSalt, int[] tokens, int chunkTokens, int layers, int kvHeads, int headDim, DType dtype)
+    /// <summary>The plan of <paramref name="tokens"/>; with <paramref name="authenticator"/>, chunks are sealed with and verified against the tenant's MAC key.</summary>
+    public static ContextPlan Create(ModelFingerprint model, string tenantSalt, int[] tokens, int chunkTokens, int layers, int kvHeads, int headDim, DType dtype,
+        ChunkAuthenticator? authenticator = null)
     {
         ArgumentNullException.ThrowIfNull(tokens);
         if (tokens.Length == 0)
@@ -58,13 +64,17 @@ public sealed class ContextPlan
         }
 
         ChunkKey[] keys = ChunkKey.ComputeChain(model, tenantSalt, tokens, chunkTokens);
-        return new ContextPlan(tokens, keys, model, chunkTokens, new KvShape(layers, chunkTokens, kvHeads, headDim), dtype);
+        return new ContextPlan(tokens, keys, model, chunkTokens, new KvShape(layers, chunkTokens, kvHeads, headDim), dtype, authenticator?.ForTenant(tenantSalt));
     }
 
     public ObjectKey ObjectKeyOf(int chunk, KvVariant variant) => ObjectKey.ForChunk(Keys[chunk], variant.Codec, variant.Level);
 
     /// <summary>What a container for <paramref name="chunk"/> must declare to be restored.</summary>
-    public ChunkExpectation Expectation(int chunk) => new(Keys[chunk], Model, (long)chunk * ChunkTokens, ChunkShape, DType);
+    public ChunkExpectation Expectation(int chunk) => new(Keys[chunk], Model, (long)chunk * ChunkTokens, ChunkShape, DType) { Mac = Mac };
+
+    /// <summary>Writes chunk <paramref name="chunk"/>'s container (sealed when the plan has a MAC key).</summary>
+    public void WriteContainer(int chunk, KvVariant variant, ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, System.Buffers.IBufferWriter<byte> output) =>
+        ChunkContainer.Write(Header(chunk, variant), parameters, payload, output, Mac);
 
     public ChunkHeader Header(int chunk, KvVariant variant) => new()
     {

@@ -1,3 +1,5 @@
+using KvFetcher.Codecs.Containers;
+
 namespace KvFetcher.Fetch;
 
 /// <summary>How contexts are cut, stored and fetched.</summary>
@@ -35,6 +37,12 @@ public sealed record ReuseOptions
 
     /// <summary>Chunks the background publisher encodes at once.</summary>
     public int PublishWorkers { get; init; } = 1;
+
+    /// <summary>
+    /// Treats the store as untrusted: chunks are sealed with a per-tenant MAC derived from a deployment secret, and a
+    /// chunk whose tag does not verify (forged, another tenant's, another deployment's) is a miss. Null trusts the store.
+    /// </summary>
+    public ChunkAuthenticator? Authenticator { get; init; }
 
     public void Validate()
     {

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Hashing;
+using System.Security.Cryptography;
 using KvFetcher.Core;
 using KvFetcher.Core.Keys;
 
@@ -13,7 +14,8 @@ namespace KvFetcher.Codecs.Containers;
 ///      0    8  magic "KVFCHUNK"
 ///      8    2  version (1)
 ///     10    1  codec id            11  1  quality level
-///     12    1  dtype               13  3  reserved, zero
+///     12    1  dtype               13  1  flags: bit 0 = authenticated (others zero)
+///     14    2  reserved, zero
 ///     16   32  chunk key (SHA-256)
 ///     48   32  model fingerprint (SHA-256)
 ///     80    8  token start         88  8  token count
@@ -21,11 +23,15 @@ namespace KvFetcher.Codecs.Containers;
 ///    104    4  head dim           108  4  reserved, zero
 ///    112    8  parameters length  120  8  payload length
 ///    128    …  codec parameters, then payload
+///      …   32  authenticated only: HMAC-SHA256 under the tenant's <see cref="ChunkMacKey"/> of every byte before it
 ///    end    8  XxHash3-64 of every byte before it
 /// </code>
 /// Reading checks the structure and the checksum, then every identity field against what the caller expects, and
 /// raises <see cref="InvalidKvDataException"/> naming the field, its offset and value on any difference. A container
-/// therefore can never be restored into the wrong position, model or tenant (the tenant is part of the key).
+/// therefore can never be restored into the wrong position, model or tenant (the tenant is part of the key). The
+/// checksum catches accidents only (anyone can recompute it); a reader that expects a MAC key
+/// (<see cref="ChunkExpectation.Mac"/>) also refuses any container whose tag is missing or does not verify, which
+/// is what makes a store that others can write to safe to read from.
 /// </summary>
 public static class ChunkContainer
 {
@@ -33,13 +39,17 @@ public static class ChunkContainer
     public const int HeaderSize = 128;
     public const int ChecksumSize = 8;
 
+    /// <summary>Flag bit of byte 13: a MAC tag follows the payload.</summary>
+    public const byte AuthenticatedFlag = 1;
+
     private static ReadOnlySpan<byte> Magic => "KVFCHUNK"u8;
 
     /// <summary>Bytes of a container holding <paramref name="parametersLength"/> + <paramref name="payloadLength"/>.</summary>
-    public static long GetSize(long parametersLength, long payloadLength) => HeaderSize + parametersLength + payloadLength + ChecksumSize;
+    public static long GetSize(long parametersLength, long payloadLength, bool authenticated = false) =>
+        HeaderSize + parametersLength + payloadLength + (authenticated ? ChunkMacKey.TagSize : 0) + ChecksumSize;
 
-    /// <summary>Writes a container.</summary>
-    public static void Write(in ChunkHeader header, ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, IBufferWriter<byte> output)
+    /// <summary>Writes a container; with <paramref name="mac"/>, sealed with the tenant's MAC tag.</summary>
+    public static void Write(in ChunkHeader header, ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, IBufferWriter<byte> output, ChunkMacKey? mac = null)
     {
         header.Shape.Validate();
         ArgumentOutOfRangeException.ThrowIfNegative(header.TokenStart);
@@ -51,6 +61,7 @@ public static class ChunkContainer
         head[10] = (byte)header.Codec;
         head[11] = header.Level;
         head[12] = (byte)header.DType;
+        head[13] = mac is null ? (byte)0 : AuthenticatedFlag;
         header.Key.Value.Write(head[16..]);
         header.Model.Value.Write(head[48..]);
         BinaryPrimitives.WriteInt64LittleEndian(head[80..], header.TokenStart);
@@ -61,11 +72,23 @@ public static class ChunkContainer
         BinaryPrimitives.WriteInt64LittleEndian(head[112..], parameters.Length);
         BinaryPrimitives.WriteInt64LittleEndian(head[120..], payload.Length);
         checksum.Append(head);
+        using IncrementalHash? hmac = mac?.CreateHmac();
+        hmac?.AppendData(head);
         output.Advance(HeaderSize);
         checksum.Append(parameters);
         checksum.Append(payload);
         output.Write(parameters);
         output.Write(payload);
+        if (hmac is not null)
+        {
+            hmac.AppendData(parameters);
+            hmac.AppendData(payload);
+            Span<byte> tag = output.GetSpan(ChunkMacKey.TagSize)[..ChunkMacKey.TagSize];
+            hmac.GetHashAndReset(tag);
+            checksum.Append(tag);
+            output.Advance(ChunkMacKey.TagSize);
+        }
+
         Span<byte> tail = output.GetSpan(ChecksumSize)[..ChecksumSize];
         BinaryPrimitives.WriteUInt64LittleEndian(tail, checksum.GetCurrentHashAsUInt64());
         output.Advance(ChecksumSize);
@@ -93,9 +116,16 @@ public static class ChunkContainer
             throw Invalid("version", 8, version, $"this reader knows version {Version}");
         }
 
+        byte flags = container[13];
+        if ((flags & ~AuthenticatedFlag) != 0)
+        {
+            throw Invalid("flags", 13, flags, "unknown flag bits");
+        }
+
+        int tagSize = (flags & AuthenticatedFlag) != 0 ? ChunkMacKey.TagSize : 0;
         long parametersLength = BinaryPrimitives.ReadInt64LittleEndian(container[112..]);
         long payloadLength = BinaryPrimitives.ReadInt64LittleEndian(container[120..]);
-        long available = container.Length - HeaderSize - ChecksumSize;
+        long available = container.Length - HeaderSize - ChecksumSize - tagSize;
         if (parametersLength < 0 || parametersLength > available)
         {
             throw Invalid("parameters length", 112, parametersLength, $"{available} bytes follow the header");
@@ -115,9 +145,9 @@ public static class ChunkContainer
         }
 
         // Structure and checksum hold: the remaining fields are as written, but still must be sane.
-        if (container[13] != 0 || container[14] != 0 || container[15] != 0 || BinaryPrimitives.ReadInt32LittleEndian(container[108..]) != 0)
+        if (container[14] != 0 || container[15] != 0 || BinaryPrimitives.ReadInt32LittleEndian(container[108..]) != 0)
         {
-            throw Invalid("reserved", 13, "non-zero", "reserved bytes must be zero");
+            throw Invalid("reserved", 14, "non-zero", "reserved bytes must be zero");
         }
 
         byte codec = container[10];
@@ -154,6 +184,7 @@ public static class ChunkContainer
             Model = new ModelFingerprint(Hash256.Read(container[48..])),
             TokenStart = tokenStart,
             Shape = new KvShape(layers, (int)tokens, heads, headDim),
+            Authenticated = tagSize != 0,
         };
     }
 
@@ -176,11 +207,26 @@ public static class ChunkContainer
 
     /// <summary>
     /// <see cref="Read(ReadOnlySpan{byte}, out ReadOnlySpan{byte}, out ReadOnlySpan{byte})"/>, then refuses the
-    /// container unless key, model, position, shape and dtype are the expected ones.
+    /// container unless its MAC tag verifies under <see cref="ChunkExpectation.Mac"/> (when the reader has one) and
+    /// key, model, position, shape and dtype are the expected ones.
     /// </summary>
     public static ChunkHeader Read(ReadOnlySpan<byte> container, in ChunkExpectation expected, out ReadOnlySpan<byte> parameters, out ReadOnlySpan<byte> payload)
     {
         ChunkHeader header = Read(container, out parameters, out payload);
+        if (expected.Mac is { } mac)
+        {
+            int tagOffset = container.Length - ChecksumSize - ChunkMacKey.TagSize;
+            if (!header.Authenticated)
+            {
+                throw Invalid("flags", 13, 0, "the reader requires authenticated chunks and this one has no MAC tag");
+            }
+
+            if (!mac.Verify(container[..tagOffset], container.Slice(tagOffset, ChunkMacKey.TagSize)))
+            {
+                throw Invalid("MAC tag", tagOffset, "mismatch", "not written under this deployment's secret for this tenant (forged or foreign)");
+            }
+        }
+
         if (header.Key != expected.Key)
         {
             throw Invalid("chunk key", 16, header.Key, $"expected {expected.Key} (another context, position or tenant)");

@@ -22,9 +22,19 @@ public readonly record struct ChunkHeader
 
     public KvShape Shape { get; init; }
 
+    /// <summary>Whether the container carries a MAC tag (only a reader with the tenant's key can check it).</summary>
+    public bool Authenticated { get; init; }
+
     public override string ToString() =>
-        $"{Codec.ToString().ToLowerInvariant()} level {Level}, {DType.ToShortName()}, tokens [{TokenStart}, {TokenStart + Shape.Tokens}), {Shape}, key {Key}, model {Model}";
+        $"{Codec.ToString().ToLowerInvariant()} level {Level}, {DType.ToShortName()}, tokens [{TokenStart}, {TokenStart + Shape.Tokens}), {Shape}, key {Key}, model {Model}{(Authenticated ? ", authenticated" : "")}";
 }
 
-/// <summary>What a reader expects of a container: it is refused unless every field matches.</summary>
-public readonly record struct ChunkExpectation(ChunkKey Key, ModelFingerprint Model, long TokenStart, KvShape Shape, DType DType);
+/// <summary>
+/// What a reader expects of a container: it is refused unless every field matches and, with <see cref="Mac"/>, unless
+/// its MAC tag verifies under that key.
+/// </summary>
+public readonly record struct ChunkExpectation(ChunkKey Key, ModelFingerprint Model, long TokenStart, KvShape Shape, DType DType)
+{
+    /// <summary>The tenant's MAC key when the store is untrusted; null accepts containers on their checksum.</summary>
+    public ChunkMacKey? Mac { get; init; }
+}

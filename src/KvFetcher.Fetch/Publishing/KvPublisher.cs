@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Threading.Channels;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Engine;
 using KvFetcher.Store;
 
@@ -151,7 +150,7 @@ public sealed class KvPublisher : IAsyncDisposable
                     container.ResetWrittenCount();
                     ContextPlan plan = job.Plan;
                     variant.GetCodec().Encode(job.Kv.AsSpan(0, plan.ChunkBytes), plan.ChunkShape, plan.DType, variant.Level, parameters, payload);
-                    ChunkContainer.Write(plan.Header(job.Chunk, variant), parameters.WrittenSpan, payload.WrittenSpan, container);
+                    plan.WriteContainer(job.Chunk, variant, parameters.WrittenSpan, payload.WrittenSpan, container);
                     try
                     {
                         await _store.PutAsync(plan.ObjectKeyOf(job.Chunk, variant), container.WrittenMemory, stop).ConfigureAwait(false);

@@ -69,4 +69,37 @@ public sealed class ModelFingerprinterTests : IDisposable
         File.SetLastWriteTimeUtc(Path.Combine(_dir, "config.json"), DateTime.UtcNow.AddMinutes(2));
         Assert.Equal(real, Fingerprint()); // ...until any file's stamp changes
     }
+
+    [Fact]
+    public void Get_TensorZeroedInPlaceWithMtimeRestored_FingerprintChanges()
+    {
+        ModelFingerprint before = Fingerprint();
+        string weights = Path.Combine(_dir, "model.safetensors");
+        DateTime mtime = File.GetLastWriteTimeUtc(weights);
+        long length = new FileInfo(weights).Length;
+        Thread.Sleep(50); // past the file system's timestamp granularity, so the edit's ctime differs from the cached one
+
+        // Zero the last 64 bytes of tensor data (same name, same size), then put the modification time back.
+        using (FileStream stream = File.Open(weights, FileMode.Open))
+        {
+            stream.Seek(length - 64, SeekOrigin.Begin);
+            stream.Write(new byte[64]);
+        }
+
+        File.SetLastWriteTimeUtc(weights, mtime);
+        Assert.Equal(mtime, File.GetLastWriteTimeUtc(weights));
+        Assert.Equal(length, new FileInfo(weights).Length);
+
+        using LoadedModel model = LoadedModel.Open(_dir);
+        ModelFingerprint after = ModelFingerprinter.Get(model);
+        Assert.NotEqual(before, after);
+        Assert.Equal(ModelFingerprinter.Compute(model.Config, model.Weights), after);
+    }
+
+    [Fact]
+    public void Compute_SerialAndParallel_Agree()
+    {
+        using LoadedModel model = LoadedModel.Open(_dir);
+        Assert.Equal(ModelFingerprinter.Compute(model.Config, model.Weights, maxParallelism: 1), ModelFingerprinter.Compute(model.Config, model.Weights));
+    }
 }
