@@ -1,4 +1,5 @@
 using System.CommandLine;
+using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
 using KvFetcher.Cuda.Reuse;
 
@@ -25,6 +26,26 @@ internal static class CliOptions
         Description = "Engine: auto (the GPU with NVDEC restore when CUDA can be used, else the CPU), cpu or cuda.",
         DefaultValueFactory = _ => EngineKind.Auto,
     };
+
+    public static Option<FileInfo?> ChunkSecret() => new("--chunk-secret")
+    {
+        Description = "Deployment secret file (kvfetch secret new FILE): chunks are sealed with a per-tenant MAC and any chunk whose MAC " +
+            "does not verify is computed instead, so the store need not be trusted (default: $KVFETCH_CHUNK_SECRET; none trusts the store).",
+    };
+
+    /// <summary>The authenticator of <c>--chunk-secret</c> or $KVFETCH_CHUNK_SECRET; null when neither is set (the store is trusted).</summary>
+    public static ChunkAuthenticator? OpenChunkSecret(FileInfo? option)
+    {
+        string? path = option?.FullName ?? Environment.GetEnvironmentVariable("KVFETCH_CHUNK_SECRET");
+        if (string.IsNullOrWhiteSpace(path))
+        {
+            return null;
+        }
+
+        ChunkAuthenticator authenticator = ChunkAuthenticator.FromSecretFile(path);
+        Console.Error.WriteLine($"kvfetch: chunks are sealed and verified with the secret in {path}");
+        return authenticator;
+    }
 
     /// <summary>Loads the model on the chosen engine with fp16 KV (as chunks are stored) and says which engine runs it.</summary>
     public static LocalEngine OpenEngine(string? model, EngineKind kind, int threads)

@@ -17,6 +17,7 @@ internal static class Program
             DemoCommand.Create(),
             WarmCommand.Create(),
             BenchCommand.Create(),
+            SecretCommand.Create(),
         };
         root.Options.Add(CliOptions.Verbose);
         return root.Parse(args).Invoke();
