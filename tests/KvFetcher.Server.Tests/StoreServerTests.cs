@@ -277,7 +277,7 @@ public sealed class StoreServerTests
         Assert.NotNull(await client.GetBytesAsync(key, cancellationToken: Ct));
         Assert.Null(await client.GetBytesAsync(TestObjects.KeyFor("absent"), cancellationToken: Ct));
 
-        using HttpClient raw = harness.Raw(token: null);
+        using HttpClient raw = harness.Raw();
         using HttpResponseMessage response = await raw.GetAsync("/metrics", Ct);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         Assert.StartsWith("text/plain", response.Content.Headers.ContentType?.MediaType, StringComparison.Ordinal);
