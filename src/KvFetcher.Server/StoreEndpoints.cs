@@ -15,7 +15,8 @@ namespace KvFetcher.Server;
 
 /// <summary>
 /// The HTTP API over one <see cref="IKvStore"/>: <c>/v1/objects/{key}</c> (GET with optional single Range, HEAD, PUT,
-/// DELETE), <c>POST /v1/lookup</c>, <c>GET /v1/stats</c>, <c>/healthz</c> and <c>/metrics</c>. Every handler answers a
+/// DELETE), <c>POST /v1/lookup</c>, <c>GET /v1/stats</c>, <c>/healthz</c> and <c>/metrics</c>, all behind the bearer token
+/// but <c>/healthz</c> (and <c>/metrics</c> with <see cref="StoreServerOptions.PublicMetrics"/>). Every handler answers a
 /// bad request with a status and one line of text and leaves the server serving.
 /// </summary>
 internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options, ServerMetrics metrics)
@@ -36,8 +37,13 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         app.MapDelete(ObjectRoute, new RequestDelegate(DeleteAsync)).WithDisplayName("delete");
         app.MapPost("/v1/lookup", new RequestDelegate(LookupAsync)).WithDisplayName("lookup");
         app.MapGet("/v1/stats", new RequestDelegate(StatsAsync)).WithDisplayName("stats");
-        app.MapGet("/healthz", new RequestDelegate(HealthAsync)).WithDisplayName("healthz");
-        app.MapGet("/metrics", new RequestDelegate(MetricsAsync)).WithDisplayName("metrics");
+        // The public list: everything else needs the token (see BearerAuthentication).
+        app.MapGet("/healthz", new RequestDelegate(HealthAsync)).WithDisplayName("healthz").AllowAnonymous();
+        IEndpointConventionBuilder metricsRoute = app.MapGet("/metrics", new RequestDelegate(MetricsAsync)).WithDisplayName("metrics");
+        if (options.PublicMetrics)
+        {
+            metricsRoute.AllowAnonymous();
+        }
     }
 
     /// <summary>Answers with <paramref name="status"/> and one line, or aborts when the response has already begun.</summary>

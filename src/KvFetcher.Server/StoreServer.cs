@@ -13,7 +13,7 @@ namespace KvFetcher.Server;
 
 /// <summary>
 /// KvFetcher's network KV store: a Kestrel server (HTTP/1.1, and HTTP/2 over TLS) in front of a
-/// <see cref="DiskKvStore"/>, guarded by a bearer token. See <see cref="StoreEndpoints"/> for the API.
+/// <see cref="DiskKvStore"/>, guarded by a bearer token on every route but <c>/healthz</c> (and <c>/metrics</c> when public). See <see cref="StoreEndpoints"/> for the API.
 /// </summary>
 public sealed class StoreServer : IAsyncDisposable
 {
@@ -23,6 +23,9 @@ public sealed class StoreServer : IAsyncDisposable
 
     /// <summary>The bound addresses, ephemeral ports resolved (e.g. <c>http://127.0.0.1:41234/</c>).</summary>
     public IReadOnlyList<Uri> Addresses => _running.Addresses;
+
+    /// <summary>The app's services: the routes it mapped, for tests that walk every one.</summary>
+    internal IServiceProvider Services => _running.Services;
 
     /// <summary>Validates <paramref name="options"/>, opens the store in its data directory, binds and starts serving.</summary>
     public static async Task<StoreServer> StartAsync(StoreServerOptions options, CancellationToken cancellationToken = default)
@@ -65,10 +68,16 @@ public sealed class StoreServer : IAsyncDisposable
             ListenEndpoint.Bind(kestrel, endpoints, certificate, options.CleartextProtocols);
         });
 
+        // Deny by default: every route needs the token but the public list (/healthz; /metrics with PublicMetrics).
+        builder.Services.AddBearerAuthentication(
+            new BearerTokens(options.Token is null ? null : [options.Token]),
+            context => StoreEndpoints.FailAsync(context, StatusCodes.Status401Unauthorized, "a valid bearer token is required"));
+
         WebApplication app = builder.Build();
         var metrics = new ServerMetrics();
-        var auth = new BearerTokenCheck(options.Token);
-        app.Use((context, next) => HandleAsync(context, next, auth, metrics, options.RequestTimeout));
+        app.Use((context, next) => ObserveAsync(context, next, metrics));
+        app.UseBearerAuthentication();
+        app.Use((context, next) => GuardAsync(context, next, options.RequestTimeout));
         new StoreEndpoints(store, options, metrics).Map(app);
 
         return new StoreServer(await KestrelApp.StartAsync(app, ownsStore ? store : null, stopTimeout: null, cancellationToken));
@@ -80,74 +89,64 @@ public sealed class StoreServer : IAsyncDisposable
     /// <summary>Stops (requests in flight finish within the host's shutdown timeout), then disposes the store if owned.</summary>
     public ValueTask DisposeAsync() => _running.DisposeAsync();
 
-    /// <summary>
-    /// Every request: metrics; for <c>/v1</c>, the bearer check (401 before anything is read), the per-request deadline
-    /// and the mapping of store failures to status codes.
-    /// </summary>
-    private static async Task HandleAsync(HttpContext context, RequestDelegate next, BearerTokenCheck auth, ServerMetrics metrics, TimeSpan timeout)
+    /// <summary>Every request, refused or not: counted by route and status, and timed.</summary>
+    private static async Task ObserveAsync(HttpContext context, RequestDelegate next, ServerMetrics metrics)
     {
         long start = Stopwatch.GetTimestamp();
         try
         {
-            if (!context.Request.Path.StartsWithSegments("/v1", StringComparison.Ordinal))
-            {
-                await next(context);
-                return;
-            }
-
-            if (!auth.IsAuthorized(context.Request))
-            {
-                context.Response.Headers.WWWAuthenticate = "Bearer";
-                await StoreEndpoints.FailAsync(context, StatusCodes.Status401Unauthorized, "a valid bearer token is required");
-                return;
-            }
-
-            CancellationToken aborted = context.RequestAborted;
-            (int Status, string Message)? failure = null;
-            using (var deadline = CancellationTokenSource.CreateLinkedTokenSource(aborted))
-            {
-                deadline.CancelAfter(timeout);
-                context.RequestAborted = deadline.Token;
-                try
-                {
-                    await next(context);
-                }
-                catch (OperationCanceledException) when (deadline.IsCancellationRequested && !aborted.IsCancellationRequested)
-                {
-                    failure = (StatusCodes.Status503ServiceUnavailable, $"the request took longer than {timeout.TotalSeconds:0.###} s");
-                }
-                catch (OperationCanceledException) when (aborted.IsCancellationRequested)
-                {
-                    // The client went away; nobody is listening for an answer.
-                }
-                catch (KvStoreFullException ex)
-                {
-                    failure = (StatusCodes.Status507InsufficientStorage, ex.Message);
-                }
-                catch (KvStoreException ex)
-                {
-                    failure = (StatusCodes.Status503ServiceUnavailable, ex.Message);
-                }
-                catch (Microsoft.AspNetCore.Http.BadHttpRequestException ex)
-                {
-                    failure = (ex.StatusCode, ex.Message);
-                }
-                finally
-                {
-                    context.RequestAborted = aborted;
-                }
-            }
-
-            // Written under the connection's own token: the deadline's may be the one that fired.
-            if (failure is (int status, string message))
-            {
-                await StoreEndpoints.FailAsync(context, status, message);
-            }
+            await next(context);
         }
         finally
         {
             int route = ServerMetrics.RouteIndex(context.GetEndpoint()?.DisplayName);
             metrics.ObserveRequest(route, context.Response.StatusCode, Stopwatch.GetElapsedTime(start));
+        }
+    }
+
+    /// <summary>Every authorized request: the per-request deadline and the mapping of store failures to status codes.</summary>
+    private static async Task GuardAsync(HttpContext context, RequestDelegate next, TimeSpan timeout)
+    {
+        CancellationToken aborted = context.RequestAborted;
+        (int Status, string Message)? failure = null;
+        using (var deadline = CancellationTokenSource.CreateLinkedTokenSource(aborted))
+        {
+            deadline.CancelAfter(timeout);
+            context.RequestAborted = deadline.Token;
+            try
+            {
+                await next(context);
+            }
+            catch (OperationCanceledException) when (deadline.IsCancellationRequested && !aborted.IsCancellationRequested)
+            {
+                failure = (StatusCodes.Status503ServiceUnavailable, $"the request took longer than {timeout.TotalSeconds:0.###} s");
+            }
+            catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+            {
+                // The client went away; nobody is listening for an answer.
+            }
+            catch (KvStoreFullException ex)
+            {
+                failure = (StatusCodes.Status507InsufficientStorage, ex.Message);
+            }
+            catch (KvStoreException ex)
+            {
+                failure = (StatusCodes.Status503ServiceUnavailable, ex.Message);
+            }
+            catch (Microsoft.AspNetCore.Http.BadHttpRequestException ex)
+            {
+                failure = (ex.StatusCode, ex.Message);
+            }
+            finally
+            {
+                context.RequestAborted = aborted;
+            }
+        }
+
+        // Written under the connection's own token: the deadline's may be the one that fired.
+        if (failure is (int status, string message))
+        {
+            await StoreEndpoints.FailAsync(context, status, message);
         }
     }
 }

@@ -13,11 +13,17 @@ public sealed record StoreServerOptions
     /// <summary>Where the objects live (a <c>DiskKvStore</c> directory; created when missing).</summary>
     public required string DataDirectory { get; init; }
 
-    /// <summary>The bearer token every <c>/v1</c> request must carry (already read from a file or the environment).</summary>
+    /// <summary>
+    /// The bearer token every request must carry (already read from a file or the environment), whatever the route,
+    /// except <c>/healthz</c> and, with <see cref="PublicMetrics"/>, <c>/metrics</c>.
+    /// </summary>
     public string? Token { get; init; }
 
-    /// <summary>Serve <c>/v1</c> without a token. Refused unless every URL is a loopback address.</summary>
+    /// <summary>Serve every route without a token. Refused unless every URL is a loopback address.</summary>
     public bool AllowAnonymous { get; init; }
+
+    /// <summary>Serve <c>/metrics</c> (object counts, bytes, request rates) without the token, e.g. to a scraper that has none.</summary>
+    public bool PublicMetrics { get; init; }
 
     /// <summary>Where to listen: <c>http(s)://IP:port</c>, <c>localhost</c> or <c>*</c> (all interfaces); port 0 = ephemeral.</summary>
     public IReadOnlyList<string> Urls { get; init; } = ["http://127.0.0.1:7070"];

@@ -13,6 +13,9 @@ namespace KvFetcher.Serving;
 /// </summary>
 public sealed class LlmServer : IAsyncDisposable
 {
+    private static readonly ApiError s_unauthorized =
+        new(StatusCodes.Status401Unauthorized, "Incorrect or missing API key: send 'Authorization: Bearer KEY'.", "invalid_request_error", Code: "invalid_api_key");
+
     private readonly RunningApp _running;
 
     private LlmServer(RunningApp running, KvFetcherEngine engine)
@@ -23,6 +26,9 @@ public sealed class LlmServer : IAsyncDisposable
 
     /// <summary>The bound addresses, ephemeral ports resolved (e.g. <c>http://127.0.0.1:41234/</c>).</summary>
     public IReadOnlyList<Uri> Addresses => _running.Addresses;
+
+    /// <summary>The app's services: the routes it mapped, for tests that walk every one.</summary>
+    internal IServiceProvider Services => _running.Services;
 
     public KvFetcherEngine Engine { get; }
 
@@ -58,9 +64,14 @@ public sealed class LlmServer : IAsyncDisposable
             ListenEndpoint.Bind(kestrel, endpoints, certificate, HttpProtocols.Http1);
         });
 
+        // Deny by default (with API keys or --tenant-from-key): every route needs a key but the public list (/healthz;
+        // /metrics with PublicMetrics).
+        builder.Services.AddBearerAuthentication(new BearerTokens(options.ApiKeys, required: options.TenantFromKey), s_unauthorized.WriteAsync);
+
         WebApplication app = builder.Build();
         var endpointsApi = new OpenAiEndpoints(engine, options);
         app.Use((context, next) => HandleAsync(context, next, engine.Metrics));
+        app.UseBearerAuthentication();
         endpointsApi.Map(app);
         // Requests in flight get 10 s to finish when the server is disposed.
         return new LlmServer(await KestrelApp.StartAsync(app, ownsEngine ? engine : null, TimeSpan.FromSeconds(10), cancellationToken), engine);
@@ -72,7 +83,7 @@ public sealed class LlmServer : IAsyncDisposable
     /// <summary>Stops (requests in flight get 10 s), then disposes the engine if owned.</summary>
     public ValueTask DisposeAsync() => _running.DisposeAsync();
 
-    /// <summary>Every request: counted by route and status; a body over the limit or a malformed request becomes a 4xx.</summary>
+    /// <summary>Every request, refused or not: counted by route and status; a body over the limit or a malformed request becomes a 4xx.</summary>
     private static async Task HandleAsync(HttpContext context, RequestDelegate next, ServingMetrics metrics)
     {
         try

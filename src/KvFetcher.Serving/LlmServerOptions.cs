@@ -18,13 +18,19 @@ public sealed record LlmServerOptions
     public string? CertificateKeyFile { get; init; }
 
     /// <summary>
-    /// API keys a <c>/v1</c> request must present as <c>Authorization: Bearer KEY</c> (401 otherwise); null = no check.
+    /// API keys every request must present as <c>Authorization: Bearer KEY</c> (401 otherwise), whatever the route,
+    /// except <c>/healthz</c> and, with <see cref="PublicMetrics"/>, <c>/metrics</c>; null = no check (unless
+    /// <see cref="TenantFromKey"/>).
     /// </summary>
     public IReadOnlyList<string>? ApiKeys { get; init; }
 
+    /// <summary>Serve <c>/metrics</c> without an API key, e.g. to a scraper that has none.</summary>
+    public bool PublicMetrics { get; init; }
+
     /// <summary>
     /// Each API key is its own tenant (the salt is a hash of the key; <c>X-KvFetcher-Tenant</c> narrows it further): a
-    /// context is reused only for requests carrying the same key. Requests without a key get 401. Without this, the
+    /// context is reused only for requests carrying the same key. Requests without a key get 401 (on every route but the
+    /// public list, as with <see cref="ApiKeys"/>). Without this, the
     /// tenant is the <c>X-KvFetcher-Tenant</c> header, else <see cref="KvFetcherOptions.DefaultTenant"/>.
     /// </summary>
     public bool TenantFromKey { get; init; }

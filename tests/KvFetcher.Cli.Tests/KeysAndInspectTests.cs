@@ -1,4 +1,6 @@
 using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Hashing;
 using KvFetcher.Codecs;
 using KvFetcher.Codecs.Containers;
 using KvFetcher.Codecs.Raw;
@@ -70,6 +72,59 @@ public sealed class KeysAndInspectTests : IDisposable
         Assert.Equal(1, exit);
         Assert.Contains("checksum", error, StringComparison.Ordinal);
         Assert.Single(error.Trim().Split('\n'));
+    }
+
+    /// <summary>Header fields (offset, little-endian width, value) that a container may carry with its checksum recomputed.</summary>
+    public static TheoryData<string, int, int, long, string> HostileFields => new()
+    {
+        { "token count int.MaxValue", 88, 8, int.MaxValue, "token count at offset 88 is 2147483647" },
+        { "token count int.MaxValue, widest shape", 88, 8, int.MaxValue, "token count at offset 88 is 2147483647" },
+        { "token count long.MaxValue", 88, 8, long.MaxValue, "token count at offset 88 is 9223372036854775807" },
+        { "token count negative", 88, 8, -1, "token count at offset 88 is -1" },
+        { "token start at the end of int", 80, 8, int.MaxValue, "token start at offset 80 is 2147483647" },
+        { "token start negative", 80, 8, long.MinValue, "token start at offset 80 is -9223372036854775808" },
+        { "layers 4096, one token over 2 GB", 96, 4, 4096, "token count at offset 88 is 8" },
+        { "layers negative", 96, 4, int.MinValue, "layers at offset 96 is -2147483648" },
+        { "KV heads huge", 100, 4, int.MaxValue, "KV heads at offset 100 is 2147483647" },
+        { "parameters length huge", 112, 8, long.MaxValue, "parameters length at offset 112 is 9223372036854775807" },
+        { "payload length negative", 120, 8, -5, "payload length at offset 120 is -5" },
+    };
+
+    [Theory]
+    [MemberData(nameof(HostileFields))]
+    public void Inspect_HugeOrNegativeHeaderField_OneLineErrorNamingFieldOffsetAndValue(string @case, int offset, int width, long value, string expected)
+    {
+        string path = WriteContainer(out _);
+        byte[] bytes = File.ReadAllBytes(path);
+        if (width == 8)
+        {
+            BinaryPrimitives.WriteInt64LittleEndian(bytes.AsSpan(offset), value);
+        }
+        else
+        {
+            BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(offset), (int)value);
+        }
+
+        if (@case.Contains("widest shape", StringComparison.Ordinal) || @case.Contains("over 2 GB", StringComparison.Ordinal))
+        {
+            // 4096 layers x 4096 heads x 4096 head dim (each within its range): one token's KV is 2^38 bytes, and with
+            // int.MaxValue tokens the element count overflows 64 bits.
+            BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(96), 4096);
+            BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(100), 4096);
+            BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(104), 4096);
+        }
+
+        // The checksum is no MAC: whoever forges a header recomputes it, so only the field checks stand in the way.
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan(bytes.Length - 8), XxHash3.HashToUInt64(bytes.AsSpan(0, bytes.Length - 8)));
+        File.WriteAllBytes(path, bytes);
+
+        (int exit, string output, string error) = KvFetchProcess.Run("inspect", path);
+
+        Assert.True(exit == 1, $"exit {exit}; stdout: {output}; stderr: {error}");
+        Assert.Single(error.Trim().Split('\n'));
+        Assert.StartsWith("kvfetch: error: KV chunk container: ", error, StringComparison.Ordinal);
+        Assert.Contains(expected, error, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
     }
 
     private string WriteContainer(out ChunkHeader header)

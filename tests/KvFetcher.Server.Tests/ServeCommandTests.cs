@@ -29,6 +29,31 @@ public sealed class ServeCommandTests
         Assert.Equal("kvfetch: error: --capacity 'lots' is not a size such as 500MB, 10GB or 2GiB.", serve.Error.Trim());
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Serve_PublicMetricsOption_OpensOnlyMetrics(bool publicMetrics)
+    {
+        string directory = ServerHarness.NewTempDirectory();
+        string tokenFile = Path.Combine(Path.GetTempPath(), "kvf-token-" + Guid.NewGuid().ToString("N"));
+        await File.WriteAllTextAsync(tokenFile, ServerHarness.Token + "\n", Ct);
+        try
+        {
+            string[] args = ["--data", directory, "--token-file", tokenFile, "--urls", "http://127.0.0.1:0"];
+            using ServeProcess serve = ServeProcess.Start(publicMetrics ? [.. args, "--public-metrics"] : args);
+            Uri address = await serve.WaitForAddressAsync(Ct);
+            Assert.Equal(publicMetrics ? 200 : 401, await KvFetcher.Tests.RouteWalk.SendAsync(address, "GET", "/metrics", token: null, cancellationToken: Ct));
+            Assert.Equal(401, await KvFetcher.Tests.RouteWalk.SendAsync(address, "GET", "/V1/stats", token: null, cancellationToken: Ct));
+            Assert.Equal(200, await KvFetcher.Tests.RouteWalk.SendAsync(address, "GET", "/V1/stats", ServerHarness.Token, cancellationToken: Ct));
+            Assert.Equal(200, await KvFetcher.Tests.RouteWalk.SendAsync(address, "GET", "/healthz", token: null, cancellationToken: Ct));
+        }
+        finally
+        {
+            ServerHarness.DeleteDirectory(directory);
+            File.Delete(tokenFile);
+        }
+    }
+
     [Fact]
     public async Task Serve_Sigterm_StopsGracefullyWithExitZero()
     {

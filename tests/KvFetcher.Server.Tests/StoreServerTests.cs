@@ -246,6 +246,23 @@ public sealed class StoreServerTests
     }
 
     [Fact]
+    public async Task Put_DiskFullNothingToEvict_Answers507()
+    {
+        using var fs = KvFetcher.Store.Tests.Disk.SmallFilesystem.Mount(kibibytes: 512);
+        var options = new StoreServerOptions { DataDirectory = Path.Combine(fs.Path, "store"), Token = ServerHarness.Token, Urls = ["http://127.0.0.1:0"] };
+        await using StoreServer server = await StoreServer.StartAsync(options, Ct);
+        fs.FillLeaving(64 << 10);
+        ObjectKey key = TestObjects.KeyFor("disk-full");
+        using var raw = new HttpClient { BaseAddress = server.Addresses[0] };
+        raw.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", ServerHarness.Token);
+        using HttpResponseMessage response = await raw.PutAsync($"/v1/objects/{key}", new ByteArrayContent(TestObjects.Container(key, 200_000, 1)), Ct);
+        Assert.Equal(HttpStatusCode.InsufficientStorage, response.StatusCode);
+        Assert.Contains("no space left", await response.Content.ReadAsStringAsync(Ct), StringComparison.Ordinal);
+        using HttpResponseMessage small = await raw.PutAsync($"/v1/objects/{key}", new ByteArrayContent(TestObjects.Container(key, 1000, 1)), Ct);
+        Assert.Equal(HttpStatusCode.NoContent, small.StatusCode);
+    }
+
+    [Fact]
     public async Task Put_StoreFull_Answers507AndClientSaysFull()
     {
         await using ServerHarness harness = await ServerHarness.StartAsync(o => o with { CapacityBytes = 50_000 });
@@ -277,7 +294,7 @@ public sealed class StoreServerTests
         Assert.NotNull(await client.GetBytesAsync(key, cancellationToken: Ct));
         Assert.Null(await client.GetBytesAsync(TestObjects.KeyFor("absent"), cancellationToken: Ct));
 
-        using HttpClient raw = harness.Raw(token: null);
+        using HttpClient raw = harness.Raw();
         using HttpResponseMessage response = await raw.GetAsync("/metrics", Ct);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         Assert.StartsWith("text/plain", response.Content.Headers.ContentType?.MediaType, StringComparison.Ordinal);

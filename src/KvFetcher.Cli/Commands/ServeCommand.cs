@@ -24,7 +24,8 @@ internal static class ServeCommand
         Option<FileInfo?> certKey = new("--cert-key") { Description = "PEM private key of --cert." };
         Option<string?> capacity = new("--capacity") { Description = "Most bytes to keep, least recently used evicted first: e.g. 500MB, 10GB, 2GiB." };
         Option<bool> allowAnonymous = new("--allow-anonymous") { Description = "Serve without a token (refused unless every URL is loopback)." };
-        var command = new Command("serve", "Run the KV store server.") { data, tokenFile, urls, cert, certKey, capacity, allowAnonymous };
+        Option<bool> publicMetrics = new("--public-metrics") { Description = "Serve /metrics without the token (every other route but /healthz needs it)." };
+        var command = new Command("serve", "Run the KV store server.") { data, tokenFile, urls, cert, certKey, capacity, allowAnonymous, publicMetrics };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
             var options = new StoreServerOptions
@@ -32,6 +33,7 @@ internal static class ServeCommand
                 DataDirectory = parse.GetValue(data)!.FullName,
                 Token = ReadToken(parse.GetValue(tokenFile)),
                 AllowAnonymous = parse.GetValue(allowAnonymous),
+                PublicMetrics = parse.GetValue(publicMetrics),
                 Urls = parse.GetValue(urls)!,
                 CertificateFile = parse.GetValue(cert)?.FullName,
                 CertificateKeyFile = parse.GetValue(certKey)?.FullName,

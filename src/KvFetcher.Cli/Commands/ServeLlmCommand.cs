@@ -30,6 +30,7 @@ internal static class ServeLlmCommand
         Option<FileInfo?> apiKeys = new("--api-keys-file") { Description = $"File with the API keys clients must send, one a line (else ${ApiKeysVariable}, comma-separated; none: no check)." };
         Option<bool> tenantFromKey = new("--tenant-from-key") { Description = "Each API key is its own tenant: contexts are reused only for the same key (X-KvFetcher-Tenant narrows further)." };
         Option<bool> allowAnonymous = new("--allow-anonymous") { Description = "Serve without API keys on a non-loopback URL." };
+        Option<bool> publicMetrics = new("--public-metrics") { Description = "Serve /metrics without an API key (with keys, every other route but /healthz needs one)." };
         Option<string> variant = new("--variant") { Description = "How chunks are stored and fetched: raw, exact (lossless), video8, cachegen0, ...; several comma-separated (e.g. raw,video8): each chunk is fetched as the one predicted fastest.", DefaultValueFactory = _ => "raw" };
         Option<string?> modelId = new("--model-id") { Description = "The model name clients send (default: the model directory's name)." };
         Option<int> maxSessions = new("--max-sessions") { Description = "Requests holding a KV cache at once (memory bound).", DefaultValueFactory = _ => 8 };
@@ -40,7 +41,7 @@ internal static class ServeLlmCommand
         Option<FileInfo?> certKey = new("--cert-key") { Description = "PEM private key of --cert." };
         var command = new Command("serve-llm", "Run an OpenAI-compatible inference server that reuses stored KV.")
         {
-            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, variant, modelId, maxSessions, maxQueue, threads, engine, cert, certKey,
+            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, publicMetrics, variant, modelId, maxSessions, maxQueue, threads, engine, cert, certKey,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -71,6 +72,7 @@ internal static class ServeLlmCommand
                 ApiKeys = ReadKeys(parse.GetValue(apiKeys)),
                 TenantFromKey = parse.GetValue(tenantFromKey),
                 AllowAnonymous = parse.GetValue(allowAnonymous),
+                PublicMetrics = parse.GetValue(publicMetrics),
             };
             try
             {

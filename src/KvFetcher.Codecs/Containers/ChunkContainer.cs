@@ -173,6 +173,21 @@ public static class ChunkContainer
         CheckRange("KV heads", 100, heads, 1, 4096);
         CheckRange("head dim", 104, headDim, 1, 4096);
 
+        // Each field is in range, but together they may still promise more than a reader can hold: the chunk's
+        // decoded KV must fit one buffer (a reader sizes one from the header), and its positions must stay within int.
+        long tokenBytes = (long)layers * 2 * heads * headDim * ((DType)dtype).SizeOf();
+        long maxTokens = Array.MaxLength / tokenBytes;
+        if (tokens > maxTokens)
+        {
+            throw Invalid("token count", 88, tokens,
+                $"a token of {layers} layers x {heads} KV heads x {headDim} head dim is {tokenBytes} bytes of KV, so at most {maxTokens} tokens fit one buffer");
+        }
+
+        if (tokenStart + tokens > int.MaxValue)
+        {
+            throw Invalid("token start", 80, tokenStart, $"with {tokens} tokens the chunk would end past position {int.MaxValue}");
+        }
+
         parameters = container.Slice(HeaderSize, (int)parametersLength);
         payload = container.Slice(HeaderSize + (int)parametersLength, (int)payloadLength);
         return new ChunkHeader

@@ -75,6 +75,9 @@ public sealed class RunningApp : IAsyncDisposable
     /// <summary>The addresses the app listens on.</summary>
     public IReadOnlyList<Uri> Addresses { get; }
 
+    /// <summary>The app's services (its mapped routes are its <c>EndpointDataSource</c>).</summary>
+    public IServiceProvider Services => _app.Services;
+
     /// <summary>Stops accepting connections and waits for requests in flight (cancel to cut them short). Only the first call stops.</summary>
     public async Task StopAsync(CancellationToken cancellationToken = default)
     {

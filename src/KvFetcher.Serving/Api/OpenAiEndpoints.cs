@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
+using KvFetcher.Server.Hosting;
 using KvFetcher.Serving.Chat;
 using KvFetcher.Serving.Scheduling;
 using Microsoft.AspNetCore.Builder;
@@ -29,8 +30,6 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
 
     private static readonly long s_created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
-    private readonly ApiKeyCheck _keys = new(options.ApiKeys);
-
     private enum Route
     {
         Completions,
@@ -43,31 +42,17 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         app.MapPost("/v1/chat/completions", new RequestDelegate(context => ServeAsync(context, Route.Chat))).WithDisplayName("chat");
         app.MapGet("/v1/models", new RequestDelegate(ModelsAsync)).WithDisplayName("models");
         app.MapGet("/v1/models/{id}", new RequestDelegate(ModelAsync)).WithDisplayName("model");
-        app.MapGet("/healthz", new RequestDelegate(HealthAsync)).WithDisplayName("healthz");
-        app.MapGet("/metrics", new RequestDelegate(MetricsAsync)).WithDisplayName("metrics");
-    }
-
-    /// <summary>The API key check of <c>/v1</c> requests: null when allowed, else the 401 to answer.</summary>
-    public ApiError? Authorize(HttpContext context)
-    {
-        string? key = ApiKeyCheck.Presented(context.Request);
-        if ((_keys.Required || options.TenantFromKey) && (key is null || !_keys.IsAccepted(key)))
+        // The public list: every other route needs an API key when keys are in use (LlmServer's BearerAuthentication).
+        app.MapGet("/healthz", new RequestDelegate(HealthAsync)).WithDisplayName("healthz").AllowAnonymous();
+        IEndpointConventionBuilder metrics = app.MapGet("/metrics", new RequestDelegate(MetricsAsync)).WithDisplayName("metrics");
+        if (options.PublicMetrics)
         {
-            context.Response.Headers.WWWAuthenticate = "Bearer";
-            return new ApiError(StatusCodes.Status401Unauthorized, "Incorrect or missing API key: send 'Authorization: Bearer KEY'.", "invalid_request_error", Code: "invalid_api_key");
+            metrics.AllowAnonymous();
         }
-
-        return null;
     }
 
     private async Task ServeAsync(HttpContext context, Route route)
     {
-        if (Authorize(context) is { } unauthorized)
-        {
-            await unauthorized.WriteAsync(context);
-            return;
-        }
-
         (Prepared? prepared, ApiError? error) = route == Route.Chat ? await PrepareChatAsync(context) : await PrepareCompletionAsync(context);
         if (error is not null)
         {
@@ -390,7 +375,7 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
 
         if (options.TenantFromKey)
         {
-            string key = ApiKeyCheck.Presented(context.Request)!;
+            string key = BearerTokens.Presented(context.Request)!;
             string salt = TenantSalts.ForKey(key, named ?? "");
             return (salt, salt, null);
         }
@@ -499,17 +484,10 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
     }
 
     private Task ModelsAsync(HttpContext context) =>
-        Authorize(context) is { } unauthorized
-            ? unauthorized.WriteAsync(context)
-            : context.Response.WriteAsJsonAsync(new ModelList("list", [Info()]), OpenAiJson.Default.ModelList, cancellationToken: context.RequestAborted);
+        context.Response.WriteAsJsonAsync(new ModelList("list", [Info()]), OpenAiJson.Default.ModelList, cancellationToken: context.RequestAborted);
 
     private Task ModelAsync(HttpContext context)
     {
-        if (Authorize(context) is { } unauthorized)
-        {
-            return unauthorized.WriteAsync(context);
-        }
-
         return context.Request.RouteValues["id"] as string == engine.ModelId
             ? context.Response.WriteAsJsonAsync(Info(), OpenAiJson.Default.ModelInfo, cancellationToken: context.RequestAborted)
             : CheckModel(context.Request.RouteValues["id"] as string ?? "")!.WriteAsync(context);

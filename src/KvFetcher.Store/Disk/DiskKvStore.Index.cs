@@ -218,6 +218,20 @@ public sealed partial class DiskKvStore
         return false;
     }
 
+    /// <summary>
+    /// The filesystem is full: evicts least recently used unpinned objects until <paramref name="needed"/> bytes are
+    /// freed (or none are left) and returns the bytes freed (0: nothing could be evicted).
+    /// </summary>
+    private long EvictForSpace(long needed)
+    {
+        lock (_gate)
+        {
+            long before = _usedBytes;
+            EvictAtLeast(needed);
+            return before - _usedBytes;
+        }
+    }
+
     /// <summary>Evicts least recently used unpinned objects until <paramref name="needed"/> bytes are freed (or none are left).</summary>
     private void EvictAtLeast(long needed)
     {

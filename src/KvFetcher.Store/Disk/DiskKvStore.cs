@@ -18,7 +18,9 @@ namespace KvFetcher.Store.Disk;
 /// With a capacity, a put reserves its bytes first, evicting least recently used objects: used bytes (which count puts
 /// in flight, and deleted objects a get still reads) never exceed the cap. An object a get is reading is never evicted;
 /// a put that needs its space waits (cancellably) until the get is done. Only an object larger than the capacity is
-/// refused (<see cref="KvStoreFullException"/>).
+/// refused (<see cref="KvStoreFullException"/>). When the filesystem fills up first (ENOSPC or EDQUOT, with or without a
+/// capacity), a put evicts least recently used objects and tries again, and is refused with
+/// <see cref="KvStoreFullException"/> only once nothing is left to evict.
 /// Every get reads the whole file and verifies its checksum before a byte is handed out. Thread-safe.
 /// </summary>
 public sealed partial class DiskKvStore : IKvStore
@@ -265,7 +267,32 @@ public sealed partial class DiskKvStore : IKvStore
 
     public override string ToString() => Description;
 
+    /// <summary>
+    /// Puts, and when the filesystem itself is full (ENOSPC or EDQUOT: below the capacity, or without one), evicts least
+    /// recently used objects and tries again; once nothing is left to evict, refuses with <see cref="KvStoreFullException"/>.
+    /// </summary>
     private async ValueTask PutCoreAsync(string name, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            try
+            {
+                await PutOnceAsync(name, data, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+            catch (KvStoreException ex) when (IsOutOfSpace(ex))
+            {
+                // Each round frees at least the object's size or everything evictable, so the loop ends.
+                if (EvictForSpace(data.Length) == 0)
+                {
+                    throw new KvStoreFullException(
+                        $"Disk store {Description}: no space left on the device for '{name}' ({data.Length} bytes) and nothing left to evict ({ex.Message})", ex);
+                }
+            }
+        }
+    }
+
+    private async ValueTask PutOnceAsync(string name, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
         long size = data.Length;
@@ -490,7 +517,9 @@ public sealed partial class DiskKvStore : IKvStore
     {
         try
         {
-            using SafeFileHandle handle = File.OpenHandle(tempPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, FileOptions.None, preallocationSize: data.Length);
+            // No preallocationSize: .NET reports a failed preallocation without its errno, and a full disk must be told
+            // apart (ENOSPC from write(2) is IOException.HResult 28).
+            using SafeFileHandle handle = File.OpenHandle(tempPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, FileOptions.None);
             int done = 0;
             while (done < data.Length)
             {
@@ -574,6 +603,25 @@ public sealed partial class DiskKvStore : IKvStore
         key.Value ?? throw new ArgumentException("The default ObjectKey names no object.", nameof(key));
 
     private static bool IsIoError(Exception ex) => ex is IOException or UnauthorizedAccessException;
+
+    /// <summary>
+    /// Whether <paramref name="ex"/> (or what it wraps) is the filesystem running out of space: on Unix .NET puts the errno
+    /// in <see cref="Exception.HResult"/> (ENOSPC 28; EDQUOT 122 on Linux, 69 on macOS), on Windows ERROR_DISK_FULL and
+    /// ERROR_HANDLE_DISK_FULL as HRESULTs.
+    /// </summary>
+    internal static bool IsOutOfSpace(Exception? ex)
+    {
+        int quotaExceeded = OperatingSystem.IsMacOS() ? 69 : 122;
+        for (; ex is not null; ex = ex.InnerException)
+        {
+            if (ex is IOException io && (io.HResult == 28 || io.HResult == quotaExceeded || io.HResult is unchecked((int)0x80070070) or unchecked((int)0x80070027)))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 
     private static KvStoreException IoFailure(string action, string path, Exception ex) =>
         new($"Disk store: cannot {action} '{path}': {ex.Message}", ex);
