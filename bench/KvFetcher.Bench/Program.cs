@@ -19,6 +19,8 @@ internal static class Program
                   (kvfetch-bench store --help)
           serving N concurrent clients replaying document QA against serve-llm, reuse off vs on: TTFT p50/p99,
                   throughput, hit rate (kvfetch-bench serving --help)
+          tokenize seconds to tokenize texts of growing length, with and without split points
+                  (kvfetch-bench tokenize --help)
         """;
 
     private static int Main(string[] args)
@@ -68,6 +70,14 @@ internal static class Program
                     }
 
                     return ServingBenchmark.Run(options.ToArray());
+                case "tokenize":
+                    if (help)
+                    {
+                        Console.WriteLine(TokenizeBenchmark.Usage);
+                        return 0;
+                    }
+
+                    return TokenizeBenchmark.Run(options.ToArray());
                 default:
                     Console.Error.WriteLine($"kvfetch-bench: unknown mode '{mode}'.");
                     Console.Error.WriteLine(Usage);
