@@ -57,6 +57,15 @@ public sealed partial class TextTokenizer
 
         _tokenOffsets[tokens.Length] = bytes.Count;
         _tokenBytes = [.. bytes];
+        int longest = 1;
+        for (int id = 0; id < tokens.Length; id++)
+        {
+            longest = Math.Max(longest, _tokenOffsets[id + 1] - _tokenOffsets[id]);
+        }
+
+        MaxCharactersPerToken = addedTokens.Any(t => t.LStrip || t.RStrip)
+            ? int.MaxValue
+            : normalization == NormalizationForm.FormC ? 4 * longest : longest;
         BosId = bosId;
         AddBos = addBos;
         EosIds = eosIds;

@@ -55,6 +55,15 @@ public sealed partial class TextTokenizer
     public string Directory { get; }
 
     /// <summary>
+    /// No token stands for more than this many characters of input text, so a text of n characters encodes to at
+    /// least n / <see cref="MaxCharactersPerToken"/> tokens: a server can refuse a prompt that cannot fit its
+    /// context before encoding it. It is the longest token's length in bytes (a character is at least one UTF-8
+    /// byte), times 4 under NFC (which can compose up to four characters into one), or <see cref="int.MaxValue"/>
+    /// when an added token strips the whitespace around it (any amount of it).
+    /// </summary>
+    public int MaxCharactersPerToken { get; }
+
+    /// <summary>
     /// Encodes <paramref name="text"/>. Added and special tokens written in the text (such as
     /// <c>&lt;|im_start|&gt;</c>) become their ids; with <paramref name="addSpecial"/>, <see cref="BosId"/> is
     /// prepended when <see cref="AddBos"/> is set.
