@@ -59,11 +59,12 @@ internal sealed class BytePairMerger
         int maxBytes = Encoding.UTF8.GetMaxByteCount(piece.Length);
         if (maxBytes <= StackBytes)
         {
-            Span<byte> bytes = stackalloc byte[StackBytes];
-            Span<int> ints = stackalloc int[3 * StackBytes];
-            Span<long> heap = stackalloc long[3 * StackBytes];
+            // Sized to the piece (most are a few bytes): stack space is cleared on entry.
+            Span<byte> bytes = stackalloc byte[maxBytes];
             int count = Encoding.UTF8.GetBytes(piece, bytes);
-            Merge(bytes[..count], ints[..(3 * count)], heap[..(3 * count)], ids);
+            Span<int> ints = stackalloc int[3 * count];
+            Span<long> heap = stackalloc long[3 * count];
+            Merge(bytes[..count], ints, heap, ids);
             return;
         }
 

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics.CodeAnalysis;
 using System.Runtime.InteropServices;
 using System.Text;
@@ -27,7 +28,15 @@ public sealed partial class TextTokenizer
     /// </summary>
     public const int MaxPieceLength = 16_384;
 
+    // Pieces of ordinary text repeat (words), so the ids of short pieces are kept: up to MaxCachedPieces of them, first
+    // come first kept (a bound, not an eviction policy).
+    private const int CachedPieceLength = 24;
+    private const int MaxCachedPieces = 1 << 16;
+
     private readonly BytePairMerger _bpe;
+    private readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cachedPieces =
+        new ConcurrentDictionary<string, int[]>(StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
+    private int _cachedPieceCount;
     private readonly Dictionary<string, int> _vocabulary;
     private readonly bool _ignoreMerges;
     private readonly NormalizationForm? _normalization;
@@ -217,13 +226,27 @@ public sealed partial class TextTokenizer
             }
 
             ReadOnlySpan<char> slice = piece[..length];
-            if (!_ignoreMerges || !_vocabulary.TryGetValue(ByteLevelAlphabet.Encode(slice), out int whole))
+            if (slice.Length <= CachedPieceLength && _cachedPieces.TryGetValue(slice, out int[]? cached))
             {
-                _bpe.Encode(slice, ids);
+                ids.AddRange(cached);
             }
             else
             {
-                ids.Add(whole);
+                int start = ids.Count;
+                if (!_ignoreMerges || !_vocabulary.TryGetValue(ByteLevelAlphabet.Encode(slice), out int whole))
+                {
+                    _bpe.Encode(slice, ids);
+                }
+                else
+                {
+                    ids.Add(whole);
+                }
+
+                if (slice.Length <= CachedPieceLength && Volatile.Read(ref _cachedPieceCount) < MaxCachedPieces
+                    && _cachedPieces.TryAdd(slice, [.. CollectionsMarshal.AsSpan(ids)[start..]]))
+                {
+                    Interlocked.Increment(ref _cachedPieceCount);
+                }
             }
 
             piece = piece[length..];
