@@ -116,19 +116,40 @@ public sealed class KvFetcherEngine : IAsyncDisposable
     }
 
     /// <summary>The prompt tokens of a conversation, rendered with the model's <see cref="Template"/>.</summary>
+    /// <exception cref="ArgumentException">The rendered prompt is longer than <see cref="MaxPromptCharacters"/>.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled while tokenizing.</exception>
     public int[] EncodeChat(IReadOnlyList<ChatTurn> messages, CancellationToken cancellationToken = default) =>
-        Model.Tokenizer.EncodeCancellable(Template.Render(messages), Template.AddSpecialTokens, cancellationToken);
+        EncodeRenderedChat(Template.Render(messages), cancellationToken);
 
     /// <summary>The prompt tokens of plain text (BOS added as the tokenizer's config says).</summary>
+    /// <exception cref="ArgumentException"><paramref name="prompt"/> is longer than <see cref="MaxPromptCharacters"/>.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled while tokenizing.</exception>
-    public int[] EncodeText(string prompt, CancellationToken cancellationToken = default) =>
-        Model.Tokenizer.EncodeCancellable(prompt, addSpecial: true, cancellationToken);
+    public int[] EncodeText(string prompt, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        CheckPromptLength(prompt.Length, nameof(prompt));
+        return Model.Tokenizer.EncodeCancellable(prompt, addSpecial: true, cancellationToken);
+    }
 
     /// <summary>The prompt tokens of a conversation already rendered with <see cref="Template"/>.</summary>
+    /// <exception cref="ArgumentException"><paramref name="rendered"/> is longer than <see cref="MaxPromptCharacters"/>.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled while tokenizing.</exception>
-    public int[] EncodeRenderedChat(string rendered, CancellationToken cancellationToken = default) =>
-        Model.Tokenizer.EncodeCancellable(rendered, Template.AddSpecialTokens, cancellationToken);
+    public int[] EncodeRenderedChat(string rendered, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(rendered);
+        CheckPromptLength(rendered.Length, nameof(rendered));
+        return Model.Tokenizer.EncodeCancellable(rendered, Template.AddSpecialTokens, cancellationToken);
+    }
+
+    // A prompt that cannot fit the context is not tokenized at all.
+    private void CheckPromptLength(int characters, string name)
+    {
+        if (characters > MaxPromptCharacters)
+        {
+            throw new ArgumentException(
+                $"The prompt has {characters} characters, more than the {MaxPromptCharacters} that the model's context of {Model.Config.MaxPositionEmbeddings} tokens can hold.", name);
+        }
+    }
 
     /// <summary>Submits a request (see <see cref="EngineScheduler.Submit"/>).</summary>
     public Generation Submit(GenerationRequest request, CancellationToken cancellationToken = default) =>

@@ -75,8 +75,7 @@ public sealed class LongInputTests : IDisposable
     {
         // Prose plus a 10,000-letter identifier, 6,000 spaces, 3,000 CJK characters in a row and more: long
         // pieces, but shorter than MaxPieceLength, so slicing must leave every id as Hugging Face gives it.
-        using JsonDocument reference = JsonDocument.Parse(File.ReadAllText(Path.Combine(
-            TestData.RepositoryRoot, "tests", "TestData", "tokenizer", "long-text-kvf-pydoc-16m.json")));
+        using JsonDocument reference = JsonDocument.Parse(File.ReadAllText(TestData.LongTextReference));
         string text = reference.RootElement.GetProperty("text").GetString()!;
         int[] expected = [.. reference.RootElement.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32())];
 
