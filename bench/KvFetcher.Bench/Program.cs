@@ -21,6 +21,8 @@ internal static class Program
                   throughput, hit rate (kvfetch-bench serving --help)
           integrity  per-chunk cost of the chunk MAC (HMAC-SHA256) next to the XxHash3 checksum (--repeats)
           fingerprint  the model fingerprint on a multi-GB checkpoint: full hash serial/parallel, cached path (--gb)
+          tokenize seconds to tokenize texts of growing length, with and without split points
+                  (kvfetch-bench tokenize --help)
         """;
 
     private static int Main(string[] args)
@@ -74,6 +76,14 @@ internal static class Program
                     return IntegrityBenchmark.RunIntegrity(options.ToArray());
                 case "fingerprint":
                     return IntegrityBenchmark.RunFingerprint(options.ToArray());
+                case "tokenize":
+                    if (help)
+                    {
+                        Console.WriteLine(TokenizeBenchmark.Usage);
+                        return 0;
+                    }
+
+                    return TokenizeBenchmark.Run(options.ToArray());
                 default:
                     Console.Error.WriteLine($"kvfetch-bench: unknown mode '{mode}'.");
                     Console.Error.WriteLine(Usage);

@@ -28,6 +28,8 @@ public sealed class KvFetcherEngine : IAsyncDisposable
         _store = store;
         ModelId = options.ResolveModelId();
         Template = ChatTemplate.ForModel(model.Directory, model.Tokenizer);
+        MaxPromptCharacters = (long)model.Config.MaxPositionEmbeddings
+            * Math.Min(options.MaxPromptCharactersPerToken, model.Tokenizer.MaxCharactersPerToken);
         Metrics = new ServingMetrics();
         if (store is not null)
         {
@@ -62,6 +64,12 @@ public sealed class KvFetcherEngine : IAsyncDisposable
     public string ModelId { get; }
 
     public ChatTemplate Template { get; }
+
+    /// <summary>
+    /// The longest prompt text (characters, after the chat template) that is tokenized at all; a longer one cannot fit
+    /// the context (see <see cref="KvFetcherOptions.MaxPromptCharactersPerToken"/>) and is refused before any work.
+    /// </summary>
+    public long MaxPromptCharacters { get; }
 
     public ServingMetrics Metrics { get; }
 
@@ -108,11 +116,40 @@ public sealed class KvFetcherEngine : IAsyncDisposable
     }
 
     /// <summary>The prompt tokens of a conversation, rendered with the model's <see cref="Template"/>.</summary>
-    public int[] EncodeChat(IReadOnlyList<ChatTurn> messages) =>
-        Model.Tokenizer.Encode(Template.Render(messages), Template.AddSpecialTokens);
+    /// <exception cref="ArgumentException">The rendered prompt is longer than <see cref="MaxPromptCharacters"/>.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled while tokenizing.</exception>
+    public int[] EncodeChat(IReadOnlyList<ChatTurn> messages, CancellationToken cancellationToken = default) =>
+        EncodeRenderedChat(Template.Render(messages), cancellationToken);
 
     /// <summary>The prompt tokens of plain text (BOS added as the tokenizer's config says).</summary>
-    public int[] EncodeText(string prompt) => Model.Tokenizer.Encode(prompt);
+    /// <exception cref="ArgumentException"><paramref name="prompt"/> is longer than <see cref="MaxPromptCharacters"/>.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled while tokenizing.</exception>
+    public int[] EncodeText(string prompt, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        CheckPromptLength(prompt.Length, nameof(prompt));
+        return Model.Tokenizer.EncodeCancellable(prompt, addSpecial: true, cancellationToken);
+    }
+
+    /// <summary>The prompt tokens of a conversation already rendered with <see cref="Template"/>.</summary>
+    /// <exception cref="ArgumentException"><paramref name="rendered"/> is longer than <see cref="MaxPromptCharacters"/>.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled while tokenizing.</exception>
+    public int[] EncodeRenderedChat(string rendered, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(rendered);
+        CheckPromptLength(rendered.Length, nameof(rendered));
+        return Model.Tokenizer.EncodeCancellable(rendered, Template.AddSpecialTokens, cancellationToken);
+    }
+
+    // A prompt that cannot fit the context is not tokenized at all.
+    private void CheckPromptLength(int characters, string name)
+    {
+        if (characters > MaxPromptCharacters)
+        {
+            throw new ArgumentException(
+                $"The prompt has {characters} characters, more than the {MaxPromptCharacters} that the model's context of {Model.Config.MaxPositionEmbeddings} tokens can hold.", name);
+        }
+    }
 
     /// <summary>Submits a request (see <see cref="EngineScheduler.Submit"/>).</summary>
     public Generation Submit(GenerationRequest request, CancellationToken cancellationToken = default) =>

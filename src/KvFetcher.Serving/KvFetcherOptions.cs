@@ -60,6 +60,14 @@ public sealed class KvFetcherOptions
     /// <summary>New tokens when a request sets no limit (capped by the room left in the context).</summary>
     public int DefaultMaxTokens { get; set; } = 256;
 
+    /// <summary>
+    /// A prompt longer than the model's context times this many characters (or times the tokenizer's
+    /// <see cref="Engine.Tokenization.TextTokenizer.MaxCharactersPerToken"/>, when that is fewer) is refused before it
+    /// is tokenized (400, <c>context_length_exceeded</c>). Text averages about 4 characters a token; only a prompt
+    /// made mostly of very long tokens (runs of spaces, say) could fit its context with more than 16.
+    /// </summary>
+    public int MaxPromptCharactersPerToken { get; set; } = 16;
+
     /// <summary>Threads for the kernels; 0 uses one per processor.</summary>
     public int Threads { get; set; }
 
@@ -90,6 +98,7 @@ public sealed class KvFetcherOptions
         Check(MaxQueuedRequests, 0, 1 << 20, nameof(MaxQueuedRequests));
         Check(PrefillStepTokens, 1, 1 << 16, nameof(PrefillStepTokens));
         Check(DefaultMaxTokens, 1, 1 << 20, nameof(DefaultMaxTokens));
+        Check(MaxPromptCharactersPerToken, 1, 1024, nameof(MaxPromptCharactersPerToken));
         Check(Threads, 0, 1024, nameof(Threads));
         if (FetchTimeout < TimeSpan.FromMilliseconds(1) || FetchTimeout > TimeSpan.FromMinutes(10))
         {

@@ -2,7 +2,6 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using KvFetcher.Engine.Model;
-using Microsoft.ML.Tokenizers;
 
 namespace KvFetcher.Engine.Tokenization;
 
@@ -19,7 +18,7 @@ public sealed partial class TextTokenizer
 
     private TextTokenizer(
         string directory,
-        BpeTokenizer bpe,
+        BytePairMerger bpe,
         Dictionary<string, int> vocabulary,
         bool ignoreMerges,
         NormalizationForm? normalization,
@@ -58,6 +57,15 @@ public sealed partial class TextTokenizer
 
         _tokenOffsets[tokens.Length] = bytes.Count;
         _tokenBytes = [.. bytes];
+        int longest = 1;
+        for (int id = 0; id < tokens.Length; id++)
+        {
+            longest = Math.Max(longest, _tokenOffsets[id + 1] - _tokenOffsets[id]);
+        }
+
+        MaxCharactersPerToken = addedTokens.Any(t => t.LStrip || t.RStrip)
+            ? int.MaxValue
+            : normalization == NormalizationForm.FormC ? 4 * longest : longest;
         BosId = bosId;
         AddBos = addBos;
         EosIds = eosIds;
@@ -101,7 +109,7 @@ public sealed partial class TextTokenizer
         CheckDecoder(root, path);
 
         Dictionary<string, int> vocabulary = ReadVocabulary(model, path);
-        List<string> merges = ReadMerges(model, path);
+        List<(string Left, string Right)> merges = ReadMerges(model, path);
         List<AddedToken> added = ReadAddedTokens(root, path);
         bool ignoreMerges = JsonFields.Bool(model, "ignore_merges", path, "model.ignore_merges") ?? false;
         string? unknownToken = JsonFields.String(model, "unk_token", path, "model.unk_token");
@@ -142,20 +150,13 @@ public sealed partial class TextTokenizer
             special[token.Id] = token.Special;
         }
 
-        BpeTokenizer bpe;
-        try
+        if (unknownToken is not null && !vocabulary.ContainsKey(unknownToken))
         {
-            bpe = BpeTokenizer.Create(new BpeOptions(vocabulary)
-            {
-                Merges = merges,
-                ByteLevel = true,
-                UnknownToken = unknownToken,
-            });
+            throw new InvalidModelException(path, $"field 'model.unk_token' is '{unknownToken}', which is not in 'model.vocab'.");
         }
-        catch (Exception e) when (e is InvalidOperationException or ArgumentException)
-        {
-            throw new InvalidModelException(path, $"the BPE vocabulary or merges are inconsistent: {e.Message}", e);
-        }
+
+        // Byte-level BPE never needs the unknown token: every byte has a symbol in the vocabulary.
+        var bpe = new BytePairMerger(vocabulary, merges, path);
 
         var lookup = new TokenLookup(path, vocabulary, added);
         int? templateBos = ReadTemplateBos(root, path, lookup);
@@ -325,7 +326,7 @@ public sealed partial class TextTokenizer
                     ? r
                     : Regex.Escape(JsonFields.String(pattern, "String", path, $"{field}.pattern.String")
                         ?? throw new InvalidModelException(path, $"field '{field}.pattern' has neither 'Regex' nor 'String'."));
-                steps.Add((new PreTokenizerStep(CreateRegex(regex, path, $"{field}.pattern"), addPrefixSpace: false), false));
+                steps.Add((new PreTokenizerStep(CreateRegex(regex, path, $"{field}.pattern"), AddPrefixSpace: false), false));
                 break;
             }
 
@@ -334,7 +335,7 @@ public sealed partial class TextTokenizer
                 bool addPrefixSpace = JsonFields.Bool(element, "add_prefix_space", path, $"{field}.add_prefix_space") ?? true;
                 bool useRegex = JsonFields.Bool(element, "use_regex", path, $"{field}.use_regex") ?? true;
                 Regex? split = useRegex ? CreateRegex(Gpt2Pattern, path, field) : null;
-                steps.Add((new PreTokenizerStep(split, addPrefixSpace), true));
+                steps.Add((new PreTokenizerStep(split, AddPrefixSpace: addPrefixSpace), true));
                 break;
             }
 
@@ -407,9 +408,9 @@ public sealed partial class TextTokenizer
         return result;
     }
 
-    private static List<string> ReadMerges(JsonElement model, string path)
+    private static List<(string Left, string Right)> ReadMerges(JsonElement model, string path)
     {
-        var merges = new List<string>();
+        var merges = new List<(string Left, string Right)>();
         if (!JsonFields.TryGet(model, "merges", out JsonElement items))
         {
             return merges;
@@ -456,7 +457,7 @@ public sealed partial class TextTokenizer
                     path, $"field 'model.merges' entry {i} is {JsonFields.Describe(item)}, neither \"a b\" nor [\"a\", \"b\"].");
             }
 
-            merges.Add($"{left} {right}");
+            merges.Add((left, right));
             i++;
         }
 

@@ -1,21 +1,42 @@
+using System.Collections.Concurrent;
 using System.Diagnostics.CodeAnalysis;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.RegularExpressions;
-using Microsoft.ML.Tokenizers;
 
 namespace KvFetcher.Engine.Tokenization;
 
 /// <summary>
 /// A Hugging Face byte-level BPE tokenizer (<c>tokenizer.json</c>, as used by Llama 3, Qwen2 and GPT-2 style
 /// models). Encoding follows the <c>tokenizers</c> pipeline: added tokens are split out of the raw text first,
-/// the rest is normalized, pre-tokenized with the file's own split regex, mapped to the byte-level alphabet and
-/// merged by <see cref="BpeTokenizer"/> (Microsoft.ML.Tokenizers). Decoding maps tokens back to bytes and then to
-/// UTF-8 text. Instances are immutable and safe to share between threads.
+/// the rest is normalized, pre-tokenized with the file's own split regex, and each piece's UTF-8 bytes are merged
+/// by <see cref="BytePairMerger"/>. Decoding maps tokens back to bytes and then to UTF-8 text. Instances are
+/// immutable and safe to share between threads.
 /// </summary>
+/// <remarks>
+/// Encoding costs time linear in the text's length: the split regexes, normalization and the merges all are, and
+/// a piece longer than <see cref="MaxPieceLength"/> characters (a run with no split point, such as a long string
+/// of one letter) is merged in slices of that length, as tiktoken slices long runs, so no single merge works on
+/// more than a bounded number of bytes. Pieces of ordinary text are far shorter, so they tokenize exactly as
+/// Hugging Face <c>tokenizers</c> does; a longer piece may get other (equally valid) ids near the slice edges.
+/// </remarks>
 public sealed partial class TextTokenizer
 {
-    private readonly BpeTokenizer _bpe;
+    /// <summary>
+    /// The most characters one pre-tokenized piece is merged as; longer pieces are merged in slices of this many
+    /// characters (one fewer where a slice would end inside a surrogate pair).
+    /// </summary>
+    public const int MaxPieceLength = 16_384;
+
+    // Pieces of ordinary text repeat (words), so the ids of short pieces are kept: up to MaxCachedPieces of them, first
+    // come first kept (a bound, not an eviction policy).
+    private const int CachedPieceLength = 24;
+    private const int MaxCachedPieces = 1 << 16;
+
+    private readonly BytePairMerger _bpe;
+    private readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cachedPieces =
+        new ConcurrentDictionary<string, int[]>(StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
+    private int _cachedPieceCount;
     private readonly Dictionary<string, int> _vocabulary;
     private readonly bool _ignoreMerges;
     private readonly NormalizationForm? _normalization;
@@ -43,11 +64,28 @@ public sealed partial class TextTokenizer
     public string Directory { get; }
 
     /// <summary>
+    /// No token stands for more than this many characters of input text, so a text of n characters encodes to at
+    /// least n / <see cref="MaxCharactersPerToken"/> tokens: a server can refuse a prompt that cannot fit its
+    /// context before encoding it. It is the longest token's length in bytes (a character is at least one UTF-8
+    /// byte), times 4 under NFC (which can compose up to four characters into one), or <see cref="int.MaxValue"/>
+    /// when an added token strips the whitespace around it (any amount of it).
+    /// </summary>
+    public int MaxCharactersPerToken { get; }
+
+    /// <summary>
     /// Encodes <paramref name="text"/>. Added and special tokens written in the text (such as
     /// <c>&lt;|im_start|&gt;</c>) become their ids; with <paramref name="addSpecial"/>, <see cref="BosId"/> is
     /// prepended when <see cref="AddBos"/> is set.
     /// </summary>
-    public int[] Encode(string text, bool addSpecial = true)
+    public int[] Encode(string text, bool addSpecial = true) => EncodeCancellable(text, addSpecial, CancellationToken.None);
+
+    /// <summary>
+    /// <see cref="Encode"/> for a caller that may stop waiting, such as a server whose client left:
+    /// <paramref name="cancellationToken"/> is checked before each piece is merged, so a cancelled call ends
+    /// within one piece's work.
+    /// </summary>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled.</exception>
+    public int[] EncodeCancellable(string text, bool addSpecial, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(text);
         var ids = new List<int>(text.Length / 3 + 2);
@@ -61,13 +99,13 @@ public sealed partial class TextTokenizer
         {
             if (TryFindAddedToken(text, position, out int start, out int end, out AddedToken? token))
             {
-                EncodeSegment(text.AsSpan(position, start - position), ids);
+                EncodeSegment(text.AsSpan(position, start - position), ids, cancellationToken);
                 ids.Add(token.Id);
                 position = end;
             }
             else
             {
-                EncodeSegment(text.AsSpan(position), ids);
+                EncodeSegment(text.AsSpan(position), ids, cancellationToken);
                 break;
             }
         }
@@ -114,34 +152,104 @@ public sealed partial class TextTokenizer
         return _tokenBytes.AsSpan(_tokenOffsets[id], _tokenOffsets[id + 1] - _tokenOffsets[id]);
     }
 
-    private void EncodeSegment(ReadOnlySpan<char> segment, List<int> ids)
+    private void EncodeSegment(ReadOnlySpan<char> segment, List<int> ids, CancellationToken cancellationToken)
     {
         if (segment.IsEmpty)
         {
             return;
         }
 
-        string text = _normalization is NormalizationForm form ? UnicodeNormalizer.Normalize(segment, form) : segment.ToString();
-        List<string> pieces = [text];
-        foreach (PreTokenizerStep step in _preTokenizer)
+        if (_normalization is NormalizationForm form)
         {
-            pieces = step.Apply(pieces);
+            PreTokenize(UnicodeNormalizer.Normalize(segment, form), 0, ids, cancellationToken);
+        }
+        else
+        {
+            PreTokenize(segment, 0, ids, cancellationToken);
+        }
+    }
+
+    // Applies pre-tokenizer step 'step' and the ones after it to 'piece', depth first, and merges each final
+    // piece as it comes: the pieces and their order are those of applying each step to all pieces in turn.
+    private void PreTokenize(ReadOnlySpan<char> piece, int step, List<int> ids, CancellationToken cancellationToken)
+    {
+        if (step == _preTokenizer.Length)
+        {
+            EncodePiece(piece, ids, cancellationToken);
+            return;
         }
 
-        foreach (string piece in pieces)
+        PreTokenizerStep current = _preTokenizer[step];
+        if (current.AddPrefixSpace && !piece.StartsWith(' '))
         {
-            if (piece.Length == 0)
+            piece = string.Concat(" ", piece);
+        }
+
+        if (current.Split is not Regex split)
+        {
+            PreTokenize(piece, step + 1, ids, cancellationToken);
+            return;
+        }
+
+        int last = 0;
+        foreach (ValueMatch match in split.EnumerateMatches(piece))
+        {
+            if (match.Length == 0)
             {
                 continue;
             }
 
-            if (_ignoreMerges && _vocabulary.TryGetValue(ByteLevelAlphabet.Encode(piece), out int whole))
+            if (match.Index > last)
             {
-                ids.Add(whole);
-                continue;
+                PreTokenize(piece[last..match.Index], step + 1, ids, cancellationToken);
             }
 
-            ids.AddRange(_bpe.EncodeToIds(piece, considerPreTokenization: false, considerNormalization: false));
+            PreTokenize(piece.Slice(match.Index, match.Length), step + 1, ids, cancellationToken);
+            last = match.Index + match.Length;
+        }
+
+        if (last < piece.Length)
+        {
+            PreTokenize(piece[last..], step + 1, ids, cancellationToken);
+        }
+    }
+
+    private void EncodePiece(ReadOnlySpan<char> piece, List<int> ids, CancellationToken cancellationToken)
+    {
+        while (!piece.IsEmpty)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            int length = piece.Length;
+            if (length > MaxPieceLength)
+            {
+                length = char.IsHighSurrogate(piece[MaxPieceLength - 1]) ? MaxPieceLength - 1 : MaxPieceLength;
+            }
+
+            ReadOnlySpan<char> slice = piece[..length];
+            if (slice.Length <= CachedPieceLength && _cachedPieces.TryGetValue(slice, out int[]? cached))
+            {
+                ids.AddRange(cached);
+            }
+            else
+            {
+                int start = ids.Count;
+                if (!_ignoreMerges || !_vocabulary.TryGetValue(ByteLevelAlphabet.Encode(slice), out int whole))
+                {
+                    _bpe.Encode(slice, ids);
+                }
+                else
+                {
+                    ids.Add(whole);
+                }
+
+                if (slice.Length <= CachedPieceLength && Volatile.Read(ref _cachedPieceCount) < MaxCachedPieces
+                    && _cachedPieces.TryAdd(slice, [.. CollectionsMarshal.AsSpan(ids)[start..]]))
+                {
+                    Interlocked.Increment(ref _cachedPieceCount);
+                }
+            }
+
+            piece = piece[length..];
         }
     }
 
@@ -205,44 +313,5 @@ public sealed partial class TextTokenizer
     private sealed record AddedToken(int Id, string Content, bool Special, bool SingleWord, bool LStrip, bool RStrip);
 
     /// <summary>One stage of the pre-tokenizer: a regex split (Isolated) or the ByteLevel step.</summary>
-    private sealed class PreTokenizerStep(Regex? split, bool addPrefixSpace)
-    {
-        public List<string> Apply(List<string> pieces)
-        {
-            var result = new List<string>(pieces.Count * 2);
-            foreach (string original in pieces)
-            {
-                string piece = addPrefixSpace && !original.StartsWith(' ') ? " " + original : original;
-                if (split is null)
-                {
-                    result.Add(piece);
-                    continue;
-                }
-
-                int last = 0;
-                foreach (ValueMatch match in split.EnumerateMatches(piece))
-                {
-                    if (match.Length == 0)
-                    {
-                        continue;
-                    }
-
-                    if (match.Index > last)
-                    {
-                        result.Add(piece[last..match.Index]);
-                    }
-
-                    result.Add(piece.Substring(match.Index, match.Length));
-                    last = match.Index + match.Length;
-                }
-
-                if (last < piece.Length)
-                {
-                    result.Add(piece[last..]);
-                }
-            }
-
-            return result;
-        }
-    }
+    private sealed record PreTokenizerStep(Regex? Split, bool AddPrefixSpace);
 }

@@ -161,32 +161,69 @@ internal static partial class UnicodeNormalizer
         }
     }
 
-    // Canonical ordering: a stable sort of each run of non-starters by combining class.
+    // Canonical ordering: a stable sort of each run of non-starters by combining class. Short runs (the usual
+    // one or two marks) are insertion-sorted; a longer run is sorted by (class, index), so an adversarial run of
+    // alternating classes costs O(k log k) rather than O(k^2).
     private static void ReorderCombiningMarks(List<int> buffer)
     {
-        for (int i = 1; i < buffer.Count; i++)
+        const int InsertionSortLimit = 16;
+        int i = 0;
+        while (i < buffer.Count)
         {
-            int current = buffer[i];
-            int currentClass = CombiningClass(current);
-            if (currentClass == 0)
+            if (CombiningClass(buffer[i]) == 0)
             {
+                i++;
                 continue;
             }
 
-            int j = i;
-            while (j > 0)
+            int start = i;
+            while (i < buffer.Count && CombiningClass(buffer[i]) != 0)
             {
-                int previousClass = CombiningClass(buffer[j - 1]);
-                if (previousClass <= currentClass)
-                {
-                    break;
-                }
+                i++;
+            }
 
+            if (i - start <= InsertionSortLimit)
+            {
+                InsertionSort(buffer, start, i);
+            }
+            else
+            {
+                KeySort(buffer, start, i);
+            }
+        }
+    }
+
+    private static void InsertionSort(List<int> buffer, int start, int end)
+    {
+        for (int i = start + 1; i < end; i++)
+        {
+            int current = buffer[i];
+            int currentClass = CombiningClass(current);
+            int j = i;
+            while (j > start && CombiningClass(buffer[j - 1]) > currentClass)
+            {
                 buffer[j] = buffer[j - 1];
                 j--;
             }
 
             buffer[j] = current;
+        }
+    }
+
+    private static void KeySort(List<int> buffer, int start, int end)
+    {
+        // Key: class << 42 | index in the run << 21 | code point (code points take 21 bits); ordering by the key
+        // is ordering by class, stable.
+        long[] keys = new long[end - start];
+        for (int i = start; i < end; i++)
+        {
+            keys[i - start] = ((long)CombiningClass(buffer[i]) << 42) | ((long)(i - start) << 21) | (uint)buffer[i];
+        }
+
+        Array.Sort(keys);
+        for (int i = start; i < end; i++)
+        {
+            buffer[i] = (int)(keys[i - start] & 0x1F_FFFF);
         }
     }
 

@@ -1,6 +1,8 @@
+using System.Buffers;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
+using System.Text.Unicode;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
 using KvFetcher.Server.Hosting;
@@ -53,7 +55,18 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
 
     private async Task ServeAsync(HttpContext context, Route route)
     {
-        (Prepared? prepared, ApiError? error) = route == Route.Chat ? await PrepareChatAsync(context) : await PrepareCompletionAsync(context);
+        Prepared? prepared;
+        ApiError? error;
+        try
+        {
+            (prepared, error) = route == Route.Chat ? await PrepareChatAsync(context) : await PrepareCompletionAsync(context);
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            // The client left while its body was read or its prompt tokenized: the work stops here.
+            return;
+        }
+
         if (error is not null)
         {
             await error.WriteAsync(context);
@@ -233,6 +246,20 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
             return (null, ApiError.Invalid("'messages' must be a non-empty array.", "messages"));
         }
 
+        // Every message adds at least one token.
+        int window = engine.Model.Config.MaxPositionEmbeddings;
+        if (body.Messages.Count >= window)
+        {
+            return (null, ContextExceeded($"the conversation has {body.Messages.Count} messages", "messages"));
+        }
+
+        int? maxTokens = body.MaxCompletionTokens ?? body.MaxTokens;
+        string maxTokensName = body.MaxCompletionTokens is null ? "max_tokens" : "max_completion_tokens";
+        if (CheckSampling(maxTokens, maxTokensName, body.Temperature, body.TopP, body.Stop, body.PresencePenalty, body.FrequencyPenalty, out List<string>? stops) is { } invalid)
+        {
+            return (null, invalid);
+        }
+
         var turns = new List<ChatTurn>(body.Messages.Count);
         for (int i = 0; i < body.Messages.Count; i++)
         {
@@ -243,16 +270,23 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
                 return (null, ApiError.Invalid($"{param}.role must be a lower-case role name such as system, user or assistant.", param + ".role"));
             }
 
-            if (!TryReadContent(message.Content, out string? content))
+            if (ReadContent(message.Content, param + ".content", out string content) is { } badContent)
             {
-                return (null, ApiError.Invalid($"{param}.content must be a string or an array of text parts.", param + ".content"));
+                return (null, badContent);
             }
 
             turns.Add(new ChatTurn(role, content));
         }
 
-        return Prepare(context, engine.EncodeChat(turns), "messages", body.MaxCompletionTokens ?? body.MaxTokens, body.MaxCompletionTokens is null ? "max_tokens" : "max_completion_tokens",
-            body.Temperature, body.TopP, body.Seed, body.Stop, engine.Template.StopSequences, body.Stream, body.StreamOptions, body.PresencePenalty, body.FrequencyPenalty);
+        string rendered = engine.Template.Render(turns);
+        if (CheckPromptLength(rendered.Length, "messages") is { } tooLong)
+        {
+            return (null, tooLong);
+        }
+
+        int[] tokens = engine.EncodeRenderedChat(rendered, context.RequestAborted);
+        return Prepare(context, tokens, "messages", maxTokens, maxTokensName, body.Temperature, body.TopP, body.Seed, stops!, engine.Template.StopSequences, body.Stream,
+            body.StreamOptions);
     }
 
     private async Task<(Prepared?, ApiError?)> PrepareCompletionAsync(HttpContext context)
@@ -283,10 +317,14 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
             return (null, ApiError.Invalid("logprobs are not supported.", "logprobs"));
         }
 
-        int[]? tokens = ReadPrompt(body.Prompt);
-        if (tokens is null)
+        if (CheckSampling(body.MaxTokens, "max_tokens", body.Temperature, body.TopP, body.Stop, body.PresencePenalty, body.FrequencyPenalty, out List<string>? stops) is { } invalid)
         {
-            return (null, ApiError.Invalid("'prompt' must be a string, an array of one string, or an array of token ids.", "prompt"));
+            return (null, invalid);
+        }
+
+        if (ReadPrompt(body.Prompt, context.RequestAborted, out int[] tokens) is { } badPrompt)
+        {
+            return (null, badPrompt);
         }
 
         if (tokens.Length == 0 || tokens.Any(t => (uint)t >= (uint)engine.Model.Config.VocabSize))
@@ -294,48 +332,63 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
             return (null, ApiError.Invalid($"The prompt must hold at least one token, and token ids must be below {engine.Model.Config.VocabSize}.", "prompt"));
         }
 
-        return Prepare(context, tokens, "prompt", body.MaxTokens, "max_tokens", body.Temperature, body.TopP, body.Seed, body.Stop, [], body.Stream, body.StreamOptions,
-            body.PresencePenalty, body.FrequencyPenalty);
+        return Prepare(context, tokens, "prompt", body.MaxTokens, "max_tokens", body.Temperature, body.TopP, body.Seed, stops!, [], body.Stream, body.StreamOptions);
     }
 
-    private (Prepared?, ApiError?) Prepare(HttpContext context, int[] tokens, string promptName, int? maxTokens, string maxTokensName, float? temperature, float? topP, long? seed,
-        JsonElement stop, IReadOnlyList<string> implicitStops, bool? stream, StreamOptions? streamOptions, float? presencePenalty, float? frequencyPenalty)
+    /// <summary>The checks that need no tokens, made before the prompt is tokenized.</summary>
+    private ApiError? CheckSampling(int? maxTokens, string maxTokensName, float? temperature, float? topP, JsonElement stop, float? presencePenalty, float? frequencyPenalty,
+        out List<string>? stops)
     {
+        stops = null;
         if (presencePenalty is not (null or 0f) || frequencyPenalty is not (null or 0f))
         {
-            return (null, ApiError.Invalid("presence_penalty and frequency_penalty are not supported (only 0).", presencePenalty is not (null or 0f) ? "presence_penalty" : "frequency_penalty"));
+            return ApiError.Invalid("presence_penalty and frequency_penalty are not supported (only 0).", presencePenalty is not (null or 0f) ? "presence_penalty" : "frequency_penalty");
         }
 
         if (temperature is float t && !(t is >= 0f and <= 2f))
         {
-            return (null, ApiError.Invalid($"temperature must be between 0 and 2; got {t.ToString(CultureInfo.InvariantCulture)}.", "temperature"));
+            return ApiError.Invalid($"temperature must be between 0 and 2; got {t.ToString(CultureInfo.InvariantCulture)}.", "temperature");
         }
 
         if (topP is float p && !(p is > 0f and <= 1f))
         {
-            return (null, ApiError.Invalid($"top_p must be in (0, 1]; got {p.ToString(CultureInfo.InvariantCulture)}.", "top_p"));
+            return ApiError.Invalid($"top_p must be in (0, 1]; got {p.ToString(CultureInfo.InvariantCulture)}.", "top_p");
         }
 
         if (maxTokens is int requested && requested < 1)
         {
-            return (null, ApiError.Invalid($"{maxTokensName} must be at least 1; got {requested}.", maxTokensName));
+            return ApiError.Invalid($"{maxTokensName} must be at least 1; got {requested}.", maxTokensName);
         }
 
+        // The prompt has at least one token.
+        if (maxTokens is int limit && limit >= engine.Model.Config.MaxPositionEmbeddings)
+        {
+            return ContextExceeded($"{maxTokensName} ({limit}) leaves no room for a prompt", maxTokensName);
+        }
+
+        return ReadStops(stop, out stops);
+    }
+
+    private ApiError? CheckPromptLength(long characters, string param) =>
+        characters > engine.MaxPromptCharacters
+            ? ContextExceeded($"the prompt has {characters} characters, more than the {engine.MaxPromptCharacters} characters such a context can hold", param)
+            : null;
+
+    private ApiError ContextExceeded(string what, string param) =>
+        ApiError.Invalid($"This model's maximum context length is {engine.Model.Config.MaxPositionEmbeddings} tokens; {what}.", param, "context_length_exceeded");
+
+    private (Prepared?, ApiError?) Prepare(HttpContext context, int[] tokens, string promptName, int? maxTokens, string maxTokensName, float? temperature, float? topP, long? seed,
+        List<string> stops, IReadOnlyList<string> implicitStops, bool? stream, StreamOptions? streamOptions)
+    {
         int window = engine.Model.Config.MaxPositionEmbeddings;
         if (tokens.Length >= window)
         {
-            return (null, ApiError.Invalid($"This model's maximum context length is {window} tokens; the prompt has {tokens.Length}.", "messages", "context_length_exceeded"));
+            return (null, ContextExceeded($"the prompt has {tokens.Length} tokens", promptName));
         }
 
         if (maxTokens is int limit && (long)tokens.Length + limit > window)
         {
-            return (null, ApiError.Invalid($"This model's maximum context length is {window} tokens; the prompt ({tokens.Length}) and {maxTokensName} ({limit}) exceed it.",
-                maxTokensName, "context_length_exceeded"));
-        }
-
-        if (!TryReadStops(stop, out List<string>? stops))
-        {
-            return (null, ApiError.Invalid($"stop must be a non-empty string or an array of at most {MaxStopSequences} non-empty strings.", "stop"));
+            return (null, ContextExceeded($"the prompt ({tokens.Length}) and {maxTokensName} ({limit}) exceed it", maxTokensName));
         }
 
         (string? salt, string tenantName, ApiError? tenantError) = ResolveTenant(context);
@@ -353,7 +406,7 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
             Temperature = temperature ?? 1f,
             TopP = topP ?? 1f,
             Seed = seed is long s ? unchecked((int)(s ^ (s >> 32))) : null,
-            StopSequences = [.. stops!, .. implicitStops],
+            StopSequences = [.. stops, .. implicitStops],
             Stream = stream == true,
         };
         return (new Prepared(request, streamOptions?.IncludeUsage == true, tenantName), null);
@@ -389,39 +442,65 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
             ? null
             : new ApiError(StatusCodes.Status404NotFound, $"The model '{model}' does not exist; this server serves '{engine.ModelId}'.", "invalid_request_error", "model", "model_not_found");
 
-    private int[]? ReadPrompt(JsonElement prompt)
+    // A string, an array of one string, or an array of token ids; text longer than the context can hold is refused
+    // before it is tokenized.
+    private ApiError? ReadPrompt(JsonElement prompt, CancellationToken cancellationToken, out int[] tokens)
     {
+        tokens = [];
+        JsonElement text;
         switch (prompt.ValueKind)
         {
             case JsonValueKind.String:
-                return engine.EncodeText(prompt.GetString()!);
+                text = prompt;
+                break;
             case JsonValueKind.Array when prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.String:
-                return engine.EncodeText(prompt[0].GetString()!);
+                text = prompt[0];
+                break;
             case JsonValueKind.Array when prompt.GetArrayLength() > 0 && prompt.EnumerateArray().All(e => e.ValueKind == JsonValueKind.Number):
+                if (prompt.GetArrayLength() >= engine.Model.Config.MaxPositionEmbeddings)
+                {
+                    return ContextExceeded($"the prompt has {prompt.GetArrayLength()} tokens", "prompt");
+                }
+
                 var ids = new int[prompt.GetArrayLength()];
                 int i = 0;
                 foreach (JsonElement id in prompt.EnumerateArray())
                 {
                     if (!id.TryGetInt32(out ids[i++]))
                     {
-                        return null;
+                        return InvalidPrompt();
                     }
                 }
 
-                return ids;
-            default:
+                tokens = ids;
                 return null;
+            default:
+                return InvalidPrompt();
         }
+
+        if (!TryGetText(text, out string value))
+        {
+            return NotText("prompt");
+        }
+
+        if (CheckPromptLength(value.Length, "prompt") is { } tooLong)
+        {
+            return tooLong;
+        }
+
+        tokens = engine.EncodeText(value, cancellationToken);
+        return null;
+
+        static ApiError InvalidPrompt() => ApiError.Invalid("'prompt' must be a string, an array of one string, or an array of token ids.", "prompt");
     }
 
-    private static bool TryReadContent(JsonElement content, out string text)
+    private static ApiError? ReadContent(JsonElement content, string param, out string text)
     {
         text = "";
         switch (content.ValueKind)
         {
             case JsonValueKind.String:
-                text = content.GetString()!;
-                return true;
+                return TryGetText(content, out text) ? null : NotText(param);
             case JsonValueKind.Array:
                 var joined = new StringBuilder();
                 foreach (JsonElement part in content.EnumerateArray())
@@ -429,58 +508,145 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
                     if (part.ValueKind != JsonValueKind.Object || !part.TryGetProperty("type", out JsonElement type) || !type.ValueEquals("text")
                         || !part.TryGetProperty("text", out JsonElement value) || value.ValueKind != JsonValueKind.String)
                     {
-                        return false;
+                        return InvalidContent();
                     }
 
-                    joined.Append(value.GetString());
+                    if (!TryGetText(value, out string piece))
+                    {
+                        return NotText(param);
+                    }
+
+                    joined.Append(piece);
                 }
 
                 text = joined.ToString();
-                return true;
+                return null;
             default:
-                return false;
+                return InvalidContent();
         }
+
+        ApiError InvalidContent() => ApiError.Invalid($"{param} must be a string or an array of text parts.", param);
     }
 
-    private static bool TryReadStops(JsonElement stop, out List<string>? stops)
+    private static ApiError? ReadStops(JsonElement stop, out List<string>? stops)
     {
         stops = [];
         switch (stop.ValueKind)
         {
             case JsonValueKind.Undefined or JsonValueKind.Null:
-                return true;
+                return null;
             case JsonValueKind.String:
-                stops.Add(stop.GetString()!);
-                return stops[0].Length > 0;
+                if (!TryGetText(stop, out string single))
+                {
+                    return NotText("stop");
+                }
+
+                stops.Add(single);
+                return single.Length > 0 ? null : InvalidStop();
             case JsonValueKind.Array when stop.GetArrayLength() <= MaxStopSequences:
                 foreach (JsonElement item in stop.EnumerateArray())
                 {
-                    if (item.ValueKind != JsonValueKind.String || item.GetString() is not { Length: > 0 } text)
+                    if (item.ValueKind != JsonValueKind.String)
                     {
-                        return false;
+                        return InvalidStop();
+                    }
+
+                    if (!TryGetText(item, out string text))
+                    {
+                        return NotText("stop");
+                    }
+
+                    if (text.Length == 0)
+                    {
+                        return InvalidStop();
                     }
 
                     stops.Add(text);
                 }
 
-                return true;
+                return null;
             default:
-                return false;
+                return InvalidStop();
         }
+
+        static ApiError InvalidStop() => ApiError.Invalid($"stop must be a non-empty string or an array of at most {MaxStopSequences} non-empty strings.", "stop");
     }
 
-    private static async Task<(T?, ApiError?)> ReadBodyAsync<T>(HttpContext context, JsonTypeInfo<T> type)
-        where T : class
+    // A JSON string that is not text: raw bytes that are not UTF-8, or an escaped lone surrogate ("\ud800"), which
+    // JsonElement.GetString refuses with InvalidOperationException.
+    private static bool TryGetText(JsonElement element, out string text)
     {
         try
         {
-            T? body = await JsonSerializer.DeserializeAsync(context.Request.Body, type, context.RequestAborted);
+            text = element.GetString() ?? "";
+            return true;
+        }
+        catch (InvalidOperationException)
+        {
+            text = "";
+            return false;
+        }
+    }
+
+    private static ApiError NotText(string param) =>
+        ApiError.Invalid($"{param} is not valid text: it holds bytes that are not UTF-8 or an unpaired surrogate escape.", param);
+
+    // The body is read whole (Kestrel caps its size), checked to be UTF-8 (JSON is; the reader does not check strings
+    // it skips or keeps as elements), then parsed.
+    private static async Task<(T?, ApiError?)> ReadBodyAsync<T>(HttpContext context, JsonTypeInfo<T> type)
+        where T : class
+    {
+        byte[] buffer = ArrayPool<byte>.Shared.Rent((int)Math.Clamp(context.Request.ContentLength ?? 0, 4096, 1 << 20));
+        try
+        {
+            int length = 0;
+            while (true)
+            {
+                if (length == buffer.Length)
+                {
+                    byte[] larger = ArrayPool<byte>.Shared.Rent(buffer.Length * 2);
+                    buffer.AsSpan(0, length).CopyTo(larger);
+                    ArrayPool<byte>.Shared.Return(buffer);
+                    buffer = larger;
+                }
+
+                int read = await context.Request.Body.ReadAsync(buffer.AsMemory(length), context.RequestAborted);
+                if (read == 0)
+                {
+                    break;
+                }
+
+                length += read;
+            }
+
+            ReadOnlySpan<byte> json = buffer.AsSpan(0, length);
+            if (!Utf8.IsValid(json))
+            {
+                return (null, ApiError.Invalid($"The request body is not valid UTF-8: the bytes at offset {FirstInvalidUtf8(json)} do not form a character."));
+            }
+
+            T? body = JsonSerializer.Deserialize(json, type);
             return body is null ? (null, ApiError.Invalid("The request body must be a JSON object.")) : (body, null);
         }
         catch (JsonException ex)
         {
             return (null, ApiError.Invalid($"The request body is not valid JSON for this endpoint: {ex.Message}"));
         }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private static int FirstInvalidUtf8(ReadOnlySpan<byte> bytes)
+    {
+        int offset = 0;
+        while (offset < bytes.Length && Rune.DecodeFromUtf8(bytes[offset..], out _, out int consumed) == OperationStatus.Done)
+        {
+            offset += consumed;
+        }
+
+        return offset;
     }
 
     private Task ModelsAsync(HttpContext context) =>

@@ -113,7 +113,7 @@ public sealed class KvFetcherChatClient : IChatClient
             turns.Add(new ChatTurn(message.Role.Value, message.Text));
         }
 
-        int[] prompt = _engine.EncodeChat(turns);
+        int[] prompt = _engine.EncodeChat(turns, cancellationToken);
         int window = _engine.Model.Config.MaxPositionEmbeddings;
         int maxTokens = options?.MaxOutputTokens ?? Math.Min(_engine.Options.DefaultMaxTokens, Math.Max(1, window - prompt.Length));
         return _engine.Submit(new GenerationRequest

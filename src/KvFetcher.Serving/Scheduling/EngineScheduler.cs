@@ -46,7 +46,7 @@ public sealed class EngineScheduler : IAsyncDisposable
     private readonly EngineSchedulerOptions _options;
     private readonly ServingMetrics _metrics;
     private readonly Lock _gate = new();
-    private readonly Queue<Sequence> _queued = new();
+    private readonly LinkedList<Sequence> _queued = new();
     private readonly ConcurrentQueue<Sequence> _inbox = new();
     private readonly ManualResetEventSlim _signal = new(false);
     private readonly Thread _engine;
@@ -114,7 +114,7 @@ public sealed class EngineScheduler : IAsyncDisposable
             throw new ArgumentException($"The prompt ({request.Prompt.Length} tokens) and max_tokens ({request.MaxTokens}) exceed the model's context of {context} tokens.", nameof(request));
         }
 
-        var sequence = new Sequence(request, _reuse?.Plan(request.Prompt, request.TenantSalt), cancellationToken);
+        var sequence = new Sequence(request, _reuse?.Plan(request.Prompt, request.TenantSalt), cancellationToken) { Scheduler = this };
         bool start;
         lock (_gate)
         {
@@ -126,7 +126,14 @@ public sealed class EngineScheduler : IAsyncDisposable
             }
             else if (_queued.Count < _options.MaxQueuedRequests)
             {
-                _queued.Enqueue(sequence);
+                sequence.QueueNode = _queued.AddLast(sequence);
+                if (cancellationToken.CanBeCanceled)
+                {
+                    // A client that leaves while queued gives its place back at once, not when a session frees up
+                    // (already cancelled: the callback runs here, the lock is re-entrant).
+                    sequence.QueueExit = cancellationToken.UnsafeRegister(static (state, _) => ((Sequence)state!).Scheduler!.LeaveQueue((Sequence)state!), sequence);
+                }
+
                 start = false;
             }
             else
@@ -144,6 +151,23 @@ public sealed class EngineScheduler : IAsyncDisposable
         return sequence.Handle;
     }
 
+    private void LeaveQueue(Sequence sequence)
+    {
+        lock (_gate)
+        {
+            if (sequence.QueueNode?.List is null)
+            {
+                return; // already started, or dropped by DisposeAsync
+            }
+
+            _queued.Remove(sequence.QueueNode);
+            sequence.QueueNode = null;
+        }
+
+        sequence.Handle.Fail(new OperationCanceledException(sequence.CancellationToken));
+        _metrics.ObserveCancelled();
+    }
+
     public async ValueTask DisposeAsync()
     {
         List<Sequence> dropped;
@@ -156,6 +180,11 @@ public sealed class EngineScheduler : IAsyncDisposable
 
             _closed = true;
             dropped = [.. _queued];
+            foreach (Sequence sequence in dropped)
+            {
+                sequence.QueueNode = null;
+            }
+
             _queued.Clear();
         }
 
@@ -260,13 +289,18 @@ public sealed class EngineScheduler : IAsyncDisposable
             Sequence? next;
             lock (_gate)
             {
-                if (_closed || !_queued.TryDequeue(out next))
+                if (_closed || _queued.First is not { } first)
                 {
                     _active--;
                     return;
                 }
+
+                next = first.Value;
+                _queued.RemoveFirst();
+                next.QueueNode = null;
             }
 
+            next.QueueExit.Dispose();
             if (!next.IsCancelled)
             {
                 Start(next);
@@ -319,6 +353,17 @@ public sealed class EngineScheduler : IAsyncDisposable
                 decoding.Clear();
                 _signal.Wait(50);
                 continue;
+            }
+
+            // A request whose client left stops here, whatever its place in the prefill order.
+            for (int i = prefilling.Count - 1; i >= 0; i--)
+            {
+                if (prefilling[i].IsCancelled)
+                {
+                    Sequence cancelled = prefilling[i];
+                    prefilling.RemoveAt(i);
+                    Finish(cancelled, new OperationCanceledException(cancelled.CancellationToken));
+                }
             }
 
             if (prefilling.Count == 0 && decoding.Count == 0)

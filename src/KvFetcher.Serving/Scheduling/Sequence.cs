@@ -40,6 +40,15 @@ internal sealed class Sequence
 
     public CancellationToken CancellationToken { get; }
 
+    /// <summary>The scheduler the request was submitted to (for its leave-the-queue callback).</summary>
+    public EngineScheduler? Scheduler { get; init; }
+
+    /// <summary>Its place in the scheduler's queue while waiting for a session (guarded by the scheduler's lock).</summary>
+    public LinkedListNode<Sequence>? QueueNode { get; set; }
+
+    /// <summary>Takes the request out of the queue when its token is cancelled while it waits.</summary>
+    public CancellationTokenRegistration QueueExit { get; set; }
+
     public Generation Handle { get; }
 
     public IInferenceSession? Session { get; set; }

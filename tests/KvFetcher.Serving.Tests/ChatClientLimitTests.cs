@@ -1,0 +1,30 @@
+using KvFetcher.Serving.Extensions;
+using Microsoft.Extensions.AI;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace KvFetcher.Serving.Tests;
+
+/// <summary>The in-process chat client refuses a prompt that cannot fit the context before tokenizing it.</summary>
+public sealed class ChatClientLimitTests(ServingFixture fixture) : IClassFixture<ServingFixture>
+{
+    [Fact]
+    public async Task GetResponse_SevenMegabyteMessage_ArgumentExceptionBeforeTokenizing()
+    {
+        await using ServiceProvider services = new ServiceCollection()
+            .AddKvFetcher(o =>
+            {
+                o.ModelDirectory = fixture.ModelDirectory;
+                o.Engine = KvFetcher.Cuda.Reuse.EngineKind.Cpu;
+            })
+            .BuildServiceProvider();
+        IChatClient client = services.GetRequiredService<IChatClient>();
+        KvFetcherEngine engine = services.GetRequiredService<KvFetcherEngine>();
+        ChatMessage[] messages = [new(ChatRole.User, new string('x', 7_000_000))];
+
+        // A hang guard: tokenizing first would take seconds, and the prompt could never fit anyway.
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(messages, cancellationToken: TestContext.Current.CancellationToken)
+            .WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
+
+        Assert.Contains($"{engine.MaxPromptCharacters}", e.Message, StringComparison.Ordinal);
+    }
+}
