@@ -42,7 +42,7 @@ public sealed class KvReuse : IAsyncDisposable
         Store = store;
         Options = warning is null ? options : options with { Ladder = usable };
         LadderWarning = warning;
-        Publisher = new KvPublisher(store, Options.Ladder, workers: Options.PublishWorkers, options: Options.Publishing);
+        Publisher = new KvPublisher(store, options.Ladder, workers: Options.PublishWorkers, options: Options.Publishing);
         Rates = rates ?? new FetchRates();
         Restorer = restorer ?? HostChunkRestorer.Instance;
     }
