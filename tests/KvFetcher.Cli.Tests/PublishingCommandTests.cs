@@ -31,6 +31,7 @@ public sealed class PublishingCommandTests : IDisposable
         Assert.True(exit == 0, error + output);
         string warning = Assert.Single(error.Split('\n'), l => l.StartsWith("kvfetch: warning: ", StringComparison.Ordinal));
         Assert.Contains("video8, video4", warning, StringComparison.Ordinal);
+        Assert.All(error.Split('\n', StringSplitOptions.RemoveEmptyEntries), l => Assert.StartsWith("kvfetch: ", l, StringComparison.Ordinal)); // one line each
         Assert.Contains(library, warning, StringComparison.Ordinal);
         Assert.Contains("as raw, exact", output, StringComparison.Ordinal);
         Assert.Contains("; 0 failed", output, StringComparison.Ordinal);

@@ -27,7 +27,7 @@ public static class UsableLadder
             usable ??= [.. ladder.Take(i)];
             dropped.Add(ladder[i]);
             reasons ??= [];
-            string line = $"{codec.Name}: {reason}";
+            string line = $"{codec.Name}: {reason.ReplaceLineEndings(" ").Trim()}";
             if (!reasons.Contains(line))
             {
                 reasons.Add(line);

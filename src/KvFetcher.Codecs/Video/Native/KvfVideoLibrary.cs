@@ -72,11 +72,11 @@ internal static class KvfVideoLibrary
             }
             catch (DllNotFoundException ex)
             {
-                attempts.Add($"{candidate}: {ex.Message}");
+                attempts.Add($"{candidate}: {ex.Message.ReplaceLineEndings(" ").Trim()}");
             }
             catch (BadImageFormatException ex)
             {
-                attempts.Add($"{candidate}: {ex.Message}");
+                attempts.Add($"{candidate}: {ex.Message.ReplaceLineEndings(" ").Trim()}");
             }
         }
 
