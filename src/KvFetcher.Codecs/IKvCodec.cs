@@ -23,6 +23,12 @@ public interface IKvCodec
     /// <summary>The level used when none is asked for.</summary>
     int DefaultLevel { get; }
 
+    /// <summary>
+    /// Why this codec cannot encode or decode in this process (e.g. its native library is missing: what was tried and
+    /// what to install), or null when it can. An unavailable codec is left out of ladders, not called.
+    /// </summary>
+    string? Unavailable => null;
+
     /// <summary>Whether decoding at <paramref name="level"/> gives back exactly the encoded values.</summary>
     bool IsLossless(int level);
 

@@ -30,10 +30,19 @@ public sealed class KvReuse : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(store);
         options ??= new ReuseOptions();
         options.Validate();
+
+        // Variants whose codec cannot run here (e.g. the video shim is missing) are left out, with one warning line.
+        IReadOnlyList<KvVariant> usable = UsableLadder.Of(options.Ladder, out string? warning);
+        if (usable.Count == 0)
+        {
+            throw new ArgumentException($"No variant of the ladder can be used here: {warning}", nameof(options));
+        }
+
         _model = model;
         Store = store;
-        Options = options;
-        Publisher = new KvPublisher(store, options.Ladder, workers: options.PublishWorkers);
+        Options = warning is null ? options : options with { Ladder = usable };
+        LadderWarning = warning;
+        Publisher = new KvPublisher(store, options.Ladder, workers: Options.PublishWorkers, options: Options.Publishing);
         Rates = rates ?? new FetchRates();
         Restorer = restorer ?? HostChunkRestorer.Instance;
     }
@@ -41,6 +50,9 @@ public sealed class KvReuse : IAsyncDisposable
     public IKvStore Store { get; }
 
     public ReuseOptions Options { get; }
+
+    /// <summary>One line naming the variants left out of the ladder because their codec cannot run here, or null.</summary>
+    public string? LadderWarning { get; }
 
     /// <summary>Rates measured so far (they drive the adaptive strategy's predictions).</summary>
     public FetchRates Rates { get; }
@@ -182,15 +194,23 @@ public sealed class KvReuse : IAsyncDisposable
         TimeSpan ttft = Stopwatch.GetElapsedTime(t0);
         int first = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(lastLogits.AsSpan(0, _model.Config.VocabSize));
 
-        // 4. Store what this request computed, off the response path.
-        // A chunk whose fetch failed is stored again (a corrupt object was removed; a missing variant is added back).
+        // 4. Store what this request computed, off the response path. KV computed on top of a chunk restored from a
+        // lossy variant is not a full prefill's, so from the first such chunk on nothing is published (it would go under
+        // names that promise exact KV). A stored chunk whose fetch missed is stored again as that variant only, and only
+        // if the store still lacks it: a container that failed verification in transit says nothing about the stored
+        // copy (stores verify on read and remove bad objects themselves), and variants not fetched are left alone.
         if (publish)
         {
-            for (int chunk = 0; chunk < plan.Keys.Length; chunk++)
+            int lossyFrom = fetcher is null ? int.MaxValue : FirstLossyRestore(fetcher, stored);
+            for (int chunk = 0; chunk < Math.Min(plan.Keys.Length, lossyFrom); chunk++)
             {
-                if (chunk >= stored || republish[chunk])
+                if (chunk >= stored)
                 {
                     Publisher.TryEnqueue(plan, chunk, session.Cache);
+                }
+                else if (republish[chunk] && fetcher!.OutcomeOf(chunk) is (KvVariant missing, FetchOutcome.Missing))
+                {
+                    Publisher.TryEnqueueMissing(plan, chunk, session.Cache, missing);
                 }
             }
         }
@@ -272,6 +292,7 @@ public sealed class KvReuse : IAsyncDisposable
         (int stored, int[] available, bool lookupFailed) = plan.ReusableChunks == 0 ? (0, [], false) : await LookupAsync(plan, ladder, timeline, cancellationToken).ConfigureAwait(false);
         int restored = 0, failed = 0;
         long bytes = 0;
+        bool lossy = false;
         if (stored > 0)
         {
             var prefix = new PrefixState(stored, ladder, available);
@@ -289,6 +310,7 @@ public sealed class KvReuse : IAsyncDisposable
                 restored = fetcher.RestoredChunks;
                 failed = fetcher.FailedChunks;
                 bytes = fetcher.BytesFetched;
+                lossy = FirstLossyRestore(fetcher, stored) < stored;
             }
         }
 
@@ -301,6 +323,7 @@ public sealed class KvReuse : IAsyncDisposable
             ReusedTokens = session.Cache.Length,
             BytesFetched = bytes,
             LookupFailed = lookupFailed,
+            RestoredLossy = lossy,
             Elapsed = Stopwatch.GetElapsedTime(t0),
             Timeline = timeline.ToArray(),
         };
@@ -368,6 +391,20 @@ public sealed class KvReuse : IAsyncDisposable
 
         timeline.Add(PrefillStage.Lookup, -1, null, start);
         return (stored, available[..stored], false);
+    }
+
+    /// <summary>The first chunk the fetcher restored from a lossy variant (every chunk after it builds on inexact KV), or int.MaxValue.</summary>
+    private static int FirstLossyRestore(ChunkFetcher fetcher, int stored)
+    {
+        for (int chunk = 0; chunk < stored; chunk++)
+        {
+            if (fetcher.OutcomeOf(chunk) is (KvVariant variant, FetchOutcome.Restored) && !variant.IsLossless)
+            {
+                return chunk;
+            }
+        }
+
+        return int.MaxValue;
     }
 
     private void Compute(IInferenceSession session, ContextPlan plan, int chunk, float[] logits, Timeline timeline)

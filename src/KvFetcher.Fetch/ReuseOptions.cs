@@ -60,4 +60,7 @@ public sealed record ReuseOptions
         ArgumentOutOfRangeException.ThrowIfLessThan(PublishWorkers, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(ChunkTimeout, TimeSpan.FromMilliseconds(1));
     }
+
+    /// <summary>The background publisher's put deadline, puts in flight and back-off from a failing store.</summary>
+    public Publishing.KvPublisherOptions Publishing { get; init; } = new();
 }

@@ -49,7 +49,7 @@ public sealed class KvFetcherEngine : IAsyncDisposable
             MaxActiveSessions = options.MaxActiveSessions,
             MaxQueuedRequests = options.MaxQueuedRequests,
             PrefillStepTokens = options.PrefillStepTokens,
-            Ladder = options.ParseLadder(),
+            Ladder = _reuse?.Options.Ladder ?? options.ParseLadder(), // less the variants whose codec cannot run here
         }, Metrics);
     }
 

@@ -5,7 +5,10 @@ namespace KvFetcher.Cli.Tests;
 /// <summary>Runs the built <c>kvfetch</c> as a separate process, as a user would, and captures what it prints.</summary>
 internal static class KvFetchProcess
 {
-    public static (int ExitCode, string Output, string Error) Run(params string[] args)
+    public static (int ExitCode, string Output, string Error) Run(params string[] args) => RunWith(new Dictionary<string, string>(), args);
+
+    /// <summary>Like <see cref="Run"/>, with <paramref name="environment"/> set for the process.</summary>
+    public static (int ExitCode, string Output, string Error) RunWith(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         string cli = Path.Combine(AppContext.BaseDirectory, "kvfetch.dll");
         var start = new ProcessStartInfo("dotnet")
@@ -21,6 +24,11 @@ internal static class KvFetchProcess
         }
 
         start.Environment.Remove("KVFETCH_MODEL");
+        foreach ((string name, string value) in environment)
+        {
+            start.Environment[name] = value;
+        }
+
         using Process process = Process.Start(start)!;
         Task<string> output = process.StandardOutput.ReadToEndAsync();
         Task<string> error = process.StandardError.ReadToEndAsync();

@@ -98,6 +98,11 @@ internal static class ServeLlmCommand
         KvFetcherEngine engine = server.Engine;
         string reuse = engine.ReuseEnabled ? $"reusing KV from {options.Engine.Store} ({options.Engine.Variant})" : "reuse off";
         Console.Out.WriteLine($"serving {engine.ModelId} on {engine.EngineChoice} (chat template: {engine.Template.Name}); {reuse}; Ctrl+C stops");
+        if (engine.Publisher?.LadderWarning is { } ladder)
+        {
+            Console.Error.WriteLine($"kvfetch: warning: {ladder}");
+        }
+
         if (engine.Template.Unrecognised is { } why)
         {
             Console.Error.WriteLine($"kvfetch: warning: {why}");

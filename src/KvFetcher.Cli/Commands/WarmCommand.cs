@@ -47,8 +47,18 @@ internal static class WarmCommand
         await using (store.ConfigureAwait(false))
         {
             await using var reuse = new KvReuse(lm, store, options);
+            if (reuse.LadderWarning is { } warning)
+            {
+                Console.Error.WriteLine($"kvfetch: warning: {warning}");
+            }
+
             PrefillReport report = await reuse.WarmAsync(tokens).ConfigureAwait(false);
-            AnsiConsole.MarkupLineInterpolated($"{tokens.Length} tokens, {tokens.Length / options.ChunkTokens} full chunks ({report.StoredChunks} were stored already); stored {reuse.Publisher.Published} containers ({reuse.Publisher.BytesStored / 1e6:F1} MB) in {store.Description}; {reuse.Publisher.Failed} failed");
+            AnsiConsole.MarkupLineInterpolated($"{tokens.Length} tokens, {tokens.Length / options.ChunkTokens} full chunks ({report.StoredChunks} were stored already); stored {reuse.Publisher.Published} containers ({reuse.Publisher.BytesStored / 1e6:F1} MB) as {string.Join(", ", reuse.Publisher.Ladder)} in {store.Description}; {reuse.Publisher.Failed} failed");
+            if (reuse.Publisher.LastError is { } error)
+            {
+                Console.Error.WriteLine($"kvfetch: last store failure: {error}");
+            }
+
             return reuse.Publisher.Failed == 0 ? 0 : 1;
         }
     }

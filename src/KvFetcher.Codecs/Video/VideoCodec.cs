@@ -64,6 +64,9 @@ public sealed class VideoCodec : IKvCodec
 
     public int DefaultLevel => 8;
 
+    /// <summary>Null once libkvfvideo.so is loaded; else why it could not be (what was tried and what to install).</summary>
+    public string? Unavailable => Native.KvfVideoLibrary.TryEnsureLoaded(out string? reason) ? null : reason;
+
     public bool IsLossless(int level) => false;
 
     public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)

@@ -33,6 +33,8 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     private readonly SemaphoreSlim _progress;
     private readonly CancellationTokenSource _stop;
     private readonly Task _completion;
+    private readonly KvVariant[] _tried;
+    private readonly FetchOutcome[] _outcomes;
     private int _activeTransfers;
     private int _storeErrors;
     private long _bytes;
@@ -52,6 +54,8 @@ internal sealed class ChunkFetcher : IAsyncDisposable
         _timeline = timeline;
         _progress = progress;
         _stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        _tried = new KvVariant[states.Length];
+        _outcomes = new FetchOutcome[states.Length];
         int containerCapacity = (plan.ChunkBytes * 2) + (1 << 20);
         _slots = new ChunkSlot[slots];
         _free = Channel.CreateBounded<ChunkSlot>(new BoundedChannelOptions(slots) { SingleWriter = false });
@@ -94,6 +98,9 @@ internal sealed class ChunkFetcher : IAsyncDisposable
 
     /// <summary>Transfers, decodes and restores in progress right now.</summary>
     public int InFlight => _slots.Length - _free.Reader.Count;
+
+    /// <summary>The variant the fetcher tried for <paramref name="chunk"/> and what became of it; read after <see cref="Completion"/>.</summary>
+    public (KvVariant Variant, FetchOutcome Outcome) OutcomeOf(int chunk) => (_tried[chunk], _outcomes[chunk]);
 
     /// <summary>Stops claiming chunks; work in flight finishes (or is cancelled) and <see cref="Completion"/> completes.</summary>
     public void StopClaiming() => _policy.Stop();
@@ -173,6 +180,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
             }
 
             slot.Reset(chunk, variant);
+            _tried[chunk] = variant;
             if (!await TransferAsync(slot, stop).ConfigureAwait(false))
             {
                 Fail(chunk);
@@ -206,6 +214,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
             StoreRead read = await _store.GetAsync(_plan.ObjectKeyOf(slot.Chunk, slot.Variant), slot, ByteRange.All, deadline.Token).ConfigureAwait(false);
             if (!read.Found)
             {
+                _outcomes[slot.Chunk] = FetchOutcome.Missing;
                 return false; // evicted or found corrupt since the lookup
             }
 
@@ -218,15 +227,18 @@ internal sealed class ChunkFetcher : IAsyncDisposable
         }
         catch (OperationCanceledException)
         {
+            _outcomes[slot.Chunk] = FetchOutcome.TimedOut;
             return false; // the chunk deadline, or the request is over
         }
         catch (KvStoreException)
         {
+            _outcomes[slot.Chunk] = FetchOutcome.StoreError;
             Interlocked.Increment(ref _storeErrors);
             return false;
         }
         catch (InvalidDataException)
         {
+            _outcomes[slot.Chunk] = FetchOutcome.Corrupt;
             return false; // larger than any container of this chunk
         }
         finally
@@ -253,10 +265,12 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                 catch (InvalidKvDataException)
                 {
                     decoded = false; // corrupt, or another chunk/model/tenant's container: never restored
+                    _outcomes[slot.Chunk] = FetchOutcome.Corrupt;
                 }
                 catch (Exception ex) when (ex is not OperationCanceledException)
                 {
                     decoded = false; // the decoder failed (e.g. a GPU decoder error): the engine computes the chunk
+                    _outcomes[slot.Chunk] = FetchOutcome.RestoreFailed;
                 }
 
                 if (!decoded)
@@ -298,12 +312,14 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                     {
                         _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy());
                         _timeline.Add(PrefillStage.Restore, chunk, slot.Variant.ToString(), start);
+                        _outcomes[chunk] = FetchOutcome.Restored;
                         Volatile.Write(ref _states[chunk], (int)ChunkState.Filled);
                         Interlocked.Increment(ref _restored);
                     }
                     else
                     {
                         // Positions the restore may have written are not marked filled; the engine computes them over.
+                        _outcomes[chunk] = FetchOutcome.RestoreFailed;
                         Volatile.Write(ref _states[chunk], (int)ChunkState.Failed);
                         Interlocked.Increment(ref _failed);
                     }

@@ -24,6 +24,12 @@ public sealed record RestoreReport
     /// <summary>The lookup failed (store down or too slow); nothing was fetched.</summary>
     public bool LookupFailed { get; init; }
 
+    /// <summary>
+    /// Whether a chunk was restored from a lossy variant: KV computed after it differs from a full prefill's, so the
+    /// caller must not publish it (it would be stored under names that promise exact KV).
+    /// </summary>
+    public bool RestoredLossy { get; init; }
+
     /// <summary>From the call to the restored prefix (lookup, transfer, decode and restore).</summary>
     public TimeSpan Elapsed { get; init; }
 

@@ -526,18 +526,20 @@ public sealed class EngineScheduler : IAsyncDisposable
         }
     }
 
-    // Store the chunks this request computed (the stored prefix is already there), off the engine thread.
+    // Store the chunks this request computed (the stored prefix is already there), off the engine thread; none when
+    // they were computed on top of KV restored from a lossy variant, and of a chunk stored at lookup only what went missing.
     private void Publish(Sequence sequence)
     {
-        if (_reuse is null)
+        if (_reuse is null || sequence.Restore?.RestoredLossy == true)
         {
             return;
         }
 
         ContextPlan plan = sequence.Plan!;
+        int stored = sequence.Restore?.StoredChunks ?? 0;
         for (int chunk = sequence.Reused / plan.ChunkTokens; chunk < plan.Keys.Length; chunk++)
         {
-            if (_reuse.Publisher.TryEnqueue(plan, chunk, sequence.Session!.Cache))
+            if (chunk < stored ? _reuse.Publisher.TryEnqueueMissing(plan, chunk, sequence.Session!.Cache) : _reuse.Publisher.TryEnqueue(plan, chunk, sequence.Session!.Cache))
             {
                 _metrics.ObservePublishedChunk();
             }
@@ -548,7 +550,7 @@ public sealed class EngineScheduler : IAsyncDisposable
     // token), so the next turn of a conversation, whose prompt repeats this one and the answer, reuses them too.
     private void PublishAnswer(Sequence sequence)
     {
-        if (_reuse is null || !_options.PublishAnswers)
+        if (_reuse is null || !_options.PublishAnswers || sequence.Restore?.RestoredLossy == true)
         {
             return;
         }
