@@ -1,3 +1,4 @@
+using KvFetcher.Codecs.Containers;
 using KvFetcher.Cuda.Reuse;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;
@@ -39,6 +40,7 @@ public sealed class KvFetcherEngine : IAsyncDisposable
                 TenantSalt = options.DefaultTenant,
                 Ladder = options.ParseLadder(),
                 ChunkTimeout = options.FetchTimeout,
+                Authenticator = options.ChunkSecretFile is { } secret ? ChunkAuthenticator.FromSecretFile(secret) : null,
                 // A few chunks in flight per request: several requests fetch at once.
                 MaxBufferedBytes = 16L << 20,
             }, restorer: engine.Restorer);

@@ -26,6 +26,13 @@ public sealed class KvFetcherOptions
     /// <summary>The bearer token of an <c>http(s)://</c> store (else $KVFETCH_TOKEN).</summary>
     public string? StoreToken { get; set; }
 
+    /// <summary>
+    /// A deployment secret file (<c>kvfetch secret new FILE</c>): chunks are sealed with a MAC under a key derived for
+    /// each tenant, and a chunk whose MAC does not verify is computed instead, so the store need not be trusted
+    /// (docs/SECURITY.md). Null: the store is trusted.
+    /// </summary>
+    public string? ChunkSecretFile { get; set; }
+
     /// <summary>Look up and fetch stored prefixes, and store computed chunks (false: the store is not used).</summary>
     public bool Reuse { get; set; } = true;
 

@@ -1,3 +1,4 @@
+using KvFetcher.Codecs.Containers;
 using System.CommandLine;
 using System.Globalization;
 using KvFetcher.Cuda.Reuse;
@@ -32,22 +33,25 @@ internal static class DemoCommand
         Option<int> maxTokens = new("--max-tokens", "-n") { Description = "Answer tokens to generate.", DefaultValueFactory = _ => 40 };
         Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
         Option<EngineKind> engine = CliOptions.Engine();
+        Option<FileInfo?> chunkSecret = CliOptions.ChunkSecret();
         var command = new Command("demo", "Answer a question about a long document twice, cold then warm, and show the TTFT of each.")
         {
-            model, store, document, strategy, bandwidth, maxTokens, threads, engine,
+            model, store, document, strategy, bandwidth, maxTokens, threads, engine, chunkSecret,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
             PrefillStrategy warmStrategy = PrefillStrategy.Parse(parse.GetValue(strategy)!);
             BandwidthSchedule? shape = parse.GetValue(bandwidth) is { } text ? BandwidthSchedule.Parse(text) : null;
             string documentPath = parse.GetValue(document)?.FullName ?? Path.Combine(AppContext.BaseDirectory, "demo", "document.txt");
+            ChunkAuthenticator? authenticator = CliOptions.OpenChunkSecret(parse.GetValue(chunkSecret));
             using LocalEngine local = CliOptions.OpenEngine(parse.GetValue(model), parse.GetValue(engine), parse.GetValue(threads));
-            return RunAsync(local, parse.GetValue(store), documentPath, warmStrategy, shape, parse.GetValue(maxTokens)).GetAwaiter().GetResult();
+            return RunAsync(local, parse.GetValue(store), documentPath, warmStrategy, shape, parse.GetValue(maxTokens), authenticator).GetAwaiter().GetResult();
         }));
         return command;
     }
 
-    private static async Task<int> RunAsync(LocalEngine local, string? storeLocation, string documentPath, PrefillStrategy warmStrategy, BandwidthSchedule? shape, int maxTokens)
+    private static async Task<int> RunAsync(LocalEngine local, string? storeLocation, string documentPath, PrefillStrategy warmStrategy, BandwidthSchedule? shape, int maxTokens,
+        ChunkAuthenticator? authenticator)
     {
         string? temporary = storeLocation is null ? Directory.CreateTempSubdirectory("kvfetch-demo-").FullName : null;
         try
@@ -61,7 +65,7 @@ internal static class DemoCommand
             await using (store.ConfigureAwait(false))
             {
                 IInferenceModel lm = local.Model;
-                await using var reuse = new KvReuse(lm, store, restorer: local.Restorer);
+                await using var reuse = new KvReuse(lm, store, new ReuseOptions { Authenticator = authenticator }, restorer: local.Restorer);
                 if (reuse.LadderWarning is { } warning)
                 {
                     Console.Error.WriteLine($"kvfetch: warning: {warning}");

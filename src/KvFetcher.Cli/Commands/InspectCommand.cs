@@ -23,6 +23,7 @@ internal static class InspectCommand
             Console.Out.WriteLine($"model       {header.Model}");
             Console.Out.WriteLine($"tokens      [{header.TokenStart}, {header.TokenStart + header.Shape.Tokens})");
             Console.Out.WriteLine($"shape       {header.Shape}");
+            Console.Out.WriteLine($"mac         {(header.Authenticated ? "authenticated (HMAC-SHA256 tag; only engines with the deployment secret can check it)" : "none (trusted store)")}");
             long raw = header.Shape.Elements * header.DType.SizeOf();
             Console.Out.WriteLine($"parameters  {parameters.Length} bytes");
             Console.Out.WriteLine($"payload     {payload.Length} bytes ({(double)raw / Math.Max(1, payload.Length + parameters.Length):F2}x smaller than {raw} raw bytes)");

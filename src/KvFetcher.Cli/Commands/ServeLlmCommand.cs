@@ -39,9 +39,10 @@ internal static class ServeLlmCommand
         Option<EngineKind> engine = CliOptions.Engine();
         Option<FileInfo?> cert = new("--cert") { Description = "PEM certificate for https URLs." };
         Option<FileInfo?> certKey = new("--cert-key") { Description = "PEM private key of --cert." };
+        Option<FileInfo?> chunkSecret = CliOptions.ChunkSecret();
         var command = new Command("serve-llm", "Run an OpenAI-compatible inference server that reuses stored KV.")
         {
-            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, publicMetrics, variant, modelId, maxSessions, maxQueue, threads, engine, cert, certKey,
+            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, publicMetrics, variant, modelId, maxSessions, maxQueue, threads, engine, cert, certKey, chunkSecret,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -65,6 +66,7 @@ internal static class ServeLlmCommand
                     MaxQueuedRequests = parse.GetValue(maxQueue),
                     Threads = parse.GetValue(threads),
                     Engine = parse.GetValue(engine),
+                    ChunkSecretFile = parse.GetValue(chunkSecret)?.FullName ?? Environment.GetEnvironmentVariable("KVFETCH_CHUNK_SECRET"),
                 },
                 Urls = parse.GetValue(urls)!,
                 CertificateFile = parse.GetValue(cert)?.FullName,

@@ -20,11 +20,12 @@ internal static class WarmCommand
         Option<string?> ladder = new("--ladder") { Description = "Variants to store per chunk, e.g. raw,exact,video8,video4 (default: the reuse default)." };
         Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
         Option<EngineKind> engine = CliOptions.Engine();
-        var command = new Command("warm", "Compute a context and store its KV chunks.") { model, file, store, tenant, ladder, threads, engine };
+        Option<FileInfo?> chunkSecret = CliOptions.ChunkSecret();
+        var command = new Command("warm", "Compute a context and store its KV chunks.") { model, file, store, tenant, ladder, threads, engine, chunkSecret };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
+            var options = new ReuseOptions { TenantSalt = parse.GetValue(tenant)!, Authenticator = CliOptions.OpenChunkSecret(parse.GetValue(chunkSecret)) };
             using LocalEngine local = CliOptions.OpenEngine(parse.GetValue(model), parse.GetValue(engine), parse.GetValue(threads));
-            var options = new ReuseOptions { TenantSalt = parse.GetValue(tenant)! };
             if (parse.GetValue(ladder) is { } variants)
             {
                 options = options with { Ladder = [.. variants.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(KvVariant.Parse)] };
