@@ -1,0 +1,151 @@
+using System.Buffers;
+
+namespace KvFetcher.Store.Resilience;
+
+/// <summary>
+/// Puts a store behind a <see cref="CircuitBreaker"/> and deadlines, so a store that is down, slow or silent costs
+/// its callers a bounded time: lookups and writes get deadlines of their own; errors, missed deadlines and stalls (calls
+/// their caller abandoned after <see cref="ResilientKvStoreOptions.StallTimeout"/>) count as failures; after a few in
+/// a row every call fails at once with <see cref="KvStoreUnavailableException"/> (a miss to the fetcher, a counted
+/// failure to the publisher) until a probe call after the break finds the store answering again.
+/// <see cref="KvStores.OpenAsync"/> returns every store this way; the breaker is the one place that decides whether the
+/// store is worth asking.
+/// </summary>
+public sealed class ResilientKvStore : IKvStore
+{
+    private static readonly ObjectKey s_probeKey = ObjectKey.Parse("kvfetch-probe");
+
+    private readonly IKvStore _inner;
+    private readonly ResilientKvStoreOptions _options;
+    private readonly TimeProvider _time;
+    private readonly bool _ownsInner;
+
+    /// <param name="inner">The store to protect.</param>
+    /// <param name="options">Deadlines and breaker settings.</param>
+    /// <param name="timeProvider">The clock (tests pass a fake one).</param>
+    /// <param name="ownsInner">Whether disposing this store disposes <paramref name="inner"/>.</param>
+    public ResilientKvStore(IKvStore inner, ResilientKvStoreOptions? options = null, TimeProvider? timeProvider = null, bool ownsInner = true)
+    {
+        ArgumentNullException.ThrowIfNull(inner);
+        options ??= new ResilientKvStoreOptions();
+        options.Validate();
+        _inner = inner;
+        _options = options;
+        _time = timeProvider ?? TimeProvider.System;
+        _ownsInner = ownsInner;
+        Breaker = new CircuitBreaker(options.Breaker, _time);
+    }
+
+    public string Description => _inner.Description;
+
+    /// <summary>The store behind the breaker.</summary>
+    public IKvStore Inner => _inner;
+
+    /// <summary>The store's health: consult it (e.g. <see cref="CircuitBreaker.State"/>) before queueing work for the store.</summary>
+    public CircuitBreaker Breaker { get; }
+
+    /// <summary>Whether calls go to the store now (false while the breaker is open; a probe is allowed once it half-opens).</summary>
+    public bool IsAvailable => Breaker.State != CircuitState.Open;
+
+    public async ValueTask PutAsync(ObjectKey key, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default) =>
+        await RunAsync("put", _options.OperationTimeout, (key, data), static async (store, s, token) =>
+        {
+            await store.PutAsync(s.key, s.data, token).ConfigureAwait(false);
+            return true;
+        }, cancellationToken).ConfigureAwait(false);
+
+    public ValueTask<StoreRead> GetAsync(ObjectKey key, IBufferWriter<byte> destination, ByteRange range = default, CancellationToken cancellationToken = default) =>
+        RunAsync("get", timeout: null, (key, destination, range), static (store, s, token) => store.GetAsync(s.key, s.destination, s.range, token), cancellationToken);
+
+    public ValueTask<bool[]> ExistsAsync(IReadOnlyList<ObjectKey> keys, CancellationToken cancellationToken = default) =>
+        RunAsync("lookup", _options.LookupTimeout, keys, static (store, k, token) => store.ExistsAsync(k, token), cancellationToken);
+
+    public ValueTask<int> LongestPrefixAsync(IReadOnlyList<ObjectKey> chain, CancellationToken cancellationToken = default) =>
+        RunAsync("lookup", _options.LookupTimeout, chain, static (store, c, token) => store.LongestPrefixAsync(c, token), cancellationToken);
+
+    public ValueTask<bool> DeleteAsync(ObjectKey key, CancellationToken cancellationToken = default) =>
+        RunAsync("delete", _options.OperationTimeout, key, static (store, k, token) => store.DeleteAsync(k, token), cancellationToken);
+
+    public ValueTask<StoreStats> GetStatsAsync(CancellationToken cancellationToken = default) =>
+        RunAsync("stats", _options.OperationTimeout, 0, static (store, _, token) => store.GetStatsAsync(token), cancellationToken);
+
+    /// <summary>
+    /// Asks the store one lookup (through the breaker, within the lookup deadline): null when it answers, otherwise one
+    /// line saying why not. For a caller that reports an unreachable store at start instead of failing.
+    /// </summary>
+    public async Task<string?> CheckAsync(CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            await ExistsAsync([s_probeKey], cancellationToken).ConfigureAwait(false);
+            return null;
+        }
+        catch (KvStoreException ex)
+        {
+            return ex.Message;
+        }
+    }
+
+    public ValueTask DisposeAsync() => _ownsInner ? _inner.DisposeAsync() : ValueTask.CompletedTask;
+
+    public override string ToString() => Description;
+
+    private async ValueTask<T> RunAsync<TState, T>(string operation, TimeSpan? timeout, TState state,
+        Func<IKvStore, TState, CancellationToken, ValueTask<T>> call, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        if (!Breaker.TryEnter(out bool probe))
+        {
+            throw new KvStoreUnavailableException(
+                $"{Description}: unavailable after {Breaker.ConsecutiveFailures} failures in a row (last: {Breaker.LastFailure}); next try in {Breaker.RetryIn.TotalSeconds:0.#} s.");
+        }
+
+        long start = _time.GetTimestamp();
+        CancellationTokenSource? deadline = null;
+        CallOutcome outcome = CallOutcome.Neutral;
+        string? reason = null;
+        try
+        {
+            if (timeout is { } limit)
+            {
+                deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                deadline.CancelAfter(limit);
+            }
+
+            T result = await call(_inner, state, deadline?.Token ?? cancellationToken).ConfigureAwait(false);
+            outcome = CallOutcome.Success;
+            return result;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // The caller gave up: a stall if the store had kept it waiting long enough, otherwise nothing to learn.
+            TimeSpan waited = _time.GetElapsedTime(start);
+            if (waited >= _options.StallTimeout)
+            {
+                (outcome, reason) = (CallOutcome.Failure, $"{operation} stalled for {waited.TotalSeconds:0.##} s");
+            }
+
+            throw;
+        }
+        catch (OperationCanceledException ex) when (deadline?.IsCancellationRequested == true)
+        {
+            (outcome, reason) = (CallOutcome.Failure, $"{operation}: no answer within {timeout!.Value.TotalSeconds:0.###} s");
+            throw new KvStoreException($"{Description}: {reason}.", ex);
+        }
+        catch (KvStoreFullException)
+        {
+            outcome = CallOutcome.Success; // it answered: it is full
+            throw;
+        }
+        catch (KvStoreException ex)
+        {
+            (outcome, reason) = (CallOutcome.Failure, ex.Message);
+            throw;
+        }
+        finally
+        {
+            deadline?.Dispose();
+            Breaker.Exit(probe, outcome, reason);
+        }
+    }
+}
