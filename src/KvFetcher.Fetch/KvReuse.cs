@@ -119,8 +119,9 @@ public sealed class KvReuse : IAsyncDisposable
             }
         }
 
-        int restored = 0, failed = 0;
+        int restored = 0, failed = 0, takenBack = 0;
         long bytes = 0;
+        var adaptivePolicy = policy as AdaptivePolicy;
         try
         {
             // 2. The engine walks the stored prefix front to back, computing what nobody else has.
@@ -144,8 +145,19 @@ public sealed class KvReuse : IAsyncDisposable
                     // Cake as published: the engine checks whether its next chunk is loaded and computes it if not,
                     // even while it is in flight (that transfer is wasted). Ours waits for a chunk it let the fetcher take.
                     bool cakeTakesOver = strategy.Mode == PrefillMode.Cake && state == ChunkState.Fetching;
-                    if ((state is ChunkState.Pending or ChunkState.Failed && engineComputes || cakeTakesOver) && prefix.TryTake(chunk, state, ChunkState.Computing))
+                    // Ours waits for a chunk only as long as computing it would take (a slow or stalled store costs at
+                    // most that), then takes it back from the fetcher; the restore stage drops its data if it comes.
+                    bool takeBack = adaptivePolicy is not null && (state == ChunkState.Fetching || (state == ChunkState.Pending && !engineComputes))
+                        && adaptivePolicy.PatienceExhausted(chunk, fetcher!.RestoredChunks);
+                    if ((state is ChunkState.Pending or ChunkState.Failed && engineComputes || cakeTakesOver || takeBack) && prefix.TryTake(chunk, state, ChunkState.Computing))
                     {
+                        if (takeBack)
+                        {
+                            adaptivePolicy!.TookBack(chunk, fetcher!.RestoredChunks);
+                            fetcher.Abandon(chunk);
+                            takenBack++;
+                        }
+
                         republish[chunk] = state == ChunkState.Failed;
                         prefix.EngineBusy = true;
                         Compute(session, plan, chunk, lastLogits, timeline);
@@ -203,6 +215,7 @@ public sealed class KvReuse : IAsyncDisposable
             StoredChunks = stored,
             RestoredChunks = restored,
             FailedChunks = failed,
+            TakenBackChunks = takenBack,
             ReusedTokens = restored * chunkTokens,
             ComputedTokens = tokens.Length - (restored * chunkTokens),
             BytesFetched = bytes,
@@ -272,6 +285,7 @@ public sealed class KvReuse : IAsyncDisposable
         (int stored, int[] available, bool lookupFailed) = plan.ReusableChunks == 0 ? (0, [], false) : await LookupAsync(plan, ladder, timeline, cancellationToken).ConfigureAwait(false);
         int restored = 0, failed = 0;
         long bytes = 0;
+        bool deadlineReached = false;
         if (stored > 0)
         {
             var prefix = new PrefixState(stored, ladder, available);
@@ -281,7 +295,18 @@ public sealed class KvReuse : IAsyncDisposable
             var fetcher = new ChunkFetcher(plan, Store, session.Cache, Restorer, Rates, Options, new FetchAllPolicy(prefix, 0, choose), prefix.States, timeline, progress, slots, cancellationToken);
             try
             {
-                await fetcher.Completion.ConfigureAwait(false);
+                // The request waits at most about as long as computing the prefix would take (PrefixWaitFactor times
+                // the prediction); then it keeps what arrived and the engine computes the rest.
+                TimeSpan wait = PrefixWait(plan, stored) - Stopwatch.GetElapsedTime(t0);
+                try
+                {
+                    await fetcher.Completion.WaitAsync(wait > TimeSpan.Zero ? wait : TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                    deadlineReached = true;
+                    fetcher.StopClaiming(); // disposing cancels the transfers in flight
+                }
             }
             finally
             {
@@ -301,6 +326,7 @@ public sealed class KvReuse : IAsyncDisposable
             ReusedTokens = session.Cache.Length,
             BytesFetched = bytes,
             LookupFailed = lookupFailed,
+            DeadlineReached = deadlineReached,
             Elapsed = Stopwatch.GetElapsedTime(t0),
             Timeline = timeline.ToArray(),
         };
@@ -332,7 +358,7 @@ public sealed class KvReuse : IAsyncDisposable
         try
         {
             using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            deadline.CancelAfter(Options.ChunkTimeout);
+            deadline.CancelAfter(Options.LookupTimeout < Options.ChunkTimeout ? Options.LookupTimeout : Options.ChunkTimeout);
             exists = await Store.ExistsAsync(keys, deadline.Token).ConfigureAwait(false);
         }
         catch (KvStoreException)
@@ -368,6 +394,18 @@ public sealed class KvReuse : IAsyncDisposable
 
         timeline.Add(PrefillStage.Lookup, -1, null, start);
         return (stored, available[..stored], false);
+    }
+
+    /// <summary>How long a request off the engine waits for its <paramref name="stored"/> chunks: the predicted compute time of them, scaled.</summary>
+    private TimeSpan PrefixWait(ContextPlan plan, int stored)
+    {
+        double seconds = 0;
+        for (int chunk = 0; chunk < stored; chunk++)
+        {
+            seconds += Rates.ComputeSeconds(chunk, plan.ChunkTokens);
+        }
+
+        return TimeSpan.FromSeconds(Math.Max(0.25, seconds * Options.PrefixWaitFactor));
     }
 
     private void Compute(IInferenceSession session, ContextPlan plan, int chunk, float[] logits, Timeline timeline)

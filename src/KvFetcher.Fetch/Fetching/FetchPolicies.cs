@@ -181,8 +181,53 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
     /// <summary>Variants picked, by ladder index (for the report).</summary>
     public int[] Picks { get; } = new int[prefix.Ladder.Count];
 
+    private double _predictedArrival;
+    private int _patienceChunk = -1;
+    private long _waitingSince;
+    private bool _stalled;
+    private int _restoredAtStall;
+
     /// <summary>Chunks in the fetch pipeline now (set by the fetcher).</summary>
     public Func<int> InFlight { get; set; } = () => 0;
+
+    /// <summary>
+    /// The engine's patience, asked while it waits for <paramref name="chunk"/> (pending for the fetcher, or being
+    /// fetched): true once it has waited as long as computing the chunk takes, so a slow or stalled store costs at most
+    /// one chunk's compute time per chunk waited for. After a take-back the engine waits no more in this request until
+    /// the fetcher restores another chunk (<paramref name="restored"/> counts them).
+    /// </summary>
+    public bool PatienceExhausted(int chunk, int restored)
+    {
+        if (_patienceChunk != chunk)
+        {
+            _patienceChunk = chunk;
+            _waitingSince = Stopwatch.GetTimestamp();
+        }
+
+        if (_stalled && restored > _restoredAtStall)
+        {
+            _stalled = false;
+        }
+
+        return _stalled || Stopwatch.GetElapsedTime(_waitingSince).TotalSeconds >= rates.ComputeSeconds(chunk, plan.ChunkTokens);
+    }
+
+    /// <summary>
+    /// The engine took <paramref name="chunk"/> back: the fetcher is slower than predicted, so the bandwidth estimate
+    /// drops to what the wait showed and the fetcher no longer fetches down to the engine.
+    /// </summary>
+    public void TookBack(int chunk, int restored)
+    {
+        double waited = Stopwatch.GetElapsedTime(_waitingSince).TotalSeconds;
+        if (_patienceChunk == chunk && !_stalled)
+        {
+            rates.ObserveStall(_predictedArrival, waited);
+        }
+
+        _stalled = true;
+        _restoredAtStall = restored;
+        Prefix.EngineWaitingFor = -1;
+    }
 
     /// <summary>
     /// The engine's side of the prediction: whether the fetcher is predicted to deliver <paramref name="chunk"/> before
@@ -220,6 +265,7 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
         bool wait = fastest < double.MaxValue && arrival < computeInstead;
         if (wait)
         {
+            _predictedArrival = arrival;
             Prefix.EngineWaitingFor = chunk;
         }
 

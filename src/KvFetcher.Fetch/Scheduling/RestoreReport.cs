@@ -24,6 +24,12 @@ public sealed record RestoreReport
     /// <summary>The lookup failed (store down or too slow); nothing was fetched.</summary>
     public bool LookupFailed { get; init; }
 
+    /// <summary>
+    /// The wait reached its deadline (<see cref="ReuseOptions.PrefixWaitFactor"/> times the predicted compute time of the
+    /// prefix) and stopped; what was restored by then is kept.
+    /// </summary>
+    public bool DeadlineReached { get; init; }
+
     /// <summary>From the call to the restored prefix (lookup, transfer, decode and restore).</summary>
     public TimeSpan Elapsed { get; init; }
 
