@@ -185,17 +185,58 @@ internal sealed class MisbehavingHttpServer : IAsyncDisposable
         string[] lines = Encoding.ASCII.GetString([.. head]).Split("\r\n");
         string[] requestLine = lines[0].Split(' ');
         int length = 0;
+        bool chunked = false;
         foreach (string line in lines[1..])
         {
             if (line.StartsWith("Content-Length:", StringComparison.OrdinalIgnoreCase))
             {
                 length = int.Parse(line["Content-Length:".Length..].Trim(), CultureInfo.InvariantCulture);
             }
+            else if (line.StartsWith("Transfer-Encoding:", StringComparison.OrdinalIgnoreCase) && line.Contains("chunked", StringComparison.OrdinalIgnoreCase))
+            {
+                chunked = true;
+            }
         }
 
-        byte[] body = new byte[length];
-        await stream.ReadExactlyAsync(body, stop);
-        return new Request(requestLine[0], requestLine[1], body);
+        if (!chunked)
+        {
+            byte[] body = new byte[length];
+            await stream.ReadExactlyAsync(body, stop);
+            return new Request(requestLine[0], requestLine[1], body);
+        }
+
+        // Chunked: hex size line, data, CRLF, until a zero-size chunk and its trailing CRLF.
+        var chunks = new List<byte>();
+        while (true)
+        {
+            int size = int.Parse(await ReadLineAsync(stream, stop), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+            byte[] data = new byte[size + 2];
+            await stream.ReadExactlyAsync(size == 0 ? data.AsMemory(0, 0) : data, stop);
+            if (size == 0)
+            {
+                await ReadLineAsync(stream, stop);
+                return new Request(requestLine[0], requestLine[1], [.. chunks]);
+            }
+
+            chunks.AddRange(data.AsSpan(0, size));
+        }
+    }
+
+    private static async Task<string> ReadLineAsync(NetworkStream stream, CancellationToken stop)
+    {
+        var line = new List<byte>();
+        var one = new byte[1];
+        while (line.Count < 2 || line[^2] != '\r' || line[^1] != '\n')
+        {
+            if (await stream.ReadAsync(one, stop) == 0)
+            {
+                throw new IOException("The client closed the connection mid-request.");
+            }
+
+            line.Add(one[0]);
+        }
+
+        return Encoding.ASCII.GetString([.. line], 0, line.Count - 2);
     }
 
     private sealed record Request(string Method, string Path, byte[] Body);
