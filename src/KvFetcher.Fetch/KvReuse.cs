@@ -125,7 +125,8 @@ public sealed class KvReuse : IAsyncDisposable
         try
         {
             // 2. The engine walks the stored prefix front to back, computing what nobody else has.
-            for (int chunk = 0; chunk < stored; chunk++)
+            int suffixFrom = stored;
+            for (int chunk = 0; chunk < suffixFrom; chunk++)
             {
                 prefix.SetComputeFrontier(chunk);
                 while (true)
@@ -145,24 +146,50 @@ public sealed class KvReuse : IAsyncDisposable
                     // Cake as published: the engine checks whether its next chunk is loaded and computes it if not,
                     // even while it is in flight (that transfer is wasted). Ours waits for a chunk it let the fetcher take.
                     bool cakeTakesOver = strategy.Mode == PrefillMode.Cake && state == ChunkState.Fetching;
-                    // Ours waits for a chunk only as long as computing it would take (a slow or stalled store costs at
-                    // most that), then takes it back from the fetcher; the restore stage drops its data if it comes.
+                    // Ours waits for a chunk only until the fetcher is clearly later than predicted (never longer than
+                    // computing the chunk takes), then takes it back; the restore stage drops its data if it comes.
                     bool takeBack = adaptivePolicy is not null && (state == ChunkState.Fetching || (state == ChunkState.Pending && !engineComputes))
                         && adaptivePolicy.PatienceExhausted(chunk, fetcher!.RestoredChunks);
                     if ((state is ChunkState.Pending or ChunkState.Failed && engineComputes || cakeTakesOver || takeBack) && prefix.TryTake(chunk, state, ChunkState.Computing))
                     {
+                        int end = chunk + 1;
                         if (takeBack)
                         {
+                            // The store is slower than predicted: stop fetching and take back everything it has not
+                            // delivered, to compute it in one pass (one long prefill beats many chunk-sized ones).
                             adaptivePolicy!.TookBack(chunk, fetcher!.RestoredChunks);
                             fetcher.Abandon(chunk);
-                            takenBack++;
+                            fetcher.StopClaiming();
+                            end = TakeBackRest(prefix, fetcher, chunk + 1, republish);
+                            takenBack += end - chunk;
                         }
 
                         republish[chunk] = state == ChunkState.Failed;
+                        if (end == stored && end > chunk + 1)
+                        {
+                            suffixFrom = chunk; // computed with the suffix below
+                            break;
+                        }
+
                         prefix.EngineBusy = true;
-                        Compute(session, plan, chunk, lastLogits, timeline);
+                        if (end == chunk + 1)
+                        {
+                            Compute(session, plan, chunk, lastLogits, timeline);
+                        }
+                        else
+                        {
+                            TimeSpan rangeStart = timeline.Now;
+                            session.Prefill(tokens.AsSpan(chunk * chunkTokens, (end - chunk) * chunkTokens), chunk * chunkTokens, lastLogits);
+                            timeline.Add(PrefillStage.Compute, chunk, null, rangeStart);
+                        }
+
                         prefix.EngineBusy = false;
-                        Volatile.Write(ref prefix.States[chunk], (int)ChunkState.Filled);
+                        for (int filled = chunk; filled < end; filled++)
+                        {
+                            Volatile.Write(ref prefix.States[filled], (int)ChunkState.Filled);
+                        }
+
+                        chunk = end - 1;
                         break;
                     }
 
@@ -175,7 +202,7 @@ public sealed class KvReuse : IAsyncDisposable
             fetcher?.StopClaiming();
 
             // 3. The rest of the prompt and the first token.
-            int start = stored * chunkTokens;
+            int start = suffixFrom * chunkTokens;
             TimeSpan suffixStart = timeline.Now;
             session.Prefill(tokens.AsSpan(start), start, lastLogits);
             timeline.Add(PrefillStage.Compute, -1, null, suffixStart);
@@ -394,6 +421,32 @@ public sealed class KvReuse : IAsyncDisposable
 
         timeline.Add(PrefillStage.Lookup, -1, null, start);
         return (stored, available[..stored], false);
+    }
+
+    /// <summary>
+    /// Takes chunks [<paramref name="from"/>, …) back from the fetcher for the engine, up to the first one that is filled
+    /// or being restored (the restorer writes it into the cache now); returns the end of the taken range.
+    /// </summary>
+    private static int TakeBackRest(PrefixState prefix, ChunkFetcher fetcher, int from, bool[] republish)
+    {
+        int end = from;
+        for (; end < prefix.Chunks; end++)
+        {
+            ChunkState state = prefix.StateOf(end);
+            if (state is not (ChunkState.Pending or ChunkState.Fetching or ChunkState.Failed) || !prefix.TryTake(end, state, ChunkState.Computing))
+            {
+                break;
+            }
+
+            if (state == ChunkState.Fetching)
+            {
+                fetcher.Abandon(end);
+            }
+
+            republish[end] = state == ChunkState.Failed;
+        }
+
+        return end;
     }
 
     /// <summary>How long a request off the engine waits for its <paramref name="stored"/> chunks: the predicted compute time of them, scaled.</summary>

@@ -181,8 +181,10 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
     /// <summary>Variants picked, by ladder index (for the report).</summary>
     public int[] Picks { get; } = new int[prefix.Ladder.Count];
 
-    private double _predictedArrival;
+    private const double MinPatienceSeconds = 0.1;
+    private double _predictedArrival = double.NaN;
     private int _patienceChunk = -1;
+    private int _patienceRestored = -1;
     private long _waitingSince;
     private bool _stalled;
     private int _restoredAtStall;
@@ -192,15 +194,18 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
 
     /// <summary>
     /// The engine's patience, asked while it waits for <paramref name="chunk"/> (pending for the fetcher, or being
-    /// fetched): true once it has waited as long as computing the chunk takes, so a slow or stalled store costs at most
-    /// one chunk's compute time per chunk waited for. After a take-back the engine waits no more in this request until
-    /// the fetcher restores another chunk (<paramref name="restored"/> counts them).
+    /// fetched): true once the fetcher has delivered nothing (<paramref name="restored"/> counts its chunks) for twice
+    /// the arrival predicted when the engine chose to wait (at least 0.1 s), and never later than computing the chunk
+    /// takes: a slow or stalled store costs about that once per request. After a take-back the engine waits no more
+    /// in this request until the fetcher restores another chunk.
     /// </summary>
     public bool PatienceExhausted(int chunk, int restored)
     {
-        if (_patienceChunk != chunk)
+        if (_patienceChunk != chunk || _patienceRestored != restored)
         {
+            // Waiting starts, or the fetcher made progress: the clock starts again.
             _patienceChunk = chunk;
+            _patienceRestored = restored;
             _waitingSince = Stopwatch.GetTimestamp();
         }
 
@@ -209,7 +214,9 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
             _stalled = false;
         }
 
-        return _stalled || Stopwatch.GetElapsedTime(_waitingSince).TotalSeconds >= rates.ComputeSeconds(chunk, plan.ChunkTokens);
+        double compute = rates.ComputeSeconds(chunk, plan.ChunkTokens);
+        double patience = double.IsNaN(_predictedArrival) ? compute : Math.Min(compute, Math.Max(MinPatienceSeconds, 2 * _predictedArrival));
+        return _stalled || Stopwatch.GetElapsedTime(_waitingSince).TotalSeconds >= patience;
     }
 
     /// <summary>
@@ -219,7 +226,7 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
     public void TookBack(int chunk, int restored)
     {
         double waited = Stopwatch.GetElapsedTime(_waitingSince).TotalSeconds;
-        if (_patienceChunk == chunk && !_stalled)
+        if (_patienceChunk == chunk && !_stalled && !double.IsNaN(_predictedArrival))
         {
             rates.ObserveStall(_predictedArrival, waited);
         }
