@@ -3,11 +3,13 @@ using System.Buffers;
 namespace KvFetcher.Store.Resilience;
 
 /// <summary>
-/// Puts a store behind a <see cref="CircuitBreaker"/> and deadlines, so a store that is down, slow or silent costs
-/// its callers a bounded time: lookups and writes get deadlines of their own; errors, missed deadlines and stalls (calls
-/// their caller abandoned after <see cref="ResilientKvStoreOptions.StallTimeout"/>) count as failures; after a few in
-/// a row every call fails at once with <see cref="KvStoreUnavailableException"/> (a miss to the fetcher, a counted
-/// failure to the publisher) until a probe call after the break finds the store answering again.
+/// Puts a store behind circuit breakers and deadlines, so a store that is down, slow or silent costs its callers a
+/// bounded time: lookups and writes get deadlines of their own; errors, missed deadlines and stalls (calls their caller
+/// abandoned after <see cref="ResilientKvStoreOptions.StallTimeout"/>) count as failures; after a few in a row calls of
+/// that kind fail at once with <see cref="KvStoreUnavailableException"/> (a miss to the fetcher, a counted failure to
+/// the publisher) until a probe call after the break finds the store answering again. Lookups, reads of objects and
+/// writes have a breaker each (<see cref="Lookups"/>, <see cref="Reads"/>, <see cref="Writes"/>): a store that
+/// answers lookups but stalls every body is cut off for bodies, and a lookup's success does not hide that.
 /// <see cref="KvStores.OpenAsync"/> returns every store this way; the breaker is the one place that decides whether the
 /// store is worth asking.
 /// </summary>
@@ -33,7 +35,9 @@ public sealed class ResilientKvStore : IKvStore
         _options = options;
         _time = timeProvider ?? TimeProvider.System;
         _ownsInner = ownsInner;
-        Breaker = new CircuitBreaker(options.Breaker, _time);
+        Lookups = new CircuitBreaker(options.Breaker, _time);
+        Reads = new CircuitBreaker(options.Breaker, _time);
+        Writes = new CircuitBreaker(options.Breaker, _time);
     }
 
     public string Description => _inner.Description;
@@ -41,33 +45,39 @@ public sealed class ResilientKvStore : IKvStore
     /// <summary>The store behind the breaker.</summary>
     public IKvStore Inner => _inner;
 
-    /// <summary>The store's health: consult it (e.g. <see cref="CircuitBreaker.State"/>) before queueing work for the store.</summary>
-    public CircuitBreaker Breaker { get; }
+    /// <summary>The health of lookups (exists, longest prefix) and stats.</summary>
+    public CircuitBreaker Lookups { get; }
 
-    /// <summary>Whether calls go to the store now (false while the breaker is open; a probe is allowed once it half-opens).</summary>
-    public bool IsAvailable => Breaker.State != CircuitState.Open;
+    /// <summary>The health of object reads (gets).</summary>
+    public CircuitBreaker Reads { get; }
+
+    /// <summary>
+    /// The health of writes (puts, deletes): a publisher may consult it (<see cref="CircuitBreaker.State"/> is
+    /// <see cref="CircuitState.Open"/>) to skip encoding chunks that could not be stored anyway.
+    /// </summary>
+    public CircuitBreaker Writes { get; }
 
     public async ValueTask PutAsync(ObjectKey key, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default) =>
-        await RunAsync("put", _options.OperationTimeout, (key, data), static async (store, s, token) =>
+        await RunAsync(Writes, "put", _options.OperationTimeout, (key, data), static async (store, s, token) =>
         {
             await store.PutAsync(s.key, s.data, token).ConfigureAwait(false);
             return true;
         }, cancellationToken).ConfigureAwait(false);
 
     public ValueTask<StoreRead> GetAsync(ObjectKey key, IBufferWriter<byte> destination, ByteRange range = default, CancellationToken cancellationToken = default) =>
-        RunAsync("get", timeout: null, (key, destination, range), static (store, s, token) => store.GetAsync(s.key, s.destination, s.range, token), cancellationToken);
+        RunAsync(Reads, "get", timeout: null, (key, destination, range), static (store, s, token) => store.GetAsync(s.key, s.destination, s.range, token), cancellationToken);
 
     public ValueTask<bool[]> ExistsAsync(IReadOnlyList<ObjectKey> keys, CancellationToken cancellationToken = default) =>
-        RunAsync("lookup", _options.LookupTimeout, keys, static (store, k, token) => store.ExistsAsync(k, token), cancellationToken);
+        RunAsync(Lookups, "lookup", _options.LookupTimeout, keys, static (store, k, token) => store.ExistsAsync(k, token), cancellationToken);
 
     public ValueTask<int> LongestPrefixAsync(IReadOnlyList<ObjectKey> chain, CancellationToken cancellationToken = default) =>
-        RunAsync("lookup", _options.LookupTimeout, chain, static (store, c, token) => store.LongestPrefixAsync(c, token), cancellationToken);
+        RunAsync(Lookups, "lookup", _options.LookupTimeout, chain, static (store, c, token) => store.LongestPrefixAsync(c, token), cancellationToken);
 
     public ValueTask<bool> DeleteAsync(ObjectKey key, CancellationToken cancellationToken = default) =>
-        RunAsync("delete", _options.OperationTimeout, key, static (store, k, token) => store.DeleteAsync(k, token), cancellationToken);
+        RunAsync(Writes, "delete", _options.OperationTimeout, key, static (store, k, token) => store.DeleteAsync(k, token), cancellationToken);
 
     public ValueTask<StoreStats> GetStatsAsync(CancellationToken cancellationToken = default) =>
-        RunAsync("stats", _options.OperationTimeout, 0, static (store, _, token) => store.GetStatsAsync(token), cancellationToken);
+        RunAsync(Lookups, "stats", _options.OperationTimeout, 0, static (store, _, token) => store.GetStatsAsync(token), cancellationToken);
 
     /// <summary>
     /// Asks the store one lookup (through the breaker, within the lookup deadline): null when it answers, otherwise one
@@ -90,14 +100,14 @@ public sealed class ResilientKvStore : IKvStore
 
     public override string ToString() => Description;
 
-    private async ValueTask<T> RunAsync<TState, T>(string operation, TimeSpan? timeout, TState state,
+    private async ValueTask<T> RunAsync<TState, T>(CircuitBreaker breaker, string operation, TimeSpan? timeout, TState state,
         Func<IKvStore, TState, CancellationToken, ValueTask<T>> call, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        if (!Breaker.TryEnter(out bool probe))
+        if (!breaker.TryEnter(out bool probe))
         {
             throw new KvStoreUnavailableException(
-                $"{Description}: unavailable after {Breaker.ConsecutiveFailures} failures in a row (last: {Breaker.LastFailure}); next try in {Breaker.RetryIn.TotalSeconds:0.#} s.");
+                $"{Description}: {operation} unavailable after {breaker.ConsecutiveFailures} failures in a row (last: {breaker.LastFailure}); next try in {breaker.RetryIn.TotalSeconds:0.#} s.");
         }
 
         long start = _time.GetTimestamp();
@@ -145,7 +155,7 @@ public sealed class ResilientKvStore : IKvStore
         finally
         {
             deadline?.Dispose();
-            Breaker.Exit(probe, outcome, reason);
+            breaker.Exit(probe, outcome, reason);
         }
     }
 }

@@ -42,7 +42,7 @@ public sealed class ResilientKvStoreTests : IAsyncDisposable
 
         // Before: each lookup waited out the client's 10 s request deadline three times (30 s).
         Assert.True(firstThree < TimeSpan.FromSeconds(8), $"three lookups took {firstThree}");
-        Assert.Equal(CircuitState.Open, ((ResilientKvStore)store).Breaker.State);
+        Assert.Equal(CircuitState.Open, ((ResilientKvStore)store).Lookups.State);
     }
 
     [Fact]
@@ -90,6 +90,28 @@ public sealed class ResilientKvStoreTests : IAsyncDisposable
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"the stalled get took {clock.Elapsed}");
         Assert.Contains("stalled", failure.Message, StringComparison.Ordinal);
         Assert.Equal(1, stalling.StalledGets); // a stall is not retried
+    }
+
+    [Fact]
+    public async Task GetAsync_StoreAnswersLookupsButStallsBodies_ReadsFailFastWhileLookupsGoOn()
+    {
+        await using DiskKvStore disk = DiskKvStore.Open(new DiskKvStoreOptions { Directory = _directory, Fsync = false });
+        await disk.PutAsync(s_key, TestObjects.Container(s_key, 1 << 20, seed: 4), TestContext.Current.CancellationToken);
+        await using var stalling = new MisbehavingHttpServer(Misbehaviour.StallMidBody, disk);
+        await using var store = new ResilientKvStore(new HttpKvStore(new HttpKvStoreOptions { BaseAddress = stalling.Address, IdleTimeout = TimeSpan.FromMilliseconds(200) }));
+
+        for (int i = 0; i < 3; i++)
+        {
+            // A lookup between stalled reads answers, and must not make the reads look healthy.
+            bool[] exists = await store.ExistsAsync([s_key], TestContext.Current.CancellationToken);
+            Assert.True(exists[0]);
+            await Assert.ThrowsAnyAsync<KvStoreException>(async () => await store.GetAsync(s_key, new ArrayBufferWriter<byte>(), cancellationToken: TestContext.Current.CancellationToken));
+        }
+
+        await Assert.ThrowsAsync<KvStoreUnavailableException>(async () => await store.GetAsync(s_key, new ArrayBufferWriter<byte>(), cancellationToken: TestContext.Current.CancellationToken));
+        Assert.Equal(3, stalling.StalledGets);
+        Assert.Equal(CircuitState.Closed, store.Lookups.State);
+        Assert.Equal(CircuitState.Open, store.Reads.State);
     }
 
     [Fact]
@@ -159,13 +181,13 @@ public sealed class ResilientKvStoreTests : IAsyncDisposable
             await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await store.GetAsync(s_key, new ArrayBufferWriter<byte>(), cancellationToken: quick.Token));
         }
 
-        Assert.Equal(0, store.Breaker.ConsecutiveFailures); // given up early: says nothing about the store
+        Assert.Equal(0, store.Reads.ConsecutiveFailures); // given up early: says nothing about the store
         using (var patient = new CancellationTokenSource(TimeSpan.FromMilliseconds(400)))
         {
             await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await store.GetAsync(s_key, new ArrayBufferWriter<byte>(), cancellationToken: patient.Token));
         }
 
-        Assert.Equal(1, store.Breaker.ConsecutiveFailures);
+        Assert.Equal(1, store.Reads.ConsecutiveFailures);
     }
 
     private static int UnusedPort()
