@@ -30,7 +30,7 @@ public enum CallOutcome
 public sealed record CircuitBreakerOptions
 {
     /// <summary>Consecutive failures that open the circuit.</summary>
-    public int FailureThreshold { get; init; } = 3;
+    public int FailureThreshold { get; init; } = 2;
 
     /// <summary>The first break; each failed probe doubles it, up to <see cref="MaxBreakDuration"/>.</summary>
     public TimeSpan BreakDuration { get; init; } = TimeSpan.FromSeconds(1);
