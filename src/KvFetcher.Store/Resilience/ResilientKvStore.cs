@@ -15,6 +15,7 @@ namespace KvFetcher.Store.Resilience;
 /// </summary>
 public sealed class ResilientKvStore : IKvStore
 {
+    private const int MaxProblemLength = 160;
     private static readonly ObjectKey s_probeKey = ObjectKey.Parse("kvfetch-probe");
 
     private readonly IKvStore _inner;
@@ -92,7 +93,9 @@ public sealed class ResilientKvStore : IKvStore
         }
         catch (KvStoreException ex)
         {
-            return ex.Message;
+            // One line: some clients (StackExchange.Redis) append pages of diagnostics.
+            string message = ex.Message.ReplaceLineEndings(" ");
+            return message.Length <= MaxProblemLength ? message : string.Concat(message.AsSpan(0, MaxProblemLength), "…");
         }
     }
 
