@@ -17,7 +17,7 @@ public sealed record HttpKvStoreOptions
     /// body, is a stall: it fails at once with <see cref="KvStoreException"/> and is not retried (a store that stalled
     /// once is likely to again; the caller computes instead).
     /// </summary>
-    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(1);
+    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromMilliseconds(500);
 
     /// <summary>Extra attempts for reads (get, lookup, stats) that failed on the network, by timeout or with a 5xx.</summary>
     public int MaxRetries { get; init; } = 2;

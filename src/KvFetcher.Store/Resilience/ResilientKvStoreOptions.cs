@@ -20,7 +20,7 @@ public sealed record ResilientKvStoreOptions
     /// the fetcher abandons transfers that are slower than computing, and that is the store's doing. A call given up
     /// sooner says nothing about the store.
     /// </summary>
-    public TimeSpan StallTimeout { get; init; } = TimeSpan.FromSeconds(1);
+    public TimeSpan StallTimeout { get; init; } = TimeSpan.FromMilliseconds(500);
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first bad option.</summary>
     public void Validate()
