@@ -22,6 +22,7 @@ public sealed class ResilientKvStore : IKvStore
     private readonly ResilientKvStoreOptions _options;
     private readonly TimeProvider _time;
     private readonly bool _ownsInner;
+    private Task _backgroundProbe = Task.CompletedTask;
 
     /// <param name="inner">The store to protect.</param>
     /// <param name="options">Deadlines and breaker settings.</param>
@@ -99,9 +100,42 @@ public sealed class ResilientKvStore : IKvStore
         }
     }
 
-    public ValueTask DisposeAsync() => _ownsInner ? _inner.DisposeAsync() : ValueTask.CompletedTask;
+    public async ValueTask DisposeAsync()
+    {
+        await _backgroundProbe.ConfigureAwait(false); // bounded by the lookup deadline; it never throws
+        if (_ownsInner)
+        {
+            await _inner.DisposeAsync().ConfigureAwait(false);
+        }
+    }
 
     public override string ToString() => Description;
+
+    /// <summary>The half-open probe of <see cref="Lookups"/>: one lookup within the lookup deadline; its outcome closes or reopens the breaker.</summary>
+    private async Task ProbeLookupsAsync()
+    {
+        CallOutcome outcome = CallOutcome.Failure;
+        string? reason = null;
+        try
+        {
+            using var deadline = new CancellationTokenSource(_options.LookupTimeout);
+            await _inner.ExistsAsync([s_probeKey], deadline.Token).ConfigureAwait(false);
+            outcome = CallOutcome.Success;
+        }
+        catch (OperationCanceledException)
+        {
+            reason = $"lookup: no answer within {_options.LookupTimeout.TotalSeconds:0.###} s";
+        }
+        catch (Exception ex)
+        {
+            // Whatever the store threw, the probe reports it as the breaker's last failure and ends.
+            reason = ex.Message;
+        }
+        finally
+        {
+            Lookups.Exit(probe: true, outcome, reason);
+        }
+    }
 
     private async ValueTask<T> RunAsync<TState, T>(CircuitBreaker breaker, string operation, TimeSpan? timeout, TState state,
         Func<IKvStore, TState, CancellationToken, ValueTask<T>> call, CancellationToken cancellationToken)
@@ -111,6 +145,14 @@ public sealed class ResilientKvStore : IKvStore
         {
             throw new KvStoreUnavailableException(
                 $"{Description}: {operation} unavailable after {breaker.ConsecutiveFailures} failures in a row (last: {breaker.LastFailure}); next try in {breaker.RetryIn.TotalSeconds:0.#} s.");
+        }
+
+        if (probe && breaker == Lookups)
+        {
+            // Every prefill waits for its lookup: no request pays for finding out whether the store is back. The probe
+            // is a lookup of its own in the background; this caller gets a miss at once.
+            _backgroundProbe = Task.Run(ProbeLookupsAsync, CancellationToken.None);
+            throw new KvStoreUnavailableException($"{Description}: {operation} unavailable (last: {breaker.LastFailure}); probing it in the background.");
         }
 
         long start = _time.GetTimestamp();

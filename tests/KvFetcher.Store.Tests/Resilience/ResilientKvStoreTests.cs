@@ -46,6 +46,31 @@ public sealed class ResilientKvStoreTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task ExistsAsync_BreakOverOnASilentStore_ProbesInTheBackgroundWithoutDelayingTheCaller()
+    {
+        await using var silent = new MisbehavingHttpServer(Misbehaviour.Silent);
+        await using var store = new ResilientKvStore(new HttpKvStore(new HttpKvStoreOptions { BaseAddress = silent.Address }));
+        for (int i = 0; i < 2; i++)
+        {
+            await Assert.ThrowsAnyAsync<KvStoreException>(async () => await store.ExistsAsync([s_key], TestContext.Current.CancellationToken));
+        }
+
+        await Task.Delay(TimeSpan.FromSeconds(1.2), TestContext.Current.CancellationToken); // the first break is 1 s
+        var clock = Stopwatch.StartNew();
+        await Assert.ThrowsAsync<KvStoreUnavailableException>(async () => await store.ExistsAsync([s_key], TestContext.Current.CancellationToken));
+        TimeSpan answered = clock.Elapsed;
+        while (store.Lookups.TimesOpened < 2 && clock.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            await Task.Delay(50, TestContext.Current.CancellationToken);
+        }
+
+        // The caller was not kept for the probe's 0.5 s deadline; the probe failed and reopened the breaker for longer.
+        Assert.True(answered < TimeSpan.FromMilliseconds(400), $"the lookup took {answered}");
+        Assert.Equal(2, store.Lookups.TimesOpened);
+        Assert.True(store.Lookups.RetryIn > TimeSpan.FromSeconds(1));
+    }
+
+    [Fact]
     public async Task PutAsync_SilentHttpStore_BoundedThenFailsFast()
     {
         await using var silent = new MisbehavingHttpServer(Misbehaviour.Silent);
