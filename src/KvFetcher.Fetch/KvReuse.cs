@@ -131,12 +131,14 @@ public sealed class KvReuse : IAsyncDisposable
             }
         }
 
-        int restored = 0, failed = 0;
+        int restored = 0, failed = 0, takenBack = 0;
         long bytes = 0;
+        var adaptivePolicy = policy as AdaptivePolicy;
         try
         {
             // 2. The engine walks the stored prefix front to back, computing what nobody else has.
-            for (int chunk = 0; chunk < stored; chunk++)
+            int suffixFrom = stored;
+            for (int chunk = 0; chunk < suffixFrom; chunk++)
             {
                 prefix.SetComputeFrontier(chunk);
                 while (true)
@@ -156,13 +158,50 @@ public sealed class KvReuse : IAsyncDisposable
                     // Cake as published: the engine checks whether its next chunk is loaded and computes it if not,
                     // even while it is in flight (that transfer is wasted). Ours waits for a chunk it let the fetcher take.
                     bool cakeTakesOver = strategy.Mode == PrefillMode.Cake && state == ChunkState.Fetching;
-                    if ((state is ChunkState.Pending or ChunkState.Failed && engineComputes || cakeTakesOver) && prefix.TryTake(chunk, state, ChunkState.Computing))
+                    // Ours waits for a chunk only until the fetcher is clearly later than predicted (never longer than
+                    // computing the chunk takes), then takes it back; the restore stage drops its data if it comes.
+                    bool takeBack = adaptivePolicy is not null && (state == ChunkState.Fetching || (state == ChunkState.Pending && !engineComputes))
+                        && adaptivePolicy.PatienceExhausted(chunk, fetcher!.RestoredChunks);
+                    if ((state is ChunkState.Pending or ChunkState.Failed && engineComputes || cakeTakesOver || takeBack) && prefix.TryTake(chunk, state, ChunkState.Computing))
                     {
+                        int end = chunk + 1;
+                        if (takeBack)
+                        {
+                            // The store is slower than predicted: stop fetching and take back everything it has not
+                            // delivered, to compute it in one pass (one long prefill beats many chunk-sized ones).
+                            adaptivePolicy!.TookBack(chunk, fetcher!.RestoredChunks);
+                            fetcher.Abandon(chunk);
+                            fetcher.StopClaiming();
+                            end = TakeBackRest(prefix, fetcher, chunk + 1, republish);
+                            takenBack += end - chunk;
+                        }
+
                         republish[chunk] = state == ChunkState.Failed;
+                        if (end == stored && end > chunk + 1)
+                        {
+                            suffixFrom = chunk; // computed with the suffix below
+                            break;
+                        }
+
                         prefix.EngineBusy = true;
-                        Compute(session, plan, chunk, lastLogits, timeline);
+                        if (end == chunk + 1)
+                        {
+                            Compute(session, plan, chunk, lastLogits, timeline);
+                        }
+                        else
+                        {
+                            TimeSpan rangeStart = timeline.Now;
+                            session.Prefill(tokens.AsSpan(chunk * chunkTokens, (end - chunk) * chunkTokens), chunk * chunkTokens, lastLogits);
+                            timeline.Add(PrefillStage.Compute, chunk, null, rangeStart);
+                        }
+
                         prefix.EngineBusy = false;
-                        Volatile.Write(ref prefix.States[chunk], (int)ChunkState.Filled);
+                        for (int filled = chunk; filled < end; filled++)
+                        {
+                            Volatile.Write(ref prefix.States[filled], (int)ChunkState.Filled);
+                        }
+
+                        chunk = end - 1;
                         break;
                     }
 
@@ -175,7 +214,7 @@ public sealed class KvReuse : IAsyncDisposable
             fetcher?.StopClaiming();
 
             // 3. The rest of the prompt and the first token.
-            int start = stored * chunkTokens;
+            int start = suffixFrom * chunkTokens;
             TimeSpan suffixStart = timeline.Now;
             session.Prefill(tokens.AsSpan(start), start, lastLogits);
             timeline.Add(PrefillStage.Compute, -1, null, suffixStart);
@@ -198,7 +237,9 @@ public sealed class KvReuse : IAsyncDisposable
         // lossy variant is not a full prefill's, so from the first such chunk on nothing is published (it would go under
         // names that promise exact KV). A stored chunk whose fetch missed is stored again as that variant only, and only
         // if the store still lacks it: a container that failed verification in transit says nothing about the stored
-        // copy (stores verify on read and remove bad objects themselves), and variants not fetched are left alone.
+        // copy (stores verify on read and remove bad objects themselves), and variants not fetched are left alone. One
+        // that arrived intact but failed its MAC is wrong in the store itself (forged, or sealed under a retired secret)
+        // and is replaced.
         if (publish)
         {
             int lossyFrom = fetcher is null ? int.MaxValue : FirstLossyRestore(fetcher, stored);
@@ -212,6 +253,10 @@ public sealed class KvReuse : IAsyncDisposable
                 {
                     Publisher.TryEnqueueMissing(plan, chunk, session.Cache, missing);
                 }
+                else if (republish[chunk] && fetcher!.OutcomeOf(chunk) is (KvVariant unauthentic, FetchOutcome.Unauthentic))
+                {
+                    Publisher.TryEnqueueReplacing(plan, chunk, session.Cache, unauthentic);
+                }
             }
         }
 
@@ -223,6 +268,7 @@ public sealed class KvReuse : IAsyncDisposable
             StoredChunks = stored,
             RestoredChunks = restored,
             FailedChunks = failed,
+            TakenBackChunks = takenBack,
             ReusedTokens = restored * chunkTokens,
             ComputedTokens = tokens.Length - (restored * chunkTokens),
             BytesFetched = bytes,
@@ -293,6 +339,8 @@ public sealed class KvReuse : IAsyncDisposable
         int restored = 0, failed = 0;
         long bytes = 0;
         bool lossy = false;
+        bool deadlineReached = false;
+        IReadOnlyDictionary<int, KvVariant> unauthentic = new Dictionary<int, KvVariant>();
         if (stored > 0)
         {
             var prefix = new PrefixState(stored, ladder, available);
@@ -302,7 +350,18 @@ public sealed class KvReuse : IAsyncDisposable
             var fetcher = new ChunkFetcher(plan, Store, session.Cache, Restorer, Rates, Options, new FetchAllPolicy(prefix, 0, choose), prefix.States, timeline, progress, slots, cancellationToken);
             try
             {
-                await fetcher.Completion.ConfigureAwait(false);
+                // The request waits at most about as long as computing the prefix would take (PrefixWaitFactor times
+                // the prediction); then it keeps what arrived and the engine computes the rest.
+                TimeSpan wait = PrefixWait(plan, stored) - Stopwatch.GetElapsedTime(t0);
+                try
+                {
+                    await fetcher.Completion.WaitAsync(wait > TimeSpan.Zero ? wait : TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                    deadlineReached = true;
+                    fetcher.StopClaiming(); // disposing cancels the transfers in flight
+                }
             }
             finally
             {
@@ -311,6 +370,7 @@ public sealed class KvReuse : IAsyncDisposable
                 failed = fetcher.FailedChunks;
                 bytes = fetcher.BytesFetched;
                 lossy = FirstLossyRestore(fetcher, stored) < stored;
+                unauthentic = Unauthentic(fetcher, stored);
             }
         }
 
@@ -324,6 +384,8 @@ public sealed class KvReuse : IAsyncDisposable
             BytesFetched = bytes,
             LookupFailed = lookupFailed,
             RestoredLossy = lossy,
+            DeadlineReached = deadlineReached,
+            UnauthenticChunks = unauthentic,
             Elapsed = Stopwatch.GetElapsedTime(t0),
             Timeline = timeline.ToArray(),
         };
@@ -355,7 +417,7 @@ public sealed class KvReuse : IAsyncDisposable
         try
         {
             using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            deadline.CancelAfter(Options.ChunkTimeout);
+            deadline.CancelAfter(Options.LookupTimeout < Options.ChunkTimeout ? Options.LookupTimeout : Options.ChunkTimeout);
             exists = await Store.ExistsAsync(keys, deadline.Token).ConfigureAwait(false);
         }
         catch (KvStoreException)
@@ -393,6 +455,21 @@ public sealed class KvReuse : IAsyncDisposable
         return (stored, available[..stored], false);
     }
 
+    /// <summary>The chunks whose fetched variant failed its MAC (the stored copy is wrong and is to be replaced).</summary>
+    private static Dictionary<int, KvVariant> Unauthentic(ChunkFetcher fetcher, int stored)
+    {
+        var chunks = new Dictionary<int, KvVariant>();
+        for (int chunk = 0; chunk < stored; chunk++)
+        {
+            if (fetcher.OutcomeOf(chunk) is (KvVariant variant, FetchOutcome.Unauthentic))
+            {
+                chunks[chunk] = variant;
+            }
+        }
+
+        return chunks;
+    }
+
     /// <summary>The first chunk the fetcher restored from a lossy variant (every chunk after it builds on inexact KV), or int.MaxValue.</summary>
     private static int FirstLossyRestore(ChunkFetcher fetcher, int stored)
     {
@@ -405,6 +482,44 @@ public sealed class KvReuse : IAsyncDisposable
         }
 
         return int.MaxValue;
+    }
+
+    /// <summary>
+    /// Takes chunks [<paramref name="from"/>, …) back from the fetcher for the engine, up to the first one that is filled
+    /// or being restored (the restorer writes it into the cache now); returns the end of the taken range.
+    /// </summary>
+    private static int TakeBackRest(PrefixState prefix, ChunkFetcher fetcher, int from, bool[] republish)
+    {
+        int end = from;
+        for (; end < prefix.Chunks; end++)
+        {
+            ChunkState state = prefix.StateOf(end);
+            if (state is not (ChunkState.Pending or ChunkState.Fetching or ChunkState.Failed) || !prefix.TryTake(end, state, ChunkState.Computing))
+            {
+                break;
+            }
+
+            if (state == ChunkState.Fetching)
+            {
+                fetcher.Abandon(end);
+            }
+
+            republish[end] = state == ChunkState.Failed;
+        }
+
+        return end;
+    }
+
+    /// <summary>How long a request off the engine waits for its <paramref name="stored"/> chunks: the predicted compute time of them, scaled.</summary>
+    private TimeSpan PrefixWait(ContextPlan plan, int stored)
+    {
+        double seconds = 0;
+        for (int chunk = 0; chunk < stored; chunk++)
+        {
+            seconds += Rates.ComputeSeconds(chunk, plan.ChunkTokens);
+        }
+
+        return TimeSpan.FromSeconds(Math.Max(0.25, seconds * Options.PrefixWaitFactor));
     }
 
     private void Compute(IInferenceSession session, ContextPlan plan, int chunk, float[] logits, Timeline timeline)

@@ -23,8 +23,23 @@ public sealed record ReuseOptions
     /// <summary>Only lossless variants may be fetched (reuse is then always bit-identical to a full prefill).</summary>
     public bool LosslessOnly { get; init; }
 
-    /// <summary>A chunk's transfer that takes longer than this is abandoned and the chunk computed instead.</summary>
+    /// <summary>
+    /// The most a chunk's transfer may take before it is abandoned and the chunk computed instead, whatever the
+    /// strategy. Strategies that can compute give up much sooner: the engine takes a chunk back once it has waited as
+    /// long as computing it takes, and a stalled store fails its transfers by itself (no bytes for its idle timeout).
+    /// </summary>
     public TimeSpan ChunkTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>The deadline of the lookup every prefill starts with; a store that misses it is treated as down.</summary>
+    public TimeSpan LookupTimeout { get; init; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>
+    /// How long a request waiting off the engine (<see cref="KvReuse.FetchPrefixAsync(Engine.IInferenceSession, ContextPlan, IReadOnlyList{KvVariant}, CancellationToken)"/>)
+    /// waits for its prefix, as a multiple of the predicted time to compute that prefix (at least a quarter second):
+    /// when it is over, the chunks restored so far are kept and the engine computes the rest. Above 1, the waiting
+    /// queue accepts a fetch slower than computing, to spare a busy engine.
+    /// </summary>
+    public double PrefixWaitFactor { get; init; } = 1.0;
 
     /// <summary>Concurrent transfers per request.</summary>
     public int TransfersInFlight { get; init; } = 2;
@@ -59,6 +74,11 @@ public sealed record ReuseOptions
         ArgumentOutOfRangeException.ThrowIfLessThan(DecodeWorkers, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(PublishWorkers, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(ChunkTimeout, TimeSpan.FromMilliseconds(1));
+        ArgumentOutOfRangeException.ThrowIfLessThan(LookupTimeout, TimeSpan.FromMilliseconds(1));
+        if (!(PrefixWaitFactor > 0) || double.IsInfinity(PrefixWaitFactor))
+        {
+            throw new ArgumentOutOfRangeException(nameof(PrefixWaitFactor), PrefixWaitFactor, "The prefix wait factor must be a positive finite number.");
+        }
     }
 
     /// <summary>The background publisher's put deadline, puts in flight and back-off from a failing store.</summary>

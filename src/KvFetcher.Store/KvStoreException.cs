@@ -35,3 +35,24 @@ public class KvStoreFullException : KvStoreException
     {
     }
 }
+
+/// <summary>
+/// A store is known to be unavailable (its circuit breaker is open after consecutive failures): the call was refused at
+/// once without reaching it. Callers treat it as a miss.
+/// </summary>
+public class KvStoreUnavailableException : KvStoreException
+{
+    public KvStoreUnavailableException()
+    {
+    }
+
+    public KvStoreUnavailableException(string message)
+        : base(message)
+    {
+    }
+
+    public KvStoreUnavailableException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+    }
+}

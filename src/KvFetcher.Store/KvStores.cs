@@ -1,6 +1,7 @@
 using KvFetcher.Store.Disk;
 using KvFetcher.Store.Redis;
 using KvFetcher.Store.Remote;
+using KvFetcher.Store.Resilience;
 
 namespace KvFetcher.Store;
 
@@ -13,9 +14,31 @@ public static class KvStores
     /// <summary>
     /// <c>DIR</c> (or <c>file:DIR</c>): the embedded disk store; <c>http(s)://HOST:PORT</c>: a <c>kvfetch serve</c>
     /// server (token from <paramref name="token"/> or $KVFETCH_TOKEN); <c>redis://HOST:PORT[,HOST:PORT...]</c>: Redis or
-    /// Redis Cluster (the nodes are discovered from any of them).
+    /// Redis Cluster (the nodes are discovered from any of them). Every store comes behind a
+    /// <see cref="ResilientKvStore"/> (deadlines and a circuit breaker). A remote store that is down or silent is still
+    /// returned: it is unavailable (calls fail fast, callers compute) until it answers;
+    /// <see cref="CheckAsync"/> tells whether it answers now.
     /// </summary>
-    public static async Task<IKvStore> OpenAsync(string location, string? token = null, long? capacityBytes = null, CancellationToken cancellationToken = default)
+    public static async Task<IKvStore> OpenAsync(string location, string? token = null, long? capacityBytes = null, CancellationToken cancellationToken = default) =>
+        new ResilientKvStore(await OpenInnerAsync(location, token, capacityBytes, cancellationToken).ConfigureAwait(false));
+
+    /// <summary>
+    /// Asks <paramref name="store"/> one lookup within its lookup deadline: null when it answers, otherwise one line
+    /// saying why not (for a command that reports an unreachable store at start and goes on computing).
+    /// </summary>
+    public static async Task<string?> CheckAsync(IKvStore store, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        if (store is ResilientKvStore resilient)
+        {
+            return await resilient.CheckAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        await using var guarded = new ResilientKvStore(store, ownsInner: false);
+        return await guarded.CheckAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private static async Task<IKvStore> OpenInnerAsync(string location, string? token, long? capacityBytes, CancellationToken cancellationToken)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(location);
         if (location.StartsWith("http://", StringComparison.OrdinalIgnoreCase) || location.StartsWith("https://", StringComparison.OrdinalIgnoreCase))

@@ -77,6 +77,29 @@ public sealed class ChunkAuthenticationTests(ReuseFixture fixture) : IClassFixtu
         Assert.Equal(fixture.FullKv, kv);
     }
 
+    [Fact]
+    public async Task Prefill_ChunksSealedUnderARetiredSecret_ComputedThenResealed()
+    {
+        await using (await WarmAsync(new ReuseOptions { Ladder = [KvVariant.Raw], TenantSalt = "acme", Authenticator = s_attackerSecret }))
+        {
+        }
+
+        await _store!.DisposeAsync();
+        await using KvReuse rotated = await OpenAsync(new ReuseOptions { Ladder = [KvVariant.Raw], TenantSalt = "acme", Authenticator = s_secret });
+
+        (PrefillReport first, float[] logits, byte[] kv) = await PrefillAsync(rotated, publish: true);
+        await rotated.Publisher.WhenIdleAsync();
+        (PrefillReport second, float[] again, _) = await PrefillAsync(rotated);
+
+        Assert.Equal(4, first.StoredChunks);
+        Assert.Equal(0, first.RestoredChunks);
+        Assert.Equal(fixture.FullLogits, logits);
+        Assert.Equal(fixture.FullKv, kv);
+        Assert.Equal(4, rotated.Publisher.Published); // exactly the refused variants, replaced
+        Assert.Equal(4, second.RestoredChunks);
+        Assert.Equal(fixture.FullLogits, again);
+    }
+
     /// <summary>Replaces chunks' raw containers by random KV with the right header and a valid checksum.</summary>
     private async Task ForgeAsync(ContextPlan plan, int[] chunks, ChunkMacKey? mac)
     {
@@ -98,17 +121,22 @@ public sealed class ChunkAuthenticationTests(ReuseFixture fixture) : IClassFixtu
 
     private async Task<KvReuse> WarmAsync(ReuseOptions options)
     {
-        _store = DiskKvStore.Open(new DiskKvStoreOptions { Directory = _directory, Fsync = false });
-        var reuse = new KvReuse(fixture.Model, _store, options);
+        KvReuse reuse = await OpenAsync(options);
         await reuse.WarmAsync(fixture.Tokens, TestContext.Current.CancellationToken);
         return reuse;
     }
 
-    private async Task<(PrefillReport Report, float[] Logits, byte[] Kv)> PrefillAsync(KvReuse reuse, PrefillStrategy? strategy = null)
+    private Task<KvReuse> OpenAsync(ReuseOptions options)
+    {
+        _store = DiskKvStore.Open(new DiskKvStoreOptions { Directory = _directory, Fsync = false });
+        return Task.FromResult(new KvReuse(fixture.Model, _store, options));
+    }
+
+    private async Task<(PrefillReport Report, float[] Logits, byte[] Kv)> PrefillAsync(KvReuse reuse, PrefillStrategy? strategy = null, bool publish = false)
     {
         using var session = fixture.Model.CreateSession(ReuseFixture.PromptTokens);
         var logits = new float[fixture.Model.Config.VocabSize];
-        PrefillReport report = await reuse.PrefillAsync(session, fixture.Tokens, strategy ?? PrefillStrategy.FetchOnly(KvVariant.Raw), logits, publish: false,
+        PrefillReport report = await reuse.PrefillAsync(session, fixture.Tokens, strategy ?? PrefillStrategy.FetchOnly(KvVariant.Raw), logits, publish,
             TestContext.Current.CancellationToken);
         return (report, logits, ReuseFixture.Export(session));
     }

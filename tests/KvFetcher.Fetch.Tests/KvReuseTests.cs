@@ -173,8 +173,11 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
 
         (PrefillReport report, float[] logits, byte[] kv) = await PrefillAsync(reuse, PrefillStrategy.FetchOnly(KvVariant.Raw), publish: false);
 
+        // Timeouts count towards the failures-in-a-row cut-off: the fetcher stops after two in a row (plus one already
+        // claimed) instead of waiting out every chunk's deadline.
         Assert.Equal(4, report.StoredChunks);
-        Assert.Equal(4, report.FailedChunks);
+        Assert.Equal(0, report.RestoredChunks);
+        Assert.InRange(report.FailedChunks, ChunkFetcher.MaxFailuresInARow, 3);
         Assert.Equal(fixture.FullLogits, logits);
         Assert.Equal(fixture.FullKv, kv);
     }

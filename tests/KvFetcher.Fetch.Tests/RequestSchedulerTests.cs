@@ -25,7 +25,8 @@ public sealed class RequestSchedulerTests(ReuseFixture fixture) : IClassFixture<
     public async Task Submit_ReuseBehindSlowLinkThenPlainRequest_OrderDependsOnQueueing(bool separate)
     {
         ShapedKvStore slow = await SlowStoreAsync();
-        await using var reuse = new KvReuse(fixture.Model, slow, new ReuseOptions { Ladder = [KvVariant.Raw] });
+        // The restore is slower than computing on purpose: the waiting queue is told to accept that.
+        await using var reuse = new KvReuse(fixture.Model, slow, new ReuseOptions { Ladder = [KvVariant.Raw], PrefixWaitFactor = 100 });
         await using var scheduler = new RequestScheduler(fixture.Model, reuse, new RequestSchedulerOptions { SeparateWaitingQueue = separate });
         int[] plain = fixture.Tokens[300..500];
 

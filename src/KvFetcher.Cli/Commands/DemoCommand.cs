@@ -57,6 +57,11 @@ internal static class DemoCommand
         try
         {
             IKvStore store = await KvStores.OpenAsync(storeLocation ?? temporary!).ConfigureAwait(false);
+            if (await KvStores.CheckAsync(store).ConfigureAwait(false) is { } problem)
+            {
+                AnsiConsole.MarkupLineInterpolated($"[yellow]store unreachable, computing without reuse until it answers: {problem}[/]");
+            }
+
             if (shape is not null)
             {
                 store = new ShapedKvStore(store, shape);

@@ -45,6 +45,11 @@ internal static class WarmCommand
         }
 
         IKvStore store = await KvStores.OpenAsync(location).ConfigureAwait(false);
+        if (await KvStores.CheckAsync(store).ConfigureAwait(false) is { } problem)
+        {
+            AnsiConsole.MarkupLineInterpolated($"[yellow]store unreachable, nothing will be stored: {problem}[/]");
+        }
+
         await using (store.ConfigureAwait(false))
         {
             await using var reuse = new KvReuse(lm, store, options);

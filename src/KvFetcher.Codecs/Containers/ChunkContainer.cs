@@ -233,12 +233,12 @@ public static class ChunkContainer
             int tagOffset = container.Length - ChecksumSize - ChunkMacKey.TagSize;
             if (!header.Authenticated)
             {
-                throw Invalid("flags", 13, 0, "the reader requires authenticated chunks and this one has no MAC tag");
+                throw new ChunkAuthenticationException("KV chunk container: flags at offset 13 is 0: the reader requires authenticated chunks and this one has no MAC tag.");
             }
 
             if (!mac.Verify(container[..tagOffset], container.Slice(tagOffset, ChunkMacKey.TagSize)))
             {
-                throw Invalid("MAC tag", tagOffset, "mismatch", "not written under this deployment's secret for this tenant (forged or foreign)");
+                throw new ChunkAuthenticationException($"KV chunk container: MAC tag at offset {tagOffset} does not verify: not written under this deployment's secret for this tenant (forged or foreign).");
             }
         }
 

@@ -1,3 +1,4 @@
+using KvFetcher.Codecs.Containers;
 using System.Diagnostics;
 using System.Threading.Channels;
 using KvFetcher.Core;
@@ -11,12 +12,14 @@ namespace KvFetcher.Fetch.Fetching;
 /// The fetch side of one request: transfer -> decode -> restore, three stages joined by bounded channels, a fixed set
 /// of slots (the memory cap, which also bounds the chunks in flight) and a fixed number of workers per stage. Chunks
 /// are claimed one at a time through <see cref="IFetchPolicy"/>, which decides the order, the variant and when to stop
-/// (the meeting point with the engine). Any failure on a chunk (miss, timeout, store error, corrupt or foreign data)
-/// marks it <see cref="ChunkState.Failed"/> so the engine computes it; nothing is ever restored unverified.
+/// (the meeting point with the engine). Any failure on a chunk (miss, timeout, stall, store error, corrupt or foreign
+/// data) marks it <see cref="ChunkState.Failed"/> so the engine computes it; nothing is ever restored unverified. After
+/// <see cref="MaxFailuresInARow"/> transfers in a row fail by error, deadline or stall (or are taken back by the engine
+/// as slower than computing), the fetcher stops claiming: the store is not worth waiting for in this request.
 /// </summary>
 internal sealed class ChunkFetcher : IAsyncDisposable
 {
-    private const int MaxConsecutiveStoreErrors = 2;
+    internal const int MaxFailuresInARow = 2;
 
     private readonly ContextPlan _plan;
     private readonly IKvStore _store;
@@ -36,7 +39,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     private readonly KvVariant[] _tried;
     private readonly FetchOutcome[] _outcomes;
     private int _activeTransfers;
-    private int _storeErrors;
+    private int _failuresInARow;
     private long _bytes;
     private int _restored;
     private int _failed;
@@ -104,6 +107,23 @@ internal sealed class ChunkFetcher : IAsyncDisposable
 
     /// <summary>Stops claiming chunks; work in flight finishes (or is cancelled) and <see cref="Completion"/> completes.</summary>
     public void StopClaiming() => _policy.Stop();
+
+    /// <summary>
+    /// The engine took <paramref name="chunk"/> back from the fetcher (its transfer was slower than computing it): the
+    /// transfer is cancelled if it is still running, and counts as a failure towards <see cref="MaxFailuresInARow"/>.
+    /// Data that arrives for it anyway is dropped by the restore stage.
+    /// </summary>
+    public void Abandon(int chunk)
+    {
+        Interlocked.Increment(ref _failuresInARow);
+        foreach (ChunkSlot slot in _slots)
+        {
+            if (Volatile.Read(ref slot.Transfer) is { } transfer && transfer.Chunk == chunk)
+            {
+                transfer.Abandon();
+            }
+        }
+    }
 
     public async ValueTask DisposeAsync()
     {
@@ -173,7 +193,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                 return;
             }
 
-            if (Volatile.Read(ref _storeErrors) >= MaxConsecutiveStoreErrors || !_policy.TryClaim(InFlight - 1, out int chunk, out KvVariant variant))
+            if (Volatile.Read(ref _failuresInARow) >= MaxFailuresInARow || !_policy.TryClaim(InFlight - 1, out int chunk, out KvVariant variant))
             {
                 _free.Writer.TryWrite(slot);
                 return;
@@ -207,33 +227,45 @@ internal sealed class ChunkFetcher : IAsyncDisposable
         TimeSpan start = _timeline.Now;
         long t0 = Stopwatch.GetTimestamp();
         int concurrent = Interlocked.Increment(ref _activeTransfers);
-        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(stop);
-        deadline.CancelAfter(_options.ChunkTimeout);
+        using var transfer = new TransferHandle(slot.Chunk, stop);
+        transfer.CancelAfter(_options.ChunkTimeout);
+        Volatile.Write(ref slot.Transfer, transfer);
         try
         {
-            StoreRead read = await _store.GetAsync(_plan.ObjectKeyOf(slot.Chunk, slot.Variant), slot, ByteRange.All, deadline.Token).ConfigureAwait(false);
+            StoreRead read = await _store.GetAsync(_plan.ObjectKeyOf(slot.Chunk, slot.Variant), slot, ByteRange.All, transfer.Token).ConfigureAwait(false);
             if (!read.Found)
             {
                 _outcomes[slot.Chunk] = FetchOutcome.Missing;
-                return false; // evicted or found corrupt since the lookup
+                return false; // evicted or found corrupt since the lookup: the store answered
             }
 
-            Interlocked.Exchange(ref _storeErrors, 0);
+            Volatile.Write(ref _failuresInARow, 0);
             double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             _rates.ObserveTransfer(read.BytesWritten, seconds, concurrent);
             Interlocked.Add(ref _bytes, read.BytesWritten);
             _timeline.Add(PrefillStage.Transfer, slot.Chunk, slot.Variant.ToString(), start, read.BytesWritten);
             return true;
         }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            return false; // the request is over
+        }
         catch (OperationCanceledException)
         {
+            // The chunk deadline, or the engine took the chunk back (counted by Abandon): either way too slow.
             _outcomes[slot.Chunk] = FetchOutcome.TimedOut;
-            return false; // the chunk deadline, or the request is over
+            if (!transfer.Abandoned)
+            {
+                Interlocked.Increment(ref _failuresInARow);
+            }
+
+            return false;
         }
         catch (KvStoreException)
         {
+            // Down, failing, stalled, or refused at once by the store's circuit breaker.
             _outcomes[slot.Chunk] = FetchOutcome.StoreError;
-            Interlocked.Increment(ref _storeErrors);
+            Interlocked.Increment(ref _failuresInARow);
             return false;
         }
         catch (InvalidDataException)
@@ -243,6 +275,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
         }
         finally
         {
+            Volatile.Write(ref slot.Transfer, null);
             Interlocked.Decrement(ref _activeTransfers);
         }
     }
@@ -261,6 +294,11 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                 {
                     slot.Decoded.Decode(slot.Container, _plan.Expectation(slot.Chunk), slot.Variant);
                     decoded = true;
+                }
+                catch (ChunkAuthenticationException)
+                {
+                    decoded = false; // intact but not sealed for this tenant under this deployment's secret: never restored
+                    _outcomes[slot.Chunk] = FetchOutcome.Unauthentic;
                 }
                 catch (InvalidKvDataException)
                 {

@@ -23,8 +23,8 @@ internal sealed class ChunkSlot : IBufferWriter<byte>, IDisposable
 
     public KvVariant Variant { get; private set; }
 
-    /// <summary>When the transfer started (Stopwatch timestamp) and how many transfers ran then.</summary>
-    public long TransferStart { get; set; }
+    /// <summary>The transfer running into this slot now, or null (published for <see cref="ChunkFetcher.Abandon"/>).</summary>
+    public TransferHandle? Transfer;
 
     public ReadOnlyMemory<byte> Container => _container.AsMemory(0, _written);
 
@@ -67,4 +67,41 @@ internal sealed class ChunkSlot : IBufferWriter<byte>, IDisposable
 
         return Math.Max(room, 0);
     }
+}
+
+/// <summary>One chunk's transfer: its deadline, and a way for the engine to cancel it when it takes the chunk back.</summary>
+internal sealed class TransferHandle : IDisposable
+{
+    private readonly CancellationTokenSource _source;
+    private volatile bool _abandoned;
+
+    public TransferHandle(int chunk, CancellationToken stop)
+    {
+        Chunk = chunk;
+        _source = CancellationTokenSource.CreateLinkedTokenSource(stop);
+    }
+
+    public int Chunk { get; }
+
+    public CancellationToken Token => _source.Token;
+
+    /// <summary>Whether the engine took the chunk back (rather than the deadline ending the transfer).</summary>
+    public bool Abandoned => _abandoned;
+
+    public void CancelAfter(TimeSpan delay) => _source.CancelAfter(delay);
+
+    public void Abandon()
+    {
+        _abandoned = true;
+        try
+        {
+            _source.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // The transfer has just ended.
+        }
+    }
+
+    public void Dispose() => _source.Dispose();
 }

@@ -18,6 +18,12 @@ internal enum FetchOutcome
     /// <summary>It arrived but failed verification (checksum, identity or codec): evidence about the transfer, not the stored copy.</summary>
     Corrupt,
 
+    /// <summary>
+    /// It arrived intact but its MAC did not verify (forged, another tenant's, or sealed under another secret): the stored
+    /// copy itself is wrong, so it is replaced.
+    /// </summary>
+    Unauthentic,
+
     /// <summary>No answer within the chunk deadline, or the request ended first.</summary>
     TimedOut,
 

@@ -181,8 +181,60 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
     /// <summary>Variants picked, by ladder index (for the report).</summary>
     public int[] Picks { get; } = new int[prefix.Ladder.Count];
 
+    private const double MinPatienceSeconds = 0.1;
+    private double _predictedArrival = double.NaN;
+    private int _patienceChunk = -1;
+    private int _patienceRestored = -1;
+    private long _waitingSince;
+    private bool _stalled;
+    private int _restoredAtStall;
+
     /// <summary>Chunks in the fetch pipeline now (set by the fetcher).</summary>
     public Func<int> InFlight { get; set; } = () => 0;
+
+    /// <summary>
+    /// The engine's patience, asked while it waits for <paramref name="chunk"/> (pending for the fetcher, or being
+    /// fetched): true once the fetcher has delivered nothing (<paramref name="restored"/> counts its chunks) for twice
+    /// the arrival predicted when the engine chose to wait (at least 0.1 s), and never later than computing the chunk
+    /// takes: a slow or stalled store costs about that once per request. After a take-back the engine waits no more
+    /// in this request until the fetcher restores another chunk.
+    /// </summary>
+    public bool PatienceExhausted(int chunk, int restored)
+    {
+        if (_patienceChunk != chunk || _patienceRestored != restored)
+        {
+            // Waiting starts, or the fetcher made progress: the clock starts again.
+            _patienceChunk = chunk;
+            _patienceRestored = restored;
+            _waitingSince = Stopwatch.GetTimestamp();
+        }
+
+        if (_stalled && restored > _restoredAtStall)
+        {
+            _stalled = false;
+        }
+
+        double compute = rates.ComputeSeconds(chunk, plan.ChunkTokens);
+        double patience = double.IsNaN(_predictedArrival) ? compute : Math.Min(compute, Math.Max(MinPatienceSeconds, 2 * _predictedArrival));
+        return _stalled || Stopwatch.GetElapsedTime(_waitingSince).TotalSeconds >= patience;
+    }
+
+    /// <summary>
+    /// The engine took <paramref name="chunk"/> back: the fetcher is slower than predicted, so the bandwidth estimate
+    /// drops to what the wait showed and the fetcher no longer fetches down to the engine.
+    /// </summary>
+    public void TookBack(int chunk, int restored)
+    {
+        double waited = Stopwatch.GetElapsedTime(_waitingSince).TotalSeconds;
+        if (_patienceChunk == chunk && !_stalled && !double.IsNaN(_predictedArrival))
+        {
+            rates.ObserveStall(_predictedArrival, waited);
+        }
+
+        _stalled = true;
+        _restoredAtStall = restored;
+        Prefix.EngineWaitingFor = -1;
+    }
 
     /// <summary>
     /// The engine's side of the prediction: whether the fetcher is predicted to deliver <paramref name="chunk"/> before
@@ -220,6 +272,7 @@ internal sealed class AdaptivePolicy(PrefixState prefix, FetchRates rates, Conte
         bool wait = fastest < double.MaxValue && arrival < computeInstead;
         if (wait)
         {
+            _predictedArrival = arrival;
             Prefix.EngineWaitingFor = chunk;
         }
 

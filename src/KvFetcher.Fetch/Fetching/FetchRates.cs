@@ -49,6 +49,25 @@ public sealed class FetchRates
         }
     }
 
+    /// <summary>
+    /// Records a stall: a transfer predicted to take <paramref name="predictedSeconds"/> had not arrived after
+    /// <paramref name="waitedSeconds"/>. The link is at most that fast, so the bandwidth estimate drops in proportion
+    /// (later predictions then favour computing until transfers are measured faster again).
+    /// </summary>
+    public void ObserveStall(double predictedSeconds, double waitedSeconds)
+    {
+        if (predictedSeconds <= 0 || waitedSeconds <= predictedSeconds)
+        {
+            return;
+        }
+
+        lock (_lock)
+        {
+            _bandwidth *= predictedSeconds / waitedSeconds;
+            _bandwidthMeasured = true;
+        }
+    }
+
     /// <summary>Sets the bandwidth estimate (a caller that knows its link).</summary>
     public void SetBandwidth(double bytesPerSecond)
     {

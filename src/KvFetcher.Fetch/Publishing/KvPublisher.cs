@@ -118,6 +118,13 @@ public sealed class KvPublisher : IAsyncDisposable
         TryEnqueue(plan, chunk, cache, variant, ifMissing: true);
 
     /// <summary>
+    /// Stores <paramref name="variant"/> of a chunk whose stored copy is wrong (its MAC did not verify: forged, another
+    /// tenant's, or sealed under a retired secret), replacing it whatever the store holds.
+    /// </summary>
+    public bool TryEnqueueReplacing(ContextPlan plan, int chunk, IKvCache cache, KvVariant variant) =>
+        TryEnqueue(plan, chunk, cache, variant, ifMissing: false);
+
+    /// <summary>
     /// Like <see cref="TryEnqueue(ContextPlan, int, IKvCache)"/> for a chunk's KV given in the wire layout
     /// (<see cref="ContextPlan.ChunkBytes"/> bytes of <see cref="ContextPlan.DType"/>), e.g. KV made elsewhere.
     /// </summary>

@@ -18,6 +18,12 @@ public sealed record PrefillReport
     /// <summary>Stored chunks whose fetch failed (miss, timeout, store error, corrupt data) and that were computed instead.</summary>
     public int FailedChunks { get; init; }
 
+    /// <summary>
+    /// Chunks the engine took back from the fetcher and computed because their fetch was slower than computing them
+    /// (counted in <see cref="FailedChunks"/> too when the fetcher gave them up first).
+    /// </summary>
+    public int TakenBackChunks { get; init; }
+
     /// <summary>Tokens whose KV came from the store.</summary>
     public int ReusedTokens { get; init; }
 

@@ -45,10 +45,18 @@ public sealed class RequestScheduler : IAsyncDisposable
         _engine.Start();
     }
 
-    /// <summary>Queues a prompt; completes with its first token once prefilled.</summary>
+    /// <summary>
+    /// Queues a prompt; completes with its first token once prefilled, or with the exception that ended it (an empty
+    /// prompt, a session that cannot be created, a failed prefill). Every request completes.
+    /// </summary>
     public Task<RequestResult> SubmitAsync(int[] tokens, bool reuse, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(tokens);
+        if (tokens.Length == 0)
+        {
+            return Task.FromException<RequestResult>(new ArgumentException("The prompt is empty: a request needs at least one token.", nameof(tokens)));
+        }
+
         var job = new Job(tokens, reuse, Stopwatch.GetTimestamp(), new TaskCompletionSource<RequestResult>(TaskCreationOptions.RunContinuationsAsynchronously));
         if (reuse && _options.SeparateWaitingQueue)
         {
@@ -68,22 +76,43 @@ public sealed class RequestScheduler : IAsyncDisposable
         await Task.Run(_engine.Join).ConfigureAwait(false);
     }
 
-    /// <summary>The waiting queue: restore the request's stored prefix off the engine, then hand it to the ready queue.</summary>
+    /// <summary>
+    /// The waiting queue: restore the request's stored prefix off the engine, then hand it to the ready queue. A restore
+    /// that fails for any reason but cancellation leaves the engine to compute everything; a session that cannot be
+    /// created fails the request. Either way the request completes.
+    /// </summary>
     private async Task WaitForKvAsync(Job job, CancellationToken cancellationToken)
     {
         try
         {
             job.Session = _model.CreateSession(job.Tokens.Length);
-            job.Reused = await _reuse.RestoreAsync(job.Session, job.Tokens, _options.Variant, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                job.Reused = await _reuse.RestoreAsync(job.Session, job.Tokens, _options.Variant, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is not (OperationCanceledException or ObjectDisposedException or OutOfMemoryException))
+            {
+                Trace.TraceWarning($"kvfetch scheduler: restoring a stored prefix failed, computing instead: {ex.Message}");
+                job.Session.Reset();
+                job.Reused = 0;
+            }
+
             if (!_ready.Writer.TryWrite(job))
             {
-                job.Done.TrySetException(new ObjectDisposedException(nameof(RequestScheduler)));
+                Fail(job, new ObjectDisposedException(nameof(RequestScheduler)));
             }
         }
-        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
+        catch (Exception ex)
         {
-            job.Done.TrySetException(ex);
+            Fail(job, ex);
         }
+    }
+
+    private static void Fail(Job job, Exception ex)
+    {
+        job.Session?.Dispose();
+        job.Session = null;
+        job.Done.TrySetException(ex);
     }
 
     private void EngineLoop()

@@ -30,6 +30,18 @@ public sealed record RestoreReport
     /// </summary>
     public bool RestoredLossy { get; init; }
 
+    /// <summary>
+    /// The wait reached its deadline (<see cref="ReuseOptions.PrefixWaitFactor"/> times the predicted compute time of the
+    /// prefix) and stopped; what was restored by then is kept.
+    /// </summary>
+    public bool DeadlineReached { get; init; }
+
+    /// <summary>
+    /// Chunks whose fetched variant arrived intact but failed its MAC (forged, another tenant's, or sealed under a
+    /// retired secret): the caller replaces that variant once it has computed the chunk.
+    /// </summary>
+    public IReadOnlyDictionary<int, KvVariant> UnauthenticChunks { get; init; } = new Dictionary<int, KvVariant>();
+
     /// <summary>From the call to the restored prefix (lookup, transfer, decode and restore).</summary>
     public TimeSpan Elapsed { get; init; }
 

@@ -539,7 +539,10 @@ public sealed class EngineScheduler : IAsyncDisposable
         int stored = sequence.Restore?.StoredChunks ?? 0;
         for (int chunk = sequence.Reused / plan.ChunkTokens; chunk < plan.Keys.Length; chunk++)
         {
-            if (chunk < stored ? _reuse.Publisher.TryEnqueueMissing(plan, chunk, sequence.Session!.Cache) : _reuse.Publisher.TryEnqueue(plan, chunk, sequence.Session!.Cache))
+            bool queued = chunk >= stored ? _reuse.Publisher.TryEnqueue(plan, chunk, sequence.Session!.Cache)
+                : sequence.Restore!.UnauthenticChunks.TryGetValue(chunk, out KvVariant wrong) ? _reuse.Publisher.TryEnqueueReplacing(plan, chunk, sequence.Session!.Cache, wrong)
+                : _reuse.Publisher.TryEnqueueMissing(plan, chunk, sequence.Session!.Cache);
+            if (queued)
             {
                 _metrics.ObservePublishedChunk();
             }

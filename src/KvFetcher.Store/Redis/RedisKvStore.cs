@@ -56,9 +56,14 @@ public sealed partial class RedisKvStore : IKvStore
 
     public string Description { get; }
 
+    /// <summary>Whether every connection reaches Redis now.</summary>
+    public bool IsConnected => _connections.All(c => c.IsConnected);
+
     /// <summary>
-    /// Connects to the Redis server or cluster named by <paramref name="options"/>. Throws
-    /// <see cref="KvStoreException"/> within <see cref="RedisKvStoreOptions.ConnectTimeout"/> when it cannot.
+    /// Connects to the Redis server or cluster named by <paramref name="options"/>. Returns within
+    /// <see cref="RedisKvStoreOptions.ConnectTimeout"/> even when Redis is down: the store is then unavailable (every
+    /// call fails at once with <see cref="KvStoreException"/>) and keeps reconnecting in the background, so it serves
+    /// again once Redis is up. <see cref="IsConnected"/> tells which.
     /// </summary>
     public static async Task<RedisKvStore> ConnectAsync(RedisKvStoreOptions options, CancellationToken cancellationToken = default)
     {
@@ -79,8 +84,9 @@ public sealed partial class RedisKvStore : IKvStore
             throw new ArgumentException($"The Redis connection string '{options.ConnectionString}' names no host:port.", nameof(options));
         }
 
-        configuration.AbortOnConnectFail = true;
+        configuration.AbortOnConnectFail = false;
         configuration.ConnectRetry = 1;
+        configuration.ReconnectRetryPolicy = new ExponentialRetry(250, 5000);
         configuration.ConnectTimeout = Milliseconds(options.ConnectTimeout);
         configuration.AsyncTimeout = Milliseconds(options.OperationTimeout);
         configuration.SyncTimeout = Milliseconds(options.OperationTimeout);

@@ -127,7 +127,7 @@ public sealed class HttpKvStore : IKvStore
         if (range.Length == 0)
         {
             // HTTP cannot ask for zero bytes; HEAD tells whether the object is there (verified) and how long it is.
-            StoreRead head = await RunAsync($"HEAD {name}", retry: true, deadline => HeadAttemptAsync(name, deadline), cancellationToken);
+            StoreRead head = await RunAsync($"HEAD {name}", retry: true, deadline => WithIdleTimeoutAsync($"HEAD {name}", idle => HeadAttemptAsync(name, idle), deadline), cancellationToken);
             if (head.Found && range.Offset > head.ObjectLength)
             {
                 throw new ArgumentOutOfRangeException(nameof(range), range, $"The range lies outside '{name}' ({head.ObjectLength} bytes).");
@@ -136,7 +136,7 @@ public sealed class HttpKvStore : IKvStore
             return head;
         }
 
-        return await RunAsync($"GET {name}", retry: true, deadline => GetAttemptAsync(name, destination, range, deadline), cancellationToken);
+        return await RunAsync($"GET {name}", retry: true, deadline => WithIdleTimeoutAsync($"GET {name}", idle => GetAttemptAsync(name, destination, range, idle), deadline), cancellationToken);
     }
 
     public async ValueTask<bool[]> ExistsAsync(IReadOnlyList<ObjectKey> keys, CancellationToken cancellationToken = default)
@@ -217,8 +217,9 @@ public sealed class HttpKvStore : IKvStore
 
     public override string ToString() => Description;
 
-    private async Task<StoreRead> GetAttemptAsync(string name, IBufferWriter<byte> destination, ByteRange range, CancellationToken deadline)
+    private async Task<StoreRead> GetAttemptAsync(string name, IBufferWriter<byte> destination, ByteRange range, IdleDeadline idle)
     {
+        CancellationToken deadline = idle.Token;
         using var request = NewRequest(HttpMethod.Get, ObjectPath(name));
         if (!range.IsAll)
         {
@@ -257,12 +258,13 @@ public sealed class HttpKvStore : IKvStore
         }
 
         int size = (int)bodyLength;
+        idle.Progress();
         await using Stream body = await response.Content.ReadAsStreamAsync(deadline);
         Memory<byte> target = destination.GetMemory(size);
         if (target.Length >= size)
         {
             // Straight into the caller's buffer; committed only once verified.
-            await body.ReadExactlyAsync(target[..size], deadline);
+            await ReadBodyAsync(body, target[..size], idle);
             if (!IsVerified(target.Span[..size], range))
             {
                 return StoreRead.Miss;
@@ -276,7 +278,7 @@ public sealed class HttpKvStore : IKvStore
             byte[] scratch = ArrayPool<byte>.Shared.Rent(size);
             try
             {
-                await body.ReadExactlyAsync(scratch.AsMemory(0, size), deadline);
+                await ReadBodyAsync(body, scratch.AsMemory(0, size), idle);
                 if (!IsVerified(scratch.AsSpan(0, size), range))
                 {
                     return StoreRead.Miss;
@@ -300,6 +302,39 @@ public sealed class HttpKvStore : IKvStore
         return new StoreRead(Found: true, ObjectLength: objectLength, BytesWritten: size);
     }
 
+    /// <summary>Reads the whole body into <paramref name="target"/>, restarting the idle clock on every piece that arrives.</summary>
+    private static async Task ReadBodyAsync(Stream body, Memory<byte> target, IdleDeadline idle)
+    {
+        for (int done = 0; done < target.Length;)
+        {
+            int read = await body.ReadAsync(target[done..], idle.Token);
+            if (read == 0)
+            {
+                throw new IOException($"The answer ended after {done} of its {target.Length} bytes.");
+            }
+
+            done += read;
+            idle.Progress();
+        }
+    }
+
+    /// <summary>
+    /// Runs one read attempt under <paramref name="deadline"/> and an idle clock of <see cref="HttpKvStoreOptions.IdleTimeout"/>
+    /// that the attempt restarts whenever bytes arrive; an attempt the idle clock ends fails as a stall, not retried.
+    /// </summary>
+    private async Task<T> WithIdleTimeoutAsync<T>(string operation, Func<IdleDeadline, Task<T>> attempt, CancellationToken deadline)
+    {
+        using var idle = new IdleDeadline(_options.IdleTimeout, deadline);
+        try
+        {
+            return await attempt(idle);
+        }
+        catch (OperationCanceledException ex) when (idle.Stalled && !deadline.IsCancellationRequested)
+        {
+            throw new KvStoreException($"{Description}: {operation}: stalled, no bytes for {_options.IdleTimeout.TotalSeconds:0.###} s.", ex);
+        }
+    }
+
     private bool IsVerified(ReadOnlySpan<byte> body, ByteRange range)
     {
         if (!range.IsAll || ChunkContainer.IsIntact(body))
@@ -311,8 +346,9 @@ public sealed class HttpKvStore : IKvStore
         return false;
     }
 
-    private async Task<StoreRead> HeadAttemptAsync(string name, CancellationToken deadline)
+    private async Task<StoreRead> HeadAttemptAsync(string name, IdleDeadline idle)
     {
+        CancellationToken deadline = idle.Token;
         using var request = NewRequest(HttpMethod.Head, ObjectPath(name));
         using HttpResponseMessage response = await _client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline);
         if (response.StatusCode == HttpStatusCode.NotFound)
@@ -477,6 +513,31 @@ public sealed class HttpKvStore : IKvStore
         custom.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
         using X509Certificate2 presented = X509CertificateLoader.LoadCertificate(certificate.GetRawCertData());
         return custom.Build(presented);
+    }
+
+    /// <summary>A deadline that moves forward whenever bytes arrive: it ends an attempt that makes no progress for the idle timeout.</summary>
+    private sealed class IdleDeadline : IDisposable
+    {
+        private readonly CancellationTokenSource _source;
+        private readonly TimeSpan _timeout;
+        private readonly CancellationToken _outer;
+
+        public IdleDeadline(TimeSpan timeout, CancellationToken outer)
+        {
+            _outer = outer;
+            _timeout = timeout;
+            _source = CancellationTokenSource.CreateLinkedTokenSource(outer);
+            _source.CancelAfter(timeout);
+        }
+
+        public CancellationToken Token => _source.Token;
+
+        /// <summary>Whether the idle clock (not the outer deadline) ended the attempt.</summary>
+        public bool Stalled => _source.IsCancellationRequested && !_outer.IsCancellationRequested;
+
+        public void Progress() => _source.CancelAfter(_timeout);
+
+        public void Dispose() => _source.Dispose();
     }
 
     /// <summary>A failure worth another attempt (network, timeout, 5xx).</summary>

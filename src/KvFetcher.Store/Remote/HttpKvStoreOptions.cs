@@ -12,6 +12,13 @@ public sealed record HttpKvStoreOptions
     /// <summary>The deadline of one attempt, from sending the request to the last byte of the answer.</summary>
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// A read (get, head) that receives no byte for this long, waiting for the answer's headers or between pieces of its
+    /// body, is a stall: it fails at once with <see cref="KvStoreException"/> and is not retried (a store that stalled
+    /// once is likely to again; the caller computes instead).
+    /// </summary>
+    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromMilliseconds(500);
+
     /// <summary>Extra attempts for reads (get, lookup, stats) that failed on the network, by timeout or with a 5xx.</summary>
     public int MaxRetries { get; init; } = 2;
 
@@ -35,6 +42,11 @@ public sealed record HttpKvStoreOptions
         if (RequestTimeout <= TimeSpan.Zero || RequestTimeout > TimeSpan.FromDays(1))
         {
             throw new ArgumentException($"The request timeout must be positive and at most a day; got {RequestTimeout}.", nameof(RequestTimeout));
+        }
+
+        if (IdleTimeout <= TimeSpan.Zero || IdleTimeout > TimeSpan.FromDays(1))
+        {
+            throw new ArgumentException($"The idle timeout must be positive and at most a day; got {IdleTimeout}.", nameof(IdleTimeout));
         }
 
         if (MaxRetries is < 0 or > 10)

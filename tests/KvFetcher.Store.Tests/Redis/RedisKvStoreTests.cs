@@ -318,7 +318,7 @@ public abstract class RedisKvStoreTests(RedisFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
-    public async Task ConnectAsync_NothingListening_KvStoreException()
+    public async Task ConnectAsync_NothingListening_ReturnsAStoreWhoseCallsFailWithKvStoreException()
     {
         int port;
         using (var listener = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0))
@@ -327,8 +327,11 @@ public abstract class RedisKvStoreTests(RedisFixture fixture) : IAsyncLifetime
             port = ((IPEndPoint)listener.LocalEndpoint).Port;
         }
 
+        // Redis down at start is an unavailable store (it reconnects in the background), not a failure to open.
         var options = new RedisKvStoreOptions { ConnectionString = $"127.0.0.1:{port}", ConnectTimeout = TimeSpan.FromMilliseconds(500) };
-        await Assert.ThrowsAsync<KvStoreException>(() => RedisKvStore.ConnectAsync(options, Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct));
+        await using RedisKvStore store = await RedisKvStore.ConnectAsync(options, Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
+        Assert.False(store.IsConnected);
+        await Assert.ThrowsAsync<KvStoreException>(async () => await store.ExistsAsync([ObjectKey.Parse("absent.raw0")], Ct));
     }
 
     [Theory]
