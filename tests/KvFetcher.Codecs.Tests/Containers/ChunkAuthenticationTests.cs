@@ -53,7 +53,7 @@ public sealed class ChunkAuthenticationTests : IDisposable
         var decoded = new byte[kv.Length];
         ChunkContainer.Decode(container, expected, RawCodec.Instance, decoded); // the checksum alone accepts it
         Assert.NotEqual(kv, decoded);
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(container, expected with { Mac = mac }, RawCodec.Instance, decoded));
+        ChunkAuthenticationException ex = Assert.Throws<ChunkAuthenticationException>(() => ChunkContainer.Decode(container, expected with { Mac = mac }, RawCodec.Instance, decoded));
         Assert.Contains("MAC tag", ex.Message, StringComparison.Ordinal);
     }
 
@@ -66,9 +66,9 @@ public sealed class ChunkAuthenticationTests : IDisposable
         (byte[] otherDeployment, _, _) = Sealed(s_otherDeployment.ForTenant("tenant-a"));
         var decoded = new byte[kv.Length];
 
-        Assert.Contains("no MAC tag", Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(plain, expected with { Mac = mac }, RawCodec.Instance, decoded)).Message, StringComparison.Ordinal);
-        Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(otherTenant, expected with { Mac = mac }, RawCodec.Instance, decoded));
-        Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(otherDeployment, expected with { Mac = mac }, RawCodec.Instance, decoded));
+        Assert.Contains("no MAC tag", Assert.Throws<ChunkAuthenticationException>(() => ChunkContainer.Decode(plain, expected with { Mac = mac }, RawCodec.Instance, decoded)).Message, StringComparison.Ordinal);
+        Assert.Throws<ChunkAuthenticationException>(() => ChunkContainer.Decode(otherTenant, expected with { Mac = mac }, RawCodec.Instance, decoded));
+        Assert.Throws<ChunkAuthenticationException>(() => ChunkContainer.Decode(otherDeployment, expected with { Mac = mac }, RawCodec.Instance, decoded));
         Assert.Same(mac, s_deployment.ForTenant("tenant-a"));
     }
 
@@ -82,7 +82,7 @@ public sealed class ChunkAuthenticationTests : IDisposable
         {
             byte[] mutated = (byte[])container.Clone();
             mutated[i] ^= 0x10;
-            Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(mutated, expected with { Mac = mac }, RawCodec.Instance, decoded));
+            Assert.ThrowsAny<InvalidKvDataException>(() => ChunkContainer.Decode(mutated, expected with { Mac = mac }, RawCodec.Instance, decoded));
         }
     }
 
