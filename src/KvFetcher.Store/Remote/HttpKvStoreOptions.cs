@@ -15,9 +15,11 @@ public sealed record HttpKvStoreOptions
     /// <summary>
     /// A read (get, head) that receives no byte for this long, waiting for the answer's headers or between pieces of its
     /// body, is a stall: it fails at once with <see cref="KvStoreException"/> and is not retried (a store that stalled
-    /// once is likely to again; the caller computes instead).
+    /// once is likely to again; the caller computes instead). Two seconds by default: a healthy server verifies a large
+    /// object before its headers go out, and a loaded one (or one just restarted) can take longer than half a second to
+    /// start answering; the fetcher does not wait for this clock anyway, it takes a late chunk back by prediction.
     /// </summary>
-    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromMilliseconds(500);
+    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(2);
 
     /// <summary>Extra attempts for reads (get, lookup, stats) that failed on the network, by timeout or with a 5xx.</summary>
     public int MaxRetries { get; init; } = 2;
