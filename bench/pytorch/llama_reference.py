@@ -117,6 +117,15 @@ def main():
     results["copyBytesPerSecond"] = 2 * buffer.numel() / seconds
     print(f"copy bandwidth {results['copyBytesPerSecond'] / 1e12:.2f} TB/s", flush=True)
 
+    del buffer, target
+    # The matrix-product ceiling: one bf16 product of the MLP's shape through cuBLAS (4096 tokens).
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(14336 * 2, 4096, device="cuda", dtype=torch.bfloat16)
+    a @ w.t()
+    seconds = statistics.median(timed(lambda: a @ w.t())[0] for _ in range(10))
+    results["gemmTflops"] = 2 * 4096 * 4096 * 14336 * 2 / seconds / 1e12
+    print(f"bf16 matrix product 4096x4096x28672: {results['gemmTflops']:.0f} TFLOP/s", flush=True)
+
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
