@@ -69,7 +69,7 @@ def main():
 
     lines = [
         f"Card: {ours.get('device')} (PyTorch saw: {torch_.get('device')}); PyTorch {torch_.get('torch')}, transformers {torch_.get('transformers')}; "
-        f"copy bandwidth {copy / 1e12:.2f} TB/s (read + write)." if copy else "",
+        f"copy bandwidth {copy / 1e12:.2f} TB/s (read + write); bf16 matrix product {torch_.get('gemmTflops', 0):.0f} TFLOP/s." if copy else "",
         "",
         "| measure | PyTorch (SDPA flash, cuBLAS) | ours | ours / PyTorch | target | met | notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
