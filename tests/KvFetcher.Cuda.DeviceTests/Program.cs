@@ -240,7 +240,7 @@ void BenchLarge(CudaMatmulPrecision precision, int[] prefillContexts, int[] deco
 // PyTorch runs them), bf16 KV, tensor-core prefill attention: prefill of 4K/16K/32K tokens (median of 3 after a
 // warm-up), 32K as 512-token chunks on top of the cache (the faster of 2), 16 greedy decode steps at 4K/16K/32K
 // context (positions filled by importing random KV), and the device memory the model and its session hold. With
-// baseline, also the CUDA-core attention kernel's prefill at 4K and 16K (one run each).
+// baseline, first the CUDA-core attention kernel's prefill at 4K and 16K (one run each).
 void BenchLlama(string path, bool baseline)
 {
     const int ChunkTokens = 512;
@@ -255,7 +255,7 @@ void BenchLlama(string path, bool baseline)
     json.WriteString("engine", "kvfetcher-cuda");
     json.WriteString("device", context.ToString());
     json.WriteString("setting", "Stored products (bf16 activations), bf16 KV");
-    foreach (CudaAttentionKernel kernel in baseline ? new[] { CudaAttentionKernel.Auto, CudaAttentionKernel.CudaCores } : [CudaAttentionKernel.Auto])
+    foreach (CudaAttentionKernel kernel in baseline ? new[] { CudaAttentionKernel.CudaCores, CudaAttentionKernel.Auto } : [CudaAttentionKernel.Auto])
     {
         long freeBefore = context.GetMemoryInfo().Free;
         long started = Stopwatch.GetTimestamp();
