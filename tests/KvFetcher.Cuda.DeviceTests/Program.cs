@@ -7,7 +7,7 @@ using KvFetcher.Cuda.Tests;
 using KvFetcher.Engine;
 using KvFetcher.Engine.Tests;
 
-// kvf-gpu-check [--checks] [--bench] [--json FILE] [--llama FILE [--baseline]]: the CUDA engine's checks (the xunit
+// kvf-gpu-check [--checks [--check-filter TEXT]] [--bench] [--json FILE] [--llama FILE [--baseline]]: the CUDA engine's checks (the xunit
 // suite's GpuChecks) and its prefill/decode throughput next to the CPU engine's, on the machine it runs on; --llama
 // writes the Llama-3-8B-shape comparison with PyTorch (bench/pytorch/compare.py joins both). Exit code 1 when a check
 // fails.
@@ -58,8 +58,8 @@ if (checks)
         all.Add(($"flash attention {name} {storage}", () => GpuChecks.FlashAttentionVersusCudaCores(name, storage)));
     }
 
-    all.Add(("logits bundled Stored bf16 KV", () => GpuChecks.FlashLogits("bundled", DType.BFloat16)));
-    all.Add(("logits tiny-llama3-rope Stored bf16 KV", () => GpuChecks.FlashLogits("tiny-llama3-rope", DType.BFloat16)));
+    all.Add(("flash logits bundled Stored bf16 KV", () => GpuChecks.FlashLogits("bundled", DType.BFloat16)));
+    all.Add(("flash logits tiny-llama3-rope Stored bf16 KV", () => GpuChecks.FlashLogits("tiny-llama3-rope", DType.BFloat16)));
     all.Add(("kv vs cpu", GpuChecks.KvVersusCpu));
     all.Add(("device argmax", GpuChecks.DeviceArgMax));
     foreach (int[] pattern in new[] { new[] { 1 }, new[] { 7 }, new[] { 100, 3, 129, 1, 64 } })
@@ -73,7 +73,8 @@ if (checks)
         all.Add(($"reuse {storage}", () => GpuChecks.ReuseAfterImport(storage)));
     }
 
-    foreach ((string name, Func<CheckResult> check) in all)
+    string? filter = ArgumentValue("--check-filter");
+    foreach ((string name, Func<CheckResult> check) in all.Where(c => filter is null || c.Item1.Contains(filter, StringComparison.Ordinal)))
     {
         CheckResult result = RunCheck(name, check);
         results.Add(result);
@@ -81,7 +82,7 @@ if (checks)
     }
 
     // Measured and printed, not a pass/fail criterion: the fast setting's greedy agreement.
-    foreach ((string name, Func<CheckResult> check) in info)
+    foreach ((string name, Func<CheckResult> check) in info.Where(c => filter is null || c.Item1.Contains(filter, StringComparison.Ordinal)))
     {
         CheckResult result = RunCheck(name, check);
         Console.WriteLine($"INFO {result.Name}: {result.Detail}");
