@@ -27,7 +27,7 @@ public sealed class CudaLanguageModel : IInferenceModel
         _ownsContext = ownsContext;
         Options = options;
         Config = config;
-        Transformer = new CudaTransformer(context, config, weights, options.KvStorageDType, options.MatmulPrecision);
+        Transformer = new CudaTransformer(context, config, weights, options.KvStorageDType, options.MatmulPrecision, options.Attention);
         _fingerprint = new Lazy<ModelFingerprint>(() => loaded is null ? ModelFingerprinter.ComputeSynthetic(config, "cuda-random-bf16", seed) : ModelFingerprinter.Get(loaded));
     }
 
@@ -127,6 +127,9 @@ public sealed class CudaLanguageModel : IInferenceModel
 
     /// <summary>Device memory the weights take, in bytes.</summary>
     public long WeightBytes => Transformer.WeightBytes;
+
+    /// <summary>Whether prefill attention runs on the tensor cores (<see cref="CudaModelOptions.Attention"/>).</summary>
+    public bool UsesTensorCoreAttention => Transformer.UsesTensorCoreAttention;
 
     internal CudaTransformer Transformer { get; }
 

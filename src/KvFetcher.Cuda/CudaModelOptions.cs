@@ -28,6 +28,26 @@ public enum CudaMatmulPrecision
     TensorFloat32,
 }
 
+/// <summary>Which kernel computes the attention of prefill steps (decode steps and short steps always use CUDA cores).</summary>
+public enum CudaAttentionKernel
+{
+    /// <summary>
+    /// <see cref="TensorCores"/> where the model allows it and the products already round activations to 16 bits
+    /// (<see cref="CudaMatmulPrecision.Stored"/>); otherwise <see cref="CudaCores"/>, so the exact settings stay exact.
+    /// </summary>
+    Auto,
+
+    /// <summary>The fp32 CUDA-core kernel: every score and weight in fp32 (the reference).</summary>
+    CudaCores,
+
+    /// <summary>
+    /// The flash kernel on the tensor cores (FlashAttention-2 style) wherever the model allows it: a 16-bit KV cache
+    /// and a head dimension that is a multiple of 16, at most 128. Queries and softmax weights enter the products
+    /// rounded to the cache's 16-bit type; scores, softmax and sums stay fp32.
+    /// </summary>
+    TensorCores,
+}
+
 /// <summary>Options of a model loaded on a CUDA device.</summary>
 public sealed class CudaModelOptions
 {
@@ -45,4 +65,7 @@ public sealed class CudaModelOptions
 
     /// <summary>How the matrix products compute.</summary>
     public CudaMatmulPrecision MatmulPrecision { get; init; } = CudaMatmulPrecision.StoredSplit;
+
+    /// <summary>Which kernel computes prefill attention.</summary>
+    public CudaAttentionKernel Attention { get; init; } = CudaAttentionKernel.Auto;
 }

@@ -7,12 +7,14 @@ using KvFetcher.Cuda.Tests;
 using KvFetcher.Engine;
 using KvFetcher.Engine.Tests;
 
-// kvf-gpu-check [--checks] [--bench] [--json FILE]: the CUDA engine's checks (the xunit suite's GpuChecks) and its
-// prefill/decode throughput next to the CPU engine's, on the machine it runs on. Exit code 1 when a check fails.
-bool checks = args.Contains("--checks") || !args.Contains("--bench");
-bool bench = args.Contains("--bench") || !args.Contains("--checks");
-int jsonAt = Array.IndexOf(args, "--json");
-string? jsonPath = jsonAt >= 0 && jsonAt + 1 < args.Length ? args[jsonAt + 1] : null;
+// kvf-gpu-check [--checks [--check-filter TEXT]] [--bench] [--json FILE] [--llama FILE [--baseline]]: the CUDA engine's checks (the xunit
+// suite's GpuChecks) and its prefill/decode throughput next to the CPU engine's, on the machine it runs on; --llama
+// writes the Llama-3-8B-shape comparison with PyTorch (bench/pytorch/compare.py joins both). Exit code 1 when a check
+// fails.
+string? llamaPath = ArgumentValue("--llama");
+bool checks = args.Contains("--checks") || (!args.Contains("--bench") && llamaPath is null);
+bool bench = args.Contains("--bench") || (!args.Contains("--checks") && llamaPath is null);
+string? jsonPath = ArgumentValue("--json");
 
 if (args.Contains("--nvrtc-smoke"))
 {
@@ -51,6 +53,13 @@ if (checks)
         info.Add(($"greedy {name} Stored", () => GpuChecks.Greedy(name, CudaMatmulPrecision.Stored)));
     }
 
+    foreach ((string name, DType storage) in new[] { ("bundled", DType.BFloat16), ("bundled", DType.Float16), ("tiny-mistral", DType.Float16), ("tiny-llama3-rope", DType.BFloat16) })
+    {
+        all.Add(($"flash attention {name} {storage}", () => GpuChecks.FlashAttentionVersusCudaCores(name, storage)));
+    }
+
+    all.Add(("flash logits bundled Stored bf16 KV", () => GpuChecks.FlashLogits("bundled", DType.BFloat16)));
+    all.Add(("flash logits tiny-llama3-rope Stored bf16 KV", () => GpuChecks.FlashLogits("tiny-llama3-rope", DType.BFloat16)));
     all.Add(("kv vs cpu", GpuChecks.KvVersusCpu));
     all.Add(("device argmax", GpuChecks.DeviceArgMax));
     foreach (int[] pattern in new[] { new[] { 1 }, new[] { 7 }, new[] { 100, 3, 129, 1, 64 } })
@@ -64,7 +73,8 @@ if (checks)
         all.Add(($"reuse {storage}", () => GpuChecks.ReuseAfterImport(storage)));
     }
 
-    foreach ((string name, Func<CheckResult> check) in all)
+    string? filter = ArgumentValue("--check-filter");
+    foreach ((string name, Func<CheckResult> check) in all.Where(c => filter is null || c.Item1.Contains(filter, StringComparison.Ordinal)))
     {
         CheckResult result = RunCheck(name, check);
         results.Add(result);
@@ -72,7 +82,7 @@ if (checks)
     }
 
     // Measured and printed, not a pass/fail criterion: the fast setting's greedy agreement.
-    foreach ((string name, Func<CheckResult> check) in info)
+    foreach ((string name, Func<CheckResult> check) in info.Where(c => filter is null || c.Item1.Contains(filter, StringComparison.Ordinal)))
     {
         CheckResult result = RunCheck(name, check);
         Console.WriteLine($"INFO {result.Name}: {result.Detail}");
@@ -89,6 +99,20 @@ if (bench)
     {
         BenchLarge(CudaMatmulPrecision.Stored, [4096, 16384], [4096, 16384, 32768]);
         BenchLarge(CudaMatmulPrecision.StoredSplit, [4096], [4096]);
+    }
+}
+
+if (llamaPath is not null)
+{
+    try
+    {
+        BenchLlama(llamaPath, args.Contains("--baseline"));
+    }
+#pragma warning disable CA1031 // Report and go on: the checks' results still get written.
+    catch (Exception e)
+#pragma warning restore CA1031
+    {
+        Console.WriteLine($"llama benchmark failed: {e}");
     }
 }
 
@@ -211,6 +235,144 @@ void BenchLarge(CudaMatmulPrecision precision, int[] prefillContexts, int[] deco
         });
         Record("cuda", setting, "decode", n, 15, decode);
     }
+}
+
+// The issue 13 comparison, Llama-3-8B's shape with random bf16 weights, Stored products (bf16 activations, as
+// PyTorch runs them), bf16 KV, tensor-core prefill attention: prefill of 4K/16K/32K tokens (median of 3 after a
+// warm-up), 32K as 512-token chunks on top of the cache (the faster of 2), 16 greedy decode steps at 4K/16K/32K
+// context (positions filled by importing random KV), and the device memory the model and its session hold. With
+// baseline, first the CUDA-core attention kernel's prefill at 4K and 16K (one run each).
+void BenchLlama(string path, bool baseline)
+{
+    const int ChunkTokens = 512;
+    const int DecodeSteps = 16;
+    int[] contexts = [4096, 16384, 32768];
+    KvFetcher.Engine.Model.ModelConfig config = KvFetcher.Engine.Model.ModelShapes.Llama3Size8B();
+    int capacity = contexts[^1];
+    int[] tokens = RandomTokens(config.VocabSize, capacity);
+    using FileStream file = File.Create(path);
+    using var json = new Utf8JsonWriter(file, new JsonWriterOptions { Indented = true });
+    json.WriteStartObject();
+    json.WriteString("engine", "kvfetcher-cuda");
+    json.WriteString("device", context.ToString());
+    json.WriteString("setting", "Stored products (bf16 activations), bf16 KV");
+    foreach (CudaAttentionKernel kernel in baseline ? new[] { CudaAttentionKernel.CudaCores, CudaAttentionKernel.Auto } : [CudaAttentionKernel.Auto])
+    {
+        long freeBefore = context.GetMemoryInfo().Free;
+        long started = Stopwatch.GetTimestamp();
+        using var model = CudaLanguageModel.CreateWithRandomWeights(config, seed: 1, new CudaModelOptions
+        {
+            Context = context, MatmulPrecision = CudaMatmulPrecision.Stored, KvStorageDType = DType.BFloat16, MaxStepTokens = 4096, Attention = kernel,
+        });
+        using CudaSession session = model.CreateSession(capacity);
+        long heldBytes = freeBefore - context.GetMemoryInfo().Free;
+        string attention = model.UsesTensorCoreAttention ? "tensor cores" : "CUDA cores";
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"llama-3-8b shape, attention on {attention}: ready in {Stopwatch.GetElapsedTime(started).TotalSeconds:F1} s, {heldBytes >> 20} MiB held"));
+        json.WriteStartObject(kernel == CudaAttentionKernel.Auto ? "engine13" : "baseline");
+        json.WriteString("attention", attention);
+        json.WriteNumber("weightBytes", model.WeightBytes);
+        json.WriteNumber("heldBytes", heldBytes);
+        session.PrefillGreedy(tokens.AsSpan(0, 512), 0);
+        json.WriteStartArray("prefill");
+        foreach (int n in kernel == CudaAttentionKernel.Auto ? contexts : [4096, 16384])
+        {
+            Func<double> once = () =>
+            {
+                session.Reset();
+                return Time(() => session.PrefillGreedy(tokens.AsSpan(0, n), 0));
+            };
+            double seconds = kernel == CudaAttentionKernel.Auto ? Median(once) : once();
+            Record("cuda", $"llama-3-8b shape, Stored, bf16 KV, attention on {attention}", "prefill", n, n, seconds);
+            WriteRow(json, n, n, seconds);
+        }
+
+        json.WriteEndArray();
+        if (kernel != CudaAttentionKernel.Auto)
+        {
+            json.WriteEndObject();
+            continue;
+        }
+
+        json.WriteStartArray("chunked");
+        double best = double.MaxValue;
+        for (int run = 0; run < 2; run++)
+        {
+            session.Reset();
+            best = Math.Min(best, Time(() =>
+            {
+                for (int at = 0; at < capacity; at += ChunkTokens)
+                {
+                    session.PrefillGreedy(tokens.AsSpan(at, ChunkTokens), at);
+                }
+            }));
+        }
+
+        Record("cuda", $"llama-3-8b shape, Stored, bf16 KV, {ChunkTokens}-token chunks", "chunked prefill", capacity, capacity, best);
+        WriteRow(json, capacity, capacity, best);
+        json.WriteEndArray();
+
+        // Decode: the context's positions filled with random KV by import, then greedy steps (3 warm-up steps first).
+        const int ImportTokens = 1024;
+        byte[] random = new byte[session.Cache.GetExportByteCount(ImportTokens, DType.BFloat16)];
+        var generator = new Random(3);
+        for (int i = 0; i < random.Length; i += 2)
+        {
+            // bf16 in [-2, 2): sign, exponent 120..127, random mantissa.
+            int bits = (generator.Next(2) << 15) | ((120 + generator.Next(8)) << 7) | generator.Next(128);
+            random[i] = (byte)bits;
+            random[i + 1] = (byte)(bits >> 8);
+        }
+
+        using DeviceBuffer kv = context.Allocate(random.Length);
+        kv.CopyFrom(random);
+        json.WriteStartArray("decode");
+        foreach (int n in contexts)
+        {
+            session.Reset();
+            int prefix = n - DecodeSteps - 4;
+            for (int at = 0; at < prefix; at += ImportTokens)
+            {
+                session.Cache.Import(at, Math.Min(at + ImportTokens, prefix), DType.BFloat16, kv);
+            }
+
+            int next = tokens[prefix];
+            for (int i = 0; i < 3; i++)
+            {
+                next = session.DecodeGreedy(next, prefix + i);
+            }
+
+            double decode = Time(() =>
+            {
+                for (int i = 3; i < 3 + DecodeSteps; i++)
+                {
+                    next = session.DecodeGreedy(next, prefix + i);
+                }
+            });
+            Record("cuda", "llama-3-8b shape, Stored, bf16 KV", "decode", n, DecodeSteps, decode);
+            WriteRow(json, n, DecodeSteps, decode);
+        }
+
+        json.WriteEndArray();
+        json.WriteEndObject();
+    }
+
+    json.WriteEndObject();
+}
+
+static void WriteRow(Utf8JsonWriter json, int contextTokens, int tokens, double seconds)
+{
+    json.WriteStartObject();
+    json.WriteNumber("context", contextTokens);
+    json.WriteNumber("tokens", tokens);
+    json.WriteNumber("seconds", seconds);
+    json.WriteNumber("tokensPerSecond", tokens / seconds);
+    json.WriteEndObject();
+}
+
+string? ArgumentValue(string name)
+{
+    int at = Array.IndexOf(args, name);
+    return at >= 0 && at + 1 < args.Length ? args[at + 1] : null;
 }
 
 void BenchCpu()

@@ -312,6 +312,113 @@ internal static class GpuChecks
             $"{prefix} of {prompt.Length} tokens imported in {prefix / ChunkTokens} chunks (last first); {Steps} greedy tokens {(same ? "identical to full prefill" : "DIFFER from full prefill")}");
     }
 
+    /// <summary>
+    /// The tensor-core attention (<see cref="CudaAttentionKernel.TensorCores"/>) against the fp32 CUDA-core kernel on
+    /// the same model, fp32 products and a 16-bit cache: every logit of a 300-token prompt, one-shot and in chunks
+    /// [100, 3, 129, 1, 64] (steps on top of a filled cache; the 3- and 1-token steps take the CUDA-core path), within
+    /// the bf16 bound; and the continuation after the chunked prefill the same as after the one-shot one.
+    /// </summary>
+    public static CheckResult FlashAttentionVersusCudaCores(string name, DType kvStorage)
+    {
+        string directory = GpuModels.Paths(name).Model;
+        using CudaLanguageModel flash = CudaLanguageModel.Open(directory, new CudaModelOptions
+        {
+            Context = GpuModels.Context, MatmulPrecision = CudaMatmulPrecision.Float32, KvStorageDType = kvStorage, Attention = CudaAttentionKernel.TensorCores,
+        });
+        using CudaLanguageModel plain = CudaLanguageModel.Open(directory, new CudaModelOptions
+        {
+            Context = GpuModels.Context, MatmulPrecision = CudaMatmulPrecision.Float32, KvStorageDType = kvStorage, Attention = CudaAttentionKernel.CudaCores,
+        });
+        string label = $"flash attention {name} {kvStorage.ToShortName()} KV";
+        if (!flash.UsesTensorCoreAttention)
+        {
+            return new CheckResult(label, false, $"the model (head dim {flash.Config.HeadDim}) did not get the tensor-core kernel");
+        }
+
+        int vocab = flash.Config.VocabSize;
+        int n = Math.Min(300, flash.Config.MaxPositionEmbeddings - 16);
+        var random = new Random(5);
+        int[] prompt = new int[n];
+        for (int i = 0; i < n; i++)
+        {
+            prompt[i] = random.Next(3, vocab);
+        }
+
+        var expected = new float[n * vocab];
+        using (CudaSession session = plain.CreateSession(n))
+        {
+            session.PrefillAllLogits(prompt, 0, expected);
+        }
+
+        var oneShot = new float[n * vocab];
+        using CudaSession oneShotSession = flash.CreateSession(n + 16);
+        oneShotSession.PrefillAllLogits(prompt, 0, oneShot);
+
+        int[] pattern = [100, 3, 129, 1, 64];
+        var chunked = new float[n * vocab];
+        using CudaSession chunkedSession = flash.CreateSession(n + 16);
+        int start = 0;
+        for (int c = 0; start < n; c++)
+        {
+            int size = Math.Min(pattern[c % pattern.Length], n - start);
+            chunkedSession.PrefillAllLogits(prompt.AsSpan(start, size), start, chunked.AsSpan(start * vocab, size * vocab));
+            start += size;
+        }
+
+        float oneShotWorst = MaxDifference(expected, oneShot);
+        float chunkedWorst = MaxDifference(expected, chunked);
+        bool finite = float.IsFinite(oneShotWorst) && float.IsFinite(chunkedWorst);
+        int[] a = Continue(oneShotSession, n, ArgMax(oneShot.AsSpan((n - 1) * vocab, vocab)), 8);
+        int[] b = Continue(chunkedSession, n, ArgMax(chunked.AsSpan((n - 1) * vocab, vocab)), 8);
+        bool sameContinuation = a.AsSpan().SequenceEqual(b);
+        return new CheckResult(
+            label,
+            finite && oneShotWorst <= Bf16LogitTolerance && chunkedWorst <= Bf16LogitTolerance && sameContinuation,
+            $"{n} tokens, fp32 products: max |logit diff| to the CUDA-core kernel one-shot {Format(oneShotWorst)}, chunked {Format(chunkedWorst)} (tolerance {Format(Bf16LogitTolerance)}), continuation {(sameContinuation ? "identical" : "differs")}");
+    }
+
+    /// <summary>
+    /// The fast setting as the GPU benchmark runs it (<see cref="CudaMatmulPrecision.Stored"/> with a 16-bit cache,
+    /// so prefill attention on the tensor cores) against transformers' fp32 logits, within Stored's documented bound.
+    /// </summary>
+    public static CheckResult FlashLogits(string name, DType kvStorage)
+    {
+        using CudaLanguageModel model = CudaLanguageModel.Open(GpuModels.Paths(name).Model, new CudaModelOptions
+        {
+            Context = GpuModels.Context, MatmulPrecision = CudaMatmulPrecision.Stored, KvStorageDType = kvStorage,
+        });
+        using var fixture = ReferenceFixture.Open(GpuModels.Paths(name).Fixture);
+        int vocab = model.Config.VocabSize;
+        float worst = 0;
+        var perPrompt = new List<string>();
+        for (int p = 0; p < fixture.Prompts.Count; p++)
+        {
+            ReferenceFixture.Prompt prompt = fixture.Prompts[p];
+            using CudaSession session = model.CreateSession(prompt.InputIds.Length);
+            var logits = new float[prompt.InputIds.Length * vocab];
+            session.PrefillAllLogits(prompt.InputIds, 0, logits);
+            float[] expected = fixture.Logits(p);
+            float promptWorst = 0;
+            for (int r = 0; r < prompt.LogitPositions.Length; r++)
+            {
+                int position = prompt.LogitPositions[r];
+                for (int v = 0; v < vocab; v++)
+                {
+                    float difference = Math.Abs(logits[(position * vocab) + v] - expected[(r * vocab) + v]);
+                    promptWorst = float.IsNaN(difference) ? float.NaN : Math.Max(promptWorst, difference);
+                }
+            }
+
+            perPrompt.Add($"{prompt.Name}({prompt.InputIds.Length})={Format(promptWorst)}");
+            worst = float.IsNaN(promptWorst) ? float.NaN : Math.Max(worst, promptWorst);
+        }
+
+        return new CheckResult(
+            $"logits {name} Stored, {kvStorage.ToShortName()} KV, attention on {(model.UsesTensorCoreAttention ? "tensor cores" : "CUDA cores")}",
+            worst <= RoundedActivationLogitTolerance,
+            $"max |logit diff| {Format(worst)} (tolerance {Format(RoundedActivationLogitTolerance)}); {string.Join(' ', perPrompt)}");
+    }
+
     /// <summary>A ~<paramref name="length"/>-token prompt of real text: the bundled fixture's longest prompt.</summary>
     public static int[] BundledPrompt(int length)
     {
@@ -388,7 +495,13 @@ internal static class GpuChecks
         float worst = 0;
         for (int i = 0; i < a.Length; i++)
         {
-            worst = Math.Max(worst, Math.Abs(a[i] - b[i]));
+            float difference = Math.Abs(a[i] - b[i]);
+            if (float.IsNaN(difference))
+            {
+                return float.NaN;
+            }
+
+            worst = Math.Max(worst, difference);
         }
 
         return worst;

@@ -61,6 +61,18 @@ public class GpuParityTests(ITestOutputHelper output)
     [InlineData(DType.BFloat16)]
     public void ImportReversedChunks_ThenContinue_SameGreedyOutputAsFullPrefill(DType storage) => Run(() => GpuChecks.ReuseAfterImport(storage));
 
+    [Theory]
+    [InlineData("bundled", DType.BFloat16)]
+    [InlineData("bundled", DType.Float16)]
+    [InlineData("tiny-mistral", DType.Float16)]
+    [InlineData("tiny-llama3-rope", DType.BFloat16)]
+    public void Prefill_TensorCoreAttention_WithinBf16BoundOfCudaCoreKernel(string name, DType kvStorage) => Run(() => GpuChecks.FlashAttentionVersusCudaCores(name, kvStorage));
+
+    [Theory]
+    [InlineData("bundled")]
+    [InlineData("tiny-llama3-rope")]
+    public void Logits_StoredPrecisionBf16Cache_WithinDocumentedBound(string name) => Run(() => GpuChecks.FlashLogits(name, DType.BFloat16));
+
     private void Run(Func<CheckResult> check)
     {
         Assert.SkipUnless(GpuModels.Available, $"No CUDA device: {GpuModels.Reason}");

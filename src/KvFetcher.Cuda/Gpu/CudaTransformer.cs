@@ -17,8 +17,12 @@ internal sealed unsafe class CudaTransformer : IDisposable
     /// <summary>(query, head) rows per attention block (ATT_ROWS in Kernels.cu).</summary>
     public const int AttentionRows = 16;
 
+    /// <summary>(query, head) rows per flash attention block (FA_ROWS in Kernels.cu); shorter steps use CUDA cores.</summary>
+    public const int FlashRows = 64;
+
     private const int AttentionKeys = 32;
     private const int AttentionThreads = 128;
+    private const int FlashKeys = 64;
 
     private readonly CudaContext _context;
     private readonly ModelConfig _config;
@@ -33,11 +37,13 @@ internal sealed unsafe class CudaTransformer : IDisposable
     private readonly CudaKernel _swiGlu;
     private readonly CudaKernel _argMax;
     private readonly CudaKernel _fillUniform;
+    private readonly CudaKernel _flashAttention;
+    private readonly int _flashSharedBytes;
     private readonly int _attentionSharedBytes;
     private readonly float _attentionScale;
 
     /// <summary>Takes ownership of <paramref name="weights"/> and compiles the kernels for them.</summary>
-    public CudaTransformer(CudaContext context, ModelConfig config, DeviceWeights weights, DType kvStorage, CudaMatmulPrecision precision)
+    public CudaTransformer(CudaContext context, ModelConfig config, DeviceWeights weights, DType kvStorage, CudaMatmulPrecision precision, CudaAttentionKernel attention = CudaAttentionKernel.Auto)
     {
         if (config.HeadDim > 256)
         {
@@ -53,15 +59,28 @@ internal sealed unsafe class CudaTransformer : IDisposable
         SplitHeadActivations = matmulType != DType.Float32;
         SplitLayerActivations = SplitHeadActivations && precision == CudaMatmulPrecision.StoredSplit;
         _weights = weights;
+        bool flashFits = kvStorage != DType.Float32 && config.HeadDim % 16 == 0 && config.HeadDim <= 128;
+        UsesTensorCoreAttention = flashFits && attention switch
+        {
+            CudaAttentionKernel.TensorCores => true,
+            CudaAttentionKernel.Auto => precision == CudaMatmulPrecision.Stored && matmulType != DType.Float32,
+            _ => false,
+        };
         try
         {
-            _module = KernelModule.Compile(context, KernelModule.EngineSource, "Kernels.cu",
+            List<string> defines =
             [
                 $"HEAD_DIM={config.HeadDim}",
                 $"KV={TypeName(kvStorage)}",
                 $"ACT={TypeName(matmulType)}",
                 $"EMB={TypeName(_weights.EmbeddingType)}",
-            ]);
+            ];
+            if (UsesTensorCoreAttention)
+            {
+                defines.Add("TC_ATTENTION");
+            }
+
+            _module = KernelModule.Compile(context, KernelModule.EngineSource, "Kernels.cu", defines);
             _embed = _module.Get("embed");
             _rmsNorm = _module.Get("rmsnorm");
             _qkvRope = _module.Get("qkv_rope");
@@ -84,6 +103,16 @@ internal sealed unsafe class CudaTransformer : IDisposable
             }
 
             _attentionScale = 1f / MathF.Sqrt(hd);
+            if (UsesTensorCoreAttention)
+            {
+                // Two stages of key and value tiles, rows padded by 8 elements (Kernels.cu, flash_attention).
+                _flashAttention = _module.Get("flash_attention");
+                _flashSharedBytes = 2 * 2 * FlashKeys * (hd + 8) * sizeof(ushort);
+                if (_flashSharedBytes > 48 * 1024)
+                {
+                    _flashAttention.SetMaxDynamicSharedMemory(_flashSharedBytes);
+                }
+            }
         }
         catch
         {
@@ -96,6 +125,9 @@ internal sealed unsafe class CudaTransformer : IDisposable
     public ModelConfig Config => _config;
 
     public CudaMatmulPrecision Precision { get; }
+
+    /// <summary>Whether prefill steps of at least <see cref="FlashRows"/> (query, head) rows per KV head run on the tensor cores.</summary>
+    public bool UsesTensorCoreAttention { get; }
 
     public DType KvStorageDType { get; }
 
@@ -283,6 +315,25 @@ internal sealed unsafe class CudaTransformer : IDisposable
         ModelConfig c = _config;
         int window = c.UsesSlidingWindow(layer) ? c.SlidingWindow!.Value : int.MaxValue;
         int group = c.NumHeads / c.NumKvHeads;
+        var args = default(KernelArguments);
+        if (UsesTensorCoreAttention && n * group >= FlashRows)
+        {
+            args.Add(s.Query.Pointer);
+            args.Add(cache.LayerKeys(layer));
+            args.Add(cache.LayerValues(layer));
+            args.Add(s.AttentionOutput.Pointer);
+            args.Add(s.AttentionOutputLo?.Pointer ?? 0);
+            args.Add(n);
+            args.Add(start);
+            args.Add(c.NumHeads);
+            args.Add(group);
+            args.Add(cache.Capacity);
+            args.Add(window);
+            args.Add(_attentionScale);
+            _flashAttention.Launch(stream, (((n * group) + FlashRows - 1) / FlashRows, c.NumKvHeads, 1), 128, _flashSharedBytes, ref args);
+            return;
+        }
+
         int tiles = ((n * group) + AttentionRows - 1) / AttentionRows;
         int blocks = tiles * c.NumKvHeads;
         int keys = Math.Min(window, start + n);
@@ -296,7 +347,6 @@ internal sealed unsafe class CudaTransformer : IDisposable
             splits = Math.Min(splits, DeviceScratch.MaxSplits * s.PartialQueries / n);
         }
 
-        var args = default(KernelArguments);
         args.Add(s.Query.Pointer);
         args.Add(cache.LayerKeys(layer));
         args.Add(cache.LayerValues(layer));

@@ -2,6 +2,8 @@
 // The host defines, per model:
 //   HEAD_DIM  the attention head dimension (even, at most 256)
 //   KV        the KV cache's storage type (f32_t, f16_t or bf16_t)
+//   TC_ATTENTION (optional) compiles flash_attention, the tensor-core prefill attention: KV 16-bit, HEAD_DIM a
+//             multiple of 16 and at most 128
 //   ACT       the type of the matrix products' inputs (activations and weights), f32_t, f16_t or bf16_t
 //   EMB       the stored type of the embedding table
 // Residual stream, norms, RoPE, softmax and every accumulation run in fp32. Conversions to 16-bit types round to
@@ -22,6 +24,7 @@ struct f32_t
 struct f16_t
 {
     typedef u16 storage;
+    static constexpr bool bf16 = false;
     static __device__ __forceinline__ float load(u16 h)
     {
         float f;
@@ -39,6 +42,7 @@ struct f16_t
 struct bf16_t
 {
     typedef u16 storage;
+    static constexpr bool bf16 = true;
     static __device__ __forceinline__ float load(u16 h) { return __uint_as_float(((unsigned int)h) << 16); }
     static __device__ __forceinline__ u16 store(float f)
     {
@@ -468,6 +472,328 @@ extern "C" __global__ void attention_combine(const float* __restrict__ partial, 
         }
     }
 }
+
+#ifdef TC_ATTENTION
+// Causal grouped-query attention on the tensor cores (FlashAttention-2 style), for prefill steps: the same function as
+// attention (queries at positions start + [0, n) over one layer of the cache, per-layer window), with Q rounded to the
+// cache's 16-bit type, S = Q K^T and O = P V as mma.sync m16n8k16 products accumulating in fp32, an online softmax
+// in fp32 registers (P rounded to the 16-bit type for its product); scores never leave registers. A block serves one
+// KV head and FA_ROWS rows of (query, head of the group), query-major as in attention, so the group's heads share
+// every key tile; four warps of 16 rows. Key/value tiles of FA_KEYS keys stream through shared memory by cp.async,
+// two stages deep, rows padded by 16 bytes so the ldmatrix fragment loads are free of bank conflicts. Grid:
+// (row tiles, KV heads); the tiles with the most keys start first.
+#define FA_ROWS 64
+#define FA_KEYS 64
+#define FA_WARPS 4
+#define FA_STRIDE (HD + 8)
+#define FA_KSTEPS (HD / 16)
+#define FA_DTILES (HD / 8)
+#define FA_TILE_ELEMENTS (FA_KEYS * FA_STRIDE)
+#define LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ unsigned int fa_pack(float lo, float hi)
+{
+    unsigned int r;
+    if (KV::bf16)
+    {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+    else
+    {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+    return r;
+}
+
+__device__ __forceinline__ void fa_mma(float* c, unsigned int a0, unsigned int a1, unsigned int a2, unsigned int a3, unsigned int b0, unsigned int b1)
+{
+    if (KV::bf16)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+    else
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+}
+
+__device__ __forceinline__ void fa_ldmatrix_x4(unsigned int address, unsigned int& r0, unsigned int& r1, unsigned int& r2, unsigned int& r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(address));
+}
+
+__device__ __forceinline__ void fa_ldmatrix_x2(unsigned int address, unsigned int& r0, unsigned int& r1)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(address));
+}
+
+__device__ __forceinline__ void fa_ldmatrix_x4_trans(unsigned int address, unsigned int& r0, unsigned int& r1, unsigned int& r2, unsigned int& r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(address));
+}
+
+// Copies [key0, key0 + FA_KEYS) of one KV head's keys and values into a shared stage, zeros for keys >= keyHi.
+__device__ __forceinline__ void fa_load_tile(const kv_t* __restrict__ keyBase, const kv_t* __restrict__ valueBase, kv_t* keyTile, kv_t* valueTile, int key0, int keyHi)
+{
+    const int chunks = FA_KEYS * (HD / 8);
+    for (int i = threadIdx.x; i < chunks; i += FA_WARPS * 32)
+    {
+        int j = i / (HD / 8);
+        int c = (i - j * (HD / 8)) * 8;
+        int key = key0 + j;
+        bool inside = key < keyHi;
+        size_t at = (size_t)(inside ? key : key0) * HD + c;
+        unsigned int bytes = inside ? 16u : 0u;
+        unsigned int keyTarget = (unsigned int)__cvta_generic_to_shared(keyTile + j * FA_STRIDE + c);
+        unsigned int valueTarget = (unsigned int)__cvta_generic_to_shared(valueTile + j * FA_STRIDE + c);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(keyTarget), "l"(keyBase + at), "r"(bytes));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(valueTarget), "l"(valueBase + at), "r"(bytes));
+    }
+    asm volatile("cp.async.commit_group;");
+}
+
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attention(
+    const float* __restrict__ q, const kv_t* __restrict__ keys, const kv_t* __restrict__ values, act_t* __restrict__ output,
+    act_t* __restrict__ outputLo, int n, int start, int heads, int group, int capacity, int window, float scale)
+{
+    extern __shared__ __align__(16) unsigned char fa_shared[];
+    kv_t* stage = (kv_t*)fa_shared;   // [2 stages][keys, values][FA_KEYS][FA_STRIDE]
+
+    int kvHead = blockIdx.y;
+    int warp = threadIdx.x >> 5;
+    int lane = threadIdx.x & 31;
+    int g = lane >> 2;
+    int t = lane & 3;
+    int rows = n * group;
+    int firstRow = (gridDim.x - 1 - blockIdx.x) * FA_ROWS;
+    int firstQuery = firstRow / group;
+    int lastQuery = (min(firstRow + FA_ROWS, rows) - 1) / group;
+    int keyLo = max(0, start + firstQuery - window + 1);
+    int keyHi = start + lastQuery + 1;
+    int tiles = (keyHi - keyLo + FA_KEYS - 1) / FA_KEYS;
+
+    // This thread's two rows (g and g + 8 of the warp's 16) and their positions.
+    int rowA = firstRow + warp * 16 + g;
+    int rowB = rowA + 8;
+    int positionA = start + rowA / group;
+    int positionB = start + rowB / group;
+    int warpFirstRow = firstRow + warp * 16;
+    int warpLastRow = min(warpFirstRow + 15, rows - 1);
+    int warpFirstPosition = start + warpFirstRow / group;
+    int warpLastPosition = start + max(warpLastRow, warpFirstRow) / group;
+
+    const kv_t* keyBase = keys + (size_t)kvHead * capacity * HD;
+    const kv_t* valueBase = values + (size_t)kvHead * capacity * HD;
+    if (tiles > 0)
+    {
+        fa_load_tile(keyBase, valueBase, stage, stage + FA_TILE_ELEMENTS, keyLo, keyHi);
+    }
+
+    // Q fragments (A operand, row-major 16 x 16 per k step), rounded to the 16-bit type.
+    unsigned int qf[FA_KSTEPS][4];
+    {
+        const float* qa = nullptr;
+        const float* qb = nullptr;
+        if (rowA < rows)
+        {
+            int query = rowA / group;
+            qa = q + ((size_t)query * heads + kvHead * group + (rowA - query * group)) * HD;
+        }
+        if (rowB < rows)
+        {
+            int query = rowB / group;
+            qb = q + ((size_t)query * heads + kvHead * group + (rowB - query * group)) * HD;
+        }
+#pragma unroll
+        for (int k = 0; k < FA_KSTEPS; k++)
+        {
+            int d = k * 16 + 2 * t;
+            float2 a0 = qa != nullptr ? *(const float2*)(qa + d) : make_float2(0.0f, 0.0f);
+            float2 a2 = qa != nullptr ? *(const float2*)(qa + d + 8) : make_float2(0.0f, 0.0f);
+            float2 b0 = qb != nullptr ? *(const float2*)(qb + d) : make_float2(0.0f, 0.0f);
+            float2 b2 = qb != nullptr ? *(const float2*)(qb + d + 8) : make_float2(0.0f, 0.0f);
+            qf[k][0] = fa_pack(a0.x, a0.y);
+            qf[k][1] = fa_pack(b0.x, b0.y);
+            qf[k][2] = fa_pack(a2.x, a2.y);
+            qf[k][3] = fa_pack(b2.x, b2.y);
+        }
+    }
+
+    float o[FA_DTILES][4];
+#pragma unroll
+    for (int j = 0; j < FA_DTILES; j++)
+    {
+        o[j][0] = 0.0f;
+        o[j][1] = 0.0f;
+        o[j][2] = 0.0f;
+        o[j][3] = 0.0f;
+    }
+    float maxA = NEG_INF, maxB = NEG_INF, sumA = 0.0f, sumB = 0.0f;
+    float scaleLog2 = scale * LOG2E;
+
+    for (int tile = 0; tile < tiles; tile++)
+    {
+        int key0 = keyLo + tile * FA_KEYS;
+        if (tile + 1 < tiles)
+        {
+            kv_t* next = stage + ((tile + 1) & 1) * 2 * FA_TILE_ELEMENTS;
+            fa_load_tile(keyBase, valueBase, next, next + FA_TILE_ELEMENTS, key0 + FA_KEYS, keyHi);
+        }
+        else
+        {
+            asm volatile("cp.async.commit_group;");
+        }
+        asm volatile("cp.async.wait_group 1;");
+        __syncthreads();
+
+        const kv_t* keyTile = stage + (tile & 1) * 2 * FA_TILE_ELEMENTS;
+        const kv_t* valueTile = keyTile + FA_TILE_ELEMENTS;
+
+        // Skip a tile that no row of this warp sees (past the warp's last position, or before every row's window).
+        bool seen = key0 <= warpLastPosition && key0 + FA_KEYS - 1 >= warpFirstPosition - window + 1 && warpFirstRow < rows;
+        if (seen)
+        {
+            float s[FA_KEYS / 8][4];
+#pragma unroll
+            for (int j = 0; j < FA_KEYS / 8; j++)
+            {
+                s[j][0] = 0.0f;
+                s[j][1] = 0.0f;
+                s[j][2] = 0.0f;
+                s[j][3] = 0.0f;
+            }
+
+            unsigned int keyAddress = (unsigned int)__cvta_generic_to_shared(keyTile + (lane & 7) * FA_STRIDE + (lane >> 3) * 8);
+#pragma unroll
+            for (int j = 0; j < FA_KEYS / 8; j++)
+            {
+#pragma unroll
+                for (int k = 0; k < FA_KSTEPS; k += 2)
+                {
+                    // Keys 8j..8j+7, dims 16k..16k+31: B fragments of k steps k and k + 1 (the last odd step alone).
+                    unsigned int address = keyAddress + (unsigned int)((j * 8 * FA_STRIDE + k * 16) * 2);
+                    unsigned int b0, b1, b2, b3;
+                    if (k + 1 < FA_KSTEPS)
+                    {
+                        fa_ldmatrix_x4(address, b0, b1, b2, b3);
+                        fa_mma(s[j], qf[k][0], qf[k][1], qf[k][2], qf[k][3], b0, b1);
+                        fa_mma(s[j], qf[k + 1][0], qf[k + 1][1], qf[k + 1][2], qf[k + 1][3], b2, b3);
+                    }
+                    else
+                    {
+                        fa_ldmatrix_x2(address, b0, b1);
+                        fa_mma(s[j], qf[k][0], qf[k][1], qf[k][2], qf[k][3], b0, b1);
+                    }
+                }
+            }
+
+            // Mask (causal, window, past the block's keys) only where a tile is not wholly visible to every row.
+            bool whole = key0 + FA_KEYS - 1 <= warpFirstPosition && key0 >= warpLastPosition - window + 1;
+            float tileMaxA = NEG_INF, tileMaxB = NEG_INF;
+#pragma unroll
+            for (int j = 0; j < FA_KEYS / 8; j++)
+            {
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                {
+                    int key = key0 + j * 8 + 2 * t + e;
+                    float va = s[j][e] * scaleLog2;
+                    float vb = s[j][2 + e] * scaleLog2;
+                    if (!whole)
+                    {
+                        va = key <= positionA && key > positionA - window ? va : NEG_INF;
+                        vb = key <= positionB && key > positionB - window ? vb : NEG_INF;
+                    }
+                    s[j][e] = va;
+                    s[j][2 + e] = vb;
+                    tileMaxA = fmaxf(tileMaxA, va);
+                    tileMaxB = fmaxf(tileMaxB, vb);
+                }
+            }
+            tileMaxA = fmaxf(tileMaxA, __shfl_xor_sync(FULL_MASK, tileMaxA, 1));
+            tileMaxA = fmaxf(tileMaxA, __shfl_xor_sync(FULL_MASK, tileMaxA, 2));
+            tileMaxB = fmaxf(tileMaxB, __shfl_xor_sync(FULL_MASK, tileMaxB, 1));
+            tileMaxB = fmaxf(tileMaxB, __shfl_xor_sync(FULL_MASK, tileMaxB, 2));
+            float newMaxA = fmaxf(maxA, tileMaxA);
+            float newMaxB = fmaxf(maxB, tileMaxB);
+            float baseA = newMaxA == NEG_INF ? 0.0f : newMaxA;
+            float baseB = newMaxB == NEG_INF ? 0.0f : newMaxB;
+            float alphaA = exp2f(maxA - baseA);
+            float alphaB = exp2f(maxB - baseB);
+            maxA = newMaxA;
+            maxB = newMaxB;
+            sumA *= alphaA;
+            sumB *= alphaB;
+#pragma unroll
+            for (int j = 0; j < FA_DTILES; j++)
+            {
+                o[j][0] *= alphaA;
+                o[j][1] *= alphaA;
+                o[j][2] *= alphaB;
+                o[j][3] *= alphaB;
+            }
+
+            unsigned int valueAddress = (unsigned int)__cvta_generic_to_shared(valueTile + ((lane & 7) + ((lane >> 3) & 1) * 8) * FA_STRIDE + (lane >> 4) * 8);
+#pragma unroll
+            for (int k = 0; k < FA_KEYS / 16; k++)
+            {
+                // P's A fragment for keys 16k..16k+15 from the score tiles 2k and 2k + 1.
+                float p00 = exp2f(s[2 * k][0] - baseA), p01 = exp2f(s[2 * k][1] - baseA);
+                float p02 = exp2f(s[2 * k][2] - baseB), p03 = exp2f(s[2 * k][3] - baseB);
+                float p10 = exp2f(s[2 * k + 1][0] - baseA), p11 = exp2f(s[2 * k + 1][1] - baseA);
+                float p12 = exp2f(s[2 * k + 1][2] - baseB), p13 = exp2f(s[2 * k + 1][3] - baseB);
+                sumA += p00 + p01 + p10 + p11;
+                sumB += p02 + p03 + p12 + p13;
+                unsigned int a0 = fa_pack(p00, p01);
+                unsigned int a1 = fa_pack(p02, p03);
+                unsigned int a2 = fa_pack(p10, p11);
+                unsigned int a3 = fa_pack(p12, p13);
+#pragma unroll
+                for (int j = 0; j < FA_DTILES; j += 2)
+                {
+                    // Keys 16k..16k+15, dims 8j..8j+15, transposed: B fragments of dim tiles j and j + 1.
+                    unsigned int b0, b1, b2, b3;
+                    fa_ldmatrix_x4_trans(valueAddress + (unsigned int)((k * 16 * FA_STRIDE + j * 8) * 2), b0, b1, b2, b3);
+                    fa_mma(o[j], a0, a1, a2, a3, b0, b1);
+                    fa_mma(o[j + 1], a0, a1, a2, a3, b2, b3);
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    sumA += __shfl_xor_sync(FULL_MASK, sumA, 1);
+    sumA += __shfl_xor_sync(FULL_MASK, sumA, 2);
+    sumB += __shfl_xor_sync(FULL_MASK, sumB, 1);
+    sumB += __shfl_xor_sync(FULL_MASK, sumB, 2);
+    float inverseA = 1.0f / sumA;
+    float inverseB = 1.0f / sumB;
+    if (rowA < rows)
+    {
+        int query = rowA / group;
+        size_t at = ((size_t)query * heads + kvHead * group + (rowA - query * group)) * HD + 2 * t;
+#pragma unroll
+        for (int j = 0; j < FA_DTILES; j++)
+        {
+            store_act(output, outputLo, at + j * 8, o[j][0] * inverseA);
+            store_act(output, outputLo, at + j * 8 + 1, o[j][1] * inverseA);
+        }
+    }
+    if (rowB < rows)
+    {
+        int query = rowB / group;
+        size_t at = ((size_t)query * heads + kvHead * group + (rowB - query * group)) * HD + 2 * t;
+#pragma unroll
+        for (int j = 0; j < FA_DTILES; j++)
+        {
+            store_act(output, outputLo, at + j * 8, o[j][2] * inverseB);
+            store_act(output, outputLo, at + j * 8 + 1, o[j][3] * inverseB);
+        }
+    }
+}
+#endif
 
 // x += y (+ bias[column]), over [count] fp32 elements of rows of width d.
 extern "C" __global__ void residual_add(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias, int count, int d)
