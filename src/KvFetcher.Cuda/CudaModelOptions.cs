@@ -32,8 +32,10 @@ public enum CudaMatmulPrecision
 public enum CudaAttentionKernel
 {
     /// <summary>
-    /// <see cref="TensorCores"/> where the model allows it and the products already round activations to 16 bits
-    /// (<see cref="CudaMatmulPrecision.Stored"/>); otherwise <see cref="CudaCores"/>, so the exact settings stay exact.
+    /// <see cref="CudaCores"/> for now: the tensor-core kernel has not yet been compiled and checked on a device (no
+    /// machine could be started in the session that wrote it), so it runs only when asked for. Once its checks pass on
+    /// the device, Auto is meant to pick <see cref="TensorCores"/> where the model allows it and the products already
+    /// round activations to 16 bits (<see cref="CudaMatmulPrecision.Stored"/>).
     /// </summary>
     Auto,
 

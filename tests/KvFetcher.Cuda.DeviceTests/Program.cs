@@ -256,7 +256,7 @@ void BenchLlama(string path, bool baseline)
     json.WriteString("engine", "kvfetcher-cuda");
     json.WriteString("device", context.ToString());
     json.WriteString("setting", "Stored products (bf16 activations), bf16 KV");
-    foreach (CudaAttentionKernel kernel in baseline ? new[] { CudaAttentionKernel.CudaCores, CudaAttentionKernel.Auto } : [CudaAttentionKernel.Auto])
+    foreach (CudaAttentionKernel kernel in baseline ? new[] { CudaAttentionKernel.CudaCores, CudaAttentionKernel.TensorCores } : [CudaAttentionKernel.TensorCores])
     {
         long freeBefore = context.GetMemoryInfo().Free;
         long started = Stopwatch.GetTimestamp();
@@ -268,26 +268,26 @@ void BenchLlama(string path, bool baseline)
         long heldBytes = freeBefore - context.GetMemoryInfo().Free;
         string attention = model.UsesTensorCoreAttention ? "tensor cores" : "CUDA cores";
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"llama-3-8b shape, attention on {attention}: ready in {Stopwatch.GetElapsedTime(started).TotalSeconds:F1} s, {heldBytes >> 20} MiB held"));
-        json.WriteStartObject(kernel == CudaAttentionKernel.Auto ? "engine13" : "baseline");
+        json.WriteStartObject(kernel == CudaAttentionKernel.TensorCores ? "engine13" : "baseline");
         json.WriteString("attention", attention);
         json.WriteNumber("weightBytes", model.WeightBytes);
         json.WriteNumber("heldBytes", heldBytes);
         session.PrefillGreedy(tokens.AsSpan(0, 512), 0);
         json.WriteStartArray("prefill");
-        foreach (int n in kernel == CudaAttentionKernel.Auto ? contexts : [4096, 16384])
+        foreach (int n in kernel == CudaAttentionKernel.TensorCores ? contexts : [4096, 16384])
         {
             Func<double> once = () =>
             {
                 session.Reset();
                 return Time(() => session.PrefillGreedy(tokens.AsSpan(0, n), 0));
             };
-            double seconds = kernel == CudaAttentionKernel.Auto ? Median(once) : once();
+            double seconds = kernel == CudaAttentionKernel.TensorCores ? Median(once) : once();
             Record("cuda", $"llama-3-8b shape, Stored, bf16 KV, attention on {attention}", "prefill", n, n, seconds);
             WriteRow(json, n, n, seconds);
         }
 
         json.WriteEndArray();
-        if (kernel != CudaAttentionKernel.Auto)
+        if (kernel != CudaAttentionKernel.TensorCores)
         {
             json.WriteEndObject();
             continue;

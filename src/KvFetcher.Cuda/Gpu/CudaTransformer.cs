@@ -63,7 +63,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
         UsesTensorCoreAttention = flashFits && attention switch
         {
             CudaAttentionKernel.TensorCores => true,
-            CudaAttentionKernel.Auto => precision == CudaMatmulPrecision.Stored && matmulType != DType.Float32,
+            CudaAttentionKernel.Auto => false, // until the kernel's device checks have passed (CudaModelOptions.Attention)
             _ => false,
         };
         try
