@@ -5,9 +5,10 @@
 // Run from the repository root with the npm package of Hugging Face tokenizers (the Rust library's binding):
 //   npm install --prefix /tmp/hftok tokenizers@0.23.2
 //   NODE_PATH=/tmp/hftok/node_modules node tests/TestData/tokenizer/make_long_text_reference.mjs \
-//       tests/TestData/tokenizer/long-text-kvf-pydoc-16m.json
+//       tests/TestData/tokenizer/long-text-kvf-pydoc-16m.json.gz
 import { createRequire } from "node:module";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { gzipSync } from "node:zlib";
 
 const require = createRequire(import.meta.url);
 const { Tokenizer } = require("tokenizers");
@@ -39,5 +40,5 @@ const tokenizer = Tokenizer.fromFile(`${model}/tokenizer.json`);
 const encoding = await tokenizer.encode(text, null, { addSpecialTokens: false });
 const ids = Array.from(encoding.getIds());
 const library = `tokenizers ${require("tokenizers/package.json").version} (npm binding of the Rust library)`;
-writeFileSync(process.argv[2], JSON.stringify({ model, library, text, ids }));
+writeFileSync(process.argv[2], gzipSync(JSON.stringify({ model, library, text, ids }), { level: 9 })); // gzip: the tree stays small
 console.log(`${text.length} characters, ${ids.length} ids, ${library}`);
