@@ -83,6 +83,12 @@ public sealed class KvFetcherEngine : IAsyncDisposable
     /// <summary>The background publisher (null without reuse).</summary>
     public Fetch.Publishing.KvPublisher? Publisher => _reuse?.Publisher;
 
+    /// <summary>
+    /// Rates measured so far, the engine's own chunk compute times included: they set how long a request waits for its
+    /// stored prefix before computing it (null without reuse).
+    /// </summary>
+    public Fetch.Fetching.FetchRates? Rates => _reuse?.Rates;
+
     /// <summary>Validates <paramref name="options"/>, loads the model (fp16 KV, as chunks are stored) and opens the store.</summary>
     public static async Task<KvFetcherEngine> StartAsync(KvFetcherOptions options, CancellationToken cancellationToken = default)
     {

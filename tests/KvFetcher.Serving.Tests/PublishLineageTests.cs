@@ -36,4 +36,25 @@ public sealed class PublishLineageTests(ServingFixture fixture) : IClassFixture<
             Directory.Delete(store, recursive: true);
         }
     }
+
+    [Fact]
+    public async Task Prefill_WholeChunksComputed_EngineComputeTimesReachTheRates()
+    {
+        string store = Directory.CreateTempSubdirectory("kvf-rates-").FullName;
+        try
+        {
+            await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(fixture.EngineOptions(store: store), TestContext.Current.CancellationToken);
+            int[] document = fixture.Model.Tokenizer.Encode(fixture.Document);
+            double prior = engine.Rates!.ComputeSeconds(1, 256);
+            Assert.Equal(prior, new Fetch.Fetching.FetchRates().ComputeSeconds(1, 256));
+
+            await engine.Submit(new GenerationRequest { Prompt = document[..600], MaxTokens = 1 }, TestContext.Current.CancellationToken).Completion;
+
+            Assert.NotEqual(prior, engine.Rates.ComputeSeconds(1, 256)); // measured now, not the prior
+        }
+        finally
+        {
+            Directory.Delete(store, recursive: true);
+        }
+    }
 }

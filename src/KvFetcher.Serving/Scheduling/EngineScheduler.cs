@@ -476,7 +476,14 @@ public sealed class EngineScheduler : IAsyncDisposable
             if (prefill)
             {
                 int count = Math.Min(_options.PrefillStepTokens, prompt.Length - sequence.Computed);
+                long started = Stopwatch.GetTimestamp();
                 session.Prefill(prompt.AsSpan(sequence.Computed, count), sequence.Computed, logits);
+                if (_reuse is not null && count == _reuse.Options.ChunkTokens && sequence.Computed % count == 0)
+                {
+                    // A whole chunk computed: what the waiting queue's deadline predicts from (else it uses a prior).
+                    _reuse.Rates.ObserveCompute(sequence.Computed / count, Stopwatch.GetElapsedTime(started).TotalSeconds);
+                }
+
                 sequence.Computed += count;
                 if (sequence.Computed < prompt.Length)
                 {
