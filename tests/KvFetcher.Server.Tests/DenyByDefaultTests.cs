@@ -37,33 +37,8 @@ public sealed class DenyByDefaultTests
         IReadOnlyList<RouteEndpoint> routes = RouteWalk.Routes(harness.Server.Services);
         Assert.True(routes.Count >= 8, $"{routes.Count} routes");
 
-        var leaks = new List<string>();
-        int sent = 0;
-        // Every method is sent to every path, so each path is walked once (GET, PUT, ... of one path are several routes).
-        foreach (RouteEndpoint route in routes.DistinctBy(r => r.RoutePattern.RawText))
-        {
-            if (expectedPublic.Contains(route.RoutePattern.RawText))
-            {
-                continue;
-            }
-
-            foreach ((string variant, string target) in RouteWalk.Variants(route.RoutePattern, _ => key.Value))
-            {
-                foreach (string method in RouteWalk.Methods)
-                {
-                    foreach (string? token in new[] { null, WrongToken })
-                    {
-                        byte[] body = method switch { "PUT" => container, "POST" => lookup, _ => [] };
-                        int status = await RouteWalk.SendAsync(harness.Address, method, target, token, body, Ct);
-                        sent++;
-                        if (status is >= 200 and < 300)
-                        {
-                            leaks.Add($"{method} {target} ({variant}, {(token is null ? "no token" : "wrong token")}) -> {status}");
-                        }
-                    }
-                }
-            }
-        }
+        (int sent, List<string> leaks) = await RouteWalk.WalkAsync(harness.Address, routes, expectedPublic, _ => key.Value, [null, WrongToken],
+            method => method switch { "PUT" => container, "POST" => lookup, _ => [] }, Ct);
 
         Assert.True(sent > 500, $"{sent} requests");
         Assert.True(leaks.Count == 0, $"{leaks.Count} of {sent} requests got through:\n{string.Join('\n', leaks.Take(40))}");

@@ -34,31 +34,8 @@ public sealed class DenyByDefaultTests(ServingFixture fixture) : IClassFixture<S
         IReadOnlyList<RouteEndpoint> routes = RouteWalk.Routes(server.Server.Services);
         Assert.True(routes.Count >= 6, $"{routes.Count} routes");
 
-        var leaks = new List<string>();
-        int sent = 0;
-        foreach (RouteEndpoint route in routes.DistinctBy(r => r.RoutePattern.RawText))
-        {
-            if (expectedPublic.Contains(route.RoutePattern.RawText))
-            {
-                continue;
-            }
-
-            foreach ((string variant, string target) in RouteWalk.Variants(route.RoutePattern, _ => ServingFixture.ModelId))
-            {
-                foreach (string method in RouteWalk.Methods)
-                {
-                    foreach (string? token in tokens)
-                    {
-                        int status = await RouteWalk.SendAsync(address, method, target, token, method == "POST" ? completion : null, Ct);
-                        sent++;
-                        if (status is >= 200 and < 300)
-                        {
-                            leaks.Add($"{method} {target} ({variant}, {(token is null ? "no key" : "wrong key")}) -> {status}");
-                        }
-                    }
-                }
-            }
-        }
+        (int sent, List<string> leaks) = await RouteWalk.WalkAsync(address, routes, expectedPublic, _ => ServingFixture.ModelId, tokens,
+            method => method == "POST" ? completion : null, Ct);
 
         Assert.True(sent > 300, $"{sent} requests");
         Assert.True(leaks.Count == 0, $"{leaks.Count} of {sent} requests got through:\n{string.Join('\n', leaks.Take(40))}");

@@ -44,6 +44,43 @@ internal static class RouteWalk
         yield return ("query", canonical + "?a=1");
     }
 
+    /// <summary>
+    /// Sends every method to every spelling of every route not in <paramref name="publicPaths"/> (each path once: GET,
+    /// PUT, ... of one path are several routes), once per presented token (null: none); returns the requests sent and
+    /// a line for each one that got a 2xx.
+    /// </summary>
+    public static async Task<(int Sent, List<string> Leaks)> WalkAsync(Uri server, IReadOnlyList<RouteEndpoint> routes, IReadOnlyCollection<string> publicPaths,
+        Func<string, string> parameter, IReadOnlyList<string?> tokens, Func<string, byte[]?> bodyFor, CancellationToken cancellationToken)
+    {
+        var leaks = new List<string>();
+        int sent = 0;
+        foreach (RouteEndpoint route in routes.DistinctBy(r => r.RoutePattern.RawText))
+        {
+            if (publicPaths.Contains(route.RoutePattern.RawText))
+            {
+                continue;
+            }
+
+            foreach ((string variant, string target) in Variants(route.RoutePattern, parameter))
+            {
+                foreach (string method in Methods)
+                {
+                    foreach (string? token in tokens)
+                    {
+                        int status = await SendAsync(server, method, target, token, bodyFor(method), cancellationToken);
+                        sent++;
+                        if (status is >= 200 and < 300)
+                        {
+                            leaks.Add($"{method} {target} ({variant}, {(token is null ? "no token" : "wrong token")}) -> {status}");
+                        }
+                    }
+                }
+            }
+        }
+
+        return (sent, leaks);
+    }
+
     /// <summary>Sends one request as raw HTTP/1.1 and returns the status code (with a 10 s bound on the whole exchange).</summary>
     public static async Task<int> SendAsync(Uri server, string method, string target, string? token, byte[]? body = null, CancellationToken cancellationToken = default)
     {
