@@ -148,7 +148,8 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
         }, TestContext.Current.CancellationToken);
         await using var http = new HttpKvStore(new HttpKvStoreOptions { BaseAddress = server.Addresses[0], Token = "a-test-token-of-32-characters!!", RequestTimeout = TimeSpan.FromSeconds(2), MaxRetries = 1 });
         await using var slow = new ShapedKvStore(http, BandwidthSchedule.Constant(4e6), ownsInner: false);
-        await using var reuse = new KvReuse(fixture.Model, slow, new ReuseOptions { Ladder = [KvVariant.Raw], TransfersInFlight = 1 });
+        // A patient lookup: this is about the fetch (a first HTTP lookup on a loaded CI machine can take over the 0.5 s default).
+        await using var reuse = new KvReuse(fixture.Model, slow, new ReuseOptions { Ladder = [KvVariant.Raw], TransfersInFlight = 1, LookupTimeout = TimeSpan.FromSeconds(10) });
         var session = fixture.Model.CreateSession(ReuseFixture.PromptTokens);
         var logits = new float[fixture.Model.Config.VocabSize];
 

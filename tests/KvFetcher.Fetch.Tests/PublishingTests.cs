@@ -191,11 +191,13 @@ public sealed class PublishingTests(ReuseFixture fixture) : IClassFixture<ReuseF
         _owned.Add(proxy);
         var store = new HttpKvStore(new HttpKvStoreOptions { BaseAddress = proxy.Address, Token = Token, MaxRetries = 0 });
         _owned.Add(store);
-        await using var reuse = new KvReuse(fixture.Model, store, new ReuseOptions { Ladder = s_ladder });
+        // A patient lookup: this is about the transfer (a first HTTP lookup on a loaded CI machine can take over the 0.5 s default).
+        await using var reuse = new KvReuse(fixture.Model, store, new ReuseOptions { Ladder = s_ladder, LookupTimeout = TimeSpan.FromSeconds(10) });
 
         PrefillReport report = await PrefillAsync(reuse, PrefillStrategy.FetchOnly(KvVariant.Raw));
         await reuse.Publisher.WhenIdleAsync().WaitAsync(s_hangGuard, TestContext.Current.CancellationToken);
 
+        Assert.False(report.LookupFailed);
         Assert.True(proxy.Flipped);
         Assert.Equal(1, report.FailedChunks);
         Assert.Equal(3, report.RestoredChunks);
