@@ -12,16 +12,16 @@ part device
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$log"
 if [[ " $* " != *" --no-kernel "* ]]; then
   part "flash kernel vs SDPA"
-  timeout 75 python3 bench/pytorch/flash_check.py --json "$OUT/flash.json" 2>&1 | tee -a "$log"
+  timeout 120 python3 bench/pytorch/flash_check.py --json "$OUT/flash.json" 2>&1 | tee -a "$log"
 fi
 part "our engine"
 flags=(--llama "$OUT/ours.json" --json "$OUT/checks.json")
 [[ " $* " != *" --no-checks "* ]] && flags+=(--checks)
 [[ " $* " == *" --flash-checks "* ]] && flags+=(--check-filter flash)
 [[ " $* " != *" --no-baseline "* ]] && flags+=(--baseline)
-timeout 150 cuda/kvf-gpu-check "${flags[@]}" 2>&1 | tee -a "$log"
+timeout 240 cuda/kvf-gpu-check "${flags[@]}" 2>&1 | tee -a "$log"
 part "pytorch reference"
-timeout 130 python3 bench/pytorch/llama_reference.py --json "$OUT/pytorch.json" 2>&1 | tee -a "$log"
+timeout 200 python3 bench/pytorch/llama_reference.py --json "$OUT/pytorch.json" 2>&1 | tee -a "$log"
 part compare
 python3 bench/pytorch/compare.py "$OUT/ours.json" "$OUT/pytorch.json" --json "$OUT/comparison.json" --table "$OUT/comparison.md" 2>&1 | tee -a "$log"
 part done

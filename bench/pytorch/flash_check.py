@@ -1,10 +1,13 @@
-"""Checks and times the engine's attention kernels (src/KvFetcher.Cuda/Gpu/Kernels.cu) outside the engine.
+"""Checks and times the engine's attention and decode kernels (src/KvFetcher.Cuda/Gpu/Kernels.cu) outside the engine.
 
 Compiles Kernels.cu with NVRTC through CuPy, as the engine does (same source, same defines), runs `flash_attention`
-(tensor cores) and `attention` (CUDA cores) on random data laid out as the engine lays it out (Q fp32 [n, heads, HD],
-one layer of the cache [kvHead][capacity][HD] in fp16/bf16), and compares both with a float64 reference computed by
-PyTorch from the same inputs: causal mask at any start position, grouped-query heads, sliding windows. Then times
-them against torch's SDPA flash backend on the Llama-3-8B attention shape (32 query / 8 KV heads of 128).
+(tensor cores, 128-row blocks), `flash_attention_narrow` (64-row blocks), `attention` (CUDA cores) and, for decode
+steps, `decode_attention` (split-K, + `attention_combine`) on random data laid out as the engine lays it out (Q fp32
+[n, heads, HD], one layer of the cache [kvHead][capacity][HD] in fp16/bf16), and compares them with a float64
+reference computed by PyTorch from the same inputs: causal mask at any start position, grouped-query heads, sliding
+windows. `gemv` (decode-sized products) is checked against torch's fp32 product of the same bf16 inputs. Then times
+them against torch (SDPA flash backend, cuBLAS) on the Llama-3-8B shapes (32 query / 8 KV heads of 128; hidden
+4096, ffn 14336, vocabulary 128256).
 
 Usage (on the GPU machine): python3 bench/pytorch/flash_check.py --json OUT.json
 """
@@ -26,38 +29,73 @@ _modules = {}
 def module(hd, kv):
     key = (hd, kv)
     if key not in _modules:
-        options = ("--std=c++17", "-default-device", f"-DHEAD_DIM={hd}", f"-DKV={kv}", "-DACT=f32_t", "-DEMB=f32_t", "-DTC_ATTENTION")
+        options = ("--std=c++17", "-default-device", f"-DHEAD_DIM={hd}", f"-DKV={kv}", "-DACT=f32_t", "-DEMB=f32_t", "-DTC_ATTENTION",
+                   "-DDECODE_ATTENTION")
         m = cupy.RawModule(code=SOURCE, options=options, backend="nvrtc")
         flash = m.get_function("flash_attention")
-        flash.max_dynamic_shared_size_bytes = flash_smem(hd)
+        flash.max_dynamic_shared_size_bytes = flash_smem(hd, 128)
+        narrow = m.get_function("flash_attention_narrow")
+        narrow.max_dynamic_shared_size_bytes = flash_smem(hd, 64)
         plain = m.get_function("attention")
         smem = (16 * hd + 32 * (hd + 1) + 32 * hd) * 4
         if smem > 48 * 1024:
             plain.max_dynamic_shared_size_bytes = smem
-        _modules[key] = (flash, plain, smem, m)
+        _modules[key] = {"flash": flash, "narrow": narrow, "plain": plain, "smem": smem, "module": m,
+                         "decode": m.get_function("decode_attention"), "combine": m.get_function("attention_combine")}
     return _modules[key]
 
 
-def flash_smem(hd):
-    return 2 * 2 * 64 * (hd + 8) * 2
+def flash_smem(hd, rows):
+    return (rows + 2 * 2 * 64) * (hd + 8) * 2
 
 
 def ptr(t):
     return np.uint64(t.data_ptr())
 
 
-def run_flash(hd, kv, q, keys, values, out, n, start, heads, group, capacity, window):
-    flash, _, _, _ = module(hd, kv)
+def run_flash(hd, kv, q, keys, values, out, n, start, heads, group, capacity, window, rows=128):
+    m = module(hd, kv)
     kv_heads = heads // group
-    tiles = (n * group + 63) // 64
-    flash((tiles, kv_heads, 1), (128, 1, 1),
-          (ptr(q), ptr(keys), ptr(values), ptr(out), np.uint64(0), np.int32(n), np.int32(start), np.int32(heads),
-           np.int32(group), np.int32(capacity), np.int32(window), np.float32(1 / math.sqrt(hd))),
-          shared_mem=flash_smem(hd))
+    tiles = (n * group + rows - 1) // rows
+    (m["flash"] if rows == 128 else m["narrow"])(
+        (tiles, kv_heads, 1), (128, 1, 1),
+        (ptr(q), ptr(keys), ptr(values), ptr(out), np.uint64(0), np.int32(n), np.int32(start), np.int32(heads),
+         np.int32(group), np.int32(capacity), np.int32(window), np.float32(1 / math.sqrt(hd))),
+        shared_mem=flash_smem(hd, rows))
+
+
+def run_narrow(hd, kv, q, keys, values, out, n, start, heads, group, capacity, window):
+    run_flash(hd, kv, q, keys, values, out, n, start, heads, group, capacity, window, rows=64)
+
+
+def decode_splits(n, start, window, kv_heads, sms=132):
+    """The engine's rule (CudaTransformer.Attention): key ranges of at least 128 keys, about 4 blocks per SM."""
+    span = min(window, start + n)
+    return max(1, min((span + 127) // 128, max(1, 4 * sms // kv_heads)))
+
+
+def run_decode(hd, kv, q, keys, values, out, n, start, heads, group, capacity, window, splits=None, partial=None):
+    m = module(hd, kv)
+    kv_heads = heads // group
+    splits = splits or decode_splits(n, start, window, kv_heads)
+    if partial is None:
+        partial = torch.empty(splits * n * heads * (hd + 2), device="cuda")
+    m["decode"]((splits, kv_heads, 1), (128, 1, 1),
+                (ptr(q), ptr(keys), ptr(values), ptr(out), np.uint64(0), ptr(partial), np.int32(n), np.int32(start),
+                 np.int32(heads), np.int32(group), np.int32(capacity), np.int32(window), np.float32(1 / math.sqrt(hd)),
+                 np.int32(splits)))
+    if splits > 1:
+        m["combine"]((n, heads, 1), (32, 1, 1),
+                     (ptr(partial), ptr(out), np.uint64(0), np.int32(n), np.int32(heads), np.int32(splits)))
+
+
+def run_decode_one_split(hd, kv, q, keys, values, out, n, start, heads, group, capacity, window):
+    run_decode(hd, kv, q, keys, values, out, n, start, heads, group, capacity, window, splits=1)
 
 
 def run_plain(hd, kv, q, keys, values, out, n, start, heads, group, capacity, window):
-    _, plain, smem, _ = module(hd, kv)
+    m = module(hd, kv)
+    plain, smem = m["plain"], m["smem"]
     kv_heads = heads // group
     tiles = (n * group + 15) // 16
     plain((tiles, kv_heads, 1), (128, 1, 1),
@@ -90,22 +128,78 @@ def reference(q, keys, values, n, start, heads, kv_heads, hd, window):
     return out.permute(1, 0, 2).float()                               # [n, heads, hd]
 
 
-def check(case):
+def check(case, runners=None):
     n, start, heads, kv_heads, hd, kv, window = case
     capacity = start + n + 37
     q, keys, values = make_inputs(n, start, heads, kv_heads, hd, kv, capacity, seed=hash(case) & 0xffff)
     ref = reference(q, keys, values, n, start, heads, kv_heads, hd, window)
     result = {"n": n, "start": start, "heads": heads, "kvHeads": kv_heads, "headDim": hd, "kv": kv,
               "window": None if window >= 2**31 - 1 else window}
-    for name, runner in (("flash", run_flash), ("cudaCore", run_plain)):
+    runners = runners or (("flash", run_flash), ("narrow", run_narrow), ("cudaCore", run_plain))
+    for name, runner in runners:
         out = torch.full((n, heads, hd), float("nan"), device="cuda")
         runner(hd, kv, q, keys, values, out, n, start, heads, heads // kv_heads, capacity, window)
         torch.cuda.synchronize()
         unwritten = int(torch.isnan(out).sum())
         rel = float((out - ref).norm() / ref.norm()) if unwritten == 0 else float("nan")
         result[name] = {"relError": rel, "maxAbs": float((out - ref).abs().max()), "unwritten": unwritten}
-    result["passed"] = result["flash"]["unwritten"] == 0 and result["flash"]["relError"] <= 1e-2
+    tested = [name for name, _ in runners if name != "cudaCore"]
+    # 16-bit Q and P in the tensor-core kernels; fp32 everywhere in the decode kernel (its bound is the CUDA-core one).
+    bound = {"flash": 1e-2, "narrow": 1e-2}
+    result["passed"] = all(result[t]["unwritten"] == 0 and result[t]["relError"] <= bound.get(t, 1e-5) for t in tested)
     return result
+
+
+def gemv_module():
+    if "gemv" not in _modules:
+        options = ("--std=c++17", "-default-device", "-DHEAD_DIM=128", "-DKV=bf16_t", "-DACT=bf16_t", "-DEMB=bf16_t", "-DGEMV")
+        m = cupy.RawModule(code=SOURCE, options=options, backend="nvrtc")
+        _modules["gemv"] = (m.get_function("gemv"), m)
+    return _modules["gemv"][0]
+
+
+def run_gemv(x, w, y, rows, inf, outf):
+    gemv_module()(((outf + 15) // 16, 1, 1), (256, 1, 1), (ptr(x), ptr(w), ptr(y), np.int32(rows), np.int32(inf), np.int32(outf)))
+
+
+def gemv_case(rows, inf, outf, timing):
+    g = torch.Generator(device="cuda").manual_seed(rows * 7 + inf)
+    x = torch.randn(rows, inf, device="cuda", generator=g).to(torch.bfloat16)
+    w = (torch.randn(outf, inf, device="cuda", generator=g) / math.sqrt(inf)).to(torch.bfloat16)
+    y = torch.full((rows, outf), float("nan"), device="cuda")
+    run_gemv(x, w, y, rows, inf, outf)
+    torch.cuda.synchronize()
+    ref = x.double() @ w.double().t()
+    row = {"rows": rows, "in": inf, "out": outf, "unwritten": int(torch.isnan(y).sum()),
+           "relError": float((y.double() - ref).norm() / ref.norm())}
+    row["passed"] = row["unwritten"] == 0 and row["relError"] <= 1e-5
+    if timing:
+        nbytes = w.numel() * 2
+        row["gemvMs"] = time_ms(lambda: run_gemv(x, w, y, rows, inf, outf), repeats=20)
+        row["torchMs"] = time_ms(lambda: x @ w.t(), repeats=20)
+        row["gemvGBps"] = nbytes / row["gemvMs"] / 1e6
+        row["torchGBps"] = nbytes / row["torchMs"] / 1e6
+    return row
+
+
+def decode_timing(context):
+    heads, kv_heads, hd, kv = 32, 8, 128, "bf16_t"
+    q, keys, values = make_inputs(1, context - 1, heads, kv_heads, hd, kv, context, seed=11)
+    out = torch.empty(1, heads, hd, device="cuda")
+    splits = decode_splits(1, context - 1, 2**31 - 1, kv_heads)
+    partial = torch.empty(splits * heads * (hd + 2), device="cuda")
+    nbytes = 2 * kv_heads * context * hd * 2
+    row = {"context": context, "splits": splits, "kvBytes": nbytes}
+    row["decodeUs"] = 1000 * time_ms(lambda: run_decode(hd, kv, q, keys, values, out, 1, context - 1, heads, 4, context, 2**31 - 1, splits, partial), repeats=20)
+    row["cudaCoreUs"] = 1000 * time_ms(lambda: run_plain(hd, kv, q, keys, values, out, 1, context - 1, heads, 4, context, 2**31 - 1), repeats=5)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    qt = q.to(torch.bfloat16).permute(1, 0, 2).unsqueeze(0).contiguous()
+    kt, vt = keys.unsqueeze(0), values.unsqueeze(0)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        row["torchUs"] = 1000 * time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True), repeats=20)
+    for k in ("decodeUs", "cudaCoreUs", "torchUs"):
+        row[k.replace("Us", "GBps")] = nbytes / (row[k] * 1e-6) / 1e9
+    return row
 
 
 def time_ms(fn, repeats=5):
@@ -132,6 +226,7 @@ def timing(n, start, plain):
     flops = 4.0 * hd * heads * (n * start + n * (n + 1) / 2)   # causal: query i sees start + i + 1 keys
     row = {"n": n, "start": start, "tflop": flops / 1e12}
     row["flashMs"] = time_ms(lambda: run_flash(hd, kv, q, keys, values, out, n, start, heads, 4, capacity, 2**31 - 1))
+    row["narrowMs"] = time_ms(lambda: run_narrow(hd, kv, q, keys, values, out, n, start, heads, 4, capacity, 2**31 - 1))
     if plain:
         row["cudaCoreMs"] = time_ms(lambda: run_plain(hd, kv, q, keys, values, out, n, start, heads, 4, capacity, 2**31 - 1), repeats=1)
     if start == 0:
@@ -141,7 +236,7 @@ def timing(n, start, plain):
         vt = values.unsqueeze(0)
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             row["torchFlashMs"] = time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True))
-    for key in ("flashMs", "cudaCoreMs", "torchFlashMs"):
+    for key in ("flashMs", "narrowMs", "cudaCoreMs", "torchFlashMs"):
         if key in row:
             row[key.replace("Ms", "Tflops")] = row["tflop"] / (row[key] / 1000)
     return row
@@ -165,7 +260,17 @@ def main():
         (70, 5, 4, 2, 16, "f16_t", big),
         (100, 33, 12, 4, 96, "bf16_t", 50),
     ]
-    results = {"device": torch.cuda.get_device_name(), "checks": [], "timing": []}
+    decode_cases = [
+        (1, 4095, 32, 8, 128, "bf16_t", big),
+        (1, 32767, 32, 8, 128, "bf16_t", big),
+        (2, 1000, 32, 8, 128, "f16_t", 300),
+        (1, 0, 32, 8, 128, "bf16_t", big),
+        (1, 100, 8, 8, 64, "bf16_t", big),
+        (1, 5000, 6, 2, 64, "bf16_t", 128),
+        (8, 3000, 4, 4, 256, "f16_t", big),
+        (1, 777, 4, 2, 16, "bf16_t", big),
+    ]
+    results = {"device": torch.cuda.get_device_name(), "checks": [], "timing": [], "decode": [], "gemv": []}
     for case in cases:
         try:
             r = check(case)
@@ -173,6 +278,20 @@ def main():
             r = {"case": str(case), "passed": False, "error": repr(e)}
         results["checks"].append(r)
         print("CHECK", json.dumps(r), flush=True)
+    for case in decode_cases:
+        try:
+            r = check(case, (("decode", run_decode), ("decodeOneSplit", run_decode_one_split), ("cudaCore", run_plain)))
+        except Exception as e:
+            r = {"case": str(case), "passed": False, "error": repr(e)}
+        results["checks"].append(r)
+        print("CHECK decode", json.dumps(r), flush=True)
+    for rows, inf, outf in ((1, 4096, 6144), (1, 14336, 4096), (1, 4096, 128256), (3, 4096, 28672), (4, 136, 24)):
+        try:
+            r = gemv_case(rows, inf, outf, timing=not args.no_timing and rows == 1)
+        except Exception as e:
+            r = {"rows": rows, "in": inf, "out": outf, "passed": False, "error": repr(e)}
+        results["checks"].append(r)
+        print("CHECK gemv", json.dumps(r), flush=True)
     if not args.no_timing:
         for n, start, plain in ((4096, 0, True), (16384, 0, True), (32768, 0, False), (4096, 12288, False), (512, 32256, False)):
             try:
@@ -181,6 +300,13 @@ def main():
                 r = {"n": n, "start": start, "error": repr(e)}
             results["timing"].append(r)
             print("TIME", json.dumps(r), flush=True)
+        for context in (4096, 16384, 32768):
+            try:
+                r = decode_timing(context)
+            except Exception as e:
+                r = {"context": context, "error": repr(e)}
+            results["decode"].append(r)
+            print("DECODE", json.dumps(r), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

@@ -28,14 +28,16 @@ public enum CudaMatmulPrecision
     TensorFloat32,
 }
 
-/// <summary>Which kernel computes the attention of prefill steps (decode steps and short steps always use CUDA cores).</summary>
+/// <summary>
+/// Which kernel computes the attention of prefill steps. Decode-sized steps (a few rows per KV head) take the split-K
+/// decode kernel on CUDA cores whenever the cache is 16-bit, whatever this says.
+/// </summary>
 public enum CudaAttentionKernel
 {
     /// <summary>
-    /// <see cref="CudaCores"/> for now: the tensor-core kernel has not yet been compiled and checked on a device (no
-    /// machine could be started in the session that wrote it), so it runs only when asked for. Once its checks pass on
-    /// the device, Auto is meant to pick <see cref="TensorCores"/> where the model allows it and the products already
-    /// round activations to 16 bits (<see cref="CudaMatmulPrecision.Stored"/>).
+    /// <see cref="TensorCores"/> where the model allows it and the products already round activations to 16 bits
+    /// (<see cref="CudaMatmulPrecision.Stored"/>, the fast setting, where rounding Q and P adds nothing of another
+    /// order); <see cref="CudaCores"/> otherwise, so the parity settings keep fp32 attention.
     /// </summary>
     Auto,
 

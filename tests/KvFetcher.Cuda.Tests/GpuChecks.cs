@@ -29,6 +29,13 @@ internal static class GpuChecks
     /// </summary>
     public const float RoundedActivationLogitTolerance = 8e-2f;
 
+    /// <summary>
+    /// Max |logit difference| between the tensor-core and CUDA-core attention kernels with a bf16 cache: the fp16
+    /// cache's bound (<see cref="Bf16LogitTolerance"/>) times 8, as bf16 keeps three mantissa bits fewer than fp16 for
+    /// the rounded Q and P (measured on the H100: 9.8e-2 on the bundled model, 2.9e-2 on tiny-llama3-rope; fp16 1.2e-2).
+    /// </summary>
+    public const float Bf16KvAttentionTolerance = 8 * Bf16LogitTolerance;
+
     /// <summary>Max |logit difference| to transformers' fp32 logits with fp32 matrix products (the CPU engine's bound).</summary>
     public const float Float32LogitTolerance = 2e-3f;
 
@@ -347,10 +354,11 @@ internal static class GpuChecks
         int[] a = Continue(oneShotSession, n, ArgMax(oneShot.AsSpan((n - 1) * vocab, vocab)), 8);
         int[] b = Continue(chunkedSession, n, ArgMax(chunked.AsSpan((n - 1) * vocab, vocab)), 8);
         bool sameContinuation = a.AsSpan().SequenceEqual(b);
+        float tolerance = kvStorage == DType.BFloat16 ? Bf16KvAttentionTolerance : Bf16LogitTolerance;
         return new CheckResult(
             label,
-            finite && oneShotWorst <= Bf16LogitTolerance && chunkedWorst <= Bf16LogitTolerance && sameContinuation,
-            $"{n} tokens, fp32 products: max |logit diff| to the CUDA-core kernel one-shot {Format(oneShotWorst)}, chunked {Format(chunkedWorst)} (tolerance {Format(Bf16LogitTolerance)}), continuation {(sameContinuation ? "identical" : "differs")}");
+            finite && oneShotWorst <= tolerance && chunkedWorst <= tolerance && sameContinuation,
+            $"{n} tokens, fp32 products: max |logit diff| to the CUDA-core kernel one-shot {Format(oneShotWorst)}, chunked {Format(chunkedWorst)} (tolerance {Format(tolerance)}), continuation {(sameContinuation ? "identical" : "differs")}");
     }
 
     /// <summary>

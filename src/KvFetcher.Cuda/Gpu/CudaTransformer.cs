@@ -17,12 +17,24 @@ internal sealed unsafe class CudaTransformer : IDisposable
     /// <summary>(query, head) rows per attention block (ATT_ROWS in Kernels.cu).</summary>
     public const int AttentionRows = 16;
 
-    /// <summary>(query, head) rows per flash attention block (FA_ROWS in Kernels.cu); shorter steps use CUDA cores.</summary>
+    /// <summary>(query, head) rows per narrow flash attention block (Kernels.cu, flash_attention_narrow); shorter steps use CUDA cores.</summary>
     public const int FlashRows = 64;
+
+    /// <summary>(query, head) rows per wide flash attention block (Kernels.cu, flash_attention).</summary>
+    public const int WideFlashRows = 128;
+
+    /// <summary>The most (query, head) rows per KV head that a step may have to take the decode attention kernel (DEC_ROWS).</summary>
+    public const int DecodeRows = 8;
+
+    /// <summary>The most rows the GEMV kernel takes (GEMV_ROWS); longer steps go to cuBLAS.</summary>
+    public const int GemvRows = 4;
 
     private const int AttentionKeys = 32;
     private const int AttentionThreads = 128;
     private const int FlashKeys = 64;
+    private const int DecodeThreads = 128;
+    private const int DecodeKeysPerSplit = 128;
+    private const int GemvOutputsPerBlock = 16;
 
     private readonly CudaContext _context;
     private readonly ModelConfig _config;
@@ -38,7 +50,11 @@ internal sealed unsafe class CudaTransformer : IDisposable
     private readonly CudaKernel _argMax;
     private readonly CudaKernel _fillUniform;
     private readonly CudaKernel _flashAttention;
+    private readonly CudaKernel _flashAttentionNarrow;
+    private readonly CudaKernel _decodeAttention;
+    private readonly CudaKernel _gemv;
     private readonly int _flashSharedBytes;
+    private readonly int _flashNarrowSharedBytes;
     private readonly int _attentionSharedBytes;
     private readonly float _attentionScale;
 
@@ -63,9 +79,12 @@ internal sealed unsafe class CudaTransformer : IDisposable
         UsesTensorCoreAttention = flashFits && attention switch
         {
             CudaAttentionKernel.TensorCores => true,
-            CudaAttentionKernel.Auto => false, // until the kernel's device checks have passed (CudaModelOptions.Attention)
+            CudaAttentionKernel.Auto => precision == CudaMatmulPrecision.Stored,
             _ => false,
         };
+        int hd = config.HeadDim;
+        UsesDecodeAttention = kvStorage != DType.Float32 && hd % 8 == 0 && 32 % (hd / 8) == 0;
+        UsesGemv = matmulType != DType.Float32 && config.HiddenSize % 8 == 0 && config.QueryDim % 8 == 0 && config.IntermediateSize % 8 == 0;
         try
         {
             List<string> defines =
@@ -80,6 +99,16 @@ internal sealed unsafe class CudaTransformer : IDisposable
                 defines.Add("TC_ATTENTION");
             }
 
+            if (UsesDecodeAttention)
+            {
+                defines.Add("DECODE_ATTENTION");
+            }
+
+            if (UsesGemv)
+            {
+                defines.Add("GEMV");
+            }
+
             _module = KernelModule.Compile(context, KernelModule.EngineSource, "Kernels.cu", defines);
             _embed = _module.Get("embed");
             _rmsNorm = _module.Get("rmsnorm");
@@ -90,7 +119,6 @@ internal sealed unsafe class CudaTransformer : IDisposable
             _swiGlu = _module.Get("swiglu");
             _argMax = _module.Get("argmax");
             _fillUniform = _module.Get("fill_uniform");
-            int hd = config.HeadDim;
             _attentionSharedBytes = ((AttentionRows * hd) + (AttentionKeys * (hd + 1)) + (AttentionKeys * hd)) * sizeof(float);
             if (_attentionSharedBytes > 48 * 1024)
             {
@@ -105,13 +133,23 @@ internal sealed unsafe class CudaTransformer : IDisposable
             _attentionScale = 1f / MathF.Sqrt(hd);
             if (UsesTensorCoreAttention)
             {
-                // Two stages of key and value tiles, rows padded by 8 elements (Kernels.cu, flash_attention).
+                // The Q tile and two stages of key and value tiles, rows padded by 8 elements (Kernels.cu, flash_body).
                 _flashAttention = _module.Get("flash_attention");
-                _flashSharedBytes = 2 * 2 * FlashKeys * (hd + 8) * sizeof(ushort);
-                if (_flashSharedBytes > 48 * 1024)
-                {
-                    _flashAttention.SetMaxDynamicSharedMemory(_flashSharedBytes);
-                }
+                _flashAttentionNarrow = _module.Get("flash_attention_narrow");
+                _flashSharedBytes = ((WideFlashRows + (2 * 2 * FlashKeys)) * (hd + 8)) * sizeof(ushort);
+                _flashNarrowSharedBytes = ((FlashRows + (2 * 2 * FlashKeys)) * (hd + 8)) * sizeof(ushort);
+                _flashAttention.SetMaxDynamicSharedMemory(_flashSharedBytes);
+                _flashAttentionNarrow.SetMaxDynamicSharedMemory(_flashNarrowSharedBytes);
+            }
+
+            if (UsesDecodeAttention)
+            {
+                _decodeAttention = _module.Get("decode_attention");
+            }
+
+            if (UsesGemv)
+            {
+                _gemv = _module.Get("gemv");
             }
         }
         catch
@@ -128,6 +166,12 @@ internal sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>Whether prefill steps of at least <see cref="FlashRows"/> (query, head) rows per KV head run on the tensor cores.</summary>
     public bool UsesTensorCoreAttention { get; }
+
+    /// <summary>Whether decode-sized steps (at most <see cref="DecodeRows"/> rows per KV head) take the split-K decode attention kernel (16-bit cache).</summary>
+    public bool UsesDecodeAttention { get; }
+
+    /// <summary>Whether products of at most <see cref="GemvRows"/> rows take the GEMV kernel instead of cuBLAS (16-bit products).</summary>
+    public bool UsesGemv { get; }
 
     public DType KvStorageDType { get; }
 
@@ -184,7 +228,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
             DeviceWeights.Layer layer = _weights.Layers[l];
             ulong normedLo = SplitLayerActivations ? s.NormedLo.Pointer : 0;
             RmsNorm(stream, s.Hidden.Pointer, layer.InputNorm, s.Normed.Pointer, normedLo, n);
-            s.Blas.Linear(s.Normed.Pointer, normedLo, layer.QueryKeyValue, s.QueryKeyValue.Pointer, n, d, qkvWidth);
+            Linear(s, s.Normed.Pointer, normedLo, layer.QueryKeyValue, s.QueryKeyValue.Pointer, n, d, qkvWidth);
 
             args = default;
             args.Add(s.QueryKeyValue.Pointer);
@@ -201,11 +245,11 @@ internal sealed unsafe class CudaTransformer : IDisposable
             _qkvRope.Launch(stream, (n, 1, 1), 128, 0, ref args);
 
             Attention(stream, s, cache, l, n, start);
-            s.Blas.Linear(s.AttentionOutput.Pointer, s.AttentionOutputLo?.Pointer ?? 0, layer.Output, s.Projected.Pointer, n, c.QueryDim, d);
+            Linear(s, s.AttentionOutput.Pointer, s.AttentionOutputLo?.Pointer ?? 0, layer.Output, s.Projected.Pointer, n, c.QueryDim, d);
             ResidualAdd(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.OutputBias, n * d, d);
 
             RmsNorm(stream, s.Hidden.Pointer, layer.PostAttentionNorm, s.Normed.Pointer, normedLo, n);
-            s.Blas.Linear(s.Normed.Pointer, normedLo, layer.GateUp, s.GateUp.Pointer, n, d, 2 * ffn);
+            Linear(s, s.Normed.Pointer, normedLo, layer.GateUp, s.GateUp.Pointer, n, d, 2 * ffn);
             args = default;
             args.Add(s.GateUp.Pointer);
             args.Add(layer.GateUpBias);
@@ -214,7 +258,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
             args.Add(n);
             args.Add(ffn);
             _swiGlu.Launch(stream, (Blocks((long)n * ffn), 1, 1), 256, 0, ref args);
-            s.Blas.Linear(s.Activated.Pointer, s.ActivatedLo?.Pointer ?? 0, layer.Down, s.Projected.Pointer, n, ffn, d);
+            Linear(s, s.Activated.Pointer, s.ActivatedLo?.Pointer ?? 0, layer.Down, s.Projected.Pointer, n, ffn, d);
             ResidualAdd(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.DownBias, n * d, d);
         }
 
@@ -230,7 +274,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
         {
             int count = Math.Min(s.LogitRows, rows - done);
             ulong rowOffset = (ulong)((long)done * d * act);
-            s.Blas.Linear(s.Normed.Pointer + rowOffset, headLo == 0 ? 0 : headLo + rowOffset, _weights.LmHead, s.Logits.Pointer, count, d, vocab);
+            Linear(s, s.Normed.Pointer + rowOffset, headLo == 0 ? 0 : headLo + rowOffset, _weights.LmHead, s.Logits.Pointer, count, d, vocab);
             if (logits.IsEmpty)
             {
                 args = default;
@@ -318,6 +362,10 @@ internal sealed unsafe class CudaTransformer : IDisposable
         var args = default(KernelArguments);
         if (UsesTensorCoreAttention && n * group >= FlashRows)
         {
+            // Wide blocks (two row tiles per warp) while they still give every SM a block, else narrow ones.
+            int wideBlocks = ((n * group) + WideFlashRows - 1) / WideFlashRows * c.NumKvHeads;
+            bool wide = wideBlocks >= _context.MultiprocessorCount;
+            int flashRows = wide ? WideFlashRows : FlashRows;
             args.Add(s.Query.Pointer);
             args.Add(cache.LayerKeys(layer));
             args.Add(cache.LayerValues(layer));
@@ -330,7 +378,18 @@ internal sealed unsafe class CudaTransformer : IDisposable
             args.Add(cache.Capacity);
             args.Add(window);
             args.Add(_attentionScale);
-            _flashAttention.Launch(stream, (((n * group) + FlashRows - 1) / FlashRows, c.NumKvHeads, 1), 128, _flashSharedBytes, ref args);
+            (wide ? _flashAttention : _flashAttentionNarrow).Launch(
+                stream, (((n * group) + flashRows - 1) / flashRows, c.NumKvHeads, 1), 128, wide ? _flashSharedBytes : _flashNarrowSharedBytes, ref args);
+            return;
+        }
+
+        if (UsesDecodeAttention && n * group <= DecodeRows)
+        {
+            // Flash decoding: enough key ranges to give every SM a few blocks, each at least DecodeKeysPerSplit keys.
+            int span = Math.Min(window, start + n);
+            int splitCount = Math.Min((span + DecodeKeysPerSplit - 1) / DecodeKeysPerSplit, Math.Max(1, 4 * _context.MultiprocessorCount / c.NumKvHeads));
+            splitCount = Math.Max(1, Math.Min(splitCount, DeviceScratch.MaxSplits * s.PartialQueries / n));
+            DecodeAttention(stream, s, cache, layer, n, start, window, group, splitCount);
             return;
         }
 
@@ -364,15 +423,68 @@ internal sealed unsafe class CudaTransformer : IDisposable
         _attention.Launch(stream, (tiles, c.NumKvHeads, splits), AttentionThreads, _attentionSharedBytes, ref args);
         if (splits > 1)
         {
-            args = default;
-            args.Add(s.Partial.Pointer);
-            args.Add(s.AttentionOutput.Pointer);
-            args.Add(s.AttentionOutputLo?.Pointer ?? 0);
-            args.Add(n);
-            args.Add(c.NumHeads);
-            args.Add(splits);
-            _attentionCombine.Launch(stream, (n, c.NumHeads, 1), 32, 0, ref args);
+            Combine(stream, s, n, splits);
         }
+    }
+
+    /// <summary>
+    /// y = x · wᵀ (<see cref="Blas.Linear"/>): decode-sized products (at most <see cref="GemvRows"/> rows, no split
+    /// activations) on the GEMV kernel, which streams the weight at close to the memory bandwidth where cuBLAS's
+    /// choice for one row does not; everything else on cuBLAS.
+    /// </summary>
+    private void Linear(DeviceScratch s, ulong x, ulong xLo, ulong w, ulong y, int rows, int inFeatures, int outFeatures)
+    {
+        if (!UsesGemv || rows > GemvRows || xLo != 0 || inFeatures % 8 != 0 || ((x | w) & 15) != 0)
+        {
+            s.Blas.Linear(x, xLo, w, y, rows, inFeatures, outFeatures);
+            return;
+        }
+
+        var args = default(KernelArguments);
+        args.Add(x);
+        args.Add(w);
+        args.Add(y);
+        args.Add(rows);
+        args.Add(inFeatures);
+        args.Add(outFeatures);
+        _gemv.Launch(s.Stream, ((outFeatures + GemvOutputsPerBlock - 1) / GemvOutputsPerBlock, 1, 1), 256, 0, ref args);
+    }
+
+    private void DecodeAttention(CudaStream stream, DeviceScratch s, CudaKvCache cache, int layer, int n, int start, int window, int group, int splits)
+    {
+        ModelConfig c = _config;
+        var args = default(KernelArguments);
+        args.Add(s.Query.Pointer);
+        args.Add(cache.LayerKeys(layer));
+        args.Add(cache.LayerValues(layer));
+        args.Add(s.AttentionOutput.Pointer);
+        args.Add(s.AttentionOutputLo?.Pointer ?? 0);
+        args.Add(s.Partial.Pointer);
+        args.Add(n);
+        args.Add(start);
+        args.Add(c.NumHeads);
+        args.Add(group);
+        args.Add(cache.Capacity);
+        args.Add(window);
+        args.Add(_attentionScale);
+        args.Add(splits);
+        _decodeAttention.Launch(stream, (splits, c.NumKvHeads, 1), DecodeThreads, 0, ref args);
+        if (splits > 1)
+        {
+            Combine(stream, s, n, splits);
+        }
+    }
+
+    private void Combine(CudaStream stream, DeviceScratch s, int n, int splits)
+    {
+        var args = default(KernelArguments);
+        args.Add(s.Partial.Pointer);
+        args.Add(s.AttentionOutput.Pointer);
+        args.Add(s.AttentionOutputLo?.Pointer ?? 0);
+        args.Add(n);
+        args.Add(_config.NumHeads);
+        args.Add(splits);
+        _attentionCombine.Launch(stream, (n, _config.NumHeads, 1), 32, 0, ref args);
     }
 
     private void RmsNorm(CudaStream stream, ulong x, ulong weight, ulong y, ulong yLo, int rows)

@@ -478,11 +478,15 @@ extern "C" __global__ void attention_combine(const float* __restrict__ partial, 
 // attention (queries at positions start + [0, n) over one layer of the cache, per-layer window), with Q rounded to the
 // cache's 16-bit type, S = Q K^T and O = P V as mma.sync m16n8k16 products accumulating in fp32, an online softmax
 // in fp32 registers (P rounded to the 16-bit type for its product); scores never leave registers. A block serves one
-// KV head and FA_ROWS rows of (query, head of the group), query-major as in attention, so the group's heads share
-// every key tile; four warps of 16 rows. Key/value tiles of FA_KEYS keys stream through shared memory by cp.async,
-// two stages deep, rows padded by 16 bytes so the ldmatrix fragment loads are free of bank conflicts. Grid:
-// (row tiles, KV heads); the tiles with the most keys start first.
-#define FA_ROWS 64
+// KV head and MT * 64 rows of (query, head of the group), query-major as in attention, so the group's heads share
+// every key tile; four warps of MT * 16 rows each: with MT = 2 every K and V fragment a warp loads from shared memory
+// feeds four products instead of two, which halves the shared-memory traffic per product (shared-memory bandwidth,
+// not the tensor cores, bounds the one-tile warp). Q waits in shared memory, rounded once, and is loaded per key
+// tile by ldmatrix (registers hold the 2 x 16 x 64 scores and 2 x 16 x HD outputs). Key/value tiles of FA_KEYS keys
+// stream through shared memory by cp.async, two stages deep, rows padded by 16 bytes so the ldmatrix fragment loads
+// are free of bank conflicts. Grid: (row tiles, KV heads); the tiles with the most keys start first. Two entry
+// points: flash_attention (MT = 2, 128 rows) for long steps, flash_attention_narrow (MT = 1, 64 rows) for steps
+// whose 128-row tiles would leave SMs idle.
 #define FA_KEYS 64
 #define FA_WARPS 4
 #define FA_STRIDE (HD + 8)
@@ -524,11 +528,6 @@ __device__ __forceinline__ void fa_ldmatrix_x4(unsigned int address, unsigned in
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(address));
 }
 
-__device__ __forceinline__ void fa_ldmatrix_x2(unsigned int address, unsigned int& r0, unsigned int& r1)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(address));
-}
-
 __device__ __forceinline__ void fa_ldmatrix_x4_trans(unsigned int address, unsigned int& r0, unsigned int& r1, unsigned int& r2, unsigned int& r3)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(address));
@@ -554,12 +553,15 @@ __device__ __forceinline__ void fa_load_tile(const kv_t* __restrict__ keyBase, c
     asm volatile("cp.async.commit_group;");
 }
 
-extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attention(
+template <int MT>
+__device__ __forceinline__ void flash_body(
     const float* __restrict__ q, const kv_t* __restrict__ keys, const kv_t* __restrict__ values, act_t* __restrict__ output,
     act_t* __restrict__ outputLo, int n, int start, int heads, int group, int capacity, int window, float scale)
 {
+    constexpr int ROWS = FA_WARPS * 16 * MT;
     extern __shared__ __align__(16) unsigned char fa_shared[];
-    kv_t* stage = (kv_t*)fa_shared;   // [2 stages][keys, values][FA_KEYS][FA_STRIDE]
+    kv_t* queryTile = (kv_t*)fa_shared;             // [ROWS][FA_STRIDE]
+    kv_t* stage = queryTile + ROWS * FA_STRIDE;     // [2 stages][keys, values][FA_KEYS][FA_STRIDE]
 
     int kvHead = blockIdx.y;
     int warp = threadIdx.x >> 5;
@@ -567,22 +569,12 @@ extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attention(
     int g = lane >> 2;
     int t = lane & 3;
     int rows = n * group;
-    int firstRow = (gridDim.x - 1 - blockIdx.x) * FA_ROWS;
+    int firstRow = (gridDim.x - 1 - blockIdx.x) * ROWS;
     int firstQuery = firstRow / group;
-    int lastQuery = (min(firstRow + FA_ROWS, rows) - 1) / group;
+    int lastQuery = (min(firstRow + ROWS, rows) - 1) / group;
     int keyLo = max(0, start + firstQuery - window + 1);
     int keyHi = start + lastQuery + 1;
     int tiles = (keyHi - keyLo + FA_KEYS - 1) / FA_KEYS;
-
-    // This thread's two rows (g and g + 8 of the warp's 16) and their positions.
-    int rowA = firstRow + warp * 16 + g;
-    int rowB = rowA + 8;
-    int positionA = start + rowA / group;
-    int positionB = start + rowB / group;
-    int warpFirstRow = firstRow + warp * 16;
-    int warpLastRow = min(warpFirstRow + 15, rows - 1);
-    int warpFirstPosition = start + warpFirstRow / group;
-    int warpLastPosition = start + max(warpLastRow, warpFirstRow) / group;
 
     const kv_t* keyBase = keys + (size_t)kvHead * capacity * HD;
     const kv_t* valueBase = values + (size_t)kvHead * capacity * HD;
@@ -591,47 +583,49 @@ extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attention(
         fa_load_tile(keyBase, valueBase, stage, stage + FA_TILE_ELEMENTS, keyLo, keyHi);
     }
 
-    // Q fragments (A operand, row-major 16 x 16 per k step), rounded to the 16-bit type.
-    unsigned int qf[FA_KSTEPS][4];
+    // Q rounded to the 16-bit type into shared memory, zeros past the last row.
+    for (int i = threadIdx.x; i < ROWS * (HD / 2); i += FA_WARPS * 32)
     {
-        const float* qa = nullptr;
-        const float* qb = nullptr;
-        if (rowA < rows)
+        int slot = i / (HD / 2);
+        int d = (i - slot * (HD / 2)) * 2;
+        int row = firstRow + slot;
+        float2 v = make_float2(0.0f, 0.0f);
+        if (row < rows)
         {
-            int query = rowA / group;
-            qa = q + ((size_t)query * heads + kvHead * group + (rowA - query * group)) * HD;
+            int query = row / group;
+            v = *(const float2*)(q + ((size_t)query * heads + kvHead * group + (row - query * group)) * HD + d);
         }
-        if (rowB < rows)
-        {
-            int query = rowB / group;
-            qb = q + ((size_t)query * heads + kvHead * group + (rowB - query * group)) * HD;
-        }
-#pragma unroll
-        for (int k = 0; k < FA_KSTEPS; k++)
-        {
-            int d = k * 16 + 2 * t;
-            float2 a0 = qa != nullptr ? *(const float2*)(qa + d) : make_float2(0.0f, 0.0f);
-            float2 a2 = qa != nullptr ? *(const float2*)(qa + d + 8) : make_float2(0.0f, 0.0f);
-            float2 b0 = qb != nullptr ? *(const float2*)(qb + d) : make_float2(0.0f, 0.0f);
-            float2 b2 = qb != nullptr ? *(const float2*)(qb + d + 8) : make_float2(0.0f, 0.0f);
-            qf[k][0] = fa_pack(a0.x, a0.y);
-            qf[k][1] = fa_pack(b0.x, b0.y);
-            qf[k][2] = fa_pack(a2.x, a2.y);
-            qf[k][3] = fa_pack(b2.x, b2.y);
-        }
+        *(unsigned int*)(queryTile + slot * FA_STRIDE + d) = fa_pack(v.x, v.y);
     }
 
-    float o[FA_DTILES][4];
+    // This thread's rows are g and g + 8 of each of the warp's MT tiles of 16.
+    int warpFirstRow = firstRow + warp * 16 * MT;
+    int warpLastRow = min(warpFirstRow + 16 * MT - 1, rows - 1);
+    int warpFirstPosition = start + warpFirstRow / group;
+    int warpLastPosition = start + max(warpLastRow, warpFirstRow) / group;
+
+    float o[MT][FA_DTILES][4];
+    float maxA[MT], maxB[MT], sumA[MT], sumB[MT];
 #pragma unroll
-    for (int j = 0; j < FA_DTILES; j++)
+    for (int m = 0; m < MT; m++)
     {
-        o[j][0] = 0.0f;
-        o[j][1] = 0.0f;
-        o[j][2] = 0.0f;
-        o[j][3] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < FA_DTILES; j++)
+        {
+            o[m][j][0] = 0.0f;
+            o[m][j][1] = 0.0f;
+            o[m][j][2] = 0.0f;
+            o[m][j][3] = 0.0f;
+        }
+        maxA[m] = NEG_INF;
+        maxB[m] = NEG_INF;
+        sumA[m] = 0.0f;
+        sumB[m] = 0.0f;
     }
-    float maxA = NEG_INF, maxB = NEG_INF, sumA = 0.0f, sumB = 0.0f;
     float scaleLog2 = scale * LOG2E;
+    // ldmatrix row addresses: Q's A fragments (rows 0-15, columns 0 / 8), K's B fragments (keys 0-7, four column
+    // blocks), V's transposed B fragments (keys 0-15, two column blocks).
+    unsigned int queryAddress = (unsigned int)__cvta_generic_to_shared(queryTile + (warp * 16 * MT + (lane & 15)) * FA_STRIDE + (lane >> 4) * 8);
 
     for (int tile = 0; tile < tiles; tile++)
     {
@@ -655,143 +649,186 @@ extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attention(
         bool seen = key0 <= warpLastPosition && key0 + FA_KEYS - 1 >= warpFirstPosition - window + 1 && warpFirstRow < rows;
         if (seen)
         {
-            float s[FA_KEYS / 8][4];
+            float s[MT][FA_KEYS / 8][4];
 #pragma unroll
-            for (int j = 0; j < FA_KEYS / 8; j++)
+            for (int m = 0; m < MT; m++)
             {
-                s[j][0] = 0.0f;
-                s[j][1] = 0.0f;
-                s[j][2] = 0.0f;
-                s[j][3] = 0.0f;
+#pragma unroll
+                for (int j = 0; j < FA_KEYS / 8; j++)
+                {
+                    s[m][j][0] = 0.0f;
+                    s[m][j][1] = 0.0f;
+                    s[m][j][2] = 0.0f;
+                    s[m][j][3] = 0.0f;
+                }
             }
 
-            unsigned int keyAddress = (unsigned int)__cvta_generic_to_shared(keyTile + (lane & 7) * FA_STRIDE + (lane >> 3) * 8);
+            unsigned int keyAddress = (unsigned int)__cvta_generic_to_shared(keyTile + ((lane & 7) + ((lane >> 4) << 3)) * FA_STRIDE + ((lane >> 3) & 1) * 8);
 #pragma unroll
-            for (int j = 0; j < FA_KEYS / 8; j++)
+            for (int k = 0; k < FA_KSTEPS; k++)
             {
+                // Q's A fragments of k step k (dims 16k..16k+15) for each of the warp's row tiles.
+                unsigned int qf[MT][4];
 #pragma unroll
-                for (int k = 0; k < FA_KSTEPS; k += 2)
+                for (int m = 0; m < MT; m++)
                 {
-                    // Keys 8j..8j+7, dims 16k..16k+31: B fragments of k steps k and k + 1 (the last odd step alone).
-                    unsigned int address = keyAddress + (unsigned int)((j * 8 * FA_STRIDE + k * 16) * 2);
+                    fa_ldmatrix_x4(queryAddress + (unsigned int)((m * 16 * FA_STRIDE + k * 16) * 2), qf[m][0], qf[m][1], qf[m][2], qf[m][3]);
+                }
+#pragma unroll
+                for (int j = 0; j < FA_KEYS / 8; j += 2)
+                {
+                    // Keys 8j..8j+15, dims 16k..16k+15: B fragments of key tiles j and j + 1.
                     unsigned int b0, b1, b2, b3;
-                    if (k + 1 < FA_KSTEPS)
+                    fa_ldmatrix_x4(keyAddress + (unsigned int)((j * 8 * FA_STRIDE + k * 16) * 2), b0, b1, b2, b3);
+#pragma unroll
+                    for (int m = 0; m < MT; m++)
                     {
-                        fa_ldmatrix_x4(address, b0, b1, b2, b3);
-                        fa_mma(s[j], qf[k][0], qf[k][1], qf[k][2], qf[k][3], b0, b1);
-                        fa_mma(s[j], qf[k + 1][0], qf[k + 1][1], qf[k + 1][2], qf[k + 1][3], b2, b3);
-                    }
-                    else
-                    {
-                        fa_ldmatrix_x2(address, b0, b1);
-                        fa_mma(s[j], qf[k][0], qf[k][1], qf[k][2], qf[k][3], b0, b1);
+                        fa_mma(s[m][j], qf[m][0], qf[m][1], qf[m][2], qf[m][3], b0, b1);
+                        fa_mma(s[m][j + 1], qf[m][0], qf[m][1], qf[m][2], qf[m][3], b2, b3);
                     }
                 }
             }
 
             // Mask (causal, window, past the block's keys) only where a tile is not wholly visible to every row.
             bool whole = key0 + FA_KEYS - 1 <= warpFirstPosition && key0 >= warpLastPosition - window + 1;
-            float tileMaxA = NEG_INF, tileMaxB = NEG_INF;
+            float baseA[MT], baseB[MT];
 #pragma unroll
-            for (int j = 0; j < FA_KEYS / 8; j++)
+            for (int m = 0; m < MT; m++)
             {
+                int positionA = start + (warpFirstRow + m * 16 + g) / group;
+                int positionB = start + (warpFirstRow + m * 16 + g + 8) / group;
+                float tileMaxA = NEG_INF, tileMaxB = NEG_INF;
 #pragma unroll
-                for (int e = 0; e < 2; e++)
+                for (int j = 0; j < FA_KEYS / 8; j++)
                 {
-                    int key = key0 + j * 8 + 2 * t + e;
-                    float va = s[j][e] * scaleLog2;
-                    float vb = s[j][2 + e] * scaleLog2;
-                    if (!whole)
-                    {
-                        va = key <= positionA && key > positionA - window ? va : NEG_INF;
-                        vb = key <= positionB && key > positionB - window ? vb : NEG_INF;
-                    }
-                    s[j][e] = va;
-                    s[j][2 + e] = vb;
-                    tileMaxA = fmaxf(tileMaxA, va);
-                    tileMaxB = fmaxf(tileMaxB, vb);
-                }
-            }
-            tileMaxA = fmaxf(tileMaxA, __shfl_xor_sync(FULL_MASK, tileMaxA, 1));
-            tileMaxA = fmaxf(tileMaxA, __shfl_xor_sync(FULL_MASK, tileMaxA, 2));
-            tileMaxB = fmaxf(tileMaxB, __shfl_xor_sync(FULL_MASK, tileMaxB, 1));
-            tileMaxB = fmaxf(tileMaxB, __shfl_xor_sync(FULL_MASK, tileMaxB, 2));
-            float newMaxA = fmaxf(maxA, tileMaxA);
-            float newMaxB = fmaxf(maxB, tileMaxB);
-            float baseA = newMaxA == NEG_INF ? 0.0f : newMaxA;
-            float baseB = newMaxB == NEG_INF ? 0.0f : newMaxB;
-            float alphaA = exp2f(maxA - baseA);
-            float alphaB = exp2f(maxB - baseB);
-            maxA = newMaxA;
-            maxB = newMaxB;
-            sumA *= alphaA;
-            sumB *= alphaB;
 #pragma unroll
-            for (int j = 0; j < FA_DTILES; j++)
-            {
-                o[j][0] *= alphaA;
-                o[j][1] *= alphaA;
-                o[j][2] *= alphaB;
-                o[j][3] *= alphaB;
+                    for (int e = 0; e < 2; e++)
+                    {
+                        int key = key0 + j * 8 + 2 * t + e;
+                        float va = s[m][j][e] * scaleLog2;
+                        float vb = s[m][j][2 + e] * scaleLog2;
+                        if (!whole)
+                        {
+                            va = key <= positionA && key > positionA - window ? va : NEG_INF;
+                            vb = key <= positionB && key > positionB - window ? vb : NEG_INF;
+                        }
+                        s[m][j][e] = va;
+                        s[m][j][2 + e] = vb;
+                        tileMaxA = fmaxf(tileMaxA, va);
+                        tileMaxB = fmaxf(tileMaxB, vb);
+                    }
+                }
+                tileMaxA = fmaxf(tileMaxA, __shfl_xor_sync(FULL_MASK, tileMaxA, 1));
+                tileMaxA = fmaxf(tileMaxA, __shfl_xor_sync(FULL_MASK, tileMaxA, 2));
+                tileMaxB = fmaxf(tileMaxB, __shfl_xor_sync(FULL_MASK, tileMaxB, 1));
+                tileMaxB = fmaxf(tileMaxB, __shfl_xor_sync(FULL_MASK, tileMaxB, 2));
+                float newMaxA = fmaxf(maxA[m], tileMaxA);
+                float newMaxB = fmaxf(maxB[m], tileMaxB);
+                baseA[m] = newMaxA == NEG_INF ? 0.0f : newMaxA;
+                baseB[m] = newMaxB == NEG_INF ? 0.0f : newMaxB;
+                float alphaA = exp2f(maxA[m] - baseA[m]);
+                float alphaB = exp2f(maxB[m] - baseB[m]);
+                maxA[m] = newMaxA;
+                maxB[m] = newMaxB;
+                sumA[m] *= alphaA;
+                sumB[m] *= alphaB;
+#pragma unroll
+                for (int j = 0; j < FA_DTILES; j++)
+                {
+                    o[m][j][0] *= alphaA;
+                    o[m][j][1] *= alphaA;
+                    o[m][j][2] *= alphaB;
+                    o[m][j][3] *= alphaB;
+                }
             }
 
             unsigned int valueAddress = (unsigned int)__cvta_generic_to_shared(valueTile + ((lane & 7) + ((lane >> 3) & 1) * 8) * FA_STRIDE + (lane >> 4) * 8);
 #pragma unroll
             for (int k = 0; k < FA_KEYS / 16; k++)
             {
-                // P's A fragment for keys 16k..16k+15 from the score tiles 2k and 2k + 1.
-                float p00 = exp2f(s[2 * k][0] - baseA), p01 = exp2f(s[2 * k][1] - baseA);
-                float p02 = exp2f(s[2 * k][2] - baseB), p03 = exp2f(s[2 * k][3] - baseB);
-                float p10 = exp2f(s[2 * k + 1][0] - baseA), p11 = exp2f(s[2 * k + 1][1] - baseA);
-                float p12 = exp2f(s[2 * k + 1][2] - baseB), p13 = exp2f(s[2 * k + 1][3] - baseB);
-                sumA += p00 + p01 + p10 + p11;
-                sumB += p02 + p03 + p12 + p13;
-                unsigned int a0 = fa_pack(p00, p01);
-                unsigned int a1 = fa_pack(p02, p03);
-                unsigned int a2 = fa_pack(p10, p11);
-                unsigned int a3 = fa_pack(p12, p13);
+                // P's A fragments for keys 16k..16k+15 from the score tiles 2k and 2k + 1.
+                unsigned int a[MT][4];
+#pragma unroll
+                for (int m = 0; m < MT; m++)
+                {
+                    float p00 = exp2f(s[m][2 * k][0] - baseA[m]), p01 = exp2f(s[m][2 * k][1] - baseA[m]);
+                    float p02 = exp2f(s[m][2 * k][2] - baseB[m]), p03 = exp2f(s[m][2 * k][3] - baseB[m]);
+                    float p10 = exp2f(s[m][2 * k + 1][0] - baseA[m]), p11 = exp2f(s[m][2 * k + 1][1] - baseA[m]);
+                    float p12 = exp2f(s[m][2 * k + 1][2] - baseB[m]), p13 = exp2f(s[m][2 * k + 1][3] - baseB[m]);
+                    sumA[m] += p00 + p01 + p10 + p11;
+                    sumB[m] += p02 + p03 + p12 + p13;
+                    a[m][0] = fa_pack(p00, p01);
+                    a[m][1] = fa_pack(p02, p03);
+                    a[m][2] = fa_pack(p10, p11);
+                    a[m][3] = fa_pack(p12, p13);
+                }
 #pragma unroll
                 for (int j = 0; j < FA_DTILES; j += 2)
                 {
                     // Keys 16k..16k+15, dims 8j..8j+15, transposed: B fragments of dim tiles j and j + 1.
                     unsigned int b0, b1, b2, b3;
                     fa_ldmatrix_x4_trans(valueAddress + (unsigned int)((k * 16 * FA_STRIDE + j * 8) * 2), b0, b1, b2, b3);
-                    fa_mma(o[j], a0, a1, a2, a3, b0, b1);
-                    fa_mma(o[j + 1], a0, a1, a2, a3, b2, b3);
+#pragma unroll
+                    for (int m = 0; m < MT; m++)
+                    {
+                        fa_mma(o[m][j], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+                        fa_mma(o[m][j + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
+                    }
                 }
             }
         }
         __syncthreads();
     }
 
-    sumA += __shfl_xor_sync(FULL_MASK, sumA, 1);
-    sumA += __shfl_xor_sync(FULL_MASK, sumA, 2);
-    sumB += __shfl_xor_sync(FULL_MASK, sumB, 1);
-    sumB += __shfl_xor_sync(FULL_MASK, sumB, 2);
-    float inverseA = 1.0f / sumA;
-    float inverseB = 1.0f / sumB;
-    if (rowA < rows)
-    {
-        int query = rowA / group;
-        size_t at = ((size_t)query * heads + kvHead * group + (rowA - query * group)) * HD + 2 * t;
 #pragma unroll
-        for (int j = 0; j < FA_DTILES; j++)
+    for (int m = 0; m < MT; m++)
+    {
+        float totalA = sumA[m], totalB = sumB[m];
+        totalA += __shfl_xor_sync(FULL_MASK, totalA, 1);
+        totalA += __shfl_xor_sync(FULL_MASK, totalA, 2);
+        totalB += __shfl_xor_sync(FULL_MASK, totalB, 1);
+        totalB += __shfl_xor_sync(FULL_MASK, totalB, 2);
+        float inverseA = 1.0f / totalA;
+        float inverseB = 1.0f / totalB;
+        int rowA = warpFirstRow + m * 16 + g;
+        int rowB = rowA + 8;
+        if (rowA < rows)
         {
-            store_act(output, outputLo, at + j * 8, o[j][0] * inverseA);
-            store_act(output, outputLo, at + j * 8 + 1, o[j][1] * inverseA);
+            int query = rowA / group;
+            size_t at = ((size_t)query * heads + kvHead * group + (rowA - query * group)) * HD + 2 * t;
+#pragma unroll
+            for (int j = 0; j < FA_DTILES; j++)
+            {
+                store_act(output, outputLo, at + j * 8, o[m][j][0] * inverseA);
+                store_act(output, outputLo, at + j * 8 + 1, o[m][j][1] * inverseA);
+            }
+        }
+        if (rowB < rows)
+        {
+            int query = rowB / group;
+            size_t at = ((size_t)query * heads + kvHead * group + (rowB - query * group)) * HD + 2 * t;
+#pragma unroll
+            for (int j = 0; j < FA_DTILES; j++)
+            {
+                store_act(output, outputLo, at + j * 8, o[m][j][2] * inverseB);
+                store_act(output, outputLo, at + j * 8 + 1, o[m][j][3] * inverseB);
+            }
         }
     }
-    if (rowB < rows)
-    {
-        int query = rowB / group;
-        size_t at = ((size_t)query * heads + kvHead * group + (rowB - query * group)) * HD + 2 * t;
-#pragma unroll
-        for (int j = 0; j < FA_DTILES; j++)
-        {
-            store_act(output, outputLo, at + j * 8, o[j][2] * inverseB);
-            store_act(output, outputLo, at + j * 8 + 1, o[j][3] * inverseB);
-        }
-    }
+}
+
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attention(
+    const float* __restrict__ q, const kv_t* __restrict__ keys, const kv_t* __restrict__ values, act_t* __restrict__ output,
+    act_t* __restrict__ outputLo, int n, int start, int heads, int group, int capacity, int window, float scale)
+{
+    flash_body<2>(q, keys, values, output, outputLo, n, start, heads, group, capacity, window, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attention_narrow(
+    const float* __restrict__ q, const kv_t* __restrict__ keys, const kv_t* __restrict__ values, act_t* __restrict__ output,
+    act_t* __restrict__ outputLo, int n, int start, int heads, int group, int capacity, int window, float scale)
+{
+    flash_body<1>(q, keys, values, output, outputLo, n, start, heads, group, capacity, window, scale);
 }
 #endif
 
@@ -1059,3 +1096,373 @@ extern "C" __global__ void fill_uniform(unsigned char* __restrict__ destination,
         store_dtype(destination, i, dtype, low + (high - low) * unit);
     }
 }
+
+// Unpacks eight 16-bit values (one 16-byte load) of type T to fp32.
+template <typename T>
+__device__ __forceinline__ void unpack8(uint4 raw, float* f)
+{
+    const u16* h = (const u16*)&raw;
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+    {
+        f[e] = T::load(h[e]);
+    }
+}
+
+#ifdef DECODE_ATTENTION
+// Attention of decode-sized steps (n * group <= DEC_ROWS rows, e.g. one token of a group of 4 heads) over a long
+// cache, flash-decoding style: the key range is cut in `splits` parts (grid x) so that every SM streams its share
+// of the cache, and each block reads its part of one KV head's keys and values once for every head of the group, in
+// 16-byte loads (HD / 8 lanes per key, several keys per warp, four loads in flight per lane). Per chunk of DEC_CHUNK
+// keys: scores (scaled to log2 units) into shared memory, an online-softmax update per row, then P V with each lane
+// accumulating its 8 dimensions of every row. Writes the output (splits == 1) or each part's (max, sum, values) for
+// attention_combine, the max in natural-log units as attention writes it. Needs a 16-bit cache and 32 % (HD / 8) == 0.
+#define DEC_ROWS 8
+#define DEC_WARPS 4
+#define DEC_CHUNK 256
+#define DEC_UNROLL 4
+#define DEC_LPK (HD / 8)
+#define DEC_KPW (32 / DEC_LPK)
+#define DEC_STEP (DEC_WARPS * DEC_KPW * DEC_UNROLL)
+
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention(
+    const float* __restrict__ q, const kv_t* __restrict__ keys, const kv_t* __restrict__ values, act_t* __restrict__ output,
+    act_t* __restrict__ outputLo, float* __restrict__ partial, int n, int start, int heads, int group, int capacity, int window, float scale, int splits)
+{
+    __shared__ float scores[DEC_ROWS][DEC_CHUNK];
+    __shared__ float rowMax[DEC_ROWS], rowSum[DEC_ROWS], rowScale[DEC_ROWS];
+    __shared__ __align__(16) float reduce[DEC_WARPS][DEC_ROWS][HD];
+
+    int kvHead = blockIdx.y;
+    int split = blockIdx.x;
+    int warp = threadIdx.x >> 5;
+    int lane = threadIdx.x & 31;
+    int sub = lane / DEC_LPK;
+    int part = lane - sub * DEC_LPK;
+    int rows = n * group;
+    int keyLo = max(0, start - window + 1);
+    int keyHi = start + n;
+    int per = (keyHi - keyLo + splits - 1) / splits;
+    int splitLo = keyLo + split * per;
+    int splitHi = min(keyHi, splitLo + per);
+
+    float scaleLog2 = scale * 1.4426950408889634f;
+    float qr[DEC_ROWS][8];
+#pragma unroll
+    for (int r = 0; r < DEC_ROWS; r++)
+    {
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+        {
+            qr[r][e] = 0.0f;
+        }
+        if (r < rows)
+        {
+            int query = r / group;
+            const float* source = q + ((size_t)query * heads + kvHead * group + (r - query * group)) * HD + part * 8;
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+            {
+                qr[r][e] = source[e] * scaleLog2;
+            }
+        }
+    }
+    if (threadIdx.x < DEC_ROWS)
+    {
+        rowMax[threadIdx.x] = NEG_INF;
+        rowSum[threadIdx.x] = 0.0f;
+    }
+
+    float acc[DEC_ROWS][8];
+#pragma unroll
+    for (int r = 0; r < DEC_ROWS; r++)
+    {
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+        {
+            acc[r][e] = 0.0f;
+        }
+    }
+
+    const kv_t* keyBase = keys + (size_t)kvHead * capacity * HD + part * 8;
+    const kv_t* valueBase = values + (size_t)kvHead * capacity * HD + part * 8;
+    for (int chunk0 = splitLo; chunk0 < splitHi; chunk0 += DEC_CHUNK)
+    {
+        int chunkKeys = min(DEC_CHUNK, splitHi - chunk0);
+        __syncthreads();   // the previous chunk's P V has read its scores; rowMax/rowSum initialised
+        for (int base = 0; base < chunkKeys; base += DEC_STEP)
+        {
+            uint4 raw[DEC_UNROLL];
+#pragma unroll
+            for (int u = 0; u < DEC_UNROLL; u++)
+            {
+                int i = base + (u * DEC_WARPS + warp) * DEC_KPW + sub;
+                raw[u] = i < chunkKeys ? __ldg((const uint4*)(keyBase + (size_t)(chunk0 + i) * HD)) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < DEC_UNROLL; u++)
+            {
+                int i = base + (u * DEC_WARPS + warp) * DEC_KPW + sub;
+                int key = chunk0 + i;
+                float k[8];
+                unpack8<KV>(raw[u], k);
+#pragma unroll
+                for (int r = 0; r < DEC_ROWS; r++)
+                {
+                    if (r < rows)
+                    {
+                        float dot = 0.0f;
+#pragma unroll
+                        for (int e = 0; e < 8; e++)
+                        {
+                            dot = fmaf(qr[r][e], k[e], dot);
+                        }
+#pragma unroll
+                        for (int offset = DEC_LPK / 2; offset > 0; offset >>= 1)
+                        {
+                            dot += __shfl_xor_sync(FULL_MASK, dot, offset);
+                        }
+                        int position = start + r / group;
+                        if (part == 0 && i < chunkKeys)
+                        {
+                            scores[r][i] = key <= position && key > position - window ? dot : NEG_INF;
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+
+        for (int r = warp; r < rows; r += DEC_WARPS)
+        {
+            float chunkMax = NEG_INF;
+            for (int i = lane; i < chunkKeys; i += 32)
+            {
+                chunkMax = fmaxf(chunkMax, scores[r][i]);
+            }
+            chunkMax = warp_max(chunkMax);
+            float oldMax = rowMax[r];
+            float newMax = fmaxf(oldMax, chunkMax);
+            float base = newMax == NEG_INF ? 0.0f : newMax;
+            float sum = 0.0f;
+            for (int i = lane; i < chunkKeys; i += 32)
+            {
+                float p = exp2f(scores[r][i] - base);
+                scores[r][i] = p;
+                sum += p;
+            }
+            sum = warp_sum(sum);
+            __syncwarp();
+            if (lane == 0)
+            {
+                float alpha = exp2f(oldMax - base);
+                rowScale[r] = alpha;
+                rowSum[r] = rowSum[r] * alpha + sum;
+                rowMax[r] = newMax;
+            }
+        }
+        __syncthreads();
+
+#pragma unroll
+        for (int r = 0; r < DEC_ROWS; r++)
+        {
+            if (r < rows)
+            {
+                float alpha = rowScale[r];
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                {
+                    acc[r][e] *= alpha;
+                }
+            }
+        }
+        for (int base = 0; base < chunkKeys; base += DEC_STEP)
+        {
+            uint4 raw[DEC_UNROLL];
+#pragma unroll
+            for (int u = 0; u < DEC_UNROLL; u++)
+            {
+                int i = base + (u * DEC_WARPS + warp) * DEC_KPW + sub;
+                raw[u] = i < chunkKeys ? __ldg((const uint4*)(valueBase + (size_t)(chunk0 + i) * HD)) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < DEC_UNROLL; u++)
+            {
+                int i = base + (u * DEC_WARPS + warp) * DEC_KPW + sub;
+                if (i < chunkKeys)
+                {
+                    float v[8];
+                    unpack8<KV>(raw[u], v);
+#pragma unroll
+                    for (int r = 0; r < DEC_ROWS; r++)
+                    {
+                        if (r < rows)
+                        {
+                            float p = scores[r][i];
+#pragma unroll
+                            for (int e = 0; e < 8; e++)
+                            {
+                                acc[r][e] = fmaf(p, v[e], acc[r][e]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Sum the keys' shares: the warp's key slots (lanes with the same dims), then the warps.
+#pragma unroll
+    for (int r = 0; r < DEC_ROWS; r++)
+    {
+        if (r < rows)
+        {
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+            {
+                float v = acc[r][e];
+#pragma unroll
+                for (int offset = DEC_LPK; offset < 32; offset <<= 1)
+                {
+                    v += __shfl_xor_sync(FULL_MASK, v, offset);
+                }
+                if (sub == 0)
+                {
+                    reduce[warp][r][part * 8 + e] = v;
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    for (int i = threadIdx.x; i < rows * HD; i += DEC_WARPS * 32)
+    {
+        int r = i / HD;
+        int d = i - r * HD;
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++)
+        {
+            v += reduce[w][r][d];
+        }
+        int query = r / group;
+        int head = kvHead * group + (r - query * group);
+        if (splits == 1)
+        {
+            store_act(output, outputLo, ((size_t)query * heads + head) * HD + d, v / rowSum[r]);
+        }
+        else
+        {
+            float* target = partial + (((size_t)split * n + query) * heads + head) * (HD + 2);
+            if (d == 0)
+            {
+                target[0] = rowMax[r] == NEG_INF ? NEG_INF : rowMax[r] / 1.4426950408889634f;
+                target[1] = rowSum[r];
+            }
+            target[2 + d] = v;
+        }
+    }
+}
+#endif
+
+#ifdef GEMV
+// y[r, o] = Σ_i x[r, i] w[o, i] in fp32 for a few rows (decode steps: rows <= GEMV_ROWS): the weight streams from
+// memory once, in 16-byte loads, GEMV_OUT output rows per warp with four loads per lane in flight; x (a few KB) is
+// read through the L1 cache. Needs 16-bit products, inFeatures % 8 == 0 and 16-byte aligned x and w. Grid: output
+// rows / (GEMV_WARPS * GEMV_OUT) blocks.
+#define GEMV_ROWS 4
+#define GEMV_OUT 2
+#define GEMV_WARPS 8
+#define GEMV_UNROLL 4
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv(
+    const act_t* __restrict__ x, const act_t* __restrict__ w, float* __restrict__ y, int rows, int inFeatures, int outFeatures)
+{
+    int warp = threadIdx.x >> 5;
+    int lane = threadIdx.x & 31;
+    int out0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_OUT;
+    if (out0 >= outFeatures)
+    {
+        return;
+    }
+
+    int vectors = inFeatures / 8;
+    float sum[GEMV_OUT][GEMV_ROWS];
+#pragma unroll
+    for (int o = 0; o < GEMV_OUT; o++)
+    {
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++)
+        {
+            sum[o][r] = 0.0f;
+        }
+    }
+
+    const uint4* weightRows[GEMV_OUT];
+#pragma unroll
+    for (int o = 0; o < GEMV_OUT; o++)
+    {
+        weightRows[o] = (const uint4*)(w + (size_t)min(out0 + o, outFeatures - 1) * inFeatures);
+    }
+    const uint4* xs = (const uint4*)x;
+    for (int c0 = lane; c0 < vectors; c0 += 32 * GEMV_UNROLL)
+    {
+        uint4 raw[GEMV_OUT][GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+        {
+            int c = c0 + u * 32;
+#pragma unroll
+            for (int o = 0; o < GEMV_OUT; o++)
+            {
+                raw[o][u] = c < vectors ? __ldg(weightRows[o] + c) : make_uint4(0, 0, 0, 0);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+        {
+            int c = c0 + u * 32;
+            if (c < vectors)
+            {
+#pragma unroll
+                for (int r = 0; r < GEMV_ROWS; r++)
+                {
+                    if (r < rows)
+                    {
+                        float xf[8];
+                        unpack8<ACT>(__ldg(xs + (size_t)r * vectors + c), xf);
+#pragma unroll
+                        for (int o = 0; o < GEMV_OUT; o++)
+                        {
+                            float wf[8];
+                            unpack8<ACT>(raw[o][u], wf);
+#pragma unroll
+                            for (int e = 0; e < 8; e++)
+                            {
+                                sum[o][r] = fmaf(xf[e], wf[e], sum[o][r]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int o = 0; o < GEMV_OUT; o++)
+    {
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++)
+        {
+            if (r < rows)
+            {
+                float v = warp_sum(sum[o][r]);
+                if (lane == 0 && out0 + o < outFeatures)
+                {
+                    y[(size_t)r * outFeatures + out0 + o] = v;
+                }
+            }
+        }
+    }
+}
+#endif
