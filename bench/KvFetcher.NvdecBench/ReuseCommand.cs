@@ -4,12 +4,12 @@ using System.Runtime.InteropServices;
 using System.Text.Json;
 using KvFetcher.Core;
 using KvFetcher.Cuda;
-using KvFetcher.Cuda.Reuse;
 using KvFetcher.Engine.Model;
 using KvFetcher.Fetch;
 using KvFetcher.Fetch.Benchmarking;
 using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
+using KvFetcher.Runtime;
 using KvFetcher.Store;
 using KvFetcher.Store.Disk;
 

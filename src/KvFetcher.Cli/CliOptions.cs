@@ -1,7 +1,7 @@
 using System.CommandLine;
 using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
-using KvFetcher.Cuda.Reuse;
+using KvFetcher.Runtime;
 
 namespace KvFetcher.Cli;
 

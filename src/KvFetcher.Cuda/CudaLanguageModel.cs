@@ -11,7 +11,8 @@ namespace KvFetcher.Cuda;
 /// A Llama-family model loaded from a Hugging Face directory onto a CUDA device: the GPU twin of
 /// <see cref="Engine.LanguageModel"/> (same loading, tokenizer and fingerprint). The weights are uploaded once and
 /// the kernels compiled for the device when the model opens. Thread-safe: each request uses its own
-/// <see cref="CudaSession"/>.
+/// <see cref="CudaSession"/>. Sessions, caches and the KV import/export follow the same rules as the CPU engine's
+/// (<see cref="InferenceSessionBase{TModel, TCache}"/>, <see cref="KvCacheBase"/>).
 /// </summary>
 public sealed class CudaLanguageModel : IInferenceModel
 {
@@ -19,6 +20,7 @@ public sealed class CudaLanguageModel : IInferenceModel
     private readonly CudaContext _context;
     private readonly bool _ownsContext;
     private readonly Lazy<ModelFingerprint> _fingerprint;
+    private readonly Lazy<CudaRestoreKernels> _restoreKernels;
 
     private CudaLanguageModel(LoadedModel? loaded, ModelConfig config, CudaContext context, bool ownsContext, CudaModelOptions options, DeviceWeights weights, int seed = 0)
     {
@@ -28,6 +30,7 @@ public sealed class CudaLanguageModel : IInferenceModel
         Options = options;
         Config = config;
         Transformer = new CudaTransformer(context, config, weights, options.KvStorageDType, options.MatmulPrecision, options.Attention);
+        _restoreKernels = new Lazy<CudaRestoreKernels>(() => new CudaRestoreKernels(_context, Transformer.Module));
         _fingerprint = new Lazy<ModelFingerprint>(() => loaded is null ? ModelFingerprinter.ComputeSynthetic(config, "cuda-random-bf16", seed) : ModelFingerprinter.Get(loaded));
     }
 
@@ -130,6 +133,9 @@ public sealed class CudaLanguageModel : IInferenceModel
 
     /// <summary>Whether prefill attention runs on the tensor cores (<see cref="CudaModelOptions.Attention"/>).</summary>
     public bool UsesTensorCoreAttention => Transformer.UsesTensorCoreAttention;
+
+    /// <summary>The kernels that restore fetched chunks into this model's caches (compiled with the model's kernels).</summary>
+    public CudaRestoreKernels RestoreKernels => _restoreKernels.Value;
 
     internal CudaTransformer Transformer { get; }
 

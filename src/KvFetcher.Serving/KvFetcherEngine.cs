@@ -1,5 +1,5 @@
 using KvFetcher.Codecs.Containers;
-using KvFetcher.Cuda.Reuse;
+using KvFetcher.Runtime;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;
 using KvFetcher.Serving.Chat;
