@@ -142,16 +142,8 @@ public sealed class CudaLanguageModel : IInferenceModel
     private LoadedModel Loaded => _loaded ?? throw new InvalidOperationException("A model with random weights has no checkpoint: no tokenizer or directory.");
 
     /// <summary>Starts a sequence with an empty KV cache of <paramref name="capacity"/> positions (0: the model's maximum).</summary>
-    public CudaSession CreateSession(int capacity = 0)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(capacity);
-        if (capacity == 0)
-        {
-            capacity = Config.MaxPositionEmbeddings;
-        }
-
-        return new CudaSession(this, capacity);
-    }
+    public CudaSession CreateSession(int capacity = 0) =>
+        new(this, Config.SessionCapacity(capacity));
 
     IInferenceSession IInferenceModel.CreateSession(int capacity) => CreateSession(capacity);
 
