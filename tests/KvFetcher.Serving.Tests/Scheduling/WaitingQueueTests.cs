@@ -60,6 +60,17 @@ public sealed class WaitingQueueTests(ServingFixture fixture) : IClassFixture<Se
     }
 
     [Fact]
+    public async Task Submit_EmptyPrompt_RefusedWithArgumentException()
+    {
+        await using var store = new BrokenStore();
+        await using var reuse = new KvReuse(fixture.Model, store);
+        await using var scheduler = new EngineScheduler(fixture.Model, reuse, new EngineSchedulerOptions(), new ServingMetrics());
+
+        Assert.Throws<ArgumentException>(() => scheduler.Submit(new GenerationRequest { Prompt = [], MaxTokens = 1 }, TestContext.Current.CancellationToken));
+        Assert.Equal(0, scheduler.ActiveSessions);
+    }
+
+    [Fact]
     public async Task Submit_StoreBreaksItsContract_ComputesTheWholePrompt()
     {
         int[] prompt = fixture.Model.Tokenizer.Encode(fixture.Document);
