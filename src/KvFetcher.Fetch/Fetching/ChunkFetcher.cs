@@ -159,34 +159,40 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     {
         try
         {
-            await Task.WhenAll(transfers).ConfigureAwait(false);
-        }
-        finally
-        {
-            _decode.Writer.TryComplete();
-        }
-
-        try
-        {
-            await Task.WhenAll(decoders).ConfigureAwait(false);
-        }
-        finally
-        {
-            _restore.Writer.TryComplete();
-        }
-
-        await restorer.ConfigureAwait(false);
-
-        // Anything still marked as being fetched (a stage stopped early) goes back to the engine.
-        for (int i = 0; i < _board.Chunks; i++)
-        {
-            if (_board.TryMove(i, ChunkState.Fetching, ChunkState.Failed))
+            try
             {
-                Interlocked.Increment(ref _failed);
+                await Task.WhenAll(transfers).ConfigureAwait(false);
             }
-        }
+            finally
+            {
+                _decode.Writer.TryComplete();
+            }
 
-        _board.EndFetch();
+            try
+            {
+                await Task.WhenAll(decoders).ConfigureAwait(false);
+            }
+            finally
+            {
+                _restore.Writer.TryComplete();
+            }
+
+            await restorer.ConfigureAwait(false);
+        }
+        finally
+        {
+            // Anything still marked as being fetched (a stage stopped early, or failed) goes back to the engine, and
+            // whoever waits learns that nothing more comes: every wait on the board has an end.
+            for (int i = 0; i < _board.Chunks; i++)
+            {
+                if (_board.TryMove(i, ChunkState.Fetching, ChunkState.Failed))
+                {
+                    Interlocked.Increment(ref _failed);
+                }
+            }
+
+            _board.EndFetch();
+        }
     }
 
     private async Task TransferLoopAsync()
