@@ -46,6 +46,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
     private readonly CudaKernel _attention;
     private readonly CudaKernel _attentionCombine;
     private readonly CudaKernel _residualAdd;
+    private readonly CudaKernel _residualRmsNorm;
     private readonly CudaKernel _swiGlu;
     private readonly CudaKernel _argMax;
     private readonly CudaKernel _fillUniform;
@@ -116,6 +117,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
             _attention = _module.Get("attention");
             _attentionCombine = _module.Get("attention_combine");
             _residualAdd = _module.Get("residual_add");
+            _residualRmsNorm = _module.Get("residual_rmsnorm");
             _swiGlu = _module.Get("swiglu");
             _argMax = _module.Get("argmax");
             _fillUniform = _module.Get("fill_uniform");
@@ -227,7 +229,12 @@ internal sealed unsafe class CudaTransformer : IDisposable
         {
             DeviceWeights.Layer layer = _weights.Layers[l];
             ulong normedLo = SplitLayerActivations ? s.NormedLo.Pointer : 0;
-            RmsNorm(stream, s.Hidden.Pointer, layer.InputNorm, s.Normed.Pointer, normedLo, n);
+            if (l == 0)
+            {
+                // Later layers' input norms run fused with the previous layer's last residual add.
+                RmsNorm(stream, s.Hidden.Pointer, layer.InputNorm, s.Normed.Pointer, normedLo, n);
+            }
+
             Linear(s, s.Normed.Pointer, normedLo, layer.QueryKeyValue, s.QueryKeyValue.Pointer, n, d, qkvWidth);
 
             args = default;
@@ -246,9 +253,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
 
             Attention(stream, s, cache, l, n, start);
             Linear(s, s.AttentionOutput.Pointer, s.AttentionOutputLo?.Pointer ?? 0, layer.Output, s.Projected.Pointer, n, c.QueryDim, d);
-            ResidualAdd(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.OutputBias, n * d, d);
-
-            RmsNorm(stream, s.Hidden.Pointer, layer.PostAttentionNorm, s.Normed.Pointer, normedLo, n);
+            ResidualRmsNorm(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.OutputBias, layer.PostAttentionNorm, s.Normed.Pointer, normedLo, n);
             Linear(s, s.Normed.Pointer, normedLo, layer.GateUp, s.GateUp.Pointer, n, d, 2 * ffn);
             args = default;
             args.Add(s.GateUp.Pointer);
@@ -259,7 +264,14 @@ internal sealed unsafe class CudaTransformer : IDisposable
             args.Add(ffn);
             _swiGlu.Launch(stream, (Blocks((long)n * ffn), 1, 1), 256, 0, ref args);
             Linear(s, s.Activated.Pointer, s.ActivatedLo?.Pointer ?? 0, layer.Down, s.Projected.Pointer, n, ffn, d);
-            ResidualAdd(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.DownBias, n * d, d);
+            if (l + 1 < c.NumLayers)
+            {
+                ResidualRmsNorm(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.DownBias, _weights.Layers[l + 1].InputNorm, s.Normed.Pointer, normedLo, n);
+            }
+            else
+            {
+                ResidualAdd(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.DownBias, n * d, d);
+            }
         }
 
         int firstRow = allLogits ? 0 : n - 1;
@@ -497,6 +509,21 @@ internal sealed unsafe class CudaTransformer : IDisposable
         args.Add(_config.HiddenSize);
         args.Add(_config.RmsNormEps);
         _rmsNorm.Launch(stream, (rows, 1, 1), 256, 0, ref args);
+    }
+
+    /// <summary>x += y (+ bias), then y' = rmsnorm(x) into <paramref name="normed"/> (+ lo): one kernel instead of two.</summary>
+    private void ResidualRmsNorm(CudaStream stream, ulong x, ulong y, ulong bias, ulong weight, ulong normed, ulong normedLo, int rows)
+    {
+        var args = default(KernelArguments);
+        args.Add(x);
+        args.Add(y);
+        args.Add(bias);
+        args.Add(weight);
+        args.Add(normed);
+        args.Add(normedLo);
+        args.Add(_config.HiddenSize);
+        args.Add(_config.RmsNormEps);
+        _residualRmsNorm.Launch(stream, (rows, 1, 1), 256, 0, ref args);
     }
 
     private void ResidualAdd(CudaStream stream, ulong x, ulong y, ulong bias, int count, int width)

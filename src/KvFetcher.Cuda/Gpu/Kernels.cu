@@ -846,6 +846,35 @@ extern "C" __global__ void residual_add(float* __restrict__ x, const float* __re
     }
 }
 
+// x[row, :] += y[row, :] (+ bias), then out[row, :] = rmsnorm(x[row, :]) as rmsnorm computes it (same sums in the
+// same order, so the result is bit-identical to residual_add followed by rmsnorm), in one pass over the row. Grid: one
+// block of 256 threads per row.
+extern "C" __global__ void residual_rmsnorm(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
+    const float* __restrict__ weight, act_t* __restrict__ out, act_t* __restrict__ outLo, int d, float eps)
+{
+    float* row = x + (size_t)blockIdx.x * d;
+    const float* add = y + (size_t)blockIdx.x * d;
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+    {
+        float v = add[i];
+        if (bias != nullptr)
+        {
+            v += bias[i];
+        }
+        float updated = row[i] + v;
+        row[i] = updated;
+        sum = fmaf(updated, updated, sum);
+    }
+    sum = block_sum(sum);
+    float scale = 1.0f / sqrtf(sum / (float)d + eps);
+    size_t at = (size_t)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+    {
+        store_act(out, outLo, at + i, weight[i] * (row[i] * scale));
+    }
+}
+
 // out[row, j] = silu(gate) * up from the fused gate/up projection [rows, 2 ffn] (+ bias), rounded to the matrix
 // products' input type (+ the rounding error in outputLo when given).
 extern "C" __global__ void swiglu(const float* __restrict__ gateUp, const float* __restrict__ bias, act_t* __restrict__ output, act_t* __restrict__ outputLo, int rows, int ffn)
