@@ -52,7 +52,8 @@ internal sealed unsafe class CudaTransformer : IDisposable
     private readonly CudaKernel _fillUniform;
     private readonly CudaKernel _flashAttention;
     private readonly CudaKernel _flashAttentionNarrow;
-    private readonly CudaKernel _decodeAttention;
+    private readonly CudaKernel _decodeAttention4;
+    private readonly CudaKernel _decodeAttention8;
     private readonly CudaKernel _gemv;
     private readonly int _flashSharedBytes;
     private readonly int _flashNarrowSharedBytes;
@@ -84,7 +85,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
             _ => false,
         };
         int hd = config.HeadDim;
-        UsesDecodeAttention = kvStorage != DType.Float32 && hd % 8 == 0 && 32 % (hd / 8) == 0;
+        UsesDecodeAttention = attention != CudaAttentionKernel.CudaCores && kvStorage != DType.Float32 && hd % 8 == 0 && 32 % (hd / 8) == 0;
         UsesGemv = matmulType != DType.Float32 && config.HiddenSize % 8 == 0 && config.QueryDim % 8 == 0 && config.IntermediateSize % 8 == 0;
         try
         {
@@ -146,7 +147,8 @@ internal sealed unsafe class CudaTransformer : IDisposable
 
             if (UsesDecodeAttention)
             {
-                _decodeAttention = _module.Get("decode_attention");
+                _decodeAttention4 = _module.Get("decode_attention_4");
+                _decodeAttention8 = _module.Get("decode_attention_8");
             }
 
             if (UsesGemv)
@@ -397,9 +399,10 @@ internal sealed unsafe class CudaTransformer : IDisposable
 
         if (UsesDecodeAttention && n * group <= DecodeRows)
         {
-            // Flash decoding: enough key ranges to give every SM a few blocks, each at least DecodeKeysPerSplit keys.
+            // Flash decoding: key ranges of at least DecodeKeysPerSplit keys, at most as many blocks as run at once
+            // (three per SM at the kernel's register use), so that no second, mostly idle wave follows.
             int span = Math.Min(window, start + n);
-            int splitCount = Math.Min((span + DecodeKeysPerSplit - 1) / DecodeKeysPerSplit, Math.Max(1, 4 * _context.MultiprocessorCount / c.NumKvHeads));
+            int splitCount = Math.Min((span + DecodeKeysPerSplit - 1) / DecodeKeysPerSplit, Math.Max(1, 3 * _context.MultiprocessorCount / c.NumKvHeads));
             splitCount = Math.Max(1, Math.Min(splitCount, DeviceScratch.MaxSplits * s.PartialQueries / n));
             DecodeAttention(stream, s, cache, layer, n, start, window, group, splitCount);
             return;
@@ -480,7 +483,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
         args.Add(window);
         args.Add(_attentionScale);
         args.Add(splits);
-        _decodeAttention.Launch(stream, (splits, c.NumKvHeads, 1), DecodeThreads, 0, ref args);
+        (n * group <= 4 ? _decodeAttention4 : _decodeAttention8).Launch(stream, (splits, c.NumKvHeads, 1), DecodeThreads, 0, ref args);
         if (splits > 1)
         {
             Combine(stream, s, n, splits);
