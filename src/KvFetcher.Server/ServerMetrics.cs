@@ -4,7 +4,7 @@ using System.Runtime.CompilerServices;
 using System.Text;
 using KvFetcher.Store;
 
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 
 namespace KvFetcher.Server;
 

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Security.Cryptography.X509Certificates;
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 using KvFetcher.Store;
 using KvFetcher.Store.Disk;
 using Microsoft.AspNetCore.Builder;

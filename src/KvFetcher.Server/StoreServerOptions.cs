@@ -1,5 +1,5 @@
 using KvFetcher.Codecs.Containers;
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 
 namespace KvFetcher.Server;

@@ -1,4 +1,4 @@
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 using KvFetcher.Serving.Api;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;

@@ -1,4 +1,4 @@
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 
 namespace KvFetcher.Serving;
 

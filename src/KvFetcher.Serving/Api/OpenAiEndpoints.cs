@@ -5,7 +5,7 @@ using System.Text;
 using System.Text.Unicode;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 using KvFetcher.Serving.Chat;
 using KvFetcher.Serving.Scheduling;
 using Microsoft.AspNetCore.Builder;

@@ -4,7 +4,7 @@ using System.Security.Cryptography.X509Certificates;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 
-namespace KvFetcher.Server.Hosting;
+namespace KvFetcher.Hosting;
 
 /// <summary>One address to listen on, parsed from a URL.</summary>
 public sealed record ListenEndpoint(string Url, bool Https, IPAddress? Address, int Port)

@@ -5,7 +5,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
-namespace KvFetcher.Server.Hosting;
+namespace KvFetcher.Hosting;
 
 /// <summary>
 /// How KvFetcher's servers (<c>kvfetch serve</c>, <c>kvfetch serve-llm</c>) host Kestrel: a slim, NativeAOT-friendly
