@@ -54,6 +54,17 @@ public sealed record ListenEndpoint(string Url, bool Https, IPAddress? Address, 
         return new ListenEndpoint(url, uri.Scheme == Uri.UriSchemeHttps, address, uri.Port);
     }
 
+    /// <summary>Parses every URL (see <see cref="Parse"/>); throws <see cref="ArgumentException"/> when there is none or one is invalid.</summary>
+    public static ListenEndpoint[] ParseAll(IReadOnlyList<string>? urls)
+    {
+        if (urls is null || urls.Count == 0)
+        {
+            throw new ArgumentException("At least one URL to listen on is required.");
+        }
+
+        return [.. urls.Select(Parse)];
+    }
+
     /// <summary>
     /// Checks that https endpoints come with a readable PEM certificate and key, and that a certificate is not given
     /// without them; throws <see cref="ArgumentException"/> naming the problem.
