@@ -2,9 +2,8 @@ using System.Collections.Concurrent;
 using System.Globalization;
 using System.Runtime.CompilerServices;
 using System.Text;
-using KvFetcher.Store;
-
 using KvFetcher.Hosting;
+using KvFetcher.Store;
 
 namespace KvFetcher.Server;
 
