@@ -4,6 +4,7 @@ using System.IO.Pipelines;
 using System.Text;
 using System.Text.Json;
 using KvFetcher.Codecs.Containers;
+using KvFetcher.Hosting;
 using KvFetcher.Store;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
@@ -38,12 +39,7 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         app.MapPost("/v1/lookup", new RequestDelegate(LookupAsync)).WithDisplayName("lookup");
         app.MapGet("/v1/stats", new RequestDelegate(StatsAsync)).WithDisplayName("stats");
         // The public list: everything else needs the token (see BearerAuthentication).
-        app.MapGet("/healthz", new RequestDelegate(HealthAsync)).WithDisplayName("healthz").AllowAnonymous();
-        IEndpointConventionBuilder metricsRoute = app.MapGet("/metrics", new RequestDelegate(MetricsAsync)).WithDisplayName("metrics");
-        if (options.PublicMetrics)
-        {
-            metricsRoute.AllowAnonymous();
-        }
+        app.MapHealthAndMetrics(HealthAsync, FormatMetricsAsync, options.PublicMetrics);
     }
 
     /// <summary>Answers with <paramref name="status"/> and one line, or aborts when the response has already begun.</summary>
@@ -270,12 +266,7 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         return context.Response.WriteAsync("ok\n", context.RequestAborted);
     }
 
-    private async Task MetricsAsync(HttpContext context)
-    {
-        StoreStats stats = await store.GetStatsAsync(context.RequestAborted);
-        context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
-        await context.Response.WriteAsync(metrics.Format(stats), context.RequestAborted);
-    }
+    private async Task<string> FormatMetricsAsync(CancellationToken cancellationToken) => metrics.Format(await store.GetStatsAsync(cancellationToken));
 
     private static bool TryGetKey(HttpContext context, out ObjectKey key)
     {

@@ -1,5 +1,5 @@
 using KvFetcher.Codecs.Containers;
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 
 namespace KvFetcher.Server;
@@ -60,16 +60,7 @@ public sealed record StoreServerOptions
             throw new ArgumentException("The data directory is required.");
         }
 
-        if (Urls is null || Urls.Count == 0)
-        {
-            throw new ArgumentException("At least one URL to listen on is required.");
-        }
-
-        var endpoints = new List<ListenEndpoint>(Urls.Count);
-        foreach (string url in Urls)
-        {
-            endpoints.Add(ListenEndpoint.Parse(url));
-        }
+        ListenEndpoint[] endpoints = ListenEndpoint.ParseAll(Urls);
 
         if (Token is not null)
         {
