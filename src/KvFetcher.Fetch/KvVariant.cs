@@ -1,5 +1,6 @@
 using System.Globalization;
 using KvFetcher.Codecs;
+using KvFetcher.Core;
 
 namespace KvFetcher.Fetch;
 

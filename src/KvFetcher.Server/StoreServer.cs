@@ -3,6 +3,7 @@ using System.Security.Cryptography.X509Certificates;
 using KvFetcher.Server.Hosting;
 using KvFetcher.Store;
 using KvFetcher.Store.Disk;
+using KvFetcher.Store.Remote;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
@@ -125,13 +126,9 @@ public sealed class StoreServer : IAsyncDisposable
             {
                 // The client went away; nobody is listening for an answer.
             }
-            catch (KvStoreFullException ex)
-            {
-                failure = (StatusCodes.Status507InsufficientStorage, ex.Message);
-            }
             catch (KvStoreException ex)
             {
-                failure = (StatusCodes.Status503ServiceUnavailable, ex.Message);
+                failure = (StoreProtocol.StatusOf(ex), ex.Message);
             }
             catch (Microsoft.AspNetCore.Http.BadHttpRequestException ex)
             {

@@ -1,5 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
-using KvFetcher.Codecs;
+using KvFetcher.Core;
 using KvFetcher.Core.Keys;
 
 namespace KvFetcher.Store;

@@ -18,6 +18,13 @@ public sealed class RawCodec : IKvCodec
 
     public bool IsLossless(int level) => true;
 
+    /// <summary>The values as stored: the payload is the input, no parameters.</summary>
+    public long GetMaxEncodedLength(KvShape shape, DType dtype, int level)
+    {
+        shape.Validate();
+        return shape.Elements * dtype.SizeOf();
+    }
+
     public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
     {
         CodecChecks.Input(kv, shape, dtype);

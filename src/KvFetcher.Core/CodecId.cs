@@ -1,4 +1,4 @@
-namespace KvFetcher.Codecs;
+namespace KvFetcher.Core;
 
 /// <summary>The codec of a chunk container; the numeric value is part of the on-disk format.</summary>
 public enum CodecId : byte

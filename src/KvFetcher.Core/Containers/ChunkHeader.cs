@@ -1,7 +1,6 @@
-using KvFetcher.Core;
 using KvFetcher.Core.Keys;
 
-namespace KvFetcher.Codecs.Containers;
+namespace KvFetcher.Core.Containers;
 
 /// <summary>The fixed fields of a chunk container: what the chunk is, where it goes, and how it was coded.</summary>
 public readonly record struct ChunkHeader
