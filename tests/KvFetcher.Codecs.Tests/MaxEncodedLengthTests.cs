@@ -25,7 +25,7 @@ public class MaxEncodedLengthTests
     [MemberData(nameof(Variants))]
     public void GetMaxEncodedLength_NoiseAndConstantInput_BoundsWhatEncodeWrites(string variant, DType dtype)
     {
-        (IKvCodec codec, int level) = Parse(variant);
+        (IKvCodec codec, int level) = KvCodecs.ParseVariant(variant);
         if (codec.Unavailable is { } reason)
         {
             Assert.Skip(reason);
@@ -63,7 +63,7 @@ public class MaxEncodedLengthTests
         long values = shape.Elements * 2;
         foreach (string variant in (string[])["exact", "cachegen0", "video8"])
         {
-            (IKvCodec codec, int level) = Parse(variant);
+            (IKvCodec codec, int level) = KvCodecs.ParseVariant(variant);
             Assert.InRange(codec.GetMaxEncodedLength(shape, DType.Float16, level), 1, (2 * values) + (1 << 20));
         }
     }
@@ -75,22 +75,6 @@ public class MaxEncodedLengthTests
         Assert.ThrowsAny<Exception>(() => VideoCodec.Instance.GetMaxEncodedLength(shape, DType.Float16, 7));
         Assert.ThrowsAny<Exception>(() => KvCodecs.Get("cachegen").GetMaxEncodedLength(shape, DType.Float16, 9));
         Assert.Throws<ArgumentOutOfRangeException>(() => RawCodec.Instance.GetMaxEncodedLength(shape with { Tokens = 0 }, DType.Float16, 0));
-    }
-
-    private static (IKvCodec Codec, int Level) Parse(string variant)
-    {
-        int split = variant.Length;
-        while (char.IsAsciiDigit(variant[split - 1]))
-        {
-            split--;
-            if (split == 0)
-            {
-                break;
-            }
-        }
-
-        IKvCodec codec = KvCodecs.Get(variant[..split]);
-        return (codec, split == variant.Length ? codec.DefaultLevel : int.Parse(variant[split..], System.Globalization.CultureInfo.InvariantCulture));
     }
 
     /// <summary>Uniform random finite values: no codec finds structure in them.</summary>

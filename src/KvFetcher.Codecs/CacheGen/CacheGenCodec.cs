@@ -50,7 +50,7 @@ public sealed class CacheGenCodec : IKvCodec
 
     public CodecId Id => CodecId.CacheGen;
 
-    public string Name => "cachegen";
+    public string Name => CodecId.CacheGen.ToName();
 
     public IReadOnlyList<int> Levels { get; } = [.. Enumerable.Range(0, CacheGenBins.LevelCount)];
 

@@ -55,7 +55,7 @@ public sealed class ExactCodec : IKvCodec
 
     public CodecId Id => CodecId.Exact;
 
-    public string Name => "exact";
+    public string Name => CodecId.Exact.ToName();
 
     public IReadOnlyList<int> Levels { get; } = [0];
 

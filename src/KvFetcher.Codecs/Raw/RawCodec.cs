@@ -10,7 +10,7 @@ public sealed class RawCodec : IKvCodec
 
     public CodecId Id => CodecId.Raw;
 
-    public string Name => "raw";
+    public string Name => CodecId.Raw.ToName();
 
     public IReadOnlyList<int> Levels { get; } = [0];
 

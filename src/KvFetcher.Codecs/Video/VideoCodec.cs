@@ -57,7 +57,7 @@ public sealed class VideoCodec : IKvCodec
 
     public CodecId Id => CodecId.Video;
 
-    public string Name => "video";
+    public string Name => CodecId.Video.ToName();
 
     /// <summary>Bits per value: 12, 10, 8 (default), 6 and 4.</summary>
     public IReadOnlyList<int> Levels { get; } = [12, 10, 8, 6, 4];

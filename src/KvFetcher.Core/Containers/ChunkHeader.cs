@@ -25,7 +25,7 @@ public readonly record struct ChunkHeader
     public bool Authenticated { get; init; }
 
     public override string ToString() =>
-        $"{Codec.ToString().ToLowerInvariant()} level {Level}, {DType.ToShortName()}, tokens [{TokenStart}, {TokenStart + Shape.Tokens}), {Shape}, key {Key}, model {Model}{(Authenticated ? ", authenticated" : "")}";
+        $"{Codec.ToName()} level {Level}, {DType.ToShortName()}, tokens [{TokenStart}, {TokenStart + Shape.Tokens}), {Shape}, key {Key}, model {Model}{(Authenticated ? ", authenticated" : "")}";
 }
 
 /// <summary>

@@ -21,8 +21,11 @@ namespace KvFetcher.Store.Remote;
 /// </summary>
 public static class StoreProtocol
 {
+    /// <summary>The path under which every object lives, one segment per key.</summary>
+    public const string ObjectsPath = "/v1/objects/";
+
     /// <summary>The route of one object; its key is the route value <see cref="KeyRouteValue"/>.</summary>
-    public const string ObjectRoute = "/v1/objects/{key}";
+    public const string ObjectRoute = ObjectsPath + "{key}";
 
     /// <summary>The name of the object key in <see cref="ObjectRoute"/>.</summary>
     public const string KeyRouteValue = "key";
@@ -72,7 +75,7 @@ public static class StoreProtocol
     public static TimeSpan DefaultServerRequestTimeout { get; } = TimeSpan.FromSeconds(30);
 
     /// <summary>The path of <paramref name="key"/>'s object relative to the server's base address.</summary>
-    public static string ObjectPath(ObjectKey key) => "v1/objects/" + key.Value;
+    public static string ObjectPath(ObjectKey key) => ObjectsPath[1..] + key.Value;
 
     /// <summary>The path of the lookup route relative to the server's base address.</summary>
     public static string LookupPath => LookupRoute[1..];
