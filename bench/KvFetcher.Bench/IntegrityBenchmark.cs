@@ -3,7 +3,6 @@ using System.Diagnostics;
 using System.Globalization;
 using System.IO.Hashing;
 using System.Security.Cryptography;
-using KvFetcher.Codecs;
 using KvFetcher.Core;
 using KvFetcher.Core.Containers;
 using KvFetcher.Core.Keys;

@@ -3,7 +3,6 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.Json;
-using KvFetcher.Codecs;
 using KvFetcher.Core;
 using KvFetcher.Core.Containers;
 using KvFetcher.Core.Keys;

@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Hashing;
-using KvFetcher.Codecs;
 using KvFetcher.Codecs.Raw;
 using KvFetcher.Core;
 using KvFetcher.Core.Containers;

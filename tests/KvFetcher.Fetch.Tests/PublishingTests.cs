@@ -1,7 +1,7 @@
 using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
-using KvFetcher.Core.Containers;
+using KvFetcher.Codecs;
 using KvFetcher.Fetch.Publishing;
 using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Store;
