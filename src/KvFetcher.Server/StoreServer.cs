@@ -1,6 +1,7 @@
 using KvFetcher.Hosting;
 using KvFetcher.Store;
 using KvFetcher.Store.Disk;
+using KvFetcher.Store.Remote;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
@@ -109,13 +110,9 @@ public sealed class StoreServer : IAsyncDisposable
             {
                 // The client went away; nobody is listening for an answer.
             }
-            catch (KvStoreFullException ex)
-            {
-                failure = (StatusCodes.Status507InsufficientStorage, ex.Message);
-            }
             catch (KvStoreException ex)
             {
-                failure = (StatusCodes.Status503ServiceUnavailable, ex.Message);
+                failure = (StoreProtocol.StatusOf(ex), ex.Message);
             }
             catch (Microsoft.AspNetCore.Http.BadHttpRequestException ex)
             {

@@ -12,6 +12,9 @@ internal interface IFetchPolicy
     bool TryClaim(int inFlight, out int chunk, out KvVariant variant);
 
     void Stop();
+
+    /// <summary>The variants this policy may pick (the fetcher sizes its buffers for the largest).</summary>
+    IReadOnlyList<KvVariant> Ladder { get; }
 }
 
 /// <summary>The shared view of a request's stored prefix: chunk states, which variants each has, the engine's position.</summary>
@@ -76,6 +79,8 @@ internal sealed class FetchAllPolicy(PrefixState prefix, int ladderIndex, Func<i
     private int _next = -1;
     private volatile bool _stopped;
 
+    public IReadOnlyList<KvVariant> Ladder => prefix.Ladder;
+
     public bool TryClaim(int inFlight, out int chunk, out KvVariant variant)
     {
         variant = default;
@@ -118,6 +123,8 @@ internal class MeetInMiddlePolicy(PrefixState prefix, int ladderIndex) : IFetchP
     private volatile bool _stopped;
 
     protected PrefixState Prefix => prefix;
+
+    public IReadOnlyList<KvVariant> Ladder => prefix.Ladder;
 
     /// <summary>Whether the fetcher has stopped claiming (it met the engine, or failed).</summary>
     public bool IsStopped => _stopped;
