@@ -219,7 +219,7 @@ internal static class ReuseCommand
                 var payload = new System.Buffers.ArrayBufferWriter<byte>();
                 var container = new System.Buffers.ArrayBufferWriter<byte>();
                 variant.GetCodec().Encode(kv, plan.ChunkShape, plan.DType, variant.Level, parameters, payload);
-                Codecs.Containers.ChunkContainer.Write(plan.Header(chunk, variant), parameters.WrittenSpan, payload.WrittenSpan, container);
+                Core.Containers.ChunkContainer.Write(plan.Header(chunk, variant), parameters.WrittenSpan, payload.WrittenSpan, container);
                 encoded[chunk] = container.WrittenSpan.ToArray();
             });
             containers[variant] = encoded;

@@ -131,6 +131,9 @@ public sealed class CudaLanguageModel : IInferenceModel
     /// <summary>Whether prefill attention runs on the tensor cores (<see cref="CudaModelOptions.Attention"/>).</summary>
     public bool UsesTensorCoreAttention => Transformer.UsesTensorCoreAttention;
 
+    /// <summary>Whether decode-sized steps take the split-K decode attention kernel (a 16-bit cache, not <see cref="CudaAttentionKernel.CudaCores"/>).</summary>
+    public bool UsesDecodeAttention => Transformer.UsesDecodeAttention;
+
     internal CudaTransformer Transformer { get; }
 
     private LoadedModel Loaded => _loaded ?? throw new InvalidOperationException("A model with random weights has no checkpoint: no tokenizer or directory.");

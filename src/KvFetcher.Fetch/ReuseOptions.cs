@@ -1,4 +1,4 @@
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Core.Containers;
 
 namespace KvFetcher.Fetch;
 

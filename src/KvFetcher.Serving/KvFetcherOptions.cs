@@ -1,4 +1,4 @@
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Core.Containers;
 using KvFetcher.Cuda.Reuse;
 using KvFetcher.Fetch;
 using KvFetcher.Serving.Scheduling;

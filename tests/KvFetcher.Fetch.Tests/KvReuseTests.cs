@@ -1,8 +1,8 @@
 using System.Net;
 using System.Net.Sockets;
 using KvFetcher.Codecs;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Fetching;
 using KvFetcher.Fetch.Restoring;
@@ -325,7 +325,7 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
         var container = new System.Buffers.ArrayBufferWriter<byte>();
         Assert.True((await reuse.Store.GetAsync(plan.ObjectKeyOf(chunk, variant), container, cancellationToken: TestContext.Current.CancellationToken)).Found);
         var decoded = new byte[plan.ChunkBytes];
-        ChunkContainer.Decode(container.WrittenSpan, plan.Expectation(chunk), variant.GetCodec(), decoded);
+        variant.GetCodec().DecodeContainer(container.WrittenSpan, plan.Expectation(chunk), decoded);
         return decoded;
     }
 

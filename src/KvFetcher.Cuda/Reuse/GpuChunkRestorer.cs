@@ -1,8 +1,7 @@
-using KvFetcher.Codecs;
 using KvFetcher.Codecs.CacheGen;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Codecs.Video;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Cuda.Gpu;
 using KvFetcher.Cuda.Nvdec;
 using KvFetcher.Engine;

@@ -1,7 +1,8 @@
-using KvFetcher.Codecs.Containers;
 using System.Diagnostics;
 using System.Threading.Channels;
+using KvFetcher.Codecs;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
@@ -73,7 +74,8 @@ internal sealed class ChunkFetcher : IAsyncDisposable
         _stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         _tried = new KvVariant[_board.Chunks];
         _outcomes = new FetchOutcome[_board.Chunks];
-        int containerCapacity = (plan.ChunkBytes * 2) + (1 << 20);
+        // The largest container any variant the board's ladder may pick can be for this chunk shape, so no stored chunk is refused for size.
+        int containerCapacity = checked((int)_board.Ladder.Max(v => v.GetCodec().GetMaxContainerLength(plan.ChunkShape, plan.DType, v.Level)));
         _slots = new ChunkSlot[slots];
         _free = Channel.CreateBounded<ChunkSlot>(new BoundedChannelOptions(slots) { SingleWriter = false });
         for (int i = 0; i < slots; i++)

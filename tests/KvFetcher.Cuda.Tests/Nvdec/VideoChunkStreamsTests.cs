@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using KvFetcher.Codecs;
 using KvFetcher.Codecs.Tests;
 using KvFetcher.Codecs.Video;
 using KvFetcher.Core;

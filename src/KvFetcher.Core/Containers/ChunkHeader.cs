@@ -1,7 +1,6 @@
-using KvFetcher.Core;
 using KvFetcher.Core.Keys;
 
-namespace KvFetcher.Codecs.Containers;
+namespace KvFetcher.Core.Containers;
 
 /// <summary>The fixed fields of a chunk container: what the chunk is, where it goes, and how it was coded.</summary>
 public readonly record struct ChunkHeader
@@ -26,7 +25,7 @@ public readonly record struct ChunkHeader
     public bool Authenticated { get; init; }
 
     public override string ToString() =>
-        $"{Codec.ToString().ToLowerInvariant()} level {Level}, {DType.ToShortName()}, tokens [{TokenStart}, {TokenStart + Shape.Tokens}), {Shape}, key {Key}, model {Model}{(Authenticated ? ", authenticated" : "")}";
+        $"{Codec.ToName()} level {Level}, {DType.ToShortName()}, tokens [{TokenStart}, {TokenStart + Shape.Tokens}), {Shape}, key {Key}, model {Model}{(Authenticated ? ", authenticated" : "")}";
 }
 
 /// <summary>

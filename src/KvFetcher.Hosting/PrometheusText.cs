@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace KvFetcher.Server.Hosting;
+namespace KvFetcher.Hosting;
 
 /// <summary>The Prometheus text exposition format (version 0.0.4): metric headers, samples and histograms.</summary>
 public static class PrometheusText

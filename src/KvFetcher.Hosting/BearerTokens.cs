@@ -3,7 +3,7 @@ using System.Text;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Primitives;
 
-namespace KvFetcher.Server.Hosting;
+namespace KvFetcher.Hosting;
 
 /// <summary>
 /// The bearer tokens a server accepts in <c>Authorization: Bearer TOKEN</c>. A presented token is compared with every

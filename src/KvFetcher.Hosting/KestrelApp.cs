@@ -1,19 +1,48 @@
+using System.Diagnostics;
+using System.Security.Cryptography.X509Certificates;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
-namespace KvFetcher.Server.Hosting;
+namespace KvFetcher.Hosting;
 
 /// <summary>
 /// How KvFetcher's servers (<c>kvfetch serve</c>, <c>kvfetch serve-llm</c>) host Kestrel: a slim, NativeAOT-friendly
 /// application with one-line warning logs whose owner (the CLI, a test) starts and stops it, not the host's own
-/// signal handlers.
+/// signal handlers; bound to its <see cref="ListenEndpoint"/>s with the request limits both servers share, and deny by
+/// default (<see cref="BearerAuthentication"/>, with <see cref="PublicRoutes"/> the only routes open to anonymous callers).
+/// A server's pipeline: <see cref="UseRequestObserver"/> (sees every request, refused or not),
+/// <see cref="BearerAuthentication.UseBearerAuthentication"/>, its own routes, <see cref="PublicRoutes.MapHealthAndMetrics"/>;
+/// then <see cref="StartAsync"/>.
 /// </summary>
 public static class KestrelApp
 {
+    /// <summary>
+    /// A slim builder (see <see cref="CreateBuilder(string)"/>) listening on <see cref="KestrelAppOptions.Endpoints"/>
+    /// (https ones with the PEM certificate, loaded here), without a <c>Server</c> header, with a limit on request bodies,
+    /// and with the bearer authentication scheme and the fallback policy that requires it on every route but the
+    /// public list. Throws <see cref="ArgumentException"/> when the certificate does not load.
+    /// </summary>
+    public static WebApplicationBuilder CreateBuilder(KestrelAppOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        X509Certificate2? certificate = ListenEndpoint.LoadCertificate(options.Endpoints, options.CertificateFile, options.CertificateKeyFile);
+        WebApplicationBuilder builder = CreateBuilder(options.ApplicationName);
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
+            ListenEndpoint.Bind(kestrel, options.Endpoints, certificate, options.CleartextProtocols);
+        });
+        builder.Services.AddBearerAuthentication(options.Tokens, options.WriteUnauthorizedAsync);
+        return builder;
+    }
+
     /// <summary>A slim builder: single-line console logging at warning level, lifetime left to the owner.</summary>
     public static WebApplicationBuilder CreateBuilder(string applicationName)
     {
@@ -35,6 +64,7 @@ public static class KestrelApp
         ArgumentNullException.ThrowIfNull(app);
         try
         {
+            PublicRoutes.CheckAnonymousRoutes(app);
             await app.StartAsync(cancellationToken).ConfigureAwait(false);
         }
         catch
@@ -45,6 +75,29 @@ public static class KestrelApp
 
         ICollection<string> bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
         return new RunningApp(app, [.. bound.Select(a => new Uri(a))], owned, stopTimeout);
+    }
+
+    /// <summary>
+    /// Calls <paramref name="observe"/> once per request when its response is done, whether it was answered, refused or
+    /// failed: with the matched route's display name (<c>other</c> when none matched), the status code and the time taken.
+    /// Add it first, so that it also sees what authentication refuses.
+    /// </summary>
+    public static IApplicationBuilder UseRequestObserver(this IApplicationBuilder app, Action<string, int, TimeSpan> observe)
+    {
+        ArgumentNullException.ThrowIfNull(app);
+        ArgumentNullException.ThrowIfNull(observe);
+        return app.Use(async (context, next) =>
+        {
+            long start = Stopwatch.GetTimestamp();
+            try
+            {
+                await next(context).ConfigureAwait(false);
+            }
+            finally
+            {
+                observe(context.GetEndpoint()?.DisplayName ?? "other", context.Response.StatusCode, Stopwatch.GetElapsedTime(start));
+            }
+        });
     }
 
     private sealed class ExplicitLifetime : IHostLifetime

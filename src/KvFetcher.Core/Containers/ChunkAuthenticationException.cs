@@ -1,6 +1,4 @@
-using KvFetcher.Core;
-
-namespace KvFetcher.Codecs.Containers;
+namespace KvFetcher.Core.Containers;
 
 /// <summary>
 /// A container whose checksum holds but whose MAC tag is missing or does not verify under the reader's

@@ -1,4 +1,4 @@
-namespace KvFetcher.Codecs;
+namespace KvFetcher.Core;
 
 /// <summary>
 /// The shape of one chunk of KV in the documented layout <c>[layer][kind: 0 = K, 1 = V][token][kvHead][headDim]</c>

@@ -4,7 +4,7 @@ using System.Security.Cryptography.X509Certificates;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 
-namespace KvFetcher.Server.Hosting;
+namespace KvFetcher.Hosting;
 
 /// <summary>One address to listen on, parsed from a URL.</summary>
 public sealed record ListenEndpoint(string Url, bool Https, IPAddress? Address, int Port)
@@ -52,6 +52,17 @@ public sealed record ListenEndpoint(string Url, bool Https, IPAddress? Address, 
         }
 
         return new ListenEndpoint(url, uri.Scheme == Uri.UriSchemeHttps, address, uri.Port);
+    }
+
+    /// <summary>Parses every URL (see <see cref="Parse"/>); throws <see cref="ArgumentException"/> when there is none or one is invalid.</summary>
+    public static ListenEndpoint[] ParseAll(IReadOnlyList<string>? urls)
+    {
+        if (urls is null || urls.Count == 0)
+        {
+            throw new ArgumentException("At least one URL to listen on is required.");
+        }
+
+        return [.. urls.Select(Parse)];
     }
 
     /// <summary>

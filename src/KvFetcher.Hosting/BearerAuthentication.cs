@@ -8,7 +8,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
-namespace KvFetcher.Server.Hosting;
+namespace KvFetcher.Hosting;
 
 /// <summary>
 /// Deny by default for KvFetcher's servers, with ASP.NET Core's own authentication and authorization: a bearer

@@ -2,10 +2,9 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Hashing;
 using System.Security.Cryptography;
-using KvFetcher.Core;
 using KvFetcher.Core.Keys;
 
-namespace KvFetcher.Codecs.Containers;
+namespace KvFetcher.Core.Containers;
 
 /// <summary>
 /// The on-disk and on-wire form of one encoded KV chunk. Little-endian, 64-bit lengths:
@@ -267,20 +266,6 @@ public static class ChunkContainer
             throw Invalid("dtype", 12, header.DType.ToShortName(), $"expected {expected.DType.ToShortName()}");
         }
 
-        return header;
-    }
-
-    /// <summary>Decodes a verified container's KV into <paramref name="destination"/> with the codec it names.</summary>
-    public static ChunkHeader Decode(ReadOnlySpan<byte> container, in ChunkExpectation expected, IKvCodec codec, Span<byte> destination)
-    {
-        ArgumentNullException.ThrowIfNull(codec);
-        ChunkHeader header = Read(container, expected, out ReadOnlySpan<byte> parameters, out ReadOnlySpan<byte> payload);
-        if (header.Codec != codec.Id)
-        {
-            throw Invalid("codec id", 10, header.Codec, $"the caller decodes {codec.Name}");
-        }
-
-        codec.Decode(parameters, payload, header.Shape, header.DType, header.Level, destination);
         return header;
     }
 

@@ -1,9 +1,8 @@
 using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using System.Text;
-using KvFetcher.Core;
 
-namespace KvFetcher.Codecs.Containers;
+namespace KvFetcher.Core.Containers;
 
 /// <summary>
 /// Makes the KV store untrusted: one deployment secret from which every tenant gets its own chunk MAC key
