@@ -81,6 +81,15 @@ public sealed record ReuseOptions
         }
     }
 
+    /// <summary>What the fetch pipeline reads.</summary>
+    internal Fetching.FetcherOptions Fetcher => new(TransfersInFlight, DecodeWorkers, ChunkTimeout, MaxBufferedBytes);
+
+    /// <summary>What the variant choice reads.</summary>
+    internal Scheduling.Strategies.VariantChoiceOptions Choice => new(QualitySlack, LosslessOnly, DecodeWorkers);
+
+    /// <summary>The lookup's deadline: <see cref="LookupTimeout"/>, or <see cref="ChunkTimeout"/> when that is shorter.</summary>
+    internal TimeSpan LookupDeadline => LookupTimeout < ChunkTimeout ? LookupTimeout : ChunkTimeout;
+
     /// <summary>The background publisher's put deadline, puts in flight and back-off from a failing store.</summary>
     public Publishing.KvPublisherOptions Publishing { get; init; } = new();
 }

@@ -66,6 +66,25 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
     }
 
     [Fact]
+    public async Task Prefill_OursWhenFetchingIsFarFasterThanComputing_FetchesAndStaysBitIdentical()
+    {
+        await using KvReuse reuse = await WarmAsync(new ReuseOptions { Ladder = s_ladder, LosslessOnly = true });
+        // As the rates say: a chunk arrives in 0.2 s and takes 5 s to compute. Ours must fetch, not compute everything
+        // (and the engine's patience, twice the predicted arrival, outlasts a slow first fetch in a fresh process).
+        reuse.Rates.SetBandwidth(reuse.Plan(fixture.Tokens).ChunkBytes / 0.2);
+        for (int i = 0; i < 40; i++)
+        {
+            reuse.Rates.ObserveCompute(i % 4, 5.0);
+        }
+
+        (PrefillReport report, float[] logits, byte[] kv) = await PrefillAsync(reuse, PrefillStrategy.Adaptive, publish: false);
+
+        Assert.True(report.RestoredChunks > 0, $"ours restored nothing: {report.FailedChunks} failed, {report.TakenBackChunks} taken back");
+        Assert.Equal(fixture.FullLogits, logits);
+        Assert.Equal(fixture.FullKv, kv);
+    }
+
+    [Fact]
     public async Task Prefill_LossyVariant_RestoresExactlyWhatTheCodecDecodes()
     {
         await using KvReuse reuse = await WarmAsync(new ReuseOptions { Ladder = s_ladder });

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using KvFetcher.Engine;
+using KvFetcher.Fetch;
 using KvFetcher.Fetch.Fetching;
 using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
@@ -7,7 +8,7 @@ using KvFetcher.Store;
 using KvFetcher.Store.Disk;
 using KvFetcher.Store.Shaping;
 
-namespace KvFetcher.Fetch.Benchmarking;
+namespace KvFetcher.Benchmarking;
 
 /// <summary>What the TTFT sweep runs.</summary>
 public sealed record TtftSweepOptions

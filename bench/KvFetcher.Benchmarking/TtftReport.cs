@@ -1,12 +1,12 @@
 using System.Globalization;
 using System.Text;
-using KvFetcher.Fetch.Benchmarking;
 
-namespace KvFetcher.Cli.Commands;
+namespace KvFetcher.Benchmarking;
 
 /// <summary>The TTFT sweep as a markdown table with ratios, and as PNG plots (ScottPlot).</summary>
-internal static class TtftReport
+public static class TtftReport
 {
+    /// <summary>The sweep as a markdown table: TTFT per strategy, the lower bound, and ours against both.</summary>
     public static string Markdown(TtftSweepResult result)
     {
         var text = new StringBuilder();
@@ -82,6 +82,7 @@ internal static class TtftReport
         return text.ToString();
     }
 
+    /// <summary>Writes one PNG plot of TTFT vs bandwidth per stored context into <paramref name="folder"/>.</summary>
     public static void Plots(TtftSweepResult result, string folder)
     {
         foreach (var context in result.Points.Where(p => p.Link == "shaper").GroupBy(p => p.Context))

@@ -1,6 +1,6 @@
 using System.Text.Json.Serialization;
 
-namespace KvFetcher.Fetch.Benchmarking;
+namespace KvFetcher.Benchmarking;
 
 /// <summary>The benchmarks' JSON (source-generated, so NativeAOT builds write and read it too).</summary>
 [JsonSourceGenerationOptions(WriteIndented = true)]

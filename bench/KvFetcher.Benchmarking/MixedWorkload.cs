@@ -1,10 +1,12 @@
 using KvFetcher.Engine;
+using KvFetcher.Fetch;
 using KvFetcher.Fetch.Restoring;
-using KvFetcher.Fetch.Scheduling;
+using KvFetcher.Serving;
+using KvFetcher.Serving.Scheduling;
 using KvFetcher.Store.Disk;
 using KvFetcher.Store.Shaping;
 
-namespace KvFetcher.Fetch.Benchmarking;
+namespace KvFetcher.Benchmarking;
 
 /// <summary>What the mixed-workload benchmark runs.</summary>
 public sealed record MixedWorkloadOptions
@@ -37,11 +39,17 @@ public sealed record MixedWorkloadRow(string Queueing, string Requests, int Coun
 
 /// <summary>
 /// Requests without reuse arrive at a steady rate (background load) while requests reusing a long stored context
-/// arrive now and then; the same arrival schedule runs against one FIFO queue (the engine fetches inline) and against
-/// KVFetcher's separate waiting queue. Reports TTFT percentiles per class.
+/// arrive now and then; the same arrival schedule runs twice through the serving engine loop (<see cref="EngineScheduler"/>,
+/// whose waiting queue fetches a stored prefix with <see cref="KvReuse.FetchPrefixAsync(IInferenceSession, ContextPlan, IReadOnlyList{KvVariant}, CancellationToken)"/>):
+/// with one session, so requests are served one at a time in arrival order and a reuse request's fetch holds everyone
+/// behind it (one FIFO queue), and with several, so reuse requests wait for their KV in the waiting queue beside the
+/// requests being computed (KVFetcher's separate waiting queue). Reports TTFT percentiles per class (first token only).
 /// </summary>
 public static class MixedWorkload
 {
+    /// <summary>Sessions of the separate-waiting-queue design (the serving default).</summary>
+    private const int Sessions = 8;
+
     public static async Task<IReadOnlyList<MixedWorkloadRow>> RunAsync(IInferenceModel model, MixedWorkloadOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -63,9 +71,14 @@ public static class MixedWorkload
             foreach (bool separate in new[] { false, true })
             {
                 await using var reuse = new KvReuse(model, shaped, reuseOptions, restorer: options.Restorer);
-                await using var scheduler = new RequestScheduler(model, reuse, new RequestSchedulerOptions { SeparateWaitingQueue = separate, Variant = KvVariant.Raw });
-                var background = new List<Task<RequestResult>>();
-                var reusing = new List<Task<RequestResult>>();
+                await using var scheduler = new EngineScheduler(model, reuse, new EngineSchedulerOptions
+                {
+                    MaxActiveSessions = separate ? Sessions : 1,
+                    MaxQueuedRequests = 1 << 16,
+                    PublishAnswers = false,
+                }, new ServingMetrics());
+                var background = new List<Task<GenerationResult>>();
+                var reusing = new List<Task<GenerationResult>>();
                 var start = DateTime.UtcNow;
                 TimeSpan nextBackground = TimeSpan.Zero, nextReuse = TimeSpan.FromMilliseconds(100);
                 int n = 0;
@@ -75,13 +88,13 @@ public static class MixedWorkload
                     if (now >= nextBackground)
                     {
                         int offset = options.ReuseContext + 16 + (n++ % 64 * options.BackgroundTokens);
-                        background.Add(scheduler.SubmitAsync(corpus[offset..(offset + options.BackgroundTokens)], reuse: false, cancellationToken));
+                        background.Add(Submit(scheduler, corpus[offset..(offset + options.BackgroundTokens)], cancellationToken));
                         nextBackground += options.BackgroundInterval;
                     }
 
                     if (now >= nextReuse)
                     {
-                        reusing.Add(scheduler.SubmitAsync(reusePrompt, reuse: true, cancellationToken));
+                        reusing.Add(Submit(scheduler, reusePrompt, cancellationToken));
                         nextReuse += options.ReuseInterval;
                     }
 
@@ -102,9 +115,13 @@ public static class MixedWorkload
         return rows;
     }
 
-    private static MixedWorkloadRow Row(string queueing, string requests, RequestResult[] results)
+    /// <summary>One request for its first token only.</summary>
+    private static Task<GenerationResult> Submit(EngineScheduler scheduler, int[] prompt, CancellationToken cancellationToken) =>
+        scheduler.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 1 }, cancellationToken).Completion;
+
+    private static MixedWorkloadRow Row(string queueing, string requests, GenerationResult[] results)
     {
-        double[] ms = [.. results.Select(r => r.TimeToFirstToken.TotalMilliseconds).Order()];
+        double[] ms = [.. results.Select(r => r.Prefill.TimeToFirstToken.TotalMilliseconds).Order()];
         return new MixedWorkloadRow(queueing, requests, ms.Length, Percentile(ms, 0.5), Percentile(ms, 0.99), ms.Average());
     }
 
