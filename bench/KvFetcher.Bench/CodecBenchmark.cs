@@ -3,8 +3,8 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using KvFetcher.Codecs;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Engine;
 using KvFetcher.Engine.Cpu;
 

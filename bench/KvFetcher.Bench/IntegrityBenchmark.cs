@@ -3,9 +3,8 @@ using System.Diagnostics;
 using System.Globalization;
 using System.IO.Hashing;
 using System.Security.Cryptography;
-using KvFetcher.Codecs;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Core.Keys;
 using KvFetcher.Engine.Model;
 

@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Globalization;
-using KvFetcher.Codecs;
 using KvFetcher.Codecs.Video;
 using KvFetcher.Core;
 using KvFetcher.Engine;

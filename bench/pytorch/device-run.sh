@@ -3,7 +3,7 @@
 # kvf-gpu-check in cuda/): the tensor-core attention kernel against PyTorch in isolation, the engine's checks and its
 # Llama-3-8B-shape benchmark (with the CUDA-core baseline), the PyTorch reference, and the joined table. Each part is
 # guarded: one failing leaves the others' output in $OUT.
-#   bench/pytorch/device-run.sh [--no-checks | --flash-checks] [--no-baseline] [--no-kernel]
+#   bench/pytorch/device-run.sh [--no-checks | --flash-checks | --checks-matching 'A|B'] [--no-baseline] [--no-kernel]
 set -u
 export PYTHONUNBUFFERED=1
 log=$OUT/log.txt
@@ -18,6 +18,8 @@ part "our engine"
 flags=(--llama "$OUT/ours.json" --json "$OUT/checks.json")
 [[ " $* " != *" --no-checks "* ]] && flags+=(--checks)
 [[ " $* " == *" --flash-checks "* ]] && flags+=(--check-filter flash)
+args=("$@")
+for i in "${!args[@]}"; do [[ "${args[$i]}" == --checks-matching ]] && flags+=(--check-filter "${args[$((i + 1))]}"); done
 [[ " $* " != *" --no-baseline "* ]] && flags+=(--baseline)
 timeout 240 cuda/kvf-gpu-check "${flags[@]}" 2>&1 | tee -a "$log"
 part "pytorch reference"

@@ -2,7 +2,7 @@
 
 Compiles Kernels.cu with NVRTC through CuPy, as the engine does (same source, same defines), runs `flash_attention`
 (tensor cores, 128-row blocks), `flash_attention_narrow` (64-row blocks), `attention` (CUDA cores) and, for decode
-steps, `decode_attention` (split-K, + `attention_combine`) on random data laid out as the engine lays it out (Q fp32
+steps, `decode_attention_4`/`_8` (split-K, + `attention_combine`) on random data laid out as the engine lays it out (Q fp32
 [n, heads, HD], one layer of the cache [kvHead][capacity][HD] in fp16/bf16), and compares them with a float64
 reference computed by PyTorch from the same inputs: causal mask at any start position, grouped-query heads, sliding
 windows. `gemv` (decode-sized products) is checked against torch's fp32 product of the same bf16 inputs. Then times
@@ -41,7 +41,7 @@ def module(hd, kv):
         if smem > 48 * 1024:
             plain.max_dynamic_shared_size_bytes = smem
         _modules[key] = {"flash": flash, "narrow": narrow, "plain": plain, "smem": smem, "module": m,
-                         "decode": m.get_function("decode_attention"), "combine": m.get_function("attention_combine")}
+                         "decode4": m.get_function("decode_attention_4"), "decode8": m.get_function("decode_attention_8"), "combine": m.get_function("attention_combine")}
     return _modules[key]
 
 
@@ -69,9 +69,9 @@ def run_narrow(hd, kv, q, keys, values, out, n, start, heads, group, capacity, w
 
 
 def decode_splits(n, start, window, kv_heads, sms=132):
-    """The engine's rule (CudaTransformer.Attention): key ranges of at least 128 keys, about 4 blocks per SM."""
+    """The engine's rule (CudaTransformer.Attention): key ranges of at least 128 keys, at most 3 blocks per SM."""
     span = min(window, start + n)
-    return max(1, min((span + 127) // 128, max(1, 4 * sms // kv_heads)))
+    return max(1, min((span + 127) // 128, max(1, 3 * sms // kv_heads)))
 
 
 def run_decode(hd, kv, q, keys, values, out, n, start, heads, group, capacity, window, splits=None, partial=None):
@@ -80,7 +80,7 @@ def run_decode(hd, kv, q, keys, values, out, n, start, heads, group, capacity, w
     splits = splits or decode_splits(n, start, window, kv_heads)
     if partial is None:
         partial = torch.empty(splits * n * heads * (hd + 2), device="cuda")
-    m["decode"]((splits, kv_heads, 1), (128, 1, 1),
+    m["decode4" if n * group <= 4 else "decode8"]((splits, kv_heads, 1), (128, 1, 1),
                 (ptr(q), ptr(keys), ptr(values), ptr(out), np.uint64(0), ptr(partial), np.int32(n), np.int32(start),
                  np.int32(heads), np.int32(group), np.int32(capacity), np.int32(window), np.float32(1 / math.sqrt(hd)),
                  np.int32(splits)))
@@ -154,12 +154,12 @@ def gemv_module():
     if "gemv" not in _modules:
         options = ("--std=c++17", "-default-device", "-DHEAD_DIM=128", "-DKV=bf16_t", "-DACT=bf16_t", "-DEMB=bf16_t", "-DGEMV")
         m = cupy.RawModule(code=SOURCE, options=options, backend="nvrtc")
-        _modules["gemv"] = (m.get_function("gemv"), m)
+        _modules["gemv"] = ({"gemv": m.get_function("gemv"), "gemv_u4": m.get_function("gemv_u4")}, m)
     return _modules["gemv"][0]
 
 
-def run_gemv(x, w, y, rows, inf, outf):
-    gemv_module()(((outf + 15) // 16, 1, 1), (256, 1, 1), (ptr(x), ptr(w), ptr(y), np.int32(rows), np.int32(inf), np.int32(outf)))
+def run_gemv(x, w, y, rows, inf, outf, name="gemv"):
+    gemv_module()[name](((outf + 15) // 16, 1, 1), (256, 1, 1), (ptr(x), ptr(w), ptr(y), np.int32(rows), np.int32(inf), np.int32(outf)))
 
 
 def gemv_case(rows, inf, outf, timing):
@@ -176,6 +176,8 @@ def gemv_case(rows, inf, outf, timing):
     if timing:
         nbytes = w.numel() * 2
         row["gemvMs"] = time_ms(lambda: run_gemv(x, w, y, rows, inf, outf), repeats=20)
+        row["gemvU4Ms"] = time_ms(lambda: run_gemv(x, w, y, rows, inf, outf, "gemv_u4"), repeats=20)
+        row["gemvU4GBps"] = nbytes / row["gemvU4Ms"] / 1e6
         row["torchMs"] = time_ms(lambda: x @ w.t(), repeats=20)
         row["gemvGBps"] = nbytes / row["gemvMs"] / 1e6
         row["torchGBps"] = nbytes / row["torchMs"] / 1e6

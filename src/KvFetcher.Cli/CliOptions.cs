@@ -1,6 +1,6 @@
 using System.CommandLine;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Runtime;
 
 namespace KvFetcher.Cli;

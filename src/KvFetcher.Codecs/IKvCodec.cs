@@ -39,6 +39,14 @@ public interface IKvCodec
     void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload);
 
     /// <summary>
+    /// The most bytes <see cref="Encode"/> writes for one chunk of <paramref name="shape"/> in <paramref name="dtype"/>
+    /// at <paramref name="level"/>, parameters and payload together, whatever the values (as
+    /// <c>BrotliEncoder.GetMaxCompressedLength</c> bounds Brotli's output): a reader sizes its buffers by it and a
+    /// stored object larger than it is not a chunk of this shape.
+    /// </summary>
+    long GetMaxEncodedLength(KvShape shape, DType dtype, int level);
+
+    /// <summary>
     /// Decodes into <paramref name="destination"/> (exactly <c>shape.Elements * dtype.SizeOf()</c> bytes, the documented
     /// layout, elements of <paramref name="dtype"/>).
     /// </summary>

@@ -1,6 +1,5 @@
-using KvFetcher.Codecs;
 using KvFetcher.Codecs.CacheGen;
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Core.Containers;
 using KvFetcher.Core;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;

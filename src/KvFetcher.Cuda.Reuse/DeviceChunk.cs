@@ -1,4 +1,3 @@
-using KvFetcher.Codecs;
 using KvFetcher.Core;
 using KvFetcher.Engine;
 

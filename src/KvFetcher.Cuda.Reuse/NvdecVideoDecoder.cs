@@ -1,6 +1,5 @@
 using System.Runtime.InteropServices;
-using KvFetcher.Codecs;
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Core.Containers;
 using KvFetcher.Codecs.Video;
 using KvFetcher.Core;
 using KvFetcher.Cuda.Nvdec;

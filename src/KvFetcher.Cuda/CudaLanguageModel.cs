@@ -137,6 +137,9 @@ public sealed class CudaLanguageModel : IInferenceModel
     /// <summary>The kernels that restore fetched chunks into this model's caches (compiled with the model's kernels).</summary>
     public CudaRestoreKernels RestoreKernels => _restoreKernels.Value;
 
+    /// <summary>Whether decode-sized steps take the split-K decode attention kernel (a 16-bit cache, not <see cref="CudaAttentionKernel.CudaCores"/>).</summary>
+    public bool UsesDecodeAttention => Transformer.UsesDecodeAttention;
+
     internal CudaTransformer Transformer { get; }
 
     private LoadedModel Loaded => _loaded ?? throw new InvalidOperationException("A model with random weights has no checkpoint: no tokenizer or directory.");

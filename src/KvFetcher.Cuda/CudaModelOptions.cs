@@ -29,8 +29,9 @@ public enum CudaMatmulPrecision
 }
 
 /// <summary>
-/// Which kernel computes the attention of prefill steps. Decode-sized steps (a few rows per KV head) take the split-K
-/// decode kernel on CUDA cores whenever the cache is 16-bit, whatever this says.
+/// Which kernels compute attention. Decode-sized steps (at most 8 rows per KV head) take the split-K decode kernel
+/// (fp32 arithmetic on CUDA cores, 16-byte loads of a 16-bit cache) unless <see cref="CudaCores"/> asks for the
+/// reference kernel everywhere.
 /// </summary>
 public enum CudaAttentionKernel
 {
@@ -41,7 +42,7 @@ public enum CudaAttentionKernel
     /// </summary>
     Auto,
 
-    /// <summary>The fp32 CUDA-core kernel: every score and weight in fp32 (the reference).</summary>
+    /// <summary>The fp32 CUDA-core kernel for every step, decode included: every score and weight in fp32 (the reference).</summary>
     CudaCores,
 
     /// <summary>

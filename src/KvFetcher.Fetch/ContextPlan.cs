@@ -1,6 +1,5 @@
-using KvFetcher.Codecs;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Core.Keys;
 using KvFetcher.Store;
 

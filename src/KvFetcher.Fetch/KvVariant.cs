@@ -1,5 +1,5 @@
-using System.Globalization;
 using KvFetcher.Codecs;
+using KvFetcher.Core;
 
 namespace KvFetcher.Fetch;
 
@@ -29,27 +29,12 @@ public readonly record struct KvVariant(CodecId Codec, byte Level)
         _ => 0,
     };
 
-    /// <summary>Parses <c>raw</c>, <c>exact</c>, <c>cachegen0</c>..<c>cachegen2</c>, <c>video4</c>..<c>video12</c>.</summary>
+    /// <summary>Parses <c>raw</c>, <c>exact</c>, <c>cachegen0</c>..<c>cachegen2</c>, <c>video4</c>..<c>video12</c> (<see cref="KvCodecs.ParseVariant"/>).</summary>
     public static KvVariant Parse(string text)
     {
-        ArgumentException.ThrowIfNullOrWhiteSpace(text);
-        int split = text.Length;
-        while (split > 0 && char.IsAsciiDigit(text[split - 1]))
-        {
-            split--;
-        }
-
-        IKvCodec codec = KvCodecs.Get(text[..split]);
-        int level = split == text.Length ? codec.DefaultLevel : int.Parse(text.AsSpan(split), CultureInfo.InvariantCulture);
-        if (!codec.Levels.Contains(level))
-        {
-            throw new ArgumentException($"'{text}': {codec.Name} has levels {string.Join(", ", codec.Levels)}.", nameof(text));
-        }
-
+        (IKvCodec codec, int level) = KvCodecs.ParseVariant(text);
         return new KvVariant(codec.Id, (byte)level);
     }
 
-    public override string ToString() => Codec is CodecId.Raw or CodecId.Exact
-        ? GetCodec().Name
-        : GetCodec().Name + Level.ToString(CultureInfo.InvariantCulture);
+    public override string ToString() => KvCodecs.VariantName(Codec, Level);
 }

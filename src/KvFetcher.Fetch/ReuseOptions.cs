@@ -1,4 +1,4 @@
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Core.Containers;
 
 namespace KvFetcher.Fetch;
 
@@ -80,6 +80,15 @@ public sealed record ReuseOptions
             throw new ArgumentOutOfRangeException(nameof(PrefixWaitFactor), PrefixWaitFactor, "The prefix wait factor must be a positive finite number.");
         }
     }
+
+    /// <summary>What the fetch pipeline reads.</summary>
+    internal Fetching.FetcherOptions Fetcher => new(TransfersInFlight, DecodeWorkers, ChunkTimeout, MaxBufferedBytes);
+
+    /// <summary>What the variant choice reads.</summary>
+    internal Scheduling.Strategies.VariantChoiceOptions Choice => new(QualitySlack, LosslessOnly, DecodeWorkers);
+
+    /// <summary>The lookup's deadline: <see cref="LookupTimeout"/>, or <see cref="ChunkTimeout"/> when that is shorter.</summary>
+    internal TimeSpan LookupDeadline => LookupTimeout < ChunkTimeout ? LookupTimeout : ChunkTimeout;
 
     /// <summary>The background publisher's put deadline, puts in flight and back-off from a failing store.</summary>
     public Publishing.KvPublisherOptions Publishing { get; init; } = new();

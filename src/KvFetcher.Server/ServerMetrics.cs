@@ -2,9 +2,8 @@ using System.Collections.Concurrent;
 using System.Globalization;
 using System.Runtime.CompilerServices;
 using System.Text;
+using KvFetcher.Hosting;
 using KvFetcher.Store;
-
-using KvFetcher.Server.Hosting;
 
 namespace KvFetcher.Server;
 

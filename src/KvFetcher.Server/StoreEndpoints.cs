@@ -1,15 +1,15 @@
 using System.Buffers;
-using System.Globalization;
 using System.IO.Pipelines;
 using System.Text;
 using System.Text.Json;
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Core.Containers;
+using KvFetcher.Hosting;
 using KvFetcher.Store;
+using KvFetcher.Store.Remote;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Routing;
-using Microsoft.Net.Http.Headers;
 
 namespace KvFetcher.Server;
 
@@ -21,29 +21,16 @@ namespace KvFetcher.Server;
 /// </summary>
 internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options, ServerMetrics metrics)
 {
-    /// <summary>The most keys one lookup may ask about.</summary>
-    public const int MaxLookupKeys = 4096;
-
-    /// <summary>The largest lookup body: every key at its longest, JSON-quoted, with room to spare.</summary>
-    private const long MaxLookupBodyBytes = MaxLookupKeys * (ObjectKey.MaxLength + 8) + 1024;
-
-    private const string ObjectRoute = "/v1/objects/{key}";
-
     public void Map(IEndpointRouteBuilder app)
     {
-        app.MapGet(ObjectRoute, new RequestDelegate(GetAsync)).WithDisplayName("get");
-        app.MapMethods(ObjectRoute, [HttpMethods.Head], new RequestDelegate(HeadAsync)).WithDisplayName("head");
-        app.MapPut(ObjectRoute, new RequestDelegate(PutAsync)).WithDisplayName("put");
-        app.MapDelete(ObjectRoute, new RequestDelegate(DeleteAsync)).WithDisplayName("delete");
-        app.MapPost("/v1/lookup", new RequestDelegate(LookupAsync)).WithDisplayName("lookup");
-        app.MapGet("/v1/stats", new RequestDelegate(StatsAsync)).WithDisplayName("stats");
+        app.MapGet(StoreProtocol.ObjectRoute, new RequestDelegate(GetAsync)).WithDisplayName("get");
+        app.MapMethods(StoreProtocol.ObjectRoute, [HttpMethods.Head], new RequestDelegate(HeadAsync)).WithDisplayName("head");
+        app.MapPut(StoreProtocol.ObjectRoute, new RequestDelegate(PutAsync)).WithDisplayName("put");
+        app.MapDelete(StoreProtocol.ObjectRoute, new RequestDelegate(DeleteAsync)).WithDisplayName("delete");
+        app.MapPost(StoreProtocol.LookupRoute, new RequestDelegate(LookupAsync)).WithDisplayName("lookup");
+        app.MapGet(StoreProtocol.StatsRoute, new RequestDelegate(StatsAsync)).WithDisplayName("stats");
         // The public list: everything else needs the token (see BearerAuthentication).
-        app.MapGet("/healthz", new RequestDelegate(HealthAsync)).WithDisplayName("healthz").AllowAnonymous();
-        IEndpointConventionBuilder metricsRoute = app.MapGet("/metrics", new RequestDelegate(MetricsAsync)).WithDisplayName("metrics");
-        if (options.PublicMetrics)
-        {
-            metricsRoute.AllowAnonymous();
-        }
+        app.MapHealthAndMetrics(HealthAsync, FormatMetricsAsync, options.PublicMetrics);
     }
 
     /// <summary>Answers with <paramref name="status"/> and one line, or aborts when the response has already begun.</summary>
@@ -60,7 +47,7 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
 
         byte[] text = Encoding.UTF8.GetBytes(message + "\n");
         response.StatusCode = status;
-        response.ContentType = "text/plain; charset=utf-8";
+        response.ContentType = StoreProtocol.ErrorMediaType;
         response.ContentLength = text.Length;
         return response.Body.WriteAsync(text, context.RequestAborted).AsTask();
     }
@@ -76,7 +63,7 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         string? rangeHeader = context.Request.Headers.Range;
         bool ranged = !string.IsNullOrEmpty(rangeHeader);
         ByteRange range = ByteRange.All;
-        if (ranged && !TryParseRange(rangeHeader!, out range))
+        if (ranged && !StoreProtocol.TryParseRange(rangeHeader, out range))
         {
             await FailAsync(context, StatusCodes.Status400BadRequest, "unsupported Range: one 'bytes=first-last' or 'bytes=first-' range is served");
             return;
@@ -103,20 +90,20 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
             return;
         }
 
-        response.ContentType = "application/octet-stream";
-        response.Headers.AcceptRanges = "bytes";
+        response.ContentType = StoreProtocol.ObjectMediaType;
+        response.Headers.AcceptRanges = StoreProtocol.RangeUnit;
         response.ContentLength = read.BytesWritten;
         if (ranged)
         {
             if (read.BytesWritten == 0)
             {
                 response.StatusCode = StatusCodes.Status416RangeNotSatisfiable;
-                response.Headers.ContentRange = $"bytes */{read.ObjectLength}";
+                response.Headers.ContentRange = StoreProtocol.UnsatisfiedContentRange(read.ObjectLength);
                 return;
             }
 
             response.StatusCode = StatusCodes.Status206PartialContent;
-            response.Headers.ContentRange = string.Create(CultureInfo.InvariantCulture, $"bytes {range.Offset}-{range.Offset + read.BytesWritten - 1}/{read.ObjectLength}");
+            response.Headers.ContentRange = StoreProtocol.ContentRange(range.Offset, read.BytesWritten, read.ObjectLength);
         }
 
         metrics.AddSent(read.BytesWritten);
@@ -138,8 +125,8 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
             return;
         }
 
-        context.Response.ContentType = "application/octet-stream";
-        context.Response.Headers.AcceptRanges = "bytes";
+        context.Response.ContentType = StoreProtocol.ObjectMediaType;
+        context.Response.Headers.AcceptRanges = StoreProtocol.RangeUnit;
         context.Response.ContentLength = read.ObjectLength;
     }
 
@@ -214,13 +201,13 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
     {
         if (context.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
         {
-            limit.MaxRequestBodySize = MaxLookupBodyBytes;
+            limit.MaxRequestBodySize = StoreProtocol.MaxLookupBodyBytes;
         }
 
         LookupRequest? request;
         try
         {
-            request = await JsonSerializer.DeserializeAsync(context.Request.Body, ServerJson.Default.LookupRequest, context.RequestAborted);
+            request = await JsonSerializer.DeserializeAsync(context.Request.Body, StoreProtocolJson.Default.LookupRequest, context.RequestAborted);
         }
         catch (JsonException ex)
         {
@@ -234,9 +221,9 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
             return;
         }
 
-        if (names.Length > MaxLookupKeys)
+        if (names.Length > StoreProtocol.MaxLookupKeys)
         {
-            await FailAsync(context, StatusCodes.Status400BadRequest, $"{names.Length} keys in one lookup; at most {MaxLookupKeys}");
+            await FailAsync(context, StatusCodes.Status400BadRequest, $"{names.Length} keys in one lookup; at most {StoreProtocol.MaxLookupKeys}");
             return;
         }
 
@@ -253,68 +240,29 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         bool[] exists = keys.Length == 0 ? [] : await store.ExistsAsync(keys, context.RequestAborted);
         int prefix = Array.IndexOf(exists, false);
         var answer = new LookupResponse(prefix < 0 ? exists.Length : prefix, exists);
-        context.Response.ContentType = "application/json";
-        await JsonSerializer.SerializeAsync(context.Response.Body, answer, ServerJson.Default.LookupResponse, context.RequestAborted);
+        context.Response.ContentType = StoreProtocol.JsonMediaType;
+        await JsonSerializer.SerializeAsync(context.Response.Body, answer, StoreProtocolJson.Default.LookupResponse, context.RequestAborted);
     }
 
     private async Task StatsAsync(HttpContext context)
     {
         StoreStats stats = await store.GetStatsAsync(context.RequestAborted);
-        context.Response.ContentType = "application/json";
-        await JsonSerializer.SerializeAsync(context.Response.Body, stats, ServerJson.Default.StoreStats, context.RequestAborted);
+        context.Response.ContentType = StoreProtocol.JsonMediaType;
+        await JsonSerializer.SerializeAsync(context.Response.Body, stats, StoreProtocolJson.Default.StoreStats, context.RequestAborted);
     }
 
     private static Task HealthAsync(HttpContext context)
     {
-        context.Response.ContentType = "text/plain; charset=utf-8";
+        context.Response.ContentType = StoreProtocol.ErrorMediaType;
         return context.Response.WriteAsync("ok\n", context.RequestAborted);
     }
 
-    private async Task MetricsAsync(HttpContext context)
-    {
-        StoreStats stats = await store.GetStatsAsync(context.RequestAborted);
-        context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
-        await context.Response.WriteAsync(metrics.Format(stats), context.RequestAborted);
-    }
+    private async Task<string> FormatMetricsAsync(CancellationToken cancellationToken) => metrics.Format(await store.GetStatsAsync(cancellationToken));
 
     private static bool TryGetKey(HttpContext context, out ObjectKey key)
     {
         key = default;
-        return context.Request.RouteValues.TryGetValue("key", out object? value) && ObjectKey.TryParse(value as string, out key);
-    }
-
-    /// <summary>Parses one <c>bytes=first-last</c> or <c>bytes=first-</c> range (suffix and multiple ranges are not served).</summary>
-    internal static bool TryParseRange(string header, out ByteRange range)
-    {
-        range = default;
-        if (!RangeHeaderValue.TryParse(header, out RangeHeaderValue? parsed)
-            || !string.Equals(parsed.Unit.Value, "bytes", StringComparison.OrdinalIgnoreCase)
-            || parsed.Ranges.Count != 1)
-        {
-            return false;
-        }
-
-        RangeItemHeaderValue item = parsed.Ranges.First();
-        if (item.From is not long from)
-        {
-            return false;
-        }
-
-        if (item.To is long to)
-        {
-            if (to < from)
-            {
-                return false;
-            }
-
-            range = new ByteRange(from, to - from + 1);
-        }
-        else
-        {
-            range = new ByteRange(from, null);
-        }
-
-        return true;
+        return context.Request.RouteValues.TryGetValue(StoreProtocol.KeyRouteValue, out object? value) && ObjectKey.TryParse(value as string, out key);
     }
 
     /// <summary>A destination for gets that must write nothing (an empty range).</summary>

@@ -1,8 +1,7 @@
-using System.Diagnostics;
-using System.Security.Cryptography.X509Certificates;
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 using KvFetcher.Store;
 using KvFetcher.Store.Disk;
+using KvFetcher.Store.Remote;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
@@ -52,30 +51,31 @@ public sealed class StoreServer : IAsyncDisposable
     /// <summary>Serves <paramref name="store"/> (any implementation); disposes it with the server when <paramref name="ownsStore"/>.</summary>
     internal static async Task<StoreServer> StartAsync(StoreServerOptions options, IKvStore store, bool ownsStore, CancellationToken cancellationToken = default)
     {
-        IReadOnlyList<ListenEndpoint> endpoints = options.ParseEndpoints();
-        X509Certificate2? certificate = ListenEndpoint.LoadCertificate(endpoints, options.CertificateFile, options.CertificateKeyFile);
-
-        WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvfetch-server");
+        // Deny by default: every route needs the token but the public list (/healthz; /metrics with PublicMetrics).
+        WebApplicationBuilder builder = KestrelApp.CreateBuilder(new KestrelAppOptions
+        {
+            ApplicationName = "kvfetch-server",
+            Endpoints = options.ParseEndpoints(),
+            CertificateFile = options.CertificateFile,
+            CertificateKeyFile = options.CertificateKeyFile,
+            // Cleartext carries one protocol (HTTP/2 would need prior knowledge); HTTP/1.1 measured faster.
+            CleartextProtocols = options.CleartextProtocols,
+            MaxRequestBodyBytes = options.MaxObjectBytes,
+            Tokens = new BearerTokens(options.Token is null ? null : [options.Token]),
+            WriteUnauthorizedAsync = context => StoreEndpoints.FailAsync(context, StatusCodes.Status401Unauthorized, "a valid bearer token is required"),
+        });
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.RequestTimeout + TimeSpan.FromSeconds(5));
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            kestrel.AddServerHeader = false;
-            kestrel.Limits.MaxRequestBodySize = options.MaxObjectBytes;
             // Large objects: windows big enough that one 8 MB transfer never stalls on flow control.
             kestrel.Limits.Http2.InitialConnectionWindowSize = 32 << 20;
             kestrel.Limits.Http2.InitialStreamWindowSize = 16 << 20;
-            // Cleartext carries one protocol (HTTP/2 would need prior knowledge); HTTP/1.1 measured faster.
-            ListenEndpoint.Bind(kestrel, endpoints, certificate, options.CleartextProtocols);
         });
-
-        // Deny by default: every route needs the token but the public list (/healthz; /metrics with PublicMetrics).
-        builder.Services.AddBearerAuthentication(
-            new BearerTokens(options.Token is null ? null : [options.Token]),
-            context => StoreEndpoints.FailAsync(context, StatusCodes.Status401Unauthorized, "a valid bearer token is required"));
 
         WebApplication app = builder.Build();
         var metrics = new ServerMetrics();
-        app.Use((context, next) => ObserveAsync(context, next, metrics));
+        // Every request, refused or not: counted by route and status, and timed.
+        app.UseRequestObserver((route, status, elapsed) => metrics.ObserveRequest(ServerMetrics.RouteIndex(route), status, elapsed));
         app.UseBearerAuthentication();
         app.Use((context, next) => GuardAsync(context, next, options.RequestTimeout));
         new StoreEndpoints(store, options, metrics).Map(app);
@@ -88,21 +88,6 @@ public sealed class StoreServer : IAsyncDisposable
 
     /// <summary>Stops (requests in flight finish within the host's shutdown timeout), then disposes the store if owned.</summary>
     public ValueTask DisposeAsync() => _running.DisposeAsync();
-
-    /// <summary>Every request, refused or not: counted by route and status, and timed.</summary>
-    private static async Task ObserveAsync(HttpContext context, RequestDelegate next, ServerMetrics metrics)
-    {
-        long start = Stopwatch.GetTimestamp();
-        try
-        {
-            await next(context);
-        }
-        finally
-        {
-            int route = ServerMetrics.RouteIndex(context.GetEndpoint()?.DisplayName);
-            metrics.ObserveRequest(route, context.Response.StatusCode, Stopwatch.GetElapsedTime(start));
-        }
-    }
 
     /// <summary>Every authorized request: the per-request deadline and the mapping of store failures to status codes.</summary>
     private static async Task GuardAsync(HttpContext context, RequestDelegate next, TimeSpan timeout)
@@ -125,13 +110,9 @@ public sealed class StoreServer : IAsyncDisposable
             {
                 // The client went away; nobody is listening for an answer.
             }
-            catch (KvStoreFullException ex)
-            {
-                failure = (StatusCodes.Status507InsufficientStorage, ex.Message);
-            }
             catch (KvStoreException ex)
             {
-                failure = (StatusCodes.Status503ServiceUnavailable, ex.Message);
+                failure = (StoreProtocol.StatusOf(ex), ex.Message);
             }
             catch (Microsoft.AspNetCore.Http.BadHttpRequestException ex)
             {

@@ -1,5 +1,6 @@
-using KvFetcher.Codecs.Containers;
-using KvFetcher.Server.Hosting;
+using KvFetcher.Core.Containers;
+using KvFetcher.Hosting;
+using KvFetcher.Store.Remote;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 
 namespace KvFetcher.Server;
@@ -38,10 +39,10 @@ public sealed record StoreServerOptions
     public long? CapacityBytes { get; init; }
 
     /// <summary>The largest object a PUT may carry (413 beyond).</summary>
-    public long MaxObjectBytes { get; init; } = 256L << 20;
+    public long MaxObjectBytes { get; init; } = StoreProtocol.DefaultMaxObjectBytes;
 
     /// <summary>The longest a request may take, body included (then it is answered 503 or aborted).</summary>
-    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    public TimeSpan RequestTimeout { get; init; } = StoreProtocol.DefaultServerRequestTimeout;
 
     /// <summary>
     /// The protocol of cleartext (http://) endpoints: HTTP/1.1 (measured faster for large objects), or HTTP/2 with prior
@@ -60,16 +61,7 @@ public sealed record StoreServerOptions
             throw new ArgumentException("The data directory is required.");
         }
 
-        if (Urls is null || Urls.Count == 0)
-        {
-            throw new ArgumentException("At least one URL to listen on is required.");
-        }
-
-        var endpoints = new List<ListenEndpoint>(Urls.Count);
-        foreach (string url in Urls)
-        {
-            endpoints.Add(ListenEndpoint.Parse(url));
-        }
+        ListenEndpoint[] endpoints = ListenEndpoint.ParseAll(Urls);
 
         if (Token is not null)
         {

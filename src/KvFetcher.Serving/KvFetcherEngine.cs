@@ -1,4 +1,3 @@
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Runtime;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;
@@ -20,7 +19,7 @@ public sealed class KvFetcherEngine : IAsyncDisposable
     private readonly KvReuse? _reuse;
     private int _disposed;
 
-    private KvFetcherEngine(KvFetcherOptions options, LocalEngine engine, IKvStore? store)
+    private KvFetcherEngine(KvFetcherOptions options, ServingSetup setup, LocalEngine engine, IKvStore? store)
     {
         IInferenceModel model = engine.Model;
         _engine = engine;
@@ -32,27 +31,12 @@ public sealed class KvFetcherEngine : IAsyncDisposable
         MaxPromptCharacters = (long)model.Config.MaxPositionEmbeddings
             * Math.Min(options.MaxPromptCharactersPerToken, model.Tokenizer.MaxCharactersPerToken);
         Metrics = new ServingMetrics();
-        if (store is not null)
+        if (store is not null && setup.Reuse is not null)
         {
-            _reuse = new KvReuse(model, store, new ReuseOptions
-            {
-                ChunkTokens = options.ChunkTokens,
-                TenantSalt = options.DefaultTenant,
-                Ladder = options.ParseLadder(),
-                ChunkTimeout = options.FetchTimeout,
-                Authenticator = options.ChunkSecretFile is { } secret ? ChunkAuthenticator.FromSecretFile(secret) : null,
-                // A few chunks in flight per request: several requests fetch at once.
-                MaxBufferedBytes = 16L << 20,
-            }, restorer: engine.Restorer);
+            _reuse = new KvReuse(model, store, setup.Reuse, restorer: engine.Restorer);
         }
 
-        Scheduler = new EngineScheduler(model, _reuse, new EngineSchedulerOptions
-        {
-            MaxActiveSessions = options.MaxActiveSessions,
-            MaxQueuedRequests = options.MaxQueuedRequests,
-            PrefillStepTokens = options.PrefillStepTokens,
-            Ladder = _reuse?.Options.Ladder ?? options.ParseLadder(), // less the variants whose codec cannot run here
-        }, Metrics);
+        Scheduler = new EngineScheduler(model, _reuse, setup.Scheduler, Metrics);
     }
 
     public KvFetcherOptions Options { get; }
@@ -93,23 +77,17 @@ public sealed class KvFetcherEngine : IAsyncDisposable
     public static async Task<KvFetcherEngine> StartAsync(KvFetcherOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
-        options.Validate();
-        LocalEngine engine = LocalEngine.Open(options.ModelDirectory, new LocalEngineOptions
-        {
-            Kind = options.Engine,
-            Threads = options.Threads,
-            // Slices are at most this long: smaller per-session scratch.
-            MaxStepTokens = Math.Min(512, options.PrefillStepTokens),
-        });
+        ServingSetup setup = options.Map();
+        LocalEngine engine = LocalEngine.Open(options.ModelDirectory, setup.Engine);
         IKvStore? store = null;
         try
         {
-            if (options.Reuse && options.Store is not null)
+            if (setup.Reuse is not null && options.Store is not null)
             {
                 store = await KvStores.OpenAsync(options.Store, options.StoreToken, cancellationToken: cancellationToken).ConfigureAwait(false);
             }
 
-            return new KvFetcherEngine(options, engine, store);
+            return new KvFetcherEngine(options, setup, engine, store);
         }
         catch
         {

@@ -1,5 +1,7 @@
+using KvFetcher.Core.Containers;
 using KvFetcher.Runtime;
 using KvFetcher.Fetch;
+using KvFetcher.Serving.Scheduling;
 
 namespace KvFetcher.Serving;
 
@@ -84,6 +86,49 @@ public sealed class KvFetcherOptions
     /// <summary>Throws <see cref="ArgumentException"/> with one line naming the first problem.</summary>
     public void Validate()
     {
+        CheckFields();
+        _ = ParseLadder();
+    }
+
+    /// <summary>
+    /// Validates these options and maps them, once, into what each part of the engine reads: how the model is opened,
+    /// how KV is reused (null when no store is used) and how the scheduler bounds its work. The ladder is parsed here
+    /// and nowhere else.
+    /// </summary>
+    internal ServingSetup Map()
+    {
+        CheckFields();
+        KvVariant[] ladder = ParseLadder();
+        return new ServingSetup(
+            new LocalEngineOptions
+            {
+                Kind = Engine,
+                Threads = Threads,
+                // Slices are at most this long: smaller per-session scratch.
+                MaxStepTokens = Math.Min(512, PrefillStepTokens),
+            },
+            Reuse && Store is not null
+                ? new ReuseOptions
+                {
+                    ChunkTokens = ChunkTokens,
+                    TenantSalt = DefaultTenant,
+                    Ladder = ladder,
+                    ChunkTimeout = FetchTimeout,
+                    Authenticator = ChunkSecretFile is { } secret ? ChunkAuthenticator.FromSecretFile(secret) : null,
+                    // A few chunks in flight per request: several requests fetch at once.
+                    MaxBufferedBytes = 16L << 20,
+                }
+                : null,
+            new EngineSchedulerOptions
+            {
+                MaxActiveSessions = MaxActiveSessions,
+                MaxQueuedRequests = MaxQueuedRequests,
+                PrefillStepTokens = PrefillStepTokens,
+            });
+    }
+
+    private void CheckFields()
+    {
         if (string.IsNullOrWhiteSpace(ModelDirectory))
         {
             throw new ArgumentException("The model directory is required.");
@@ -99,7 +144,6 @@ public sealed class KvFetcherOptions
             throw new ArgumentException("The store location is empty.");
         }
 
-        _ = ParseLadder();
         Check(ChunkTokens, 16, 8192, nameof(ChunkTokens));
         Check(MaxActiveSessions, 1, 4096, nameof(MaxActiveSessions));
         Check(MaxQueuedRequests, 0, 1 << 20, nameof(MaxQueuedRequests));
@@ -118,7 +162,7 @@ public sealed class KvFetcherOptions
         }
     }
 
-    internal IReadOnlyList<KvVariant> ParseLadder()
+    private KvVariant[] ParseLadder()
     {
         try
         {
@@ -148,3 +192,9 @@ public sealed class KvFetcherOptions
         }
     }
 }
+
+/// <summary>What each part of a <see cref="KvFetcherEngine"/> receives, mapped once from <see cref="KvFetcherOptions"/>.</summary>
+/// <param name="Engine">How the model is opened.</param>
+/// <param name="Reuse">How KV is looked up, fetched and stored; null when no store is used.</param>
+/// <param name="Scheduler">How the engine loop bounds and slices its work.</param>
+internal sealed record ServingSetup(LocalEngineOptions Engine, ReuseOptions? Reuse, EngineSchedulerOptions Scheduler);

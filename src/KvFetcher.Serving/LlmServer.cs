@@ -1,7 +1,6 @@
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 using KvFetcher.Serving.Api;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 
@@ -54,23 +53,25 @@ public sealed class LlmServer : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(engine);
-        IReadOnlyList<ListenEndpoint> endpoints = options.ParseEndpoints();
-        System.Security.Cryptography.X509Certificates.X509Certificate2? certificate = ListenEndpoint.LoadCertificate(endpoints, options.CertificateFile, options.CertificateKeyFile);
-        WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvfetch-serve-llm");
-        builder.WebHost.ConfigureKestrel(kestrel =>
-        {
-            kestrel.AddServerHeader = false;
-            kestrel.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
-            ListenEndpoint.Bind(kestrel, endpoints, certificate, HttpProtocols.Http1);
-        });
-
         // Deny by default (with API keys or --tenant-from-key): every route needs a key but the public list (/healthz;
         // /metrics with PublicMetrics).
-        builder.Services.AddBearerAuthentication(new BearerTokens(options.ApiKeys, required: options.TenantFromKey), s_unauthorized.WriteAsync);
+        WebApplicationBuilder builder = KestrelApp.CreateBuilder(new KestrelAppOptions
+        {
+            ApplicationName = "kvfetch-serve-llm",
+            Endpoints = options.ParseEndpoints(),
+            CertificateFile = options.CertificateFile,
+            CertificateKeyFile = options.CertificateKeyFile,
+            CleartextProtocols = HttpProtocols.Http1,
+            MaxRequestBodyBytes = options.MaxRequestBodyBytes,
+            Tokens = new BearerTokens(options.ApiKeys, required: options.TenantFromKey),
+            WriteUnauthorizedAsync = s_unauthorized.WriteAsync,
+        });
 
         WebApplication app = builder.Build();
         var endpointsApi = new OpenAiEndpoints(engine, options);
-        app.Use((context, next) => HandleAsync(context, next, engine.Metrics));
+        ServingMetrics metrics = engine.Metrics;
+        app.UseRequestObserver((route, status, _) => metrics.ObserveRequest(route, status));
+        app.Use(BadRequestAsync);
         app.UseBearerAuthentication();
         endpointsApi.Map(app);
         // Requests in flight get 10 s to finish when the server is disposed.
@@ -83,8 +84,8 @@ public sealed class LlmServer : IAsyncDisposable
     /// <summary>Stops (requests in flight get 10 s), then disposes the engine if owned.</summary>
     public ValueTask DisposeAsync() => _running.DisposeAsync();
 
-    /// <summary>Every request, refused or not: counted by route and status; a body over the limit or a malformed request becomes a 4xx.</summary>
-    private static async Task HandleAsync(HttpContext context, RequestDelegate next, ServingMetrics metrics)
+    /// <summary>A body over the limit or a malformed request becomes a 4xx in the API's error format.</summary>
+    private static async Task BadRequestAsync(HttpContext context, RequestDelegate next)
     {
         try
         {
@@ -93,11 +94,6 @@ public sealed class LlmServer : IAsyncDisposable
         catch (Microsoft.AspNetCore.Http.BadHttpRequestException ex)
         {
             await new ApiError(ex.StatusCode, ex.Message).WriteAsync(context);
-        }
-        finally
-        {
-            string route = context.GetEndpoint()?.DisplayName ?? "other";
-            metrics.ObserveRequest(route, context.Response.StatusCode);
         }
     }
 }

@@ -1,4 +1,4 @@
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 
 namespace KvFetcher.Serving;
 
@@ -48,12 +48,7 @@ public sealed record LlmServerOptions
     {
         ArgumentNullException.ThrowIfNull(Engine);
         Engine.Validate();
-        if (Urls is null || Urls.Count == 0)
-        {
-            throw new ArgumentException("At least one URL to listen on is required.");
-        }
-
-        ListenEndpoint[] endpoints = [.. Urls.Select(ListenEndpoint.Parse)];
+        ListenEndpoint[] endpoints = ListenEndpoint.ParseAll(Urls);
         ListenEndpoint.CheckCertificate(endpoints, CertificateFile, CertificateKeyFile);
 
         if (ApiKeys is not null)

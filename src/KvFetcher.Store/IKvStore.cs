@@ -3,7 +3,7 @@ using System.Buffers;
 namespace KvFetcher.Store;
 
 /// <summary>
-/// A store of KV chunk containers (<see cref="KvFetcher.Codecs.Containers.ChunkContainer"/>), addressed by
+/// A store of KV chunk containers (<see cref="KvFetcher.Core.Containers.ChunkContainer"/>), addressed by
 /// <see cref="ObjectKey"/>. Every implementation keeps these rules:
 /// <list type="bullet">
 /// <item>A put is all or nothing: a reader sees the whole object or none of it, never a torn one. A put of bytes that

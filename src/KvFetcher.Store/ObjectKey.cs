@@ -1,5 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
-using KvFetcher.Codecs;
+using KvFetcher.Core;
 using KvFetcher.Core.Keys;
 
 namespace KvFetcher.Store;
@@ -19,7 +19,7 @@ public readonly record struct ObjectKey
 
     /// <summary>The key of one quality variant of a chunk, e.g. <c>3f…a1.video1</c>.</summary>
     public static ObjectKey ForChunk(ChunkKey chunk, CodecId codec, byte level) =>
-        new($"{chunk}.{codec.ToString().ToLowerInvariant()}{level}");
+        new($"{chunk}.{codec.ToName()}{level}");
 
     public static bool TryParse([NotNullWhen(true)] string? value, out ObjectKey key)
     {

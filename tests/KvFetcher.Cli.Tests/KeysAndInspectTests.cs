@@ -1,10 +1,9 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Hashing;
-using KvFetcher.Codecs;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Codecs.Raw;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Core.Keys;
 using KvFetcher.Engine;
 

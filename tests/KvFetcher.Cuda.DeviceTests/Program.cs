@@ -7,7 +7,7 @@ using KvFetcher.Cuda.Tests;
 using KvFetcher.Engine;
 using KvFetcher.Engine.Tests;
 
-// kvf-gpu-check [--checks [--check-filter TEXT]] [--bench] [--json FILE] [--llama FILE [--baseline]]: the CUDA engine's checks (the xunit
+// kvf-gpu-check [--checks [--check-filter TEXT[|TEXT...]]] [--bench] [--json FILE] [--llama FILE [--baseline]]: the CUDA engine's checks (the xunit
 // suite's GpuChecks) and its prefill/decode throughput next to the CPU engine's, on the machine it runs on; --llama
 // writes the Llama-3-8B-shape comparison with PyTorch (bench/pytorch/compare.py joins both). Exit code 1 when a check
 // fails.
@@ -60,6 +60,11 @@ if (checks)
         all.Add(($"flash attention {name} {storage}", () => GpuChecks.FlashAttentionVersusCudaCores(name, storage)));
     }
 
+    foreach ((string name, DType storage) in new[] { ("bundled", DType.BFloat16), ("tiny-mistral", DType.Float16), ("tiny-llama3-rope", DType.BFloat16) })
+    {
+        all.Add(($"decode kernel {name} {storage}", () => GpuChecks.DecodeVersusCudaCores(name, storage)));
+    }
+
     all.Add(("flash logits bundled Stored bf16 KV", () => GpuChecks.FlashLogits("bundled", DType.BFloat16)));
     all.Add(("flash logits tiny-llama3-rope Stored bf16 KV", () => GpuChecks.FlashLogits("tiny-llama3-rope", DType.BFloat16)));
     all.Add(("kv vs cpu", GpuChecks.KvVersusCpu));
@@ -76,7 +81,9 @@ if (checks)
     }
 
     string? filter = ArgumentValue("--check-filter");
-    foreach ((string name, Func<CheckResult> check) in all.Where(c => filter is null || c.Item1.Contains(filter, StringComparison.Ordinal)))
+    // --check-filter A|B|C: the checks whose name contains any of the parts.
+    string[] parts = filter?.Split('|', StringSplitOptions.RemoveEmptyEntries) ?? [];
+    foreach ((string name, Func<CheckResult> check) in all.Where(c => parts.Length == 0 || parts.Any(p => c.Item1.Contains(p, StringComparison.Ordinal))))
     {
         CheckResult result = RunCheck(name, check);
         results.Add(result);

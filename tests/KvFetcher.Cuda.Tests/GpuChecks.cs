@@ -362,6 +362,62 @@ internal static class GpuChecks
     }
 
     /// <summary>
+    /// The split-K decode kernel against the CUDA-core reference kernel on the same model (fp32 products, a 16-bit
+    /// cache): a 1,000-token prompt (the model's window where it has one), then 24 decode steps fed the same tokens on
+    /// both; every step's logits within <see cref="ChunkingTolerance"/> (both kernels compute in fp32 and differ only
+    /// in the order of their sums) and the same greedy choices.
+    /// </summary>
+    public static CheckResult DecodeVersusCudaCores(string name, DType kvStorage)
+    {
+        string directory = GpuModels.Paths(name).Model;
+        using CudaLanguageModel fast = CudaLanguageModel.Open(directory, new CudaModelOptions
+        {
+            Context = GpuModels.Context, MatmulPrecision = CudaMatmulPrecision.Float32, KvStorageDType = kvStorage, Attention = CudaAttentionKernel.Auto,
+        });
+        using CudaLanguageModel plain = CudaLanguageModel.Open(directory, new CudaModelOptions
+        {
+            Context = GpuModels.Context, MatmulPrecision = CudaMatmulPrecision.Float32, KvStorageDType = kvStorage, Attention = CudaAttentionKernel.CudaCores,
+        });
+        string label = $"decode kernel {name} {kvStorage.ToShortName()} KV";
+        if (!fast.UsesDecodeAttention || plain.UsesDecodeAttention)
+        {
+            return new CheckResult(label, false, $"decode kernel use: Auto {fast.UsesDecodeAttention}, CudaCores {plain.UsesDecodeAttention} (expected true, false)");
+        }
+
+        const int Steps = 24;
+        int vocab = fast.Config.VocabSize;
+        int n = Math.Min(1000, fast.Config.MaxPositionEmbeddings - Steps - 8);
+        var random = new Random(9);
+        int[] prompt = new int[n];
+        for (int i = 0; i < n; i++)
+        {
+            prompt[i] = random.Next(3, vocab);
+        }
+
+        using CudaSession fastSession = fast.CreateSession(n + Steps);
+        using CudaSession plainSession = plain.CreateSession(n + Steps);
+        var fastLogits = new float[vocab];
+        var plainLogits = new float[vocab];
+        fastSession.Prefill(prompt, 0, fastLogits);
+        plainSession.Prefill(prompt, 0, plainLogits);
+        float worst = 0;
+        int sameChoices = 0;
+        for (int step = 0; step < Steps; step++)
+        {
+            int token = ArgMax(plainLogits);
+            sameChoices += ArgMax(fastLogits) == token ? 1 : 0;
+            fastSession.Decode(token, n + step, fastLogits);
+            plainSession.Decode(token, n + step, plainLogits);
+            worst = MathF.Max(worst, MaxDifference(fastLogits, plainLogits));
+        }
+
+        return new CheckResult(
+            label,
+            float.IsFinite(worst) && worst <= ChunkingTolerance && sameChoices == Steps,
+            $"{n}-token prompt + {Steps} decode steps, fp32 products: max |logit diff| to the CUDA-core kernel {Format(worst)} (tolerance {Format(ChunkingTolerance)}), same greedy choice {sameChoices}/{Steps}");
+    }
+
+    /// <summary>
     /// The fast setting as the GPU benchmark runs it (<see cref="CudaMatmulPrecision.Stored"/> with a 16-bit cache and
     /// prefill attention on the tensor cores, asked for explicitly) against transformers' fp32 logits, within Stored's documented bound.
     /// </summary>

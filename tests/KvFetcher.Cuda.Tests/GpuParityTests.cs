@@ -69,6 +69,12 @@ public class GpuParityTests(ITestOutputHelper output)
     public void Prefill_TensorCoreAttention_WithinBf16BoundOfCudaCoreKernel(string name, DType kvStorage) => Run(() => GpuChecks.FlashAttentionVersusCudaCores(name, kvStorage));
 
     [Theory]
+    [InlineData("bundled", DType.BFloat16)]
+    [InlineData("tiny-mistral", DType.Float16)]
+    [InlineData("tiny-llama3-rope", DType.BFloat16)]
+    public void Decode_SplitKKernel_MatchesCudaCoreKernel(string name, DType kvStorage) => Run(() => GpuChecks.DecodeVersusCudaCores(name, kvStorage));
+
+    [Theory]
     [InlineData("bundled")]
     [InlineData("tiny-llama3-rope")]
     public void Logits_StoredPrecisionBf16Cache_WithinDocumentedBound(string name) => Run(() => GpuChecks.FlashLogits(name, DType.BFloat16));

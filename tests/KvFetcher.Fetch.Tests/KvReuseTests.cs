@@ -1,8 +1,8 @@
 using System.Net;
 using System.Net.Sockets;
 using KvFetcher.Codecs;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Fetching;
 using KvFetcher.Fetch.Restoring;
@@ -63,6 +63,25 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
             Assert.True(report.Timeline.Where(s => s.Stage == PrefillStage.Restore).Min(s => s.Start) <
                 report.Timeline.Where(s => s.Stage == PrefillStage.Compute && s.Chunk >= 0).Max(s => s.End));
         }
+    }
+
+    [Fact]
+    public async Task Prefill_OursWhenFetchingIsFarFasterThanComputing_FetchesAndStaysBitIdentical()
+    {
+        await using KvReuse reuse = await WarmAsync(new ReuseOptions { Ladder = s_ladder, LosslessOnly = true });
+        // As the rates say: a chunk arrives in 0.2 s and takes 5 s to compute. Ours must fetch, not compute everything
+        // (and the engine's patience, twice the predicted arrival, outlasts a slow first fetch in a fresh process).
+        reuse.Rates.SetBandwidth(reuse.Plan(fixture.Tokens).ChunkBytes / 0.2);
+        for (int i = 0; i < 40; i++)
+        {
+            reuse.Rates.ObserveCompute(i % 4, 5.0);
+        }
+
+        (PrefillReport report, float[] logits, byte[] kv) = await PrefillAsync(reuse, PrefillStrategy.Adaptive, publish: false);
+
+        Assert.True(report.RestoredChunks > 0, $"ours restored nothing: {report.FailedChunks} failed, {report.TakenBackChunks} taken back");
+        Assert.Equal(fixture.FullLogits, logits);
+        Assert.Equal(fixture.FullKv, kv);
     }
 
     [Fact]
@@ -306,7 +325,7 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
         var container = new System.Buffers.ArrayBufferWriter<byte>();
         Assert.True((await reuse.Store.GetAsync(plan.ObjectKeyOf(chunk, variant), container, cancellationToken: TestContext.Current.CancellationToken)).Found);
         var decoded = new byte[plan.ChunkBytes];
-        ChunkContainer.Decode(container.WrittenSpan, plan.Expectation(chunk), variant.GetCodec(), decoded);
+        variant.GetCodec().DecodeContainer(container.WrittenSpan, plan.Expectation(chunk), decoded);
         return decoded;
     }
 

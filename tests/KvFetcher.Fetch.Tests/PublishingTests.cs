@@ -1,7 +1,7 @@
 using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Codecs;
 using KvFetcher.Fetch.Publishing;
 using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Store;
@@ -250,7 +250,7 @@ public sealed class PublishingTests(ReuseFixture fixture) : IClassFixture<ReuseF
         var container = new ArrayBufferWriter<byte>();
         Assert.True((await store.GetAsync(plan.ObjectKeyOf(chunk, variant), container, cancellationToken: TestContext.Current.CancellationToken)).Found);
         var decoded = new byte[plan.ChunkBytes];
-        ChunkContainer.Decode(container.WrittenSpan, plan.Expectation(chunk), variant.GetCodec(), decoded);
+        variant.GetCodec().DecodeContainer(container.WrittenSpan, plan.Expectation(chunk), decoded);
         return decoded;
     }
 

@@ -1,4 +1,5 @@
 using KvFetcher.Serving.Scheduling;
+using KvFetcher.Serving.Tests.Scheduling;
 
 namespace KvFetcher.Serving.Tests;
 
@@ -67,53 +68,54 @@ public sealed class SchedulerTests(ServingFixture fixture) : IClassFixture<Servi
     [Fact]
     public async Task ShortRequestDuringLongGeneration_FinishesFirst()
     {
-        await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(fixture.EngineOptions(store: null), TestContext.Current.CancellationToken);
+        var model = new EndlessModel(fixture.Model);
+        await using var scheduler = new EngineScheduler(model, reuse: null, new EngineSchedulerOptions(), new ServingMetrics());
         using var cancel = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
-        // The greedy model loops on this prompt instead of ending: up to 3,000 tokens of decode steps.
-        Generation longOne = engine.Submit(new GenerationRequest { Prompt = fixture.Model.Tokenizer.Encode("In Perl, a hash is"), MaxTokens = 3000, Stream = true }, cancel.Token);
+        // A model that never ends: up to 3,000 tokens of decode steps.
+        Generation longOne = scheduler.Submit(new GenerationRequest { Prompt = fixture.Model.Tokenizer.Encode("In Perl, a hash is"), MaxTokens = 3000, Stream = true }, cancel.Token);
         await longOne.FirstToken;
 
         int[] prompt = fixture.Model.Tokenizer.Encode(fixture.Document);
-        Generation shortOne = engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 4 }, TestContext.Current.CancellationToken);
+        Generation shortOne = scheduler.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 4 }, TestContext.Current.CancellationToken);
         GenerationResult done = await shortOne.Completion;
 
         // The short request was served between the long one's decode steps, not after it, and the long one goes on.
         Assert.False(longOne.Completion.IsCompleted);
-        Assert.Equal(fixture.Greedy(prompt, 4), done.Text);
+        Assert.Equal(model.Greedy(prompt, 4), done.Text);
         Assert.True(longOne.Text.TryRead(out _));
         await cancel.CancelAsync();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => longOne.Completion);
-        for (int attempt = 0; attempt < 100 && engine.Scheduler.ActiveSessions > 0; attempt++)
+        for (int attempt = 0; attempt < 100 && scheduler.ActiveSessions > 0; attempt++)
         {
             await Task.Delay(20, TestContext.Current.CancellationToken);
         }
 
-        Assert.Equal(0, engine.Scheduler.ActiveSessions);
+        Assert.Equal(0, scheduler.ActiveSessions);
     }
 
     [Fact]
     public async Task BeyondSessionsAndQueue_Refused_QueuedOneRunsLater()
     {
-        KvFetcherOptions options = fixture.EngineOptions(store: null);
-        options.MaxActiveSessions = 1;
-        options.MaxQueuedRequests = 1;
-        await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(options, TestContext.Current.CancellationToken);
+        var model = new EndlessModel(fixture.Model);
+        var metrics = new ServingMetrics();
+        await using var scheduler = new EngineScheduler(model, reuse: null, new EngineSchedulerOptions { MaxActiveSessions = 1, MaxQueuedRequests = 1 }, metrics);
         int[] prompt = fixture.Model.Tokenizer.Encode("In Perl, a hash is");
         using var cancel = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
 
-        Generation active = engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 3000 }, cancel.Token);
-        Generation queued = engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 3 }, TestContext.Current.CancellationToken);
-        Assert.Throws<EngineBusyException>(() => engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 3 }, TestContext.Current.CancellationToken));
-        Assert.Equal(1, engine.Scheduler.QueuedRequests);
+        Generation active = scheduler.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 3000 }, cancel.Token);
+        Generation queued = scheduler.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 3 }, TestContext.Current.CancellationToken);
+        Assert.Throws<EngineBusyException>(() => scheduler.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 3 }, TestContext.Current.CancellationToken));
+        Assert.Equal(1, scheduler.QueuedRequests);
         Assert.False(queued.FirstToken.IsCompleted);
 
         await cancel.CancelAsync();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => active.Completion);
         GenerationResult result = await queued.Completion;
 
-        Assert.Equal(fixture.Greedy(prompt, 3), result.Text);
+        Assert.Equal(model.Greedy(prompt, 3), result.Text);
+        Assert.Equal(3, result.CompletionTokens);
         Assert.True(result.Prefill.Queue > TimeSpan.Zero);
-        Assert.Equal(1, engine.Metrics.Rejected);
+        Assert.Equal(1, metrics.Rejected);
     }
 
     [Fact]

@@ -5,6 +5,7 @@ using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
 using KvFetcher.Store;
+using KvFetcher.Store.Remote;
 
 namespace KvFetcher.Tests;
 
@@ -113,15 +114,15 @@ internal sealed class MisbehavingHttpServer : IAsyncDisposable
     /// <summary>Answers one request; false when it left the answer hanging.</summary>
     private async Task<bool> AnswerAsync(NetworkStream stream, Request request, CancellationToken stop)
     {
-        const string Objects = "/v1/objects/";
-        if (request.Method == "POST" && request.Path == "/v1/lookup")
+        const string Objects = StoreProtocol.ObjectsPath;
+        if (request.Method == "POST" && request.Path == StoreProtocol.LookupRoute)
         {
-            using JsonDocument json = JsonDocument.Parse(request.Body);
-            ObjectKey[] keys = [.. json.RootElement.GetProperty("keys").EnumerateArray().Select(k => ObjectKey.Parse(k.GetString()))];
+            LookupRequest? lookup = JsonSerializer.Deserialize(request.Body, StoreProtocolJson.Default.LookupRequest);
+            ObjectKey[] keys = [.. (lookup?.Keys ?? []).Select(ObjectKey.Parse)];
             bool[] exists = _backing is null ? new bool[keys.Length] : await _backing.ExistsAsync(keys, stop);
             int prefix = Array.IndexOf(exists, false);
-            string answer = JsonSerializer.Serialize(new Dictionary<string, object> { ["prefix"] = prefix < 0 ? exists.Length : prefix, ["exists"] = exists });
-            await WriteAsync(stream, "200 OK", "application/json", Encoding.UTF8.GetBytes(answer), stop);
+            byte[] answer = JsonSerializer.SerializeToUtf8Bytes(new LookupResponse(prefix < 0 ? exists.Length : prefix, exists), StoreProtocolJson.Default.LookupResponse);
+            await WriteAsync(stream, "200 OK", StoreProtocol.JsonMediaType, answer, stop);
             return true;
         }
 
@@ -146,7 +147,7 @@ internal sealed class MisbehavingHttpServer : IAsyncDisposable
             }
 
             // The headers promise the whole object; a third of it comes, then nothing.
-            string head = $"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {body.WrittenCount}\r\n\r\n";
+            string head = $"HTTP/1.1 200 OK\r\nContent-Type: {StoreProtocol.ObjectMediaType}\r\nContent-Length: {body.WrittenCount}\r\n\r\n";
             await stream.WriteAsync(Encoding.ASCII.GetBytes(head), stop);
             await stream.WriteAsync(body.WrittenMemory[..(body.WrittenCount / 3)], stop);
             await stream.FlushAsync(stop);

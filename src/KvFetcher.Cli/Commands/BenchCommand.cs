@@ -3,7 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using KvFetcher.Runtime;
 using KvFetcher.Engine;
-using KvFetcher.Fetch.Benchmarking;
+using KvFetcher.Benchmarking;
 
 namespace KvFetcher.Cli.Commands;
 

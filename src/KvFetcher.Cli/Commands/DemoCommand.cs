@@ -1,6 +1,6 @@
-using KvFetcher.Codecs.Containers;
 using System.CommandLine;
 using System.Globalization;
+using KvFetcher.Core.Containers;
 using KvFetcher.Runtime;
 using KvFetcher.Engine;
 using KvFetcher.Engine.Generation;

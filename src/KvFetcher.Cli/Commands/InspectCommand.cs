@@ -1,7 +1,7 @@
 using System.CommandLine;
 using KvFetcher.Codecs;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 
 namespace KvFetcher.Cli.Commands;
 

@@ -1,5 +1,5 @@
 using System.CommandLine;
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Core.Containers;
 
 namespace KvFetcher.Cli.Commands;
 

@@ -50,7 +50,7 @@ public sealed class CacheGenCodec : IKvCodec
 
     public CodecId Id => CodecId.CacheGen;
 
-    public string Name => "cachegen";
+    public string Name => CodecId.CacheGen.ToName();
 
     public IReadOnlyList<int> Levels { get; } = [.. Enumerable.Range(0, CacheGenBins.LevelCount)];
 
@@ -68,6 +68,25 @@ public sealed class CacheGenCodec : IKvCodec
 
         var scale = (Half)absMax;
         return (float)scale < absMax ? Half.BitIncrement(scale) : scale;
+    }
+
+    /// <summary>
+    /// The header, stream lengths and scales, then per plane its CDFs and the range coder's bound for its symbols
+    /// (<see cref="RangeEncoder.MaxEncodedLength"/>).
+    /// </summary>
+    public long GetMaxEncodedLength(KvShape shape, DType dtype, int level)
+    {
+        shape.Validate();
+        CodecChecks.Level(this, level);
+        int planes = shape.Layers * 2;
+        long total = HeaderBytes + (4L * planes) + (2L * planes * shape.Tokens);
+        for (int plane = 0; plane < planes; plane++)
+        {
+            int n = CacheGenBins.Symbols(CacheGenBins.Of(level, shape.Layers, plane >> 1, plane & 1));
+            total += ((long)shape.Channels * (n - 1) * 2) + RangeEncoder.MaxEncodedLength((long)shape.Tokens * shape.Channels);
+        }
+
+        return total;
     }
 
     public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)

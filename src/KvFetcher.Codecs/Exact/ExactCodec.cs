@@ -55,13 +55,24 @@ public sealed class ExactCodec : IKvCodec
 
     public CodecId Id => CodecId.Exact;
 
-    public string Name => "exact";
+    public string Name => CodecId.Exact.ToName();
 
     public IReadOnlyList<int> Levels { get; } = [0];
 
     public int DefaultLevel => 0;
 
     public bool IsLossless(int level) => true;
+
+    /// <summary>
+    /// The version and element size, then per (layer, K/V) block the predictor and per byte plane its method and at
+    /// most the plane itself (a plane that would code larger is stored raw).
+    /// </summary>
+    public long GetMaxEncodedLength(KvShape shape, DType dtype, int level)
+    {
+        shape.Validate();
+        long planeBytes = (long)shape.Tokens * shape.Channels;
+        return 2 + ((long)shape.Layers * 2 * (1 + (dtype.SizeOf() * (1 + planeBytes))));
+    }
 
     public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
     {

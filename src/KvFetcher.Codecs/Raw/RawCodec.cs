@@ -10,13 +10,20 @@ public sealed class RawCodec : IKvCodec
 
     public CodecId Id => CodecId.Raw;
 
-    public string Name => "raw";
+    public string Name => CodecId.Raw.ToName();
 
     public IReadOnlyList<int> Levels { get; } = [0];
 
     public int DefaultLevel => 0;
 
     public bool IsLossless(int level) => true;
+
+    /// <summary>The values as stored: the payload is the input, no parameters.</summary>
+    public long GetMaxEncodedLength(KvShape shape, DType dtype, int level)
+    {
+        shape.Validate();
+        return shape.Elements * dtype.SizeOf();
+    }
 
     public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
     {

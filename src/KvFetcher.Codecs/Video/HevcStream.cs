@@ -25,6 +25,15 @@ internal static unsafe class HevcStream
     public const int RecordHeaderBytes = VideoChunkFormat.RecordHeaderBytes;
 
     /// <summary>
+    /// The most bytes the Annex B stream of <paramref name="frames"/> frames of <paramref name="width"/> x
+    /// <paramref name="height"/> 4:4:4 samples at <paramref name="depth"/> bits may take: twice the raw samples (lossless
+    /// CABAC codes even noise in well under twice its bits) plus 4 KiB per frame for slice headers and 64 KiB for
+    /// parameter sets. <see cref="Encode"/> refuses a longer stream, so a reader can size its buffers from the shape.
+    /// </summary>
+    public static long MaxStreamLength(int width, int height, int depth, int frames) =>
+        (2L * frames * 3 * width * height * SampleBytes(depth)) + (4096L * frames) + 65536;
+
+    /// <summary>
     /// Encodes <paramref name="frames"/> frames from <paramref name="planes"/> with the x265 preset
     /// <paramref name="presetUtf8Z"/> (NUL-terminated) and appends a record to <paramref name="output"/>: the stream's
     /// length (u32 LE), the planes' checksum (u64 LE, <see cref="Checksum"/>), then the Annex B stream.
@@ -51,9 +60,10 @@ internal static unsafe class HevcStream
                 }
 
                 Check(Interop.KvfVideo.EncoderFinish(encoder, out byte* data, out nuint size), encoder);
-                if (size > int.MaxValue)
+                long maxLength = Math.Min(MaxStreamLength(width, height, depth, frames), int.MaxValue);
+                if (size > (ulong)maxLength)
                 {
-                    throw new InvalidOperationException($"kvfvideo: the HEVC stream is {size} bytes, more than one payload can hold.");
+                    throw new InvalidOperationException($"kvfvideo: the HEVC stream of {frames} frames of {width}x{height} at {depth} bits is {size} bytes, more than the {maxLength} a reader is promised.");
                 }
 
                 var stream = new ReadOnlySpan<byte>(data, (int)size);

@@ -49,7 +49,7 @@ public sealed class VideoCodec : IKvCodec
 
     public CodecId Id => CodecId.Video;
 
-    public string Name => "video";
+    public string Name => CodecId.Video.ToName();
 
     /// <summary>Bits per value: 12, 10, 8 (default), 6 and 4.</summary>
     public IReadOnlyList<int> Levels { get; } = [12, 10, 8, 6, 4];
@@ -60,6 +60,27 @@ public sealed class VideoCodec : IKvCodec
     public string? Unavailable => Native.KvfVideoLibrary.TryEnsureLoaded(out string? reason) ? null : reason;
 
     public bool IsLossless(int level) => false;
+
+    /// <summary>
+    /// The parameters with fp32 scales, then per stream (K, V) its record header and at most
+    /// <see cref="HevcStream.MaxStreamLength"/> (the encoder refuses a longer stream); the largest over every frame layout,
+    /// since decoding takes the layout from the parameters.
+    /// </summary>
+    public long GetMaxEncodedLength(KvShape shape, DType dtype, int level)
+    {
+        shape.Validate();
+        CodecChecks.Level(this, level);
+        int depth = FrameDepth(level);
+        long stream = 0;
+        foreach (VideoLayoutKind kind in Enum.GetValues<VideoLayoutKind>())
+        {
+            VideoLayout layout = VideoLayout.For(shape, kind);
+            stream = Math.Max(stream, HevcStream.MaxStreamLength(layout.Width, layout.Height, depth, layout.FramesPerStream));
+        }
+
+        long parameters = VideoChunkFormat.ParameterHeaderBytes + (2L * shape.Layers * 2 * shape.Channels * sizeof(float));
+        return parameters + (2 * (HevcStream.RecordHeaderBytes + stream));
+    }
 
     public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
     {

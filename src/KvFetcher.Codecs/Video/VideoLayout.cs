@@ -1,3 +1,5 @@
+using KvFetcher.Core;
+
 namespace KvFetcher.Codecs.Video;
 
 /// <summary>How a stream's quantized values are arranged in frames (the id is stored in the codec parameters).</summary>

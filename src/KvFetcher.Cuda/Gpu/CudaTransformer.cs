@@ -46,12 +46,14 @@ internal sealed unsafe class CudaTransformer : IDisposable
     private readonly CudaKernel _attention;
     private readonly CudaKernel _attentionCombine;
     private readonly CudaKernel _residualAdd;
+    private readonly CudaKernel _residualRmsNorm;
     private readonly CudaKernel _swiGlu;
     private readonly CudaKernel _argMax;
     private readonly CudaKernel _fillUniform;
     private readonly CudaKernel _flashAttention;
     private readonly CudaKernel _flashAttentionNarrow;
-    private readonly CudaKernel _decodeAttention;
+    private readonly CudaKernel _decodeAttention4;
+    private readonly CudaKernel _decodeAttention8;
     private readonly CudaKernel _gemv;
     private readonly int _flashSharedBytes;
     private readonly int _flashNarrowSharedBytes;
@@ -83,7 +85,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
             _ => false,
         };
         int hd = config.HeadDim;
-        UsesDecodeAttention = kvStorage != DType.Float32 && hd % 8 == 0 && 32 % (hd / 8) == 0;
+        UsesDecodeAttention = attention != CudaAttentionKernel.CudaCores && kvStorage != DType.Float32 && hd % 8 == 0 && 32 % (hd / 8) == 0;
         UsesGemv = matmulType != DType.Float32 && config.HiddenSize % 8 == 0 && config.QueryDim % 8 == 0 && config.IntermediateSize % 8 == 0;
         try
         {
@@ -116,6 +118,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
             _attention = _module.Get("attention");
             _attentionCombine = _module.Get("attention_combine");
             _residualAdd = _module.Get("residual_add");
+            _residualRmsNorm = _module.Get("residual_rmsnorm");
             _swiGlu = _module.Get("swiglu");
             _argMax = _module.Get("argmax");
             _fillUniform = _module.Get("fill_uniform");
@@ -144,7 +147,8 @@ internal sealed unsafe class CudaTransformer : IDisposable
 
             if (UsesDecodeAttention)
             {
-                _decodeAttention = _module.Get("decode_attention");
+                _decodeAttention4 = _module.Get("decode_attention_4");
+                _decodeAttention8 = _module.Get("decode_attention_8");
             }
 
             if (UsesGemv)
@@ -227,7 +231,12 @@ internal sealed unsafe class CudaTransformer : IDisposable
         {
             DeviceWeights.Layer layer = _weights.Layers[l];
             ulong normedLo = SplitLayerActivations ? s.NormedLo.Pointer : 0;
-            RmsNorm(stream, s.Hidden.Pointer, layer.InputNorm, s.Normed.Pointer, normedLo, n);
+            if (l == 0)
+            {
+                // Later layers' input norms run fused with the previous layer's last residual add.
+                RmsNorm(stream, s.Hidden.Pointer, layer.InputNorm, s.Normed.Pointer, normedLo, n);
+            }
+
             Linear(s, s.Normed.Pointer, normedLo, layer.QueryKeyValue, s.QueryKeyValue.Pointer, n, d, qkvWidth);
 
             args = default;
@@ -246,9 +255,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
 
             Attention(stream, s, cache, l, n, start);
             Linear(s, s.AttentionOutput.Pointer, s.AttentionOutputLo?.Pointer ?? 0, layer.Output, s.Projected.Pointer, n, c.QueryDim, d);
-            ResidualAdd(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.OutputBias, n * d, d);
-
-            RmsNorm(stream, s.Hidden.Pointer, layer.PostAttentionNorm, s.Normed.Pointer, normedLo, n);
+            ResidualRmsNorm(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.OutputBias, layer.PostAttentionNorm, s.Normed.Pointer, normedLo, n);
             Linear(s, s.Normed.Pointer, normedLo, layer.GateUp, s.GateUp.Pointer, n, d, 2 * ffn);
             args = default;
             args.Add(s.GateUp.Pointer);
@@ -259,7 +266,14 @@ internal sealed unsafe class CudaTransformer : IDisposable
             args.Add(ffn);
             _swiGlu.Launch(stream, (Blocks((long)n * ffn), 1, 1), 256, 0, ref args);
             Linear(s, s.Activated.Pointer, s.ActivatedLo?.Pointer ?? 0, layer.Down, s.Projected.Pointer, n, ffn, d);
-            ResidualAdd(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.DownBias, n * d, d);
+            if (l + 1 < c.NumLayers)
+            {
+                ResidualRmsNorm(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.DownBias, _weights.Layers[l + 1].InputNorm, s.Normed.Pointer, normedLo, n);
+            }
+            else
+            {
+                ResidualAdd(stream, s.Hidden.Pointer, s.Projected.Pointer, layer.DownBias, n * d, d);
+            }
         }
 
         int firstRow = allLogits ? 0 : n - 1;
@@ -385,9 +399,10 @@ internal sealed unsafe class CudaTransformer : IDisposable
 
         if (UsesDecodeAttention && n * group <= DecodeRows)
         {
-            // Flash decoding: enough key ranges to give every SM a few blocks, each at least DecodeKeysPerSplit keys.
+            // Flash decoding: key ranges of at least DecodeKeysPerSplit keys, at most as many blocks as run at once
+            // (three per SM at the kernel's register use), so that no second, mostly idle wave follows.
             int span = Math.Min(window, start + n);
-            int splitCount = Math.Min((span + DecodeKeysPerSplit - 1) / DecodeKeysPerSplit, Math.Max(1, 4 * _context.MultiprocessorCount / c.NumKvHeads));
+            int splitCount = Math.Min((span + DecodeKeysPerSplit - 1) / DecodeKeysPerSplit, Math.Max(1, 3 * _context.MultiprocessorCount / c.NumKvHeads));
             splitCount = Math.Max(1, Math.Min(splitCount, DeviceScratch.MaxSplits * s.PartialQueries / n));
             DecodeAttention(stream, s, cache, layer, n, start, window, group, splitCount);
             return;
@@ -468,7 +483,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
         args.Add(window);
         args.Add(_attentionScale);
         args.Add(splits);
-        _decodeAttention.Launch(stream, (splits, c.NumKvHeads, 1), DecodeThreads, 0, ref args);
+        (n * group <= 4 ? _decodeAttention4 : _decodeAttention8).Launch(stream, (splits, c.NumKvHeads, 1), DecodeThreads, 0, ref args);
         if (splits > 1)
         {
             Combine(stream, s, n, splits);
@@ -497,6 +512,21 @@ internal sealed unsafe class CudaTransformer : IDisposable
         args.Add(_config.HiddenSize);
         args.Add(_config.RmsNormEps);
         _rmsNorm.Launch(stream, (rows, 1, 1), 256, 0, ref args);
+    }
+
+    /// <summary>x += y (+ bias), then y' = rmsnorm(x) into <paramref name="normed"/> (+ lo): one kernel instead of two.</summary>
+    private void ResidualRmsNorm(CudaStream stream, ulong x, ulong y, ulong bias, ulong weight, ulong normed, ulong normedLo, int rows)
+    {
+        var args = default(KernelArguments);
+        args.Add(x);
+        args.Add(y);
+        args.Add(bias);
+        args.Add(weight);
+        args.Add(normed);
+        args.Add(normedLo);
+        args.Add(_config.HiddenSize);
+        args.Add(_config.RmsNormEps);
+        _residualRmsNorm.Launch(stream, (rows, 1, 1), 256, 0, ref args);
     }
 
     private void ResidualAdd(CudaStream stream, ulong x, ulong y, ulong bias, int count, int width)

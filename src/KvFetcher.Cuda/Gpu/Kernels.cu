@@ -846,6 +846,35 @@ extern "C" __global__ void residual_add(float* __restrict__ x, const float* __re
     }
 }
 
+// x[row, :] += y[row, :] (+ bias), then out[row, :] = rmsnorm(x[row, :]) as rmsnorm computes it (same sums in the
+// same order, so the result is bit-identical to residual_add followed by rmsnorm), in one pass over the row. Grid: one
+// block of 256 threads per row.
+extern "C" __global__ void residual_rmsnorm(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
+    const float* __restrict__ weight, act_t* __restrict__ out, act_t* __restrict__ outLo, int d, float eps)
+{
+    float* row = x + (size_t)blockIdx.x * d;
+    const float* add = y + (size_t)blockIdx.x * d;
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+    {
+        float v = add[i];
+        if (bias != nullptr)
+        {
+            v += bias[i];
+        }
+        float updated = row[i] + v;
+        row[i] = updated;
+        sum = fmaf(updated, updated, sum);
+    }
+    sum = block_sum(sum);
+    float scale = 1.0f / sqrtf(sum / (float)d + eps);
+    size_t at = (size_t)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+    {
+        store_act(out, outLo, at + i, weight[i] * (row[i] * scale));
+    }
+}
+
 // out[row, j] = silu(gate) * up from the fused gate/up projection [rows, 2 ffn] (+ bias), rounded to the matrix
 // products' input type (+ the rounding error in outputLo when given).
 extern "C" __global__ void swiglu(const float* __restrict__ gateUp, const float* __restrict__ bias, act_t* __restrict__ output, act_t* __restrict__ outputLo, int rows, int ffn)
@@ -1110,28 +1139,29 @@ __device__ __forceinline__ void unpack8(uint4 raw, float* f)
 }
 
 #ifdef DECODE_ATTENTION
-// Attention of decode-sized steps (n * group <= DEC_ROWS rows, e.g. one token of a group of 4 heads) over a long
-// cache, flash-decoding style: the key range is cut in `splits` parts (grid x) so that every SM streams its share
-// of the cache, and each block reads its part of one KV head's keys and values once for every head of the group, in
-// 16-byte loads (HD / 8 lanes per key, several keys per warp, four loads in flight per lane). Per chunk of DEC_CHUNK
-// keys: scores (scaled to log2 units) into shared memory, an online-softmax update per row, then P V with each lane
-// accumulating its 8 dimensions of every row. Writes the output (splits == 1) or each part's (max, sum, values) for
-// attention_combine, the max in natural-log units as attention writes it. Needs a 16-bit cache and 32 % (HD / 8) == 0.
-#define DEC_ROWS 8
+// Attention of decode-sized steps (n * group <= R rows, e.g. one token of a group of 4 heads) over a long cache,
+// flash-decoding style: the key range is cut in `splits` parts (grid x) so that every SM streams its share of the
+// cache, and each block reads its part of one KV head's keys and values once for every row of the group, in 16-byte
+// loads (HD / 8 lanes per key, several keys per warp). Each warp runs on its own: it takes groups of
+// DEC_KPW * DEC_UNROLL consecutive keys, loads their keys and values together (2 * DEC_UNROLL loads in flight per
+// lane), and keeps an online softmax per row in registers (scores in log2 units), with no block-wide barrier until
+// the warps' states are merged at the end. Writes the output (splits == 1) or the part's (max, sum, values) for
+// attention_combine, the max in natural-log units as attention writes it. Needs a 16-bit cache and
+// 32 % (HD / 8) == 0. Two entry points: decode_attention_4 (rows <= 4) and decode_attention_8 (rows <= 8).
 #define DEC_WARPS 4
-#define DEC_CHUNK 256
 #define DEC_UNROLL 4
 #define DEC_LPK (HD / 8)
 #define DEC_KPW (32 / DEC_LPK)
-#define DEC_STEP (DEC_WARPS * DEC_KPW * DEC_UNROLL)
+#define DEC_GROUP (DEC_KPW * DEC_UNROLL)
+#define DEC_LOG2E 1.4426950408889634f
 
-extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention(
+template <int R>
+__device__ __forceinline__ void decode_body(
     const float* __restrict__ q, const kv_t* __restrict__ keys, const kv_t* __restrict__ values, act_t* __restrict__ output,
     act_t* __restrict__ outputLo, float* __restrict__ partial, int n, int start, int heads, int group, int capacity, int window, float scale, int splits)
 {
-    __shared__ float scores[DEC_ROWS][DEC_CHUNK];
-    __shared__ float rowMax[DEC_ROWS], rowSum[DEC_ROWS], rowScale[DEC_ROWS];
-    __shared__ __align__(16) float reduce[DEC_WARPS][DEC_ROWS][HD];
+    __shared__ float warpMax[DEC_WARPS][R], warpSum[DEC_WARPS][R];
+    __shared__ __align__(16) float warpAcc[DEC_WARPS][R][HD];
 
     int kvHead = blockIdx.y;
     int split = blockIdx.x;
@@ -1146,11 +1176,13 @@ extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention(
     int splitLo = keyLo + split * per;
     int splitHi = min(keyHi, splitLo + per);
 
-    float scaleLog2 = scale * 1.4426950408889634f;
-    float qr[DEC_ROWS][8];
+    float qr[R][8];
+    int position[R];
 #pragma unroll
-    for (int r = 0; r < DEC_ROWS; r++)
+    for (int r = 0; r < R; r++)
     {
+        int query = r / group;
+        position[r] = start + query;
 #pragma unroll
         for (int e = 0; e < 8; e++)
         {
@@ -1158,25 +1190,21 @@ extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention(
         }
         if (r < rows)
         {
-            int query = r / group;
             const float* source = q + ((size_t)query * heads + kvHead * group + (r - query * group)) * HD + part * 8;
-#pragma unroll
-            for (int e = 0; e < 8; e++)
-            {
-                qr[r][e] = source[e] * scaleLog2;
-            }
+            float4 lo = *(const float4*)source;
+            float4 hi = *(const float4*)(source + 4);
+            float scaleLog2 = scale * DEC_LOG2E;
+            qr[r][0] = lo.x * scaleLog2; qr[r][1] = lo.y * scaleLog2; qr[r][2] = lo.z * scaleLog2; qr[r][3] = lo.w * scaleLog2;
+            qr[r][4] = hi.x * scaleLog2; qr[r][5] = hi.y * scaleLog2; qr[r][6] = hi.z * scaleLog2; qr[r][7] = hi.w * scaleLog2;
         }
     }
-    if (threadIdx.x < DEC_ROWS)
-    {
-        rowMax[threadIdx.x] = NEG_INF;
-        rowSum[threadIdx.x] = 0.0f;
-    }
 
-    float acc[DEC_ROWS][8];
+    float m[R], l[R], acc[R][8];
 #pragma unroll
-    for (int r = 0; r < DEC_ROWS; r++)
+    for (int r = 0; r < R; r++)
     {
+        m[r] = NEG_INF;
+        l[r] = 0.0f;
 #pragma unroll
         for (int e = 0; e < 8; e++)
         {
@@ -1186,137 +1214,111 @@ extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention(
 
     const kv_t* keyBase = keys + (size_t)kvHead * capacity * HD + part * 8;
     const kv_t* valueBase = values + (size_t)kvHead * capacity * HD + part * 8;
-    for (int chunk0 = splitLo; chunk0 < splitHi; chunk0 += DEC_CHUNK)
+    for (int base = splitLo + warp * DEC_GROUP; base < splitHi; base += DEC_WARPS * DEC_GROUP)
     {
-        int chunkKeys = min(DEC_CHUNK, splitHi - chunk0);
-        __syncthreads();   // the previous chunk's P V has read its scores; rowMax/rowSum initialised
-        for (int base = 0; base < chunkKeys; base += DEC_STEP)
+        uint4 kraw[DEC_UNROLL], vraw[DEC_UNROLL];
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++)
         {
-            uint4 raw[DEC_UNROLL];
+            int key = base + u * DEC_KPW + sub;
+            bool inside = key < splitHi;
+            kraw[u] = inside ? __ldg((const uint4*)(keyBase + (size_t)key * HD)) : make_uint4(0, 0, 0, 0);
+            vraw[u] = inside ? __ldg((const uint4*)(valueBase + (size_t)key * HD)) : make_uint4(0, 0, 0, 0);
+        }
+
+        float sc[DEC_UNROLL][R];
 #pragma unroll
-            for (int u = 0; u < DEC_UNROLL; u++)
+        for (int u = 0; u < DEC_UNROLL; u++)
+        {
+            int key = base + u * DEC_KPW + sub;
+            float k[8];
+            unpack8<KV>(kraw[u], k);
+#pragma unroll
+            for (int r = 0; r < R; r++)
             {
-                int i = base + (u * DEC_WARPS + warp) * DEC_KPW + sub;
-                raw[u] = i < chunkKeys ? __ldg((const uint4*)(keyBase + (size_t)(chunk0 + i) * HD)) : make_uint4(0, 0, 0, 0);
-            }
+                float dot = 0.0f;
 #pragma unroll
-            for (int u = 0; u < DEC_UNROLL; u++)
-            {
-                int i = base + (u * DEC_WARPS + warp) * DEC_KPW + sub;
-                int key = chunk0 + i;
-                float k[8];
-                unpack8<KV>(raw[u], k);
-#pragma unroll
-                for (int r = 0; r < DEC_ROWS; r++)
+                for (int e = 0; e < 8; e++)
                 {
-                    if (r < rows)
-                    {
-                        float dot = 0.0f;
-#pragma unroll
-                        for (int e = 0; e < 8; e++)
-                        {
-                            dot = fmaf(qr[r][e], k[e], dot);
-                        }
-#pragma unroll
-                        for (int offset = DEC_LPK / 2; offset > 0; offset >>= 1)
-                        {
-                            dot += __shfl_xor_sync(FULL_MASK, dot, offset);
-                        }
-                        int position = start + r / group;
-                        if (part == 0 && i < chunkKeys)
-                        {
-                            scores[r][i] = key <= position && key > position - window ? dot : NEG_INF;
-                        }
-                    }
+                    dot = fmaf(qr[r][e], k[e], dot);
                 }
+#pragma unroll
+                for (int offset = DEC_LPK / 2; offset > 0; offset >>= 1)
+                {
+                    dot += __shfl_xor_sync(FULL_MASK, dot, offset);
+                }
+                bool visible = r < rows && key < splitHi && key <= position[r] && key > position[r] - window;
+                sc[u][r] = visible ? dot : NEG_INF;
             }
         }
-        __syncthreads();
-
-        for (int r = warp; r < rows; r += DEC_WARPS)
-        {
-            float chunkMax = NEG_INF;
-            for (int i = lane; i < chunkKeys; i += 32)
-            {
-                chunkMax = fmaxf(chunkMax, scores[r][i]);
-            }
-            chunkMax = warp_max(chunkMax);
-            float oldMax = rowMax[r];
-            float newMax = fmaxf(oldMax, chunkMax);
-            float base = newMax == NEG_INF ? 0.0f : newMax;
-            float sum = 0.0f;
-            for (int i = lane; i < chunkKeys; i += 32)
-            {
-                float p = exp2f(scores[r][i] - base);
-                scores[r][i] = p;
-                sum += p;
-            }
-            sum = warp_sum(sum);
-            __syncwarp();
-            if (lane == 0)
-            {
-                float alpha = exp2f(oldMax - base);
-                rowScale[r] = alpha;
-                rowSum[r] = rowSum[r] * alpha + sum;
-                rowMax[r] = newMax;
-            }
-        }
-        __syncthreads();
 
 #pragma unroll
-        for (int r = 0; r < DEC_ROWS; r++)
+        for (int r = 0; r < R; r++)
         {
             if (r < rows)
             {
-                float alpha = rowScale[r];
+                float stepMax = sc[0][r];
+#pragma unroll
+                for (int u = 1; u < DEC_UNROLL; u++)
+                {
+                    stepMax = fmaxf(stepMax, sc[u][r]);
+                }
+#pragma unroll
+                for (int offset = DEC_LPK; offset < 32; offset <<= 1)
+                {
+                    stepMax = fmaxf(stepMax, __shfl_xor_sync(FULL_MASK, stepMax, offset));
+                }
+                float newMax = fmaxf(m[r], stepMax);
+                float shift = newMax == NEG_INF ? 0.0f : newMax;
+                float alpha = exp2f(m[r] - shift);
+                m[r] = newMax;
+                l[r] *= alpha;
 #pragma unroll
                 for (int e = 0; e < 8; e++)
                 {
                     acc[r][e] *= alpha;
                 }
+#pragma unroll
+                for (int u = 0; u < DEC_UNROLL; u++)
+                {
+                    sc[u][r] = exp2f(sc[u][r] - shift);
+                    l[r] += sc[u][r];
+                }
             }
         }
-        for (int base = 0; base < chunkKeys; base += DEC_STEP)
+
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++)
         {
-            uint4 raw[DEC_UNROLL];
+            float v[8];
+            unpack8<KV>(vraw[u], v);
 #pragma unroll
-            for (int u = 0; u < DEC_UNROLL; u++)
+            for (int r = 0; r < R; r++)
             {
-                int i = base + (u * DEC_WARPS + warp) * DEC_KPW + sub;
-                raw[u] = i < chunkKeys ? __ldg((const uint4*)(valueBase + (size_t)(chunk0 + i) * HD)) : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int u = 0; u < DEC_UNROLL; u++)
-            {
-                int i = base + (u * DEC_WARPS + warp) * DEC_KPW + sub;
-                if (i < chunkKeys)
+                if (r < rows)
                 {
-                    float v[8];
-                    unpack8<KV>(raw[u], v);
 #pragma unroll
-                    for (int r = 0; r < DEC_ROWS; r++)
+                    for (int e = 0; e < 8; e++)
                     {
-                        if (r < rows)
-                        {
-                            float p = scores[r][i];
-#pragma unroll
-                            for (int e = 0; e < 8; e++)
-                            {
-                                acc[r][e] = fmaf(p, v[e], acc[r][e]);
-                            }
-                        }
+                        acc[r][e] = fmaf(sc[u][r], v[e], acc[r][e]);
                     }
                 }
             }
         }
     }
 
-    // Sum the keys' shares: the warp's key slots (lanes with the same dims), then the warps.
+    // The warp's key slots share one max per row: sum their shares, then merge the warps.
 #pragma unroll
-    for (int r = 0; r < DEC_ROWS; r++)
+    for (int r = 0; r < R; r++)
     {
         if (r < rows)
         {
+            float total = l[r];
+#pragma unroll
+            for (int offset = DEC_LPK; offset < 32; offset <<= 1)
+            {
+                total += __shfl_xor_sync(FULL_MASK, total, offset);
+            }
 #pragma unroll
             for (int e = 0; e < 8; e++)
             {
@@ -1328,8 +1330,13 @@ extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention(
                 }
                 if (sub == 0)
                 {
-                    reduce[warp][r][part * 8 + e] = v;
+                    warpAcc[warp][r][part * 8 + e] = v;
                 }
+            }
+            if (lane == 0)
+            {
+                warpMax[warp][r] = m[r];
+                warpSum[warp][r] = total;
             }
         }
     }
@@ -1339,43 +1346,67 @@ extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention(
     {
         int r = i / HD;
         int d = i - r * HD;
-        float v = 0.0f;
+        float maximum = NEG_INF;
 #pragma unroll
         for (int w = 0; w < DEC_WARPS; w++)
         {
-            v += reduce[w][r][d];
+            maximum = fmaxf(maximum, warpMax[w][r]);
+        }
+        float shift = maximum == NEG_INF ? 0.0f : maximum;
+        float v = 0.0f, sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++)
+        {
+            float weight = exp2f(warpMax[w][r] - shift);
+            v = fmaf(warpAcc[w][r][d], weight, v);
+            sum = fmaf(warpSum[w][r], weight, sum);
         }
         int query = r / group;
         int head = kvHead * group + (r - query * group);
         if (splits == 1)
         {
-            store_act(output, outputLo, ((size_t)query * heads + head) * HD + d, v / rowSum[r]);
+            store_act(output, outputLo, ((size_t)query * heads + head) * HD + d, v / sum);
         }
         else
         {
             float* target = partial + (((size_t)split * n + query) * heads + head) * (HD + 2);
             if (d == 0)
             {
-                target[0] = rowMax[r] == NEG_INF ? NEG_INF : rowMax[r] / 1.4426950408889634f;
-                target[1] = rowSum[r];
+                target[0] = maximum == NEG_INF ? NEG_INF : maximum / DEC_LOG2E;
+                target[1] = sum;
             }
             target[2 + d] = v;
         }
     }
 }
+
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention_4(
+    const float* __restrict__ q, const kv_t* __restrict__ keys, const kv_t* __restrict__ values, act_t* __restrict__ output,
+    act_t* __restrict__ outputLo, float* __restrict__ partial, int n, int start, int heads, int group, int capacity, int window, float scale, int splits)
+{
+    decode_body<4>(q, keys, values, output, outputLo, partial, n, start, heads, group, capacity, window, scale, splits);
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention_8(
+    const float* __restrict__ q, const kv_t* __restrict__ keys, const kv_t* __restrict__ values, act_t* __restrict__ output,
+    act_t* __restrict__ outputLo, float* __restrict__ partial, int n, int start, int heads, int group, int capacity, int window, float scale, int splits)
+{
+    decode_body<8>(q, keys, values, output, outputLo, partial, n, start, heads, group, capacity, window, scale, splits);
+}
 #endif
 
 #ifdef GEMV
 // y[r, o] = Σ_i x[r, i] w[o, i] in fp32 for a few rows (decode steps: rows <= GEMV_ROWS): the weight streams from
-// memory once, in 16-byte loads, GEMV_OUT output rows per warp with four loads per lane in flight; x (a few KB) is
-// read through the L1 cache. Needs 16-bit products, inFeatures % 8 == 0 and 16-byte aligned x and w. Grid: output
-// rows / (GEMV_WARPS * GEMV_OUT) blocks.
+// memory once, in 16-byte loads, GEMV_OUT output rows per warp with GEMV_OUT * U loads per lane in flight; x (a few
+// KB) is read through the L1 cache. Needs 16-bit products, inFeatures % 8 == 0 and 16-byte aligned x and w. Grid:
+// output rows / (GEMV_WARPS * GEMV_OUT) blocks. gemv (U = 8) is the engine's; gemv_u4 is kept for the device
+// benchmark's comparison (bench/pytorch/flash_check.py).
 #define GEMV_ROWS 4
 #define GEMV_OUT 2
 #define GEMV_WARPS 8
-#define GEMV_UNROLL 4
 
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv(
+template <int GEMV_UNROLL>
+__device__ __forceinline__ void gemv_body(
     const act_t* __restrict__ x, const act_t* __restrict__ w, float* __restrict__ y, int rows, int inFeatures, int outFeatures)
 {
     int warp = threadIdx.x >> 5;
@@ -1464,5 +1495,17 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv(
             }
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv(
+    const act_t* __restrict__ x, const act_t* __restrict__ w, float* __restrict__ y, int rows, int inFeatures, int outFeatures)
+{
+    gemv_body<8>(x, w, y, rows, inFeatures, outFeatures);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_u4(
+    const act_t* __restrict__ x, const act_t* __restrict__ w, float* __restrict__ y, int rows, int inFeatures, int outFeatures)
+{
+    gemv_body<4>(x, w, y, rows, inFeatures, outFeatures);
 }
 #endif

@@ -1,9 +1,12 @@
-using KvFetcher.Codecs.Containers;
 using System.Diagnostics;
 using System.Threading.Channels;
+using KvFetcher.Codecs;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Restoring;
+using KvFetcher.Fetch.Scheduling;
+using KvFetcher.Fetch.Scheduling.Strategies;
 using KvFetcher.Store;
 
 namespace KvFetcher.Fetch.Fetching;
@@ -11,8 +14,9 @@ namespace KvFetcher.Fetch.Fetching;
 /// <summary>
 /// The fetch side of one request: transfer -> decode -> restore, three stages joined by bounded channels, a fixed set
 /// of slots (the memory cap, which also bounds the chunks in flight) and a fixed number of workers per stage. Chunks
-/// are claimed one at a time through <see cref="IFetchPolicy"/>, which decides the order, the variant and when to stop
-/// (the meeting point with the engine). Any failure on a chunk (miss, timeout, stall, store error, corrupt or foreign
+/// are claimed one at a time through the fetch side of the request's <see cref="ChunkStrategy"/>, which decides the order,
+/// the variant and when to stop (the meeting point with the engine); every state change goes through the request's
+/// <see cref="ChunkBoard"/>. Any failure on a chunk (miss, timeout, stall, store error, corrupt or foreign
 /// data) marks it <see cref="ChunkState.Failed"/> so the engine computes it; nothing is ever restored unverified. After
 /// <see cref="MaxFailuresInARow"/> transfers in a row fail by error, deadline or stall (or are taken back by the engine
 /// as slower than computing), the fetcher stops claiming: the store is not worth waiting for in this request.
@@ -25,15 +29,15 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     private readonly IKvStore _store;
     private readonly IKvCache _cache;
     private readonly FetchRates _rates;
-    private readonly ReuseOptions _options;
-    private readonly IFetchPolicy _policy;
+    private readonly FetcherOptions _options;
+    private readonly ChunkStrategy _strategy;
+    private readonly ChunkBoard _board;
+    private readonly bool _sharedCores;
     private readonly Timeline _timeline;
-    private readonly int[] _states;
     private readonly ChunkSlot[] _slots;
     private readonly Channel<ChunkSlot> _free;
     private readonly Channel<ChunkSlot> _decode;
     private readonly Channel<ChunkSlot> _restore;
-    private readonly SemaphoreSlim _progress;
     private readonly CancellationTokenSource _stop;
     private readonly Task _completion;
     private readonly KvVariant[] _tried;
@@ -44,22 +48,34 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     private int _restored;
     private int _failed;
 
-    public ChunkFetcher(ContextPlan plan, IKvStore store, IKvCache cache, IChunkRestorer restorer, FetchRates rates, ReuseOptions options, IFetchPolicy policy,
-        int[] states, Timeline timeline, SemaphoreSlim progress, int slots, CancellationToken cancellationToken)
+    /// <param name="plan">The request's chunks.</param>
+    /// <param name="store">Where they are fetched from.</param>
+    /// <param name="cache">Where they are restored to.</param>
+    /// <param name="restorer">How they are decoded and restored.</param>
+    /// <param name="rates">Where transfer, decode and restore times are recorded.</param>
+    /// <param name="options">Workers, deadlines.</param>
+    /// <param name="strategy">Which chunk next, as which variant (its fetch side); its board holds every chunk's state.</param>
+    /// <param name="sharedCores">Whether the engine computes on the host's cores (decode and restore times are then kept apart for while it computes).</param>
+    /// <param name="timeline">Where the stages' spans go.</param>
+    /// <param name="slots">Chunk slots (the memory cap).</param>
+    /// <param name="cancellationToken">Ends every stage.</param>
+    public ChunkFetcher(ContextPlan plan, IKvStore store, IKvCache cache, IChunkRestorer restorer, FetchRates rates, FetcherOptions options, ChunkStrategy strategy,
+        bool sharedCores, Timeline timeline, int slots, CancellationToken cancellationToken)
     {
         _plan = plan;
         _store = store;
         _cache = cache;
         _rates = rates;
         _options = options;
-        _policy = policy;
-        _states = states;
+        _strategy = strategy;
+        _board = strategy.Board;
+        _sharedCores = sharedCores;
         _timeline = timeline;
-        _progress = progress;
         _stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        _tried = new KvVariant[states.Length];
-        _outcomes = new FetchOutcome[states.Length];
-        int containerCapacity = (plan.ChunkBytes * 2) + (1 << 20);
+        _tried = new KvVariant[_board.Chunks];
+        _outcomes = new FetchOutcome[_board.Chunks];
+        // The largest container any variant the board's ladder may pick can be for this chunk shape, so no stored chunk is refused for size.
+        int containerCapacity = checked((int)_board.Ladder.Max(v => v.GetCodec().GetMaxContainerLength(plan.ChunkShape, plan.DType, v.Level)));
         _slots = new ChunkSlot[slots];
         _free = Channel.CreateBounded<ChunkSlot>(new BoundedChannelOptions(slots) { SingleWriter = false });
         for (int i = 0; i < slots; i++)
@@ -96,9 +112,6 @@ internal sealed class ChunkFetcher : IAsyncDisposable
 
     public int FailedChunks => Volatile.Read(ref _failed);
 
-    /// <summary>Whether the engine computes right now (set by the scheduler; decode and restore then share the cores).</summary>
-    public Func<bool> EngineBusy { get; set; } = static () => false;
-
     /// <summary>Transfers, decodes and restores in progress right now.</summary>
     public int InFlight => _slots.Length - _free.Reader.Count;
 
@@ -106,7 +119,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     public (KvVariant Variant, FetchOutcome Outcome) OutcomeOf(int chunk) => (_tried[chunk], _outcomes[chunk]);
 
     /// <summary>Stops claiming chunks; work in flight finishes (or is cancelled) and <see cref="Completion"/> completes.</summary>
-    public void StopClaiming() => _policy.Stop();
+    public void StopClaiming() => _strategy.Stop();
 
     /// <summary>
     /// The engine took <paramref name="chunk"/> back from the fetcher (its transfer was slower than computing it): the
@@ -127,7 +140,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        _policy.Stop();
+        _strategy.Stop();
         await _stop.CancelAsync().ConfigureAwait(false);
         try
         {
@@ -148,34 +161,40 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     {
         try
         {
-            await Task.WhenAll(transfers).ConfigureAwait(false);
-        }
-        finally
-        {
-            _decode.Writer.TryComplete();
-        }
-
-        try
-        {
-            await Task.WhenAll(decoders).ConfigureAwait(false);
-        }
-        finally
-        {
-            _restore.Writer.TryComplete();
-        }
-
-        await restorer.ConfigureAwait(false);
-
-        // Anything still marked as being fetched (a stage stopped early) goes back to the engine.
-        for (int i = 0; i < _states.Length; i++)
-        {
-            if (Interlocked.CompareExchange(ref _states[i], (int)ChunkState.Failed, (int)ChunkState.Fetching) == (int)ChunkState.Fetching)
+            try
             {
-                Interlocked.Increment(ref _failed);
+                await Task.WhenAll(transfers).ConfigureAwait(false);
             }
-        }
+            finally
+            {
+                _decode.Writer.TryComplete();
+            }
 
-        _progress.Release();
+            try
+            {
+                await Task.WhenAll(decoders).ConfigureAwait(false);
+            }
+            finally
+            {
+                _restore.Writer.TryComplete();
+            }
+
+            await restorer.ConfigureAwait(false);
+        }
+        finally
+        {
+            // Anything still marked as being fetched (a stage stopped early, or failed) goes back to the engine, and
+            // whoever waits learns that nothing more comes: every wait on the board has an end.
+            for (int i = 0; i < _board.Chunks; i++)
+            {
+                if (_board.TryMove(i, ChunkState.Fetching, ChunkState.Failed))
+                {
+                    Interlocked.Increment(ref _failed);
+                }
+            }
+
+            _board.EndFetch();
+        }
     }
 
     private async Task TransferLoopAsync()
@@ -193,7 +212,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                 return;
             }
 
-            if (Volatile.Read(ref _failuresInARow) >= MaxFailuresInARow || !_policy.TryClaim(InFlight - 1, out int chunk, out KvVariant variant))
+            if (Volatile.Read(ref _failuresInARow) >= MaxFailuresInARow || !_strategy.TryClaim(InFlight - 1, out int chunk, out KvVariant variant))
             {
                 _free.Writer.TryWrite(slot);
                 return;
@@ -318,7 +337,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                     continue;
                 }
 
-                _rates.ObserveVariant(slot.Variant, slot.Container.Length, _plan.ChunkBytes, Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy());
+                _rates.ObserveVariant(slot.Variant, slot.Container.Length, _plan.ChunkBytes, Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy);
                 _timeline.Add(PrefillStage.Decode, slot.Chunk, slot.Variant.ToString(), start);
 
                 // The restore channel has a place for every slot, so this never blocks.
@@ -341,28 +360,26 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                 int chunk = slot.Chunk;
 
                 // The engine may have taken the chunk back (it predicted computing it was faster): then drop the data.
-                if (Interlocked.CompareExchange(ref _states[chunk], (int)ChunkState.Restoring, (int)ChunkState.Fetching) == (int)ChunkState.Fetching)
+                if (_board.TryMove(chunk, ChunkState.Fetching, ChunkState.Restoring))
                 {
                     TimeSpan start = _timeline.Now;
                     long t0 = Stopwatch.GetTimestamp();
                     int first = chunk * _plan.ChunkTokens;
                     if (TryRestore(slot, first))
                     {
-                        _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy());
+                        _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy);
                         _timeline.Add(PrefillStage.Restore, chunk, slot.Variant.ToString(), start);
                         _outcomes[chunk] = FetchOutcome.Restored;
-                        Volatile.Write(ref _states[chunk], (int)ChunkState.Filled);
                         Interlocked.Increment(ref _restored);
+                        _board.Move(chunk, ChunkState.Restoring, ChunkState.Filled);
                     }
                     else
                     {
                         // Positions the restore may have written are not marked filled; the engine computes them over.
                         _outcomes[chunk] = FetchOutcome.RestoreFailed;
-                        Volatile.Write(ref _states[chunk], (int)ChunkState.Failed);
                         Interlocked.Increment(ref _failed);
+                        _board.Move(chunk, ChunkState.Restoring, ChunkState.Failed);
                     }
-
-                    _progress.Release();
                 }
 
                 _free.Writer.TryWrite(slot);
@@ -385,13 +402,14 @@ internal sealed class ChunkFetcher : IAsyncDisposable
 
     private void Fail(int chunk)
     {
-        if (Interlocked.CompareExchange(ref _states[chunk], (int)ChunkState.Failed, (int)ChunkState.Fetching) == (int)ChunkState.Fetching)
+        if (_board.TryMove(chunk, ChunkState.Fetching, ChunkState.Failed))
         {
             Interlocked.Increment(ref _failed);
         }
-
-        _progress.Release();
     }
+
+    /// <summary>Whether the engine computes right now on the cores decode and restore run on.</summary>
+    private bool EngineBusy => _sharedCores && _board.EngineComputing;
 
     private static bool WaitToRead(ChannelReader<ChunkSlot> reader)
     {

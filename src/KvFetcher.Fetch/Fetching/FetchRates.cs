@@ -1,4 +1,4 @@
-using KvFetcher.Codecs;
+using KvFetcher.Core;
 
 namespace KvFetcher.Fetch.Fetching;
 

@@ -1,7 +1,7 @@
 using System.Buffers;
 using KvFetcher.Codecs;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Engine;
 
 namespace KvFetcher.Fetch.Restoring;
@@ -30,7 +30,7 @@ public sealed class HostChunkRestorer : IChunkRestorer
         }
 
         public void Decode(ReadOnlyMemory<byte> container, in ChunkExpectation expected, KvVariant variant) =>
-            ChunkContainer.Decode(container.Span, expected, variant.GetCodec(), _kv.AsSpan(0, _bytes));
+            variant.GetCodec().DecodeContainer(container.Span, expected, _kv.AsSpan(0, _bytes));
 
         public void Restore(IKvCache cache, int start, int end) => cache.Import(start, end, _dtype, _kv.AsSpan(0, _bytes));
 

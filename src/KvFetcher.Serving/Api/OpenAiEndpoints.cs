@@ -5,7 +5,7 @@ using System.Text;
 using System.Text.Unicode;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
-using KvFetcher.Server.Hosting;
+using KvFetcher.Hosting;
 using KvFetcher.Serving.Chat;
 using KvFetcher.Serving.Scheduling;
 using Microsoft.AspNetCore.Builder;
@@ -45,12 +45,7 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         app.MapGet("/v1/models", new RequestDelegate(ModelsAsync)).WithDisplayName("models");
         app.MapGet("/v1/models/{id}", new RequestDelegate(ModelAsync)).WithDisplayName("model");
         // The public list: every other route needs an API key when keys are in use (LlmServer's BearerAuthentication).
-        app.MapGet("/healthz", new RequestDelegate(HealthAsync)).WithDisplayName("healthz").AllowAnonymous();
-        IEndpointConventionBuilder metrics = app.MapGet("/metrics", new RequestDelegate(MetricsAsync)).WithDisplayName("metrics");
-        if (options.PublicMetrics)
-        {
-            metrics.AllowAnonymous();
-        }
+        app.MapHealthAndMetrics(HealthAsync, FormatMetricsAsync, options.PublicMetrics);
     }
 
     private async Task ServeAsync(HttpContext context, Route route)
@@ -665,9 +660,6 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         context.Response.WriteAsJsonAsync(new HealthResponse("ok", engine.ModelId, engine.ReuseEnabled, engine.Scheduler.ActiveSessions, engine.Scheduler.QueuedRequests),
             OpenAiJson.Default.HealthResponse, cancellationToken: context.RequestAborted);
 
-    private Task MetricsAsync(HttpContext context)
-    {
-        context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
-        return context.Response.WriteAsync(engine.Metrics.Format(engine.Scheduler, engine.Publisher?.Failed, engine.Publisher?.Dropped), context.RequestAborted);
-    }
+    private Task<string> FormatMetricsAsync(CancellationToken cancellationToken) =>
+        Task.FromResult(engine.Metrics.Format(engine.Scheduler, engine.Publisher?.Failed, engine.Publisher?.Dropped));
 }

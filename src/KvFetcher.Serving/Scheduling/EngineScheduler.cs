@@ -20,9 +20,6 @@ public sealed record EngineSchedulerOptions
 
     /// <summary>The most prompt tokens one iteration computes for one request.</summary>
     public int PrefillStepTokens { get; init; } = 256;
-
-    /// <summary>The stored variants the waiting queue fetches prefixes as (per chunk, the fastest predicted; see <see cref="KvReuse.FetchPrefixAsync(IInferenceSession, ContextPlan, IReadOnlyList{KvVariant}, CancellationToken)"/>).</summary>
-    public IReadOnlyList<KvVariant> Ladder { get; init; } = [KvVariant.Raw];
 }
 
 /// <summary>
@@ -237,7 +234,8 @@ public sealed class EngineScheduler : IAsyncDisposable
         try
         {
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(sequence.CancellationToken, _stopping.Token);
-            sequence.Restore = await _reuse!.FetchPrefixAsync(sequence.Session!, sequence.Plan!, _options.Ladder, linked.Token).ConfigureAwait(false);
+            // Per chunk, the stored variant of the reuse ladder predicted to arrive first (see KvReuse.FetchPrefixAsync).
+            sequence.Restore = await _reuse!.FetchPrefixAsync(sequence.Session!, sequence.Plan!, _reuse.Options.Ladder, linked.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException ex)
         {

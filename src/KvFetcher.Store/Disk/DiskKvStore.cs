@@ -1,5 +1,5 @@
 using System.Buffers;
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Core.Containers;
 using KvFetcher.Store.Disk.Native;
 using Microsoft.Win32.SafeHandles;
 

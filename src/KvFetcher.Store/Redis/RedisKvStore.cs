@@ -4,7 +4,7 @@ using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Core.Containers;
 using StackExchange.Redis;
 
 namespace KvFetcher.Store.Redis;

@@ -5,7 +5,7 @@ using System.Net.Http.Json;
 using System.Net.Security;
 using System.Security.Cryptography.X509Certificates;
 using System.Text.Json;
-using KvFetcher.Codecs.Containers;
+using KvFetcher.Core.Containers;
 
 namespace KvFetcher.Store.Remote;
 
@@ -18,13 +18,9 @@ namespace KvFetcher.Store.Remote;
 /// </summary>
 public sealed class HttpKvStore : IKvStore
 {
-    /// <summary>The most keys the server answers in one lookup; longer lists go in several.</summary>
-    internal const int MaxLookupKeys = 4096;
-
-    private const int MaxErrorTextBytes = 1024;
     private static readonly TimeSpan s_firstBackoff = TimeSpan.FromMilliseconds(50);
     private static readonly TimeSpan s_maxBackoff = TimeSpan.FromSeconds(1);
-    private static readonly MediaTypeHeaderValue s_octetStream = new("application/octet-stream");
+    private static readonly MediaTypeHeaderValue s_objectMediaType = new(StoreProtocol.ObjectMediaType);
 
     private readonly HttpKvStoreOptions _options;
     private readonly HttpClient _client;
@@ -102,9 +98,9 @@ public sealed class HttpKvStore : IKvStore
 
         await RunAsync($"PUT {name}", retry: false, async deadline =>
         {
-            using var request = NewRequest(HttpMethod.Put, ObjectPath(name));
+            using var request = NewRequest(HttpMethod.Put, StoreProtocol.ObjectPath(key));
             request.Content = new ReadOnlyMemoryContent(data);
-            request.Content.Headers.ContentType = s_octetStream;
+            request.Content.Headers.ContentType = s_objectMediaType;
             using HttpResponseMessage response = await _client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline);
             if (response.StatusCode is not (HttpStatusCode.NoContent or HttpStatusCode.OK))
             {
@@ -127,7 +123,7 @@ public sealed class HttpKvStore : IKvStore
         if (range.Length == 0)
         {
             // HTTP cannot ask for zero bytes; HEAD tells whether the object is there (verified) and how long it is.
-            StoreRead head = await RunAsync($"HEAD {name}", retry: true, deadline => WithIdleTimeoutAsync($"HEAD {name}", idle => HeadAttemptAsync(name, idle), deadline), cancellationToken);
+            StoreRead head = await RunAsync($"HEAD {name}", retry: true, deadline => WithIdleTimeoutAsync($"HEAD {name}", idle => HeadAttemptAsync(key, idle), deadline), cancellationToken);
             if (head.Found && range.Offset > head.ObjectLength)
             {
                 throw new ArgumentOutOfRangeException(nameof(range), range, $"The range lies outside '{name}' ({head.ObjectLength} bytes).");
@@ -136,17 +132,17 @@ public sealed class HttpKvStore : IKvStore
             return head;
         }
 
-        return await RunAsync($"GET {name}", retry: true, deadline => WithIdleTimeoutAsync($"GET {name}", idle => GetAttemptAsync(name, destination, range, idle), deadline), cancellationToken);
+        return await RunAsync($"GET {name}", retry: true, deadline => WithIdleTimeoutAsync($"GET {name}", idle => GetAttemptAsync(key, destination, range, idle), deadline), cancellationToken);
     }
 
     public async ValueTask<bool[]> ExistsAsync(IReadOnlyList<ObjectKey> keys, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(keys);
         var exists = new bool[keys.Count];
-        for (int start = 0; start < keys.Count; start += MaxLookupKeys)
+        for (int start = 0; start < keys.Count; start += StoreProtocol.MaxLookupKeys)
         {
-            int count = Math.Min(MaxLookupKeys, keys.Count - start);
-            LookupAnswer answer = await LookupAsync(keys, start, count, cancellationToken);
+            int count = Math.Min(StoreProtocol.MaxLookupKeys, keys.Count - start);
+            LookupResponse answer = await LookupAsync(keys, start, count, cancellationToken);
             answer.Exists.CopyTo(exists, start);
         }
 
@@ -159,8 +155,8 @@ public sealed class HttpKvStore : IKvStore
         int prefix = 0;
         while (prefix < chain.Count)
         {
-            int count = Math.Min(MaxLookupKeys, chain.Count - prefix);
-            LookupAnswer answer = await LookupAsync(chain, prefix, count, cancellationToken);
+            int count = Math.Min(StoreProtocol.MaxLookupKeys, chain.Count - prefix);
+            LookupResponse answer = await LookupAsync(chain, prefix, count, cancellationToken);
             prefix += answer.Prefix;
             if (answer.Prefix < count)
             {
@@ -176,7 +172,7 @@ public sealed class HttpKvStore : IKvStore
         string name = CheckKey(key);
         return await RunAsync($"DELETE {name}", retry: false, async deadline =>
         {
-            using var request = NewRequest(HttpMethod.Delete, ObjectPath(name));
+            using var request = NewRequest(HttpMethod.Delete, StoreProtocol.ObjectPath(key));
             using HttpResponseMessage response = await _client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline);
             return response.StatusCode switch
             {
@@ -191,14 +187,14 @@ public sealed class HttpKvStore : IKvStore
     public async ValueTask<StoreStats> GetStatsAsync(CancellationToken cancellationToken = default) =>
         await RunAsync("GET stats", retry: true, async deadline =>
         {
-            using var request = NewRequest(HttpMethod.Get, "v1/stats");
+            using var request = NewRequest(HttpMethod.Get, StoreProtocol.StatsPath);
             using HttpResponseMessage response = await _client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline);
             if (response.StatusCode != HttpStatusCode.OK)
             {
                 throw await FailureAsync(response, "GET stats", deadline);
             }
 
-            return await ReadJsonAsync(response, RemoteJson.Default.StoreStats, "GET stats", deadline);
+            return await ReadJsonAsync(response, StoreProtocolJson.Default.StoreStats, "GET stats", deadline);
         }, cancellationToken);
 
     public ValueTask DisposeAsync()
@@ -217,13 +213,14 @@ public sealed class HttpKvStore : IKvStore
 
     public override string ToString() => Description;
 
-    private async Task<StoreRead> GetAttemptAsync(string name, IBufferWriter<byte> destination, ByteRange range, IdleDeadline idle)
+    private async Task<StoreRead> GetAttemptAsync(ObjectKey key, IBufferWriter<byte> destination, ByteRange range, IdleDeadline idle)
     {
+        string name = key.Value;
         CancellationToken deadline = idle.Token;
-        using var request = NewRequest(HttpMethod.Get, ObjectPath(name));
+        using var request = NewRequest(HttpMethod.Get, StoreProtocol.ObjectPath(key));
         if (!range.IsAll)
         {
-            request.Headers.Range = new RangeHeaderValue(range.Offset, range.Length is long length ? range.Offset + length - 1 : null);
+            request.Headers.Range = StoreProtocol.RangeHeader(range);
         }
 
         using HttpResponseMessage response = await _client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline);
@@ -346,10 +343,11 @@ public sealed class HttpKvStore : IKvStore
         return false;
     }
 
-    private async Task<StoreRead> HeadAttemptAsync(string name, IdleDeadline idle)
+    private async Task<StoreRead> HeadAttemptAsync(ObjectKey key, IdleDeadline idle)
     {
+        string name = key.Value;
         CancellationToken deadline = idle.Token;
-        using var request = NewRequest(HttpMethod.Head, ObjectPath(name));
+        using var request = NewRequest(HttpMethod.Head, StoreProtocol.ObjectPath(key));
         using HttpResponseMessage response = await _client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline);
         if (response.StatusCode == HttpStatusCode.NotFound)
         {
@@ -364,7 +362,7 @@ public sealed class HttpKvStore : IKvStore
         return new StoreRead(Found: true, ObjectLength: length, BytesWritten: 0);
     }
 
-    private async Task<LookupAnswer> LookupAsync(IReadOnlyList<ObjectKey> keys, int start, int count, CancellationToken cancellationToken)
+    private async Task<LookupResponse> LookupAsync(IReadOnlyList<ObjectKey> keys, int start, int count, CancellationToken cancellationToken)
     {
         string[] names = new string[count];
         for (int i = 0; i < count; i++)
@@ -374,21 +372,21 @@ public sealed class HttpKvStore : IKvStore
 
         if (count == 0)
         {
-            return new LookupAnswer(0, []);
+            return new LookupResponse(0, []);
         }
 
         var body = new LookupRequest(names);
         return await RunAsync("lookup", retry: true, async deadline =>
         {
-            using var request = NewRequest(HttpMethod.Post, "v1/lookup");
-            request.Content = JsonContent.Create(body, RemoteJson.Default.LookupRequest);
+            using var request = NewRequest(HttpMethod.Post, StoreProtocol.LookupPath);
+            request.Content = JsonContent.Create(body, StoreProtocolJson.Default.LookupRequest);
             using HttpResponseMessage response = await _client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline);
             if (response.StatusCode != HttpStatusCode.OK)
             {
                 throw await FailureAsync(response, "lookup", deadline);
             }
 
-            LookupAnswer answer = await ReadJsonAsync(response, RemoteJson.Default.LookupAnswer, "lookup", deadline);
+            LookupResponse answer = await ReadJsonAsync(response, StoreProtocolJson.Default.LookupResponse, "lookup", deadline);
             if (answer.Exists is null || answer.Exists.Length != count || answer.Prefix < 0 || answer.Prefix > count
                 || answer.Exists.AsSpan(0, answer.Prefix).Contains(false) || (answer.Prefix < count && answer.Exists[answer.Prefix]))
             {
@@ -457,20 +455,18 @@ public sealed class HttpKvStore : IKvStore
     private async Task<KvStoreException> FailureAsync(HttpResponseMessage response, string operation, CancellationToken deadline)
     {
         string detail = "";
-        if (response.Content.Headers.ContentLength is <= MaxErrorTextBytes and > 0)
+        if (response.Content.Headers.ContentLength is <= StoreProtocol.MaxErrorTextBytes and > 0)
         {
             detail = ": " + (await response.Content.ReadAsStringAsync(deadline)).Trim();
         }
 
         int code = (int)response.StatusCode;
         string message = $"{Description}: {operation}: HTTP {code} {response.ReasonPhrase}{detail}";
-        return response.StatusCode switch
-        {
-            HttpStatusCode.InsufficientStorage or HttpStatusCode.RequestEntityTooLarge => new KvStoreFullException(message),
-            HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden => new KvStoreException($"{message} (check the store token)"),
-            _ when code >= 500 => new TransientStoreException(message),
-            _ => new KvStoreException(message),
-        };
+        HttpStatusCode status = response.StatusCode;
+        return StoreProtocol.MeansFull(status) ? new KvStoreFullException(message)
+            : StoreProtocol.MeansBadToken(status) ? new KvStoreException($"{message} (check the store token)")
+            : StoreProtocol.MeansRetry(status) ? new TransientStoreException(message)
+            : new KvStoreException(message);
     }
 
     private async Task<T> ReadJsonAsync<T>(HttpResponseMessage response, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> type, string operation, CancellationToken deadline)
@@ -488,8 +484,6 @@ public sealed class HttpKvStore : IKvStore
 
     private HttpRequestMessage NewRequest(HttpMethod method, string path) =>
         new(method, new Uri(_base, path)) { Version = _version, VersionPolicy = _versionPolicy };
-
-    private static string ObjectPath(string name) => "v1/objects/" + name;
 
     private static string CheckKey(ObjectKey key) =>
         key.Value ?? throw new ArgumentException("The default ObjectKey names no object.", nameof(key));

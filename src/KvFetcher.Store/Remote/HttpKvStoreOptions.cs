@@ -10,7 +10,7 @@ public sealed record HttpKvStoreOptions
     public string? Token { get; init; }
 
     /// <summary>The deadline of one attempt, from sending the request to the last byte of the answer.</summary>
-    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    public TimeSpan RequestTimeout { get; init; } = StoreProtocol.DefaultClientRequestTimeout;
 
     /// <summary>
     /// A read (get, head) that receives no byte for this long, waiting for the answer's headers or between pieces of its

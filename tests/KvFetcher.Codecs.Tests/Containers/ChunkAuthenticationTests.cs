@@ -1,9 +1,9 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Hashing;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Codecs.Raw;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 
 namespace KvFetcher.Codecs.Tests.Containers;
 
@@ -32,7 +32,7 @@ public sealed class ChunkAuthenticationTests : IDisposable
 
         Assert.True(ChunkContainer.IsIntact(container)); // a store without the secret still verifies the checksum
         var decoded = new byte[kv.Length];
-        ChunkHeader header = ChunkContainer.Decode(container, expected with { Mac = mac }, RawCodec.Instance, decoded);
+        ChunkHeader header = RawCodec.Instance.DecodeContainer(container, expected with { Mac = mac }, decoded);
         Assert.True(header.Authenticated);
         Assert.Equal(kv, decoded);
         Assert.Equal(ChunkContainer.GetSize(0, kv.Length, authenticated: true), container.Length);
@@ -51,9 +51,9 @@ public sealed class ChunkAuthenticationTests : IDisposable
 
         Assert.True(ChunkContainer.IsIntact(container));
         var decoded = new byte[kv.Length];
-        ChunkContainer.Decode(container, expected, RawCodec.Instance, decoded); // the checksum alone accepts it
+        RawCodec.Instance.DecodeContainer(container, expected, decoded); // the checksum alone accepts it
         Assert.NotEqual(kv, decoded);
-        ChunkAuthenticationException ex = Assert.Throws<ChunkAuthenticationException>(() => ChunkContainer.Decode(container, expected with { Mac = mac }, RawCodec.Instance, decoded));
+        ChunkAuthenticationException ex = Assert.Throws<ChunkAuthenticationException>(() => RawCodec.Instance.DecodeContainer(container, expected with { Mac = mac }, decoded));
         Assert.Contains("MAC tag", ex.Message, StringComparison.Ordinal);
     }
 
@@ -66,9 +66,9 @@ public sealed class ChunkAuthenticationTests : IDisposable
         (byte[] otherDeployment, _, _) = Sealed(s_otherDeployment.ForTenant("tenant-a"));
         var decoded = new byte[kv.Length];
 
-        Assert.Contains("no MAC tag", Assert.Throws<ChunkAuthenticationException>(() => ChunkContainer.Decode(plain, expected with { Mac = mac }, RawCodec.Instance, decoded)).Message, StringComparison.Ordinal);
-        Assert.Throws<ChunkAuthenticationException>(() => ChunkContainer.Decode(otherTenant, expected with { Mac = mac }, RawCodec.Instance, decoded));
-        Assert.Throws<ChunkAuthenticationException>(() => ChunkContainer.Decode(otherDeployment, expected with { Mac = mac }, RawCodec.Instance, decoded));
+        Assert.Contains("no MAC tag", Assert.Throws<ChunkAuthenticationException>(() => RawCodec.Instance.DecodeContainer(plain, expected with { Mac = mac }, decoded)).Message, StringComparison.Ordinal);
+        Assert.Throws<ChunkAuthenticationException>(() => RawCodec.Instance.DecodeContainer(otherTenant, expected with { Mac = mac }, decoded));
+        Assert.Throws<ChunkAuthenticationException>(() => RawCodec.Instance.DecodeContainer(otherDeployment, expected with { Mac = mac }, decoded));
         Assert.Same(mac, s_deployment.ForTenant("tenant-a"));
     }
 
@@ -82,7 +82,7 @@ public sealed class ChunkAuthenticationTests : IDisposable
         {
             byte[] mutated = (byte[])container.Clone();
             mutated[i] ^= 0x10;
-            Assert.ThrowsAny<InvalidKvDataException>(() => ChunkContainer.Decode(mutated, expected with { Mac = mac }, RawCodec.Instance, decoded));
+            Assert.ThrowsAny<InvalidKvDataException>(() => RawCodec.Instance.DecodeContainer(mutated, expected with { Mac = mac }, decoded));
         }
     }
 

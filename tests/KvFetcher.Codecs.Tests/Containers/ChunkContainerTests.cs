@@ -1,9 +1,9 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Hashing;
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Codecs.Raw;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 using KvFetcher.Core.Keys;
 
 namespace KvFetcher.Codecs.Tests.Containers;
@@ -31,7 +31,7 @@ public class ChunkContainerTests
     {
         (byte[] container, ChunkExpectation expected, byte[] kv) = Build(RawCodec.Instance, 0);
         var decoded = new byte[kv.Length];
-        ChunkHeader header = ChunkContainer.Decode(container, expected, RawCodec.Instance, decoded);
+        ChunkHeader header = RawCodec.Instance.DecodeContainer(container, expected, decoded);
         Assert.Equal(kv, decoded);
         Assert.Equal(expected.Key, header.Key);
         Assert.Equal(64, header.TokenStart);
@@ -43,7 +43,7 @@ public class ChunkContainerTests
     public void Read_OtherModel_RefusedNamingField()
     {
         (byte[] container, ChunkExpectation expected, byte[] kv) = Build(RawCodec.Instance, 0);
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(container, expected with { Model = s_otherModel }, RawCodec.Instance, new byte[kv.Length]));
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => RawCodec.Instance.DecodeContainer(container, expected with { Model = s_otherModel }, new byte[kv.Length]));
         Assert.Contains("model fingerprint at offset 48", ex.Message, StringComparison.Ordinal);
     }
 
@@ -52,7 +52,7 @@ public class ChunkContainerTests
     {
         (byte[] container, ChunkExpectation expected, byte[] kv) = Build(RawCodec.Instance, 0);
         ChunkKey otherTenant = ChunkKey.ComputeChain(s_model, "tenant-b", RealKv.TokenIds.AsSpan(0, 80), 80)[0];
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(container, expected with { Key = otherTenant }, RawCodec.Instance, new byte[kv.Length]));
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => RawCodec.Instance.DecodeContainer(container, expected with { Key = otherTenant }, new byte[kv.Length]));
         Assert.Contains("chunk key at offset 16", ex.Message, StringComparison.Ordinal);
     }
 
@@ -60,9 +60,9 @@ public class ChunkContainerTests
     public void Read_OtherPositionOrShape_Refused()
     {
         (byte[] container, ChunkExpectation expected, byte[] kv) = Build(RawCodec.Instance, 0);
-        Assert.Contains("token start", Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(container, expected with { TokenStart = 0 }, RawCodec.Instance, new byte[kv.Length])).Message, StringComparison.Ordinal);
-        Assert.Contains("dtype", Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(container, expected with { DType = DType.BFloat16 }, RawCodec.Instance, new byte[kv.Length])).Message, StringComparison.Ordinal);
-        Assert.Contains("shape", Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(container, expected with { Shape = expected.Shape with { Layers = 7 } }, RawCodec.Instance, new byte[kv.Length])).Message, StringComparison.Ordinal);
+        Assert.Contains("token start", Assert.Throws<InvalidKvDataException>(() => RawCodec.Instance.DecodeContainer(container, expected with { TokenStart = 0 }, new byte[kv.Length])).Message, StringComparison.Ordinal);
+        Assert.Contains("dtype", Assert.Throws<InvalidKvDataException>(() => RawCodec.Instance.DecodeContainer(container, expected with { DType = DType.BFloat16 }, new byte[kv.Length])).Message, StringComparison.Ordinal);
+        Assert.Contains("shape", Assert.Throws<InvalidKvDataException>(() => RawCodec.Instance.DecodeContainer(container, expected with { Shape = expected.Shape with { Layers = 7 } }, new byte[kv.Length])).Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -72,7 +72,7 @@ public class ChunkContainerTests
         for (int length = 0; length < container.Length; length++)
         {
             byte[] truncated = container[..length];
-            Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(truncated, expected, RawCodec.Instance, new byte[kv.Length]));
+            Assert.Throws<InvalidKvDataException>(() => RawCodec.Instance.DecodeContainer(truncated, expected, new byte[kv.Length]));
         }
     }
 
@@ -84,7 +84,7 @@ public class ChunkContainerTests
         {
             byte[] mutated = (byte[])container.Clone();
             mutated[bit / 8] ^= (byte)(1 << (bit % 8));
-            Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Decode(mutated, expected, RawCodec.Instance, new byte[kv.Length]));
+            Assert.Throws<InvalidKvDataException>(() => RawCodec.Instance.DecodeContainer(mutated, expected, new byte[kv.Length]));
         }
     }
 
@@ -108,7 +108,7 @@ public class ChunkContainerTests
             Reseal(mutated);
             try
             {
-                ChunkContainer.Decode(mutated, expected, RawCodec.Instance, new byte[kv.Length]);
+                RawCodec.Instance.DecodeContainer(mutated, expected, new byte[kv.Length]);
                 Assert.Equal(container, mutated); // accepted only when the mutation changed nothing
             }
             catch (InvalidKvDataException)

@@ -1,5 +1,5 @@
-using KvFetcher.Codecs.Containers;
 using KvFetcher.Core;
+using KvFetcher.Core.Containers;
 
 namespace KvFetcher.Codecs.Tests.Containers;
 
@@ -41,7 +41,7 @@ public class CodecFuzzTests(ITestOutputHelper output)
             byte[] mutated = Mutate(container, random);
             try
             {
-                ChunkContainer.Decode(mutated, expected, codec, destination);
+                codec.DecodeContainer(mutated, expected, destination);
             }
             catch (InvalidKvDataException)
             {

@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Collections.Concurrent;
-using KvFetcher.Codecs;
 using KvFetcher.Codecs.Tests;
 using KvFetcher.Codecs.Video;
 using KvFetcher.Core;

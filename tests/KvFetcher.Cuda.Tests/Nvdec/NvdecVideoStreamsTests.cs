@@ -1,4 +1,3 @@
-using KvFetcher.Codecs;
 using KvFetcher.Codecs.Tests;
 using KvFetcher.Codecs.Video;
 using KvFetcher.Core;
