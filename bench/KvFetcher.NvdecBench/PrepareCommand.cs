@@ -3,6 +3,7 @@ using System.Globalization;
 using KvFetcher.Codecs.Video;
 using KvFetcher.Core;
 using KvFetcher.Cuda.Nvdec;
+using KvFetcher.Cuda.Reuse;
 using KvFetcher.Engine;
 
 namespace KvFetcher.NvdecBench;
@@ -52,18 +53,21 @@ internal static class PrepareCommand
                             parameters.ResetWrittenCount();
                             payload.ResetWrittenCount();
                             codec.Encode(kv, shape, DType.Float16, level, parameters, payload);
-                            (VideoStreamRecord k, VideoStreamRecord v) = VideoChunkStreams.Parse(parameters.WrittenSpan, payload.WrittenSpan);
+                            int scales = shape.Layers * 2 * shape.Channels;
+                            VideoChunkHeader header = VideoChunkFormat.ReadParameters(parameters.WrittenSpan, shape, level, new float[scales], new float[scales]);
+                            NvdecStreamFormat format = NvdecVideoStreams.FormatOf(header);
+                            (VideoStreamRecord k, VideoStreamRecord v) = VideoChunkFormat.ReadStreams(payload.WrittenSpan);
                             foreach ((VideoStreamRecord record, string kind) in new[] { (k, "K"), (v, "V") })
                             {
                                 byte[] data = payload.WrittenSpan.Slice(record.Offset, record.Length).ToArray();
-                                var planes = new byte[record.Format.OutputBytes];
-                                HevcStream.Decode(data, record.Format.Width, record.Format.Height, record.Format.Depth, record.Format.Frames, planes, kind);
+                                var planes = new byte[format.OutputBytes];
+                                HevcStream.Decode(data, format.Width, format.Height, format.Depth, format.Frames, planes, kind);
                                 if (HevcStream.Checksum(planes) != record.Checksum)
                                 {
                                     throw new InvalidDataException($"The CPU decoder does not reproduce the {kind} stream of {layout} level {level} chunk {chunkIndex}.");
                                 }
 
-                                streams.Add(new BenchStream(layout.ToString(), chunkTokens, level, kind, chunkIndex, record.Format, record.Checksum, kv.Length / 2, data));
+                                streams.Add(new BenchStream(layout.ToString(), chunkTokens, level, kind, chunkIndex, format, record.Checksum, kv.Length / 2, data));
                             }
                         }
                     }

@@ -5,11 +5,11 @@ using System.Text.Json;
 using KvFetcher.Benchmarking;
 using KvFetcher.Core;
 using KvFetcher.Cuda;
-using KvFetcher.Cuda.Reuse;
 using KvFetcher.Engine.Model;
 using KvFetcher.Fetch;
 using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
+using KvFetcher.Runtime;
 using KvFetcher.Store;
 using KvFetcher.Store.Disk;
 

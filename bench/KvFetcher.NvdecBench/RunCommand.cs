@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using KvFetcher.Codecs.Video;
+using KvFetcher.Cuda;
 using KvFetcher.Cuda.Nvdec;
 
 namespace KvFetcher.NvdecBench;
@@ -114,7 +115,7 @@ internal static class RunCommand
         int mismatches = 0;
         long maxBytes = streams.Max(s => s.Format.OutputBytes);
         using var decoder = new NvdecDecoder(device);
-        using var buffer = new NvdecDeviceBuffer(device, maxBytes);
+        using DeviceBuffer buffer = device.Context.Allocate(maxBytes);
         var planes = new byte[maxBytes];
         var reference = new byte[maxBytes];
         var fromDevice = new byte[maxBytes];
@@ -234,7 +235,7 @@ internal static class RunCommand
         long slotBytes = streams.Max(s => s.Format.OutputBytes);
         int window = 3 * sessions;
         using var pool = new NvdecPool(device, sessions, options);
-        using var buffer = new NvdecDeviceBuffer(device, slotBytes * window);
+        using DeviceBuffer buffer = device.Context.Allocate(slotBytes * window);
         byte[][] host = toDevice ? [] : Enumerable.Range(0, window).Select(_ => new byte[slotBytes]).ToArray();
         var inflight = new Task?[window];
         Totals Run(int minimum, double limit)

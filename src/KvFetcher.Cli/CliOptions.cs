@@ -1,7 +1,7 @@
 using System.CommandLine;
 using KvFetcher.Core;
 using KvFetcher.Core.Containers;
-using KvFetcher.Cuda.Reuse;
+using KvFetcher.Runtime;
 
 namespace KvFetcher.Cli;
 

@@ -5,8 +5,8 @@ using KvFetcher.Cuda.Native;
 namespace KvFetcher.Cuda;
 
 /// <summary>
-/// One CUDA device and its primary context (shared with every other user of the device in the process, e.g. the
-/// NVDEC decoders). Resources it creates keep it alive. Thread-safe: each call makes the context current on the
+/// One CUDA device and its primary context (shared with every other user of the device in the process; the NVDEC
+/// decoders use it too). Resources it creates keep it alive. Thread-safe: each call makes the context current on the
 /// calling thread.
 /// </summary>
 public sealed unsafe class CudaContext : IDisposable
@@ -93,6 +93,17 @@ public sealed unsafe class CudaContext : IDisposable
             throw new CudaUnavailableException(reason);
         }
 
+        return Open(deviceOrdinal);
+    }
+
+    /// <summary>
+    /// Opens device <paramref name="deviceOrdinal"/> with the driver alone (for users that need neither cuBLAS nor
+    /// NVRTC, e.g. NVDEC); <see cref="Create"/> checks those first.
+    /// </summary>
+    internal static CudaContext Open(int deviceOrdinal)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(deviceOrdinal);
+        Check.Cuda(Interop.Cuda.cuInit(0));
         int count;
         Check.Cuda(Interop.Cuda.cuDeviceGetCount(&count));
         if (deviceOrdinal >= count)

@@ -1,6 +1,6 @@
 namespace KvFetcher.Cuda;
 
-/// <summary>A CUDA driver, cuBLAS or NVRTC call failed; the message names the call and the status.</summary>
+/// <summary>A CUDA driver, cuBLAS, NVRTC or NVDECODE call failed; the message names the call and the status.</summary>
 public class CudaException : Exception
 {
     public CudaException()
@@ -26,7 +26,7 @@ public class CudaException : Exception
         StatusName = statusName;
     }
 
-    /// <summary>"CUDA driver", "cuBLAS" or "NVRTC".</summary>
+    /// <summary>"CUDA driver", "cuBLAS", "NVRTC" or "NVDECODE".</summary>
     public string Library { get; } = "";
 
     /// <summary>The failing call as written in the source.</summary>

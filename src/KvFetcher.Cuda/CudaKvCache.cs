@@ -7,12 +7,12 @@ namespace KvFetcher.Cuda;
 
 /// <summary>
 /// The attention keys and values of one sequence in device memory, for every layer and token position in
-/// [0, <see cref="Capacity"/>): the GPU twin of <see cref="Engine.KvCache"/>, with the same rules. Positions may be
-/// filled in any order, by computing them or by importing them; <see cref="Length"/> is the longest filled prefix.
+/// [0, <see cref="KvCacheBase.Capacity"/>): the GPU twin of <see cref="Engine.KvCache"/>, with the same rules. Positions may be
+/// filled in any order, by computing them or by importing them; <see cref="KvCacheBase.Length"/> is the longest filled prefix.
 /// </summary>
 /// <remarks>
 /// <para>
-/// Values are stored in <see cref="StorageDType"/> (rounded to nearest even when written), so an export in the
+/// Values are stored in <see cref="KvCacheBase.StorageDType"/> (rounded to nearest even when written), so an export in the
 /// storage dtype followed by an import is exact. Keys are stored after the rotary embedding.
 /// </para>
 /// <para>
@@ -25,29 +25,22 @@ namespace KvFetcher.Cuda;
 /// positions (a fetcher restoring one chunk while the engine computes another).
 /// </para>
 /// </remarks>
-public sealed unsafe class CudaKvCache : IKvCache, IDisposable
+public sealed unsafe class CudaKvCache : KvCacheBase, IDisposable
 {
     private readonly CudaContext _context;
     private readonly DeviceBuffer _memory;
     private readonly CudaStream _stream;
     private readonly CudaKernel _import;
     private readonly CudaKernel _export;
-    private readonly FilledPositions _filled;
     private readonly Lock _transferLock = new();
     private DeviceBuffer? _staging;
 
     internal CudaKvCache(CudaContext context, KernelModule module, int numLayers, int numKvHeads, int headDim, int capacity, DType storageDType)
+        : base(numLayers, numKvHeads, headDim, capacity, storageDType)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
         _context = context;
-        NumLayers = numLayers;
-        NumKvHeads = numKvHeads;
-        HeadDim = headDim;
-        Capacity = capacity;
-        StorageDType = storageDType;
         _import = module.Get("kv_import");
         _export = module.Get("kv_export");
-        _filled = new FilledPositions(capacity);
         _memory = context.Allocate((long)numLayers * 2 * numKvHeads * capacity * headDim * storageDType.SizeOf());
         try
         {
@@ -60,42 +53,14 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
         }
     }
 
-    public int NumLayers { get; }
-
-    public int NumKvHeads { get; }
-
-    public int HeadDim { get; }
-
-    /// <summary>The most token positions the cache can hold.</summary>
-    public int Capacity { get; }
-
-    /// <summary>The element type values are stored in, and exported/imported in without loss.</summary>
-    public DType StorageDType { get; }
-
-    /// <summary>The number of positions [0, n) that are all filled.</summary>
-    public int Length => _filled.Length;
-
-    /// <summary>K or V channels per token per layer: kvHeads * headDim.</summary>
-    public int ChannelsPerToken => NumKvHeads * HeadDim;
-
     /// <summary>Device memory the cache takes, in bytes.</summary>
     public long DeviceBytes => _memory.Length;
-
-    /// <summary>Whether <paramref name="position"/> holds a computed or imported value.</summary>
-    public bool IsFilled(int position) => _filled.IsFilled(position);
-
-    /// <summary>Bytes of an export of <paramref name="tokens"/> positions in <paramref name="dtype"/>.</summary>
-    public long GetExportByteCount(int tokens, DType dtype) =>
-        (long)NumLayers * 2 * tokens * ChannelsPerToken * dtype.SizeOf();
-
-    /// <summary>Forgets every position at or after <paramref name="length"/> (0 empties the cache).</summary>
-    public void Truncate(int length) => _filled.Truncate(length);
 
     /// <summary>
     /// Writes the K/V of positions [<paramref name="start"/>, <paramref name="end"/>) to <paramref name="destination"/>
     /// in the documented layout, converting to <paramref name="dtype"/>. Every position must be filled.
     /// </summary>
-    public void Export(int start, int end, DType dtype, Span<byte> destination)
+    public override void Export(int start, int end, DType dtype, Span<byte> destination)
     {
         long needed = CheckExport(start, end, dtype, destination.Length, nameof(destination));
         lock (_transferLock)
@@ -126,9 +91,9 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
 
     /// <summary>
     /// Fills positions [<paramref name="start"/>, <paramref name="end"/>) from <paramref name="source"/> in the
-    /// documented layout and element type <paramref name="dtype"/>; values are rounded to <see cref="StorageDType"/>.
+    /// documented layout and element type <paramref name="dtype"/>; values are rounded to <see cref="KvCacheBase.StorageDType"/>.
     /// </summary>
-    public void Import(int start, int end, DType dtype, ReadOnlySpan<byte> source)
+    public override void Import(int start, int end, DType dtype, ReadOnlySpan<byte> source)
     {
         long needed = CheckImport(start, end, dtype, source.Length, nameof(source));
         lock (_transferLock)
@@ -162,7 +127,7 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
             throw new ArgumentException($"The source holds {source.Length - offset} bytes from offset {offset}; positions [{start}, {end}) in {dtype.ToShortName()} need {needed}.", nameof(source));
         }
 
-        CheckImport(start, end, dtype, needed, nameof(source));
+        _ = CheckImport(start, end, dtype, needed, nameof(source));
         lock (_transferLock)
         {
             ImportFrom(start, end, dtype, source.Pointer + (ulong)offset);
@@ -179,17 +144,17 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
         _memory.Dispose();
     }
 
-    /// <summary>Keys of layer <paramref name="layer"/>: [kvHead][capacity][headDim] of <see cref="StorageDType"/>.</summary>
+    /// <summary>Keys of layer <paramref name="layer"/>: [kvHead][capacity][headDim] of <see cref="KvCacheBase.StorageDType"/>.</summary>
     internal ulong LayerKeys(int layer) => _memory.Pointer + (ulong)(((long)layer * 2) * NumKvHeads * Capacity * HeadDim * StorageDType.SizeOf());
 
-    /// <summary>Values of layer <paramref name="layer"/>: [kvHead][capacity][headDim] of <see cref="StorageDType"/>.</summary>
+    /// <summary>Values of layer <paramref name="layer"/>: [kvHead][capacity][headDim] of <see cref="KvCacheBase.StorageDType"/>.</summary>
     internal ulong LayerValues(int layer) => _memory.Pointer + (ulong)((((long)layer * 2) + 1) * NumKvHeads * Capacity * HeadDim * StorageDType.SizeOf());
 
     /// <summary>
-    /// Marks [start, end) filled and extends <see cref="Length"/> over any now-contiguous prefix (after the values are
+    /// Marks [start, end) filled and extends <see cref="KvCacheBase.Length"/> over any now-contiguous prefix (after the values are
     /// on the device). Thread-safe.
     /// </summary>
-    internal void MarkFilled(int start, int end) => _filled.MarkFilled(start, end);
+    internal void MarkFilled(int start, int end) => Filled.MarkFilled(start, end);
 
     private void ExportTo(int start, int end, DType dtype, ulong destination)
     {
@@ -235,41 +200,5 @@ public sealed unsafe class CudaKvCache : IKvCache, IDisposable
         }
 
         return _staging;
-    }
-
-    private long CheckImport(int start, int end, DType dtype, long sourceLength, string parameterName)
-    {
-        _filled.CheckRange(start, end);
-        CheckDType(dtype);
-        long needed = GetExportByteCount(end - start, dtype);
-        if (sourceLength != needed)
-        {
-            throw new ArgumentException($"Source holds {sourceLength} bytes; positions [{start}, {end}) in {dtype.ToShortName()} need exactly {needed}.", parameterName);
-        }
-
-        return needed;
-    }
-
-    private long CheckExport(int start, int end, DType dtype, long destinationLength, string parameterName)
-    {
-        _filled.CheckRange(start, end);
-        CheckDType(dtype);
-        long needed = GetExportByteCount(end - start, dtype);
-        if (destinationLength < needed)
-        {
-            throw new ArgumentException($"Destination holds {destinationLength} bytes; the export needs {needed}.", parameterName);
-        }
-
-        _filled.CheckFilled(start, end);
-
-        return needed;
-    }
-
-    private static void CheckDType(DType dtype)
-    {
-        if (dtype is not (DType.Float32 or DType.Float16 or DType.BFloat16))
-        {
-            throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "Unknown dtype.");
-        }
     }
 }

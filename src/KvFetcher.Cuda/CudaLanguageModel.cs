@@ -11,7 +11,8 @@ namespace KvFetcher.Cuda;
 /// A Llama-family model loaded from a Hugging Face directory onto a CUDA device: the GPU twin of
 /// <see cref="Engine.LanguageModel"/> (same loading, tokenizer and fingerprint). The weights are uploaded once and
 /// the kernels compiled for the device when the model opens. Thread-safe: each request uses its own
-/// <see cref="CudaSession"/>.
+/// <see cref="CudaSession"/>. Sessions, caches and the KV import/export follow the same rules as the CPU engine's
+/// (<see cref="InferenceSessionBase{TModel, TCache}"/>, <see cref="KvCacheBase"/>).
 /// </summary>
 public sealed class CudaLanguageModel : IInferenceModel
 {
@@ -19,6 +20,7 @@ public sealed class CudaLanguageModel : IInferenceModel
     private readonly CudaContext _context;
     private readonly bool _ownsContext;
     private readonly Lazy<ModelFingerprint> _fingerprint;
+    private readonly Lazy<CudaRestoreKernels> _restoreKernels;
 
     private CudaLanguageModel(LoadedModel? loaded, ModelConfig config, CudaContext context, bool ownsContext, CudaModelOptions options, DeviceWeights weights, int seed = 0)
     {
@@ -28,6 +30,7 @@ public sealed class CudaLanguageModel : IInferenceModel
         Options = options;
         Config = config;
         Transformer = new CudaTransformer(context, config, weights, options.KvStorageDType, options.MatmulPrecision, options.Attention);
+        _restoreKernels = new Lazy<CudaRestoreKernels>(() => new CudaRestoreKernels(_context, Transformer.Module));
         _fingerprint = new Lazy<ModelFingerprint>(() => loaded is null ? ModelFingerprinter.ComputeSynthetic(config, "cuda-random-bf16", seed) : ModelFingerprinter.Get(loaded));
     }
 
@@ -131,6 +134,9 @@ public sealed class CudaLanguageModel : IInferenceModel
     /// <summary>Whether prefill attention runs on the tensor cores (<see cref="CudaModelOptions.Attention"/>).</summary>
     public bool UsesTensorCoreAttention => Transformer.UsesTensorCoreAttention;
 
+    /// <summary>The kernels that restore fetched chunks into this model's caches (compiled with the model's kernels).</summary>
+    public CudaRestoreKernels RestoreKernels => _restoreKernels.Value;
+
     /// <summary>Whether decode-sized steps take the split-K decode attention kernel (a 16-bit cache, not <see cref="CudaAttentionKernel.CudaCores"/>).</summary>
     public bool UsesDecodeAttention => Transformer.UsesDecodeAttention;
 
@@ -139,16 +145,8 @@ public sealed class CudaLanguageModel : IInferenceModel
     private LoadedModel Loaded => _loaded ?? throw new InvalidOperationException("A model with random weights has no checkpoint: no tokenizer or directory.");
 
     /// <summary>Starts a sequence with an empty KV cache of <paramref name="capacity"/> positions (0: the model's maximum).</summary>
-    public CudaSession CreateSession(int capacity = 0)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(capacity);
-        if (capacity == 0)
-        {
-            capacity = Config.MaxPositionEmbeddings;
-        }
-
-        return new CudaSession(this, capacity);
-    }
+    public CudaSession CreateSession(int capacity = 0) =>
+        new(this, Config.SessionCapacity(capacity));
 
     IInferenceSession IInferenceModel.CreateSession(int capacity) => CreateSession(capacity);
 

@@ -4,13 +4,13 @@ using KvFetcher.Core.Numerics;
 namespace KvFetcher.Engine;
 
 /// <summary>
-/// The attention keys and values of one sequence, for every layer and token position in [0, <see cref="Capacity"/>).
+/// The attention keys and values of one sequence, for every layer and token position in [0, <see cref="KvCacheBase.Capacity"/>).
 /// Positions may be filled in any order, by computing them (prefill) or by importing them (a fetched chunk);
-/// <see cref="Length"/> is the longest prefix [0, n) that is filled, which is what a prefill may continue from.
+/// <see cref="KvCacheBase.Length"/> is the longest prefix [0, n) that is filled, which is what a prefill may continue from.
 /// </summary>
 /// <remarks>
 /// <para>
-/// Values are held as fp32 for the kernels but are always rounded to <see cref="StorageDType"/> when written, so an
+/// Values are held as fp32 for the kernels but are always rounded to <see cref="KvCacheBase.StorageDType"/> when written, so an
 /// export in the storage dtype followed by an import is exact: a restored cache is bit-identical to a computed one.
 /// Keys are stored after the rotary embedding, as Hugging Face transformers caches them.
 /// </para>
@@ -20,24 +20,15 @@ namespace KvFetcher.Engine;
 /// Internally each layer holds K and V as <c>[kvHead][position][headDim]</c> so attention reads keys contiguously.
 /// </para>
 /// </remarks>
-public sealed class KvCache : IKvCache
+public sealed class KvCache : KvCacheBase
 {
     private readonly float[][] _keys;
     private readonly float[][] _values;
-    private readonly FilledPositions _filled;
 
     /// <summary>Creates an empty cache.</summary>
     public KvCache(int numLayers, int numKvHeads, int headDim, int capacity, DType storageDType = DType.Float32)
+        : base(numLayers, numKvHeads, headDim, capacity, storageDType)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(numLayers, 1);
-        ArgumentOutOfRangeException.ThrowIfLessThan(numKvHeads, 1);
-        ArgumentOutOfRangeException.ThrowIfLessThan(headDim, 1);
-        ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
-        NumLayers = numLayers;
-        NumKvHeads = numKvHeads;
-        HeadDim = headDim;
-        Capacity = capacity;
-        StorageDType = storageDType;
         _keys = new float[numLayers][];
         _values = new float[numLayers][];
         long perLayer = (long)numKvHeads * capacity * headDim;
@@ -46,54 +37,15 @@ public sealed class KvCache : IKvCache
             _keys[layer] = new float[perLayer];
             _values[layer] = new float[perLayer];
         }
-
-        _filled = new FilledPositions(capacity);
     }
-
-    public int NumLayers { get; }
-
-    public int NumKvHeads { get; }
-
-    public int HeadDim { get; }
-
-    /// <summary>The most token positions the cache can hold.</summary>
-    public int Capacity { get; }
-
-    /// <summary>The element type values are rounded to, and exported/imported in without loss.</summary>
-    public DType StorageDType { get; }
-
-    /// <summary>The number of positions [0, n) that are all filled.</summary>
-    public int Length => _filled.Length;
-
-    /// <summary>K or V channels per token per layer: kvHeads * headDim.</summary>
-    public int ChannelsPerToken => NumKvHeads * HeadDim;
-
-    /// <summary>Whether <paramref name="position"/> holds a computed or imported value.</summary>
-    public bool IsFilled(int position) => _filled.IsFilled(position);
-
-    /// <summary>Bytes of an export of <paramref name="tokens"/> positions in <paramref name="dtype"/>.</summary>
-    public long GetExportByteCount(int tokens, DType dtype) =>
-        (long)NumLayers * 2 * tokens * ChannelsPerToken * dtype.SizeOf();
-
-    /// <summary>Forgets every position at or after <paramref name="length"/> (0 empties the cache).</summary>
-    public void Truncate(int length) => _filled.Truncate(length);
 
     /// <summary>
     /// Writes the K/V of positions [<paramref name="start"/>, <paramref name="end"/>) to <paramref name="destination"/>
     /// in the documented layout, converting to <paramref name="dtype"/>. Every position must be filled.
     /// </summary>
-    public void Export(int start, int end, DType dtype, Span<byte> destination)
+    public override void Export(int start, int end, DType dtype, Span<byte> destination)
     {
-        _filled.CheckRange(start, end);
-        int tokens = end - start;
-        long needed = GetExportByteCount(tokens, dtype);
-        if (destination.Length < needed)
-        {
-            throw new ArgumentException($"Destination holds {destination.Length} bytes; the export needs {needed}.", nameof(destination));
-        }
-
-        _filled.CheckFilled(start, end);
-
+        _ = CheckExport(start, end, dtype, destination.Length, nameof(destination));
         int elementSize = dtype.SizeOf();
         int rowBytes = HeadDim * elementSize;
         int offset = 0;
@@ -117,18 +69,11 @@ public sealed class KvCache : IKvCache
     /// <summary>
     /// Fills positions [<paramref name="start"/>, <paramref name="end"/>) from <paramref name="source"/> in the
     /// documented layout and element type <paramref name="dtype"/>. Positions may be imported in any order; values are
-    /// rounded to <see cref="StorageDType"/>.
+    /// rounded to <see cref="KvCacheBase.StorageDType"/>.
     /// </summary>
-    public void Import(int start, int end, DType dtype, ReadOnlySpan<byte> source)
+    public override void Import(int start, int end, DType dtype, ReadOnlySpan<byte> source)
     {
-        _filled.CheckRange(start, end);
-        int tokens = end - start;
-        long needed = GetExportByteCount(tokens, dtype);
-        if (source.Length != needed)
-        {
-            throw new ArgumentException($"Source holds {source.Length} bytes; positions [{start}, {end}) in {dtype.ToShortName()} need exactly {needed}.", nameof(source));
-        }
-
+        _ = CheckImport(start, end, dtype, source.Length, nameof(source));
         int elementSize = dtype.SizeOf();
         int rowBytes = HeadDim * elementSize;
         int offset = 0;
@@ -188,11 +133,11 @@ public sealed class KvCache : IKvCache
     }
 
     /// <summary>
-    /// Marks [start, end) filled and extends <see cref="Length"/> over any now-contiguous prefix. Thread-safe: a fetcher
+    /// Marks [start, end) filled and extends <see cref="KvCacheBase.Length"/> over any now-contiguous prefix. Thread-safe: a fetcher
     /// may import one range while the engine computes another (disjoint positions); the lock also publishes the
     /// range's values to the thread that next observes it filled.
     /// </summary>
-    internal void MarkFilled(int start, int end) => _filled.MarkFilled(start, end);
+    internal void MarkFilled(int start, int end) => Filled.MarkFilled(start, end);
 
     private int RowOffset(int kvHead, int position) => ((kvHead * Capacity) + position) * HeadDim;
 }

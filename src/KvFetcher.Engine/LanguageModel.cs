@@ -83,16 +83,8 @@ public sealed class LanguageModel : IInferenceModel
     internal CpuTransformer Transformer { get; }
 
     /// <summary>Starts a sequence with an empty KV cache of <paramref name="capacity"/> positions (0: the model's maximum).</summary>
-    public InferenceSession CreateSession(int capacity = 0)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(capacity);
-        if (capacity == 0)
-        {
-            capacity = Config.MaxPositionEmbeddings;
-        }
-
-        return new InferenceSession(this, capacity);
-    }
+    public InferenceSession CreateSession(int capacity = 0) =>
+        new(this, Config.SessionCapacity(capacity));
 
     IInferenceSession IInferenceModel.CreateSession(int capacity) => CreateSession(capacity);
 

@@ -1,4 +1,4 @@
-using KvFetcher.Cuda.Reuse;
+using KvFetcher.Runtime;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;
 using KvFetcher.Serving.Chat;

@@ -1,5 +1,5 @@
 using KvFetcher.Core.Containers;
-using KvFetcher.Cuda.Reuse;
+using KvFetcher.Runtime;
 using KvFetcher.Fetch;
 using KvFetcher.Serving.Scheduling;
 

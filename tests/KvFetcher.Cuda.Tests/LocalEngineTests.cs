@@ -1,4 +1,4 @@
-using KvFetcher.Cuda.Reuse;
+using KvFetcher.Runtime;
 using KvFetcher.Engine;
 using KvFetcher.Engine.Model;
 using KvFetcher.Fetch.Restoring;

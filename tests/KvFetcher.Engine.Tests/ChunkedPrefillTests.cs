@@ -80,6 +80,44 @@ public sealed class ChunkedPrefillTests : IClassFixture<ChunkedPrefillTests.Bund
     }
 
     [Fact]
+    public void Prefill_ManyInternalSteps_SameLastLogitsKvAndGreedyOutputAsOneStep()
+    {
+        // The session computes logits only on a prefill's last internal step; the earlier steps only fill the cache.
+        using var stepped = LanguageModel.Open(TestData.BundledModel, new LanguageModelOptions { MaxStepTokens = 16 });
+        int n = _prompt.Length;
+        const int Steps = 16;
+        InferenceSession oneStep = _model.CreateSession(n + Steps);
+        InferenceSession manySteps = stepped.CreateSession(n + Steps);
+        Assert.True(manySteps.StepTokens < n && oneStep.StepTokens >= n);
+        var expected = new float[_model.Config.VocabSize];
+        var actual = new float[_model.Config.VocabSize];
+
+        oneStep.Prefill(_prompt, 0, expected);
+        manySteps.Prefill(_prompt, 0, actual);
+
+        Assert.True(expected.AsSpan().SequenceEqual(actual), $"last logits differ; max |diff| {MaxDifference(expected, actual):E3}");
+        AssertSameKv(oneStep.Cache, manySteps.Cache, n);
+        for (int i = 0; i < Steps; i++)
+        {
+            int next = KvFetcher.Engine.Cpu.Kernels.ArgMax(expected);
+            Assert.Equal(next, KvFetcher.Engine.Cpu.Kernels.ArgMax(actual));
+            oneStep.Decode(next, n + i, expected);
+            manySteps.Decode(next, n + i, actual);
+        }
+    }
+
+    [Fact]
+    public void Forward_EmptyLogits_FillsTheCacheWithoutTheLmHead()
+    {
+        KvCache cache = _model.CreateCache(32);
+        var scratch = new KvFetcher.Engine.Cpu.ForwardScratch(_model.Config, 32);
+
+        _model.Transformer.Forward(_prompt.AsSpan(0, 8), 0, cache, scratch, [], allLogits: false);
+
+        Assert.Equal(8, cache.Length);
+    }
+
+    [Fact]
     public void Prefill_WithGapInCache_Throws()
     {
         InferenceSession session = _model.CreateSession(64);

@@ -14,7 +14,7 @@ public sealed class ChatClientLimitTests(ServingFixture fixture) : IClassFixture
             .AddKvFetcher(o =>
             {
                 o.ModelDirectory = fixture.ModelDirectory;
-                o.Engine = KvFetcher.Cuda.Reuse.EngineKind.Cpu;
+                o.Engine = KvFetcher.Runtime.EngineKind.Cpu;
             })
             .BuildServiceProvider();
         IChatClient client = services.GetRequiredService<IChatClient>();

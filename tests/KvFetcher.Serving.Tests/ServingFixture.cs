@@ -66,7 +66,7 @@ public sealed class ServingFixture : IDisposable
         Store = store,
         StoreToken = token,
         Reuse = store is not null,
-        Engine = KvFetcher.Cuda.Reuse.EngineKind.Cpu, // answers are compared with the CPU engine's
+        Engine = KvFetcher.Runtime.EngineKind.Cpu, // answers are compared with the CPU engine's
     };
 
     public void Dispose() => Model.Dispose();

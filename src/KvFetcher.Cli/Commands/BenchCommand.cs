@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
-using KvFetcher.Cuda.Reuse;
+using KvFetcher.Runtime;
 using KvFetcher.Engine;
 using KvFetcher.Benchmarking;
 

@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using KvFetcher.Core.Containers;
-using KvFetcher.Cuda.Reuse;
+using KvFetcher.Runtime;
 using KvFetcher.Engine;
 using KvFetcher.Engine.Generation;
 using KvFetcher.Fetch;

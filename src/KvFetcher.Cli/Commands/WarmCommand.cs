@@ -1,5 +1,5 @@
 using System.CommandLine;
-using KvFetcher.Cuda.Reuse;
+using KvFetcher.Runtime;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;
 using KvFetcher.Fetch.Scheduling;

@@ -22,7 +22,7 @@ internal static unsafe class HevcStream
     public const int MaxSide = 8192;
 
     /// <summary>The bytes before each stream in a payload: its length (u32) and the checksum of its planes (u64).</summary>
-    public const int RecordHeaderBytes = 12;
+    public const int RecordHeaderBytes = VideoChunkFormat.RecordHeaderBytes;
 
     /// <summary>
     /// The most bytes the Annex B stream of <paramref name="frames"/> frames of <paramref name="width"/> x

@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Buffers.Binary;
 using System.Numerics;
 using System.Runtime.InteropServices;
 using KvFetcher.Core;
@@ -15,20 +14,13 @@ namespace KvFetcher.Codecs.Video;
 /// 144x144 to 8192x8192, 4:4:4 at 8/10/12 bits, not monochrome). Needs libkvfvideo.so (<c>native/kvfvideo</c>).
 /// </summary>
 /// <remarks>
-/// Parameters (little-endian): format version (1), bits, scale type (0 = fp16, 1 = fp32), layout id, frame width
-/// (u16), frame height (u16), frames per stream (i32), tile width (u16), tile height (u16); then per
-/// (layer, K/V, channel) the minimum, then per (layer, K/V, channel) the step, in the scale type. A value decodes as
-/// <c>min + q * step</c>, so the error is at most half a step. Scales are fp16, rounded outwards so the range still
-/// covers every value, unless a value is beyond fp16's range. Payload: a record per stream (K, then V) of its length
-/// (u32), the XxHash3 of its frames' planes (u64; a stream that decodes to other values is refused), and the Annex B
-/// HEVC stream.
+/// The chunk format (parameters header with per (layer, K/V, channel) minima and steps, then a record per stream) is
+/// defined, written and read in <see cref="VideoChunkFormat"/>. A value decodes as <c>min + q * step</c>, so the error
+/// is at most half a step. Scales are fp16, rounded outwards so the range still covers every value, unless a value is
+/// beyond fp16's range; a stream that decodes to frames other than its record's checksum declares is refused.
 /// </remarks>
 public sealed class VideoCodec : IKvCodec
 {
-    private const int ParameterHeaderBytes = 16;
-    private const byte FormatVersion = 1;
-    private const byte ScalesFp16 = 0;
-    private const byte ScalesFp32 = 1;
     private const float Fp16Limit = 60000f;
 
     private readonly VideoLayoutKind _layout;
@@ -86,7 +78,7 @@ public sealed class VideoCodec : IKvCodec
             stream = Math.Max(stream, HevcStream.MaxStreamLength(layout.Width, layout.Height, depth, layout.FramesPerStream));
         }
 
-        long parameters = ParameterHeaderBytes + (2L * shape.Layers * 2 * shape.Channels * sizeof(float));
+        long parameters = VideoChunkFormat.ParameterHeaderBytes + (2L * shape.Layers * 2 * shape.Channels * sizeof(float));
         return parameters + (2 * (HevcStream.RecordHeaderBytes + stream));
     }
 
@@ -110,7 +102,7 @@ public sealed class VideoCodec : IKvCodec
             Span<float> all = values.AsSpan(0, (int)shape.Elements);
             FloatConversions.ToSingle(dtype, kv, all);
             bool fp16 = ComputeScales(all, shape, (1 << level) - 1, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
-            WriteParameters(parameters, layout, level, fp16, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
+            VideoChunkFormat.WriteParameters(parameters, layout, level, fp16, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
             Span<byte> frames = planes.AsSpan(0, frameBytes);
             for (int kind = 0; kind < 2; kind++)
             {
@@ -134,7 +126,7 @@ public sealed class VideoCodec : IKvCodec
         CodecChecks.Level(this, level);
 
         // The layout is read from the parameters, so any instance decodes a chunk of any layout.
-        VideoLayout layout = VideoLayout.For(shape, ReadLayoutKind(parameters));
+        VideoLayout layout = VideoLayout.For(shape, VideoChunkFormat.ReadLayoutKind(parameters));
         int scales = shape.Layers * 2 * shape.Channels;
         float[] mins = ArrayPool<float>.Shared.Rent(scales);
         float[] steps = ArrayPool<float>.Shared.Rent(scales);
@@ -145,7 +137,7 @@ public sealed class VideoCodec : IKvCodec
         float[] slab = ArrayPool<float>.Shared.Rent(shape.Tokens * shape.Channels);
         try
         {
-            ReadParameters(parameters, layout, level, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
+            _ = VideoChunkFormat.ReadParameters(parameters, shape, level, mins.AsSpan(0, scales), steps.AsSpan(0, scales));
             Span<byte> frames = planes.AsSpan(0, frameBytes);
             int position = 0;
             for (int kind = 0; kind < 2; kind++)
@@ -154,10 +146,7 @@ public sealed class VideoCodec : IKvCodec
                 Dequantize(frames, shape, layout, depth, kind, dtype, mins, steps, offsets, slab, destination);
             }
 
-            if (position != payload.Length)
-            {
-                throw new InvalidKvDataException($"video: payload has {payload.Length - position} bytes after the V stream at offset {position}.");
-            }
+            VideoChunkFormat.CheckEnd(payload, position);
         }
         finally
         {
@@ -201,23 +190,13 @@ public sealed class VideoCodec : IKvCodec
     }
 
     /// <summary>
-    /// For a decoder outside this codec (NVDEC with a restore kernel): checks a chunk's parameters like
-    /// <see cref="Decode"/> does, writes the per (layer, K/V, channel) minima and steps (<c>layers * 2 * channels</c>
+    /// For a decoder outside this codec (NVDEC with a restore kernel): checks a chunk's parameters as
+    /// <see cref="Decode"/> does (<see cref="VideoChunkFormat.ReadParameters"/>), writes the per (layer, K/V, channel) minima and steps (<c>layers * 2 * channels</c>
     /// each; a value is <c>min + q * step</c> in fp32) and returns the chunk's frame layout.
     /// </summary>
     /// <exception cref="InvalidKvDataException">The parameters are malformed or do not match <paramref name="shape"/> and <paramref name="level"/>.</exception>
-    public static VideoLayoutKind ReadScales(ReadOnlySpan<byte> parameters, KvShape shape, int level, Span<float> mins, Span<float> steps)
-    {
-        VideoLayoutKind kind = ReadLayoutKind(parameters);
-        int scales = shape.Layers * 2 * shape.Channels;
-        if (mins.Length != scales || steps.Length != scales)
-        {
-            throw new ArgumentException($"video: {shape} has {scales} scales; the spans hold {mins.Length} and {steps.Length}.", nameof(mins));
-        }
-
-        ReadParameters(parameters, VideoLayout.For(shape, kind), level, mins, steps);
-        return kind;
-    }
+    public static VideoLayoutKind ReadScales(ReadOnlySpan<byte> parameters, KvShape shape, int level, Span<float> mins, Span<float> steps) =>
+        VideoChunkFormat.ReadParameters(parameters, shape, level, mins, steps).Layout;
 
     /// <summary>
     /// Where a chunk's quantized values sit in a stream's decoded frames (all planes, samples of 1 or 2 bytes): value
@@ -319,8 +298,8 @@ public sealed class VideoCodec : IKvCodec
         return (min, step);
     }
 
-    /// <summary>The sample depth of the frames a level is coded in: 8 bits up to 8-bit levels, else the level's bits.</summary>
-    internal static int FrameDepth(int bits) => bits <= 8 ? 8 : bits;
+    /// <summary>The sample depth of the frames a level is coded in (<see cref="VideoChunkFormat.FrameDepth"/>).</summary>
+    internal static int FrameDepth(int bits) => VideoChunkFormat.FrameDepth(bits);
 
     private static void Quantize(ReadOnlySpan<float> values, KvShape shape, VideoLayout layout, int kind, int bits, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps, Span<int> offsets, Span<byte> frames)
     {
@@ -406,130 +385,18 @@ public sealed class VideoCodec : IKvCodec
         }
     }
 
-    private static void WriteParameters(IBufferWriter<byte> parameters, VideoLayout layout, int bits, bool fp16, ReadOnlySpan<float> mins, ReadOnlySpan<float> steps)
-    {
-        int scaleBytes = fp16 ? 2 : 4;
-        int length = ParameterHeaderBytes + (2 * mins.Length * scaleBytes);
-        Span<byte> span = parameters.GetSpan(length)[..length];
-        span[0] = FormatVersion;
-        span[1] = (byte)bits;
-        span[2] = fp16 ? ScalesFp16 : ScalesFp32;
-        span[3] = (byte)layout.Kind;
-        BinaryPrimitives.WriteUInt16LittleEndian(span[4..], (ushort)layout.Width);
-        BinaryPrimitives.WriteUInt16LittleEndian(span[6..], (ushort)layout.Height);
-        BinaryPrimitives.WriteInt32LittleEndian(span[8..], layout.FramesPerStream);
-        BinaryPrimitives.WriteUInt16LittleEndian(span[12..], (ushort)layout.TileWidth);
-        BinaryPrimitives.WriteUInt16LittleEndian(span[14..], (ushort)layout.TileHeight);
-        Span<byte> body = span[ParameterHeaderBytes..];
-        for (int i = 0; i < mins.Length; i++)
-        {
-            if (fp16)
-            {
-                BinaryPrimitives.WriteHalfLittleEndian(body[(2 * i)..], (Half)mins[i]);
-                BinaryPrimitives.WriteHalfLittleEndian(body[(2 * (mins.Length + i))..], (Half)steps[i]);
-            }
-            else
-            {
-                BinaryPrimitives.WriteSingleLittleEndian(body[(4 * i)..], mins[i]);
-                BinaryPrimitives.WriteSingleLittleEndian(body[(4 * (mins.Length + i))..], steps[i]);
-            }
-        }
-
-        parameters.Advance(length);
-    }
-
-    private static VideoLayoutKind ReadLayoutKind(ReadOnlySpan<byte> parameters)
-    {
-        if (parameters.Length < ParameterHeaderBytes)
-        {
-            throw new InvalidKvDataException($"video: parameters hold {parameters.Length} bytes, fewer than the {ParameterHeaderBytes}-byte header.");
-        }
-
-        var kind = (VideoLayoutKind)parameters[3];
-        return Enum.IsDefined(kind)
-            ? kind
-            : throw new InvalidKvDataException($"video: parameters field layout id at offset 3 is {parameters[3]}; expected {(byte)VideoLayoutKind.TokenTiles} or {(byte)VideoLayoutKind.ChannelRows}.");
-    }
-
-    private static void ReadParameters(ReadOnlySpan<byte> parameters, VideoLayout layout, int bits, Span<float> mins, Span<float> steps)
-    {
-        if (parameters.Length < ParameterHeaderBytes)
-        {
-            throw new InvalidKvDataException($"video: parameters hold {parameters.Length} bytes, fewer than the {ParameterHeaderBytes}-byte header.");
-        }
-
-        Expect(parameters[0], FormatVersion, "format version", 0);
-        Expect(parameters[1], bits, "bits (quality level)", 1);
-        if (parameters[2] is not (ScalesFp16 or ScalesFp32))
-        {
-            throw new InvalidKvDataException($"video: parameters field scale type at offset 2 is {parameters[2]}; expected 0 (fp16) or 1 (fp32).");
-        }
-
-        Expect(parameters[3], (byte)layout.Kind, "layout id", 3);
-        Expect(BinaryPrimitives.ReadUInt16LittleEndian(parameters[4..]), layout.Width, "frame width", 4);
-        Expect(BinaryPrimitives.ReadUInt16LittleEndian(parameters[6..]), layout.Height, "frame height", 6);
-        Expect(BinaryPrimitives.ReadInt32LittleEndian(parameters[8..]), layout.FramesPerStream, "frames per stream", 8);
-        Expect(BinaryPrimitives.ReadUInt16LittleEndian(parameters[12..]), layout.TileWidth, "tile width", 12);
-        Expect(BinaryPrimitives.ReadUInt16LittleEndian(parameters[14..]), layout.TileHeight, "tile height", 14);
-        bool fp16 = parameters[2] == ScalesFp16;
-        int scaleBytes = fp16 ? 2 : 4;
-        long expected = ParameterHeaderBytes + (2L * mins.Length * scaleBytes);
-        if (parameters.Length != expected)
-        {
-            throw new InvalidKvDataException($"video: parameters hold {parameters.Length} bytes; {mins.Length} {(fp16 ? "fp16" : "fp32")} minima and steps need {expected}.");
-        }
-
-        ReadOnlySpan<byte> body = parameters[ParameterHeaderBytes..];
-        for (int i = 0; i < mins.Length; i++)
-        {
-            int minOffset = scaleBytes * i;
-            int stepOffset = scaleBytes * (mins.Length + i);
-            mins[i] = fp16 ? (float)BinaryPrimitives.ReadHalfLittleEndian(body[minOffset..]) : BinaryPrimitives.ReadSingleLittleEndian(body[minOffset..]);
-            steps[i] = fp16 ? (float)BinaryPrimitives.ReadHalfLittleEndian(body[stepOffset..]) : BinaryPrimitives.ReadSingleLittleEndian(body[stepOffset..]);
-            if (!float.IsFinite(mins[i]))
-            {
-                throw new InvalidKvDataException($"video: parameters minimum {i} at offset {ParameterHeaderBytes + minOffset} is {mins[i]}.");
-            }
-
-            if (!float.IsFinite(steps[i]) || steps[i] < 0)
-            {
-                throw new InvalidKvDataException($"video: parameters step {i} at offset {ParameterHeaderBytes + stepOffset} is {steps[i]}.");
-            }
-        }
-    }
-
-    private static void Expect(long value, long expected, string field, int offset)
-    {
-        if (value != expected)
-        {
-            throw new InvalidKvDataException($"video: parameters field {field} at offset {offset} is {value}; expected {expected}.");
-        }
-    }
-
     /// <summary>Decodes the stream record at <paramref name="position"/> into <paramref name="frames"/>; returns the next record's offset.</summary>
     private static int DecodeRecord(ReadOnlySpan<byte> payload, int position, VideoLayout layout, int depth, int kind, Span<byte> frames)
     {
         string what = kind == 0 ? "K" : "V";
-        if (payload.Length - position < HevcStream.RecordHeaderBytes)
-        {
-            throw new InvalidKvDataException($"video: payload of {payload.Length} bytes ends inside the {what} stream's header at offset {position}.");
-        }
-
-        uint length = BinaryPrimitives.ReadUInt32LittleEndian(payload[position..]);
-        ulong checksum = BinaryPrimitives.ReadUInt64LittleEndian(payload[(position + 4)..]);
-        int start = position + HevcStream.RecordHeaderBytes;
-        if (length > (uint)(payload.Length - start))
-        {
-            throw new InvalidKvDataException($"video: {what} stream length {length} at offset {position} exceeds the {payload.Length - start} bytes left in the payload.");
-        }
-
-        HevcStream.Decode(payload.Slice(start, (int)length), layout.Width, layout.Height, depth, layout.FramesPerStream, frames, what);
+        VideoStreamRecord record = VideoChunkFormat.ReadStream(payload, position, kind);
+        HevcStream.Decode(payload.Slice(record.Offset, record.Length), layout.Width, layout.Height, depth, layout.FramesPerStream, frames, what);
         ulong actual = HevcStream.Checksum(frames);
-        if (actual != checksum)
+        if (actual != record.Checksum)
         {
-            throw new InvalidKvDataException($"video: the {what} stream decodes to frames with checksum {actual:x16}; the record at offset {position} declares {checksum:x16}.");
+            throw new InvalidKvDataException($"video: the {what} stream decodes to frames with checksum {actual:x16}; the record at offset {position} declares {record.Checksum:x16}.");
         }
 
-        return start + (int)length;
+        return record.End;
     }
 }

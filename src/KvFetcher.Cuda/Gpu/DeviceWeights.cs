@@ -179,7 +179,7 @@ internal sealed unsafe class DeviceWeights : IDisposable
                 for (long done = 0; done < tensor.ByteLength; done += int.MaxValue / 2)
                 {
                     int count = (int)Math.Min(int.MaxValue / 2, tensor.ByteLength - done);
-                    buffer.CopyFrom(new ReadOnlySpan<byte>(tensor.Data + done, count), offset + done);
+                    buffer.CopyFrom(tensor.Slice(done, count), offset + done);
                 }
 
                 offset += tensor.ByteLength;
@@ -194,7 +194,7 @@ internal sealed unsafe class DeviceWeights : IDisposable
                 for (long done = 0; done < tensor.ElementCount; done += ChunkElements)
                 {
                     int count = (int)Math.Min(ChunkElements, tensor.ElementCount - done);
-                    FloatConversions.ToSingle(tensor.DType, new ReadOnlySpan<byte>(tensor.Data + (done * sourceSize), count * sourceSize), wide.AsSpan(0, count));
+                    FloatConversions.ToSingle(tensor.DType, tensor.Slice(done * sourceSize, count * sourceSize), wide.AsSpan(0, count));
                     FloatConversions.FromSingle(type, wide.AsSpan(0, count), narrow.AsSpan(0, count * type.SizeOf()));
                     buffer.CopyFrom(narrow.AsSpan(0, count * type.SizeOf()), offset);
                     offset += (long)count * type.SizeOf();

@@ -13,7 +13,17 @@ internal static unsafe class Check
     {
         if (result != CudaResult.Success)
         {
-            ThrowCuda(result, call);
+            ThrowCuda(result, call, "CUDA driver");
+        }
+    }
+
+    /// <summary>An NVDECODE call (they return CUresult codes too): the exception names the library as NVDECODE.</summary>
+    [StackTraceHidden]
+    public static void Nvcuvid(CudaResult result, [CallerArgumentExpression(nameof(result))] string call = "")
+    {
+        if (result != CudaResult.Success)
+        {
+            ThrowCuda(result, call, "NVDECODE");
         }
     }
 
@@ -45,13 +55,13 @@ internal static unsafe class Check
     }
 
     [DoesNotReturn]
-    private static void ThrowCuda(CudaResult result, string call)
+    private static void ThrowCuda(CudaResult result, string call, string library)
     {
         byte* text = null;
         string? detail = Interop.Cuda.cuGetErrorString(result, &text) == CudaResult.Success && text != null
             ? Marshal.PtrToStringUTF8((IntPtr)text)
             : null;
-        throw new CudaException("CUDA driver", call, (int)result, CudaName(result), detail);
+        throw new CudaException(library, call, (int)result, CudaName(result), detail);
     }
 
     [DoesNotReturn]

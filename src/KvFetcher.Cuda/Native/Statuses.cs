@@ -9,6 +9,9 @@ internal enum CudaResult
     NotInitialized = 3,
     NoDevice = 100,
     InvalidDevice = 101,
+
+    /// <summary>CUDA_ERROR_NOT_SUPPORTED: e.g. a driver whose NVDEC cannot report a picture's decode status.</summary>
+    NotSupported = 801,
 }
 
 /// <summary><c>cublasStatus_t</c>.</summary>

@@ -1,10 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using KvFetcher.Core;
-using KvFetcher.Cuda.Nvdec.Native;
-using CudaMemcpy2D = KvFetcher.Cuda.Native.CudaMemcpy2D;
-using CudaMemoryType = KvFetcher.Cuda.Native.CudaMemoryType;
-using CudaApi = KvFetcher.Cuda.Native.Interop.Cuda;
+using KvFetcher.Cuda.Native;
 
 namespace KvFetcher.Cuda.Nvdec;
 
@@ -47,7 +44,7 @@ public sealed unsafe partial class NvdecDecoder
                 throw new InvalidKvDataException("nvdec: the HEVC stream has a picture before its sequence parameters.");
             }
 
-            CudaStatus.Check(Interop.Nvcuvid.DecodePicture(self._decoder.DangerousGetHandle(), pictureParams));
+            Check.Nvcuvid(Interop.Nvcuvid.DecodePicture(self._decoder.DangerousGetHandle(), pictureParams));
             return 1;
         }
         catch (Exception ex)
@@ -132,7 +129,7 @@ public sealed unsafe partial class NvdecDecoder
             NumOutputSurfaces = 2,
             VideoLock = _videoLock.DangerousGetHandle(),
         };
-        _decoder = CuvidDecoderHandle.Create(_device.Context, ref info);
+        _decoder = SafeCuvidDecoderHandle.Create(_device.Context.Handle, ref info);
         _shape = shape;
         DecodersCreated++;
         return surfaces;
@@ -148,11 +145,11 @@ public sealed unsafe partial class NvdecDecoder
         }
 
         IntPtr decoder = _decoder!.DangerousGetHandle();
-        IntPtr stream = _stream.DangerousGetHandle();
+        IntPtr stream = _stream.Handle;
         var process = new CuvidProcParams { ProgressiveFrame = info.ProgressiveFrame, TopFieldFirst = info.TopFieldFirst, OutputStream = stream };
         ulong surface;
         uint pitch;
-        CudaStatus.Check(Interop.Nvcuvid.MapVideoFrame64(decoder, info.PictureIndex, &surface, &pitch, &process));
+        Check.Nvcuvid(Interop.Nvcuvid.MapVideoFrame64(decoder, info.PictureIndex, &surface, &pitch, &process));
         bool copied = false;
         try
         {
@@ -175,7 +172,7 @@ public sealed unsafe partial class NvdecDecoder
                 copy.SourceDevice = surface;
                 copy.DestinationDevice = frame;
                 copy.Height = 3 * planeRows;
-                CudaStatus.Check((int)CudaApi.cuMemcpy2DAsync(&copy, stream));
+                Check.Cuda(Interop.Cuda.cuMemcpy2DAsync(&copy, stream));
             }
             else
             {
@@ -184,20 +181,20 @@ public sealed unsafe partial class NvdecDecoder
                     copy.SourceDevice = surface + ((ulong)p * pitch * planeRows);
                     copy.DestinationDevice = frame + ((ulong)p * planeBytes);
                     copy.Height = (nuint)format.Height;
-                    CudaStatus.Check((int)CudaApi.cuMemcpy2DAsync(&copy, stream));
+                    Check.Cuda(Interop.Cuda.cuMemcpy2DAsync(&copy, stream));
                 }
             }
 
-            CudaStatus.Check((int)CudaApi.cuStreamSynchronize(stream));
+            Check.Cuda(Interop.Cuda.cuStreamSynchronize(stream));
             copied = true;
         }
         finally
         {
             // A failure inside the copy is the one to report; the unmap's status only matters after a good copy.
-            int unmapped = Interop.Nvcuvid.UnmapVideoFrame64(decoder, surface);
+            CudaResult unmapped = Interop.Nvcuvid.UnmapVideoFrame64(decoder, surface);
             if (copied)
             {
-                CudaStatus.Check(unmapped, "cuvidUnmapVideoFrame64");
+                Check.Nvcuvid(unmapped, "cuvidUnmapVideoFrame64");
             }
         }
 
@@ -214,14 +211,14 @@ public sealed unsafe partial class NvdecDecoder
         }
 
         var status = default(CuvidGetDecodeStatus);
-        int result = Interop.Nvcuvid.GetDecodeStatus(decoder, pictureIndex, &status);
-        if (result == CudaStatus.NotSupported)
+        CudaResult result = Interop.Nvcuvid.GetDecodeStatus(decoder, pictureIndex, &status);
+        if (result == CudaResult.NotSupported)
         {
             _decodeStatusUnsupported = true;
             return;
         }
 
-        CudaStatus.Check(result, "cuvidGetDecodeStatus");
+        Check.Nvcuvid(result, "cuvidGetDecodeStatus");
         if (status.DecodeStatus is CuvidDecodeStatus.Error or CuvidDecodeStatus.ErrorConcealed)
         {
             throw new InvalidKvDataException($"nvdec: frame {_framesOut} of the HEVC stream decoded with errors ({status.DecodeStatus}).");

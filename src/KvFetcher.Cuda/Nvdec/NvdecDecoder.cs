@@ -2,13 +2,12 @@ using System.Numerics.Tensors;
 using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 using KvFetcher.Core;
-using KvFetcher.Cuda.Nvdec.Native;
-using CudaApi = KvFetcher.Cuda.Native.Interop.Cuda;
+using KvFetcher.Cuda.Native;
 
 namespace KvFetcher.Cuda.Nvdec;
 
 /// <summary>
-/// One NVDEC decode session: decodes the <c>video</c> codec's lossless HEVC 4:4:4 streams, one at a time, into host
+/// One NVDEC decode session on an <see cref="NvdecDevice"/>'s CUDA context: decodes the <c>video</c> codec's lossless HEVC 4:4:4 streams, one at a time, into host
 /// planes (<see cref="Decode"/>, the same bytes as the CPU decoder) or into GPU memory (<see cref="DecodeToDevice"/>).
 /// The hardware decoder is created for the first stream and kept while later streams have the same geometry. Not
 /// thread-safe: use one per thread (<see cref="NvdecPool"/> runs several).
@@ -26,13 +25,12 @@ public sealed unsafe partial class NvdecDecoder : IDisposable
 
     private readonly NvdecDevice _device;
     private readonly NvdecDecoderOptions _options;
-    private readonly CuvidContextLockHandle _videoLock;
-    private readonly CudaStreamHandle _stream;
+    private readonly SafeCuvidContextLockHandle _videoLock;
+    private readonly CudaStream _stream;
     private GCHandle _self;
-    private CuvidDecoderHandle? _decoder;
+    private SafeCuvidDecoderHandle? _decoder;
     private DecoderShape _shape;
-    private CudaDeviceMemoryHandle? _scratch;
-    private long _scratchBytes;
+    private DeviceBuffer? _scratch;
     private bool _decodeStatusUnsupported;
     private int _busy;
 
@@ -49,11 +47,9 @@ public sealed unsafe partial class NvdecDecoder : IDisposable
         _options = options ?? new NvdecDecoderOptions();
         _options.Validate();
         _device = device;
-        using (device.Enter())
-        {
-            CudaStatus.Check(Interop.Nvcuvid.CtxLockCreate(out _videoLock, device.Context.DangerousGetHandle()));
-            _stream = CudaStreamHandle.Create(device.Context);
-        }
+        device.Context.MakeCurrent();
+        Check.Nvcuvid(Interop.Nvcuvid.CtxLockCreate(out _videoLock, device.Context.Handle.DangerousGetHandle()));
+        _stream = device.Context.CreateStream();
 
         // Weak: a decoder nobody disposed can still be collected (its handles then free themselves).
         _self = GCHandle.Alloc(this, GCHandleType.Weak);
@@ -89,22 +85,16 @@ public sealed unsafe partial class NvdecDecoder : IDisposable
         Enter();
         try
         {
-            using (_device.Enter())
+            if (_scratch is null || _scratch.Length < format.OutputBytes)
             {
-                if (_scratchBytes < format.OutputBytes)
-                {
-                    _scratch?.Dispose();
-                    _scratch = null;
-                    _scratch = CudaDeviceMemoryHandle.Allocate(_device.Context, format.OutputBytes);
-                    _scratchBytes = format.OutputBytes;
-                }
-
-                DecodeCore(stream, format, _scratch!.Address);
-                fixed (byte* host = planes)
-                {
-                    CudaStatus.Check((int)CudaApi.cuMemcpyDtoH(host, _scratch.Address, (nuint)planes.Length));
-                }
+                _scratch?.Dispose();
+                _scratch = null;
+                _scratch = _device.Context.Allocate(format.OutputBytes);
             }
+
+            _device.Context.MakeCurrent();
+            DecodeCore(stream, format, _scratch.Pointer);
+            _scratch.CopyTo(planes);
         }
         finally
         {
@@ -122,14 +112,15 @@ public sealed unsafe partial class NvdecDecoder : IDisposable
     /// <summary>
     /// Decodes <paramref name="stream"/> into <paramref name="destination"/> at byte <paramref name="offset"/>, in GPU
     /// memory: planes packed as <see cref="NvdecStreamFormat"/> describes, but 10- and 12-bit samples left as NVDEC
-    /// writes them (value &lt;&lt; (16 - depth), see <see cref="NvdecDeviceBuffer"/>). The planes are complete when
-    /// this returns.
+    /// writes them: 16-bit words holding the value in their high bits (value &lt;&lt; (16 - depth)); a restore kernel
+    /// shifts them down. <paramref name="destination"/> is memory of the device's <see cref="NvdecDevice.Context"/>.
+    /// The planes are complete when this returns.
     /// </summary>
-    public void DecodeToDevice(ReadOnlySpan<byte> stream, NvdecStreamFormat format, NvdecDeviceBuffer destination, long offset = 0)
+    public void DecodeToDevice(ReadOnlySpan<byte> stream, NvdecStreamFormat format, DeviceBuffer destination, long offset = 0)
     {
         format.Validate();
         ArgumentNullException.ThrowIfNull(destination);
-        if (destination.Device != _device)
+        if (destination.Context.DeviceOrdinal != _device.Ordinal)
         {
             throw new ArgumentException("The buffer belongs to another device.", nameof(destination));
         }
@@ -143,10 +134,8 @@ public sealed unsafe partial class NvdecDecoder : IDisposable
         Enter();
         try
         {
-            using (_device.Enter())
-            {
-                DecodeCore(stream, format, destination.DeviceAddress + (ulong)offset);
-            }
+            _device.Context.MakeCurrent();
+            DecodeCore(stream, format, destination.Pointer + (ulong)offset);
         }
         finally
         {
@@ -202,21 +191,21 @@ public sealed unsafe partial class NvdecDecoder : IDisposable
             DecodePicture = &OnDecodePicture,
             DisplayPicture = &OnDisplayPicture,
         };
-        CudaStatus.Check(Interop.Nvcuvid.CreateVideoParser(out CuvidParserHandle parser, &parameters));
+        Check.Nvcuvid(Interop.Nvcuvid.CreateVideoParser(out SafeCuvidParserHandle parser, &parameters));
         using (parser)
         {
             fixed (byte* data = stream)
             {
                 var packet = new CuvidSourceDataPacket { Flags = CuvidSourceDataPacket.EndOfStream, PayloadSize = (nuint)stream.Length, Payload = data };
-                int status = Interop.Nvcuvid.ParseVideoData(parser, &packet);
+                CudaResult status = Interop.Nvcuvid.ParseVideoData(parser, &packet);
                 if (_failure is not null)
                 {
                     ExceptionDispatchInfo.Throw(_failure);
                 }
 
-                if (status != CudaStatus.Success)
+                if (status != CudaResult.Success)
                 {
-                    throw new InvalidKvDataException($"nvdec: cuvidParseVideoData refused the {format} HEVC stream ({stream.Length} bytes): {CudaStatus.Name(status)} ({status}).");
+                    throw new InvalidKvDataException($"nvdec: cuvidParseVideoData refused the {format} HEVC stream ({stream.Length} bytes): {Check.CudaName(status)} ({(int)status}).");
                 }
             }
         }

@@ -1,31 +1,30 @@
-using System.Runtime.InteropServices;
-using KvFetcher.Cuda.Nvdec.Native;
-using CudaApi = KvFetcher.Cuda.Native.Interop.Cuda;
+using KvFetcher.Cuda.Native;
 
 namespace KvFetcher.Cuda.Nvdec;
 
 /// <summary>
-/// One GPU's NVDEC engines: retains the device's primary CUDA context (shared with the rest of the process) for the
-/// decoders, buffers and pools made from it. Thread-safe; dispose after everything made from it.
+/// One GPU's NVDEC engines, on the device's <see cref="CudaContext"/> (its primary context, shared with the rest of the
+/// process and with the CUDA engine): decoders and pools are made from it, and the device memory they decode into is a
+/// <see cref="DeviceBuffer"/> of <see cref="Context"/>. Thread-safe; dispose after everything made from it.
 /// </summary>
 public sealed unsafe class NvdecDevice : IDisposable
 {
-    private readonly CudaPrimaryContextHandle _context;
+    private readonly bool _ownsContext;
 
-    private NvdecDevice(int ordinal, string name, CudaPrimaryContextHandle context)
+    private NvdecDevice(CudaContext context, bool ownsContext)
     {
-        Ordinal = ordinal;
-        Name = name;
-        _context = context;
+        Context = context;
+        _ownsContext = ownsContext;
     }
 
     /// <summary>The CUDA device ordinal.</summary>
-    public int Ordinal { get; }
+    public int Ordinal => Context.DeviceOrdinal;
 
     /// <summary>The device's name (e.g. "NVIDIA H100 80GB HBM3").</summary>
-    public string Name { get; }
+    public string Name => Context.DeviceName;
 
-    internal CudaPrimaryContextHandle Context => _context;
+    /// <summary>The device's context: where decoders run and where buffers to decode into are allocated.</summary>
+    public CudaContext Context { get; }
 
     /// <summary>
     /// Whether NVDEC can decode the <c>video</c> codec's streams here: the driver's libraries load, a CUDA device exists
@@ -41,12 +40,12 @@ public sealed unsafe class NvdecDevice : IDisposable
 
         try
         {
-            int init = (int)CudaApi.cuInit(0);
+            CudaResult init = Interop.Cuda.cuInit(0);
             int count = 0;
-            if (init != CudaStatus.Success || (int)CudaApi.cuDeviceGetCount(&count) != CudaStatus.Success || count == 0)
+            if (init != CudaResult.Success || Interop.Cuda.cuDeviceGetCount(&count) != CudaResult.Success || count == 0)
             {
-                reason = init != CudaStatus.Success
-                    ? $"cuInit failed: {CudaStatus.Name(init)}; the driver is installed but no usable GPU was found."
+                reason = init != CudaResult.Success
+                    ? $"cuInit failed: {Check.CudaName(init)}; the driver is installed but no usable GPU was found."
                     : "The CUDA driver reports no GPU.";
                 return false;
             }
@@ -65,24 +64,30 @@ public sealed unsafe class NvdecDevice : IDisposable
             reason = "";
             return true;
         }
-        catch (NvdecException ex)
+        catch (CudaException ex)
         {
             reason = ex.Message;
             return false;
         }
     }
 
-    /// <summary>Opens device <paramref name="ordinal"/>; throws <see cref="DllNotFoundException"/> without the driver.</summary>
+    /// <summary>Opens device <paramref name="ordinal"/> (the CUDA driver alone); throws <see cref="DllNotFoundException"/> without the driver.</summary>
     public static NvdecDevice Open(int ordinal = 0)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(ordinal);
         NvdecLibraries.EnsureLoaded();
-        CudaStatus.Check((int)CudaApi.cuInit(0));
-        int device;
-        CudaStatus.Check((int)CudaApi.cuDeviceGet(&device, ordinal));
-        byte* name = stackalloc byte[256];
-        CudaStatus.Check((int)CudaApi.cuDeviceGetName(name, 256, device));
-        return new NvdecDevice(ordinal, Marshal.PtrToStringUTF8((IntPtr)name) ?? $"CUDA device {ordinal}", CudaPrimaryContextHandle.Retain(device));
+        return new NvdecDevice(CudaContext.Open(ordinal), ownsContext: true);
+    }
+
+    /// <summary>
+    /// NVDEC on the device of <paramref name="context"/> (e.g. the CUDA engine's), which stays the caller's: dispose
+    /// the device before it. Throws <see cref="DllNotFoundException"/> without the driver's video library.
+    /// </summary>
+    public static NvdecDevice Open(CudaContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        NvdecLibraries.EnsureLoaded();
+        return new NvdecDevice(context, ownsContext: false);
     }
 
     /// <summary>What NVDEC reports for HEVC 4:4:4 at <paramref name="depth"/> bits.</summary>
@@ -94,31 +99,16 @@ public sealed unsafe class NvdecDevice : IDisposable
         }
 
         var caps = new CuvidDecodeCaps { CodecType = CuvidCodec.Hevc, ChromaFormat = CuvidChromaFormat.Yuv444, BitDepthMinus8 = (uint)(depth - 8) };
-        using (Enter())
-        {
-            CudaStatus.Check(Interop.Nvcuvid.GetDecoderCaps(&caps));
-        }
-
+        Context.MakeCurrent();
+        Check.Nvcuvid(Interop.Nvcuvid.GetDecoderCaps(&caps));
         return new NvdecCapabilities(depth, caps.IsSupported != 0, caps.NumNvdecs, caps.MinWidth, caps.MinHeight, (int)caps.MaxWidth, (int)caps.MaxHeight, caps.OutputFormatMask);
     }
 
-    public void Dispose() => _context.Dispose();
-
-    /// <summary>Makes the device's context current on this thread until the scope is disposed.</summary>
-    internal ContextScope Enter()
+    public void Dispose()
     {
-        ObjectDisposedException.ThrowIf(_context.IsClosed, this);
-        CudaStatus.Check((int)CudaApi.cuCtxPushCurrent(_context.DangerousGetHandle()));
-        return default;
-    }
-
-    /// <summary>Pops the context <see cref="Enter"/> pushed.</summary>
-    internal readonly struct ContextScope : IDisposable
-    {
-        public void Dispose()
+        if (_ownsContext)
         {
-            IntPtr popped;
-            CudaStatus.Check((int)CudaApi.cuCtxPopCurrent(&popped));
+            Context.Dispose();
         }
     }
 }

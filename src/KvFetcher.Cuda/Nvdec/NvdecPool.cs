@@ -70,7 +70,7 @@ public sealed class NvdecPool : IDisposable
     }
 
     /// <summary>Queues <paramref name="stream"/> for decoding into GPU memory (see <see cref="NvdecDecoder.DecodeToDevice"/>).</summary>
-    public ValueTask<Task> EnqueueAsync(ReadOnlyMemory<byte> stream, NvdecStreamFormat format, NvdecDeviceBuffer destination, long offset = 0, CancellationToken cancellationToken = default)
+    public ValueTask<Task> EnqueueAsync(ReadOnlyMemory<byte> stream, NvdecStreamFormat format, DeviceBuffer destination, long offset = 0, CancellationToken cancellationToken = default)
     {
         format.Validate();
         ArgumentNullException.ThrowIfNull(destination);
@@ -82,7 +82,7 @@ public sealed class NvdecPool : IDisposable
         await (await EnqueueAsync(stream, format, planes, cancellationToken)).ConfigureAwait(false);
 
     /// <summary>Decodes <paramref name="stream"/> into GPU memory; completes when the planes are written.</summary>
-    public async Task DecodeToDeviceAsync(ReadOnlyMemory<byte> stream, NvdecStreamFormat format, NvdecDeviceBuffer destination, long offset = 0, CancellationToken cancellationToken = default) =>
+    public async Task DecodeToDeviceAsync(ReadOnlyMemory<byte> stream, NvdecStreamFormat format, DeviceBuffer destination, long offset = 0, CancellationToken cancellationToken = default) =>
         await (await EnqueueAsync(stream, format, destination, offset, cancellationToken)).ConfigureAwait(false);
 
     /// <summary>Finishes the queued streams, stops the sessions and frees their decoders.</summary>
@@ -147,7 +147,7 @@ public sealed class NvdecPool : IDisposable
         }
     }
 
-    private sealed record Job(ReadOnlyMemory<byte> Stream, NvdecStreamFormat Format, Memory<byte> Planes, NvdecDeviceBuffer? Device, long Offset, CancellationToken CancellationToken)
+    private sealed record Job(ReadOnlyMemory<byte> Stream, NvdecStreamFormat Format, Memory<byte> Planes, DeviceBuffer? Device, long Offset, CancellationToken CancellationToken)
     {
         public TaskCompletionSource Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }

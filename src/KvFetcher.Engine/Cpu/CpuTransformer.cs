@@ -40,8 +40,8 @@ internal sealed class CpuTransformer
 
     /// <summary>
     /// Computes the tokens at positions [start, start + n), writing their K/V into <paramref name="cache"/>, and the
-    /// logits of the last token (when <paramref name="allLogits"/> is false) or of every token ([n, vocab]).
-    /// Positions [0, start) must be filled. n must not exceed the scratch's capacity.
+    /// logits of the last token (when <paramref name="allLogits"/> is false) or of every token ([n, vocab]); with empty
+    /// <paramref name="logits"/> the step only fills the cache (no final norm or LM head). Positions [0, start) must be filled. n must not exceed the scratch's capacity.
     /// </summary>
     public void Forward(ReadOnlySpan<int> tokens, int start, KvCache cache, ForwardScratch scratch, Span<float> logits, bool allLogits)
     {
@@ -102,6 +102,10 @@ internal sealed class CpuTransformer
         }
 
         cache.MarkFilled(start, start + n);
+        if (logits.IsEmpty)
+        {
+            return;
+        }
 
         int firstRow = allLogits ? 0 : n - 1;
         int rows = n - firstRow;

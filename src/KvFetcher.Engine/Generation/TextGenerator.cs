@@ -30,7 +30,7 @@ public sealed record GenerationStats
 
 /// <summary>
 /// Runs prefill and then decode on an <see cref="IInferenceSession"/>, streaming generated token ids. A prompt whose
-/// first <see cref="KvCache.Length"/> positions are already in the cache (computed earlier or imported) is
+/// first <see cref="KvCacheBase.Length"/> positions are already in the cache (computed earlier or imported) is
 /// continued from there.
 /// </summary>
 public sealed class TextGenerator

@@ -146,6 +146,16 @@ public sealed record ModelConfig
         return config;
     }
 
+    /// <summary>
+    /// The KV capacity of a new session, the same rule on every engine: <paramref name="capacity"/> positions, or the
+    /// model's maximum (<see cref="MaxPositionEmbeddings"/>) for 0.
+    /// </summary>
+    public int SessionCapacity(int capacity)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(capacity);
+        return capacity == 0 ? MaxPositionEmbeddings : capacity;
+    }
+
     /// <summary>Checks the values' consistency; <paramref name="source"/> names the file in the error.</summary>
     /// <exception cref="InvalidModelException">A size is not positive, heads do not divide evenly, and the like.</exception>
     public void Validate(string source)

@@ -47,6 +47,18 @@ public sealed unsafe class WeightTensor
     /// <summary>The raw bytes (tensors larger than 2 GiB must be read through <see cref="Row"/>).</summary>
     public ReadOnlySpan<byte> Bytes => new(Data, checked((int)ByteLength));
 
+    /// <summary>
+    /// <paramref name="length"/> raw bytes from byte <paramref name="offset"/>: how tensors of any size are read in
+    /// pieces (e.g. uploaded to a device).
+    /// </summary>
+    public ReadOnlySpan<byte> Slice(long offset, int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(offset, ByteLength - length);
+        return new ReadOnlySpan<byte>(Data + offset, length);
+    }
+
     /// <summary>The raw bytes of row <paramref name="row"/> of a 2-D tensor.</summary>
     public ReadOnlySpan<byte> Row(int row)
     {

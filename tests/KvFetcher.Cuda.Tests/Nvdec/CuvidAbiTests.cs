@@ -1,6 +1,5 @@
 using System.Runtime.InteropServices;
 using KvFetcher.Cuda.Native;
-using KvFetcher.Cuda.Nvdec.Native;
 
 namespace KvFetcher.Cuda.Tests.Nvdec;
 

@@ -36,7 +36,7 @@ public class NvdecDecoderTests
         using var decoder = new NvdecDecoder(NvdecTestStreams.Device);
         NvdecTestStream[] streams = NvdecTestStreams.Get(layout, level);
         long bytes = streams[0].Format.OutputBytes;
-        using var buffer = new NvdecDeviceBuffer(NvdecTestStreams.Device, 2 * bytes);
+        using DeviceBuffer buffer = NvdecTestStreams.Device.Context.Allocate(2 * bytes);
         decoder.DecodeToDevice(streams[0].Data, streams[0].Format, buffer, 0);
         decoder.DecodeToDevice(streams[1].Data, streams[1].Format, buffer, bytes);
         var copied = new byte[2 * bytes];
@@ -175,7 +175,7 @@ public class NvdecDecoderTests
     [Fact]
     public void Open_WithoutDriverLibraries_ThrowsNamingThem()
     {
-        Assert.SkipUnless(KvFetcher.Cuda.Nvdec.Native.NvdecLibraries.Problem is not null, "The NVIDIA driver's libraries load here.");
+        Assert.SkipUnless(KvFetcher.Cuda.Native.NvdecLibraries.Problem is not null, "The NVIDIA driver's libraries load here.");
         DllNotFoundException e = Assert.Throws<DllNotFoundException>(() => NvdecDevice.Open());
         Assert.Contains("lib", e.Message, StringComparison.Ordinal);
         Assert.Contains(".so.1", e.Message, StringComparison.Ordinal);

@@ -4,6 +4,7 @@ using KvFetcher.Codecs.Tests;
 using KvFetcher.Codecs.Video;
 using KvFetcher.Core;
 using KvFetcher.Cuda.Nvdec;
+using KvFetcher.Cuda.Reuse;
 
 namespace KvFetcher.Cuda.Tests.Nvdec;
 
@@ -51,13 +52,16 @@ internal static class NvdecTestStreams
     private static NvdecTestStream[] Encode(VideoLayoutKind layout, int level)
     {
         (byte[] parameters, byte[] payload) = EncodeChunk(layout, level);
-        (VideoStreamRecord k, VideoStreamRecord v) = VideoChunkStreams.Parse(parameters, payload);
+        (_, KvShape shape) = RealKv.Chunk(0, ChunkTokens, DType.Float16);
+        int scales = shape.Layers * 2 * shape.Channels;
+        NvdecStreamFormat format = NvdecVideoStreams.FormatOf(VideoChunkFormat.ReadParameters(parameters, shape, level, new float[scales], new float[scales]));
+        (VideoStreamRecord k, VideoStreamRecord v) = VideoChunkFormat.ReadStreams(payload);
         return [Stream(k, "K"), Stream(v, "V")];
 
         NvdecTestStream Stream(VideoStreamRecord record, string kind)
         {
             byte[] data = payload.AsSpan(record.Offset, record.Length).ToArray();
-            NvdecStreamFormat f = record.Format;
+            NvdecStreamFormat f = format;
             var planes = new byte[f.OutputBytes];
             HevcStream.Decode(data, f.Width, f.Height, f.Depth, f.Frames, planes, kind);
             return new NvdecTestStream(layout, level, kind, f, data, planes);

@@ -1,6 +1,4 @@
-using System.Runtime.InteropServices;
-
-namespace KvFetcher.Cuda.Nvdec.Native;
+namespace KvFetcher.Cuda.Native;
 
 /// <summary>
 /// Checks that the NVIDIA driver's libraries load before any call reaches them, and explains what is missing: a
@@ -26,14 +24,14 @@ internal static class NvdecLibraries
     private static string? Probe()
     {
         var missing = new List<string>();
-        if (!KvFetcher.Cuda.Native.NativeLibraries.TryLoad(KvFetcher.Cuda.Native.NativeLibraries.Cuda, out _))
+        if (!NativeLibraries.TryLoad(NativeLibraries.Cuda, out _))
         {
             missing.Add("libcuda.so.1");
         }
 
-        if (!NativeLibrary.TryLoad(Interop.Nvcuvid.Library, out _))
+        if (!NativeLibraries.TryLoad(NativeLibraries.Nvcuvid, out _))
         {
-            missing.Add(Interop.Nvcuvid.Library);
+            missing.Add("libnvcuvid.so.1");
         }
 
         return missing.Count == 0

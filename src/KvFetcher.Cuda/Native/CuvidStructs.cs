@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace KvFetcher.Cuda.Nvdec.Native;
+namespace KvFetcher.Cuda.Native;
 
 // Blittable mirrors of the NVDECODE API structures (cuviddec.h / nvcuvid.h, NVDECODE API 11.1, as shipped in Debian's
 // libffmpeg-nvenc-dev 11.1.5.2 headers; the driver keeps this ABI in later releases). Sizes and offsets are asserted in

@@ -1,9 +1,11 @@
 using KvFetcher.Core;
+using KvFetcher.Cuda;
 using KvFetcher.Cuda.Nvdec;
+using KvFetcher.Cuda.Reuse;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Restoring;
 
-namespace KvFetcher.Cuda.Reuse;
+namespace KvFetcher.Runtime;
 
 /// <summary>Which engine runs the model.</summary>
 public enum EngineKind
@@ -39,7 +41,8 @@ public sealed record LocalEngineOptions
 
 /// <summary>
 /// A model on the engine this machine runs best, with the chunk restorer that goes with it: the CUDA engine and NVDEC
-/// restore when a GPU can be used, the CPU engine and CPU decoders otherwise. Chosen once, at load.
+/// restore when a GPU can be used, the CPU engine and CPU decoders otherwise. Chosen once, at load. The composition
+/// point of the engines and restorers: the CLI, serving and the benchmarks open their model here.
 /// </summary>
 public sealed class LocalEngine : IDisposable
 {
@@ -112,7 +115,7 @@ public sealed class LocalEngine : IDisposable
         if (!options.Nvdec || !NvdecDevice.IsSupported(out reason))
         {
             string why = options.Nvdec ? $"no NVDEC: {reason}" : "NVDEC off";
-            var withoutNvdec = new GpuChunkRestorer(model, null, null);
+            var withoutNvdec = new GpuChunkRestorer(model, pool: null);
             return new LocalEngine(model, withoutNvdec, EngineKind.Cuda, $"{model.Device}, {withoutNvdec.Name} decoders ({why})", null, null);
         }
 
@@ -120,9 +123,9 @@ public sealed class LocalEngine : IDisposable
         NvdecPool? pool = null;
         try
         {
-            device = NvdecDevice.Open(model.Context.DeviceOrdinal);
+            device = NvdecDevice.Open(model.Context);
             pool = new NvdecPool(device, options.NvdecSessions);
-            var restorer = new GpuChunkRestorer(model, device, pool);
+            var restorer = new GpuChunkRestorer(model, pool);
             return new LocalEngine(model, restorer, EngineKind.Cuda, $"{model.Device}, {restorer.Name} decoders", device, pool);
         }
         catch

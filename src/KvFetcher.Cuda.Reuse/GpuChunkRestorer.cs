@@ -1,0 +1,89 @@
+using KvFetcher.Core;
+using KvFetcher.Core.Containers;
+using KvFetcher.Cuda.Nvdec;
+using KvFetcher.Engine;
+using KvFetcher.Fetch;
+using KvFetcher.Fetch.Restoring;
+
+namespace KvFetcher.Cuda.Reuse;
+
+/// <summary>
+/// Restores fetched chunks into a <see cref="CudaKvCache"/> with one decoder per codec, each an
+/// <see cref="IRestoreSlot"/>: <c>cachegen</c> on the CUDA cores (<see cref="CudaCacheGenDecoder"/>), <c>video</c> on
+/// NVDEC when an <see cref="NvdecPool"/> is given (<see cref="NvdecVideoDecoder"/>), every other codec on the CPU and
+/// copied up (<see cref="HostChunkRestorer.Slot"/>). The device decoders of a slot share its device KV buffer and
+/// stream. With <see cref="VerifyFrames"/> each video stream's decoded frames are also checked against the checksum
+/// its record declares, as the CPU decoder does.
+/// </summary>
+public sealed class GpuChunkRestorer : IChunkRestorer
+{
+    private readonly CudaLanguageModel _model;
+    private readonly NvdecPool? _pool;
+
+    /// <param name="model">The engine whose caches chunks are restored into (its context and kernels are used).</param>
+    /// <param name="pool">NVDEC decode sessions on the model's device, shared by every slot (and every request using this restorer); null to decode video on the CPU.</param>
+    /// <param name="verifyFrames">Check each stream's decoded frames against its declared checksum (a device-to-host copy and a hash per stream).</param>
+    public GpuChunkRestorer(CudaLanguageModel model, NvdecPool? pool, bool verifyFrames = true)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        _model = model;
+        _pool = pool;
+        VerifyFrames = verifyFrames;
+    }
+
+    public string Name => _pool is null ? "cuda cachegen + cpu" : $"nvdec x{_pool.Sessions} + cuda cachegen + cpu";
+
+    /// <summary>Whether decoded frames are checked against their streams' checksums.</summary>
+    public bool VerifyFrames { get; }
+
+    public IRestoreSlot CreateSlot(KvShape shape, DType dtype) => new Slot(this, shape, dtype);
+
+    /// <summary>Picks the decoder for each chunk's codec; restores with the one that decoded it.</summary>
+    private sealed class Slot : IRestoreSlot
+    {
+        private readonly DeviceChunk _chunk;
+        private readonly CudaCacheGenDecoder _cachegen;
+        private readonly NvdecVideoDecoder? _video;
+        private readonly HostChunkRestorer.Slot _host;
+        private IRestoreSlot? _decoded;
+
+        public Slot(GpuChunkRestorer owner, KvShape shape, DType dtype)
+        {
+            _chunk = new DeviceChunk(owner._model, shape, dtype);
+            _cachegen = new CudaCacheGenDecoder(_chunk);
+            _video = owner._pool is null ? null : new NvdecVideoDecoder(_chunk, owner._pool, owner.VerifyFrames);
+            _host = new HostChunkRestorer.Slot(checked((int)(shape.Elements * dtype.SizeOf())), dtype);
+        }
+
+        public void Decode(ReadOnlyMemory<byte> container, in ChunkExpectation expected, KvVariant variant)
+        {
+            _decoded = null;
+            IRestoreSlot decoder = variant.Codec switch
+            {
+                CodecId.CacheGen => _cachegen,
+                CodecId.Video when _video is not null => _video,
+                _ => _host,
+            };
+            decoder.Decode(container, expected, variant);
+            _decoded = decoder;
+        }
+
+        public void Restore(IKvCache cache, int start, int end)
+        {
+            if (_decoded is null)
+            {
+                throw new InvalidOperationException("No chunk was decoded into this slot.");
+            }
+
+            _decoded.Restore(cache, start, end);
+        }
+
+        public void Dispose()
+        {
+            _host.Dispose();
+            _video?.Dispose();
+            _cachegen.Dispose();
+            _chunk.Dispose();
+        }
+    }
+}
