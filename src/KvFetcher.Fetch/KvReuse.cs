@@ -115,6 +115,26 @@ public sealed class KvReuse : IAsyncDisposable
     }
 
     /// <summary>
+    /// Starts the prefill of <paramref name="plan"/>'s prompt into <paramref name="session"/> (reset first) for an engine
+    /// loop that serves many requests: looks up the stored prefix and starts the fetcher on it by
+    /// <paramref name="strategy"/>; the loop then takes the engine's steps (<see cref="ReusePrefill.NextStep"/>) between other
+    /// requests' steps. <paramref name="wake"/> is called whenever the fetch side changes something the engine may be
+    /// waiting for. The fetcher runs until the returned prefill is disposed or <paramref name="cancellationToken"/> is
+    /// cancelled.
+    /// </summary>
+    public async Task<ReusePrefill> BeginPrefillAsync(IInferenceSession session, ContextPlan plan, PrefillStrategy strategy, Action? wake = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(session);
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(strategy);
+        CheckSession(session);
+        PrefillRun run = await PrefillRun.StartAsync(_run, session, plan, LadderFor(strategy), strategy.Mode, strategy.Pipelined, Stopwatch.GetTimestamp(),
+            cancellationToken, wake).ConfigureAwait(false);
+        return new ReusePrefill(run, strategy, this);
+    }
+
+    /// <summary>
     /// Stores <paramref name="tokens"/> ahead of time (what <c>kvfetch warm</c> does): prefills them, reusing what is
     /// stored already, and returns once every chunk it computed is stored (or failed to be, see <see cref="Publisher"/>).
     /// </summary>

@@ -1,6 +1,7 @@
 using KvFetcher.Core.Containers;
 using KvFetcher.Runtime;
 using KvFetcher.Fetch;
+using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Serving.Scheduling;
 
 namespace KvFetcher.Serving;
@@ -45,6 +46,13 @@ public sealed class KvFetcherOptions
     /// </summary>
     public string Variant { get; set; } = "raw";
 
+    /// <summary>
+    /// How a request with a stored prefix obtains it: <c>ours</c> (compute the front in the engine's iterations while the
+    /// back is fetched, meeting where the measured rates predict), <c>cake</c> (the same, meeting at run time, fetching
+    /// the first variant), or <c>fetch</c> (a waiting queue fetches the whole prefix off the engine first).
+    /// </summary>
+    public string ReuseStrategy { get; set; } = "ours";
+
     /// <summary>Tokens per stored chunk.</summary>
     public int ChunkTokens { get; set; } = 256;
 
@@ -88,7 +96,18 @@ public sealed class KvFetcherOptions
     {
         CheckFields();
         _ = ParseLadder();
+        _ = ParseStrategy(ReuseStrategy);
     }
+
+    /// <summary><c>ours</c>, <c>cake</c>, <c>fetch</c> (the waiting queue), or a strategy with its variant (<c>cake-raw</c>).</summary>
+    internal static PrefillStrategy ParseStrategy(string? text) => text switch
+    {
+        "ours" or "adaptive" => PrefillStrategy.Adaptive,
+        "cake" => new PrefillStrategy(PrefillMode.Cake),
+        "fetch" or "fetch-only" or "waiting-queue" => new PrefillStrategy(PrefillMode.FetchOnly),
+        _ when text is not null && (text.StartsWith("cake-", StringComparison.Ordinal) || text.StartsWith("fetch-", StringComparison.Ordinal)) => PrefillStrategy.Parse(text),
+        _ => throw new ArgumentException($"{nameof(ReuseStrategy)} '{text}': give ours, cake or fetch."),
+    };
 
     /// <summary>
     /// Validates these options and maps them, once, into what each part of the engine reads: how the model is opened,
@@ -124,6 +143,7 @@ public sealed class KvFetcherOptions
                 MaxActiveSessions = MaxActiveSessions,
                 MaxQueuedRequests = MaxQueuedRequests,
                 PrefillStepTokens = PrefillStepTokens,
+                ReuseStrategy = ParseStrategy(ReuseStrategy),
             });
     }
 

@@ -11,6 +11,7 @@ internal sealed class ChunkBoard
     private readonly int[] _states;
     private readonly int[] _available;
     private readonly TimeProvider _time;
+    private readonly Action? _onChange;
     private TaskCompletionSource? _changed;
     private int _version;
     private int _inFlight;
@@ -23,7 +24,11 @@ internal sealed class ChunkBoard
     /// <param name="ladder">The variants the request may fetch, in ladder order.</param>
     /// <param name="available">Per chunk, a bit per ladder index that is stored.</param>
     /// <param name="time">The clock the engine's position is timed with.</param>
-    public ChunkBoard(int chunks, IReadOnlyList<KvVariant> ladder, int[] available, TimeProvider? time = null)
+    /// <param name="changed">
+    /// Called on every change besides waking <see cref="WaitForChangeAsync"/> (e.g. to wake an engine loop that serves many
+    /// requests); it must be quick and must not throw.
+    /// </param>
+    public ChunkBoard(int chunks, IReadOnlyList<KvVariant> ladder, int[] available, TimeProvider? time = null, Action? changed = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(chunks);
         ArgumentNullException.ThrowIfNull(ladder);
@@ -37,6 +42,7 @@ internal sealed class ChunkBoard
         _available = available;
         Ladder = ladder;
         _time = time ?? TimeProvider.System;
+        _onChange = changed;
         _computeChunkStart = _time.GetTimestamp();
     }
 
@@ -185,5 +191,6 @@ internal sealed class ChunkBoard
     {
         Interlocked.Increment(ref _version);
         Interlocked.Exchange(ref _changed, null)?.TrySetResult();
+        _onChange?.Invoke();
     }
 }

@@ -36,6 +36,12 @@ internal sealed class PrefillRun : IAsyncDisposable
     private readonly ChunkStrategy? _strategy;
     private readonly ChunkFetcher? _fetcher;
     private readonly bool[] _republish;
+    private int _chunk;
+    private int _frontierSet = -1;
+    private int _suffixFrom;
+    private bool _suffixStarted;
+    private int _next;
+    private int _rangeEnd;
 
     private PrefillRun(RunContext context, IInferenceSession session, ContextPlan plan, Timeline timeline, Lookup lookup, ChunkStrategy? strategy, ChunkFetcher? fetcher)
     {
@@ -48,6 +54,7 @@ internal sealed class PrefillRun : IAsyncDisposable
         Stored = lookup.Stored;
         LookupFailed = lookup.Failed;
         _republish = new bool[lookup.Stored];
+        _suffixFrom = lookup.Stored;
     }
 
     /// <summary>Chunks of the prompt found in the store (the longest stored prefix).</summary>
@@ -55,14 +62,17 @@ internal sealed class PrefillRun : IAsyncDisposable
 
     public bool LookupFailed { get; }
 
-    public int RestoredChunks { get; private set; }
+    public int RestoredChunks => _fetcher?.RestoredChunks ?? 0;
 
-    public int FailedChunks { get; private set; }
+    public int FailedChunks => _fetcher?.FailedChunks ?? 0;
 
-    public long BytesFetched { get; private set; }
+    public long BytesFetched => _fetcher?.BytesFetched ?? 0;
 
     /// <summary>Chunks the engine took back from the fetcher.</summary>
     public int TakenBackChunks { get; private set; }
+
+    /// <summary>Stored chunks the engine computed (its side of the meeting).</summary>
+    public int ComputedChunks { get; private set; }
 
     /// <summary>The off-engine wait reached its deadline.</summary>
     public bool DeadlineReached { get; private set; }
@@ -72,7 +82,7 @@ internal sealed class PrefillRun : IAsyncDisposable
     /// stored (none when the ladder is empty), and when some are, starts fetching them by <paramref name="mode"/>.
     /// </summary>
     public static async Task<PrefillRun> StartAsync(RunContext context, IInferenceSession session, ContextPlan plan, IReadOnlyList<KvVariant> ladder,
-        PrefillMode mode, bool pipelined, long startTimestamp, CancellationToken cancellationToken)
+        PrefillMode mode, bool pipelined, long startTimestamp, CancellationToken cancellationToken, Action? wake = null)
     {
         session.Reset();
         var timeline = new Timeline((plan.ReusableChunks * 5) + 8, startTimestamp);
@@ -84,7 +94,7 @@ internal sealed class PrefillRun : IAsyncDisposable
             return new PrefillRun(context, session, plan, timeline, lookup, null, null);
         }
 
-        var board = new ChunkBoard(lookup.Stored, ladder, lookup.Available);
+        var board = new ChunkBoard(lookup.Stored, ladder, lookup.Available, changed: wake);
         var choice = new VariantChoice(context.Rates, plan.ChunkBytes, context.Choice);
         ChunkStrategy strategy = mode switch
         {
@@ -100,92 +110,150 @@ internal sealed class PrefillRun : IAsyncDisposable
     }
 
     /// <summary>
-    /// The engine's side: walks the stored prefix front to back, computing what the strategy gives it and waiting (on the
-    /// board's events) for what the fetcher delivers, then computes the rest of the prompt and the first token's
-    /// <paramref name="lastLogits"/>.
+    /// The engine's side for one request alone: runs the engine steps (<see cref="NextStep"/>) back to back, waiting (on
+    /// the board's events) whenever the strategy leaves the chunk in front of the engine to the fetcher, then writes the
+    /// first token's <paramref name="lastLogits"/>.
     /// </summary>
     public async Task ComputeAlongAsync(float[] lastLogits, CancellationToken cancellationToken)
     {
-        int chunkTokens = _plan.ChunkTokens;
-        int suffixFrom = Stored;
-        ChunkBoard? board = _strategy?.Board;
-        for (int chunk = 0; chunk < suffixFrom; chunk++)
+        while (true)
         {
-            board!.SetComputeFrontier(chunk);
-            while (true)
+            int version = _strategy?.Board.Version ?? 0;
+            EngineStep step = NextStep(int.MaxValue);
+            switch (step.Kind)
             {
-                int version = board.Version;
-                ChunkState state = board.StateOf(chunk);
-                if (state == ChunkState.Filled)
-                {
+                case EngineStepKind.Done:
+                    return;
+                case EngineStepKind.Wait:
+                    await _strategy!.Board.WaitForChangeAsync(version, step.Recheck, cancellationToken).ConfigureAwait(false);
                     break;
-                }
-
-                EngineMove move = _strategy!.Decide(chunk, state, new FetchProgress(_fetcher!.InFlight, _fetcher.RestoredChunks, board.FetchEnded), out TimeSpan recheck);
-                if (move == EngineMove.Wait)
-                {
-                    await board.WaitForChangeAsync(version, recheck, cancellationToken).ConfigureAwait(false);
-                    continue;
-                }
-
-                if (!board.TryMove(chunk, state, ChunkState.Computing))
-                {
-                    continue; // it moved meanwhile: decide again
-                }
-
-                int end = chunk + 1;
-                if (move == EngineMove.TakeBackRest)
-                {
-                    // The store is slower than predicted: stop fetching and take back everything it has not delivered,
-                    // to compute it in one pass (one long prefill beats many chunk-sized ones).
-                    _strategy.TookBack(chunk, _fetcher.RestoredChunks);
-                    _fetcher.Abandon(chunk);
-                    _fetcher.StopClaiming();
-                    end = TakeBackRest(board, chunk + 1);
-                    TakenBackChunks += end - chunk;
-                }
-
-                _republish[chunk] = state == ChunkState.Failed;
-                if (end == Stored && end > chunk + 1)
-                {
-                    suffixFrom = chunk; // computed with the suffix below
+                default:
+                    long t0 = Stopwatch.GetTimestamp();
+                    _session.Prefill(_plan.Tokens.AsSpan(step.Start, step.Count), step.Start, lastLogits);
+                    Computed(step, Stopwatch.GetElapsedTime(t0));
                     break;
-                }
+            }
+        }
+    }
 
-                board.SetEngineComputing(true);
-                if (end == chunk + 1)
-                {
-                    ComputeChunk(chunk, lastLogits);
-                }
-                else
-                {
-                    TimeSpan rangeStart = _timeline.Now;
-                    _session.Prefill(_plan.Tokens.AsSpan(chunk * chunkTokens, (end - chunk) * chunkTokens), chunk * chunkTokens, lastLogits);
-                    _timeline.Add(PrefillStage.Compute, chunk, null, rangeStart);
-                }
+    /// <summary>
+    /// The engine's next step on this request, at most <paramref name="maxTokens"/> prompt tokens: compute a range of the
+    /// prompt (then report it with <see cref="Computed"/>), wait for the fetcher (the board's next change, or
+    /// <see cref="EngineStep.Recheck"/>), or done (the whole prompt is in the cache and the last step's logits are the
+    /// first token's). The walk is the same for a request alone (<see cref="ComputeAlongAsync"/>) and for a request in the
+    /// server's continuous batching, whose engine loop interleaves these steps with other requests' under a token budget.
+    /// Only the engine's thread calls it.
+    /// </summary>
+    public EngineStep NextStep(int maxTokens)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxTokens, 1);
+        if (_next < _rangeEnd)
+        {
+            return EngineStep.Compute(_next, Math.Min(maxTokens, _rangeEnd - _next));
+        }
 
-                board.SetEngineComputing(false);
-                for (int filled = chunk; filled < end; filled++)
-                {
-                    board.Move(filled, ChunkState.Computing, ChunkState.Filled);
-                }
+        if (_suffixStarted)
+        {
+            return EngineStep.Done;
+        }
 
-                chunk = end - 1;
+        int chunkTokens = _plan.ChunkTokens;
+        ChunkBoard? board = _strategy?.Board;
+        while (_chunk < _suffixFrom)
+        {
+            int chunk = _chunk;
+            if (_frontierSet != chunk)
+            {
+                board!.SetComputeFrontier(chunk);
+                _frontierSet = chunk;
+            }
+
+            ChunkState state = board!.StateOf(chunk);
+            if (state == ChunkState.Filled)
+            {
+                _chunk++;
+                continue;
+            }
+
+            EngineMove move = _strategy!.Decide(chunk, state, new FetchProgress(_fetcher!.InFlight, _fetcher.RestoredChunks, board.FetchEnded), out TimeSpan recheck);
+            if (move == EngineMove.Wait)
+            {
+                return EngineStep.Waiting(recheck);
+            }
+
+            if (!board.TryMove(chunk, state, ChunkState.Computing))
+            {
+                continue; // it moved meanwhile: decide again
+            }
+
+            int end = chunk + 1;
+            if (move == EngineMove.TakeBackRest)
+            {
+                // The store is slower than predicted: stop fetching and take back everything it has not delivered,
+                // to compute it in one pass (one long prefill beats many chunk-sized ones).
+                _strategy.TookBack(chunk, _fetcher.RestoredChunks);
+                _fetcher.Abandon(chunk);
+                _fetcher.StopClaiming();
+                end = TakeBackRest(board, chunk + 1);
+                TakenBackChunks += end - chunk;
+            }
+
+            _republish[chunk] = state == ChunkState.Failed;
+            if (end == Stored && end > chunk + 1)
+            {
+                _suffixFrom = chunk; // computed with the suffix below
                 break;
+            }
+
+            board.SetEngineComputing(true);
+            _rangeEnd = end * chunkTokens;
+            _next = chunk * chunkTokens;
+            return EngineStep.Compute(_next, Math.Min(maxTokens, _rangeEnd - _next));
+        }
+
+        // The rest of the prompt and the first token.
+        board?.SetComputeFrontier(Stored);
+        _fetcher?.StopClaiming();
+        _suffixStarted = true;
+        _next = _suffixFrom * chunkTokens;
+        _rangeEnd = _plan.Tokens.Length;
+        return EngineStep.Compute(_next, Math.Min(maxTokens, _rangeEnd - _next));
+    }
+
+    /// <summary>
+    /// The engine computed <paramref name="step"/> (from <see cref="NextStep"/>), which took <paramref name="elapsed"/> and
+    /// has just ended: the chunks it completed are filled.
+    /// </summary>
+    public void Computed(EngineStep step, TimeSpan elapsed)
+    {
+        if (step.Kind != EngineStepKind.Compute || step.Start != _next)
+        {
+            throw new InvalidOperationException($"Computed tokens [{step.Start}, {step.Start + step.Count}) but the engine is at {_next}.");
+        }
+
+        int chunkTokens = _plan.ChunkTokens;
+        _next += step.Count;
+        int firstChunk = step.Start / chunkTokens;
+        _timeline.Add(PrefillStage.Compute, _suffixStarted ? -1 : firstChunk, null, _timeline.Now - elapsed);
+        if (step.Count == chunkTokens && step.Start % chunkTokens == 0 && !_suffixStarted)
+        {
+            _context.Rates.ObserveCompute(firstChunk, elapsed.TotalSeconds);
+        }
+
+        ChunkBoard? board = _strategy?.Board;
+        for (int chunk = firstChunk; chunk < Math.Min(Stored, _next / chunkTokens); chunk++)
+        {
+            if (board!.StateOf(chunk) == ChunkState.Computing)
+            {
+                board.Move(chunk, ChunkState.Computing, ChunkState.Filled);
+                ComputedChunks++;
             }
         }
 
-        board?.SetComputeFrontier(Stored);
-        _fetcher?.StopClaiming();
-
-        // The rest of the prompt and the first token.
-        int start = suffixFrom * chunkTokens;
-        TimeSpan suffixStart = _timeline.Now;
-        _session.Prefill(_plan.Tokens.AsSpan(start), start, lastLogits);
-        _timeline.Add(PrefillStage.Compute, -1, null, suffixStart);
-        for (int filled = suffixFrom; filled < Stored; filled++)
+        if (_next >= _rangeEnd && !_suffixStarted)
         {
-            board!.Move(filled, ChunkState.Computing, ChunkState.Filled);
+            board!.SetEngineComputing(false);
+            _chunk = _rangeEnd / chunkTokens;
         }
     }
 
@@ -220,9 +288,26 @@ internal sealed class PrefillRun : IAsyncDisposable
         }
 
         await _fetcher.DisposeAsync().ConfigureAwait(false);
-        RestoredChunks = _fetcher.RestoredChunks;
-        FailedChunks = _fetcher.FailedChunks;
-        BytesFetched = _fetcher.BytesFetched;
+    }
+
+    /// <summary>What became of <paramref name="chunk"/>'s fetch (None when the run fetched nothing).</summary>
+    public (KvVariant Variant, FetchOutcome Outcome) OutcomeOf(int chunk) => _fetcher?.OutcomeOf(chunk) ?? (default, FetchOutcome.None);
+
+    /// <summary>
+    /// Where the two sides met: the first stored chunk the fetcher restored (the engine computed the chunks before it), or
+    /// <see cref="Stored"/> when it restored none.
+    /// </summary>
+    public int MeetingChunk()
+    {
+        for (int chunk = 0; chunk < Stored; chunk++)
+        {
+            if (OutcomeOf(chunk).Outcome == FetchOutcome.Restored)
+            {
+                return chunk;
+            }
+        }
+
+        return Stored;
     }
 
     /// <summary>The first chunk restored from a lossy variant (every chunk after it builds on inexact KV), or int.MaxValue.</summary>
@@ -247,24 +332,19 @@ internal sealed class PrefillRun : IAsyncDisposable
     /// verify on read and remove bad objects themselves), and variants not fetched are left alone. One that arrived
     /// intact but failed its MAC is wrong in the store itself (forged, or sealed under a retired secret) and is replaced.
     /// </summary>
-    public void Publish(KvPublisher publisher)
+    public int Publish(KvPublisher publisher)
     {
+        int queued = 0;
         int lossyFrom = FirstLossyRestore();
         for (int chunk = 0; chunk < Math.Min(_plan.Keys.Length, lossyFrom); chunk++)
         {
-            if (chunk >= Stored)
-            {
-                publisher.TryEnqueue(_plan, chunk, _session.Cache);
-            }
-            else if (_republish[chunk] && _fetcher!.OutcomeOf(chunk) is (KvVariant missing, FetchOutcome.Missing))
-            {
-                publisher.TryEnqueueMissing(_plan, chunk, _session.Cache, missing);
-            }
-            else if (_republish[chunk] && _fetcher!.OutcomeOf(chunk) is (KvVariant unauthentic, FetchOutcome.Unauthentic))
-            {
-                publisher.TryEnqueueReplacing(_plan, chunk, _session.Cache, unauthentic);
-            }
+            bool enqueued = chunk >= Stored ? publisher.TryEnqueue(_plan, chunk, _session.Cache)
+                : _republish[chunk] && _fetcher!.OutcomeOf(chunk) is (KvVariant missing, FetchOutcome.Missing) ? publisher.TryEnqueueMissing(_plan, chunk, _session.Cache, missing)
+                : _republish[chunk] && _fetcher!.OutcomeOf(chunk) is (KvVariant unauthentic, FetchOutcome.Unauthentic) && publisher.TryEnqueueReplacing(_plan, chunk, _session.Cache, unauthentic);
+            queued += enqueued ? 1 : 0;
         }
+
+        return queued;
     }
 
     /// <summary>What the prefill did, once it has run and been disposed.</summary>
@@ -347,16 +427,6 @@ internal sealed class PrefillRun : IAsyncDisposable
         }
 
         return end;
-    }
-
-    private void ComputeChunk(int chunk, float[] logits)
-    {
-        TimeSpan start = _timeline.Now;
-        long t0 = Stopwatch.GetTimestamp();
-        int first = chunk * _plan.ChunkTokens;
-        _session.Prefill(_plan.Tokens.AsSpan(first, _plan.ChunkTokens), first, logits);
-        _context.Rates.ObserveCompute(chunk, Stopwatch.GetElapsedTime(t0).TotalSeconds);
-        _timeline.Add(PrefillStage.Compute, chunk, null, start);
     }
 
     private static async Task<Lookup> LookupAsync(RunContext context, ContextPlan plan, IReadOnlyList<KvVariant> ladder, Timeline timeline, CancellationToken cancellationToken)

@@ -18,21 +18,36 @@ public sealed record EngineSchedulerOptions
     /// <summary>Requests waiting for a session; beyond this <see cref="EngineScheduler.Submit"/> throws <see cref="EngineBusyException"/>.</summary>
     public int MaxQueuedRequests { get; init; } = 64;
 
-    /// <summary>The most prompt tokens one iteration computes for one request.</summary>
+    /// <summary>
+    /// The token budget of one engine iteration: one token per decoding request first, then prompt slices of requests
+    /// without stored context, then the compute side of reuse requests (Cake's priority). It is also the most prompt
+    /// tokens one iteration computes for one request.
+    /// </summary>
     public int PrefillStepTokens { get; init; } = 256;
+
+    /// <summary>
+    /// How a request with a stored prefix obtains it: <see cref="PrefillMode.Adaptive"/> (ours, the default) and
+    /// <see cref="PrefillMode.Cake"/> compute its front in the engine's iterations while the fetcher restores its back;
+    /// <see cref="PrefillMode.FetchOnly"/> is the waiting queue (the whole prefix is fetched off the engine, then the rest
+    /// is computed). A strategy without a variant fetches what the reuse ladder holds (Cake: its first variant).
+    /// </summary>
+    public PrefillStrategy ReuseStrategy { get; init; } = PrefillStrategy.Adaptive;
 }
 
 /// <summary>
 /// One engine serving many requests with iteration-level (continuous) scheduling. A request first waits for a session
 /// (at most <see cref="EngineSchedulerOptions.MaxActiveSessions"/> exist, which bounds KV memory; a bounded queue
-/// beyond, then <see cref="EngineBusyException"/>); then, when its prompt has a stored prefix, it sits in the waiting
-/// queue while that prefix is fetched off the engine (<see cref="KvReuse.FetchPrefixAsync(IInferenceSession, ContextPlan, IReadOnlyList{KvVariant}, CancellationToken)"/>), so requests without
-/// reuse are never stuck behind a transfer; then it joins the engine thread. Each engine iteration computes one slice
-/// of at most <see cref="EngineSchedulerOptions.PrefillStepTokens"/> prompt tokens for one prefilling request (the one
-/// with the least left to compute, so a request whose prefix was fetched does not wait behind a long computation; one
-/// passed over 8 times goes first) and one decode step for every request that is generating, round robin, so a long
-/// prompt arriving never stalls the others' streams for longer than one slice, and a request joins or leaves between
-/// any two steps.
+/// beyond, then <see cref="EngineBusyException"/>). When its prompt may have a stored prefix, the prefix is looked up off
+/// the engine and, by default, obtained from both ends at once (<see cref="KvReuse.BeginPrefillAsync"/>): the fetcher
+/// restores its back chunks off the engine while the engine computes its front chunks in its iterations, meeting where
+/// the strategy (ours or Cake) decides and re-deciding as the rates change; with <see cref="PrefillMode.FetchOnly"/> it
+/// sits in a waiting queue while the whole prefix is fetched off the engine. Each engine iteration spends a token budget
+/// of <see cref="EngineSchedulerOptions.PrefillStepTokens"/> by Cake's priority: one decode step for every generating
+/// request, then prompt slices of requests without stored context (the one with the least left first; one passed over
+/// 8 times goes first), then the compute side of reuse requests (oldest first; one passed over 8 times goes before the
+/// others). A reuse request's fetch never blocks anyone: while the chunk in front of its engine side is the fetcher's,
+/// the engine serves the others, and when nobody has work it sleeps until a fetcher delivers. A request joins or leaves
+/// between any two iterations.
 /// The CPU engine computes one sequence per forward step: this interleaves requests' steps, it does not batch their
 /// matrix products. Chunks a request computes are published to the store in the background.
 /// </summary>
@@ -48,6 +63,8 @@ public sealed class EngineScheduler : IAsyncDisposable
     private readonly ManualResetEventSlim _signal = new(false);
     private readonly Thread _engine;
     private readonly CancellationTokenSource _stopping = new();
+    private readonly List<Task> _releases = [];
+    private readonly Action _wake;
     private int _active;
     private int _fetching;
     private bool _closed;
@@ -68,6 +85,7 @@ public sealed class EngineScheduler : IAsyncDisposable
         _reuse = reuse;
         _options = options;
         _metrics = metrics;
+        _wake = _signal.Set;
         _engine = new Thread(EngineLoop) { IsBackground = true, Name = "kvfetch serving engine" };
         _engine.Start();
     }
@@ -193,6 +211,15 @@ public sealed class EngineScheduler : IAsyncDisposable
 
         _signal.Set();
         await Task.Run(_engine.Join);
+
+        // Fetchers still stopping may call the wake action: the signal goes once they have.
+        Task[] releases;
+        lock (_releases)
+        {
+            releases = [.. _releases];
+        }
+
+        await Task.WhenAll(releases).ConfigureAwait(false);
         _signal.Dispose();
         _stopping.Dispose();
     }
@@ -219,7 +246,12 @@ public sealed class EngineScheduler : IAsyncDisposable
 
         if (_reuse is not null && sequence.Plan!.ReusableChunks > 0)
         {
-            _ = WaitForKvAsync(sequence);
+            _ = _options.ReuseStrategy.Mode switch
+            {
+                PrefillMode.FetchOnly => WaitForKvAsync(sequence),
+                PrefillMode.ComputeOnly => PostAsync(sequence),
+                _ => BeginReuseAsync(sequence),
+            };
         }
         else
         {
@@ -256,6 +288,47 @@ public sealed class EngineScheduler : IAsyncDisposable
         Post(sequence);
     }
 
+    /// <summary>
+    /// Compute and fetch together: looks up the stored prefix off the engine and starts its fetcher, then hands the request
+    /// to the engine, whose iterations compute the front while the fetcher restores the back.
+    /// </summary>
+    private async Task BeginReuseAsync(Sequence sequence)
+    {
+        Interlocked.Increment(ref _fetching);
+        try
+        {
+            sequence.Stopping = CancellationTokenSource.CreateLinkedTokenSource(sequence.CancellationToken, _stopping.Token);
+            sequence.Prefill = await _reuse!.BeginPrefillAsync(sequence.Session!, sequence.Plan!, ServingStrategy(), _wake, sequence.Stopping.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException ex)
+        {
+            Interlocked.Decrement(ref _fetching);
+            Finish(sequence, sequence.IsCancelled ? ex : new ObjectDisposedException(nameof(EngineScheduler)));
+            return;
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // The lookup turns store failures into misses; anything else is a bug, but it is this request's alone:
+            // compute everything.
+            sequence.Session!.Reset();
+            sequence.Prefill = null;
+            Trace.TraceWarning($"kvfetch serving: prefix lookup failed, computing instead: {ex.Message}");
+        }
+
+        Interlocked.Decrement(ref _fetching);
+        Post(sequence);
+    }
+
+    // The options' strategy with its variant filled in: Cake fetches one variant (the ladder's first, unless named).
+    private PrefillStrategy ServingStrategy() =>
+        _options.ReuseStrategy is { Mode: PrefillMode.Cake, Variant: null } ? PrefillStrategy.Cake(_reuse!.Options.Ladder[0]) : _options.ReuseStrategy;
+
+    private Task PostAsync(Sequence sequence)
+    {
+        Post(sequence);
+        return Task.CompletedTask;
+    }
+
     private void Post(Sequence sequence)
     {
         sequence.Ready = Stopwatch.GetTimestamp();
@@ -279,9 +352,8 @@ public sealed class EngineScheduler : IAsyncDisposable
             }
         }
 
-        // A GPU session holds device memory: give it back now, not at collection.
-        sequence.Session?.Dispose();
-        sequence.Session = null;
+        // A GPU session holds device memory: give it back now, not at collection (after its fetcher has stopped).
+        Release(sequence);
         while (true)
         {
             Sequence? next;
@@ -310,10 +382,68 @@ public sealed class EngineScheduler : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Stops a reuse request's fetcher (transfers in flight are cancelled) in the background; its session goes once the
+    /// fetcher has stopped writing into it, and a session without a fetcher goes now.
+    /// </summary>
+    private void Release(Sequence sequence)
+    {
+        IInferenceSession? session = sequence.Session;
+        sequence.Session = null;
+        StopFetcher(sequence);
+        Task? stopped = sequence.FetcherStopped;
+        if (stopped is null)
+        {
+            session?.Dispose();
+            sequence.Stopping?.Dispose();
+            return;
+        }
+
+        Track(ReleaseAfterAsync(stopped, session, sequence.Stopping));
+
+        static async Task ReleaseAfterAsync(Task stopped, IInferenceSession? session, CancellationTokenSource? stopping)
+        {
+            try
+            {
+                await stopped.ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                Trace.TraceWarning($"kvfetch serving: a fetcher failed to stop cleanly: {ex.Message}");
+            }
+            finally
+            {
+                session?.Dispose();
+                stopping?.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Starts stopping the request's fetcher, once (at its first token, or when it leaves).</summary>
+    private void StopFetcher(Sequence sequence)
+    {
+        if (sequence.Prefill is { } prefill && sequence.FetcherStopped is null)
+        {
+            sequence.FetcherStopped = Track(prefill.DisposeAsync().AsTask());
+        }
+    }
+
+    private Task Track(Task task)
+    {
+        lock (_releases)
+        {
+            _releases.RemoveAll(t => t.IsCompleted);
+            _releases.Add(task);
+        }
+
+        return task;
+    }
+
     private void EngineLoop()
     {
         var logits = new float[_model.Config.VocabSize];
         var prefilling = new List<Sequence>();
+        var reusing = new List<Sequence>();
         var decoding = new List<Sequence>();
         IReadOnlySet<int> eos = _model.Tokenizer.EosIds;
         while (true)
@@ -328,6 +458,12 @@ public sealed class EngineScheduler : IAsyncDisposable
                 }
 
                 ready.StartSampling(_model.Tokenizer, _model.Config.VocabSize);
+                if (ready.Prefill is { StoredChunks: > 0 })
+                {
+                    reusing.Add(ready); // its engine side computes from position 0 beside its fetcher
+                    continue;
+                }
+
                 int reused = Math.Min(ready.Session!.Cache.Length, ready.Request.Prompt.Length - 1);
                 ready.Session.Cache.Truncate(reused);
                 ready.Reused = reused;
@@ -337,7 +473,7 @@ public sealed class EngineScheduler : IAsyncDisposable
 
             if (_stopping.IsCancellationRequested)
             {
-                foreach (Sequence sequence in prefilling.Concat(decoding))
+                foreach (Sequence sequence in prefilling.Concat(reusing).Concat(decoding))
                 {
                     Finish(sequence, new ObjectDisposedException(nameof(EngineScheduler)));
                 }
@@ -348,56 +484,24 @@ public sealed class EngineScheduler : IAsyncDisposable
                 }
 
                 prefilling.Clear();
+                reusing.Clear();
                 decoding.Clear();
                 _signal.Wait(50);
                 continue;
             }
 
-            // A request whose client left stops here, whatever its place in the prefill order.
-            for (int i = prefilling.Count - 1; i >= 0; i--)
-            {
-                if (prefilling[i].IsCancelled)
-                {
-                    Sequence cancelled = prefilling[i];
-                    prefilling.RemoveAt(i);
-                    Finish(cancelled, new OperationCanceledException(cancelled.CancellationToken));
-                }
-            }
-
-            if (prefilling.Count == 0 && decoding.Count == 0)
+            // A request whose client left stops here, whatever its place.
+            DropCancelled(prefilling);
+            DropCancelled(reusing);
+            if (prefilling.Count == 0 && reusing.Count == 0 && decoding.Count == 0)
             {
                 _signal.Wait();
                 continue;
             }
 
-            // One prefill slice for the prefilling request with the least left to compute (a request whose prefix was
-            // fetched finishes in one slice instead of waiting behind a long computation); one passed over too often
-            // goes first, so a stream of short prompts cannot starve a long one.
-            if (prefilling.Count > 0)
-            {
-                int index = NextPrefill(prefilling);
-                Sequence sequence = prefilling[index];
-                if (sequence.IsCancelled)
-                {
-                    prefilling.RemoveAt(index);
-                    Finish(sequence, new OperationCanceledException(sequence.CancellationToken));
-                }
-                else
-                {
-                    StepOutcome outcome = Step(sequence, logits, eos, prefill: true);
-                    if (outcome != StepOutcome.Working)
-                    {
-                        prefilling.RemoveAt(index);
-                    }
-
-                    if (outcome == StepOutcome.Generating)
-                    {
-                        decoding.Add(sequence);
-                    }
-                }
-            }
-
-            // One decode step for every generating request.
+            // Cake's priority under the iteration's token budget: decode, then prefill of requests without stored
+            // context, then the compute side of reuse requests.
+            int budget = _options.PrefillStepTokens;
             for (int i = 0; i < decoding.Count; i++)
             {
                 Sequence sequence = decoding[i];
@@ -417,6 +521,132 @@ public sealed class EngineScheduler : IAsyncDisposable
                     decoding.RemoveAt(i);
                     i--;
                 }
+            }
+
+            budget = Math.Max(budget - decoding.Count, (budget + 1) / 2);
+            bool worked = decoding.Count > 0;
+
+            // A reuse request passed over too often goes before the requests without stored context once.
+            foreach (Sequence sequence in reusing)
+            {
+                sequence.Served = false;
+            }
+
+            TimeSpan recheck = Timeout.InfiniteTimeSpan;
+            for (int i = 0; i < reusing.Count && budget > 0; i++)
+            {
+                if (reusing[i].PassedOver >= MaxPassedOver)
+                {
+                    worked |= ReuseSteps(reusing, ref i, logits, eos, decoding, ref budget, ref recheck);
+                }
+            }
+
+            // Prompt slices of requests without stored context, the one with the least left first.
+            while (prefilling.Count > 0 && budget > 0)
+            {
+                int index = NextPrefill(prefilling);
+                Sequence sequence = prefilling[index];
+                int slice = Math.Min(budget, sequence.Request.Prompt.Length - sequence.Computed);
+                StepOutcome outcome = Step(sequence, logits, eos, prefill: true, slice);
+                budget -= slice;
+                worked = true;
+                if (outcome != StepOutcome.Working)
+                {
+                    prefilling.RemoveAt(index);
+                }
+
+                if (outcome == StepOutcome.Generating)
+                {
+                    decoding.Add(sequence);
+                }
+            }
+
+            // The compute side of reuse requests, oldest first, with what is left; the others are passed over.
+            for (int i = 0; i < reusing.Count; i++)
+            {
+                if (budget > 0)
+                {
+                    worked |= ReuseSteps(reusing, ref i, logits, eos, decoding, ref budget, ref recheck);
+                }
+                else if (!reusing[i].Served)
+                {
+                    reusing[i].PassedOver++;
+                }
+            }
+
+            if (!worked)
+            {
+                // Every reuse request waits for its fetcher and nothing else is to be done: sleep until a fetcher
+                // delivers (its board wakes the loop), a request arrives, or a strategy wants to decide again.
+                _signal.Wait(recheck);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Engine steps on the reuse request at <paramref name="index"/> while the budget lasts and its strategy gives the
+    /// engine work; at the first token it moves to <paramref name="decoding"/> (or leaves). Returns whether it computed.
+    /// </summary>
+    private bool ReuseSteps(List<Sequence> reusing, ref int index, float[] logits, IReadOnlySet<int> eos, List<Sequence> decoding, ref int budget, ref TimeSpan recheck)
+    {
+        Sequence sequence = reusing[index];
+        ReusePrefill prefill = sequence.Prefill!;
+        bool computed = false;
+        while (budget > 0)
+        {
+            EngineStep step;
+            try
+            {
+                step = prefill.NextStep(budget);
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                reusing.RemoveAt(index--);
+                Finish(sequence, ex);
+                return computed;
+            }
+
+            if (step.Kind == EngineStepKind.Wait)
+            {
+                if (step.Recheck != Timeout.InfiniteTimeSpan && (recheck == Timeout.InfiniteTimeSpan || step.Recheck < recheck))
+                {
+                    recheck = step.Recheck < TimeSpan.Zero ? TimeSpan.Zero : step.Recheck;
+                }
+
+                break;
+            }
+
+            computed = true;
+            sequence.Served = true;
+            sequence.PassedOver = 0;
+            budget -= step.Count;
+            StepOutcome outcome = Step(sequence, logits, eos, prefill: true, step.Count, step);
+            if (outcome == StepOutcome.Working)
+            {
+                continue;
+            }
+
+            reusing.RemoveAt(index--);
+            if (outcome == StepOutcome.Generating)
+            {
+                decoding.Add(sequence);
+            }
+
+            break;
+        }
+
+        return computed;
+    }
+
+    private void DropCancelled(List<Sequence> sequences)
+    {
+        for (int i = sequences.Count - 1; i >= 0; i--)
+        {
+            if (sequences[i].IsCancelled)
+            {
+                Sequence cancelled = sequences[i];
+                sequences.RemoveAt(i);
+                Finish(cancelled, new OperationCanceledException(cancelled.CancellationToken));
             }
         }
     }
@@ -464,21 +694,43 @@ public sealed class EngineScheduler : IAsyncDisposable
         Left,
     }
 
-    /// <summary>One step of <paramref name="sequence"/>: a prefill slice, or a decode step.</summary>
-    private StepOutcome Step(Sequence sequence, float[] logits, IReadOnlySet<int> eos, bool prefill)
+    /// <summary>
+    /// One step of <paramref name="sequence"/>: a prefill slice of <paramref name="count"/> tokens (for a reuse request,
+    /// the engine step <paramref name="reuseStep"/> its strategy gave), or a decode step.
+    /// </summary>
+    private StepOutcome Step(Sequence sequence, float[] logits, IReadOnlySet<int> eos, bool prefill, int count = 0, EngineStep reuseStep = default)
     {
         IInferenceSession session = sequence.Session!;
         int[] prompt = sequence.Request.Prompt;
         try
         {
-            if (prefill)
+            if (prefill && sequence.Prefill is { StoredChunks: > 0 } reuse)
             {
-                int count = Math.Min(_options.PrefillStepTokens, prompt.Length - sequence.Computed);
+                long started = Stopwatch.GetTimestamp();
+                session.Prefill(prompt.AsSpan(reuseStep.Start, reuseStep.Count), reuseStep.Start, logits);
+                reuse.Computed(reuseStep, Stopwatch.GetElapsedTime(started));
+                if (reuseStep.Start + reuseStep.Count < prompt.Length)
+                {
+                    return StepOutcome.Working;
+                }
+
+                // The prompt is done: the fetcher has stopped claiming; it stops for good in the background.
+                sequence.Split = reuse.Split();
+                sequence.Reused = sequence.Split.FetchedChunks * sequence.Plan!.ChunkTokens;
+                for (int queued = reuse.Publish(); queued > 0; queued--)
+                {
+                    _metrics.ObservePublishedChunk();
+                }
+
+                StopFetcher(sequence);
+            }
+            else if (prefill)
+            {
                 long started = Stopwatch.GetTimestamp();
                 session.Prefill(prompt.AsSpan(sequence.Computed, count), sequence.Computed, logits);
                 if (_reuse is not null && count == _reuse.Options.ChunkTokens && sequence.Computed % count == 0)
                 {
-                    // A whole chunk computed: what the waiting queue's deadline predicts from (else it uses a prior).
+                    // A whole chunk computed: what the predictions are made from (else they use a prior).
                     _reuse.Rates.ObserveCompute(sequence.Computed / count, Stopwatch.GetElapsedTime(started).TotalSeconds);
                 }
 
@@ -558,7 +810,7 @@ public sealed class EngineScheduler : IAsyncDisposable
     // token), so the next turn of a conversation, whose prompt repeats this one and the answer, reuses them too.
     private void PublishAnswer(Sequence sequence)
     {
-        if (_reuse is null || !_options.PublishAnswers || sequence.Restore?.RestoredLossy == true)
+        if (_reuse is null || !_options.PublishAnswers || sequence.Restore?.RestoredLossy == true || sequence.Split?.RestoredLossy == true)
         {
             return;
         }
@@ -592,19 +844,45 @@ public sealed class EngineScheduler : IAsyncDisposable
     {
         long now = Stopwatch.GetTimestamp();
         RestoreReport? restore = sequence.Restore;
+        ReuseSplit? split = sequence.Split ?? sequence.Prefill?.Split() ?? WaitingQueueSplit(sequence);
         return new PrefillInfo
         {
             PromptTokens = sequence.Request.Prompt.Length,
             ReusedTokens = sequence.Reused,
-            LookedUp = restore is not null,
-            StoredChunks = restore?.StoredChunks ?? 0,
-            FailedChunks = restore is null ? 0 : restore.StoredChunks - (sequence.Reused / sequence.Plan!.ChunkTokens),
-            LookupFailed = restore?.LookupFailed ?? false,
-            BytesFetched = restore?.BytesFetched ?? 0,
+            LookedUp = split is not null,
+            StoredChunks = split?.StoredChunks ?? 0,
+            FailedChunks = split?.FailedChunks ?? 0,
+            LookupFailed = split?.LookupFailed ?? false,
+            BytesFetched = split?.BytesFetched ?? 0,
+            Reuse = split,
             Queue = Stopwatch.GetElapsedTime(sequence.Submitted, sequence.Admitted),
             Fetch = Stopwatch.GetElapsedTime(sequence.Admitted, sequence.Ready),
             Prefill = Stopwatch.GetElapsedTime(sequence.Ready, now),
             TimeToFirstToken = Stopwatch.GetElapsedTime(sequence.Submitted, now),
         };
+
+        // The waiting queue fetched the prefix from the front; the engine computed what did not arrive.
+        static ReuseSplit? WaitingQueueSplit(Sequence sequence)
+        {
+            if (sequence.Restore is not { } restore)
+            {
+                return null;
+            }
+
+            int fetched = sequence.Reused / sequence.Plan!.ChunkTokens;
+            return new ReuseSplit
+            {
+                Strategy = "fetch-queue",
+                StoredChunks = restore.StoredChunks,
+                ComputedChunks = restore.StoredChunks - fetched,
+                FetchedChunks = fetched,
+                FailedChunks = restore.StoredChunks - fetched,
+                MeetingChunk = fetched > 0 ? 0 : restore.StoredChunks,
+                Variants = restore.Variants,
+                BytesFetched = restore.BytesFetched,
+                RestoredLossy = restore.RestoredLossy,
+                LookupFailed = restore.LookupFailed,
+            };
+        }
     }
 }

@@ -1,3 +1,5 @@
+using KvFetcher.Fetch.Scheduling;
+
 namespace KvFetcher.Serving.Scheduling;
 
 /// <summary>One prompt to continue and how: what <see cref="EngineScheduler.Submit"/> takes.</summary>
@@ -57,6 +59,12 @@ public sealed record PrefillInfo
     public bool LookupFailed { get; init; }
 
     public long BytesFetched { get; init; }
+
+    /// <summary>
+    /// How the stored prefix was split between the engine and the fetcher (computed and fetched chunks, where they met,
+    /// the variants); null when nothing was looked up.
+    /// </summary>
+    public ReuseSplit? Reuse { get; init; }
 
     /// <summary>Waiting for a session (the engine was at <see cref="KvFetcherOptions.MaxActiveSessions"/>).</summary>
     public TimeSpan Queue { get; init; }

@@ -59,8 +59,23 @@ internal sealed class Sequence
 
     public long Ready { get; set; }
 
-    /// <summary>What the waiting queue fetched; null without reuse.</summary>
+    /// <summary>What the waiting queue fetched; null without reuse or when the prefix is fetched beside the engine.</summary>
     public RestoreReport? Restore { get; set; }
+
+    /// <summary>The prefill of a prompt with a stored prefix, computed beside its fetcher; null otherwise.</summary>
+    public ReusePrefill? Prefill { get; set; }
+
+    /// <summary>How the stored prefix was split between the engine and the fetcher (set at the first token).</summary>
+    public ReuseSplit? Split { get; set; }
+
+    /// <summary>Stops the fetcher with the request (its client leaving, or the scheduler stopping).</summary>
+    public CancellationTokenSource? Stopping { get; set; }
+
+    /// <summary>Completes once the request's fetcher has stopped writing into its session.</summary>
+    public Task? FetcherStopped { get; set; }
+
+    /// <summary>The engine computed for this reuse request in the current iteration.</summary>
+    public bool Served { get; set; }
 
     /// <summary>Prompt positions [0, Computed) are in the cache.</summary>
     public int Computed { get; set; }

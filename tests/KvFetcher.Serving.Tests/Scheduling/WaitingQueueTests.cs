@@ -5,6 +5,7 @@ using KvFetcher.Engine;
 using KvFetcher.Engine.Model;
 using KvFetcher.Engine.Tokenization;
 using KvFetcher.Fetch;
+using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Serving.Scheduling;
 using KvFetcher.Store;
 using KvFetcher.Store.Disk;
@@ -41,7 +42,8 @@ public sealed class WaitingQueueTests(ServingFixture fixture) : IClassFixture<Se
         await using ShapedKvStore slow = await SlowStoreAsync(prompt);
         // The fetch is slower than computing on purpose: the waiting queue is told to accept that.
         await using var reuse = new KvReuse(fixture.Model, slow, new ReuseOptions { Ladder = [KvVariant.Raw], PrefixWaitFactor = 100 });
-        await using var scheduler = new EngineScheduler(fixture.Model, reuse, new EngineSchedulerOptions { MaxActiveSessions = sessions }, new ServingMetrics());
+        var waitingQueue = new EngineSchedulerOptions { MaxActiveSessions = sessions, ReuseStrategy = new PrefillStrategy(PrefillMode.FetchOnly) };
+        await using var scheduler = new EngineScheduler(fixture.Model, reuse, waitingQueue, new ServingMetrics());
         int[] plain = prompt[300..500];
 
         Generation reusing = scheduler.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 1 }, TestContext.Current.CancellationToken);
