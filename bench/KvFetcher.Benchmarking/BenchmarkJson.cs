@@ -6,4 +6,5 @@ namespace KvFetcher.Benchmarking;
 [JsonSourceGenerationOptions(WriteIndented = true)]
 [JsonSerializable(typeof(TtftSweepResult))]
 [JsonSerializable(typeof(IReadOnlyList<MixedWorkloadRow>))]
+[JsonSerializable(typeof(ServingWorkloadResult))]
 public sealed partial class BenchmarkJson : JsonSerializerContext;

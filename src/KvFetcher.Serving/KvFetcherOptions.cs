@@ -100,7 +100,7 @@ public sealed class KvFetcherOptions
     }
 
     /// <summary><c>ours</c>, <c>cake</c>, <c>fetch</c> (the waiting queue), or a strategy with its variant (<c>cake-raw</c>).</summary>
-    internal static PrefillStrategy ParseStrategy(string? text) => text switch
+    public static PrefillStrategy ParseStrategy(string? text) => text switch
     {
         "ours" or "adaptive" => PrefillStrategy.Adaptive,
         "cake" => new PrefillStrategy(PrefillMode.Cake),

@@ -31,6 +31,8 @@ public sealed class ServingMetrics
     private long _generatedTokens;
     private long _bytesFetched;
     private long _fallbackChunks;
+    private long _fetchedChunks;
+    private long _computedStoredChunks;
     private long _lookupFailures;
     private long _publishedChunks;
     private long _rejected;
@@ -55,6 +57,12 @@ public sealed class ServingMetrics
     /// <summary>Stored chunks that could not be fetched and were computed instead.</summary>
     public long FallbackChunks => Interlocked.Read(ref _fallbackChunks);
 
+    /// <summary>Stored chunks the fetcher restored.</summary>
+    public long FetchedChunks => Interlocked.Read(ref _fetchedChunks);
+
+    /// <summary>Stored chunks the engine computed instead (its side of the meeting with the fetcher, and fallbacks).</summary>
+    public long ComputedStoredChunks => Interlocked.Read(ref _computedStoredChunks);
+
     /// <summary>Lookups that failed (store down or slow): the whole prompt computed.</summary>
     public long LookupFailures => Interlocked.Read(ref _lookupFailures);
 
@@ -72,6 +80,11 @@ public sealed class ServingMetrics
         Interlocked.Add(ref _reusedTokens, info.ReusedTokens);
         Interlocked.Add(ref _bytesFetched, info.BytesFetched);
         Interlocked.Add(ref _fallbackChunks, info.FailedChunks);
+        if (info.Reuse is { } split)
+        {
+            Interlocked.Add(ref _fetchedChunks, split.FetchedChunks);
+            Interlocked.Add(ref _computedStoredChunks, split.ComputedChunks);
+        }
         if (info.LookedUp)
         {
             Interlocked.Increment(ref _lookups);
@@ -139,6 +152,8 @@ public sealed class ServingMetrics
         PrometheusText.Sample(text, "kvfetch_llm_generated_tokens_total", "counter", "Tokens generated.", Interlocked.Read(ref _generatedTokens));
         PrometheusText.Sample(text, "kvfetch_llm_fetched_bytes_total", "counter", "Bytes fetched from the store.", BytesFetched);
         PrometheusText.Sample(text, "kvfetch_llm_fallback_chunks_total", "counter", "Stored chunks that failed to fetch and were recomputed.", FallbackChunks);
+        PrometheusText.Sample(text, "kvfetch_llm_reuse_fetched_chunks_total", "counter", "Stored chunks the fetcher restored.", FetchedChunks);
+        PrometheusText.Sample(text, "kvfetch_llm_reuse_computed_chunks_total", "counter", "Stored chunks the engine computed (its side of the meeting, and fallbacks).", ComputedStoredChunks);
         PrometheusText.Sample(text, "kvfetch_llm_lookup_failures_total", "counter", "Store lookups that failed (store down or slow); the prompt was computed.", LookupFailures);
         PrometheusText.Sample(text, "kvfetch_llm_published_chunks_total", "counter", "Computed chunks queued for storing.", Interlocked.Read(ref _publishedChunks));
         if (publisherFailures is long failures)

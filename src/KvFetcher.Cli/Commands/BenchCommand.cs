@@ -29,9 +29,15 @@ internal static class BenchCommand
         Option<EngineKind> engine = CliOptions.Engine();
         Option<FileInfo?> render = new("--render") { Description = "Only write ttft.md and the plots for a ttft.json measured elsewhere (e.g. on the GPU machine)." };
         Option<bool> mixed = new("--mixed") { Description = "Run the mixed workload instead: reuse requests among a background load, one FIFO queue vs a separate waiting queue." };
+        Option<bool> serving = new("--serving") { Description = "Run the serving benchmark instead: Poisson arrivals of reuse and fresh requests through the engine loop, reuse off / fetch (waiting queue) / cake / ours, at --gbps link rates and --rates arrival rates." };
+        Option<string> gbps = new("--gbps") { Description = "With --serving: link rates in Gbit/s.", DefaultValueFactory = _ => "1,4,16" };
+        Option<string> rates = new("--rates") { Description = "With --serving: arrival rates in requests/s (both classes).", DefaultValueFactory = _ => "1,2" };
+        Option<int> requests = new("--requests") { Description = "With --serving: arrivals per run.", DefaultValueFactory = _ => 24 };
+        Option<int> context = new("--context") { Description = "With --serving: stored context tokens of a reuse request (a multiple of 256).", DefaultValueFactory = _ => 3072 };
+        Option<int> fresh = new("--fresh") { Description = "With --serving: prompt tokens of a request without stored context.", DefaultValueFactory = _ => 384 };
         var command = new Command("bench", "Measure TTFT per strategy across bandwidths and context lengths.")
         {
-            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads, store, linkMbps, mixed, engine, render,
+            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads, store, linkMbps, mixed, serving, gbps, rates, requests, context, fresh, engine, render,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -46,6 +52,26 @@ internal static class BenchCommand
             IInferenceModel lm = local.Model;
             DirectoryInfo folder = parse.GetValue(output)!;
             folder.Create();
+            if (parse.GetValue(serving))
+            {
+                ServingWorkloadResult served = ServingWorkload.RunAsync(lm, new ServingWorkloadOptions
+                {
+                    DocumentsDirectory = parse.GetValue(documents)?.FullName ?? DefaultDocuments(),
+                    Gbps = [.. Split(parse.GetValue(gbps)!).Select(s => double.Parse(s, CultureInfo.InvariantCulture))],
+                    Rates = [.. Split(parse.GetValue(rates)!).Select(s => double.Parse(s, CultureInfo.InvariantCulture))],
+                    Requests = parse.GetValue(requests),
+                    ContextTokens = parse.GetValue(context),
+                    FreshTokens = parse.GetValue(fresh),
+                    Restorer = local.Restorer,
+                    Log = Console.Error.WriteLine,
+                }).GetAwaiter().GetResult();
+                File.WriteAllText(Path.Combine(folder.FullName, "serving.json"), JsonSerializer.Serialize(served, BenchmarkJson.Default.ServingWorkloadResult));
+                string servingTable = ServingWorkload.Markdown(served);
+                File.WriteAllText(Path.Combine(folder.FullName, "serving.md"), servingTable);
+                Console.WriteLine(servingTable);
+                return 0;
+            }
+
             if (parse.GetValue(mixed))
             {
                 IReadOnlyList<MixedWorkloadRow> rows = MixedWorkload.RunAsync(lm, new MixedWorkloadOptions

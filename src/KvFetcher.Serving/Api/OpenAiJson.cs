@@ -111,6 +111,11 @@ internal sealed record Usage(int PromptTokens, int CompletionTokens, int TotalTo
 
 internal sealed record PromptTokensDetails(int CachedTokens);
 
+/// <summary>
+/// The reuse details of one request: tokens and times, and how the stored prefix was split (<c>strategy</c>;
+/// <c>stored_chunks</c> found, of which the engine computed <c>computed_chunks</c> and the fetcher restored
+/// <c>fetched_chunks</c>; <c>meeting_chunk</c>, the first chunk the fetcher restored; chunks per <c>variants</c>).
+/// </summary>
 internal sealed record KvFetcherUsage(
     int ReusedTokens,
     int ComputedTokens,
@@ -121,7 +126,13 @@ internal sealed record KvFetcherUsage(
     long BytesFetched,
     int FallbackChunks,
     bool LookupFailed,
-    string Tenant);
+    string Tenant,
+    string? Strategy = null,
+    int StoredChunks = 0,
+    int ComputedChunks = 0,
+    int FetchedChunks = 0,
+    int? MeetingChunk = null,
+    IReadOnlyDictionary<string, int>? Variants = null);
 
 internal sealed record ModelList(string Object, ModelInfo[] Data);
 

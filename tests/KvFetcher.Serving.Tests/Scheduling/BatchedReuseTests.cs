@@ -1,3 +1,4 @@
+using System.Text.Json;
 using KvFetcher.Core;
 using KvFetcher.Core.Containers;
 using KvFetcher.Engine;
@@ -17,7 +18,7 @@ namespace KvFetcher.Serving.Tests.Scheduling;
 /// </summary>
 public sealed class BatchedReuseTests(ServingFixture fixture) : IClassFixture<ServingFixture>, IAsyncDisposable
 {
-    private static readonly TimeSpan s_hangGuard = TimeSpan.FromSeconds(60);
+    private static readonly TimeSpan s_hangGuard = TimeSpan.FromSeconds(120);
     private readonly string _directory = Directory.CreateTempSubdirectory("kvf-batched-").FullName;
     private DiskKvStore? _disk;
 
@@ -53,6 +54,32 @@ public sealed class BatchedReuseTests(ServingFixture fixture) : IClassFixture<Se
         Assert.Equal(3, split.StoredChunks);
         Assert.Equal(split.StoredChunks, split.ComputedChunks + split.FetchedChunks);
         Assert.Equal(split.FetchedChunks * 256, result.Prefill.ReusedTokens);
+    }
+
+    [Fact]
+    public async Task ChatCompletion_OursReusesContext_UsageAndMetricsReportTheSplit()
+    {
+        KvFetcherOptions options = fixture.EngineOptions(store: _directory);
+        options.ReuseStrategy = "ours";
+        await using LlmHarness server = await LlmHarness.StartAsync(options);
+        await server.ChatAsync(fixture.Question("What does this document describe?"), 2);
+        await server.Engine.WhenPublishedAsync();
+
+        ChatAnswer answer = await server.ChatAsync(fixture.Question("How is a faulty merge reverted?"), 2);
+
+        JsonElement usage = answer.KvFetcher;
+        int stored = usage.GetProperty("stored_chunks").GetInt32();
+        int fetched = usage.GetProperty("fetched_chunks").GetInt32();
+        int meeting = usage.GetProperty("meeting_chunk").GetInt32();
+        Assert.Equal("ours", usage.GetProperty("strategy").GetString());
+        Assert.True(stored >= 3, $"stored {stored}");
+        Assert.Equal(stored, usage.GetProperty("computed_chunks").GetInt32() + fetched);
+        Assert.Equal(fetched * 256, answer.ReusedTokens);
+        Assert.InRange(meeting, 0, stored);
+        Assert.Equal(fetched, fetched == 0 ? 0 : usage.GetProperty("variants").GetProperty("raw").GetInt32());
+        string metrics = server.Engine.Metrics.Format();
+        Assert.Contains($"kvfetch_llm_reuse_fetched_chunks_total {fetched}\n", metrics, StringComparison.Ordinal);
+        Assert.Contains("kvfetch_llm_reuse_computed_chunks_total ", metrics, StringComparison.Ordinal);
     }
 
     [Fact]
