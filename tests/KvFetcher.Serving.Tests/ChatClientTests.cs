@@ -27,6 +27,7 @@ public sealed class ChatClientTests(ServingFixture fixture) : IClassFixture<Serv
             ["KvFetcher:Variant"] = "exact",
             ["KvFetcher:MaxActiveSessions"] = "2",
             ["KvFetcher:FetchTimeout"] = "00:00:05",
+            ["KvFetcher:ReuseStrategy"] = "fetch", // every stored chunk fetched, so the reuse is counted exactly
         }).Build();
         await using ServiceProvider services = new ServiceCollection().AddKvFetcher(configuration.GetSection("KvFetcher")).BuildServiceProvider();
         IChatClient client = services.GetRequiredService<IChatClient>();
