@@ -71,6 +71,15 @@ internal sealed class PrefillRun : IAsyncDisposable
     /// <summary>Chunks the engine took back from the fetcher.</summary>
     public int TakenBackChunks { get; private set; }
 
+    /// <summary>
+    /// Whether the stored prefix is settled and the engine computes the rest of the prompt (from <see cref="NextPosition"/>):
+    /// the fetcher has no part in what is left.
+    /// </summary>
+    public bool InSuffix => _suffixStarted;
+
+    /// <summary>The prompt position the engine computes next.</summary>
+    public int NextPosition => _next;
+
     /// <summary>Stored chunks the engine computed (its side of the meeting).</summary>
     public int ComputedChunks { get; private set; }
 

@@ -66,6 +66,12 @@ public sealed class ReusePrefill : IAsyncDisposable
     /// <summary>Chunks of the prompt found in the store.</summary>
     public int StoredChunks => _run.Stored;
 
+    /// <inheritdoc cref="PrefillRun.InSuffix"/>
+    public bool InSuffix => _run.InSuffix;
+
+    /// <inheritdoc cref="PrefillRun.NextPosition"/>
+    public int NextPosition => _run.NextPosition;
+
     /// <inheritdoc cref="PrefillRun.NextStep"/>
     public EngineStep NextStep(int maxTokens) => _run.NextStep(maxTokens);
 

@@ -537,7 +537,7 @@ public sealed class EngineScheduler : IAsyncDisposable
             {
                 if (reusing[i].PassedOver >= MaxPassedOver)
                 {
-                    worked |= ReuseSteps(reusing, ref i, logits, eos, decoding, ref budget, ref recheck);
+                    worked |= ReuseSteps(reusing, ref i, logits, eos, prefilling, decoding, ref budget, ref recheck);
                 }
             }
 
@@ -566,7 +566,7 @@ public sealed class EngineScheduler : IAsyncDisposable
             {
                 if (budget > 0)
                 {
-                    worked |= ReuseSteps(reusing, ref i, logits, eos, decoding, ref budget, ref recheck);
+                    worked |= ReuseSteps(reusing, ref i, logits, eos, prefilling, decoding, ref budget, ref recheck);
                 }
                 else if (!reusing[i].Served)
                 {
@@ -585,9 +585,10 @@ public sealed class EngineScheduler : IAsyncDisposable
 
     /// <summary>
     /// Engine steps on the reuse request at <paramref name="index"/> while the budget lasts and its strategy gives the
-    /// engine work; at the first token it moves to <paramref name="decoding"/> (or leaves). Returns whether it computed.
+    /// engine work; once its stored prefix is settled it moves to <paramref name="prefilling"/> (the rest of its prompt
+    /// is an ordinary prefill), at the first token to <paramref name="decoding"/> (or it leaves). Returns whether it computed.
     /// </summary>
-    private bool ReuseSteps(List<Sequence> reusing, ref int index, float[] logits, IReadOnlySet<int> eos, List<Sequence> decoding, ref int budget, ref TimeSpan recheck)
+    private bool ReuseSteps(List<Sequence> reusing, ref int index, float[] logits, IReadOnlySet<int> eos, List<Sequence> prefilling, List<Sequence> decoding, ref int budget, ref TimeSpan recheck)
     {
         Sequence sequence = reusing[index];
         ReusePrefill prefill = sequence.Prefill!;
@@ -621,7 +622,7 @@ public sealed class EngineScheduler : IAsyncDisposable
             sequence.PassedOver = 0;
             budget -= step.Count;
             StepOutcome outcome = Step(sequence, logits, eos, prefill: true, step.Count, step);
-            if (outcome == StepOutcome.Working)
+            if (outcome == StepOutcome.Working && !prefill.InSuffix)
             {
                 continue;
             }
@@ -630,6 +631,13 @@ public sealed class EngineScheduler : IAsyncDisposable
             if (outcome == StepOutcome.Generating)
             {
                 decoding.Add(sequence);
+            }
+            else if (outcome == StepOutcome.Working)
+            {
+                // The stored prefix is settled: the rest of the prompt is an ordinary prefill, shortest first among them
+                // (as a request whose prefix the waiting queue fetched).
+                sequence.Computed = prefill.NextPosition;
+                prefilling.Add(sequence);
             }
 
             break;
@@ -706,9 +714,15 @@ public sealed class EngineScheduler : IAsyncDisposable
         {
             if (prefill && sequence.Prefill is { StoredChunks: > 0 } reuse)
             {
+                if (reuseStep.Kind != EngineStepKind.Compute || reuseStep.Count == 0)
+                {
+                    reuseStep = reuse.NextStep(count); // the rest of the prompt, from the prefilling list
+                }
+
                 long started = Stopwatch.GetTimestamp();
                 session.Prefill(prompt.AsSpan(reuseStep.Start, reuseStep.Count), reuseStep.Start, logits);
                 reuse.Computed(reuseStep, Stopwatch.GetElapsedTime(started));
+                sequence.Computed = reuseStep.Start + reuseStep.Count;
                 if (reuseStep.Start + reuseStep.Count < prompt.Length)
                 {
                     return StepOutcome.Working;
