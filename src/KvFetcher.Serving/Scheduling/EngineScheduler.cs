@@ -284,8 +284,9 @@ public sealed class EngineScheduler : IAsyncDisposable
             Trace.TraceWarning($"kvfetch serving: prefix fetch failed, computing instead: {ex.Message}");
         }
 
-        Interlocked.Decrement(ref _fetching);
+        // Posted before it stops counting as fetching: a stopping engine loop waits for it and fails it.
         Post(sequence);
+        Interlocked.Decrement(ref _fetching);
     }
 
     /// <summary>
@@ -315,8 +316,9 @@ public sealed class EngineScheduler : IAsyncDisposable
             Trace.TraceWarning($"kvfetch serving: prefix lookup failed, computing instead: {ex.Message}");
         }
 
-        Interlocked.Decrement(ref _fetching);
+        // Posted before it stops counting as fetching: a stopping engine loop waits for it and fails it.
         Post(sequence);
+        Interlocked.Decrement(ref _fetching);
     }
 
     // The options' strategy with its variant filled in: Cake fetches one variant (the ladder's first, unless named).
