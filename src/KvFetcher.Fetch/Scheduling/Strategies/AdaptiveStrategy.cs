@@ -159,7 +159,12 @@ internal sealed class AdaptiveStrategy : MeetInMiddleStrategy
     protected override int Choose(int chunk, int inFlight)
     {
         int frontier = Board.ComputeFrontier;
-        double elapsedOnCurrent = Board.Time.GetElapsedTime(Board.ComputeChunkStart).TotalSeconds;
+
+        // Progress on the engine's current chunk counts only while the engine computes it, and at most its predicted
+        // compute time: an engine that serves other requests first (the server's batch) has not started it yet.
+        double elapsedOnCurrent = Board.EngineComputing
+            ? Math.Min(Board.Time.GetElapsedTime(Board.ComputeChunkStart).TotalSeconds, _rates.ComputeSeconds(frontier, _chunkTokens))
+            : 0;
 
         // Seconds until the engine reaches this chunk, and its mean cost per chunk over the gap.
         double engineArrival = -elapsedOnCurrent;
