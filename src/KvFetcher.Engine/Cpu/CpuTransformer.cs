@@ -34,6 +34,10 @@ internal sealed class CpuTransformer
         }
 
         _rotary = new RotaryTable(config.Rope, config.HeadDim, config.MaxPositionEmbeddings, Math.Min(config.MaxPositionEmbeddings, 4096));
+
+        // Each thread's scratch made once, now: a worker that takes part in a step for the first time allocates nothing.
+        MatMul.PrepareThreads(pool);
+        Attention.PrepareThreads(pool, config.HeadDim);
     }
 
     public ModelConfig Config => _config;
