@@ -221,7 +221,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--tiny-vocab", type=int, default=512)
     ap.add_argument("--prose-repeat", type=int, default=2, help="copies of the Debian training documents")
-    ap.add_argument("--max-code-bytes", type=float, default=1.2e9)
+    ap.add_argument("--max-code-bytes", type=float, default=8e8)
     ap.add_argument("--tok-sample-bytes", type=float, default=80e6)
     ap.add_argument("--valid-code-tokens", type=int, default=600_000)
     ap.add_argument("--tokenizer-from", default=None, help="reuse this directory's tokenizer instead of training one")

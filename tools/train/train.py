@@ -92,7 +92,7 @@ def parse_args():
     ap.add_argument("--max-positions", type=int, default=4096)
     # data
     ap.add_argument("--prose-repeat", type=int, default=2)
-    ap.add_argument("--max-code-bytes", type=float, default=1.2e9)
+    ap.add_argument("--max-code-bytes", type=float, default=8e8)
     ap.add_argument("--tok-sample-bytes", type=float, default=80e6)
     ap.add_argument("--tokenizer-from", default=None, help="reuse a tokenizer directory instead of training one")
     ap.add_argument("--no-code", action="store_true")
