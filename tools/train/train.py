@@ -116,9 +116,6 @@ def parse_args():
     return ap.parse_args()
 
 
-ARGS = parse_args()
-
-
 def start_data_process(args):
     cmd = [sys.executable, os.path.join(HERE, "build_data.py"), "--corpus", args.corpus, "--work", args.work,
            "--vocab", str(args.vocab), "--prose-repeat", str(args.prose_repeat),
@@ -134,7 +131,9 @@ def start_data_process(args):
     return subprocess.Popen(cmd)
 
 
-DATA_PROC = start_data_process(ARGS)  # before torch is imported: the data build runs while CUDA compiles
+if __name__ == "__main__":  # before torch is imported: the data build runs while CUDA compiles
+    ARGS = parse_args()
+    DATA_PROC = start_data_process(ARGS)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -641,7 +640,7 @@ def write_model_card(path, args, m, config, dm, samples, fixture_prompts):
     lines = [f"# {name}", "",
              "A small, deep Llama-architecture causal language model trained from scratch for KvFetcher's tests, "
              "benchmarks and demos, on technical documentation and real Python source code. It has the shape of "
-             "the large models KvFetcher serves scaled down in width only: 32 layers like Llama-3-8B, grouped-query "
+             "the large models KvFetcher serves scaled down in width only: " f"{args.layers} layers (Llama-3-8B has 32), grouped-query "
              "attention, head_dim 64, RoPE, tied embeddings, bf16 weights in sharded safetensors. It is meant to "
              "produce a realistic KV cache (deep, contextual layers) and recognisable documentation and code; it is "
              "not meant to be useful for anything else.", "",
