@@ -1,5 +1,4 @@
 using System.ClientModel;
-using KvFetcher.Serving.Chat;
 using OpenAI;
 using OpenAI.Chat;
 

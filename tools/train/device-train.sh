@@ -29,8 +29,8 @@ if [ ! -f .device-carry/corpus/train.jsonl.xz ]; then
   echo "ERROR: .device-carry/corpus is missing: run python3 tools/train/prepare_corpus.py here and carry .device-carry" | tee -a "$log"
   exit 2
 fi
-# train.py keeps to 560 s by itself (--total-seconds); the hard limit leaves time to pack the stage
-timeout -k 5 572 python3 tools/train/train.py --stage "$STAGE" "$@" 2>&1 | tee -a "$log"
+# train.py keeps to 555 s by itself (--total-seconds); the hard limit leaves time to pack the stage
+timeout -k 5 565 python3 tools/train/train.py --stage "$STAGE" "$@" 2>&1 | tee -a "$log"
 rc=${PIPESTATUS[0]}
 echo "train.py exit code $rc after $(( $(date +%s) - start )) s" | tee -a "$log"
 (cd "$STAGE" && find . -type f | sort | xargs -r ls -l) >> "$log" 2>&1

@@ -99,7 +99,7 @@ def parse_args():
     ap.add_argument("--data-timeout", type=float, default=240, help="seconds after start to wait for build_data.py")
     # schedule
     ap.add_argument("--train-seconds", type=float, default=430)
-    ap.add_argument("--total-seconds", type=float, default=560, help="wall-clock limit for the whole script")
+    ap.add_argument("--total-seconds", type=float, default=555, help="wall-clock limit for the whole script")
     ap.add_argument("--post-reserve", type=float, default=85, help="seconds kept for evaluation/saving/fixtures")
     ap.add_argument("--tokens-per-step", type=int, default=65536)
     ap.add_argument("--lr", type=float, default=1.5e-3)
@@ -1043,6 +1043,13 @@ def main():
         log("ERROR: fixture failed\n" + traceback.format_exc())
     dump_metrics()
 
+    def card(samples):
+        try:
+            write_model_card(os.path.join(mdir, "README.md"), args, metrics, config, dm, samples, fixture_rows)
+        except Exception:
+            log("ERROR: model card failed\n" + traceback.format_exc())
+    card([])  # a first version, in case the samples below run out of time
+
     sample_lines = []
     try:
         model.generation_config = generation_config()
@@ -1078,10 +1085,7 @@ def main():
             log("WARNING: comparison failed\n" + traceback.format_exc())
 
     dump_metrics()
-    try:
-        write_model_card(os.path.join(mdir, "README.md"), args, metrics, config, dm, sample_lines, fixture_rows)
-    except Exception:
-        log("ERROR: model card failed\n" + traceback.format_exc())
+    card(sample_lines)
     log("all done", json.dumps({k: v for k, v in metrics.items() if k not in ("args", "data", "evals")}))
 
 
