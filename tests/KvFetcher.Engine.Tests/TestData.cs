@@ -26,5 +26,5 @@ internal static class TestData
     public static string TinyModel(string name) => Path.Combine(RepositoryRoot, "tests", "TestData", "models", name);
 
     /// <summary>Hugging Face tokenizers' ids for a long text (see make_long_text_reference.mjs beside it).</summary>
-    public static string LongTextReference => Path.Combine(RepositoryRoot, "tests", "TestData", "tokenizer", "long-text-kvf-pydoc-16m.json.gz");
+    public static string LongTextReference => Path.Combine(RepositoryRoot, "tests", "TestData", "tokenizer", $"long-text-{BundledModelName}.json.gz");
 }
