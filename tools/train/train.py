@@ -887,15 +887,16 @@ def main():
         log(f"warm-up seq {L}: {time.time() - t0:.1f}s, peak mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     if args.bench_eager:
         for bname, fn in (("eager", loss_eager), ("compiled", step_fn)):
-            for L in (2048, 4096):
-                run_step(fn, *random_batch(L))
-                torch.cuda.synchronize()
-                t0 = time.time()
-                for _ in range(4):
+            with eager() if bname == "eager" else contextlib.nullcontext():
+                for L in (2048, 4096):
                     run_step(fn, *random_batch(L))
-                torch.cuda.synchronize()
-                opt.zero_grad(set_to_none=True)
-                log(f"bench {bname} seq {L}: {4 * args.tokens_per_step / (time.time() - t0):,.0f} tok/s")
+                    torch.cuda.synchronize()
+                    t0 = time.time()
+                    for _ in range(4):
+                        run_step(fn, *random_batch(L))
+                    torch.cuda.synchronize()
+                    opt.zero_grad(set_to_none=True)
+                    log(f"bench {bname} seq {L}: {4 * args.tokens_per_step / (time.time() - t0):,.0f} tok/s")
 
     # ---- data
     status = wait_for_data(args)
@@ -921,7 +922,9 @@ def main():
     docs_by_key = {(d["source"], d["path"]): d["text"] for d in valid_docs}
     code_heldout = load_jsonl(os.path.join(work, "heldout_code.jsonl"))
     fixture_prompts = [(n, f"{s}:{p}", pick_excerpt(tok, docs_by_key[(s, p)], t), None)
-                       for n, s, p, t in FIXTURE_PROMPTS]
+                       for n, s, p, t in FIXTURE_PROMPTS if (s, p) in docs_by_key]
+    if len(fixture_prompts) != len(FIXTURE_PROMPTS):
+        log("WARNING: some fixture documents are not in the held-out split; KV prompt index may be off")
     used_sources = set()
     for cname, target in CODE_PROMPTS:
         for d in sorted((d for d in code_heldout if d["kind"] == "code" and d["path"].endswith(".py")),
@@ -935,7 +938,7 @@ def main():
                                     pick_code_excerpt(tok, d["text"], target), d["licence"]))
             break
     tiny_prompts = [(n, f"{s}:{p}", pick_excerpt(tok_tiny, docs_by_key[(s, p)], t), None)
-                    for n, s, p, t in TINY_PROMPTS]
+                    for n, s, p, t in TINY_PROMPTS if (s, p) in docs_by_key]
 
     for what, fn in (("tiny models", lambda: metrics.__setitem__(
                          "tiny_model_bytes", build_tiny(stage, os.path.join(work, "tokenizer-tiny"), tok_tiny,
@@ -984,7 +987,8 @@ def main():
         else:
             skipped += 1
             if skipped > 50:
-                sys.exit("more than 50 steps with non-finite gradients")
+                log("ERROR: more than 50 steps with non-finite gradients; stopping training, saving what there is")
+                break
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens += args.tokens_per_step
