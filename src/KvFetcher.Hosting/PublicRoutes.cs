@@ -21,7 +21,7 @@ public static class PublicRoutes
     public const string Metrics = "/metrics";
 
     /// <summary>The content type of the Prometheus text exposition format, version 0.0.4, as the exporter sends it.</summary>
-    public const string MetricsContentType = "text/plain; charset=utf-8; version=0.0.4";
+    public const string MetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
 
     /// <summary>The paths anonymous callers may reach: <see cref="Health"/>, and <see cref="Metrics"/> when <paramref name="publicMetrics"/>.</summary>
     public static IReadOnlyList<string> Paths(bool publicMetrics) => publicMetrics ? [Health, Metrics] : [Health];

@@ -2,6 +2,7 @@ using KvFetcher.Store.Disk;
 using KvFetcher.Store.Redis;
 using KvFetcher.Store.Remote;
 using KvFetcher.Store.Resilience;
+using KvFetcher.Store.Telemetry;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -42,6 +43,11 @@ public static class KvStores
     public static async Task<string?> CheckAsync(IKvStore store, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(store);
+        if (store is InstrumentedKvStore instrumented)
+        {
+            store = instrumented.Inner;
+        }
+
         if (store is ResilientKvStore resilient)
         {
             return await resilient.CheckAsync(cancellationToken).ConfigureAwait(false);
