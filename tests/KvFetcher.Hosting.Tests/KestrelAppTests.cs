@@ -16,8 +16,8 @@ namespace KvFetcher.Hosting.Tests;
 public sealed class KestrelAppTests
 {
     private const string Token = "hosting-token-0123456789";
-    // The test app's one instrument, as the Prometheus exporter writes it.
-    private const string Metrics = "kvf_test_metric_total 7";
+    // The test app's one instrument, as the Prometheus exporter names it.
+    private const string Metric = "kvf_test_metric_total";
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -70,8 +70,10 @@ public sealed class KestrelAppTests
         Assert.Equal(expected, response.StatusCode);
         Assert.Equal(HttpStatusCode.OK, withToken.StatusCode);
         Assert.Equal(PublicRoutes.MetricsContentType, withToken.Content.Headers.ContentType!.ToString());
-        string text = await withToken.Content.ReadAsStringAsync(Ct);
-        Assert.Contains(Metrics, text.Split('\n'));
+        var scrape = MetricsScrape.Parse(await withToken.Content.ReadAsStringAsync(Ct));
+        Assert.Equal(7, scrape.Value(Metric));
+        Assert.Equal("counter", scrape.TypeOf(Metric));
+        Assert.Equal("kvfetch-hosting-tests", scrape.LabelsOf("target_info").Single()["service_name"]);
     }
 
     [Fact]
