@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Configuration.Memory;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -67,6 +68,15 @@ public static class KestrelApp
         // Before AddConsole, so that Logging:Console:FormatterOptions in configuration still wins.
         builder.Services.Configure<SimpleConsoleFormatterOptions>(o => o.SingleLine = true);
         builder.Logging.AddConsole();
+        // The slim builder asks for the simple formatter in code, which would beat configuration: configuration wins again.
+        ConfigurationManager configuration = builder.Configuration;
+        builder.Services.Configure<ConsoleLoggerOptions>(o =>
+        {
+            if (configuration["Logging:Console:FormatterName"] is { Length: > 0 } formatter)
+            {
+                o.FormatterName = formatter;
+            }
+        });
         builder.Services.AddSingleton<IHostLifetime, ExplicitLifetime>();
         return builder;
     }

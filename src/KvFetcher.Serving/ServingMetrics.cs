@@ -79,7 +79,7 @@ public sealed class ServingMetrics : IDisposable
         meter.CreateObservableCounter("kvfetch.llm.prefills", () => Prefills, "{request}", "Requests that got their first token.");
         meter.CreateObservableCounter("kvfetch.llm.reuse.lookups", () => Lookups, "{request}", "Requests with a reusable prefix length, looked up in the store.");
         meter.CreateObservableCounter("kvfetch.llm.reuse.hits", () => Hits, "{request}", "Looked-up requests that reused at least one chunk.");
-        meter.CreateObservableGauge("kvfetch.llm.reuse.hit", () => Lookups == 0 ? 0 : (double)Hits / Lookups, "1", "Hits / lookups since start.");
+        meter.CreateObservableGauge("kvfetch.llm.reuse.hit_ratio", () => Lookups == 0 ? 0 : (double)Hits / Lookups, "1", "Hits / lookups since start.");
         meter.CreateObservableCounter("kvfetch.llm.prompt_tokens", () => PromptTokens, "{token}", "Prompt tokens of all requests.");
         meter.CreateObservableCounter("kvfetch.llm.reused_tokens", () => ReusedTokens, "{token}", "Prompt tokens whose KV came from the store.");
         meter.CreateObservableCounter("kvfetch.llm.computed_tokens", () => PromptTokens - ReusedTokens, "{token}", "Prompt tokens the engine computed.");

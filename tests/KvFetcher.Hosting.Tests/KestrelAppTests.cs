@@ -6,6 +6,10 @@ using KvFetcher.Tests;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
+using Microsoft.Extensions.Options;
 
 namespace KvFetcher.Hosting.Tests;
 
@@ -74,6 +78,32 @@ public sealed class KestrelAppTests
         Assert.Equal(7, scrape.Value(Metric));
         Assert.Equal("counter", scrape.TypeOf(Metric));
         Assert.Equal("kvfetch-hosting-tests", scrape.LabelsOf("target_info").Single()["service_name"]);
+    }
+
+    [Fact]
+    public async Task CreateBuilder_JsonFormatterInConfiguration_ConsoleUsesItWithKvFetcherAtInformation()
+    {
+        WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvfetch-hosting-tests");
+        builder.Configuration["Logging:Console:FormatterName"] = "json";
+        await using WebApplication app = builder.Build();
+
+        ILoggerFactory loggers = app.Services.GetRequiredService<ILoggerFactory>();
+        Assert.Equal("json", app.Services.GetRequiredService<IOptionsMonitor<ConsoleLoggerOptions>>().CurrentValue.FormatterName);
+        Assert.True(loggers.CreateLogger("KvFetcher.Serving.Scheduling.EngineScheduler").IsEnabled(LogLevel.Information));
+        Assert.False(loggers.CreateLogger("Microsoft.AspNetCore.Hosting.Diagnostics").IsEnabled(LogLevel.Information));
+        Assert.True(loggers.CreateLogger("Microsoft.AspNetCore.Hosting.Diagnostics").IsEnabled(LogLevel.Warning));
+    }
+
+    [Fact]
+    public async Task CreateBuilder_LevelInConfiguration_OverridesTheDefault()
+    {
+        WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvfetch-hosting-tests");
+        builder.Configuration["Logging:LogLevel:KvFetcher"] = "Warning";
+        await using WebApplication app = builder.Build();
+
+        ILoggerFactory loggers = app.Services.GetRequiredService<ILoggerFactory>();
+        Assert.False(loggers.CreateLogger("KvFetcher.Serving.Scheduling.EngineScheduler").IsEnabled(LogLevel.Information));
+        Assert.Equal("simple", app.Services.GetRequiredService<IOptionsMonitor<ConsoleLoggerOptions>>().CurrentValue.FormatterName ?? "simple");
     }
 
     [Fact]

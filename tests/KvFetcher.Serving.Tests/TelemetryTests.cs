@@ -59,6 +59,7 @@ public sealed class TelemetryTests(ServingFixture fixture) : IClassFixture<Servi
         var scrape = MetricsScrape.Parse(await server.Http.GetStringAsync("metrics", Ct));
         (int ExitCode, string Output)? check = await scrape.PromtoolCheckAsync(Ct);
 
+        TestContext.Current.TestOutputHelper?.WriteLine(scrape.Text);
         Assert.Contains("kvfetch_reuse_restored_chunks_total", scrape.Names);
         Assert.SkipWhen(check is null, "promtool is not installed (Debian package prometheus, or set $PROMTOOL)");
         Assert.True(check!.Value.ExitCode == 0 && check.Value.Output.Trim().Length == 0, $"promtool check metrics:\n{check.Value.Output}\n{scrape.Text}");
