@@ -1,10 +1,15 @@
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Fetching;
 using KvFetcher.Fetch.Publishing;
 using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
+using KvFetcher.Fetch.Telemetry;
 using KvFetcher.Store;
+using KvFetcher.Store.Telemetry;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace KvFetcher.Fetch;
 
@@ -19,13 +24,20 @@ public sealed class KvReuse : IAsyncDisposable
 {
     private readonly IInferenceModel _model;
     private readonly RunContext _run;
+    private readonly Meter? _ownMeter;
 
     /// <param name="model">The engine's model (its KV storage dtype is the dtype chunks are stored in).</param>
     /// <param name="store">Where chunks live.</param>
     /// <param name="options">Chunking, ladder, deadlines.</param>
     /// <param name="rates">Measured rates to start from (shared by several instances over one engine); a new set by default.</param>
     /// <param name="restorer">How fetched chunks are decoded into the engine's cache; the CPU decoders by default.</param>
-    public KvReuse(IInferenceModel model, IKvStore store, ReuseOptions? options = null, FetchRates? rates = null, IChunkRestorer? restorer = null)
+    /// <param name="loggerFactory">Where chunk fallbacks (with their causes) and publishing failures are logged; nowhere by default.</param>
+    /// <param name="meter">
+    /// Where restored chunks per variant, fallbacks per reason and decode times are counted (a <c>KvFetcher</c> meter, e.g.
+    /// from the host's <see cref="IMeterFactory"/>); a meter of this instance's own by default.
+    /// </param>
+    public KvReuse(IInferenceModel model, IKvStore store, ReuseOptions? options = null, FetchRates? rates = null, IChunkRestorer? restorer = null,
+        ILoggerFactory? loggerFactory = null, Meter? meter = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(store);
@@ -43,12 +55,20 @@ public sealed class KvReuse : IAsyncDisposable
         Store = store;
         Options = warning is null ? options : options with { Ladder = usable };
         LadderWarning = warning;
-        Publisher = new KvPublisher(store, options.Ladder, workers: Options.PublishWorkers, options: Options.Publishing);
+        loggerFactory ??= NullLoggerFactory.Instance;
+        if (meter is null)
+        {
+            _ownMeter = new Meter(KvFetcherMeter.Name);
+            meter = _ownMeter;
+        }
+
+        Publisher = new KvPublisher(store, options.Ladder, workers: Options.PublishWorkers, options: Options.Publishing, logger: loggerFactory.CreateLogger<KvPublisher>());
         Rates = rates ?? new FetchRates();
         Restorer = restorer ?? HostChunkRestorer.Instance;
 
         // Each stage gets its part of the options, split once here.
-        _run = new RunContext(store, Rates, Restorer, Options.Fetcher, Options.Choice, Options.LookupDeadline, model.ComputesOnHostCores);
+        _run = new RunContext(store, Rates, Restorer, Options.Fetcher, Options.Choice, Options.LookupDeadline, model.ComputesOnHostCores,
+            new ReuseTelemetry(meter, loggerFactory.CreateLogger<KvReuse>()));
     }
 
     public IKvStore Store { get; }
@@ -179,7 +199,11 @@ public sealed class KvReuse : IAsyncDisposable
         return run.ToRestoreReport(Stopwatch.GetElapsedTime(t0));
     }
 
-    public async ValueTask DisposeAsync() => await Publisher.DisposeAsync().ConfigureAwait(false);
+    public async ValueTask DisposeAsync()
+    {
+        await Publisher.DisposeAsync().ConfigureAwait(false);
+        _ownMeter?.Dispose();
+    }
 
     private IReadOnlyList<KvVariant> LadderFor(PrefillStrategy strategy) => strategy.Mode switch
     {

@@ -1,8 +1,11 @@
+using System.Diagnostics.Metrics;
 using KvFetcher.Hosting;
 using KvFetcher.Serving.Api;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace KvFetcher.Serving;
 
@@ -31,28 +34,33 @@ public sealed class LlmServer : IAsyncDisposable
 
     public KvFetcherEngine Engine { get; }
 
-    /// <summary>Validates <paramref name="options"/>, loads the model, opens the store, binds and starts serving.</summary>
+    /// <summary>
+    /// Validates <paramref name="options"/>, loads the model, opens the store, binds and starts serving. The engine logs
+    /// through the server's logging (configuration-driven, see <see cref="KestrelApp.CreateBuilder(string)"/>) and its
+    /// metrics are the server's <c>/metrics</c>.
+    /// </summary>
     public static async Task<LlmServer> StartAsync(LlmServerOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        KvFetcherEngine engine = await KvFetcherEngine.StartAsync(options.Engine, cancellationToken);
-        try
-        {
-            return await StartAsync(options, engine, ownsEngine: true, cancellationToken);
-        }
-        catch
-        {
-            await engine.DisposeAsync();
-            throw;
-        }
+        return await StartAsync(options, services => KvFetcherEngine.StartAsync(options.Engine, services.GetRequiredService<ILoggerFactory>(),
+            services.GetRequiredService<IMeterFactory>(), cancellationToken), ownsEngine: true, cancellationToken);
     }
 
-    /// <summary>Serves <paramref name="engine"/>; disposes it with the server when <paramref name="ownsEngine"/>.</summary>
-    public static async Task<LlmServer> StartAsync(LlmServerOptions options, KvFetcherEngine engine, bool ownsEngine, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// Serves <paramref name="engine"/>; disposes it with the server when <paramref name="ownsEngine"/>. Its meter's
+    /// instruments are exported at <c>/metrics</c> beside the server's own.
+    /// </summary>
+    public static Task<LlmServer> StartAsync(LlmServerOptions options, KvFetcherEngine engine, bool ownsEngine, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(engine);
+        return StartAsync(options, _ => Task.FromResult(engine), ownsEngine, cancellationToken);
+    }
+
+    private static async Task<LlmServer> StartAsync(LlmServerOptions options, Func<IServiceProvider, Task<KvFetcherEngine>> createEngine, bool ownsEngine,
+        CancellationToken cancellationToken)
+    {
         // Deny by default (with API keys or --tenant-from-key): every route needs a key but the public list (/healthz;
         // /metrics with PublicMetrics).
         WebApplicationBuilder builder = KestrelApp.CreateBuilder(new KestrelAppOptions
@@ -68,14 +76,38 @@ public sealed class LlmServer : IAsyncDisposable
         });
 
         WebApplication app = builder.Build();
-        var endpointsApi = new OpenAiEndpoints(engine, options);
-        ServingMetrics metrics = engine.Metrics;
-        app.UseRequestObserver((route, status, _) => metrics.ObserveRequest(route, status));
-        app.Use(BadRequestAsync);
-        app.UseBearerAuthentication();
-        endpointsApi.Map(app);
-        // Requests in flight get 10 s to finish when the server is disposed.
-        return new LlmServer(await KestrelApp.StartAsync(app, ownsEngine ? engine : null, TimeSpan.FromSeconds(10), cancellationToken), engine);
+        KvFetcherEngine engine;
+        try
+        {
+            engine = await createEngine(app.Services);
+        }
+        catch
+        {
+            await app.DisposeAsync();
+            throw;
+        }
+
+        try
+        {
+            app.Services.GetRequiredService<MeterScope>().Add(engine.Meter);
+            var endpointsApi = new OpenAiEndpoints(engine, options);
+            ServingMetrics metrics = engine.Metrics;
+            app.UseRequestObserver((route, status, _) => metrics.ObserveRequest(route, status));
+            app.Use(BadRequestAsync);
+            app.UseBearerAuthentication();
+            endpointsApi.Map(app);
+            // Requests in flight get 10 s to finish when the server is disposed.
+            return new LlmServer(await KestrelApp.StartAsync(app, ownsEngine ? engine : null, TimeSpan.FromSeconds(10), cancellationToken), engine);
+        }
+        catch
+        {
+            if (ownsEngine)
+            {
+                await engine.DisposeAsync();
+            }
+
+            throw;
+        }
     }
 
     /// <summary>Stops accepting connections and waits for requests in flight (cancel to cut them short).</summary>

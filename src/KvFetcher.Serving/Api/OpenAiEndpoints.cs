@@ -45,7 +45,7 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         app.MapGet("/v1/models", new RequestDelegate(ModelsAsync)).WithDisplayName("models");
         app.MapGet("/v1/models/{id}", new RequestDelegate(ModelAsync)).WithDisplayName("model");
         // The public list: every other route needs an API key when keys are in use (LlmServer's BearerAuthentication).
-        app.MapHealthAndMetrics(HealthAsync, FormatMetricsAsync, options.PublicMetrics);
+        app.MapHealthAndMetrics(HealthAsync, options.PublicMetrics);
     }
 
     private async Task ServeAsync(HttpContext context, Route route)
@@ -396,6 +396,7 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         {
             Prompt = tokens,
             TenantSalt = salt!,
+            Tenant = tenantName,
             MaxTokens = maxTokens ?? Math.Min(engine.Options.DefaultMaxTokens, window - tokens.Length),
             // OpenAI's default temperature is 1.
             Temperature = temperature ?? 1f,
@@ -659,7 +660,4 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
     private Task HealthAsync(HttpContext context) =>
         context.Response.WriteAsJsonAsync(new HealthResponse("ok", engine.ModelId, engine.ReuseEnabled, engine.Scheduler.ActiveSessions, engine.Scheduler.QueuedRequests),
             OpenAiJson.Default.HealthResponse, cancellationToken: context.RequestAborted);
-
-    private Task<string> FormatMetricsAsync(CancellationToken cancellationToken) =>
-        Task.FromResult(engine.Metrics.Format(engine.Scheduler, engine.Publisher?.Failed, engine.Publisher?.Dropped));
 }
