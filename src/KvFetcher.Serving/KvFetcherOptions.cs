@@ -54,6 +54,9 @@ public sealed class KvFetcherOptions
     /// </summary>
     public string Accuracy { get; set; } = "default";
 
+    /// <summary>The model's calibration profile file; null reads <c>kvfetcher-profile.json</c> in <see cref="ModelDirectory"/>.</summary>
+    public string? CalibrationProfileFile { get; set; }
+
     /// <summary>Tokens per stored chunk.</summary>
     public int ChunkTokens { get; set; } = 256;
 
@@ -124,6 +127,7 @@ public sealed class KvFetcherOptions
                     TenantSalt = DefaultTenant,
                     Ladder = ladder,
                     Floor = ParseFloor(),
+                    Profile = CalibrationProfileFile is { } profile ? CalibrationProfile.Load(profile) : null,
                     ChunkTimeout = FetchTimeout,
                     Authenticator = ChunkSecretFile is { } secret ? ChunkAuthenticator.FromSecretFile(secret) : null,
                     // A few chunks in flight per request: several requests fetch at once.
