@@ -45,8 +45,16 @@ internal static class CodecBenchmark
             throw new ArgumentException($"No document in {string.Join(", ", documents)} has {evaluator.TokensNeeded} tokens.");
         }
 
-        IReadOnlyList<VariantAccuracy> results = evaluator.Evaluate([.. docs.Select(d => d.Tokens)], variants,
-            d => Console.Error.WriteLine($"[{d + 1}/{docs.Count}] {Path.GetFileName(docs[d].Path)}: {docs[d].Tokens.Length} tokens"));
+        string? partialPath = BenchArgs.Option(args, "--partial");
+        IReadOnlyList<VariantAccuracy> results = evaluator.Evaluate([.. docs.Select(d => d.Tokens)], variants, (d, soFar) =>
+        {
+            Console.Error.WriteLine($"[{d + 1}/{docs.Count}] {Path.GetFileName(docs[d].Path)}: {docs[d].Tokens.Length} tokens");
+            if (partialPath is not null)
+            {
+                // The table over the documents so far, rewritten after each one (a long run can be stopped and still report).
+                File.WriteAllText(partialPath, $"after {d + 1} of {docs.Count} documents ({Sources([.. docs.Take(d + 1)])}):\n\n{Table(soFar)}");
+            }
+        });
 
         Console.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(model))} KV (fp16) of {docs.Count} held-out documents ({Sources(docs)}), " +
             $"{options.PrefixTokens}-token prefixes in {options.ChunkTokens}-token chunks, encoded, decoded and restored; accuracy of the next " +

@@ -55,7 +55,7 @@ internal static class CalibrateCommand
 
             Console.Error.WriteLine($"kvfetch calibrate: {Path.GetFileName(directory)}, {docs.Count} documents from {string.Join(", ", sources)}; {ladder.Count} variants: {string.Join(", ", ladder)}");
             CalibrationProfile profile = Calibrator.Measure(lm, docs, ladder, evaluation,
-                d => Console.Error.WriteLine($"  [{d + 1}/{docs.Count}] {Path.GetFileName(docs[d].Path)}"));
+                (d, _) => Console.Error.WriteLine($"  [{d + 1}/{docs.Count}] {Path.GetFileName(docs[d].Path)}"));
             string path = parse.GetValue(output) ?? CalibrationProfile.PathIn(directory);
             profile.Save(path);
             Print(profile);
@@ -88,7 +88,7 @@ internal static class CalibrateCommand
         foreach (ProfiledVariant v in profile.Variants)
         {
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{v.Variant,-10} {v.RatioVsFp16,6:F2} {v.Top1Agreement,8:P2} {v.PerplexityChange,11:+0.000%;-0.000%} {v.GreedyMatch,8:P1} {v.EncodeMBps,9:F0} {v.DecodeMBps,9:F0}"));
+                $"{v.Variant,-10} {v.RatioVsFp16,6:F2} {100 * v.Top1Agreement,7:F2}% {100 * v.PerplexityChange,10:+0.000;-0.000}% {100 * v.GreedyMatch,7:F1}% {v.EncodeMBps,9:F0} {v.DecodeMBps,9:F0}"));
         }
     }
 }

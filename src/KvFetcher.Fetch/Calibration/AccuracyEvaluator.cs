@@ -82,9 +82,10 @@ public sealed class AccuracyEvaluator
     /// <summary>
     /// Measures every variant of <paramref name="variants"/> over <paramref name="documents"/> (token ids, each at least
     /// <see cref="TokensNeeded"/> long; only that many are read). <paramref name="progress"/> hears each document's index
-    /// when it is done.
+    /// when it is done, with the results over the documents so far.
     /// </summary>
-    public IReadOnlyList<VariantAccuracy> Evaluate(IReadOnlyList<int[]> documents, IReadOnlyList<KvVariant> variants, Action<int>? progress = null)
+    public IReadOnlyList<VariantAccuracy> Evaluate(IReadOnlyList<int[]> documents, IReadOnlyList<KvVariant> variants,
+        Action<int, IReadOnlyList<VariantAccuracy>>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(documents);
         ArgumentNullException.ThrowIfNull(variants);
@@ -108,7 +109,7 @@ public sealed class AccuracyEvaluator
             }
 
             EvaluateDocument(ids.AsSpan(0, TokensNeeded).ToArray(), variants, totals);
-            progress?.Invoke(d);
+            progress?.Invoke(d, [.. variants.Select((v, i) => totals[i].ToResult(v, d + 1))]);
         }
 
         return [.. variants.Select((v, i) => totals[i].ToResult(v, documents.Count))];

@@ -112,15 +112,15 @@ public sealed record AccuracyFloor
             return (false, "lossy and not in the calibration profile");
         }
 
-        string numbers = string.Create(CultureInfo.InvariantCulture, $"top-1 {measured.Top1Agreement:P1}, perplexity {measured.PerplexityChange:+0.00%;-0.00%}");
+        string numbers = string.Create(CultureInfo.InvariantCulture, $"top-1 {100 * measured.Top1Agreement:0.0}%, perplexity {100 * measured.PerplexityChange:+0.00;-0.00}%");
         if (measured.Top1Agreement < MinTop1Agreement)
         {
-            return (false, string.Create(CultureInfo.InvariantCulture, $"{numbers}: top-1 below {MinTop1Agreement:P1}"));
+            return (false, string.Create(CultureInfo.InvariantCulture, $"{numbers}: top-1 below {100 * MinTop1Agreement:0.0#}%"));
         }
 
         if (measured.PerplexityChange > MaxPerplexityChange)
         {
-            return (false, string.Create(CultureInfo.InvariantCulture, $"{numbers}: perplexity change above {MaxPerplexityChange:+0.00%}"));
+            return (false, string.Create(CultureInfo.InvariantCulture, $"{numbers}: perplexity change above {100 * MaxPerplexityChange:+0.0#}%"));
         }
 
         return (true, numbers);
@@ -128,7 +128,7 @@ public sealed record AccuracyFloor
 
     public override string ToString() => LosslessOnly
         ? "lossless (raw and exact only)"
-        : string.Create(CultureInfo.InvariantCulture, $"top-1 agreement >= {MinTop1Agreement:P1}, perplexity change <= {MaxPerplexityChange:+0.0#%}");
+        : string.Create(CultureInfo.InvariantCulture, $"top-1 agreement >= {100 * MinTop1Agreement:0.0#}%, perplexity change <= {100 * MaxPerplexityChange:+0.0#}%");
 
     private static double ParseShare(string text)
     {

@@ -16,7 +16,7 @@ public static class Calibrator
     /// <paramref name="documents"/> and returns the profile, bound to the model's fingerprint.
     /// </summary>
     public static CalibrationProfile Measure(LanguageModel model, IReadOnlyList<EvaluationDocument> documents, IReadOnlyList<KvVariant>? variants = null,
-        AccuracyEvaluationOptions? options = null, Action<int>? progress = null)
+        AccuracyEvaluationOptions? options = null, Action<int, IReadOnlyList<VariantAccuracy>>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(documents);
