@@ -77,7 +77,7 @@ internal static class CodecBenchmark
         foreach (VariantAccuracy r in results)
         {
             text.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {r.Variant} | {r.RatioVsFp16:F2} | {100 * r.Top1Agreement:F2}% | {100 * r.PerplexityChange:+0.000;-0.000}% | {100 * r.GreedyMatch:F1}% | {r.EncodeMBps:F0} | {r.DecodeMBps:F0} |"));
+                $"| {r.Variant} | {r.RatioVsFp16:F2} | {100 * r.Top1Agreement:F2}% | {100 * r.PerplexityChange:+0.000;-0.000;0.000}% | {100 * r.GreedyMatch:F1}% | {r.EncodeMBps:F0} | {r.DecodeMBps:F0} |"));
         }
 
         return text.ToString();
