@@ -21,6 +21,13 @@ internal static class CliOptions
         Description = $"Hugging Face model directory (default: the bundled {BundledModelName}, or $KVFETCH_MODEL).",
     };
 
+    public static Option<string> Accuracy() => new("--accuracy")
+    {
+        Description = "Accuracy floor for lossy variants, from the model's calibration profile (kvfetch calibrate): default (top-1 agreement >= 99%, " +
+            "perplexity change <= 1%), lossless (raw and exact only) or thresholds such as top1=0.995,ppl=0.005. Without a profile matching the model, only lossless variants are fetched.",
+        DefaultValueFactory = _ => "default",
+    };
+
     public static Option<EngineKind> Engine() => new("--engine")
     {
         Description = "Engine: auto (the GPU with NVDEC restore when CUDA can be used, else the CPU), cpu or cuda.",

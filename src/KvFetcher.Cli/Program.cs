@@ -18,6 +18,7 @@ internal static class Program
             WarmCommand.Create(),
             BenchCommand.Create(),
             SecretCommand.Create(),
+            CalibrateCommand.Create(),
         };
         root.Options.Add(CliOptions.Verbose);
         return root.Parse(args).Invoke();

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using KvFetcher.Engine;
+using KvFetcher.Fetch.Calibration;
 using KvFetcher.Fetch.Fetching;
 using KvFetcher.Fetch.Publishing;
 using KvFetcher.Fetch.Restoring;
@@ -66,10 +67,34 @@ public sealed class KvReuse : IAsyncDisposable
         Rates = rates ?? new FetchRates();
         Restorer = restorer ?? HostChunkRestorer.Instance;
 
+        // The accuracy floor: lossy variants only where the model's own calibration profile shows they pass it.
+        AccuracyFloor floor = Options.EffectiveFloor;
+        CalibrationProfile? profile = Options.Profile;
+        string? problem = null;
+        if (profile is null && !floor.LosslessOnly && Options.Ladder.Any(v => !v.IsLossless))
+        {
+            profile = string.IsNullOrEmpty(model.Directory)
+                ? null
+                : CalibrationProfile.TryLoadFrom(model.Directory, out problem);
+            problem ??= profile is null ? "no calibration profile (the model has no directory)" : null;
+        }
+
+        Floor = floor.Decide(Options.Ladder, profile, profile is null ? default : model.Fingerprint, problem);
+        FetchLadder = Floor.Allowed;
+
         // Each stage gets its part of the options, split once here.
-        _run = new RunContext(store, Rates, Restorer, Options.Fetcher, Options.Choice, Options.LookupDeadline, model.ComputesOnHostCores,
+        _run = new RunContext(store, Rates, Restorer, Options.Fetcher, new(Options.QualitySlack, Options.LosslessOnly, Options.DecodeWorkers, Floor), Options.LookupDeadline, model.ComputesOnHostCores,
             new ReuseTelemetry(meter, loggerFactory.CreateLogger<KvReuse>()));
     }
+
+    /// <summary>What the accuracy floor allows of the ladder for this model, and why (<see cref="FloorDecision.Describe"/> prints it).</summary>
+    public FloorDecision Floor { get; }
+
+    /// <summary>
+    /// The ladder's variants ours and the server's waiting queue may fetch: those within the accuracy floor (lossless ones
+    /// only, unless the model's calibration profile shows a lossy one passes). Every variant of the ladder is still stored.
+    /// </summary>
+    public IReadOnlyList<KvVariant> FetchLadder { get; }
 
     public IKvStore Store { get; }
 
@@ -163,15 +188,16 @@ public sealed class KvReuse : IAsyncDisposable
     /// <see cref="Publisher"/>). A store that is down or slow only shortens the reused prefix.
     /// </summary>
     public Task<RestoreReport> FetchPrefixAsync(IInferenceSession session, ContextPlan plan, KvVariant variant, CancellationToken cancellationToken = default) =>
-        FetchPrefixAsync(session, plan, [variant], cancellationToken);
+        FetchPrefixCoreAsync(session, plan, [variant], cancellationToken);
 
     /// <summary>
     /// Like <see cref="FetchPrefixAsync(IInferenceSession, ContextPlan, KvVariant, CancellationToken)"/>, fetching each
     /// chunk as whichever of <paramref name="ladder"/>'s stored variants is predicted to arrive fastest from the rates
     /// measured so far (the most accurate within <see cref="ReuseOptions.QualitySlack"/> of it): a request adapts to the
-    /// link and the decoders it meets.
+    /// link and the decoders it meets. Only the variants within the accuracy floor (<see cref="Floor"/>) are fetched; when
+    /// none is, nothing is fetched and the caller computes the prefix.
     /// </summary>
-    public async Task<RestoreReport> FetchPrefixAsync(IInferenceSession session, ContextPlan plan, IReadOnlyList<KvVariant> ladder, CancellationToken cancellationToken = default)
+    public Task<RestoreReport> FetchPrefixAsync(IInferenceSession session, ContextPlan plan, IReadOnlyList<KvVariant> ladder, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(ladder);
         if (ladder.Count is 0 or > 30)
@@ -179,6 +205,11 @@ public sealed class KvReuse : IAsyncDisposable
             throw new ArgumentException($"A ladder holds 1 to 30 variants; got {ladder.Count}.", nameof(ladder));
         }
 
+        return FetchPrefixCoreAsync(session, plan, [.. ladder.Where(Floor.Allows)], cancellationToken);
+    }
+
+    private async Task<RestoreReport> FetchPrefixCoreAsync(IInferenceSession session, ContextPlan plan, IReadOnlyList<KvVariant> ladder, CancellationToken cancellationToken)
+    {
         ArgumentNullException.ThrowIfNull(session);
         ArgumentNullException.ThrowIfNull(plan);
         CheckSession(session);
@@ -208,7 +239,7 @@ public sealed class KvReuse : IAsyncDisposable
     private IReadOnlyList<KvVariant> LadderFor(PrefillStrategy strategy) => strategy.Mode switch
     {
         PrefillMode.ComputeOnly => [],
-        PrefillMode.Adaptive => Options.LosslessOnly ? [.. Options.Ladder.Where(v => v.IsLossless)] : Options.Ladder,
+        PrefillMode.Adaptive => FetchLadder,
         _ => [strategy.Variant ?? throw new ArgumentException($"Strategy {strategy.Mode} needs a variant.", nameof(strategy))],
     };
 

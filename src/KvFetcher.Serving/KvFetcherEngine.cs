@@ -84,6 +84,9 @@ public sealed class KvFetcherEngine : IAsyncDisposable, IDisposable
     /// <summary>Whether prompts are looked up in and published to a store.</summary>
     public bool ReuseEnabled => _reuse is not null;
 
+    /// <summary>What the accuracy floor lets requests fetch, and why (null without reuse).</summary>
+    public Fetch.Calibration.FloorDecision? Floor => _reuse?.Floor;
+
     /// <summary>The background publisher (null without reuse).</summary>
     public Fetch.Publishing.KvPublisher? Publisher => _reuse?.Publisher;
 

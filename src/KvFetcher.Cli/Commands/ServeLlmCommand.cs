@@ -32,6 +32,7 @@ internal static class ServeLlmCommand
         Option<bool> allowAnonymous = new("--allow-anonymous") { Description = "Serve without API keys on a non-loopback URL." };
         Option<bool> publicMetrics = new("--public-metrics") { Description = "Serve /metrics without an API key (with keys, every other route but /healthz needs one)." };
         Option<string> variant = new("--variant") { Description = "How chunks are stored and fetched: raw, exact (lossless), video8, cachegen0, ...; several comma-separated (e.g. raw,video8): each chunk is fetched as the one predicted fastest.", DefaultValueFactory = _ => "raw" };
+        Option<string> accuracy = CliOptions.Accuracy();
         Option<string?> modelId = new("--model-id") { Description = "The model name clients send (default: the model directory's name)." };
         Option<int> maxSessions = new("--max-sessions") { Description = "Requests holding a KV cache at once (memory bound).", DefaultValueFactory = _ => 8 };
         Option<int> maxQueue = new("--max-queue") { Description = "Requests waiting beyond --max-sessions; more get 429.", DefaultValueFactory = _ => 64 };
@@ -42,7 +43,7 @@ internal static class ServeLlmCommand
         Option<FileInfo?> chunkSecret = CliOptions.ChunkSecret();
         var command = new Command("serve-llm", "Run an OpenAI-compatible inference server that reuses stored KV.")
         {
-            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, publicMetrics, variant, modelId, maxSessions, maxQueue, threads, engine, cert, certKey, chunkSecret,
+            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, publicMetrics, variant, accuracy, modelId, maxSessions, maxQueue, threads, engine, cert, certKey, chunkSecret,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -62,6 +63,7 @@ internal static class ServeLlmCommand
                     Store = reuse ? location : null,
                     Reuse = reuse,
                     Variant = parse.GetValue(variant)!,
+                    Accuracy = parse.GetValue(accuracy)!,
                     MaxActiveSessions = parse.GetValue(maxSessions),
                     MaxQueuedRequests = parse.GetValue(maxQueue),
                     Threads = parse.GetValue(threads),
@@ -100,6 +102,11 @@ internal static class ServeLlmCommand
         KvFetcherEngine engine = server.Engine;
         string reuse = engine.ReuseEnabled ? $"reusing KV from {options.Engine.Store} ({options.Engine.Variant})" : "reuse off";
         Console.Out.WriteLine($"serving {engine.ModelId} on {engine.EngineChoice} (chat template: {engine.Template.Name}); {reuse}; Ctrl+C stops");
+        foreach (string line in engine.Floor?.Describe() ?? [])
+        {
+            Console.Out.WriteLine(line);
+        }
+
         if (engine.Publisher?.LadderWarning is { } ladder)
         {
             Console.Error.WriteLine($"kvfetch: warning: {ladder}");
