@@ -143,7 +143,7 @@ public static class TtftReport
             plot.Axes.Bottom.TickGenerator = LogTicks(rates.Min(), rates.Max(), oneTwoFive: false);
             plot.Axes.Left.TickGenerator = LogTicks(times.Min(), times.Max(), oneTwoFive: true);
             plot.Axes.SetLimits(Log(rates.Min()) - 0.08, Log(rates.Max()) + 0.08, Log(times.Min()) - 0.08, Log(times.Max()) + 0.08);
-            plot.Title($"TTFT vs bandwidth, {context.Key}-token stored context ({result.Machine})");
+            plot.Title($"TTFT vs bandwidth, {context.Key}-token stored context\n{result.Machine}", size: 16);
             plot.XLabel("link bandwidth, Mbit/s (log scale)");
             plot.YLabel("time to first token, ms (log scale)");
             plot.ShowLegend(ScottPlot.Edge.Right);
@@ -167,7 +167,7 @@ public static class TtftReport
                 double value = step * Math.Pow(10, decade);
                 if (step == 1 || (oneTwoFive && step is 2 or 5))
                 {
-                    ticks.AddMajor(Math.Log10(value), value.ToString("G4", CultureInfo.InvariantCulture));
+                    ticks.AddMajor(Math.Log10(value), value.ToString("0.###", CultureInfo.InvariantCulture));
                 }
                 else
                 {
