@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.IO.Pipelines;
 using System.Text;
 using System.Text.Json;
 using KvFetcher.Core.Containers;
@@ -69,14 +70,13 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         }
 
         HttpResponse response = context.Response;
-        using var buffer = new PooledObjectBuffer();
+        PipeWriter body = response.BodyWriter;
         StoreRead read;
         try
         {
-            // The store verifies the object and writes it into a pooled buffer (sized once: the disk store asks for the
-            // object's length first). Then the length is known before the first byte goes out, and the body is sent in
-            // one write that Kestrel streams under back-pressure, without holding a copy of it until the handler ends.
-            read = await store.GetAsync(key, buffer, range, context.RequestAborted);
+            // The store verifies the object and writes it straight into the response; Kestrel holds it until the
+            // handler returns, so the status and Content-Length set below still go out first.
+            read = await store.GetAsync(key, body, range, context.RequestAborted);
         }
         catch (ArgumentException) when (ranged)
         {
@@ -106,7 +106,6 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
             response.Headers.ContentRange = StoreProtocol.ContentRange(range.Offset, read.BytesWritten, read.ObjectLength);
         }
 
-        await response.BodyWriter.WriteAsync(buffer.Written, context.RequestAborted);
         metrics.AddSent(read.BytesWritten);
     }
 
