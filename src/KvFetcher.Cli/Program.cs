@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Invocation;
 using KvFetcher.Cli.Commands;
 
 namespace KvFetcher.Cli;
@@ -21,6 +22,12 @@ internal static class Program
             CalibrateCommand.Create(),
         };
         root.Options.Add(CliOptions.Verbose);
-        return root.Parse(args).Invoke();
+        ParseResult parse = root.Parse(args);
+        if (parse.Action is ParseErrorAction)
+        {
+            return CliOptions.UsageError(parse);
+        }
+
+        return parse.Invoke();
     }
 }

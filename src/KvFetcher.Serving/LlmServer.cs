@@ -95,6 +95,9 @@ public sealed class LlmServer : IAsyncDisposable
             app.UseRequestObserver((route, status, _) => metrics.ObserveRequest(route, status));
             app.Use(BadRequestAsync);
             app.UseBearerAuthentication();
+            // After authentication: an unknown route or a wrong method is found out only for a caller with a valid key (or
+            // on a server without keys); the others get the 401 and learn nothing about the routes.
+            app.UseStatusCodePages(context => EmptyErrorAsync(context.HttpContext));
             endpointsApi.Map(app);
             // Requests in flight get 10 s to finish when the server is disposed.
             return new LlmServer(await KestrelApp.StartAsync(app, ownsEngine ? engine : null, TimeSpan.FromSeconds(10), cancellationToken), engine);
@@ -115,6 +118,26 @@ public sealed class LlmServer : IAsyncDisposable
 
     /// <summary>Stops (requests in flight get 10 s), then disposes the engine if owned.</summary>
     public ValueTask DisposeAsync() => _running.DisposeAsync();
+
+    /// <summary>
+    /// An error status that nothing wrote a body for (no route matched: 404; a route with another method: 405, with
+    /// its <c>Allow</c> header) gets one in the API's error format, worded as OpenAI words it.
+    /// </summary>
+    internal static Task EmptyErrorAsync(HttpContext context)
+    {
+        HttpRequest request = context.Request;
+        string path = request.Path.Value is { Length: > 200 } longPath ? longPath[..200] + "..." : request.Path.Value ?? "/";
+        string allowed = context.Response.Headers.Allow.ToString();
+        ApiError error = context.Response.StatusCode switch
+        {
+            StatusCodes.Status404NotFound => new ApiError(StatusCodes.Status404NotFound,
+                $"Invalid URL ({request.Method} {path}): this server serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models.", Code: "unknown_url"),
+            StatusCodes.Status405MethodNotAllowed => new ApiError(StatusCodes.Status405MethodNotAllowed,
+                $"Method {request.Method} is not allowed on {path}; use {(allowed.Length > 0 ? allowed : "another method")}.", Code: "method_not_allowed"),
+            int status => new ApiError(status, $"The request failed with HTTP status {status}.", status >= 500 ? "server_error" : "invalid_request_error"),
+        };
+        return error.WriteAsync(context);
+    }
 
     /// <summary>A body over the limit or a malformed request becomes a 4xx in the API's error format.</summary>
     private static async Task BadRequestAsync(HttpContext context, RequestDelegate next)

@@ -128,8 +128,9 @@ public sealed class FaultTests(ServingFixture fixture) : IClassFixture<ServingFi
         streaming.Dispose();
 
         Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
-        Assert.Equal("rate_limit_exceeded", JsonDocument.Parse(await refused.Content.ReadAsStringAsync(TestContext.Current.CancellationToken))
-            .RootElement.GetProperty("error").GetProperty("code").GetString());
+        JsonElement refusal = JsonDocument.Parse(await refused.Content.ReadAsStringAsync(TestContext.Current.CancellationToken)).RootElement.GetProperty("error");
+        Assert.Equal("rate_limit_exceeded", refusal.GetProperty("code").GetString());
+        Assert.Equal("requests", refusal.GetProperty("type").GetString());
         // The abandoned stream frees its session; the server serves again.
         for (int attempt = 0; attempt < 100 && server.Engine.Scheduler.ActiveSessions > 0; attempt++)
         {

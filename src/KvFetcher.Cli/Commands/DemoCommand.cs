@@ -29,10 +29,12 @@ internal static class DemoCommand
         Option<string?> model = CliOptions.Model();
         Option<string?> store = new("--store") { Description = "Store: a directory, http(s)://host:port (kvfetch serve) or redis://host:port. Default: a fresh temporary directory." };
         Option<FileInfo?> document = new("--document") { Description = "The long document (default: the bundled argparse howto)." };
-        Option<string> strategy = new("--strategy") { Description = "Warm-run strategy: ours, cake-raw, fetch-raw, fetch-video8, compute, ...", DefaultValueFactory = _ => "ours" };
-        Option<string?> bandwidth = new("--bandwidth") { Description = "Shape the store's transfers, e.g. 100Mbps or 1Gbps@500ms,200Mbps@500ms." };
-        Option<int> maxTokens = new("--max-tokens", "-n") { Description = "Answer tokens to generate.", DefaultValueFactory = _ => 40 };
-        Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        Option<string> strategy = new Option<string>("--strategy") { Description = "Warm-run strategy: ours, cake-raw, fetch-raw, fetch-video8, compute, ...", DefaultValueFactory = _ => "ours" }
+            .Parses(text => PrefillStrategy.Parse(text));
+        Option<string?> bandwidth = new Option<string?>("--bandwidth") { Description = "Shape the store's transfers, e.g. 100Mbps or 1Gbps@500ms,200Mbps@500ms." }
+            .Parses(text => BandwidthSchedule.Parse(text));
+        Option<int> maxTokens = new Option<int>("--max-tokens", "-n") { Description = "Answer tokens to generate.", DefaultValueFactory = _ => 40 }.AtLeast(1);
+        Option<int> threads = new Option<int>("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 }.AtLeast(0);
         Option<EngineKind> engine = CliOptions.Engine();
         Option<FileInfo?> chunkSecret = CliOptions.ChunkSecret();
         Option<string> accuracy = CliOptions.Accuracy();

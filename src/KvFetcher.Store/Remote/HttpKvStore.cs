@@ -473,7 +473,9 @@ public sealed class HttpKvStore : IKvStore
         string message = $"{Description}: {operation}: HTTP {code} {response.ReasonPhrase}{detail}";
         HttpStatusCode status = response.StatusCode;
         return StoreProtocol.MeansFull(status) ? new KvStoreFullException(message)
-            : StoreProtocol.MeansBadToken(status) ? new KvStoreException($"{message} (check the store token)")
+            : StoreProtocol.MeansBadToken(status) ? new KvStoreException(_client.DefaultRequestHeaders.Authorization is null
+                ? $"{message} (the store wants a token: set ${KvStores.TokenVariable} to the token it was started with)"
+                : $"{message} (check the store token)")
             : StoreProtocol.MeansRetry(status) ? new TransientStoreException(message)
             : new KvStoreException(message);
     }
