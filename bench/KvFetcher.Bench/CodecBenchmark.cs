@@ -1,188 +1,100 @@
-using System.Buffers;
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using KvFetcher.Codecs;
 using KvFetcher.Core;
-using KvFetcher.Core.Containers;
 using KvFetcher.Engine;
-using KvFetcher.Engine.Cpu;
+using KvFetcher.Fetch;
+using KvFetcher.Fetch.Calibration;
 
 namespace KvFetcher.Bench;
 
 /// <summary>
-/// <c>kvfetch-bench codecs</c>: every codec and level on real KV of the bundled model over the held-out documents
-/// (data/heldout): compression ratio vs fp16 (whole containers), single-thread encode/decode MB/s, and for lossy
-/// levels the accuracy with reconstructed KV: greedy 64-token match rate and perplexity change of a continuation.
+/// <c>kvfetch-bench codecs</c>: every codec and level on real KV of a model over held-out documents (prose in
+/// data/heldout, code in data/heldout-code): compression ratio vs fp16 (whole containers), single-thread encode/decode
+/// MB/s, and accuracy measured by <see cref="AccuracyEvaluator"/> (the one definition <c>kvfetch calibrate</c> uses):
+/// teacher-forced top-1 agreement and perplexity change of the continuation after the restored prefix, and greedy match.
 /// </summary>
 internal static class CodecBenchmark
 {
-    private const int ChunkTokens = 256;
-    private const int GreedyTokens = 64;
-
     public static int Run(string[] args)
     {
         string model = BenchArgs.Option(args, "--model") ?? BenchArgs.BundledModel();
-        string documents = BenchArgs.Option(args, "--documents") ?? Path.Combine(BenchArgs.RepositoryRoot(), "data", "heldout");
-        int prefix = int.Parse(BenchArgs.Option(args, "--prefix") ?? "2048", CultureInfo.InvariantCulture);
-        int continuation = int.Parse(BenchArgs.Option(args, "--continuation") ?? "256", CultureInfo.InvariantCulture);
+        IReadOnlyList<string> documents = BenchArgs.Option(args, "--documents")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            ?? EvaluationDocuments.FindHeldOut(BenchArgs.RepositoryRoot());
+        var options = new AccuracyEvaluationOptions
+        {
+            PrefixTokens = int.Parse(BenchArgs.Option(args, "--prefix") ?? "2048", CultureInfo.InvariantCulture),
+            ContinuationTokens = int.Parse(BenchArgs.Option(args, "--continuation") ?? "256", CultureInfo.InvariantCulture),
+            GreedyTokens = int.Parse(BenchArgs.Option(args, "--greedy") ?? "64", CultureInfo.InvariantCulture),
+        };
+        options.Validate();
         int maxDocuments = int.Parse(BenchArgs.Option(args, "--max-documents") ?? "20", CultureInfo.InvariantCulture);
         string? jsonPath = BenchArgs.Option(args, "--json");
         string[]? only = BenchArgs.Option(args, "--codecs")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        IKvCodec[] codecs = only is null ? [.. KvCodecs.All] : [.. only.Select(KvCodecs.Get)];
-        if (prefix % ChunkTokens != 0)
-        {
-            throw new ArgumentException($"--prefix must be a multiple of {ChunkTokens}.");
-        }
+        IReadOnlyList<KvVariant> variants = only is null
+            ? Calibrator.AllVariants()
+            : [.. only.SelectMany(name => name.Any(char.IsAsciiDigit) || KvCodecs.Get(name).Levels.Count == 1
+                ? [KvVariant.Parse(name)]
+                : KvCodecs.Get(name).Levels.Select(l => new KvVariant(KvCodecs.Get(name).Id, (byte)l)))];
 
         using LanguageModel lm = LanguageModel.Open(model, new LanguageModelOptions { KvStorageDType = DType.Float16 });
-        var results = new Dictionary<string, Row>();
-        int used = 0;
-        foreach (string path in Directory.GetFiles(documents, "*.txt").Order(StringComparer.Ordinal))
+        var evaluator = new AccuracyEvaluator(lm, options);
+        IReadOnlyList<EvaluationDocument> docs = EvaluationDocuments.Load(lm.Tokenizer, documents, evaluator.TokensNeeded, maxDocuments);
+        if (docs.Count == 0)
         {
-            int[] ids = lm.Tokenizer.Encode(File.ReadAllText(path));
-            if (ids.Length < prefix + continuation || used == maxDocuments)
+            throw new ArgumentException($"No document in {string.Join(", ", documents)} has {evaluator.TokensNeeded} tokens.");
+        }
+
+        string? partialPath = BenchArgs.Option(args, "--partial");
+        IReadOnlyList<VariantAccuracy> results = evaluator.Evaluate([.. docs.Select(d => d.Tokens)], variants, (d, soFar) =>
+        {
+            Console.Error.WriteLine($"[{d + 1}/{docs.Count}] {Path.GetFileName(docs[d].Path)}: {docs[d].Tokens.Length} tokens");
+            if (partialPath is not null)
             {
-                continue;
+                // The table over the documents so far, rewritten after each one (a long run can be stopped and still report).
+                File.WriteAllText(partialPath, $"after {d + 1} of {docs.Count} documents ({Sources([.. docs.Take(d + 1)])}):\n\n{Table(soFar)}");
             }
+        });
 
-            used++;
-            Console.Error.WriteLine($"[{used}] {Path.GetFileName(path)}: {ids.Length} tokens");
-            RunDocument(lm, codecs, ids.AsSpan(0, prefix + continuation).ToArray(), prefix, results);
-        }
-
-        Console.WriteLine($"kvf-pydoc-16m KV (fp16) of {used} held-out documents, {prefix}-token prefixes in {ChunkTokens}-token chunks; " +
-            $"accuracy: greedy {GreedyTokens} tokens and perplexity of the next {continuation} tokens, reconstructed vs exact KV; 1 thread.");
-        Console.WriteLine($"{"codec",-10} {"level",5} {"ratio",7} {"enc MB/s",9} {"dec MB/s",9} {"greedy match",13} {"ppl change",11}");
-        foreach ((string name, Row row) in results)
-        {
-            Console.WriteLine($"{name.Split('/')[0],-10} {name.Split('/')[1],5} {row.Ratio,7:F2} {row.EncodeMBps,9:F0} {row.DecodeMBps,9:F0} {row.TokenMatch,12:P1} {row.PerplexityChange,10:P2}");
-        }
-
+        Console.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(model))} KV (fp16) of {docs.Count} held-out documents ({Sources(docs)}), " +
+            $"{options.PrefixTokens}-token prefixes in {options.ChunkTokens}-token chunks, encoded, decoded and restored; accuracy of the next " +
+            $"{options.ContinuationTokens} tokens teacher-forced ({results[0].ScoredTokens} predictions) and of {options.GreedyTokens} greedy tokens, restored vs exact KV; 1 thread.");
+        Console.WriteLine(Table(results));
         if (jsonPath is not null)
         {
-            File.WriteAllText(jsonPath, JsonSerializer.Serialize(results.ToDictionary(r => r.Key, r => r.Value.ToDictionary()), BenchJson.Default.DictionaryStringDictionaryStringDouble));
+            File.WriteAllText(jsonPath, JsonSerializer.Serialize(results.ToDictionary(r => r.Variant.ToString(), ToDictionary), BenchJson.Default.DictionaryStringDictionaryStringDouble));
         }
 
         return 0;
     }
 
-    private static void RunDocument(LanguageModel lm, IKvCodec[] codecs, int[] ids, int prefix, Dictionary<string, Row> results)
+    /// <summary>The codec table as markdown.</summary>
+    public static string Table(IReadOnlyList<VariantAccuracy> results)
     {
-        int vocab = lm.Config.VocabSize;
-        int total = ids.Length;
-        InferenceSession exact = lm.CreateSession(total + GreedyTokens);
-        exact.Prefill(ids.AsSpan(0, prefix), 0, new float[vocab]);
-        (double exactNll, int[] exactGreedy) = Score(lm, exact, ids, prefix);
-
-        var shape = new KvShape(lm.Config.NumLayers, ChunkTokens, lm.Config.NumKvHeads, lm.Config.HeadDim);
-        long chunkBytes = shape.Elements * 2;
-        var kv = new byte[chunkBytes];
-        var decoded = new byte[chunkBytes];
-        var parameters = new ArrayBufferWriter<byte>();
-        var payload = new ArrayBufferWriter<byte>();
-        foreach (IKvCodec codec in codecs)
+        var text = new System.Text.StringBuilder();
+        text.AppendLine("| variant | ratio vs fp16 | top-1 agreement | perplexity change | greedy match | encode MB/s | decode MB/s |");
+        text.AppendLine("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        foreach (VariantAccuracy r in results)
         {
-            foreach (int level in codec.Levels)
-            {
-                InferenceSession restored = lm.CreateSession(total + GreedyTokens);
-                long stored = 0;
-                double encodeSeconds = 0, decodeSeconds = 0;
-                for (int start = 0; start < prefix; start += ChunkTokens)
-                {
-                    exact.Cache.Export(start, start + ChunkTokens, DType.Float16, kv);
-                    parameters.ResetWrittenCount();
-                    payload.ResetWrittenCount();
-                    long t0 = Stopwatch.GetTimestamp();
-                    codec.Encode(kv, shape, DType.Float16, level, parameters, payload);
-                    long t1 = Stopwatch.GetTimestamp();
-                    codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, level, decoded);
-                    long t2 = Stopwatch.GetTimestamp();
-                    encodeSeconds += Stopwatch.GetElapsedTime(t0, t1).TotalSeconds;
-                    decodeSeconds += Stopwatch.GetElapsedTime(t1, t2).TotalSeconds;
-                    stored += ChunkContainer.GetSize(parameters.WrittenCount, payload.WrittenCount);
-                    restored.Cache.Import(start, start + ChunkTokens, DType.Float16, decoded);
-                }
-
-                (double nll, int[] greedy) = Score(lm, restored, ids, prefix);
-                string name = $"{codec.Name}/{level}";
-                Row row = results.TryGetValue(name, out Row? existing) ? existing : results[name] = new Row();
-                long raw = chunkBytes * (prefix / ChunkTokens);
-                row.Add(raw, stored, encodeSeconds, decodeSeconds, greedy.Zip(exactGreedy).Count(p => p.First == p.Second) / (double)GreedyTokens, Math.Exp(nll) / Math.Exp(exactNll) - 1);
-            }
+            text.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {r.Variant} | {r.RatioVsFp16:F2} | {100 * r.Top1Agreement:F2}% | {100 * r.PerplexityChange:+0.000;-0.000;0.000}% | {100 * r.GreedyMatch:F1}% | {r.EncodeMBps:F0} | {r.DecodeMBps:F0} |"));
         }
+
+        return text.ToString();
     }
 
-    /// <summary>Mean NLL of the continuation after the cached prefix, and the greedy tokens after it.</summary>
-    private static (double Nll, int[] Greedy) Score(LanguageModel lm, InferenceSession session, int[] ids, int prefix)
+    private static string Sources(IReadOnlyList<EvaluationDocument> docs) =>
+        string.Join(", ", docs.GroupBy(d => Path.GetFileName(Path.GetDirectoryName(d.Path)!)).Select(g => $"{g.Count()} from {g.Key}"));
+
+    private static Dictionary<string, double> ToDictionary(VariantAccuracy r) => new()
     {
-        int vocab = lm.Config.VocabSize;
-        int n = ids.Length - prefix;
-        var logits = new float[n * vocab];
-        session.PrefillAllLogits(ids.AsSpan(prefix), prefix, logits);
-        double nll = 0;
-        for (int i = 0; i < n - 1; i++)
-        {
-            ReadOnlySpan<float> row = logits.AsSpan(i * vocab, vocab);
-            float max = System.Numerics.Tensors.TensorPrimitives.Max(row);
-            double sum = 0;
-            foreach (float v in row)
-            {
-                sum += Math.Exp(v - max);
-            }
-
-            nll -= row[ids[prefix + i + 1]] - max - Math.Log(sum);
-        }
-
-        // Greedy from the prefix plus the first 16 continuation tokens (already computed above: truncate to them).
-        session.Cache.Truncate(prefix + 16);
-        var last = new float[vocab];
-        session.Prefill(ids.AsSpan(prefix + 15, 1), prefix + 15, last);
-        var greedy = new int[GreedyTokens];
-        for (int i = 0; i < GreedyTokens; i++)
-        {
-            greedy[i] = Kernels.ArgMax(last);
-            session.Decode(greedy[i], prefix + 16 + i, last);
-        }
-
-        return (nll / (n - 1), greedy);
-    }
-
-    private sealed class Row
-    {
-        private long _raw, _stored;
-        private double _encode, _decode, _match, _ppl;
-        private int _count;
-
-        public double Ratio => (double)_raw / _stored;
-
-        public double EncodeMBps => _raw / 1e6 / _encode;
-
-        public double DecodeMBps => _raw / 1e6 / _decode;
-
-        public double TokenMatch => _match / _count;
-
-        public double PerplexityChange => _ppl / _count;
-
-        public void Add(long raw, long stored, double encode, double decode, double match, double ppl)
-        {
-            _raw += raw;
-            _stored += stored;
-            _encode += encode;
-            _decode += decode;
-            _match += match;
-            _ppl += ppl;
-            _count++;
-        }
-
-        public Dictionary<string, double> ToDictionary() => new()
-        {
-            ["ratio_vs_fp16"] = Ratio,
-            ["encode_mb_per_s"] = EncodeMBps,
-            ["decode_mb_per_s"] = DecodeMBps,
-            ["greedy_token_match"] = TokenMatch,
-            ["perplexity_change"] = PerplexityChange,
-            ["documents"] = _count,
-        };
-    }
+        ["ratio_vs_fp16"] = r.RatioVsFp16,
+        ["top1_agreement"] = r.Top1Agreement,
+        ["perplexity_change"] = r.PerplexityChange,
+        ["greedy_token_match"] = r.GreedyMatch,
+        ["encode_mb_per_s"] = r.EncodeMBps,
+        ["decode_mb_per_s"] = r.DecodeMBps,
+        ["documents"] = r.Documents,
+        ["scored_tokens"] = r.ScoredTokens,
+    };
 }

@@ -12,8 +12,12 @@ internal static class Program
           gemm    the engine's CPU matrix products against OpenBLAS (kvfetch-bench gemm --help)
           engine  prefill and decode throughput of the bundled model (--model, --lengths, --repeats,
                   --decode-tokens, --json)
-          codecs  every codec and level on real KV over data/heldout: ratio, encode/decode MB/s, greedy
-                  match and perplexity change (--prefix, --continuation, --max-documents, --codecs a,b, --json)
+          codecs  every codec and level on real KV over data/heldout and data/heldout-code: ratio vs fp16,
+                  top-1 agreement, perplexity change, greedy match, encode/decode MB/s (--model, --documents,
+                  --prefix, --continuation, --greedy, --max-documents, --codecs a,b, --json,
+                  --partial FILE: the table so far after each document)
+          kv-stats  per layer, K and V apart: entropy, delta entropy, outlier channels, keys before/after RoPE,
+                  per-channel vs per-token error, attention sinks, perplexity sensitivity (kvfetch-bench kv-stats --help)
           video-ablation  quantized / + intra / + inter sizes per video layout and bit depth (--max-documents)
           store   put/get MB/s and p50/p99 latency of the disk store, our HTTP server and redis-server side by side
                   (kvfetch-bench store --help)
@@ -54,6 +58,14 @@ internal static class Program
                     return EngineBenchmark.Run(options.ToArray());
                 case "codecs":
                     return CodecBenchmark.Run(options.ToArray());
+                case "kv-stats":
+                    if (help)
+                    {
+                        Console.WriteLine(KvStatsBenchmark.Usage);
+                        return 0;
+                    }
+
+                    return KvStatsBenchmark.Run(options.ToArray());
                 case "video-ablation":
                     return VideoAblation.Run(options.ToArray());
                 case "store":

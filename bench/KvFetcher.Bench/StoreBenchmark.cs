@@ -83,7 +83,7 @@ internal static class StoreBenchmark
                     int opsPerClient = (int)Math.Max(MinOpsPerClient, Math.Ceiling(cellBytes / (double)size / clients));
                     foreach (Backend backend in backends)
                     {
-                        foreach (Phase phase in await RunCellAsync(backend.Store, container, clients, opsPerClient))
+                        foreach (Phase phase in await RunCellAsync(backend, container, clients, opsPerClient))
                         {
                             var row = new Row(backend.Name, phase.Op, size, clients, phase);
                             rows.Add(row);
@@ -92,11 +92,12 @@ internal static class StoreBenchmark
                                 ["mb_per_s"] = phase.MegabytesPerSecond,
                                 ["p50_ms"] = phase.P50Milliseconds,
                                 ["p99_ms"] = phase.P99Milliseconds,
+                                ["cpu_ms_per_mb"] = phase.CpuMsPerMegabyte,
                                 ["ops"] = phase.Ops,
                                 ["object_bytes"] = size,
                                 ["clients"] = clients,
                             };
-                            Console.Error.WriteLine($"  {row.Backend,-6} {row.Op} {SizeLabel(size),4} x{clients,-2}: {phase.MegabytesPerSecond,8:F0} MB/s  p50 {phase.P50Milliseconds,8:F2} ms  p99 {phase.P99Milliseconds,8:F2} ms");
+                            Console.Error.WriteLine($"  {row.Backend,-6} {row.Op} {SizeLabel(size),4} x{clients,-2}: {phase.MegabytesPerSecond,8:F0} MB/s  p50 {phase.P50Milliseconds,8:F2} ms  p99 {phase.P99Milliseconds,8:F2} ms  cpu {phase.CpuMsPerMegabyte,6:F2} ms/MB");
                         }
                     }
                 }
@@ -129,8 +130,9 @@ internal static class StoreBenchmark
     /// One cell on one backend: <paramref name="clients"/> concurrent clients each put <paramref name="opsPerClient"/>
     /// objects (cycling over their own keys), then each get as many, spread over every client's keys; then the keys go.
     /// </summary>
-    private static async Task<Phase[]> RunCellAsync(IKvStore store, byte[] container, int clients, int opsPerClient)
+    private static async Task<Phase[]> RunCellAsync(Backend backend, byte[] container, int clients, int opsPerClient)
     {
+        IKvStore store = backend.Store;
         string cell = Guid.NewGuid().ToString("N")[..8];
         int keysPerClient = Math.Min(opsPerClient, Math.Max(1, (int)(256_000_000 / container.Length / clients)));
         ObjectKey[][] keys = [.. Enumerable.Range(0, clients).Select(c =>
@@ -144,8 +146,8 @@ internal static class StoreBenchmark
             await GetExactAsync(store, keys[c][0], new ArrayBufferWriter<byte>(container.Length), container.Length);
         }));
 
-        Phase put = await MeasureAsync("put", clients, opsPerClient, container.Length, (c, i, _) => store.PutAsync(keys[c][i % keysPerClient], container));
-        Phase get = await MeasureAsync("get", clients, opsPerClient, container.Length, async (c, i, buffer) =>
+        Phase put = await MeasureAsync(backend, "put", clients, opsPerClient, container.Length, (c, i, _) => store.PutAsync(keys[c][i % keysPerClient], container));
+        Phase get = await MeasureAsync(backend, "get", clients, opsPerClient, container.Length, async (c, i, buffer) =>
             await GetExactAsync(store, all[((c * keysPerClient) + i) % all.Length], buffer, container.Length));
         foreach (ObjectKey key in all)
         {
@@ -166,7 +168,7 @@ internal static class StoreBenchmark
     }
 
     private static async Task<Phase> MeasureAsync(
-        string op, int clients, int opsPerClient, int objectBytes, Func<int, int, ArrayBufferWriter<byte>, ValueTask> operation)
+        Backend backend, string op, int clients, int opsPerClient, int objectBytes, Func<int, int, ArrayBufferWriter<byte>, ValueTask> operation)
     {
         double[] latencies = new double[clients * opsPerClient];
         var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -181,12 +183,15 @@ internal static class StoreBenchmark
                 latencies[(c * opsPerClient) + i] = Stopwatch.GetElapsedTime(began).TotalMilliseconds;
             }
         }))];
+        TimeSpan cpu = backend.ProcessorTime();
         long wall = Stopwatch.GetTimestamp();
         start.SetResult();
         await Task.WhenAll(workers);
         double seconds = Stopwatch.GetElapsedTime(wall).TotalSeconds;
+        double megabytes = latencies.Length * (double)objectBytes / 1e6;
+        double cpuMs = (backend.ProcessorTime() - cpu).TotalMilliseconds;
         Array.Sort(latencies);
-        return new Phase(op, latencies.Length, latencies.Length * (double)objectBytes / 1e6 / seconds, Percentile(latencies, 0.50), Percentile(latencies, 0.99));
+        return new Phase(op, latencies.Length, megabytes / seconds, Percentile(latencies, 0.50), Percentile(latencies, 0.99), cpuMs / megabytes);
     }
 
     private static double Percentile(double[] sorted, double p) => sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(p * sorted.Length) - 1)];
@@ -195,10 +200,12 @@ internal static class StoreBenchmark
     {
         bool ratio = backends.Contains("server") && backends.Contains("redis");
         Console.WriteLine($"Store loopback benchmark, {Environment.ProcessorCount} cores; MB/s = 10^6 bytes/s over all clients; latency per operation; " +
+            "CPU ms/MB = processor time of client and server together (this process, plus redis-server's) per 10^6 bytes moved; " +
             $"~{cellBytes / 1_000_000} MB per cell and phase; disk and server fsync {(fsync ? "on" : "off")}; redis-server in memory, no persistence.");
         Console.WriteLine();
         string header = "| op | size | clients | " + string.Join(" | ", backends.Select(b => $"{b} MB/s")) + " | "
-            + string.Join(" | ", backends.Select(b => $"{b} p50 / p99 ms")) + (ratio ? " | server/redis MB/s | server/redis p50 |" : " |");
+            + string.Join(" | ", backends.Select(b => $"{b} p50 / p99 ms")) + " | " + string.Join(" | ", backends.Select(b => $"{b} CPU ms/MB"))
+            + (ratio ? " | server/redis MB/s | server/redis p50 | server/redis CPU |" : " |");
         Console.WriteLine(header);
         Console.WriteLine("|" + string.Concat(Enumerable.Repeat(" --- |", header.Count(ch => ch == '|') - 1)));
         var logRatios = new Dictionary<string, List<double>>();
@@ -207,14 +214,16 @@ internal static class StoreBenchmark
             Dictionary<string, Phase> by = cell.ToDictionary(r => r.Backend, r => r.Phase);
             string line = $"| {cell.Key.Op} | {SizeLabel(cell.Key.Size)} | {cell.Key.Clients} | "
                 + string.Join(" | ", backends.Select(b => by[b].MegabytesPerSecond.ToString("F0", CultureInfo.InvariantCulture))) + " | "
-                + string.Join(" | ", backends.Select(b => string.Create(CultureInfo.InvariantCulture, $"{by[b].P50Milliseconds:F2} / {by[b].P99Milliseconds:F2}")));
+                + string.Join(" | ", backends.Select(b => string.Create(CultureInfo.InvariantCulture, $"{by[b].P50Milliseconds:F2} / {by[b].P99Milliseconds:F2}"))) + " | "
+                + string.Join(" | ", backends.Select(b => by[b].CpuMsPerMegabyte.ToString("F2", CultureInfo.InvariantCulture)));
             if (ratio)
             {
                 double throughput = by["server"].MegabytesPerSecond / by["redis"].MegabytesPerSecond;
                 double p50 = by["server"].P50Milliseconds / by["redis"].P50Milliseconds;
-                line += string.Create(CultureInfo.InvariantCulture, $" | {throughput:F2}x | {p50:F2}x");
+                double cpu = by["server"].CpuMsPerMegabyte / by["redis"].CpuMsPerMegabyte;
+                line += string.Create(CultureInfo.InvariantCulture, $" | {throughput:F2}x | {p50:F2}x | {cpu:F2}x");
                 results[$"ratio/server-vs-redis/{cell.Key.Op}/{SizeLabel(cell.Key.Size)}/c{cell.Key.Clients}"] =
-                    new Dictionary<string, double> { ["throughput"] = throughput, ["p50_latency"] = p50 };
+                    new Dictionary<string, double> { ["throughput"] = throughput, ["p50_latency"] = p50, ["cpu_per_byte"] = cpu };
                 if (!logRatios.TryGetValue(cell.Key.Op, out List<double>? list))
                 {
                     logRatios[cell.Key.Op] = list = [];
@@ -274,16 +283,24 @@ internal static class StoreBenchmark
     private static string SizeLabel(int size) =>
         size % (1 << 20) == 0 ? $"{size >> 20}M" : size % (1 << 10) == 0 ? $"{size >> 10}K" : size.ToString(CultureInfo.InvariantCulture);
 
-    private sealed record Phase(string Op, int Ops, double MegabytesPerSecond, double P50Milliseconds, double P99Milliseconds);
+    /// <summary>A measured phase; <see cref="CpuMsPerMegabyte"/> is the processor time of both ends (this process and any server process) per 10^6 bytes moved.</summary>
+    private sealed record Phase(string Op, int Ops, double MegabytesPerSecond, double P50Milliseconds, double P99Milliseconds, double CpuMsPerMegabyte);
 
     private sealed record Row(string Backend, string Op, int Size, int Clients, Phase Phase);
 
     /// <summary>A store under test and whatever serves it.</summary>
-    private sealed class Backend(string name, IKvStore store, Func<ValueTask> stop) : IAsyncDisposable
+    private sealed class Backend(string name, IKvStore store, Func<ValueTask> stop, Func<TimeSpan>? serverProcessorTime = null) : IAsyncDisposable
     {
         public string Name { get; } = name;
 
         public IKvStore Store { get; } = store;
+
+        /// <summary>Processor time of this process (the clients, and our server when it runs here) and of any server process.</summary>
+        public TimeSpan ProcessorTime()
+        {
+            using var self = Process.GetCurrentProcess();
+            return self.TotalProcessorTime + (serverProcessorTime?.Invoke() ?? TimeSpan.Zero);
+        }
 
         public static async Task<Backend> StartAsync(string name, string directory, bool fsync)
         {
@@ -312,7 +329,7 @@ internal static class StoreBenchmark
                             ConnectionString = redis.ConnectionString,
                             OperationTimeout = TimeSpan.FromMinutes(1),
                         });
-                        return new Backend(name, client, () => redis.DisposeAsync());
+                        return new Backend(name, client, () => redis.DisposeAsync(), () => redis.ServerProcessorTime);
                     }
                     catch
                     {

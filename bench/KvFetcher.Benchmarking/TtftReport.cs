@@ -56,7 +56,7 @@ public static class TtftReport
         text.Append('\n');
         if (versusCompute.Count > 0)
         {
-            text.Append(CultureInfo.InvariantCulture, $"Ours vs compute-only: {versusCompute.Average():F2}x faster on average (min {versusCompute.Min():F2}x). ");
+            text.Append(CultureInfo.InvariantCulture, $"Ours vs compute-only: {Speedup(versusCompute.Average())} on average (min {versusCompute.Min():F2}x). ");
         }
 
         if (versusRaw.Count > 0)
@@ -76,36 +76,106 @@ public static class TtftReport
 
             double ours = jitter.First(p => p.Strategy == "ours").TtftMs;
             TtftPoint bestFixed = jitter.Where(p => p.Strategy != "ours").MinBy(p => p.TtftMs)!;
-            text.Append(CultureInfo.InvariantCulture, $"\nAdaptive vs the best fixed level ({bestFixed.Strategy}): {(1 - (ours / bestFixed.TtftMs)) * 100:F1}% lower TTFT.\n");
+            text.Append(CultureInfo.InvariantCulture, $"\nAdaptive vs the best fixed level ({bestFixed.Strategy}): {Versus(ours, bestFixed.TtftMs)}.\n");
         }
 
         return text.ToString();
     }
 
-    /// <summary>Writes one PNG plot of TTFT vs bandwidth per stored context into <paramref name="folder"/>.</summary>
+    /// <summary>
+    /// How a TTFT of <paramref name="ours"/> compares with <paramref name="other"/>, the right way round:
+    /// "x% lower TTFT" only when it is lower, "x% higher TTFT (slower)" when higher, "the same TTFT" when equal to 0.1%.
+    /// </summary>
+    public static string Versus(double ours, double other)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(other);
+        double change = ((ours / other) - 1) * 100;
+        return Math.Round(change, 1) switch
+        {
+            < 0 => string.Create(CultureInfo.InvariantCulture, $"{-change:F1}% lower TTFT"),
+            > 0 => string.Create(CultureInfo.InvariantCulture, $"{change:F1}% higher TTFT (slower)"),
+            _ => "the same TTFT",
+        };
+    }
+
+    /// <summary>A speed ratio (other's time / ours) in words: "2.50x faster", or "1.25x slower" when below 1.</summary>
+    public static string Speedup(double ratio)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(ratio);
+        return ratio >= 1
+            ? string.Create(CultureInfo.InvariantCulture, $"{ratio:F2}x faster")
+            : string.Create(CultureInfo.InvariantCulture, $"{1 / ratio:F2}x slower");
+    }
+
+    /// <summary>
+    /// Writes one PNG plot of TTFT vs bandwidth per stored context into <paramref name="folder"/>: both axes logarithmic
+    /// (bandwidth ticks read 10, 100, 1000 Mbit/s; TTFT ticks 1-2-5 per decade in ms, so the sub-second region where the
+    /// strategies differ is as legible as the slow end, and nothing can go below zero), the lower bound as a dashed line
+    /// without markers, and the legend beside the plot rather than over the lines.
+    /// </summary>
     public static void Plots(TtftSweepResult result, string folder)
     {
         foreach (var context in result.Points.Where(p => p.Link == "shaper").GroupBy(p => p.Context))
         {
-            var plot = new ScottPlot.Plot();
+            TtftBound[] bounds = [.. result.Bounds.Where(b => b.Context == context.Key).OrderBy(b => b.Mbps)];
+            double[] rates = [.. context.Select(p => p.Mbps), .. bounds.Select(b => b.Mbps)];
+            double[] times = [.. context.Select(p => p.TtftMs), .. bounds.Select(b => b.BoundMs)];
+            using var plot = new ScottPlot.Plot();
             foreach (var strategy in context.GroupBy(p => p.Strategy))
             {
                 TtftPoint[] points = [.. strategy.OrderBy(p => p.Mbps)];
-                var line = plot.Add.Scatter(points.Select(p => Math.Log10(p.Mbps)).ToArray(), points.Select(p => p.TtftMs).ToArray());
+                var line = plot.Add.Scatter(points.Select(p => Log(p.Mbps)).ToArray(), points.Select(p => Log(p.TtftMs)).ToArray());
                 line.LegendText = strategy.Key;
                 line.LineWidth = strategy.Key == "ours" ? 3 : 1.5f;
+                line.MarkerSize = strategy.Key == "ours" ? 8 : 5;
             }
 
-            TtftBound[] bounds = [.. result.Bounds.Where(b => b.Context == context.Key).OrderBy(b => b.Mbps)];
-            var boundLine = plot.Add.Scatter(bounds.Select(b => Math.Log10(b.Mbps)).ToArray(), bounds.Select(b => b.BoundMs).ToArray());
-            boundLine.LegendText = "lower bound";
-            boundLine.LinePattern = ScottPlot.LinePattern.Dashed;
-            boundLine.Color = ScottPlot.Colors.Black;
-            plot.Title($"TTFT vs bandwidth, {context.Key}-token stored context (kvf-pydoc-16m, CPU)");
-            plot.XLabel("bandwidth, Mbit/s (log10)");
-            plot.YLabel("TTFT, ms");
-            plot.ShowLegend(ScottPlot.Alignment.UpperRight);
-            plot.SavePng(Path.Combine(folder, $"ttft-{context.Key}.png"), 900, 560);
+            if (bounds.Length > 0)
+            {
+                var boundLine = plot.Add.Scatter(bounds.Select(b => Log(b.Mbps)).ToArray(), bounds.Select(b => Log(b.BoundMs)).ToArray());
+                boundLine.LegendText = "lower bound";
+                boundLine.LinePattern = ScottPlot.LinePattern.Dashed;
+                boundLine.LineWidth = 2;
+                boundLine.MarkerSize = 0;
+                boundLine.Color = ScottPlot.Colors.Black;
+            }
+
+            plot.Axes.Bottom.TickGenerator = LogTicks(rates.Min(), rates.Max(), oneTwoFive: false);
+            plot.Axes.Left.TickGenerator = LogTicks(times.Min(), times.Max(), oneTwoFive: true);
+            plot.Axes.SetLimits(Log(rates.Min()) - 0.08, Log(rates.Max()) + 0.08, Log(times.Min()) - 0.08, Log(times.Max()) + 0.08);
+            plot.Title($"TTFT vs bandwidth, {context.Key}-token stored context\n{result.Machine}", size: 16);
+            plot.XLabel("link bandwidth, Mbit/s (log scale)");
+            plot.YLabel("time to first token, ms (log scale)");
+            plot.ShowLegend(ScottPlot.Edge.Right);
+            plot.SavePng(Path.Combine(folder, $"ttft-{context.Key}.png"), 1000, 600);
         }
+    }
+
+    /// <summary>log10, with values at or below zero (never measured, but a plot must not fail) drawn at 0.01.</summary>
+    private static double Log(double value) => Math.Log10(Math.Max(value, 0.01));
+
+    /// <summary>Ticks for a log10 axis: labelled at each decade (and at 2 and 5 of each with <paramref name="oneTwoFive"/>), minor ticks at the other integers.</summary>
+    private static ScottPlot.TickGenerators.NumericManual LogTicks(double min, double max, bool oneTwoFive)
+    {
+        var ticks = new ScottPlot.TickGenerators.NumericManual();
+        int first = (int)Math.Floor(Log(min));
+        int last = (int)Math.Ceiling(Log(max));
+        for (int decade = first; decade <= last; decade++)
+        {
+            for (int step = 1; step <= 9; step++)
+            {
+                double value = step * Math.Pow(10, decade);
+                if (step == 1 || (oneTwoFive && step is 2 or 5))
+                {
+                    ticks.AddMajor(Math.Log10(value), value.ToString("0.###", CultureInfo.InvariantCulture));
+                }
+                else
+                {
+                    ticks.AddMinor(Math.Log10(value));
+                }
+            }
+        }
+
+        return ticks;
     }
 }

@@ -1,6 +1,6 @@
-"""Checks and times the engine's attention and decode kernels (src/KvFetcher.Cuda/Gpu/Kernels.cu) outside the engine.
+"""Checks and times the engine's attention and decode kernels (src/KvFetcher.Cuda/Gpu/Kernels/) outside the engine.
 
-Compiles Kernels.cu with NVRTC through CuPy, as the engine does (same source, same defines), runs `flash_attention`
+Compiles Kernels/Kernels.cu (and the parts it includes) with NVRTC through CuPy, as the engine does (same source, same defines), runs `flash_attention`
 (tensor cores, 128-row blocks), `flash_attention_narrow` (64-row blocks), `attention` (CUDA cores) and, for decode
 steps, `decode_attention_4`/`_8` (split-K, + `attention_combine`) on random data laid out as the engine lays it out (Q fp32
 [n, heads, HD], one layer of the cache [kvHead][capacity][HD] in fp16/bf16), and compares them with a float64
@@ -22,14 +22,15 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SOURCE = open(os.path.join(ROOT, "src/KvFetcher.Cuda/Gpu/Kernels.cu"), encoding="utf-8").read()
+KERNELS = os.path.join(ROOT, "src/KvFetcher.Cuda/Gpu/Kernels")
+SOURCE = open(os.path.join(KERNELS, "Kernels.cu"), encoding="utf-8").read()
 _modules = {}
 
 
 def module(hd, kv):
     key = (hd, kv)
     if key not in _modules:
-        options = ("--std=c++17", "-default-device", f"-DHEAD_DIM={hd}", f"-DKV={kv}", "-DACT=f32_t", "-DEMB=f32_t", "-DTC_ATTENTION",
+        options = ("--std=c++17", "-default-device", f"-I{KERNELS}", f"-DHEAD_DIM={hd}", f"-DKV={kv}", "-DACT=f32_t", "-DEMB=f32_t", "-DTC_ATTENTION",
                    "-DDECODE_ATTENTION")
         m = cupy.RawModule(code=SOURCE, options=options, backend="nvrtc")
         flash = m.get_function("flash_attention")
@@ -152,7 +153,7 @@ def check(case, runners=None):
 
 def gemv_module():
     if "gemv" not in _modules:
-        options = ("--std=c++17", "-default-device", "-DHEAD_DIM=128", "-DKV=bf16_t", "-DACT=bf16_t", "-DEMB=bf16_t", "-DGEMV")
+        options = ("--std=c++17", "-default-device", f"-I{KERNELS}", "-DHEAD_DIM=128", "-DKV=bf16_t", "-DACT=bf16_t", "-DEMB=bf16_t", "-DGEMV")
         m = cupy.RawModule(code=SOURCE, options=options, backend="nvrtc")
         _modules["gemv"] = ({"gemv": m.get_function("gemv"), "gemv_u4": m.get_function("gemv_u4")}, m)
     return _modules["gemv"][0]

@@ -1,5 +1,4 @@
 using System.CommandLine;
-using KvFetcher.Core;
 using KvFetcher.Core.Containers;
 using KvFetcher.Runtime;
 
@@ -19,6 +18,13 @@ internal static class CliOptions
     public static Option<string?> Model() => new("--model", "-m")
     {
         Description = $"Hugging Face model directory (default: the bundled {BundledModelName}, or $KVFETCH_MODEL).",
+    };
+
+    public static Option<string> Accuracy() => new("--accuracy")
+    {
+        Description = "Accuracy floor for lossy variants, from the model's calibration profile (kvfetch calibrate): default (top-1 agreement >= 99%, " +
+            "perplexity change <= 1%), lossless (raw and exact only) or thresholds such as top1=0.995,ppl=0.005. Without a profile matching the model, only lossless variants are fetched.",
+        DefaultValueFactory = _ => "default",
     };
 
     public static Option<EngineKind> Engine() => new("--engine")
@@ -82,14 +88,90 @@ internal static class CliOptions
         throw new FileNotFoundException($"The bundled model {BundledModelName} was not found next to the executable or in an enclosing models/ folder; pass --model DIR.");
     }
 
-    /// <summary>Runs a command body: a failure prints one line (the stack with --verbose) and exits non-zero.</summary>
+    /// <summary>The exit code of a usage error (bad arguments), as System.CommandLine and POSIX tools use it.</summary>
+    public const int UsageExitCode = 2;
+
+    /// <summary>The exit code of a failure at run time.</summary>
+    public const int FailureExitCode = 1;
+
+    /// <summary>
+    /// A command line that does not parse: each error on one line, then a one-line hint to the command's help (not the
+    /// whole help); exits <see cref="UsageExitCode"/>.
+    /// </summary>
+    public static int UsageError(ParseResult parse)
+    {
+        ArgumentNullException.ThrowIfNull(parse);
+        foreach (System.CommandLine.Parsing.ParseError error in parse.Errors)
+        {
+            Console.Error.WriteLine($"kvfetch: {error.Message}");
+        }
+
+        var names = new List<string>();
+        for (System.CommandLine.Parsing.SymbolResult? result = parse.CommandResult; result is not null; result = result.Parent)
+        {
+            if (result is System.CommandLine.Parsing.CommandResult { Command: not RootCommand } command)
+            {
+                names.Insert(0, command.Command.Name);
+            }
+        }
+
+        Console.Error.WriteLine($"Run 'kvfetch {string.Concat(names.Select(n => n + " "))}--help' for usage.");
+        return UsageExitCode;
+    }
+
+    /// <summary>Adds a check that the option's value is at least <paramref name="minimum"/> (a usage error otherwise).</summary>
+    public static Option<int> AtLeast(this Option<int> option, int minimum)
+    {
+        ArgumentNullException.ThrowIfNull(option);
+        option.Validators.Add(result =>
+        {
+            // Only a value given on the command line that is an integer (the parser reports any other text itself).
+            if (result.Tokens is [var token] && int.TryParse(token.Value, System.Globalization.CultureInfo.InvariantCulture, out int value) && value < minimum)
+            {
+                result.AddError($"{option.Name} must be at least {minimum}; got {value}.");
+            }
+        });
+        return option;
+    }
+
+    /// <summary>Adds a check that <paramref name="parse"/> accepts the (string) option's text (its exception message becomes the usage error).</summary>
+    public static T Parses<T>(this T option, Action<string> parse)
+        where T : Option
+    {
+        ArgumentNullException.ThrowIfNull(option);
+        ArgumentNullException.ThrowIfNull(parse);
+        option.Validators.Add(result =>
+        {
+            if (result.GetValueOrDefault<string?>() is not { } text)
+            {
+                return;
+            }
+
+            try
+            {
+                parse(text);
+            }
+            catch (Exception ex) when (ex is FormatException or ArgumentException or OverflowException)
+            {
+                result.AddError($"{option.Name}: {ex.Message}");
+            }
+        });
+        return option;
+    }
+
+    /// <summary>
+    /// Runs a command body: any failure prints one line, <c>kvfetch: error: ...</c> (the stack with --verbose), and exits
+    /// <see cref="FailureExitCode"/>.
+    /// </summary>
     public static int Run(ParseResult parse, Func<int> body)
     {
+        ArgumentNullException.ThrowIfNull(parse);
+        ArgumentNullException.ThrowIfNull(body);
         try
         {
             return body();
         }
-        catch (Exception ex) when (ex is InvalidKvDataException or IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException)
+        catch (Exception ex) when (ex is not OutOfMemoryException)
         {
             if (parse.GetValue(Verbose))
             {
@@ -97,10 +179,21 @@ internal static class CliOptions
             }
             else
             {
-                Console.Error.WriteLine($"kvfetch: error: {ex.Message}");
+                Console.Error.WriteLine($"kvfetch: error: {OneLine(ex)}");
             }
 
-            return 1;
+            return FailureExitCode;
         }
+    }
+
+    /// <summary>The message on one line: an aggregate's first inner message, line breaks as spaces.</summary>
+    private static string OneLine(Exception ex)
+    {
+        if (ex is AggregateException { InnerExceptions.Count: 1 } aggregate)
+        {
+            ex = aggregate.InnerExceptions[0];
+        }
+
+        return ex.Message.ReplaceLineEndings(" ");
     }
 }

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Invocation;
 using KvFetcher.Cli.Commands;
 
 namespace KvFetcher.Cli;
@@ -18,8 +19,15 @@ internal static class Program
             WarmCommand.Create(),
             BenchCommand.Create(),
             SecretCommand.Create(),
+            CalibrateCommand.Create(),
         };
         root.Options.Add(CliOptions.Verbose);
-        return root.Parse(args).Invoke();
+        ParseResult parse = root.Parse(args);
+        if (parse.Action is ParseErrorAction)
+        {
+            return CliOptions.UsageError(parse);
+        }
+
+        return parse.Invoke();
     }
 }

@@ -22,9 +22,12 @@ public sealed class InferenceSession : InferenceSessionBase<LanguageModel, KvCac
     /// <summary>The most tokens one internal forward step computes.</summary>
     public override int StepTokens => _scratch.MaxTokens;
 
+    /// <summary>A measurement hook that sees every layer's queries and keys before and after RoPE (null: none).</summary>
+    public IAttentionProbe? Probe { get; set; }
+
     protected override int Forward(ReadOnlySpan<int> tokens, int startPosition, Span<float> logits, bool allLogits)
     {
-        _transformer.Forward(tokens, startPosition, Cache, _scratch, logits, allLogits);
+        _transformer.Forward(tokens, startPosition, Cache, _scratch, logits, allLogits, Probe);
         return -1;
     }
 }

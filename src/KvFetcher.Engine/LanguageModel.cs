@@ -41,6 +41,9 @@ public sealed class LanguageModel : IInferenceModel
         _fingerprint = new Lazy<ModelFingerprint>(() => ModelFingerprinter.Get(_loaded));
     }
 
+    /// <summary>The threads this model's steps run on (allocation checks read its workers' share).</summary>
+    internal WorkerPool Pool => _pool;
+
     /// <summary>Loads the model in <paramref name="directory"/>; bad files raise <see cref="InvalidModelException"/>.</summary>
     public static LanguageModel Open(string directory, LanguageModelOptions? options = null)
     {

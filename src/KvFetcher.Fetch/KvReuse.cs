@@ -1,10 +1,16 @@
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
 using KvFetcher.Engine;
+using KvFetcher.Fetch.Calibration;
 using KvFetcher.Fetch.Fetching;
 using KvFetcher.Fetch.Publishing;
 using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
+using KvFetcher.Fetch.Telemetry;
 using KvFetcher.Store;
+using KvFetcher.Store.Telemetry;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace KvFetcher.Fetch;
 
@@ -19,13 +25,20 @@ public sealed class KvReuse : IAsyncDisposable
 {
     private readonly IInferenceModel _model;
     private readonly RunContext _run;
+    private readonly Meter? _ownMeter;
 
     /// <param name="model">The engine's model (its KV storage dtype is the dtype chunks are stored in).</param>
     /// <param name="store">Where chunks live.</param>
     /// <param name="options">Chunking, ladder, deadlines.</param>
     /// <param name="rates">Measured rates to start from (shared by several instances over one engine); a new set by default.</param>
     /// <param name="restorer">How fetched chunks are decoded into the engine's cache; the CPU decoders by default.</param>
-    public KvReuse(IInferenceModel model, IKvStore store, ReuseOptions? options = null, FetchRates? rates = null, IChunkRestorer? restorer = null)
+    /// <param name="loggerFactory">Where chunk fallbacks (with their causes) and publishing failures are logged; nowhere by default.</param>
+    /// <param name="meter">
+    /// Where restored chunks per variant, fallbacks per reason and decode times are counted (a <c>KvFetcher</c> meter, e.g.
+    /// from the host's <see cref="IMeterFactory"/>); a meter of this instance's own by default.
+    /// </param>
+    public KvReuse(IInferenceModel model, IKvStore store, ReuseOptions? options = null, FetchRates? rates = null, IChunkRestorer? restorer = null,
+        ILoggerFactory? loggerFactory = null, Meter? meter = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(store);
@@ -43,13 +56,45 @@ public sealed class KvReuse : IAsyncDisposable
         Store = store;
         Options = warning is null ? options : options with { Ladder = usable };
         LadderWarning = warning;
-        Publisher = new KvPublisher(store, options.Ladder, workers: Options.PublishWorkers, options: Options.Publishing);
+        loggerFactory ??= NullLoggerFactory.Instance;
+        if (meter is null)
+        {
+            _ownMeter = new Meter(KvFetcherMeter.Name);
+            meter = _ownMeter;
+        }
+
+        Publisher = new KvPublisher(store, options.Ladder, workers: Options.PublishWorkers, options: Options.Publishing, logger: loggerFactory.CreateLogger<KvPublisher>());
         Rates = rates ?? new FetchRates();
         Restorer = restorer ?? HostChunkRestorer.Instance;
 
+        // The accuracy floor: lossy variants only where the model's own calibration profile shows they pass it.
+        AccuracyFloor floor = Options.EffectiveFloor;
+        CalibrationProfile? profile = Options.Profile;
+        string? problem = null;
+        if (profile is null && !floor.LosslessOnly && Options.Ladder.Any(v => !v.IsLossless))
+        {
+            profile = string.IsNullOrEmpty(model.Directory)
+                ? null
+                : CalibrationProfile.TryLoadFrom(model.Directory, out problem);
+            problem ??= profile is null ? "no calibration profile (the model has no directory)" : null;
+        }
+
+        Floor = floor.Decide(Options.Ladder, profile, profile is null ? default : model.Fingerprint, problem);
+        FetchLadder = Floor.Allowed;
+
         // Each stage gets its part of the options, split once here.
-        _run = new RunContext(store, Rates, Restorer, Options.Fetcher, Options.Choice, Options.LookupDeadline, model.ComputesOnHostCores);
+        _run = new RunContext(store, Rates, Restorer, Options.Fetcher, new(Options.QualitySlack, Options.LosslessOnly, Options.DecodeWorkers, Floor), Options.LookupDeadline, model.ComputesOnHostCores,
+            new ReuseTelemetry(meter, loggerFactory.CreateLogger<KvReuse>()));
     }
+
+    /// <summary>What the accuracy floor allows of the ladder for this model, and why (<see cref="FloorDecision.Describe"/> prints it).</summary>
+    public FloorDecision Floor { get; }
+
+    /// <summary>
+    /// The ladder's variants ours and the server's waiting queue may fetch: those within the accuracy floor (lossless ones
+    /// only, unless the model's calibration profile shows a lossy one passes). Every variant of the ladder is still stored.
+    /// </summary>
+    public IReadOnlyList<KvVariant> FetchLadder { get; }
 
     public IKvStore Store { get; }
 
@@ -163,15 +208,16 @@ public sealed class KvReuse : IAsyncDisposable
     /// <see cref="Publisher"/>). A store that is down or slow only shortens the reused prefix.
     /// </summary>
     public Task<RestoreReport> FetchPrefixAsync(IInferenceSession session, ContextPlan plan, KvVariant variant, CancellationToken cancellationToken = default) =>
-        FetchPrefixAsync(session, plan, [variant], cancellationToken);
+        FetchPrefixCoreAsync(session, plan, [variant], cancellationToken);
 
     /// <summary>
     /// Like <see cref="FetchPrefixAsync(IInferenceSession, ContextPlan, KvVariant, CancellationToken)"/>, fetching each
     /// chunk as whichever of <paramref name="ladder"/>'s stored variants is predicted to arrive fastest from the rates
     /// measured so far (the most accurate within <see cref="ReuseOptions.QualitySlack"/> of it): a request adapts to the
-    /// link and the decoders it meets.
+    /// link and the decoders it meets. Only the variants within the accuracy floor (<see cref="Floor"/>) are fetched; when
+    /// none is, nothing is fetched and the caller computes the prefix.
     /// </summary>
-    public async Task<RestoreReport> FetchPrefixAsync(IInferenceSession session, ContextPlan plan, IReadOnlyList<KvVariant> ladder, CancellationToken cancellationToken = default)
+    public Task<RestoreReport> FetchPrefixAsync(IInferenceSession session, ContextPlan plan, IReadOnlyList<KvVariant> ladder, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(ladder);
         if (ladder.Count is 0 or > 30)
@@ -179,6 +225,11 @@ public sealed class KvReuse : IAsyncDisposable
             throw new ArgumentException($"A ladder holds 1 to 30 variants; got {ladder.Count}.", nameof(ladder));
         }
 
+        return FetchPrefixCoreAsync(session, plan, [.. ladder.Where(Floor.Allows)], cancellationToken);
+    }
+
+    private async Task<RestoreReport> FetchPrefixCoreAsync(IInferenceSession session, ContextPlan plan, IReadOnlyList<KvVariant> ladder, CancellationToken cancellationToken)
+    {
         ArgumentNullException.ThrowIfNull(session);
         ArgumentNullException.ThrowIfNull(plan);
         CheckSession(session);
@@ -199,12 +250,16 @@ public sealed class KvReuse : IAsyncDisposable
         return run.ToRestoreReport(Stopwatch.GetElapsedTime(t0));
     }
 
-    public async ValueTask DisposeAsync() => await Publisher.DisposeAsync().ConfigureAwait(false);
+    public async ValueTask DisposeAsync()
+    {
+        await Publisher.DisposeAsync().ConfigureAwait(false);
+        _ownMeter?.Dispose();
+    }
 
     private IReadOnlyList<KvVariant> LadderFor(PrefillStrategy strategy) => strategy.Mode switch
     {
         PrefillMode.ComputeOnly => [],
-        PrefillMode.Adaptive => Options.LosslessOnly ? [.. Options.Ladder.Where(v => v.IsLossless)] : Options.Ladder,
+        PrefillMode.Adaptive => FetchLadder,
         _ => [strategy.Variant ?? throw new ArgumentException($"Strategy {strategy.Mode} needs a variant.", nameof(strategy))],
     };
 

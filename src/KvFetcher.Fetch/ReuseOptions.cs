@@ -1,4 +1,5 @@
 using KvFetcher.Core.Containers;
+using KvFetcher.Fetch.Calibration;
 
 namespace KvFetcher.Fetch;
 
@@ -20,8 +21,22 @@ public sealed record ReuseOptions
     /// <summary>How much predicted TTFT the adaptive fetcher gives up for a more accurate variant (0.05 = 5%).</summary>
     public double QualitySlack { get; init; } = 0.05;
 
-    /// <summary>Only lossless variants may be fetched (reuse is then always bit-identical to a full prefill).</summary>
+    /// <summary>Only lossless variants may be fetched (reuse is then always bit-identical to a full prefill); the same as <see cref="Floor"/> = <see cref="AccuracyFloor.Lossless"/>.</summary>
     public bool LosslessOnly { get; init; }
+
+    /// <summary>
+    /// The accuracy a lossy variant must have shown on this model (its <see cref="CalibrationProfile"/>) for ours and the
+    /// server's waiting queue to fetch it: by default top-1 agreement &gt;= 99% and perplexity change &lt;= 1%. Without a
+    /// trusted profile only lossless variants pass. A strategy naming one variant (fetch-video8, cake-video8) fetches it
+    /// whatever the floor: that is the caller's choice, not ours.
+    /// </summary>
+    public AccuracyFloor Floor { get; init; } = AccuracyFloor.Default;
+
+    /// <summary>
+    /// The model's calibration profile; null reads <c>kvfetcher-profile.json</c> from the model's directory (when there
+    /// is one). Either way it is trusted only if its fingerprint is the model's.
+    /// </summary>
+    public CalibrationProfile? Profile { get; init; }
 
     /// <summary>
     /// The most a chunk's transfer may take before it is abandoned and the chunk computed instead, whatever the
@@ -64,6 +79,7 @@ public sealed record ReuseOptions
         ArgumentOutOfRangeException.ThrowIfLessThan(ChunkTokens, 1);
         ArgumentNullException.ThrowIfNull(TenantSalt);
         ArgumentNullException.ThrowIfNull(Ladder);
+        ArgumentNullException.ThrowIfNull(Floor);
         if (Ladder.Count == 0)
         {
             throw new ArgumentException("The ladder needs at least one variant.", nameof(Ladder));
@@ -84,8 +100,8 @@ public sealed record ReuseOptions
     /// <summary>What the fetch pipeline reads.</summary>
     internal Fetching.FetcherOptions Fetcher => new(TransfersInFlight, DecodeWorkers, ChunkTimeout, MaxBufferedBytes);
 
-    /// <summary>What the variant choice reads.</summary>
-    internal Scheduling.Strategies.VariantChoiceOptions Choice => new(QualitySlack, LosslessOnly, DecodeWorkers);
+    /// <summary>The floor in force: <see cref="AccuracyFloor.Lossless"/> with <see cref="LosslessOnly"/>, else <see cref="Floor"/>.</summary>
+    internal AccuracyFloor EffectiveFloor => LosslessOnly ? AccuracyFloor.Lossless : Floor;
 
     /// <summary>The lookup's deadline: <see cref="LookupTimeout"/>, or <see cref="ChunkTimeout"/> when that is shorter.</summary>
     internal TimeSpan LookupDeadline => LookupTimeout < ChunkTimeout ? LookupTimeout : ChunkTimeout;

@@ -70,6 +70,13 @@ public static class BearerAuthentication
 
         protected override Task HandleChallengeAsync(AuthenticationProperties properties)
         {
+            if (Logger.IsEnabled(LogLevel.Information))
+            {
+                string remote = Context.Connection.RemoteIpAddress?.ToString() ?? "?";
+                string reason = Request.Headers.Authorization.Count == 0 ? "no Authorization header" : "a token that is not accepted";
+                HostingLog.Unauthorized(Logger, Request.Method, Request.Path.Value ?? "", remote, reason);
+            }
+
             Response.StatusCode = StatusCodes.Status401Unauthorized;
             Response.Headers.WWWAuthenticate = BearerAuthentication.Scheme;
             return Options.WriteUnauthorizedAsync(Context);

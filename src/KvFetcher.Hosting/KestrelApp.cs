@@ -5,15 +5,18 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Configuration.Memory;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
 
 namespace KvFetcher.Hosting;
 
 /// <summary>
 /// How KvFetcher's servers (<c>kvfetch serve</c>, <c>kvfetch serve-llm</c>) host Kestrel: a slim, NativeAOT-friendly
-/// application with one-line warning logs whose owner (the CLI, a test) starts and stops it, not the host's own
+/// application with configurable console logs (see <see cref="CreateBuilder(string)"/>) whose owner (the CLI, a test) starts and stops it, not the host's own
 /// signal handlers; bound to its <see cref="ListenEndpoint"/>s with the request limits both servers share, and deny by
 /// default (<see cref="BearerAuthentication"/>, with <see cref="PublicRoutes"/> the only routes open to anonymous callers).
 /// A server's pipeline: <see cref="UseRequestObserver"/> (sees every request, refused or not),
@@ -40,16 +43,40 @@ public static class KestrelApp
             ListenEndpoint.Bind(kestrel, options.Endpoints, certificate, options.CleartextProtocols);
         });
         builder.Services.AddBearerAuthentication(options.Tokens, options.WriteUnauthorizedAsync);
+        builder.AddKvFetcherMetrics(options.ApplicationName);
         return builder;
     }
 
-    /// <summary>A slim builder: single-line console logging at warning level, lifetime left to the owner.</summary>
+    /// <summary>The logging defaults, below every configuration source: KvFetcher's own events from Information, the rest from Warning.</summary>
+    public static readonly IReadOnlyDictionary<string, string?> LoggingDefaults = new Dictionary<string, string?>
+    {
+        ["Logging:LogLevel:Default"] = "Warning",
+        ["Logging:LogLevel:KvFetcher"] = "Information",
+    };
+
+    /// <summary>
+    /// A slim builder: console logging whose levels and formatter come from configuration (<c>Logging:LogLevel:*</c>,
+    /// <c>Logging:Console:FormatterName</c> = <c>simple</c> (single-line by default) | <c>json</c> | <c>systemd</c>, also
+    /// as environment variables such as <c>Logging__Console__FormatterName=json</c>) over <see cref="LoggingDefaults"/>;
+    /// lifetime left to the owner.
+    /// </summary>
     public static WebApplicationBuilder CreateBuilder(string applicationName)
     {
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = applicationName });
+        builder.Configuration.Sources.Insert(0, new MemoryConfigurationSource { InitialData = LoggingDefaults });
         builder.Logging.ClearProviders();
-        builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
-        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        // Before AddConsole, so that Logging:Console:FormatterOptions in configuration still wins.
+        builder.Services.Configure<SimpleConsoleFormatterOptions>(o => o.SingleLine = true);
+        builder.Logging.AddConsole();
+        // The slim builder asks for the simple formatter in code, which would beat configuration: configuration wins again.
+        ConfigurationManager configuration = builder.Configuration;
+        builder.Services.Configure<ConsoleLoggerOptions>(o =>
+        {
+            if (configuration["Logging:Console:FormatterName"] is { Length: > 0 } formatter)
+            {
+                o.FormatterName = formatter;
+            }
+        });
         builder.Services.AddSingleton<IHostLifetime, ExplicitLifetime>();
         return builder;
     }

@@ -20,7 +20,7 @@ public static class PublicRoutes
     /// <summary>The Prometheus exposition's path.</summary>
     public const string Metrics = "/metrics";
 
-    /// <summary>The content type of the Prometheus text exposition format, version 0.0.4.</summary>
+    /// <summary>The content type of the Prometheus text exposition format, version 0.0.4, as the exporter sends it.</summary>
     public const string MetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
 
     /// <summary>The paths anonymous callers may reach: <see cref="Health"/>, and <see cref="Metrics"/> when <paramref name="publicMetrics"/>.</summary>
@@ -28,21 +28,21 @@ public static class PublicRoutes
 
     /// <summary>
     /// Maps <c>GET /healthz</c> to <paramref name="health"/> (display name <c>healthz</c>, public) and <c>GET /metrics</c>
-    /// (display name <c>metrics</c>, public only with <paramref name="publicMetrics"/>) to the text
-    /// <paramref name="formatMetrics"/> returns, served as <see cref="MetricsContentType"/>.
+    /// to the app's Prometheus exporter (display name <c>metrics</c>, public only with <paramref name="publicMetrics"/>;
+    /// see <see cref="KvFetcherMetrics.AddKvFetcherMetrics"/>). <paramref name="beforeScrape"/>, when given, runs before
+    /// each collection (e.g. to read a store's statistics that observable instruments then report).
     /// </summary>
-    public static void MapHealthAndMetrics(this IEndpointRouteBuilder app, RequestDelegate health, Func<CancellationToken, Task<string>> formatMetrics, bool publicMetrics)
+    public static void MapHealthAndMetrics(this IEndpointRouteBuilder app, RequestDelegate health, bool publicMetrics, Func<CancellationToken, Task>? beforeScrape = null)
     {
         ArgumentNullException.ThrowIfNull(app);
         ArgumentNullException.ThrowIfNull(health);
-        ArgumentNullException.ThrowIfNull(formatMetrics);
         app.MapGet(Health, health).WithDisplayName("healthz").WithMetadata(PublicRoute.Instance).AllowAnonymous();
-        IEndpointConventionBuilder metrics = app.MapGet(Metrics, new RequestDelegate(async context =>
-        {
-            string text = await formatMetrics(context.RequestAborted).ConfigureAwait(false);
-            context.Response.ContentType = MetricsContentType;
-            await context.Response.WriteAsync(text, context.RequestAborted).ConfigureAwait(false);
-        })).WithDisplayName("metrics");
+        IEndpointConventionBuilder metrics = app.MapPrometheusScrapingEndpoint(Metrics, meterProvider: null, configureBranchedPipeline: beforeScrape is null ? null : branch =>
+            branch.Use(async (context, next) =>
+            {
+                await beforeScrape(context.RequestAborted).ConfigureAwait(false);
+                await next(context).ConfigureAwait(false);
+            }), optionsName: null).WithDisplayName("metrics");
         if (publicMetrics)
         {
             metrics.WithMetadata(PublicRoute.Instance).AllowAnonymous();

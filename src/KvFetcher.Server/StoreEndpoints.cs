@@ -30,7 +30,7 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         app.MapPost(StoreProtocol.LookupRoute, new RequestDelegate(LookupAsync)).WithDisplayName("lookup");
         app.MapGet(StoreProtocol.StatsRoute, new RequestDelegate(StatsAsync)).WithDisplayName("stats");
         // The public list: everything else needs the token (see BearerAuthentication).
-        app.MapHealthAndMetrics(HealthAsync, FormatMetricsAsync, options.PublicMetrics);
+        app.MapHealthAndMetrics(HealthAsync, options.PublicMetrics, metrics.RefreshAsync);
     }
 
     /// <summary>Answers with <paramref name="status"/> and one line, or aborts when the response has already begun.</summary>
@@ -256,8 +256,6 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         context.Response.ContentType = StoreProtocol.ErrorMediaType;
         return context.Response.WriteAsync("ok\n", context.RequestAborted);
     }
-
-    private async Task<string> FormatMetricsAsync(CancellationToken cancellationToken) => metrics.Format(await store.GetStatsAsync(cancellationToken));
 
     private static bool TryGetKey(HttpContext context, out ObjectKey key)
     {

@@ -7,6 +7,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 
 namespace KvFetcher.Server;
 
@@ -73,11 +74,12 @@ public sealed class StoreServer : IAsyncDisposable
         });
 
         WebApplication app = builder.Build();
-        var metrics = new ServerMetrics();
+        var metrics = new ServerMetrics(app.CreateKvFetcherMeter(), store);
+        ILogger logger = app.Services.GetRequiredService<ILogger<StoreServer>>();
         // Every request, refused or not: counted by route and status, and timed.
-        app.UseRequestObserver((route, status, elapsed) => metrics.ObserveRequest(ServerMetrics.RouteIndex(route), status, elapsed));
+        app.UseRequestObserver(metrics.ObserveRequest);
         app.UseBearerAuthentication();
-        app.Use((context, next) => GuardAsync(context, next, options.RequestTimeout));
+        app.Use((context, next) => GuardAsync(context, next, options.RequestTimeout, logger));
         new StoreEndpoints(store, options, metrics).Map(app);
 
         return new StoreServer(await KestrelApp.StartAsync(app, ownsStore ? store : null, stopTimeout: null, cancellationToken));
@@ -90,7 +92,7 @@ public sealed class StoreServer : IAsyncDisposable
     public ValueTask DisposeAsync() => _running.DisposeAsync();
 
     /// <summary>Every authorized request: the per-request deadline and the mapping of store failures to status codes.</summary>
-    private static async Task GuardAsync(HttpContext context, RequestDelegate next, TimeSpan timeout)
+    private static async Task GuardAsync(HttpContext context, RequestDelegate next, TimeSpan timeout, ILogger logger)
     {
         CancellationToken aborted = context.RequestAborted;
         (int Status, string Message)? failure = null;
@@ -105,6 +107,7 @@ public sealed class StoreServer : IAsyncDisposable
             catch (OperationCanceledException) when (deadline.IsCancellationRequested && !aborted.IsCancellationRequested)
             {
                 failure = (StatusCodes.Status503ServiceUnavailable, $"the request took longer than {timeout.TotalSeconds:0.###} s");
+                ServerLog.RequestTimedOut(logger, context.Request.Method, context.Request.Path.Value ?? "", timeout.TotalSeconds);
             }
             catch (OperationCanceledException) when (aborted.IsCancellationRequested)
             {
@@ -113,6 +116,7 @@ public sealed class StoreServer : IAsyncDisposable
             catch (KvStoreException ex)
             {
                 failure = (StoreProtocol.StatusOf(ex), ex.Message);
+                ServerLog.StoreFailed(logger, context.Request.Method, context.Request.Path.Value ?? "", failure.Value.Status, ex);
             }
             catch (Microsoft.AspNetCore.Http.BadHttpRequestException ex)
             {

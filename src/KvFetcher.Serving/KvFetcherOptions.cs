@@ -2,6 +2,7 @@ using KvFetcher.Core.Containers;
 using KvFetcher.Runtime;
 using KvFetcher.Fetch;
 using KvFetcher.Fetch.Scheduling;
+using KvFetcher.Fetch.Calibration;
 using KvFetcher.Serving.Scheduling;
 
 namespace KvFetcher.Serving;
@@ -53,6 +54,17 @@ public sealed class KvFetcherOptions
     /// </summary>
     public string ReuseStrategy { get; set; } = "ours";
 
+    /// <summary>
+    /// The accuracy a lossy variant must have shown on this model (its <c>kvfetcher-profile.json</c>, written by
+    /// <c>kvfetch calibrate</c>) to be fetched: <c>default</c> (top-1 agreement &gt;= 99%, perplexity change &lt;= 1%),
+    /// <c>lossless</c> (raw and exact only) or thresholds such as <c>top1=0.995,ppl=0.005</c>. Without a profile that
+    /// matches the model, only lossless variants are fetched (all are still stored).
+    /// </summary>
+    public string Accuracy { get; set; } = "default";
+
+    /// <summary>The model's calibration profile file; null reads <c>kvfetcher-profile.json</c> in <see cref="ModelDirectory"/>.</summary>
+    public string? CalibrationProfileFile { get; set; }
+
     /// <summary>Tokens per stored chunk.</summary>
     public int ChunkTokens { get; set; } = 256;
 
@@ -97,6 +109,7 @@ public sealed class KvFetcherOptions
         CheckFields();
         _ = ParseLadder();
         _ = ParseStrategy(ReuseStrategy);
+        _ = ParseFloor();
     }
 
     /// <summary><c>ours</c>, <c>cake</c>, <c>fetch</c> (the waiting queue), or a strategy with its variant (<c>cake-raw</c>).</summary>
@@ -132,6 +145,8 @@ public sealed class KvFetcherOptions
                     ChunkTokens = ChunkTokens,
                     TenantSalt = DefaultTenant,
                     Ladder = ladder,
+                    Floor = ParseFloor(),
+                    Profile = CalibrationProfileFile is { } profile ? CalibrationProfile.Load(profile) : null,
                     ChunkTimeout = FetchTimeout,
                     Authenticator = ChunkSecretFile is { } secret ? ChunkAuthenticator.FromSecretFile(secret) : null,
                     // A few chunks in flight per request: several requests fetch at once.
@@ -197,6 +212,18 @@ public sealed class KvFetcherOptions
         catch (ArgumentException ex)
         {
             throw new ArgumentException($"{nameof(Variant)} '{Variant}': {ex.Message}", ex);
+        }
+    }
+
+    private AccuracyFloor ParseFloor()
+    {
+        try
+        {
+            return AccuracyFloor.Parse(Accuracy ?? "");
+        }
+        catch (ArgumentException ex)
+        {
+            throw new ArgumentException($"{nameof(Accuracy)} '{Accuracy}': {ex.Message}", ex);
         }
     }
 

@@ -1,8 +1,11 @@
+using System.Diagnostics.Metrics;
 using KvFetcher.Hosting;
 using KvFetcher.Serving.Api;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace KvFetcher.Serving;
 
@@ -31,28 +34,33 @@ public sealed class LlmServer : IAsyncDisposable
 
     public KvFetcherEngine Engine { get; }
 
-    /// <summary>Validates <paramref name="options"/>, loads the model, opens the store, binds and starts serving.</summary>
+    /// <summary>
+    /// Validates <paramref name="options"/>, loads the model, opens the store, binds and starts serving. The engine logs
+    /// through the server's logging (configuration-driven, see <see cref="KestrelApp.CreateBuilder(string)"/>) and its
+    /// metrics are the server's <c>/metrics</c>.
+    /// </summary>
     public static async Task<LlmServer> StartAsync(LlmServerOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        KvFetcherEngine engine = await KvFetcherEngine.StartAsync(options.Engine, cancellationToken);
-        try
-        {
-            return await StartAsync(options, engine, ownsEngine: true, cancellationToken);
-        }
-        catch
-        {
-            await engine.DisposeAsync();
-            throw;
-        }
+        return await StartAsync(options, services => KvFetcherEngine.StartAsync(options.Engine, services.GetRequiredService<ILoggerFactory>(),
+            services.GetRequiredService<IMeterFactory>(), cancellationToken), ownsEngine: true, cancellationToken);
     }
 
-    /// <summary>Serves <paramref name="engine"/>; disposes it with the server when <paramref name="ownsEngine"/>.</summary>
-    public static async Task<LlmServer> StartAsync(LlmServerOptions options, KvFetcherEngine engine, bool ownsEngine, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// Serves <paramref name="engine"/>; disposes it with the server when <paramref name="ownsEngine"/>. Its meter's
+    /// instruments are exported at <c>/metrics</c> beside the server's own.
+    /// </summary>
+    public static Task<LlmServer> StartAsync(LlmServerOptions options, KvFetcherEngine engine, bool ownsEngine, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(engine);
+        return StartAsync(options, _ => Task.FromResult(engine), ownsEngine, cancellationToken);
+    }
+
+    private static async Task<LlmServer> StartAsync(LlmServerOptions options, Func<IServiceProvider, Task<KvFetcherEngine>> createEngine, bool ownsEngine,
+        CancellationToken cancellationToken)
+    {
         // Deny by default (with API keys or --tenant-from-key): every route needs a key but the public list (/healthz;
         // /metrics with PublicMetrics).
         WebApplicationBuilder builder = KestrelApp.CreateBuilder(new KestrelAppOptions
@@ -68,14 +76,41 @@ public sealed class LlmServer : IAsyncDisposable
         });
 
         WebApplication app = builder.Build();
-        var endpointsApi = new OpenAiEndpoints(engine, options);
-        ServingMetrics metrics = engine.Metrics;
-        app.UseRequestObserver((route, status, _) => metrics.ObserveRequest(route, status));
-        app.Use(BadRequestAsync);
-        app.UseBearerAuthentication();
-        endpointsApi.Map(app);
-        // Requests in flight get 10 s to finish when the server is disposed.
-        return new LlmServer(await KestrelApp.StartAsync(app, ownsEngine ? engine : null, TimeSpan.FromSeconds(10), cancellationToken), engine);
+        KvFetcherEngine engine;
+        try
+        {
+            engine = await createEngine(app.Services);
+        }
+        catch
+        {
+            await app.DisposeAsync();
+            throw;
+        }
+
+        try
+        {
+            app.Services.GetRequiredService<MeterScope>().Add(engine.Meter);
+            var endpointsApi = new OpenAiEndpoints(engine, options);
+            ServingMetrics metrics = engine.Metrics;
+            app.UseRequestObserver((route, status, _) => metrics.ObserveRequest(route, status));
+            app.Use(BadRequestAsync);
+            app.UseBearerAuthentication();
+            // After authentication: an unknown route or a wrong method is found out only for a caller with a valid key (or
+            // on a server without keys); the others get the 401 and learn nothing about the routes.
+            app.UseStatusCodePages(context => EmptyErrorAsync(context.HttpContext));
+            endpointsApi.Map(app);
+            // Requests in flight get 10 s to finish when the server is disposed.
+            return new LlmServer(await KestrelApp.StartAsync(app, ownsEngine ? engine : null, TimeSpan.FromSeconds(10), cancellationToken), engine);
+        }
+        catch
+        {
+            if (ownsEngine)
+            {
+                await engine.DisposeAsync();
+            }
+
+            throw;
+        }
     }
 
     /// <summary>Stops accepting connections and waits for requests in flight (cancel to cut them short).</summary>
@@ -83,6 +118,26 @@ public sealed class LlmServer : IAsyncDisposable
 
     /// <summary>Stops (requests in flight get 10 s), then disposes the engine if owned.</summary>
     public ValueTask DisposeAsync() => _running.DisposeAsync();
+
+    /// <summary>
+    /// An error status that nothing wrote a body for (no route matched: 404; a route with another method: 405, with
+    /// its <c>Allow</c> header) gets one in the API's error format, worded as OpenAI words it.
+    /// </summary>
+    internal static Task EmptyErrorAsync(HttpContext context)
+    {
+        HttpRequest request = context.Request;
+        string path = request.Path.Value is { Length: > 200 } longPath ? longPath[..200] + "..." : request.Path.Value ?? "/";
+        string allowed = context.Response.Headers.Allow.ToString();
+        ApiError error = context.Response.StatusCode switch
+        {
+            StatusCodes.Status404NotFound => new ApiError(StatusCodes.Status404NotFound,
+                $"Invalid URL ({request.Method} {path}): this server serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models.", Code: "unknown_url"),
+            StatusCodes.Status405MethodNotAllowed => new ApiError(StatusCodes.Status405MethodNotAllowed,
+                $"Method {request.Method} is not allowed on {path}; use {(allowed.Length > 0 ? allowed : "another method")}.", Code: "method_not_allowed"),
+            int status => new ApiError(status, $"The request failed with HTTP status {status}.", status >= 500 ? "server_error" : "invalid_request_error"),
+        };
+        return error.WriteAsync(context);
+    }
 
     /// <summary>A body over the limit or a malformed request becomes a 4xx in the API's error format.</summary>
     private static async Task BadRequestAsync(HttpContext context, RequestDelegate next)

@@ -1,28 +1,37 @@
-using System.Collections.Concurrent;
-using System.Globalization;
-using System.Runtime.CompilerServices;
-using System.Text;
-using KvFetcher.Hosting;
+using System.Diagnostics.Metrics;
 using KvFetcher.Serving.Scheduling;
+using KvFetcher.Store.Telemetry;
 
 namespace KvFetcher.Serving;
 
 /// <summary>
-/// Counters and histograms of a serving engine, written in the Prometheus text exposition format (0.0.4): time to first
-/// token and its parts (queue, fetch, prefill), reuse hit rate, prompt tokens reused vs computed, bytes fetched,
-/// fallbacks to recompute, requests by route and status. Thread-safe and lock-free.
+/// The instruments of a serving engine on its <c>KvFetcher</c> meter (exported at <c>/metrics</c> by
+/// <c>KvFetcher.Hosting.KvFetcherMetrics</c>): time to first token and its parts (queue, fetch, prefill), inter-token
+/// latency, decode time, prompt and generation lengths, reuse hit rate, prompt tokens reused vs computed, bytes fetched,
+/// fallbacks to recompute, requests by route and status. The totals are also readable here. Thread-safe and lock-free.
 /// </summary>
-public sealed class ServingMetrics
+public sealed class ServingMetrics : IDisposable
 {
     /// <summary>Upper bounds of the latency buckets, in seconds (+Inf is implied).</summary>
     private static readonly double[] s_bounds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
-    private readonly SecondsHistogram _ttft = new(s_bounds);
-    private readonly SecondsHistogram _queue = new(s_bounds);
-    private readonly SecondsHistogram _fetch = new(s_bounds);
-    private readonly SecondsHistogram _prefill = new(s_bounds);
-    private readonly SecondsHistogram _request = new(s_bounds);
-    private readonly ConcurrentDictionary<(string Route, int Status), StrongBox<long>> _requests = new();
+    /// <summary>Upper bounds of the inter-token latency buckets, in seconds.</summary>
+    private static readonly double[] s_tokenBounds = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5];
+
+    /// <summary>Upper bounds of the length buckets, in tokens.</summary>
+    private static readonly long[] s_lengthBounds = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072];
+
+    private readonly Meter? _ownMeter;
+    private readonly Histogram<double> _ttft;
+    private readonly Histogram<double> _queue;
+    private readonly Histogram<double> _fetch;
+    private readonly Histogram<double> _prefill;
+    private readonly Histogram<double> _request;
+    private readonly Histogram<double> _decode;
+    private readonly Histogram<double> _interToken;
+    private readonly Histogram<long> _promptLength;
+    private readonly Histogram<long> _generationLength;
+    private readonly Counter<long> _requests;
     private long _prefills;
     private long _lookups;
     private long _hits;
@@ -38,6 +47,58 @@ public sealed class ServingMetrics
     private long _rejected;
     private long _failed;
     private long _cancelled;
+
+    /// <summary>Instruments on a <c>KvFetcher</c> meter of their own (disposed with this), for an engine without a host.</summary>
+    public ServingMetrics()
+        : this(new Meter(KvFetcherMeter.Name), ownsMeter: true)
+    {
+    }
+
+    /// <summary>Instruments on <paramref name="meter"/> (e.g. the host's <c>KvFetcher</c> meter from its <see cref="IMeterFactory"/>).</summary>
+    public ServingMetrics(Meter meter)
+        : this(meter, ownsMeter: false)
+    {
+    }
+
+    private ServingMetrics(Meter meter, bool ownsMeter)
+    {
+        ArgumentNullException.ThrowIfNull(meter);
+        Meter = meter;
+        _ownMeter = ownsMeter ? meter : null;
+        var seconds = new InstrumentAdvice<double> { HistogramBucketBoundaries = s_bounds };
+        var lengths = new InstrumentAdvice<long> { HistogramBucketBoundaries = [.. s_lengthBounds] };
+        _requests = meter.CreateCounter<long>("kvfetch.llm.http.requests", "{request}", "HTTP requests by route and status code.");
+        _ttft = meter.CreateHistogram("kvfetch.llm.ttft", "s", "Time to first token: from arrival to the first token.", advice: seconds);
+        _queue = meter.CreateHistogram("kvfetch.llm.ttft.queue", "s", "TTFT part: waiting for a session (engine at capacity).", advice: seconds);
+        _fetch = meter.CreateHistogram("kvfetch.llm.ttft.fetch", "s", "TTFT part: looking up and fetching the stored prefix, off the engine.", advice: seconds);
+        _prefill = meter.CreateHistogram("kvfetch.llm.ttft.prefill", "s", "TTFT part: computing the rest of the prompt, interleaved with other requests.", advice: seconds);
+        _request = meter.CreateHistogram("kvfetch.llm.request", "s", "From arrival to the last token.", advice: seconds);
+        _decode = meter.CreateHistogram("kvfetch.llm.request.decode", "s", "Decode time: from the first token to the last.", advice: seconds);
+        _interToken = meter.CreateHistogram("kvfetch.llm.inter_token_latency", "s", "Time between two tokens of one request.",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = s_tokenBounds });
+        _promptLength = meter.CreateHistogram("kvfetch.llm.request.prompt_tokens", "{token}", "Prompt length of each request.", advice: lengths);
+        _generationLength = meter.CreateHistogram("kvfetch.llm.request.generation_tokens", "{token}", "Tokens generated by each request.", advice: lengths);
+        meter.CreateObservableCounter("kvfetch.llm.prefills", () => Prefills, "{request}", "Requests that got their first token.");
+        meter.CreateObservableCounter("kvfetch.llm.reuse.lookups", () => Lookups, "{request}", "Requests with a reusable prefix length, looked up in the store.");
+        meter.CreateObservableCounter("kvfetch.llm.reuse.hits", () => Hits, "{request}", "Looked-up requests that reused at least one chunk.");
+        meter.CreateObservableGauge("kvfetch.llm.reuse.hit_ratio", () => Lookups == 0 ? 0 : (double)Hits / Lookups, "1", "Hits / lookups since start.");
+        meter.CreateObservableCounter("kvfetch.llm.prompt_tokens", () => PromptTokens, "{token}", "Prompt tokens of all requests.");
+        meter.CreateObservableCounter("kvfetch.llm.reused_tokens", () => ReusedTokens, "{token}", "Prompt tokens whose KV came from the store.");
+        meter.CreateObservableCounter("kvfetch.llm.computed_tokens", () => PromptTokens - ReusedTokens, "{token}", "Prompt tokens the engine computed.");
+        meter.CreateObservableCounter("kvfetch.llm.generated_tokens", () => Interlocked.Read(ref _generatedTokens), "{token}", "Tokens generated.");
+        meter.CreateObservableCounter("kvfetch.llm.fetched", () => BytesFetched, "By", "Bytes fetched from the store.");
+        meter.CreateObservableCounter("kvfetch.llm.fallback_chunks", () => FallbackChunks, "{chunk}", "Stored chunks that failed to fetch and were recomputed.");
+        meter.CreateObservableCounter("kvfetch.llm.reuse.fetched_chunks", () => FetchedChunks, "{chunk}", "Stored chunks the fetcher restored.");
+        meter.CreateObservableCounter("kvfetch.llm.reuse.computed_chunks", () => ComputedStoredChunks, "{chunk}", "Stored chunks the engine computed (its side of the meeting, and fallbacks).");
+        meter.CreateObservableCounter("kvfetch.llm.lookup_failures", () => LookupFailures, "{request}", "Store lookups that failed (store down or slow); the prompt was computed.");
+        meter.CreateObservableCounter("kvfetch.llm.published_chunks", () => Interlocked.Read(ref _publishedChunks), "{chunk}", "Computed chunks queued for storing.");
+        meter.CreateObservableCounter("kvfetch.llm.rejected", () => Rejected, "{request}", "Requests refused at capacity (429).");
+        meter.CreateObservableCounter("kvfetch.llm.failed", () => Interlocked.Read(ref _failed), "{request}", "Requests that failed inside the engine.");
+        meter.CreateObservableCounter("kvfetch.llm.cancelled", () => Interlocked.Read(ref _cancelled), "{request}", "Requests abandoned by their client.");
+    }
+
+    /// <summary>The meter the instruments live on.</summary>
+    public Meter Meter { get; }
 
     /// <summary>Requests that got their first token.</summary>
     public long Prefills => Interlocked.Read(ref _prefills);
@@ -69,13 +130,16 @@ public sealed class ServingMetrics
     /// <summary>Requests refused at capacity (HTTP 429).</summary>
     public long Rejected => Interlocked.Read(ref _rejected);
 
+    public void Dispose() => _ownMeter?.Dispose();
+
     internal void ObserveFirstToken(PrefillInfo info)
     {
         Interlocked.Increment(ref _prefills);
-        _ttft.Observe(info.TimeToFirstToken.TotalSeconds);
-        _queue.Observe(info.Queue.TotalSeconds);
-        _fetch.Observe(info.Fetch.TotalSeconds);
-        _prefill.Observe(info.Prefill.TotalSeconds);
+        _ttft.Record(info.TimeToFirstToken.TotalSeconds);
+        _queue.Record(info.Queue.TotalSeconds);
+        _fetch.Record(info.Fetch.TotalSeconds);
+        _prefill.Record(info.Prefill.TotalSeconds);
+        _promptLength.Record(info.PromptTokens);
         Interlocked.Add(ref _promptTokens, info.PromptTokens);
         Interlocked.Add(ref _reusedTokens, info.ReusedTokens);
         Interlocked.Add(ref _bytesFetched, info.BytesFetched);
@@ -101,10 +165,14 @@ public sealed class ServingMetrics
         }
     }
 
+    internal void ObserveToken(TimeSpan sincePrevious) => _interToken.Record(sincePrevious.TotalSeconds);
+
     internal void ObserveCompleted(GenerationResult result)
     {
         Interlocked.Add(ref _generatedTokens, result.CompletionTokens);
-        _request.Observe(result.Elapsed.TotalSeconds);
+        _request.Record(result.Elapsed.TotalSeconds);
+        _decode.Record(Math.Max(0, (result.Elapsed - result.Prefill.TimeToFirstToken).TotalSeconds));
+        _generationLength.Record(result.CompletionTokens);
     }
 
     internal void ObservePublishedChunk() => Interlocked.Increment(ref _publishedChunks);
@@ -115,67 +183,10 @@ public sealed class ServingMetrics
 
     internal void ObserveCancelled() => Interlocked.Increment(ref _cancelled);
 
-    internal void ObserveRequest(string route, int status)
-    {
-        StrongBox<long> counter = _requests.GetOrAdd((route, status), static _ => new StrongBox<long>());
-        Interlocked.Increment(ref counter.Value);
-    }
+    internal void ObserveRequest(string route, int status) =>
+        _requests.Add(1, new KeyValuePair<string, object?>("route", route), new KeyValuePair<string, object?>("code", StatusText(status)));
 
-    /// <summary>The exposition text; <paramref name="gauges"/> adds the scheduler's current state.</summary>
-    public string Format(EngineScheduler? gauges = null, long? publisherFailures = null, long? publisherDropped = null)
-    {
-        var text = new StringBuilder(8192);
-        PrometheusText.Header(text, "kvfetch_llm_http_requests_total", "counter", "HTTP requests by route and status code.");
-        foreach (KeyValuePair<(string Route, int Status), StrongBox<long>> entry in _requests.OrderBy(e => e.Key))
-        {
-            text.Append(CultureInfo.InvariantCulture, $"kvfetch_llm_http_requests_total{{route=\"{entry.Key.Route}\",code=\"{entry.Key.Status}\"}} {Volatile.Read(ref entry.Value.Value)}\n");
-        }
+    private static readonly string[] s_codes = [.. Enumerable.Range(0, 600).Select(c => c.ToString(System.Globalization.CultureInfo.InvariantCulture))];
 
-        PrometheusText.Header(text, "kvfetch_llm_ttft_seconds", "histogram", "Time to first token: from arrival to the first token.");
-        _ttft.Format(text, "kvfetch_llm_ttft_seconds");
-        PrometheusText.Header(text, "kvfetch_llm_ttft_queue_seconds", "histogram", "TTFT part: waiting for a session (engine at capacity).");
-        _queue.Format(text, "kvfetch_llm_ttft_queue_seconds");
-        PrometheusText.Header(text, "kvfetch_llm_ttft_fetch_seconds", "histogram", "TTFT part: looking up and fetching the stored prefix, off the engine.");
-        _fetch.Format(text, "kvfetch_llm_ttft_fetch_seconds");
-        PrometheusText.Header(text, "kvfetch_llm_ttft_prefill_seconds", "histogram", "TTFT part: computing the rest of the prompt, interleaved with other requests.");
-        _prefill.Format(text, "kvfetch_llm_ttft_prefill_seconds");
-        PrometheusText.Header(text, "kvfetch_llm_request_seconds", "histogram", "From arrival to the last token.");
-        _request.Format(text, "kvfetch_llm_request_seconds");
-        PrometheusText.Sample(text, "kvfetch_llm_prefills_total", "counter", "Requests that got their first token.", Prefills);
-        PrometheusText.Sample(text, "kvfetch_llm_reuse_lookups_total", "counter", "Requests with a reusable prefix length, looked up in the store.", Lookups);
-        PrometheusText.Sample(text, "kvfetch_llm_reuse_hits_total", "counter", "Looked-up requests that reused at least one chunk.", Hits);
-        long lookups = Lookups;
-        PrometheusText.Sample(text, "kvfetch_llm_reuse_hit_ratio", "gauge", "Hits / lookups since start.", lookups == 0 ? 0 : (double)Hits / lookups);
-        PrometheusText.Sample(text, "kvfetch_llm_prompt_tokens_total", "counter", "Prompt tokens of all requests.", PromptTokens);
-        PrometheusText.Sample(text, "kvfetch_llm_reused_tokens_total", "counter", "Prompt tokens whose KV came from the store.", ReusedTokens);
-        PrometheusText.Sample(text, "kvfetch_llm_computed_tokens_total", "counter", "Prompt tokens the engine computed.", PromptTokens - ReusedTokens);
-        PrometheusText.Sample(text, "kvfetch_llm_generated_tokens_total", "counter", "Tokens generated.", Interlocked.Read(ref _generatedTokens));
-        PrometheusText.Sample(text, "kvfetch_llm_fetched_bytes_total", "counter", "Bytes fetched from the store.", BytesFetched);
-        PrometheusText.Sample(text, "kvfetch_llm_fallback_chunks_total", "counter", "Stored chunks that failed to fetch and were recomputed.", FallbackChunks);
-        PrometheusText.Sample(text, "kvfetch_llm_reuse_fetched_chunks_total", "counter", "Stored chunks the fetcher restored.", FetchedChunks);
-        PrometheusText.Sample(text, "kvfetch_llm_reuse_computed_chunks_total", "counter", "Stored chunks the engine computed (its side of the meeting, and fallbacks).", ComputedStoredChunks);
-        PrometheusText.Sample(text, "kvfetch_llm_lookup_failures_total", "counter", "Store lookups that failed (store down or slow); the prompt was computed.", LookupFailures);
-        PrometheusText.Sample(text, "kvfetch_llm_published_chunks_total", "counter", "Computed chunks queued for storing.", Interlocked.Read(ref _publishedChunks));
-        if (publisherFailures is long failures)
-        {
-            PrometheusText.Sample(text, "kvfetch_llm_publish_failures_total", "counter", "Chunk variants the store failed to take.", failures);
-        }
-
-        if (publisherDropped is long dropped)
-        {
-            PrometheusText.Sample(text, "kvfetch_llm_publish_dropped_total", "counter", "Chunks not stored because the publish queue was full.", dropped);
-        }
-
-        PrometheusText.Sample(text, "kvfetch_llm_rejected_total", "counter", "Requests refused at capacity (429).", Rejected);
-        PrometheusText.Sample(text, "kvfetch_llm_failed_total", "counter", "Requests that failed inside the engine.", Interlocked.Read(ref _failed));
-        PrometheusText.Sample(text, "kvfetch_llm_cancelled_total", "counter", "Requests abandoned by their client.", Interlocked.Read(ref _cancelled));
-        if (gauges is not null)
-        {
-            PrometheusText.Sample(text, "kvfetch_llm_active_sessions", "gauge", "Requests holding a KV cache.", gauges.ActiveSessions);
-            PrometheusText.Sample(text, "kvfetch_llm_queued_requests", "gauge", "Requests waiting for a session.", gauges.QueuedRequests);
-            PrometheusText.Sample(text, "kvfetch_llm_fetching_requests", "gauge", "Requests in the waiting queue (prefix being fetched).", gauges.FetchingRequests);
-        }
-
-        return text.ToString();
-    }
+    private static string StatusText(int status) => (uint)status < (uint)s_codes.Length ? s_codes[status] : status.ToString(System.Globalization.CultureInfo.InvariantCulture);
 }

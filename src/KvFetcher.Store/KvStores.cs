@@ -2,6 +2,9 @@ using KvFetcher.Store.Disk;
 using KvFetcher.Store.Redis;
 using KvFetcher.Store.Remote;
 using KvFetcher.Store.Resilience;
+using KvFetcher.Store.Telemetry;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace KvFetcher.Store;
 
@@ -19,8 +22,19 @@ public static class KvStores
     /// returned: it is unavailable (calls fail fast, callers compute) until it answers;
     /// <see cref="CheckAsync"/> tells whether it answers now.
     /// </summary>
-    public static async Task<IKvStore> OpenAsync(string location, string? token = null, long? capacityBytes = null, CancellationToken cancellationToken = default) =>
-        new ResilientKvStore(await OpenInnerAsync(location, token, capacityBytes, cancellationToken).ConfigureAwait(false));
+    public static Task<IKvStore> OpenAsync(string location, string? token = null, long? capacityBytes = null, CancellationToken cancellationToken = default) =>
+        OpenAsync(location, NullLoggerFactory.Instance, token, capacityBytes, cancellationToken);
+
+    /// <summary>
+    /// As <see cref="OpenAsync(string, string?, long?, CancellationToken)"/>, logging through <paramref name="loggerFactory"/>:
+    /// the breaker's openings and closings, and a remote store's retries.
+    /// </summary>
+    public static async Task<IKvStore> OpenAsync(string location, ILoggerFactory loggerFactory, string? token = null, long? capacityBytes = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(loggerFactory);
+        IKvStore inner = await OpenInnerAsync(location, token, capacityBytes, loggerFactory, cancellationToken).ConfigureAwait(false);
+        return new ResilientKvStore(inner, logger: loggerFactory.CreateLogger<ResilientKvStore>());
+    }
 
     /// <summary>
     /// Asks <paramref name="store"/> one lookup within its lookup deadline: null when it answers, otherwise one line
@@ -29,6 +43,11 @@ public static class KvStores
     public static async Task<string?> CheckAsync(IKvStore store, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(store);
+        if (store is InstrumentedKvStore instrumented)
+        {
+            store = instrumented.Inner;
+        }
+
         if (store is ResilientKvStore resilient)
         {
             return await resilient.CheckAsync(cancellationToken).ConfigureAwait(false);
@@ -38,7 +57,7 @@ public static class KvStores
         return await guarded.CheckAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    private static async Task<IKvStore> OpenInnerAsync(string location, string? token, long? capacityBytes, CancellationToken cancellationToken)
+    private static async Task<IKvStore> OpenInnerAsync(string location, string? token, long? capacityBytes, ILoggerFactory loggerFactory, CancellationToken cancellationToken)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(location);
         if (location.StartsWith("http://", StringComparison.OrdinalIgnoreCase) || location.StartsWith("https://", StringComparison.OrdinalIgnoreCase))
@@ -47,7 +66,7 @@ public static class KvStores
             {
                 BaseAddress = new Uri(location),
                 Token = token ?? Environment.GetEnvironmentVariable(TokenVariable),
-            });
+            }, loggerFactory.CreateLogger<HttpKvStore>());
         }
 
         if (location.StartsWith("redis://", StringComparison.OrdinalIgnoreCase))

@@ -24,6 +24,7 @@ internal static class KvFetchProcess
         }
 
         start.Environment.Remove("KVFETCH_MODEL");
+        start.Environment.Remove("KVFETCH_TOKEN");
         foreach ((string name, string value) in environment)
         {
             start.Environment[name] = value;

@@ -49,6 +49,8 @@ public sealed class PublishingCommandTests : IDisposable
         Assert.True(exit == 0, error + output);
         Assert.Single(error.Split('\n'), l => l.StartsWith("kvfetch: warning: ", StringComparison.Ordinal));
         Assert.Contains("ladder raw, exact", output, StringComparison.Ordinal);
+        Assert.Contains("accuracy floor: ", output, StringComparison.Ordinal); // the floor's verdict, one line per variant
+        Assert.Contains("  exact: allowed (lossless)", output, StringComparison.Ordinal);
         Assert.Contains("answers identical to the full prefill's: yes", string.Join(' ', output.Split(default(char[]), StringSplitOptions.RemoveEmptyEntries)), StringComparison.Ordinal);
     }
 

@@ -21,7 +21,7 @@ if (args.Contains("--nvrtc-smoke"))
     // Without a device: compile the engine's kernels through NVRTC (checks the native library resolution of this build).
     // Every optional kernel too (tensor-core, decode attention, GEMV), at Llama-3's head dimension.
     byte[] image = KvFetcher.Cuda.Gpu.KernelModule.CompileImage(
-        KvFetcher.Cuda.Gpu.KernelModule.EngineSource, "Kernels.cu", new Version(9, 0),
+        KvFetcher.Cuda.Gpu.KernelModule.EngineSource, new Version(9, 0),
         ["HEAD_DIM=128", "KV=bf16_t", "ACT=bf16_t", "EMB=bf16_t", "TC_ATTENTION", "DECODE_ATTENTION", "GEMV"]);
     Console.WriteLine($"NVRTC compiled the engine kernels for sm_90: {image.Length} bytes");
     return 0;

@@ -50,7 +50,7 @@ public class CudaAvailabilityTests
     [InlineData("kv_export")]
     [InlineData("argmax")]
     public void EngineSource_DefinesEveryKernelTheEngineLaunches(string kernel) =>
-        Assert.Contains($"extern \"C\" __global__ void {kernel}(", KernelModule.EngineSource.Replace("__launch_bounds__(ATT_WARPS * 32) ", "", StringComparison.Ordinal), StringComparison.Ordinal);
+        Assert.Contains($"extern \"C\" __global__ void {kernel}(", KernelModule.EngineSource.AllText.Replace("__launch_bounds__(ATT_WARPS * 32) ", "", StringComparison.Ordinal), StringComparison.Ordinal);
 
     public static TheoryData<int, string, string, string> KernelVariants => new()
     {
@@ -68,7 +68,7 @@ public class CudaAvailabilityTests
     public void EngineSource_CompilesWithNvrtc(int headDim, string kv, string act, string emb)
     {
         Assert.SkipUnless(KernelModule.IsCompilerAvailable(out string reason), $"No NVRTC: {reason}");
-        byte[] image = KernelModule.CompileImage(KernelModule.EngineSource, "Kernels.cu", new Version(9, 0), [$"HEAD_DIM={headDim}", $"KV={kv}", $"ACT={act}", $"EMB={emb}"]);
+        byte[] image = KernelModule.CompileImage(KernelModule.EngineSource, new Version(9, 0), [$"HEAD_DIM={headDim}", $"KV={kv}", $"ACT={act}", $"EMB={emb}"]);
         Assert.True(image.Length > 1000, $"cubin of {image.Length} bytes");
     }
 
@@ -76,9 +76,31 @@ public class CudaAvailabilityTests
     public void CompileImage_BadSource_ThrowsWithCompilerLog()
     {
         Assert.SkipUnless(KernelModule.IsCompilerAvailable(out string reason), $"No NVRTC: {reason}");
-        CudaException e = Assert.Throws<CudaException>(() => KernelModule.CompileImage("extern \"C\" __global__ void k() { undeclared(); }", "bad.cu", new Version(9, 0), []));
+        CudaException e = Assert.Throws<CudaException>(() => KernelModule.CompileImage(new KernelSource("bad.cu", "extern \"C\" __global__ void k() { undeclared(); }"), new Version(9, 0), []));
         Assert.Equal("NVRTC", e.Library);
         Assert.Contains("nvrtcCompileProgram", e.Call, StringComparison.Ordinal);
         Assert.Contains("undeclared", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void EngineSource_IncludesEachEmbeddedPartOnce()
+    {
+        KernelSource source = KernelModule.EngineSource;
+        Assert.Equal(["Attention.cuh", "Common.cuh", "KvTransfer.cuh", "Layers.cuh", "Restore.cuh", "Testing.cuh"], source.Headers.Select(h => h.Name));
+        foreach ((string name, _) in source.Headers)
+        {
+            Assert.Single(source.Text.Split('\n'), line => line == $"#include \"{name}\"");
+        }
+
+        Assert.StartsWith("#include \"Common.cuh\"", source.Text.Split('\n').First(l => l.StartsWith('#')), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void CompileImage_ErrorInAnIncludedPart_NamesThatPart()
+    {
+        Assert.SkipUnless(KernelModule.IsCompilerAvailable(out string reason), $"No NVRTC: {reason}");
+        var source = new KernelSource("main.cu", "#include \"part.cuh\"\n", [("part.cuh", "extern \"C\" __global__ void k() { undeclared(); }\n")]);
+        CudaException e = Assert.Throws<CudaException>(() => KernelModule.CompileImage(source, new Version(9, 0), []));
+        Assert.Contains("part.cuh", e.Message, StringComparison.Ordinal);
     }
 }

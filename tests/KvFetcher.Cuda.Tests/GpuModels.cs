@@ -19,8 +19,8 @@ internal static class GpuModels
     private static readonly Lazy<CudaContext> s_context = new(() => CudaContext.Create());
     private static readonly ConcurrentDictionary<(string, CudaMatmulPrecision, DType), CudaLanguageModel> s_models = new();
 
-    /// <summary>The model names of the fixtures: the bundled model and the three tiny ones.</summary>
-    public static IReadOnlyList<string> Names { get; } = ["bundled", "tiny-qwen2", "tiny-mistral", "tiny-llama3-rope"];
+    /// <summary>The model names of the fixtures: the bundled model and every tiny one under tests/TestData/models.</summary>
+    public static IReadOnlyList<string> Names { get; } = TestData.FixtureModelNames;
 
     public static bool Available => s_availability.Value.Available;
 

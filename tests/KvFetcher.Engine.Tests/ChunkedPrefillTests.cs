@@ -128,18 +128,23 @@ public sealed class ChunkedPrefillTests : IClassFixture<ChunkedPrefillTests.Bund
     [Fact]
     public void Decode_SteadyState_AllocatesNothing()
     {
-        InferenceSession session = _model.CreateSession(128);
-        var logits = new float[_model.Config.VocabSize];
+        // A pool of its own, so that the workers' share counts only this model's steps.
+        using var model = LanguageModel.Open(TestData.BundledModel, new LanguageModelOptions { Threads = 2 });
+        InferenceSession session = model.CreateSession(128);
+        var logits = new float[model.Config.VocabSize];
         session.Prefill(_prompt.AsSpan(0, 16), 0, logits);
-        session.Decode(5, 16, logits);
-        session.Decode(6, 17, logits);
+        int position = 16;
+        session.Decode(5, position++, logits);
+        session.Decode(6, position++, logits);
         long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 18; i < 48; i++)
+        long workersBefore = model.Pool.WorkerAllocatedBytes;
+        for (int end = position + 30; position < end; position++)
         {
-            session.Decode(7, i, logits);
+            session.Decode(7, position, logits);
         }
 
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        Assert.Equal(0, model.Pool.WorkerAllocatedBytes - workersBefore);
     }
 
     private int[] Generate(InferenceSession session, int computedFrom, int steps)

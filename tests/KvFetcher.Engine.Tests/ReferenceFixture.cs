@@ -22,7 +22,8 @@ internal sealed class ReferenceFixture : IDisposable
             p.GetProperty("text").GetString()!,
             p.GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray(),
             p.GetProperty("logit_positions").EnumerateArray().Select(e => e.GetInt32()).ToArray(),
-            p.GetProperty("greedy_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray())).ToArray();
+            p.GetProperty("greedy_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray(),
+            p.TryGetProperty("greedy_top2_gap", out JsonElement gaps) ? gaps.EnumerateArray().Select(e => e.GetSingle()).ToArray() : [])).ToArray();
         KvPrompt = root.TryGetProperty("kv_prompt", out JsonElement kv) && kv.ValueKind == JsonValueKind.Number ? kv.GetInt32() : null;
         _tensors = SafeTensorsFile.Open(Path.Combine(directory, "fixture.safetensors"));
     }
@@ -41,5 +42,28 @@ internal sealed class ReferenceFixture : IDisposable
 
     public void Dispose() => _tensors.Dispose();
 
-    internal sealed record Prompt(string Name, string Text, int[] InputIds, int[] LogitPositions, int[] GreedyIds);
+    /// <summary>
+    /// One prompt. <see cref="GreedyTop2Gap"/> holds, per greedy step, the reference's top-1 minus top-2 logit (empty
+    /// in fixtures that lack it).
+    /// </summary>
+    internal sealed record Prompt(string Name, string Text, int[] InputIds, int[] LogitPositions, int[] GreedyIds, float[] GreedyTop2Gap)
+    {
+        /// <summary>
+        /// How many leading greedy steps any implementation within <paramref name="logitTolerance"/> of the reference
+        /// must reproduce: the steps before the first one whose top-2 gap is at most twice the tolerance (there, and so
+        /// afterwards, a correct implementation may pick the other token). All steps when the gaps are unknown.
+        /// </summary>
+        public int DecidedSteps(float logitTolerance)
+        {
+            for (int i = 0; i < GreedyTop2Gap.Length && i < GreedyIds.Length; i++)
+            {
+                if (GreedyTop2Gap[i] <= 2 * logitTolerance)
+                {
+                    return i;
+                }
+            }
+
+            return GreedyIds.Length;
+        }
+    }
 }

@@ -13,8 +13,18 @@ internal static class TestData
 
     public static string Fixture(string name) => Path.Combine(RepositoryRoot, "tests", "TestData", "fixtures", name);
 
+    /// <summary>"bundled" and the names of the tiny models under tests/TestData/models that have a fixture, sorted.</summary>
+    public static IReadOnlyList<string> FixtureModelNames =>
+    [
+        "bundled",
+        .. Directory.GetDirectories(Path.Combine(RepositoryRoot, "tests", "TestData", "models"))
+            .Select(d => Path.GetFileName(d))
+            .Where(n => File.Exists(Path.Combine(Fixture(n), "fixture.json")))
+            .Order(StringComparer.Ordinal),
+    ];
+
     public static string TinyModel(string name) => Path.Combine(RepositoryRoot, "tests", "TestData", "models", name);
 
     /// <summary>Hugging Face tokenizers' ids for a long text (see make_long_text_reference.mjs beside it).</summary>
-    public static string LongTextReference => Path.Combine(RepositoryRoot, "tests", "TestData", "tokenizer", "long-text-kvf-pydoc-16m.json.gz");
+    public static string LongTextReference => Path.Combine(RepositoryRoot, "tests", "TestData", "tokenizer", $"long-text-{BundledModelName}.json.gz");
 }

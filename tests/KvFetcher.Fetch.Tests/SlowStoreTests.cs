@@ -9,7 +9,7 @@ using KvFetcher.Tests;
 namespace KvFetcher.Fetch.Tests;
 
 /// <summary>
-/// A store that stalls mid-body or never answers, met through the real HTTP client (<see cref="KvStores.OpenAsync"/>):
+/// A store that stalls mid-body or never answers, met through the real HTTP client (<see cref="KvStores.OpenAsync(string, string?, long?, CancellationToken)"/>):
 /// it may cost a bounded margin over computing, never its deadlines in full, and the answer is the full prefill's.
 /// </summary>
 public sealed class SlowStoreTests(ReuseFixture fixture) : IClassFixture<ReuseFixture>, IAsyncDisposable
@@ -101,7 +101,7 @@ public sealed class SlowStoreTests(ReuseFixture fixture) : IClassFixture<ReuseFi
     }
 
     /// <summary>
-    /// The real HTTP client behind the breaker, as <see cref="KvStores.OpenAsync"/> builds it, except for a patient lookup:
+    /// The real HTTP client behind the breaker, as <see cref="KvStores.OpenAsync(string, string?, long?, CancellationToken)"/> builds it, except for a patient lookup:
     /// these tests are about stalled transfers, and a lookup must not miss its deadline on a loaded test machine.
     /// </summary>
     private static ResilientKvStore StalledStore(MisbehavingHttpServer server) =>

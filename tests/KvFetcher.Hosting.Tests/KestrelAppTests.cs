@@ -6,6 +6,10 @@ using KvFetcher.Tests;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
+using Microsoft.Extensions.Options;
 
 namespace KvFetcher.Hosting.Tests;
 
@@ -16,7 +20,8 @@ namespace KvFetcher.Hosting.Tests;
 public sealed class KestrelAppTests
 {
     private const string Token = "hosting-token-0123456789";
-    private const string Metrics = "kvf_test_metric 7\n";
+    // The test app's one instrument, as the Prometheus exporter names it.
+    private const string Metric = "kvf_test_metric_total";
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -69,7 +74,36 @@ public sealed class KestrelAppTests
         Assert.Equal(expected, response.StatusCode);
         Assert.Equal(HttpStatusCode.OK, withToken.StatusCode);
         Assert.Equal(PublicRoutes.MetricsContentType, withToken.Content.Headers.ContentType!.ToString());
-        Assert.Equal(Metrics, await withToken.Content.ReadAsStringAsync(Ct));
+        var scrape = MetricsScrape.Parse(await withToken.Content.ReadAsStringAsync(Ct));
+        Assert.Equal(7, scrape.Value(Metric));
+        Assert.Equal("counter", scrape.TypeOf(Metric));
+        Assert.Equal("kvfetch-hosting-tests", scrape.LabelsOf("target_info").Single()["service_name"]);
+    }
+
+    [Fact]
+    public async Task CreateBuilder_JsonFormatterInConfiguration_ConsoleUsesItWithKvFetcherAtInformation()
+    {
+        WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvfetch-hosting-tests");
+        builder.Configuration["Logging:Console:FormatterName"] = "json";
+        await using WebApplication app = builder.Build();
+
+        ILoggerFactory loggers = app.Services.GetRequiredService<ILoggerFactory>();
+        Assert.Equal("json", app.Services.GetRequiredService<IOptionsMonitor<ConsoleLoggerOptions>>().CurrentValue.FormatterName);
+        Assert.True(loggers.CreateLogger("KvFetcher.Serving.Scheduling.EngineScheduler").IsEnabled(LogLevel.Information));
+        Assert.False(loggers.CreateLogger("Microsoft.AspNetCore.Hosting.Diagnostics").IsEnabled(LogLevel.Information));
+        Assert.True(loggers.CreateLogger("Microsoft.AspNetCore.Hosting.Diagnostics").IsEnabled(LogLevel.Warning));
+    }
+
+    [Fact]
+    public async Task CreateBuilder_LevelInConfiguration_OverridesTheDefault()
+    {
+        WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvfetch-hosting-tests");
+        builder.Configuration["Logging:LogLevel:KvFetcher"] = "Warning";
+        await using WebApplication app = builder.Build();
+
+        ILoggerFactory loggers = app.Services.GetRequiredService<ILoggerFactory>();
+        Assert.False(loggers.CreateLogger("KvFetcher.Serving.Scheduling.EngineScheduler").IsEnabled(LogLevel.Information));
+        Assert.Equal("simple", app.Services.GetRequiredService<IOptionsMonitor<ConsoleLoggerOptions>>().CurrentValue.FormatterName ?? "simple");
     }
 
     [Fact]
@@ -198,7 +232,8 @@ public sealed class KestrelAppTests
         app.UseBearerAuthentication();
         app.MapGet("/v1/secret/{id}", new RequestDelegate(context => context.Response.WriteAsync("secret\n"))).WithDisplayName("secret");
         app.MapPost("/v1/echo", new RequestDelegate(EchoAsync)).WithDisplayName("echo");
-        app.MapHealthAndMetrics(context => context.Response.WriteAsync("ok\n"), _ => Task.FromResult(Metrics), publicMetrics);
+        app.MapHealthAndMetrics(context => context.Response.WriteAsync("ok\n"), publicMetrics);
+        app.CreateKvFetcherMeter().CreateObservableCounter("kvf.test.metric", () => 7L, "{thing}");
         return app;
     }
 

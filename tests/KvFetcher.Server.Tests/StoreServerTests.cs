@@ -5,6 +5,7 @@ using System.Text.Json;
 using KvFetcher.Store;
 using KvFetcher.Store.Remote;
 using KvFetcher.Store.Tests;
+using KvFetcher.Tests;
 
 namespace KvFetcher.Server.Tests;
 
@@ -230,24 +231,42 @@ public sealed class StoreServerTests
         using HttpResponseMessage response = await raw.GetAsync("/metrics", Ct);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         Assert.StartsWith("text/plain", response.Content.Headers.ContentType?.MediaType, StringComparison.Ordinal);
-        string[] lines = (await response.Content.ReadAsStringAsync(Ct)).Split('\n');
-        Assert.Contains("kvfetch_store_hits_total 1", lines);
-        Assert.Contains("kvfetch_store_misses_total 1", lines);
-        Assert.Contains($"kvfetch_store_bytes_in_total {container.Length}", lines);
-        Assert.Contains($"kvfetch_store_bytes_out_total {container.Length}", lines);
-        Assert.Contains($"kvfetch_store_used_bytes {container.Length}", lines);
-        Assert.Contains("kvfetch_store_capacity_bytes 10000000", lines);
-        Assert.Contains("kvfetch_store_objects 1", lines);
-        Assert.Contains("kvfetch_store_evictions_total 0", lines);
-        Assert.Contains("kvfetch_store_corrupt_objects_total 0", lines);
-        Assert.Contains($"kvfetch_http_sent_bytes_total {container.Length}", lines);
-        Assert.Contains($"kvfetch_http_received_bytes_total {container.Length}", lines);
-        Assert.Contains("kvfetch_http_requests_total{route=\"put\",code=\"204\"} 1", lines);
-        Assert.Contains("kvfetch_http_requests_total{route=\"get\",code=\"200\"} 1", lines);
-        Assert.Contains("kvfetch_http_requests_total{route=\"get\",code=\"404\"} 1", lines);
-        Assert.Contains("kvfetch_http_request_duration_seconds_bucket{route=\"get\",le=\"+Inf\"} 2", lines);
-        Assert.Contains("kvfetch_http_request_duration_seconds_count{route=\"put\"} 1", lines);
-        Assert.Contains("# TYPE kvfetch_http_request_duration_seconds histogram", lines);
+        var scrape = MetricsScrape.Parse(await response.Content.ReadAsStringAsync(Ct));
+        Assert.Equal(1, scrape.Value("kvfetch_store_hits_total"));
+        Assert.Equal(1, scrape.Value("kvfetch_store_misses_total"));
+        // Renamed for their unit (bytes): were kvfetch_store_bytes_in_total and kvfetch_store_bytes_out_total.
+        Assert.Equal(container.Length, scrape.Value("kvfetch_store_written_bytes_total"));
+        Assert.Equal(container.Length, scrape.Value("kvfetch_store_read_bytes_total"));
+        Assert.Equal(container.Length, scrape.Value("kvfetch_store_used_bytes"));
+        Assert.Equal(10_000_000, scrape.Value("kvfetch_store_capacity_bytes"));
+        Assert.Equal(1, scrape.Value("kvfetch_store_objects"));
+        Assert.Equal(0, scrape.Value("kvfetch_store_evictions_total"));
+        Assert.Equal(0, scrape.Value("kvfetch_store_corrupt_objects_total"));
+        Assert.Equal(container.Length, scrape.Value("kvfetch_http_sent_bytes_total"));
+        Assert.Equal(container.Length, scrape.Value("kvfetch_http_received_bytes_total"));
+        Assert.Equal(1, scrape.Value("kvfetch_http_requests_total", "route=put", "code=204"));
+        Assert.Equal(1, scrape.Value("kvfetch_http_requests_total", "route=get", "code=200"));
+        Assert.Equal(1, scrape.Value("kvfetch_http_requests_total", "route=get", "code=404"));
+        Assert.Equal(2, scrape.Value("kvfetch_http_request_duration_seconds_bucket", "route=get", "le=+Inf"));
+        Assert.Equal(1, scrape.Value("kvfetch_http_request_duration_seconds_count", "route=put"));
+        Assert.Equal("histogram", scrape.TypeOf("kvfetch_http_request_duration_seconds"));
+    }
+
+    [Fact]
+    public async Task Metrics_AfterTraffic_PassPromtoolCheck()
+    {
+        await using ServerHarness harness = await ServerHarness.StartAsync(o => o with { CapacityBytes = 10_000_000 });
+        await using HttpKvStore client = harness.Client();
+        ObjectKey key = TestObjects.KeyFor("linted");
+        await client.PutAsync(key, TestObjects.Container(key, 5000, 1), Ct);
+        Assert.NotNull(await client.GetBytesAsync(key, cancellationToken: Ct));
+        using HttpClient raw = harness.Raw();
+
+        var scrape = MetricsScrape.Parse(await raw.GetStringAsync("/metrics", Ct));
+        (int ExitCode, string Output)? check = await scrape.PromtoolCheckAsync(Ct);
+
+        Assert.SkipWhen(check is null, "promtool is not installed (Debian package prometheus, or set $PROMTOOL)");
+        Assert.True(check!.Value.ExitCode == 0 && check.Value.Output.Trim().Length == 0, $"promtool check metrics:\n{check.Value.Output}\n{scrape.Text}");
     }
 
     [Fact]

@@ -18,7 +18,8 @@ public sealed class ChatClientLimitTests(ServingFixture fixture) : IClassFixture
             })
             .BuildServiceProvider();
         IChatClient client = services.GetRequiredService<IChatClient>();
-        KvFetcherEngine engine = services.GetRequiredService<KvFetcherEngine>();
+        // The engine loads asynchronously (no resolve blocks on it): wait for it here.
+        KvFetcherEngine engine = await services.GetRequiredService<KvFetcherEngineLoader>().GetEngineAsync(TestContext.Current.CancellationToken);
         ChatMessage[] messages = [new(ChatRole.User, new string('x', 7_000_000))];
 
         // A hang guard: tokenizing first would take seconds, and the prompt could never fit anyway.

@@ -63,7 +63,7 @@ public sealed class DenyByDefaultTests(ServingFixture fixture) : IClassFixture<S
             request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Key);
             using HttpResponseMessage allowed = await guarded.Http.SendAsync(request, Ct);
             Assert.Equal(HttpStatusCode.OK, allowed.StatusCode);
-            Assert.Contains("kvfetch_llm_http_requests_total{route=\"metrics\",code=\"401\"} 1", await allowed.Content.ReadAsStringAsync(Ct), StringComparison.Ordinal);
+            Assert.Equal(1, MetricsScrape.Parse(await allowed.Content.ReadAsStringAsync(Ct)).Value("kvfetch_llm_http_requests_total", "route=metrics", "code=401"));
         }
 
         await using LlmHarness open = await LlmHarness.StartAsync(fixture.EngineOptions(store: null), o => o with { ApiKeys = [Key], PublicMetrics = true });

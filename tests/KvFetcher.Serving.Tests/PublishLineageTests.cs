@@ -18,6 +18,10 @@ public sealed class PublishLineageTests(ServingFixture fixture) : IClassFixture<
         {
             KvFetcherOptions options = fixture.EngineOptions(store: store);
             options.Variant = variant;
+
+            // Calibrated: the model's profile says the variant passes the accuracy floor (else only lossless ones are fetched).
+            options.CalibrationProfileFile = Path.Combine(store, "profile.json");
+            KvFetcher.Tests.TestProfiles.Passing(fixture.Model.Fingerprint, variant).Save(options.CalibrationProfileFile);
             await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(options, TestContext.Current.CancellationToken);
             int[] document = fixture.Model.Tokenizer.Encode(fixture.Document);
 

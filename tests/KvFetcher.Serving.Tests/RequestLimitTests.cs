@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Text;
 using System.Text.Json;
+using KvFetcher.Tests;
 
 namespace KvFetcher.Serving.Tests;
 
@@ -91,9 +92,9 @@ public sealed class RequestLimitTests(ServingFixture fixture, ITestOutputHelper 
 
         await WaitUntilAsync(() => server.Engine.Scheduler.ActiveSessions == 0, "the session to be released");
         string metrics = await server.Http.GetStringAsync("metrics", TestContext.Current.CancellationToken);
-        Assert.Contains("kvfetch_llm_cancelled_total 1\n", metrics, StringComparison.Ordinal);
+        Assert.Equal(1, MetricsScrape.Parse(metrics).Value("kvfetch_llm_cancelled_total"));
         // The prompt was never finished: no first token was chosen.
-        Assert.Contains("kvfetch_llm_prefills_total 0\n", metrics, StringComparison.Ordinal);
+        Assert.Equal(0, MetricsScrape.Parse(metrics).Value("kvfetch_llm_prefills_total"));
         Assert.Equal(fixture.GreedyChat([new("user", "hi")], 4), (await server.ChatAsync([new("user", "hi")], 4)).Text);
     }
 
@@ -134,7 +135,7 @@ public sealed class RequestLimitTests(ServingFixture fixture, ITestOutputHelper 
         using HttpResponseMessage served = await c;
         Assert.Equal(HttpStatusCode.OK, served.StatusCode);
         string metrics = await server.Http.GetStringAsync("metrics", TestContext.Current.CancellationToken);
-        Assert.Contains("kvfetch_llm_rejected_total 0\n", metrics, StringComparison.Ordinal);
+        Assert.Equal(0, MetricsScrape.Parse(metrics).Value("kvfetch_llm_rejected_total"));
     }
 
     // About 4,000 prompt tokens of real text (the model's context is 4,096).

@@ -37,16 +37,17 @@ public sealed class SchedulerTests(ServingFixture fixture) : IClassFixture<Servi
         try
         {
             await using KvFetcherEngine engine = await KvFetcherEngine.StartAsync(fixture.EngineOptions(store: store), TestContext.Current.CancellationToken);
-            int[] prompt = fixture.Model.Tokenizer.Encode(fixture.Document)[..300];
+            int[] prompt = fixture.Model.Tokenizer.Encode(fixture.Document)[..505];
 
-            // Turn 1: 300 prompt tokens (one full chunk) and 260 generated; the cache then holds 559 positions, so the
-            // answer completes a second chunk.
-            GenerationResult first = await engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 260 }, TestContext.Current.CancellationToken).Completion;
-            Assert.Equal(260, first.CompletionTokens);
+            // Turn 1: 505 prompt tokens (one full chunk and most of a second) and 8 generated in mid-document (no end of
+            // sequence there); the cache then holds 512 positions, so the answer completes the second chunk.
+            GenerationResult first = await engine.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 8 }, TestContext.Current.CancellationToken).Completion;
+            Assert.Equal(GreedyIds(prompt, 8).Length, first.CompletionTokens);
+            Assert.Equal(8, first.CompletionTokens);
             await engine.WhenPublishedAsync();
 
             // Turn 2 repeats turn 1 and its answer (as a chat client sends the history back) and asks on.
-            int[] answer = GreedyIds(prompt, 259);
+            int[] answer = GreedyIds(prompt, 7);
             int[] next = [.. prompt, .. answer, .. fixture.Model.Tokenizer.Encode(" Question: what next?")];
             GenerationResult second = await engine.Submit(new GenerationRequest { Prompt = next, MaxTokens = 8 }, TestContext.Current.CancellationToken).Completion;
 

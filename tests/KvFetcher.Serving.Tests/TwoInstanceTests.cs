@@ -1,5 +1,6 @@
 using KvFetcher.Serving.Chat;
 using KvFetcher.Store.Tests.Redis;
+using KvFetcher.Tests;
 
 namespace KvFetcher.Serving.Tests;
 
@@ -63,7 +64,9 @@ public sealed class TwoInstanceTests(ServingFixture fixture) : IClassFixture<Ser
 
         // B's metrics count the hit.
         string metrics = await b.Http.GetStringAsync("metrics", TestContext.Current.CancellationToken);
-        Assert.Contains("kvfetch_llm_reuse_hits_total 1\n", metrics, StringComparison.Ordinal);
-        Assert.Contains($"kvfetch_llm_reused_tokens_total {fromB.ReusedTokens}\n", metrics, StringComparison.Ordinal);
+        var scrape = MetricsScrape.Parse(metrics);
+        Assert.Equal(1, scrape.Value("kvfetch_llm_reuse_hits_total"));
+        Assert.Equal(fromB.ReusedTokens, scrape.Value("kvfetch_llm_reused_tokens_total"));
+        Assert.Equal(sharedChunks, scrape.Sum("kvfetch_reuse_restored_chunks_total"));
     }
 }

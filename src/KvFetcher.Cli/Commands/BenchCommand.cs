@@ -17,13 +17,15 @@ internal static class BenchCommand
     {
         Option<string?> model = CliOptions.Model();
         Option<DirectoryInfo> output = new("--output", "-o") { Description = "Folder for ttft.json, ttft.md and ttft-*.png.", DefaultValueFactory = _ => new DirectoryInfo("bench-results") };
-        Option<string> contexts = new("--contexts") { Description = "Stored context lengths in tokens (multiples of 256).", DefaultValueFactory = _ => "2048,3840" };
-        Option<string> bandwidths = new("--bandwidths") { Description = "Link rates in Mbit/s.", DefaultValueFactory = _ => "10,50,100,500,1000,10000" };
+        Option<string> contexts = new Option<string>("--contexts") { Description = "Stored context lengths in tokens (multiples of 256).", DefaultValueFactory = _ => "2048,3840" }
+            .Parses(text => ParseContexts(text));
+        Option<string> bandwidths = new Option<string>("--bandwidths") { Description = "Link rates in Mbit/s.", DefaultValueFactory = _ => "10,50,100,500,1000,10000" }
+            .Parses(text => ParseRates(text));
         Option<string> strategies = new("--strategies") { Description = "Strategies to compare.", DefaultValueFactory = _ => "compute,fetch-raw,fetch-cachegen0,fetch-video8,cake-raw,ours" };
         Option<string?> jitter = new("--jitter") { Description = "Jitter profile for the longest context ('none' to skip).", DefaultValueFactory = _ => "200Mbps@500ms,20Mbps@500ms" };
-        Option<int> repeats = new("--repeats") { Description = "Runs per point (median reported).", DefaultValueFactory = _ => 1 };
+        Option<int> repeats = new Option<int>("--repeats") { Description = "Runs per point (median reported).", DefaultValueFactory = _ => 1 }.AtLeast(1);
         Option<DirectoryInfo?> documents = new("--documents") { Description = "Documents whose tokens form the contexts (default: the bundled held-out set)." };
-        Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        Option<int> threads = new Option<int>("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 }.AtLeast(0);
         Option<string?> store = new("--store") { Description = "Run against this store (e.g. a kvfetch serve URL behind a real shaped link) instead of a temporary disk store." };
         Option<double?> linkMbps = new("--link-mbps") { Description = "With --store: the real link's rate; the shaper is off and one point per context is measured." };
         Option<EngineKind> engine = CliOptions.Engine();
@@ -91,8 +93,8 @@ internal static class BenchCommand
             string? jitterText = parse.GetValue(jitter);
             var options = new TtftSweepOptions
             {
-                Contexts = [.. Split(parse.GetValue(contexts)!).Select(s => int.Parse(s, CultureInfo.InvariantCulture))],
-                BandwidthsMbps = [.. Split(parse.GetValue(bandwidths)!).Select(s => double.Parse(s, CultureInfo.InvariantCulture))],
+                Contexts = ParseContexts(parse.GetValue(contexts)!),
+                BandwidthsMbps = ParseRates(parse.GetValue(bandwidths)!),
                 Strategies = Split(parse.GetValue(strategies)!),
                 Jitter = jitterText is null or "none" ? null : jitterText,
                 Repeats = parse.GetValue(repeats),
@@ -117,6 +119,30 @@ internal static class BenchCommand
         TtftReport.Plots(result, folder.FullName);
         Console.WriteLine(table);
         return 0;
+    }
+
+    /// <summary>Context lengths: positive multiples of the 256-token chunk, as the help says.</summary>
+    private static int[] ParseContexts(string text)
+    {
+        int[] contexts = [.. Split(text).Select(s => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : -1)];
+        if (contexts.Length == 0 || contexts.Any(c => c <= 0 || c % 256 != 0))
+        {
+            throw new FormatException($"context lengths must be positive multiples of 256 tokens (e.g. 2048,3840); got '{text}'.");
+        }
+
+        return contexts;
+    }
+
+    /// <summary>Link rates: positive numbers of Mbit/s.</summary>
+    private static double[] ParseRates(string text)
+    {
+        double[] rates = [.. Split(text).Select(s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double r) ? r : double.NaN)];
+        if (rates.Length == 0 || rates.Any(r => !(r > 0 && double.IsFinite(r))))
+        {
+            throw new FormatException($"link rates must be positive numbers of Mbit/s (e.g. 10,100,1000); got '{text}'.");
+        }
+
+        return rates;
     }
 
     private static string[] Split(string text) => text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);

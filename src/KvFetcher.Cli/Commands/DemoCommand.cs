@@ -5,6 +5,7 @@ using KvFetcher.Runtime;
 using KvFetcher.Engine;
 using KvFetcher.Engine.Generation;
 using KvFetcher.Fetch;
+using KvFetcher.Fetch.Calibration;
 using KvFetcher.Fetch.Fetching;
 using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Store;
@@ -28,15 +29,18 @@ internal static class DemoCommand
         Option<string?> model = CliOptions.Model();
         Option<string?> store = new("--store") { Description = "Store: a directory, http(s)://host:port (kvfetch serve) or redis://host:port. Default: a fresh temporary directory." };
         Option<FileInfo?> document = new("--document") { Description = "The long document (default: the bundled argparse howto)." };
-        Option<string> strategy = new("--strategy") { Description = "Warm-run strategy: ours, cake-raw, fetch-raw, fetch-video8, compute, ...", DefaultValueFactory = _ => "ours" };
-        Option<string?> bandwidth = new("--bandwidth") { Description = "Shape the store's transfers, e.g. 100Mbps or 1Gbps@500ms,200Mbps@500ms." };
-        Option<int> maxTokens = new("--max-tokens", "-n") { Description = "Answer tokens to generate.", DefaultValueFactory = _ => 40 };
-        Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        Option<string> strategy = new Option<string>("--strategy") { Description = "Warm-run strategy: ours, cake-raw, fetch-raw, fetch-video8, compute, ...", DefaultValueFactory = _ => "ours" }
+            .Parses(text => PrefillStrategy.Parse(text));
+        Option<string?> bandwidth = new Option<string?>("--bandwidth") { Description = "Shape the store's transfers, e.g. 100Mbps or 1Gbps@500ms,200Mbps@500ms." }
+            .Parses(text => BandwidthSchedule.Parse(text));
+        Option<int> maxTokens = new Option<int>("--max-tokens", "-n") { Description = "Answer tokens to generate.", DefaultValueFactory = _ => 40 }.AtLeast(1);
+        Option<int> threads = new Option<int>("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 }.AtLeast(0);
         Option<EngineKind> engine = CliOptions.Engine();
         Option<FileInfo?> chunkSecret = CliOptions.ChunkSecret();
+        Option<string> accuracy = CliOptions.Accuracy();
         var command = new Command("demo", "Answer a question about a long document twice, cold then warm, and show the TTFT of each.")
         {
-            model, store, document, strategy, bandwidth, maxTokens, threads, engine, chunkSecret,
+            model, store, document, strategy, bandwidth, maxTokens, threads, engine, chunkSecret, accuracy,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -44,14 +48,15 @@ internal static class DemoCommand
             BandwidthSchedule? shape = parse.GetValue(bandwidth) is { } text ? BandwidthSchedule.Parse(text) : null;
             string documentPath = parse.GetValue(document)?.FullName ?? Path.Combine(AppContext.BaseDirectory, "demo", "document.txt");
             ChunkAuthenticator? authenticator = CliOptions.OpenChunkSecret(parse.GetValue(chunkSecret));
+            AccuracyFloor floor = AccuracyFloor.Parse(parse.GetValue(accuracy)!);
             using LocalEngine local = CliOptions.OpenEngine(parse.GetValue(model), parse.GetValue(engine), parse.GetValue(threads));
-            return RunAsync(local, parse.GetValue(store), documentPath, warmStrategy, shape, parse.GetValue(maxTokens), authenticator).GetAwaiter().GetResult();
+            return RunAsync(local, parse.GetValue(store), documentPath, warmStrategy, shape, parse.GetValue(maxTokens), authenticator, floor).GetAwaiter().GetResult();
         }));
         return command;
     }
 
     private static async Task<int> RunAsync(LocalEngine local, string? storeLocation, string documentPath, PrefillStrategy warmStrategy, BandwidthSchedule? shape, int maxTokens,
-        ChunkAuthenticator? authenticator)
+        ChunkAuthenticator? authenticator, AccuracyFloor floor)
     {
         string? temporary = storeLocation is null ? Directory.CreateTempSubdirectory("kvfetch-demo-").FullName : null;
         try
@@ -70,7 +75,7 @@ internal static class DemoCommand
             await using (store.ConfigureAwait(false))
             {
                 IInferenceModel lm = local.Model;
-                await using var reuse = new KvReuse(lm, store, new ReuseOptions { Authenticator = authenticator }, restorer: local.Restorer);
+                await using var reuse = new KvReuse(lm, store, new ReuseOptions { Authenticator = authenticator, Floor = floor }, restorer: local.Restorer);
                 if (reuse.LadderWarning is { } warning)
                 {
                     Console.Error.WriteLine($"kvfetch: warning: {warning}");
@@ -80,6 +85,11 @@ internal static class DemoCommand
                 ContextPlan plan = reuse.Plan(tokens);
                 AnsiConsole.MarkupLineInterpolated($"[bold]KvFetcher demo[/]: {Path.GetFileName(lm.Directory)} on {local.Choice}; document {Path.GetFileName(documentPath)}");
                 AnsiConsole.MarkupLineInterpolated($"prompt {tokens.Length} tokens = {plan.Keys.Length} chunks of {plan.ChunkTokens} + question; store {store.Description}{(shape is null ? "" : $" shaped to {shape}")}; ladder {string.Join(", ", reuse.Options.Ladder)}");
+                foreach (string line in reuse.Floor.Describe())
+                {
+                    AnsiConsole.WriteLine(line);
+                }
+
                 AnsiConsole.WriteLine();
 
                 // Cold is a full prefill: it never reads the store, so the warm answer is compared with the real thing.

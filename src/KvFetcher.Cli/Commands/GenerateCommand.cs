@@ -14,11 +14,11 @@ internal static class GenerateCommand
         Option<string?> model = CliOptions.Model();
         Option<string?> prompt = new("--prompt", "-p") { Description = "The prompt text." };
         Option<FileInfo?> file = new("--file", "-f") { Description = "Read the prompt from this file." };
-        Option<int> maxTokens = new("--max-tokens", "-n") { Description = "Most tokens to generate.", DefaultValueFactory = _ => 128 };
+        Option<int> maxTokens = new Option<int>("--max-tokens", "-n") { Description = "Most tokens to generate.", DefaultValueFactory = _ => 128 }.AtLeast(1);
         Option<float> temperature = new("--temperature", "-t") { Description = "0 for greedy decoding.", DefaultValueFactory = _ => 0f };
         Option<float> topP = new("--top-p") { Description = "Nucleus sampling mass.", DefaultValueFactory = _ => 1f };
         Option<int?> seed = new("--seed") { Description = "Seed for sampling." };
-        Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        Option<int> threads = new Option<int>("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 }.AtLeast(0);
 
         var command = new Command("generate", "Generate text from a prompt with a local model.")
         {

@@ -33,6 +33,7 @@ internal static class ServeLlmCommand
         Option<bool> publicMetrics = new("--public-metrics") { Description = "Serve /metrics without an API key (with keys, every other route but /healthz needs one)." };
         Option<string> variant = new("--variant") { Description = "How chunks are stored and fetched: raw, exact (lossless), video8, cachegen0, ...; several comma-separated (e.g. raw,video8): each chunk is fetched as the one predicted fastest.", DefaultValueFactory = _ => "raw" };
         Option<string> reuseStrategy = new("--reuse-strategy") { Description = "How a stored prefix is obtained: ours (compute the front while fetching the back, meeting where the rates predict), cake (meet at run time) or fetch (fetch it whole in a waiting queue first).", DefaultValueFactory = _ => "ours" };
+        Option<string> accuracy = CliOptions.Accuracy();
         Option<string?> modelId = new("--model-id") { Description = "The model name clients send (default: the model directory's name)." };
         Option<int> maxSessions = new("--max-sessions") { Description = "Requests holding a KV cache at once (memory bound).", DefaultValueFactory = _ => 8 };
         Option<int> maxQueue = new("--max-queue") { Description = "Requests waiting beyond --max-sessions; more get 429.", DefaultValueFactory = _ => 64 };
@@ -43,7 +44,7 @@ internal static class ServeLlmCommand
         Option<FileInfo?> chunkSecret = CliOptions.ChunkSecret();
         var command = new Command("serve-llm", "Run an OpenAI-compatible inference server that reuses stored KV.")
         {
-            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, publicMetrics, variant, reuseStrategy, modelId, maxSessions, maxQueue, threads, engine, cert, certKey, chunkSecret,
+            model, store, noReuse, urls, apiKeys, tenantFromKey, allowAnonymous, publicMetrics, variant, reuseStrategy, accuracy, modelId, maxSessions, maxQueue, threads, engine, cert, certKey, chunkSecret,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -64,6 +65,7 @@ internal static class ServeLlmCommand
                     Reuse = reuse,
                     Variant = parse.GetValue(variant)!,
                     ReuseStrategy = parse.GetValue(reuseStrategy)!,
+                    Accuracy = parse.GetValue(accuracy)!,
                     MaxActiveSessions = parse.GetValue(maxSessions),
                     MaxQueuedRequests = parse.GetValue(maxQueue),
                     Threads = parse.GetValue(threads),
@@ -102,6 +104,11 @@ internal static class ServeLlmCommand
         KvFetcherEngine engine = server.Engine;
         string reuse = engine.ReuseEnabled ? $"reusing KV from {options.Engine.Store} ({options.Engine.Variant})" : "reuse off";
         Console.Out.WriteLine($"serving {engine.ModelId} on {engine.EngineChoice} (chat template: {engine.Template.Name}); {reuse}; Ctrl+C stops");
+        foreach (string line in engine.Floor?.Describe() ?? [])
+        {
+            Console.Out.WriteLine(line);
+        }
+
         if (engine.Publisher?.LadderWarning is { } ladder)
         {
             Console.Error.WriteLine($"kvfetch: warning: {ladder}");

@@ -60,12 +60,13 @@ internal static class WarmCommand
 
             PrefillReport report = await reuse.WarmAsync(tokens).ConfigureAwait(false);
             AnsiConsole.MarkupLineInterpolated($"{tokens.Length} tokens, {tokens.Length / options.ChunkTokens} full chunks ({report.StoredChunks} were stored already); stored {reuse.Publisher.Published} containers ({reuse.Publisher.BytesStored / 1e6:F1} MB) as {string.Join(", ", reuse.Publisher.Ladder)} in {store.Description}; {reuse.Publisher.Failed} failed");
-            if (reuse.Publisher.LastError is { } error)
+            if (reuse.Publisher.Failed > 0)
             {
-                Console.Error.WriteLine($"kvfetch: last store failure: {error}");
+                // One error line with the reason (a store that wants a token says so, and how to give it).
+                throw new InvalidOperationException($"{reuse.Publisher.Failed} containers were not stored; the last failure: {reuse.Publisher.LastError}");
             }
 
-            return reuse.Publisher.Failed == 0 ? 0 : 1;
+            return 0;
         }
     }
 }

@@ -30,11 +30,13 @@ public sealed class WorkerPool : IDisposable
     private readonly ManualResetEventSlim _done = new(false);
     private readonly Lock _dispatchLock = new();
     private IParallelWork? _work;
+    private bool _onEachThread;
     private int _count;
     private int _next;
     private int _active;
     private int _generation;
     private ExceptionDispatchInfo? _failure;
+    private long _workerAllocatedBytes;
     private volatile bool _disposed;
 
     /// <summary>Creates a pool that runs work on <paramref name="concurrency"/> threads, the caller included.</summary>
@@ -51,7 +53,7 @@ public sealed class WorkerPool : IDisposable
         for (int i = 0; i < _threads.Length; i++)
         {
             _threads[i] = new Thread(WorkerLoop) { IsBackground = true, Name = $"kvfetch-worker-{i}" };
-            _threads[i].Start();
+            _threads[i].Start(i + 1);
         }
     }
 
@@ -60,6 +62,13 @@ public sealed class WorkerPool : IDisposable
 
     /// <summary>Threads that run work, the calling thread included.</summary>
     public int Concurrency { get; }
+
+    /// <summary>
+    /// Bytes the pool's own threads have allocated while running dispatched work, since the pool started (the caller's
+    /// share is on the caller's thread): with <see cref="GC.GetAllocatedBytesForCurrentThread"/> on the caller, it
+    /// tells whether a parallel operation allocates anywhere.
+    /// </summary>
+    public long WorkerAllocatedBytes => Interlocked.Read(ref _workerAllocatedBytes);
 
     /// <summary>Runs <paramref name="work"/> for every index in [0, <paramref name="count"/>) and waits for all.</summary>
     public void For(int count, IParallelWork work)
@@ -83,26 +92,62 @@ public sealed class WorkerPool : IDisposable
 
         lock (_dispatchLock)
         {
-            // Every worker takes part in every dispatch (those that find no index left just check out), so the
-            // dispatch is complete when all of them and the caller have checked out.
-            _work = work;
-            _count = count;
-            _failure = null;
-            Volatile.Write(ref _next, 0);
-            Volatile.Write(ref _active, _threads.Length + 1);
-            _done.Reset();
-            Interlocked.Increment(ref _generation);
-            _wake.Set();
-            RunShare();
-            _done.Wait();
-            _wake.Reset();
-            _work = null;
-            _failure?.Throw();
+            Dispatch(work, count);
         }
     }
 
-    private void WorkerLoop()
+    /// <summary>One dispatch; the caller holds the dispatch lock.</summary>
+    private void Dispatch(IParallelWork work, int count)
     {
+        // Every worker takes part in every dispatch (those that find no index left just check out), so the
+        // dispatch is complete when all of them and the caller have checked out.
+        _work = work;
+        _count = count;
+        _failure = null;
+        Volatile.Write(ref _next, 0);
+        Volatile.Write(ref _active, _threads.Length + 1);
+        _done.Reset();
+        Interlocked.Increment(ref _generation);
+        _wake.Set();
+        RunShare(0);
+        _done.Wait();
+        _wake.Reset();
+        _work = null;
+        _failure?.Throw();
+    }
+
+    /// <summary>
+    /// Runs <c>work.Execute(t)</c> exactly once on each of the pool's threads, t in [0, <see cref="Concurrency"/>):
+    /// 0 on the caller, the rest on the workers. For thread-local set-up (scratch buffers) made before it is needed,
+    /// so that no later dispatch allocates on a thread that happens to take part for the first time.
+    /// </summary>
+    public void OnEachThread(IParallelWork work)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_threads.Length == 0 || t_insideWork)
+        {
+            work.Execute(0);
+            return;
+        }
+
+        lock (_dispatchLock)
+        {
+            _onEachThread = true;
+            try
+            {
+                Dispatch(work, Concurrency);
+            }
+            finally
+            {
+                _onEachThread = false;
+            }
+        }
+    }
+
+    private void WorkerLoop(object? threadIndex)
+    {
+        int index = (int)threadIndex!;
         int seen = 0;
         while (true)
         {
@@ -126,17 +171,29 @@ public sealed class WorkerPool : IDisposable
             }
 
             seen = Volatile.Read(ref _generation);
-            RunShare();
+            long allocated = GC.GetAllocatedBytesForCurrentThread();
+            RunShare(index);
+            allocated = GC.GetAllocatedBytesForCurrentThread() - allocated;
+            if (allocated != 0)
+            {
+                Interlocked.Add(ref _workerAllocatedBytes, allocated);
+            }
         }
     }
 
-    private void RunShare()
+    private void RunShare(int threadIndex)
     {
         IParallelWork work = _work!;
         int count = _count;
         t_insideWork = true;
         try
         {
+            if (_onEachThread)
+            {
+                work.Execute(threadIndex);
+                return;
+            }
+
             int index;
             while ((index = Interlocked.Increment(ref _next) - 1) < count)
             {

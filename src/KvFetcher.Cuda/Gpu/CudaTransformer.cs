@@ -10,17 +10,17 @@ namespace KvFetcher.Cuda.Gpu;
 /// embedding, per layer RMSNorm, fused q/k/v projection (+ biases), RoPE, grouped-query causal attention over the
 /// device KV cache (sliding window per layer), output projection, RMSNorm, fused gate/up projection, SwiGLU, down
 /// projection; final RMSNorm and the LM head. Matrix products on cuBLAS, everything else in the NVRTC-compiled
-/// kernels of Kernels.cu. Stateless between calls: per-sequence state is in the cache and the session's scratch.
+/// kernels of Gpu/Kernels. Stateless between calls: per-sequence state is in the cache and the session's scratch.
 /// </summary>
 internal sealed unsafe class CudaTransformer : IDisposable
 {
-    /// <summary>(query, head) rows per attention block (ATT_ROWS in Kernels.cu).</summary>
+    /// <summary>(query, head) rows per attention block (ATT_ROWS in Kernels/Attention.cuh).</summary>
     public const int AttentionRows = 16;
 
-    /// <summary>(query, head) rows per narrow flash attention block (Kernels.cu, flash_attention_narrow); shorter steps use CUDA cores.</summary>
+    /// <summary>(query, head) rows per narrow flash attention block (Kernels/Attention.cuh, flash_attention_narrow); shorter steps use CUDA cores.</summary>
     public const int FlashRows = 64;
 
-    /// <summary>(query, head) rows per wide flash attention block (Kernels.cu, flash_attention).</summary>
+    /// <summary>(query, head) rows per wide flash attention block (Kernels/Attention.cuh, flash_attention).</summary>
     public const int WideFlashRows = 128;
 
     /// <summary>The most (query, head) rows per KV head that a step may have to take the decode attention kernel (DEC_ROWS).</summary>
@@ -111,7 +111,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
                 defines.Add("GEMV");
             }
 
-            _module = KernelModule.Compile(context, KernelModule.EngineSource, "Kernels.cu", defines);
+            _module = KernelModule.Compile(context, KernelModule.EngineSource, defines);
             _embed = _module.Get("embed");
             _rmsNorm = _module.Get("rmsnorm");
             _qkvRope = _module.Get("qkv_rope");
@@ -136,7 +136,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
             _attentionScale = 1f / MathF.Sqrt(hd);
             if (UsesTensorCoreAttention)
             {
-                // The Q tile and two stages of key and value tiles, rows padded by 8 elements (Kernels.cu, flash_body).
+                // The Q tile and two stages of key and value tiles, rows padded by 8 elements (Kernels/Attention.cuh, flash_body).
                 _flashAttention = _module.Get("flash_attention");
                 _flashAttentionNarrow = _module.Get("flash_attention_narrow");
                 _flashSharedBytes = ((WideFlashRows + (2 * 2 * FlashKeys)) * (hd + 8)) * sizeof(ushort);

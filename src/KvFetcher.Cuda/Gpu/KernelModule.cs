@@ -21,23 +21,14 @@ internal sealed unsafe class KernelModule : IDisposable
         _module = module;
     }
 
-    /// <summary>The engine's kernels (Gpu/Kernels.cu, embedded in the assembly).</summary>
-    public static string EngineSource
-    {
-        get
-        {
-            using Stream stream = typeof(KernelModule).Assembly.GetManifestResourceStream("KvFetcher.Cuda.Kernels.cu")
-                ?? throw new InvalidOperationException("The assembly lacks its embedded resource KvFetcher.Cuda.Kernels.cu.");
-            using var reader = new StreamReader(stream, Encoding.UTF8);
-            return reader.ReadToEnd();
-        }
-    }
+    /// <summary>The engine's kernels: Gpu/Kernels/Kernels.cu and the parts it includes, embedded in the assembly.</summary>
+    public static KernelSource EngineSource { get; } = KernelSource.Embedded(typeof(KernelModule).Assembly, "KvFetcher.Cuda.Kernels.", "Kernels.cu");
 
     /// <summary>Compiles <paramref name="source"/> with <paramref name="defines"/> (NAME=VALUE) and loads it.</summary>
     /// <exception cref="CudaException">Compilation failed (the message holds NVRTC's log) or the module did not load.</exception>
-    public static KernelModule Compile(CudaContext context, string source, string name, IEnumerable<string> defines)
+    public static KernelModule Compile(CudaContext context, KernelSource source, IEnumerable<string> defines)
     {
-        byte[] image = CompileImage(source, name, context.ComputeCapability, defines);
+        byte[] image = CompileImage(source, context.ComputeCapability, defines);
         context.MakeCurrent();
         return new KernelModule(context, SafeCudaModuleHandle.Load(context.Handle, image));
     }
@@ -46,19 +37,19 @@ internal sealed unsafe class KernelModule : IDisposable
     /// Compiles <paramref name="source"/> for a device of <paramref name="computeCapability"/>: a cubin, or PTX when
     /// this NVRTC does not know the architecture. Needs NVRTC only, no device.
     /// </summary>
-    public static byte[] CompileImage(string source, string name, Version computeCapability, IEnumerable<string> defines)
+    public static byte[] CompileImage(KernelSource source, Version computeCapability, IEnumerable<string> defines)
     {
         NativeLibraries.Require(NativeLibraries.Nvrtc);
         List<string> common = ["--std=c++17", "-default-device", .. defines.Select(d => "-D" + d)];
         int arch = (computeCapability.Major * 10) + computeCapability.Minor;
         try
         {
-            return Build(source, name, [$"--gpu-architecture=sm_{arch}", .. common], cubin: true);
+            return Build(source, [$"--gpu-architecture=sm_{arch}", .. common], cubin: true);
         }
         catch (CudaException e) when (e.Library == "NVRTC" && e.Status == 5)
         {
             // NVRTC_ERROR_INVALID_OPTION: an architecture newer than this NVRTC; the driver JIT-compiles PTX.
-            return Build(source, name, [$"--gpu-architecture=compute_{Math.Min(arch, 90)}", .. common], cubin: false);
+            return Build(source, [$"--gpu-architecture=compute_{Math.Min(arch, 90)}", .. common], cubin: false);
         }
     }
 
@@ -86,16 +77,10 @@ internal sealed unsafe class KernelModule : IDisposable
 
     public void Dispose() => _module.Dispose();
 
-    private static byte[] Build(string source, string name, List<string> options, bool cubin)
+    private static byte[] Build(KernelSource source, List<string> options, bool cubin)
     {
-        IntPtr program;
-        byte[] sourceBytes = Encoding.UTF8.GetBytes(source + "\0");
-        byte[] nameBytes = Encoding.UTF8.GetBytes(name + "\0");
-        fixed (byte* s = sourceBytes)
-        fixed (byte* n = nameBytes)
-        {
-            Check.Nvrtc(Interop.Nvrtc.nvrtcCreateProgram(&program, s, n, 0, null, null));
-        }
+        IntPtr program = CreateProgram(source);
+        string name = source.Name;
 
         try
         {
@@ -150,6 +135,46 @@ internal sealed unsafe class KernelModule : IDisposable
         finally
         {
             _ = Interop.Nvrtc.nvrtcDestroyProgram(&program);
+        }
+    }
+
+    private static IntPtr CreateProgram(KernelSource source)
+    {
+        // NVRTC copies the texts: the pins only need to last for the call.
+        byte[][] texts = [Encoding.UTF8.GetBytes(source.Text + "\0"), Encoding.UTF8.GetBytes(source.Name + "\0"),
+            .. source.Headers.SelectMany(h => new[] { Encoding.UTF8.GetBytes(h.Text + "\0"), Encoding.UTF8.GetBytes(h.Name + "\0") })];
+        var handles = new GCHandle[texts.Length];
+        int headers = source.Headers.Count;
+        byte** headerTexts = stackalloc byte*[Math.Max(headers, 1)];
+        byte** headerNames = stackalloc byte*[Math.Max(headers, 1)];
+        try
+        {
+            for (int i = 0; i < texts.Length; i++)
+            {
+                handles[i] = GCHandle.Alloc(texts[i], GCHandleType.Pinned);
+            }
+
+            for (int h = 0; h < headers; h++)
+            {
+                headerTexts[h] = (byte*)handles[2 + (2 * h)].AddrOfPinnedObject();
+                headerNames[h] = (byte*)handles[3 + (2 * h)].AddrOfPinnedObject();
+            }
+
+            IntPtr program;
+            Check.Nvrtc(Interop.Nvrtc.nvrtcCreateProgram(
+                &program, (byte*)handles[0].AddrOfPinnedObject(), (byte*)handles[1].AddrOfPinnedObject(),
+                headers, headers > 0 ? headerTexts : null, headers > 0 ? headerNames : null));
+            return program;
+        }
+        finally
+        {
+            foreach (GCHandle handle in handles)
+            {
+                if (handle.IsAllocated)
+                {
+                    handle.Free();
+                }
+            }
         }
     }
 

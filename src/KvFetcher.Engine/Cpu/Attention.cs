@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Numerics.Tensors;
 using KvFetcher.Core.Threading;
 
@@ -33,6 +34,27 @@ internal sealed unsafe class Attention : IParallelWork
     private int _window;
     private int _blocks;
     private readonly float _scale;
+
+    /// <summary>
+    /// This thread's query block and score rows for keys up to <paramref name="positions"/>. The score rows hold at
+    /// least 4096 positions and grow to the next power of two, so a decode that moves past a length allocates once
+    /// per doubling, not once per step.
+    /// </summary>
+    private static (float[] Queries, float[] Scores) ThreadScratch(int headDim, int positions)
+    {
+        float[] queries = t_queries is { } q && q.Length >= QueryBlock * headDim ? q : (t_queries = new float[QueryBlock * headDim]);
+        int rowLength = (int)Math.Min(BitOperations.RoundUpToPowerOf2((uint)Math.Max(positions, 4096)), int.MaxValue / QueryBlock);
+        float[] scores = t_scores is { } s && s.Length >= QueryBlock * Math.Max(positions, 4096) ? s : (t_scores = new float[QueryBlock * rowLength]);
+        return (queries, scores);
+    }
+
+    /// <summary>Makes every thread of <paramref name="pool"/> its scratch for up to 4096 positions (no first step allocates).</summary>
+    public static void PrepareThreads(WorkerPool pool, int headDim) => pool.OnEachThread(new ScratchPreparation(headDim));
+
+    private sealed class ScratchPreparation(int headDim) : IParallelWork
+    {
+        public void Execute(int index) => _ = ThreadScratch(headDim, 0);
+    }
 
     public Attention(int heads, int kvHeads, int headDim)
     {
@@ -90,9 +112,7 @@ internal sealed unsafe class Attention : IParallelWork
         int lo = Math.Max(0, _start + first - _window + 1);
         int keyCount = _start + first + rows - lo;
 
-        float[] queries = t_queries is { } q && q.Length >= QueryBlock * headDim ? q : (t_queries = new float[QueryBlock * headDim]);
-        int scoresNeeded = QueryBlock * Math.Max(_start + _n, 4096);
-        float[] scores = t_scores is { } s && s.Length >= scoresNeeded ? s : (t_scores = new float[scoresNeeded]);
+        (float[] queries, float[] scores) = ThreadScratch(headDim, _start + _n);
 
         // Scores of the block's queries against every key any of them sees, as one product on the packed GEMM: each
         // score is one FMA chain over the head dimension, whatever the block, so chunking never changes a bit.

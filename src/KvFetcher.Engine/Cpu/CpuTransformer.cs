@@ -34,6 +34,10 @@ internal sealed class CpuTransformer
         }
 
         _rotary = new RotaryTable(config.Rope, config.HeadDim, config.MaxPositionEmbeddings, Math.Min(config.MaxPositionEmbeddings, 4096));
+
+        // Each thread's scratch made once, now: a worker that takes part in a step for the first time allocates nothing.
+        MatMul.PrepareThreads(pool);
+        Attention.PrepareThreads(pool, config.HeadDim);
     }
 
     public ModelConfig Config => _config;
@@ -43,7 +47,7 @@ internal sealed class CpuTransformer
     /// logits of the last token (when <paramref name="allLogits"/> is false) or of every token ([n, vocab]); with empty
     /// <paramref name="logits"/> the step only fills the cache (no final norm or LM head). Positions [0, start) must be filled. n must not exceed the scratch's capacity.
     /// </summary>
-    public void Forward(ReadOnlySpan<int> tokens, int start, KvCache cache, ForwardScratch scratch, Span<float> logits, bool allLogits)
+    public void Forward(ReadOnlySpan<int> tokens, int start, KvCache cache, ForwardScratch scratch, Span<float> logits, bool allLogits, IAttentionProbe? probe = null)
     {
         int n = tokens.Length;
         ModelConfig c = _config;
@@ -81,6 +85,7 @@ internal sealed class CpuTransformer
             MatMul.Multiply(normed, n, layer.QueryProjection, q, _pool, layer.QueryBias);
             MatMul.Multiply(normed, n, layer.KeyProjection, k, _pool, layer.KeyBias);
             MatMul.Multiply(normed, n, layer.ValueProjection, v, _pool, layer.ValueBias);
+            probe?.Observe(l, start, n, q, k, rotated: false);
             for (int i = 0; i < n; i++)
             {
                 int position = start + i;
@@ -88,6 +93,7 @@ internal sealed class CpuTransformer
                 Kernels.Rope(k.Slice(i * kvWidth, kvWidth), c.NumKvHeads, c.HeadDim, rotary.Cos(position), rotary.Sin(position));
             }
 
+            probe?.Observe(l, start, n, q, k, rotated: true);
             cache.Write(l, start, n, k, v);
             scratch.Attention.Run(q, n, start, cache, l, c.UsesSlidingWindow(l) ? c.SlidingWindow : null, attention, _pool);
             MatMul.Multiply(attention, n, layer.OutputProjection, projected, _pool, layer.OutputBias);

@@ -79,6 +79,24 @@ internal static unsafe partial class MatMul
     }
 
     /// <summary>This thread's packing scratch, 64-byte aligned; made on the thread's first product and kept.</summary>
+    /// <summary>
+    /// Makes every thread of <paramref name="pool"/> its scratch and cached work objects now (products run inside
+    /// parallel work, e.g. attention's, run on the worker that calls them), so that no product allocates later.
+    /// </summary>
+    public static void PrepareThreads(WorkerPool pool) => pool.OnEachThread(s_scratchPreparation);
+
+    private static readonly ScratchPreparation s_scratchPreparation = new();
+
+    private sealed class ScratchPreparation : IParallelWork
+    {
+        public void Execute(int index)
+        {
+            _ = ThreadScratch();
+            t_gemmWork ??= new GemmWork();
+            (t_gemvWork ??= new GemvWork()).PrepareInputCopies();
+        }
+    }
+
     private static float* ThreadScratch() =>
         AlignTo64(t_scratch ??= GC.AllocateUninitializedArray<float>(ScratchFloats, pinned: true));
 

@@ -114,11 +114,7 @@ internal static unsafe partial class MatMul
         private float* CopyInput()
         {
             int length = _n * _k;
-            int needed = (4 * length) + 16;
-            if (_xScratch is null || _xScratch.Length < needed)
-            {
-                _xScratch = GC.AllocateUninitializedArray<float>(Math.Max(needed, 4096), pinned: true);
-            }
+            EnsureInputCopies((4 * length) + 16);
 
             float* copies = AlignTo64(_xScratch);
             var source = new ReadOnlySpan<float>(_x, length);
@@ -128,6 +124,18 @@ internal static unsafe partial class MatMul
             }
 
             return copies;
+        }
+
+        /// <summary>Makes the copies' smallest buffer now (inputs of up to 1020 values need no other).</summary>
+        public void PrepareInputCopies() => EnsureInputCopies(0);
+
+        [System.Diagnostics.CodeAnalysis.MemberNotNull(nameof(_xScratch))]
+        private void EnsureInputCopies(int needed)
+        {
+            if (_xScratch is null || _xScratch.Length < needed)
+            {
+                _xScratch = GC.AllocateUninitializedArray<float>(Math.Max(needed, 4096), pinned: true);
+            }
         }
 
         public override void Execute(int index)

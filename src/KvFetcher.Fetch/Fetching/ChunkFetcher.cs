@@ -7,7 +7,9 @@ using KvFetcher.Engine;
 using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Fetch.Scheduling.Strategies;
+using KvFetcher.Fetch.Telemetry;
 using KvFetcher.Store;
+using Microsoft.Extensions.Logging;
 
 namespace KvFetcher.Fetch.Fetching;
 
@@ -34,6 +36,8 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     private readonly ChunkBoard _board;
     private readonly bool _sharedCores;
     private readonly Timeline _timeline;
+    private readonly ReuseTelemetry _telemetry;
+    private readonly ILogger _logger;
     private readonly ChunkSlot[] _slots;
     private readonly Channel<ChunkSlot> _free;
     private readonly Channel<ChunkSlot> _decode;
@@ -57,10 +61,11 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     /// <param name="strategy">Which chunk next, as which variant (its fetch side); its board holds every chunk's state.</param>
     /// <param name="sharedCores">Whether the engine computes on the host's cores (decode and restore times are then kept apart for while it computes).</param>
     /// <param name="timeline">Where the stages' spans go.</param>
+    /// <param name="telemetry">Where restored chunks and fallbacks (with their causes) are reported.</param>
     /// <param name="slots">Chunk slots (the memory cap).</param>
     /// <param name="cancellationToken">Ends every stage.</param>
     public ChunkFetcher(ContextPlan plan, IKvStore store, IKvCache cache, IChunkRestorer restorer, FetchRates rates, FetcherOptions options, ChunkStrategy strategy,
-        bool sharedCores, Timeline timeline, int slots, CancellationToken cancellationToken)
+        bool sharedCores, Timeline timeline, ReuseTelemetry telemetry, int slots, CancellationToken cancellationToken)
     {
         _plan = plan;
         _store = store;
@@ -71,6 +76,8 @@ internal sealed class ChunkFetcher : IAsyncDisposable
         _board = strategy.Board;
         _sharedCores = sharedCores;
         _timeline = timeline;
+        _telemetry = telemetry;
+        _logger = telemetry.Logger;
         _stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         _tried = new KvVariant[_board.Chunks];
         _outcomes = new FetchOutcome[_board.Chunks];
@@ -254,8 +261,8 @@ internal sealed class ChunkFetcher : IAsyncDisposable
             StoreRead read = await _store.GetAsync(_plan.ObjectKeyOf(slot.Chunk, slot.Variant), slot, ByteRange.All, transfer.Token).ConfigureAwait(false);
             if (!read.Found)
             {
-                _outcomes[slot.Chunk] = FetchOutcome.Missing;
-                return false; // evicted or found corrupt since the lookup: the store answered
+                FetchLog.ChunkMissing(_logger, slot.Chunk, slot.Variant);
+                return Failed(slot, FetchOutcome.Missing); // evicted or found corrupt since the lookup: the store answered
             }
 
             Volatile.Write(ref _failuresInARow, 0);
@@ -272,25 +279,28 @@ internal sealed class ChunkFetcher : IAsyncDisposable
         catch (OperationCanceledException)
         {
             // The chunk deadline, or the engine took the chunk back (counted by Abandon): either way too slow.
-            _outcomes[slot.Chunk] = FetchOutcome.TimedOut;
-            if (!transfer.Abandoned)
+            if (transfer.Abandoned)
             {
-                Interlocked.Increment(ref _failuresInARow);
+                _outcomes[slot.Chunk] = FetchOutcome.TimedOut;
+                _telemetry.TakenBack();
+                return false;
             }
 
-            return false;
+            FetchLog.ChunkTimedOut(_logger, slot.Chunk, slot.Variant, _options.ChunkTimeout.TotalMilliseconds);
+            CountFailureInARow();
+            return Failed(slot, FetchOutcome.TimedOut);
         }
-        catch (KvStoreException)
+        catch (KvStoreException ex)
         {
             // Down, failing, stalled, or refused at once by the store's circuit breaker.
-            _outcomes[slot.Chunk] = FetchOutcome.StoreError;
-            Interlocked.Increment(ref _failuresInARow);
-            return false;
+            FetchLog.ChunkStoreError(_logger, slot.Chunk, slot.Variant, ex.Message, ex);
+            CountFailureInARow();
+            return Failed(slot, FetchOutcome.StoreError);
         }
-        catch (InvalidDataException)
+        catch (InvalidDataException ex)
         {
-            _outcomes[slot.Chunk] = FetchOutcome.Corrupt;
-            return false; // larger than any container of this chunk
+            FetchLog.ChunkCorrupt(_logger, slot.Chunk, slot.Variant, ex.Message, ex);
+            return Failed(slot, FetchOutcome.Corrupt); // larger than any container of this chunk
         }
         finally
         {
@@ -314,20 +324,23 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                     slot.Decoded.Decode(slot.Container, _plan.Expectation(slot.Chunk), slot.Variant);
                     decoded = true;
                 }
-                catch (ChunkAuthenticationException)
+                catch (ChunkAuthenticationException ex)
                 {
-                    decoded = false; // intact but not sealed for this tenant under this deployment's secret: never restored
-                    _outcomes[slot.Chunk] = FetchOutcome.Unauthentic;
+                    // Intact but not sealed for this tenant under this deployment's secret: never restored.
+                    FetchLog.ChunkUnauthentic(_logger, slot.Chunk, slot.Variant, ex);
+                    decoded = Failed(slot, FetchOutcome.Unauthentic);
                 }
-                catch (InvalidKvDataException)
+                catch (InvalidKvDataException ex)
                 {
-                    decoded = false; // corrupt, or another chunk/model/tenant's container: never restored
-                    _outcomes[slot.Chunk] = FetchOutcome.Corrupt;
+                    // Corrupt, or another chunk/model/tenant's container: never restored.
+                    FetchLog.ChunkCorrupt(_logger, slot.Chunk, slot.Variant, ex.Message, ex);
+                    decoded = Failed(slot, FetchOutcome.Corrupt);
                 }
                 catch (Exception ex) when (ex is not OperationCanceledException)
                 {
-                    decoded = false; // the decoder failed (e.g. a GPU decoder error): the engine computes the chunk
-                    _outcomes[slot.Chunk] = FetchOutcome.RestoreFailed;
+                    // The decoder failed (e.g. a GPU decoder error): the engine computes the chunk.
+                    FetchLog.ChunkDecodeFailed(_logger, slot.Chunk, slot.Variant, ex);
+                    decoded = Failed(slot, FetchOutcome.RestoreFailed);
                 }
 
                 if (!decoded)
@@ -337,8 +350,11 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                     continue;
                 }
 
-                _rates.ObserveVariant(slot.Variant, slot.Container.Length, _plan.ChunkBytes, Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy);
-                _timeline.Add(PrefillStage.Decode, slot.Chunk, slot.Variant.ToString(), start);
+                double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                string variant = slot.Variant.ToString();
+                _rates.ObserveVariant(slot.Variant, slot.Container.Length, _plan.ChunkBytes, seconds, EngineBusy);
+                _telemetry.Decoded(variant, seconds);
+                _timeline.Add(PrefillStage.Decode, slot.Chunk, variant, start);
 
                 // The restore channel has a place for every slot, so this never blocks.
                 if (!_restore.Writer.TryWrite(slot))
@@ -367,8 +383,10 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                     int first = chunk * _plan.ChunkTokens;
                     if (TryRestore(slot, first))
                     {
+                        string variant = slot.Variant.ToString();
                         _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy);
-                        _timeline.Add(PrefillStage.Restore, chunk, slot.Variant.ToString(), start);
+                        _timeline.Add(PrefillStage.Restore, chunk, variant, start);
+                        _telemetry.Restored(variant, slot.Container.Length);
                         _outcomes[chunk] = FetchOutcome.Restored;
                         Interlocked.Increment(ref _restored);
                         _board.Move(chunk, ChunkState.Restoring, ChunkState.Filled);
@@ -377,6 +395,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                     {
                         // Positions the restore may have written are not marked filled; the engine computes them over.
                         _outcomes[chunk] = FetchOutcome.RestoreFailed;
+                        _telemetry.Fallback(FetchOutcome.RestoreFailed);
                         Interlocked.Increment(ref _failed);
                         _board.Move(chunk, ChunkState.Restoring, ChunkState.Failed);
                     }
@@ -396,7 +415,24 @@ internal sealed class ChunkFetcher : IAsyncDisposable
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
+            FetchLog.ChunkRestoreFailed(_logger, slot.Chunk, slot.Variant, ex);
             return false; // e.g. a device error while restoring
+        }
+    }
+
+    /// <summary>Records why <paramref name="slot"/>'s chunk is computed instead (the caller logged the cause); always false.</summary>
+    private bool Failed(ChunkSlot slot, FetchOutcome outcome)
+    {
+        _outcomes[slot.Chunk] = outcome;
+        _telemetry.Fallback(outcome);
+        return false;
+    }
+
+    private void CountFailureInARow()
+    {
+        if (Interlocked.Increment(ref _failuresInARow) == MaxFailuresInARow)
+        {
+            FetchLog.FetcherGaveUp(_logger, MaxFailuresInARow);
         }
     }
 

@@ -3,7 +3,10 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Threading.Channels;
 using KvFetcher.Engine;
+using KvFetcher.Fetch.Telemetry;
 using KvFetcher.Store;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace KvFetcher.Fetch.Publishing;
 
@@ -34,6 +37,7 @@ public sealed class KvPublisher : IAsyncDisposable
     private long _skipped;
     private long _unchanged;
     private long _dropped;
+    private readonly ILogger _logger;
     private long _bytes;
     private int _consecutivePutFailures;
     private long _backOffUntil;
@@ -45,7 +49,8 @@ public sealed class KvPublisher : IAsyncDisposable
     /// <param name="maxQueuedChunks">Chunks waiting beyond this are dropped (and counted).</param>
     /// <param name="workers">Chunks encoded at once (one by default, so the background work takes one core from the engine).</param>
     /// <param name="options">Put deadline, puts in flight and back-off; the defaults when null.</param>
-    public KvPublisher(IKvStore store, IReadOnlyList<KvVariant> ladder, int maxQueuedChunks = 256, int workers = 1, KvPublisherOptions? options = null)
+    /// <param name="logger">Where failures are logged (one line per kind of failure, not per container); nowhere by default.</param>
+    public KvPublisher(IKvStore store, IReadOnlyList<KvVariant> ladder, int maxQueuedChunks = 256, int workers = 1, KvPublisherOptions? options = null, ILogger? logger = null)
     {
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(ladder);
@@ -53,6 +58,7 @@ public sealed class KvPublisher : IAsyncDisposable
         options ??= new KvPublisherOptions();
         options.Validate();
         _store = store;
+        _logger = logger ?? NullLogger.Instance;
         _ladder = UsableLadder.Of(ladder, out string? warning);
         LadderWarning = warning;
         _options = options;
@@ -200,6 +206,7 @@ public sealed class KvPublisher : IAsyncDisposable
 
         ArrayPool<byte>.Shared.Return(job.Kv);
         Interlocked.Increment(ref _dropped);
+        FetchLog.PublishDropped(_logger, job.Chunk);
         Done();
         return false;
     }
@@ -379,7 +386,7 @@ public sealed class KvPublisher : IAsyncDisposable
         if (Interlocked.Increment(ref _consecutivePutFailures) >= _options.FailuresBeforeBackOff && !BackingOff)
         {
             Interlocked.Exchange(ref _backOffUntil, Stopwatch.GetTimestamp() + (long)(_options.BackOff.TotalSeconds * Stopwatch.Frequency));
-            Trace.TraceWarning($"kvfetch publisher: {_options.FailuresBeforeBackOff}+ puts to {_store.Description} failed in a row; skipping its queue for {_options.BackOff.TotalSeconds:0.#} s (last: {LastError})");
+            FetchLog.PublishBackOff(_logger, _options.FailuresBeforeBackOff, _store.Description, _options.BackOff.TotalSeconds, LastError);
         }
     }
 
@@ -388,7 +395,7 @@ public sealed class KvPublisher : IAsyncDisposable
         // Logged when the reason changes, so a store failing every put writes one line, not one per container.
         if (Interlocked.Exchange(ref _lastError, reason) is not { } previous || !SameKind(previous, reason))
         {
-            Trace.TraceWarning($"kvfetch publisher: {reason}");
+            FetchLog.PublishFailed(_logger, reason);
         }
 
         static bool SameKind(string a, string b) => a.AsSpan(a.IndexOf(':') + 1).SequenceEqual(b.AsSpan(b.IndexOf(':') + 1));

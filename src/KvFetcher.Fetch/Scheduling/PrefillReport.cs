@@ -43,6 +43,12 @@ public sealed record PrefillReport
     /// <summary>How many chunks each variant supplied.</summary>
     public IReadOnlyDictionary<string, int> Variants { get; init; } = new Dictionary<string, int>();
 
+    /// <summary>
+    /// Stored chunks whose fetch failed, by reason: <c>missing</c>, <c>corrupt</c>, <c>unauthentic</c>, <c>timed_out</c>,
+    /// <c>store_error</c>, <c>restore_failed</c> (each also logged with its cause).
+    /// </summary>
+    public IReadOnlyDictionary<string, int> Fallbacks { get; init; } = new Dictionary<string, int>();
+
     public IReadOnlyList<StageSpan> Timeline { get; init; } = [];
 
     /// <summary>The summed duration of each stage (stages overlap, so these add up to more than the TTFT).</summary>

@@ -4,6 +4,7 @@ using KvFetcher.Fetch.Fetching;
 using KvFetcher.Fetch.Publishing;
 using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling.Strategies;
+using KvFetcher.Fetch.Telemetry;
 using KvFetcher.Store;
 
 namespace KvFetcher.Fetch.Scheduling;
@@ -16,8 +17,9 @@ namespace KvFetcher.Fetch.Scheduling;
 /// <param name="Choice">The variant choice's slack and filters.</param>
 /// <param name="LookupDeadline">The lookup's deadline.</param>
 /// <param name="SharedCores">Whether the engine computes on the host's cores.</param>
+/// <param name="Telemetry">Where per-chunk counts, fallbacks and their reasons go.</param>
 internal sealed record RunContext(IKvStore Store, FetchRates Rates, IChunkRestorer Restorer, FetcherOptions Fetcher, VariantChoiceOptions Choice,
-    TimeSpan LookupDeadline, bool SharedCores);
+    TimeSpan LookupDeadline, bool SharedCores, ReuseTelemetry Telemetry);
 
 /// <summary>
 /// One request's prefill of its stored prefix, the one run behind <see cref="KvReuse.PrefillAsync"/> (the engine walks the
@@ -113,7 +115,7 @@ internal sealed class PrefillRun : IAsyncDisposable
             _ => throw new ArgumentOutOfRangeException(nameof(mode), mode, "This mode fetches nothing."),
         };
         FetcherOptions fetcherOptions = pipelined ? context.Fetcher : context.Fetcher.Sequential;
-        var fetcher = new ChunkFetcher(plan, context.Store, session.Cache, context.Restorer, context.Rates, fetcherOptions, strategy, context.SharedCores, timeline,
+        var fetcher = new ChunkFetcher(plan, context.Store, session.Cache, context.Restorer, context.Rates, fetcherOptions, strategy, context.SharedCores, timeline, context.Telemetry,
             fetcherOptions.Slots(plan.ChunkBytes, pipelined), cancellationToken);
         return new PrefillRun(context, session, plan, timeline, lookup, strategy, fetcher);
     }
@@ -375,6 +377,7 @@ internal sealed class PrefillRun : IAsyncDisposable
             TimeToFirstToken = timeToFirstToken,
             FirstToken = firstToken,
             Variants = RestoredPerVariant(spans),
+            Fallbacks = FallbackReasons(),
             Timeline = spans,
         };
     }
@@ -403,9 +406,27 @@ internal sealed class PrefillRun : IAsyncDisposable
             RestoredLossy = _fetcher is not null && FirstLossyRestore() < Stored,
             DeadlineReached = DeadlineReached,
             UnauthenticChunks = unauthentic,
+            Fallbacks = FallbackReasons(),
             Elapsed = elapsed,
             Timeline = _timeline.ToArray(),
         };
+    }
+
+    /// <summary>Stored chunks whose fetch failed, by reason (see <see cref="ReuseTelemetry.ReasonOf"/>).</summary>
+    private Dictionary<string, int> FallbackReasons()
+    {
+        var reasons = new Dictionary<string, int>();
+        for (int chunk = 0; _fetcher is not null && chunk < Stored; chunk++)
+        {
+            FetchOutcome outcome = _fetcher.OutcomeOf(chunk).Outcome;
+            if (outcome is not (FetchOutcome.None or FetchOutcome.Restored))
+            {
+                string reason = ReuseTelemetry.ReasonOf(outcome);
+                reasons[reason] = reasons.GetValueOrDefault(reason) + 1;
+            }
+        }
+
+        return reasons;
     }
 
     /// <summary>Chunks restored per variant, from the restore spans.</summary>
@@ -458,13 +479,15 @@ internal sealed class PrefillRun : IAsyncDisposable
             deadline.CancelAfter(context.LookupDeadline);
             exists = await context.Store.ExistsAsync(keys, deadline.Token).ConfigureAwait(false);
         }
-        catch (KvStoreException)
+        catch (KvStoreException ex)
         {
+            FetchLog.LookupFailed(context.Telemetry.Logger, chunks, ex.Message);
             timeline.Add(PrefillStage.Lookup, -1, null, start);
             return new Lookup(0, [], true);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
+            FetchLog.LookupFailed(context.Telemetry.Logger, chunks, $"no answer within {context.LookupDeadline.TotalMilliseconds:0} ms");
             timeline.Add(PrefillStage.Lookup, -1, null, start);
             return new Lookup(0, [], true);
         }

@@ -42,6 +42,12 @@ public sealed record RestoreReport
     /// </summary>
     public IReadOnlyDictionary<int, KvVariant> UnauthenticChunks { get; init; } = new Dictionary<int, KvVariant>();
 
+    /// <summary>
+    /// Stored chunks whose fetch failed, by reason: <c>missing</c>, <c>corrupt</c>, <c>unauthentic</c>, <c>timed_out</c>,
+    /// <c>store_error</c>, <c>restore_failed</c> (each also logged with its cause).
+    /// </summary>
+    public IReadOnlyDictionary<string, int> Fallbacks { get; init; } = new Dictionary<string, int>();
+
     /// <summary>From the call to the restored prefix (lookup, transfer, decode and restore).</summary>
     public TimeSpan Elapsed { get; init; }
 

@@ -45,7 +45,7 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         app.MapGet("/v1/models", new RequestDelegate(ModelsAsync)).WithDisplayName("models");
         app.MapGet("/v1/models/{id}", new RequestDelegate(ModelAsync)).WithDisplayName("model");
         // The public list: every other route needs an API key when keys are in use (LlmServer's BearerAuthentication).
-        app.MapHealthAndMetrics(HealthAsync, FormatMetricsAsync, options.PublicMetrics);
+        app.MapHealthAndMetrics(HealthAsync, options.PublicMetrics);
     }
 
     private async Task ServeAsync(HttpContext context, Route route)
@@ -76,7 +76,8 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         catch (EngineBusyException ex)
         {
             context.Response.Headers.RetryAfter = "1";
-            await new ApiError(StatusCodes.Status429TooManyRequests, ex.Message, "server_busy", Code: "rate_limit_exceeded").WriteAsync(context);
+            // OpenAI's 429s carry type "requests" (a request-rate limit) and code "rate_limit_exceeded".
+            await new ApiError(StatusCodes.Status429TooManyRequests, ex.Message, "requests", Code: "rate_limit_exceeded").WriteAsync(context);
             return;
         }
         catch (ObjectDisposedException)
@@ -232,9 +233,20 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
             return (null, ApiError.Invalid("logprobs are not supported.", "logprobs"));
         }
 
-        if (body.Tools.ValueKind is not (JsonValueKind.Undefined or JsonValueKind.Null))
+        if (body.TopLogprobs.ValueKind is not (JsonValueKind.Undefined or JsonValueKind.Null))
         {
-            return (null, ApiError.Invalid("Tools are not supported.", "tools"));
+            return (null, ApiError.Invalid("top_logprobs is not supported: it needs logprobs, which are not supported.", "top_logprobs"));
+        }
+
+        if (ReadResponseFormat(body.ResponseFormat, out bool json) is { } badFormat)
+        {
+            return (null, badFormat);
+        }
+
+        if (Refuse(new UnsupportedOptions.Requested(body.Tools.ValueKind is not (JsonValueKind.Undefined or JsonValueKind.Null), json, body.PresencePenalty,
+                body.FrequencyPenalty, body.TopK)) is { } unsupported)
+        {
+            return (null, unsupported);
         }
 
         if (body.Messages is null || body.Messages.Count == 0)
@@ -251,7 +263,7 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
 
         int? maxTokens = body.MaxCompletionTokens ?? body.MaxTokens;
         string maxTokensName = body.MaxCompletionTokens is null ? "max_tokens" : "max_completion_tokens";
-        if (CheckSampling(maxTokens, maxTokensName, body.Temperature, body.TopP, body.Stop, body.PresencePenalty, body.FrequencyPenalty, out List<string>? stops) is { } invalid)
+        if (CheckSampling(maxTokens, maxTokensName, body.Temperature, body.TopP, body.Stop, out List<string>? stops) is { } invalid)
         {
             return (null, invalid);
         }
@@ -313,7 +325,17 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
             return (null, ApiError.Invalid("logprobs are not supported.", "logprobs"));
         }
 
-        if (CheckSampling(body.MaxTokens, "max_tokens", body.Temperature, body.TopP, body.Stop, body.PresencePenalty, body.FrequencyPenalty, out List<string>? stops) is { } invalid)
+        if (body.Suffix.ValueKind is not (JsonValueKind.Undefined or JsonValueKind.Null))
+        {
+            return (null, ApiError.Invalid("suffix (text after the completion) is not supported.", "suffix"));
+        }
+
+        if (Refuse(new UnsupportedOptions.Requested(Tools: false, JsonResponseFormat: false, body.PresencePenalty, body.FrequencyPenalty, body.TopK)) is { } unsupported)
+        {
+            return (null, unsupported);
+        }
+
+        if (CheckSampling(body.MaxTokens, "max_tokens", body.Temperature, body.TopP, body.Stop, out List<string>? stops) is { } invalid)
         {
             return (null, invalid);
         }
@@ -332,15 +354,9 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
     }
 
     /// <summary>The checks that need no tokens, made before the prompt is tokenized.</summary>
-    private ApiError? CheckSampling(int? maxTokens, string maxTokensName, float? temperature, float? topP, JsonElement stop, float? presencePenalty, float? frequencyPenalty,
-        out List<string>? stops)
+    private ApiError? CheckSampling(int? maxTokens, string maxTokensName, float? temperature, float? topP, JsonElement stop, out List<string>? stops)
     {
         stops = null;
-        if (presencePenalty is not (null or 0f) || frequencyPenalty is not (null or 0f))
-        {
-            return ApiError.Invalid("presence_penalty and frequency_penalty are not supported (only 0).", presencePenalty is not (null or 0f) ? "presence_penalty" : "frequency_penalty");
-        }
-
         if (temperature is float t && !(t is >= 0f and <= 2f))
         {
             return ApiError.Invalid($"temperature must be between 0 and 2; got {t.ToString(CultureInfo.InvariantCulture)}.", "temperature");
@@ -363,6 +379,36 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         }
 
         return ReadStops(stop, out stops);
+    }
+
+    /// <summary>The 400 for an option the shared rule refuses (the in-process client throws the same message).</summary>
+    private static ApiError? Refuse(in UnsupportedOptions.Requested requested) =>
+        UnsupportedOptions.Find(requested) is { } refusal ? ApiError.Invalid(refusal.Message, refusal.Param) : null;
+
+    /// <summary>Absent, null or <c>{"type": "text"}</c>: text; <c>{"type": "json_object" | "json_schema"}</c>: JSON; anything else is invalid.</summary>
+    private static ApiError? ReadResponseFormat(JsonElement format, out bool json)
+    {
+        json = false;
+        if (format.ValueKind is JsonValueKind.Undefined or JsonValueKind.Null)
+        {
+            return null;
+        }
+
+        if (format.ValueKind == JsonValueKind.Object && format.TryGetProperty("type", out JsonElement type) && type.ValueKind == JsonValueKind.String)
+        {
+            if (type.ValueEquals("text"))
+            {
+                return null;
+            }
+
+            if (type.ValueEquals("json_object") || type.ValueEquals("json_schema"))
+            {
+                json = true;
+                return null;
+            }
+        }
+
+        return ApiError.Invalid("response_format must be an object whose type is \"text\", \"json_object\" or \"json_schema\".", "response_format");
     }
 
     private ApiError? CheckPromptLength(long characters, string param) =>
@@ -397,6 +443,7 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         {
             Prompt = tokens,
             TenantSalt = salt!,
+            Tenant = tenantName,
             MaxTokens = maxTokens ?? Math.Min(engine.Options.DefaultMaxTokens, window - tokens.Length),
             // OpenAI's default temperature is 1.
             Temperature = temperature ?? 1f,
@@ -626,7 +673,7 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         }
         catch (JsonException ex)
         {
-            return (null, ApiError.Invalid($"The request body is not valid JSON for this endpoint: {ex.Message}"));
+            return (null, JsonBodyError.From(ex, type));
         }
         finally
         {
@@ -660,7 +707,4 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
     private Task HealthAsync(HttpContext context) =>
         context.Response.WriteAsJsonAsync(new HealthResponse("ok", engine.ModelId, engine.ReuseEnabled, engine.Scheduler.ActiveSessions, engine.Scheduler.QueuedRequests),
             OpenAiJson.Default.HealthResponse, cancellationToken: context.RequestAborted);
-
-    private Task<string> FormatMetricsAsync(CancellationToken cancellationToken) =>
-        Task.FromResult(engine.Metrics.Format(engine.Scheduler, engine.Publisher?.Failed, engine.Publisher?.Dropped));
 }

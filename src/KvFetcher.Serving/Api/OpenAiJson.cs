@@ -37,6 +37,12 @@ internal sealed class CompletionRequest
     public float? PresencePenalty { get; set; }
 
     public float? FrequencyPenalty { get; set; }
+
+    /// <summary>Text after the completion (insertion): refused.</summary>
+    public JsonElement Suffix { get; set; }
+
+    /// <summary>vLLM's top-k extension: refused (<see cref="UnsupportedOptions"/>).</summary>
+    public int? TopK { get; set; }
 }
 
 /// <summary>The body of <c>POST /v1/chat/completions</c>.</summary>
@@ -67,11 +73,20 @@ internal sealed class ChatCompletionRequest
 
     public JsonElement Logprobs { get; set; }
 
+    /// <summary>Needs <see cref="Logprobs"/>, which are not served: refused whenever set.</summary>
+    public JsonElement TopLogprobs { get; set; }
+
     public JsonElement Tools { get; set; }
+
+    /// <summary><c>{"type": "text"}</c> is served; <c>json_object</c> and <c>json_schema</c> are refused.</summary>
+    public JsonElement ResponseFormat { get; set; }
 
     public float? PresencePenalty { get; set; }
 
     public float? FrequencyPenalty { get; set; }
+
+    /// <summary>vLLM's top-k extension: refused (<see cref="UnsupportedOptions"/>).</summary>
+    public int? TopK { get; set; }
 }
 
 internal sealed class ChatMessageIn

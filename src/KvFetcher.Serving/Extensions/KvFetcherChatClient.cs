@@ -10,7 +10,8 @@ namespace KvFetcher.Serving.Extensions;
 /// template and automatic KV reuse, without HTTP. Usage reports the reused prompt tokens as
 /// <see cref="UsageDetails.CachedInputTokenCount"/> and the TTFT parts in <see cref="UsageDetails.AdditionalCounts"/>
 /// (<c>kvfetcher.ttft_us</c>, <c>kvfetcher.fetch_us</c>, ...). Text content of every message is used; other content
-/// (images, function calls) is refused.
+/// (images, function calls) is refused, and so are the options <see cref="UnsupportedOptions"/> lists (tools, a JSON
+/// response format, penalties, top-k), with a <see cref="NotSupportedException"/> worded as the HTTP API's 400.
 /// </summary>
 public sealed class KvFetcherChatClient : IChatClient
 {
@@ -36,8 +37,10 @@ public sealed class KvFetcherChatClient : IChatClient
     {
         Generation generation = Submit(messages, options, stream: false, cancellationToken);
         GenerationResult result = await generation.Completion.ConfigureAwait(false);
-        return new ChatResponse(new ChatMessage(ChatRole.Assistant, result.Text))
+        string id = NewId();
+        return new ChatResponse(new ChatMessage(ChatRole.Assistant, result.Text) { MessageId = id })
         {
+            ResponseId = id,
             ModelId = _engine.ModelId,
             FinishReason = Finish(result.FinishReason),
             Usage = UsageOf(result),
@@ -49,7 +52,7 @@ public sealed class KvFetcherChatClient : IChatClient
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         Generation generation = Submit(messages, options, stream: true, cancellationToken);
-        string id = Guid.NewGuid().ToString("N");
+        string id = NewId();
         await foreach (string piece in generation.Text.ReadAllAsync(cancellationToken).ConfigureAwait(false))
         {
             yield return new ChatResponseUpdate(ChatRole.Assistant, piece) { ModelId = _engine.ModelId, ResponseId = id, MessageId = id };
@@ -102,6 +105,13 @@ public sealed class KvFetcherChatClient : IChatClient
             throw new ArgumentException($"The model '{model}' is not served here; this engine runs '{_engine.ModelId}'.", nameof(options));
         }
 
+        if (options is not null && UnsupportedOptions.Find(new UnsupportedOptions.Requested(options.Tools is { Count: > 0 }, options.ResponseFormat is ChatResponseFormatJson,
+                options.PresencePenalty, options.FrequencyPenalty, options.TopK)) is { } refusal)
+        {
+            // The same rule and words as the HTTP API's 400.
+            throw new NotSupportedException(refusal.Message);
+        }
+
         var turns = new List<ChatTurn>();
         foreach (ChatMessage message in messages)
         {
@@ -128,6 +138,9 @@ public sealed class KvFetcherChatClient : IChatClient
             Stream = stream,
         }, cancellationToken);
     }
+
+    /// <summary>An id in the HTTP API's form (<c>chatcmpl-</c> and 24 hex digits).</summary>
+    private static string NewId() => "chatcmpl-" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(12));
 
     private static ChatFinishReason Finish(FinishReason reason) => reason == FinishReason.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
 

@@ -3,6 +3,8 @@ using System.Diagnostics;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;
 using KvFetcher.Fetch.Scheduling;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace KvFetcher.Serving.Scheduling;
 
@@ -65,15 +67,18 @@ public sealed class EngineScheduler : IAsyncDisposable
     private readonly CancellationTokenSource _stopping = new();
     private readonly List<Task> _releases = [];
     private readonly Action _wake;
+    private readonly ILogger _logger;
     private int _active;
     private int _fetching;
+    private long _kvBytes;
     private bool _closed;
 
     /// <param name="model">The engine's model.</param>
     /// <param name="reuse">Lookup, fetch and publishing of stored KV; null = every prompt is computed.</param>
     /// <param name="options">Bounds and slicing.</param>
     /// <param name="metrics">Where request statistics go.</param>
-    public EngineScheduler(IInferenceModel model, KvReuse? reuse, EngineSchedulerOptions options, ServingMetrics metrics)
+    /// <param name="logger">Where the line per request and failures are logged; nowhere by default.</param>
+    public EngineScheduler(IInferenceModel model, KvReuse? reuse, EngineSchedulerOptions options, ServingMetrics metrics, ILogger? logger = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
@@ -86,9 +91,13 @@ public sealed class EngineScheduler : IAsyncDisposable
         _options = options;
         _metrics = metrics;
         _wake = _signal.Set;
+        _logger = logger ?? NullLogger.Instance;
         _engine = new Thread(EngineLoop) { IsBackground = true, Name = "kvfetch serving engine" };
         _engine.Start();
     }
+
+    /// <summary>Bytes of KV cache the sessions of active requests hold now.</summary>
+    public long KvBytesInUse => Interlocked.Read(ref _kvBytes);
 
     /// <summary>Requests holding a session now.</summary>
     public int ActiveSessions => Volatile.Read(ref _active);
@@ -237,6 +246,9 @@ public sealed class EngineScheduler : IAsyncDisposable
         try
         {
             sequence.Session = _model.CreateSession(sequence.Request.Prompt.Length + sequence.Request.MaxTokens);
+            IKvCache cache = sequence.Session.Cache;
+            sequence.KvBytes = cache.GetExportByteCount(cache.Capacity, _model.KvStorageDType);
+            Interlocked.Add(ref _kvBytes, sequence.KvBytes);
         }
         catch (Exception ex) when (ex is OutOfMemoryException or ArgumentException)
         {
@@ -281,7 +293,7 @@ public sealed class EngineScheduler : IAsyncDisposable
             // compute everything.
             sequence.Session!.Reset();
             sequence.Restore = null;
-            Trace.TraceWarning($"kvfetch serving: prefix fetch failed, computing instead: {ex.Message}");
+            ServingLog.PrefixFetchFailed(_logger, ex);
         }
 
         // Posted before it stops counting as fetching: a stopping engine loop waits for it and fails it.
@@ -354,8 +366,15 @@ public sealed class EngineScheduler : IAsyncDisposable
             }
         }
 
+        if (failure is not null and not OperationCanceledException)
+        {
+            ServingLog.RequestFailed(_logger, sequence.Request.Tenant, sequence.Request.Prompt.Length, failure);
+        }
+
         // A GPU session holds device memory: give it back now, not at collection (after its fetcher has stopped).
         Release(sequence);
+        Interlocked.Add(ref _kvBytes, -sequence.KvBytes);
+        sequence.KvBytes = 0;
         while (true)
         {
             Sequence? next;
@@ -764,12 +783,19 @@ public sealed class EngineScheduler : IAsyncDisposable
             }
 
             FinishReason? reason = sequence.Accept(logits.AsSpan(0, _model.Config.VocabSize), eos);
+            long now = Stopwatch.GetTimestamp();
             if (prefill)
             {
                 sequence.Info = FirstTokenInfo(sequence);
                 sequence.Handle.PublishFirst(sequence.Info);
                 _metrics.ObserveFirstToken(sequence.Info);
             }
+            else
+            {
+                _metrics.ObserveToken(Stopwatch.GetElapsedTime(sequence.LastTokenAt, now));
+            }
+
+            sequence.LastTokenAt = now;
 
             if (reason is not FinishReason finish)
             {
@@ -786,6 +812,7 @@ public sealed class EngineScheduler : IAsyncDisposable
                 Elapsed = Stopwatch.GetElapsedTime(sequence.Submitted),
             };
             _metrics.ObserveCompleted(result);
+            LogCompleted(sequence.Request, result);
             sequence.Handle.Complete(result);
             PublishAnswer(sequence);
             Finish(sequence, null);
@@ -875,6 +902,8 @@ public sealed class EngineScheduler : IAsyncDisposable
             Fetch = Stopwatch.GetElapsedTime(sequence.Admitted, sequence.Ready),
             Prefill = Stopwatch.GetElapsedTime(sequence.Ready, now),
             TimeToFirstToken = Stopwatch.GetElapsedTime(sequence.Submitted, now),
+            Variants = restore?.Variants ?? s_none,
+            Fallbacks = restore?.Fallbacks ?? s_none,
         };
 
         // The waiting queue fetched the prefix from the front; the engine computed what did not arrive.
@@ -900,5 +929,26 @@ public sealed class EngineScheduler : IAsyncDisposable
                 LookupFailed = restore.LookupFailed,
             };
         }
+    }
+
+    private static readonly Dictionary<string, int> s_none = [];
+
+    // The one line per request: who, how much was reused and how, what fell back and why, and where the time went.
+    private void LogCompleted(GenerationRequest request, GenerationResult result)
+    {
+        if (!_logger.IsEnabled(LogLevel.Information))
+        {
+            return;
+        }
+
+        PrefillInfo info = result.Prefill;
+        string variants = Summary(info.Variants);
+        string fallbacks = info.LookupFailed ? "lookup_failed" : Summary(info.Fallbacks);
+        ServingLog.RequestCompleted(_logger, request.Tenant, info.PromptTokens, info.ReusedTokens, info.ComputedTokens, variants,
+            fallbacks, info.TimeToFirstToken.TotalMilliseconds, info.Queue.TotalMilliseconds,
+            info.Fetch.TotalMilliseconds, info.Prefill.TotalMilliseconds, result.CompletionTokens, result.FinishReason, result.Elapsed.TotalMilliseconds);
+
+        static string Summary(IReadOnlyDictionary<string, int> counts) =>
+            counts.Count == 0 ? "none" : string.Join(' ', counts.OrderBy(c => c.Key, StringComparer.Ordinal).Select(c => $"{c.Key}={c.Value}"));
     }
 }

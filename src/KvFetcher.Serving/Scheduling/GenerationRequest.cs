@@ -11,6 +11,9 @@ public sealed record GenerationRequest
     /// <summary>The tenant salt of the prompt's chunk keys (see <see cref="TenantSalts"/>).</summary>
     public string TenantSalt { get; init; } = "";
 
+    /// <summary>The tenant's name as the caller gave it (for logs; the salt above is what keys use).</summary>
+    public string Tenant { get; init; } = "";
+
     /// <summary>The most tokens to generate (at least 1).</summary>
     public int MaxTokens { get; init; } = 16;
 
@@ -77,6 +80,12 @@ public sealed record PrefillInfo
 
     /// <summary>From submission to the first token (the sum of the parts above).</summary>
     public TimeSpan TimeToFirstToken { get; init; }
+
+    /// <summary>Chunks restored per stored variant (e.g. raw: 3, video8: 9).</summary>
+    public IReadOnlyDictionary<string, int> Variants { get; init; } = new Dictionary<string, int>();
+
+    /// <summary>Stored chunks computed instead of restored, by reason (see <see cref="Fetch.Scheduling.RestoreReport.Fallbacks"/>).</summary>
+    public IReadOnlyDictionary<string, int> Fallbacks { get; init; } = new Dictionary<string, int>();
 }
 
 /// <summary>A finished generation.</summary>

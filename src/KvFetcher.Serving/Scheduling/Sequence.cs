@@ -59,6 +59,12 @@ internal sealed class Sequence
 
     public long Ready { get; set; }
 
+    /// <summary>When the last token was chosen (for the inter-token latency).</summary>
+    public long LastTokenAt { get; set; }
+
+    /// <summary>Bytes of KV cache the session holds (counted in the scheduler's KV memory in use).</summary>
+    public long KvBytes { get; set; }
+
     /// <summary>What the waiting queue fetched; null without reuse or when the prefix is fetched beside the engine.</summary>
     public RestoreReport? Restore { get; set; }
 

@@ -123,7 +123,7 @@ public sealed partial class RedisKvStore : IKvStore
                 throw;
             }
 
-            throw new KvStoreException($"Cannot connect to {description}: {ex.Message}", ex);
+            throw new KvStoreException($"Cannot connect to {description}: {Reason(ex)}", ex);
         }
     }
 
@@ -251,7 +251,7 @@ public sealed partial class RedisKvStore : IKvStore
         }
         catch (Exception ex) when (IsRedisFailure(ex))
         {
-            throw new KvStoreException($"Redis exists of {keys.Count} keys at {Description} failed: {ex.Message}", ex);
+            throw new KvStoreException($"Redis exists of {keys.Count} keys at {Description} failed: {Reason(ex)}", ex);
         }
 
         bool[] found = new bool[checks.Length];
@@ -312,7 +312,7 @@ public sealed partial class RedisKvStore : IKvStore
         }
         catch (Exception ex) when (IsRedisFailure(ex))
         {
-            throw new KvStoreException($"Redis INFO at {Description} failed: {ex.Message}", ex);
+            throw new KvStoreException($"Redis INFO at {Description} failed: {Reason(ex)}", ex);
         }
 
         long used = 0;
@@ -378,7 +378,32 @@ public sealed partial class RedisKvStore : IKvStore
         ex is RedisException or TimeoutException or IOException or SocketException;
 
     private KvStoreException Failure(string operation, ObjectKey key, Exception ex) =>
-        new($"Redis {operation} of '{key}' at {Description} failed: {ex.Message}", ex);
+        new($"Redis {operation} of '{key}' at {Description} failed: {Reason(ex)}", ex);
+
+    /// <summary>
+    /// Why a Redis call failed, in our words: the client's messages go on to advise changing the caller's code or
+    /// connection string (abortConnect) and append pages of diagnostics, which say nothing useful to our users.
+    /// </summary>
+    internal static string Reason(Exception ex) => ex switch
+    {
+        RedisConnectionException connection => connection.FailureType switch
+        {
+            ConnectionFailureType.AuthenticationFailure => "Redis refused the credentials (check the password in the connection string)",
+            ConnectionFailureType.UnableToConnect or ConnectionFailureType.UnableToResolvePhysicalConnection or ConnectionFailureType.SocketFailure
+                or ConnectionFailureType.SocketClosed or ConnectionFailureType.ConnectionDisposed => "Redis is not reachable (is redis-server running and listening there?)",
+            _ => $"the connection to Redis failed ({connection.FailureType})",
+        },
+        RedisTimeoutException or TimeoutException => "Redis did not answer in time",
+        SocketException socket => $"the connection to Redis failed ({socket.SocketErrorCode})",
+        _ => FirstSentence(ex.Message),
+    };
+
+    private static string FirstSentence(string message)
+    {
+        message = message.ReplaceLineEndings(" ");
+        int end = message.IndexOf(". ", StringComparison.Ordinal);
+        return end > 0 ? message[..end] : message.TrimEnd('.');
+    }
 
     private static int Milliseconds(TimeSpan value) => (int)Math.Min(int.MaxValue, Math.Ceiling(value.TotalMilliseconds));
 

@@ -7,6 +7,10 @@ using System.Security.Cryptography.X509Certificates;
 using System.Text.Json;
 using KvFetcher.Core.Containers;
 
+using KvFetcher.Store.Telemetry;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
 namespace KvFetcher.Store.Remote;
 
 /// <summary>
@@ -28,14 +32,18 @@ public sealed class HttpKvStore : IKvStore
     private readonly Version _version;
     private readonly HttpVersionPolicy _versionPolicy;
     private readonly X509Certificate2Collection? _trusted;
+    private readonly ILogger _logger;
     private long _corruptBodies;
     private int _disposed;
 
-    public HttpKvStore(HttpKvStoreOptions options)
+    /// <param name="options">The server, token, deadlines and retries.</param>
+    /// <param name="logger">Where retried attempts are logged; none by default.</param>
+    public HttpKvStore(HttpKvStoreOptions options, ILogger? logger = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         _options = options;
+        _logger = logger ?? NullLogger.Instance;
         string address = options.BaseAddress.AbsoluteUri;
         _base = new Uri(address.EndsWith('/') ? address : address + "/");
         Description = _base.AbsoluteUri.TrimEnd('/');
@@ -447,6 +455,7 @@ public sealed class HttpKvStore : IKvStore
 
             double jitter = 0.75 + (Random.Shared.NextDouble() * 0.5);
             TimeSpan backoff = TimeSpan.FromTicks((long)(Math.Min(s_firstBackoff.Ticks << (tried - 1), s_maxBackoff.Ticks) * jitter));
+            StoreLog.Retry(_logger, operation, tried, attempts, Description, backoff.TotalMilliseconds, failure.Message);
             await Task.Delay(backoff, cancellationToken);
         }
     }
@@ -464,7 +473,9 @@ public sealed class HttpKvStore : IKvStore
         string message = $"{Description}: {operation}: HTTP {code} {response.ReasonPhrase}{detail}";
         HttpStatusCode status = response.StatusCode;
         return StoreProtocol.MeansFull(status) ? new KvStoreFullException(message)
-            : StoreProtocol.MeansBadToken(status) ? new KvStoreException($"{message} (check the store token)")
+            : StoreProtocol.MeansBadToken(status) ? new KvStoreException(_client.DefaultRequestHeaders.Authorization is null
+                ? $"{message} (the store wants a token: set ${KvStores.TokenVariable} to the token it was started with)"
+                : $"{message} (check the store token)")
             : StoreProtocol.MeansRetry(status) ? new TransientStoreException(message)
             : new KvStoreException(message);
     }

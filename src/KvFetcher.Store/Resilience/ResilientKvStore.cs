@@ -1,5 +1,9 @@
 using System.Buffers;
 
+using KvFetcher.Store.Telemetry;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
 namespace KvFetcher.Store.Resilience;
 
 /// <summary>
@@ -10,7 +14,7 @@ namespace KvFetcher.Store.Resilience;
 /// the publisher) until a probe call after the break finds the store answering again. Lookups, reads of objects and
 /// writes have a breaker each (<see cref="Lookups"/>, <see cref="Reads"/>, <see cref="Writes"/>): a store that
 /// answers lookups but stalls every body is cut off for bodies, and a lookup's success does not hide that.
-/// <see cref="KvStores.OpenAsync"/> returns every store this way; the breaker is the one place that decides whether the
+/// <see cref="KvStores.OpenAsync(string, string?, long?, CancellationToken)"/> returns every store this way; the breaker is the one place that decides whether the
 /// store is worth asking.
 /// </summary>
 public sealed class ResilientKvStore : IKvStore
@@ -22,13 +26,15 @@ public sealed class ResilientKvStore : IKvStore
     private readonly ResilientKvStoreOptions _options;
     private readonly TimeProvider _time;
     private readonly bool _ownsInner;
+    private readonly ILogger _logger;
     private Task _backgroundProbe = Task.CompletedTask;
 
     /// <param name="inner">The store to protect.</param>
     /// <param name="options">Deadlines and breaker settings.</param>
     /// <param name="timeProvider">The clock (tests pass a fake one).</param>
     /// <param name="ownsInner">Whether disposing this store disposes <paramref name="inner"/>.</param>
-    public ResilientKvStore(IKvStore inner, ResilientKvStoreOptions? options = null, TimeProvider? timeProvider = null, bool ownsInner = true)
+    /// <param name="logger">Where the breakers' openings and closings are logged; none by default.</param>
+    public ResilientKvStore(IKvStore inner, ResilientKvStoreOptions? options = null, TimeProvider? timeProvider = null, bool ownsInner = true, ILogger? logger = null)
     {
         ArgumentNullException.ThrowIfNull(inner);
         options ??= new ResilientKvStoreOptions();
@@ -37,6 +43,7 @@ public sealed class ResilientKvStore : IKvStore
         _options = options;
         _time = timeProvider ?? TimeProvider.System;
         _ownsInner = ownsInner;
+        _logger = logger ?? NullLogger.Instance;
         Lookups = new CircuitBreaker(options.Breaker, _time);
         Reads = new CircuitBreaker(options.Breaker, _time);
         Writes = new CircuitBreaker(options.Breaker, _time);
@@ -133,7 +140,7 @@ public sealed class ResilientKvStore : IKvStore
         }
         finally
         {
-            Lookups.Exit(probe: true, outcome, reason);
+            Exit(Lookups, "lookup", probe: true, outcome, reason);
         }
     }
 
@@ -200,7 +207,22 @@ public sealed class ResilientKvStore : IKvStore
         finally
         {
             deadline?.Dispose();
-            breaker.Exit(probe, outcome, reason);
+            Exit(breaker, operation, probe, outcome, reason);
+        }
+    }
+
+    // Leaves the breaker, logging when the call opened it or a probe closed it.
+    private void Exit(CircuitBreaker breaker, string operation, bool probe, CallOutcome outcome, string? reason)
+    {
+        long opened = breaker.TimesOpened;
+        breaker.Exit(probe, outcome, reason);
+        if (breaker.TimesOpened != opened)
+        {
+            StoreLog.CircuitOpened(_logger, Description, operation, reason ?? "?");
+        }
+        else if (probe && outcome == CallOutcome.Success)
+        {
+            StoreLog.CircuitClosed(_logger, Description, operation);
         }
     }
 }

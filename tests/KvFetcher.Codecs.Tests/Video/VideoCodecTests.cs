@@ -18,7 +18,7 @@ public class VideoCodecTests(ITestOutputHelper output)
     [InlineData(4, VideoLayoutKind.ChannelRows)]
     public void FrameMapAndScales_AsAnOutsideDecoderUsesThem_ReproduceDecodeBitForBit(int level, VideoLayoutKind layout)
     {
-        // What the GPU restore kernel does with NVDEC's frames (video_restore in Kernels.cu), done here on the CPU:
+        // What the GPU restore kernel does with NVDEC's frames (video_restore in Cuda/Gpu/Kernels/Restore.cuh), done here on the CPU:
         // value = min + q * step in fp32 at layerOffsets[l] + tokenOffsets[t] + channelOffsets[c], rounded to fp16.
         var codec = new VideoCodec(layout);
         (byte[] kv, KvShape shape) = RealKv.Chunk(512, 256, DType.Float16);

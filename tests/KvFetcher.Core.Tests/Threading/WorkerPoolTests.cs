@@ -83,11 +83,83 @@ public class WorkerPoolTests
         }
 
         long before = GC.GetAllocatedBytesForCurrentThread();
+        long workersBefore = pool.WorkerAllocatedBytes;
         for (int i = 0; i < 1000; i++)
         {
             pool.For(64, work);
         }
 
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        Assert.Equal(0, pool.WorkerAllocatedBytes - workersBefore);
+    }
+
+    [Fact]
+    public void WorkerAllocatedBytes_WorkThatAllocates_CountsTheWorkersShare()
+    {
+        using var pool = new WorkerPool(2);
+        var work = new AllocatingWork();
+        for (int i = 0; i < 200 && pool.WorkerAllocatedBytes == 0; i++)
+        {
+            pool.For(64, work);
+        }
+
+        Assert.True(pool.WorkerAllocatedBytes >= 1024, $"{pool.WorkerAllocatedBytes} bytes counted");
+    }
+
+    private sealed class AllocatingWork : IParallelWork
+    {
+        public object? Last { get; private set; }
+
+        public void Execute(int index)
+        {
+            Last = new byte[1024];
+            Thread.SpinWait(100);
+        }
+    }
+
+    [Fact]
+    public void OnEachThread_RunsEveryIndexOnceOnItsOwnThread()
+    {
+        using var pool = new WorkerPool(3);
+        var work = new ThreadRecordingWork(3);
+        for (int round = 0; round < 50; round++)
+        {
+            pool.OnEachThread(work);
+            Assert.Equal([1, 1, 1], work.Hits);
+            Assert.Equal(Environment.CurrentManagedThreadId, work.Threads[0]);
+            Assert.Equal(3, work.Threads.Distinct().Count());
+            work.Reset();
+        }
+
+        pool.For(100, work); // an ordinary dispatch afterwards still runs every index
+        Assert.Equal(100, work.Total);
+    }
+
+    private sealed class ThreadRecordingWork(int threads) : IParallelWork
+    {
+        public int[] Hits { get; } = new int[threads];
+
+        public int[] Threads { get; } = new int[threads];
+
+        public int Total => _total;
+
+        private int _total;
+
+        public void Execute(int index)
+        {
+            Interlocked.Increment(ref _total);
+            if (index < Hits.Length)
+            {
+                Interlocked.Increment(ref Hits[index]);
+                Threads[index] = Environment.CurrentManagedThreadId;
+            }
+        }
+
+        public void Reset()
+        {
+            Array.Clear(Hits);
+            Array.Clear(Threads);
+            _total = 0;
+        }
     }
 }

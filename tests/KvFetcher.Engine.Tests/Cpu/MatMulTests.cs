@@ -9,12 +9,14 @@ namespace KvFetcher.Engine.Tests.Cpu;
 
 /// <summary>
 /// Checks every path of <see cref="MatMul"/> (each instruction set, dtype, GEMV and GEMM, edge sizes, bias) against
-/// a double-precision reference. Tests in one class run one at a time, so flipping <see cref="MatMul.Isa"/> is safe.
+/// a double-precision reference. <see cref="MatMul.Isa"/> is process-wide, so these tests run in the serial
+/// <see cref="KernelSwitchGroup"/>: no other test's model runs while they flip it.
 /// </summary>
+[Collection(nameof(KernelSwitchGroup))]
 public sealed unsafe class MatMulTests : IDisposable
 {
     /// <summary>All work on the calling thread, so that its allocation counter sees everything MatMul does.</summary>
-    /// <remarks>Never disposed: it has no threads (and WorkerPool.Dispose currently throws for concurrency 1).</remarks>
+    /// <remarks>Never disposed: it has no threads.</remarks>
     private static readonly WorkerPool s_callerOnly = new(1);
 
     private readonly WorkerPool _pool = new(3);
@@ -191,15 +193,20 @@ public sealed unsafe class MatMulTests : IDisposable
         MatMul.Multiply(x, n, K, w.Values, Out, y, s_callerOnly);
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
 
-        // On several threads too: 20 calls may cost the pool's one-time lazily made wait object, nothing per call.
-        MatMul.Multiply(x, n, w.Tensor, y, _pool, bias);
+        // On several threads too: the caller may pay the pool's one-time lazily made wait object, nothing per call.
+        // Every worker's scratch made up front (as the engine does when it loads a model): no product allocates after.
+        MatMul.PrepareThreads(_pool);
+        var trace = new List<long>(32);
         before = GC.GetAllocatedBytesForCurrentThread();
+        long workersBefore = _pool.WorkerAllocatedBytes;
         for (int i = 0; i < 20; i++)
         {
             MatMul.Multiply(x, n, w.Tensor, y, _pool, bias);
+            trace.Add(_pool.WorkerAllocatedBytes);
         }
 
         Assert.InRange(GC.GetAllocatedBytesForCurrentThread() - before, 0, 64);
+        Assert.True(_pool.WorkerAllocatedBytes == workersBefore, $"workers' allocated bytes after each call: {string.Join(", ", trace)}");
     }
 
     [Fact]

@@ -8,6 +8,7 @@ using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Serving.Scheduling;
 using KvFetcher.Store.Disk;
 using KvFetcher.Store.Shaping;
+using KvFetcher.Tests;
 
 namespace KvFetcher.Serving.Tests.Scheduling;
 
@@ -77,9 +78,9 @@ public sealed class BatchedReuseTests(ServingFixture fixture) : IClassFixture<Se
         Assert.Equal(fetched * 256, answer.ReusedTokens);
         Assert.InRange(meeting, 0, stored);
         Assert.Equal(fetched, fetched == 0 ? 0 : usage.GetProperty("variants").GetProperty("raw").GetInt32());
-        string metrics = server.Engine.Metrics.Format();
-        Assert.Contains($"kvfetch_llm_reuse_fetched_chunks_total {fetched}\n", metrics, StringComparison.Ordinal);
-        Assert.Contains("kvfetch_llm_reuse_computed_chunks_total ", metrics, StringComparison.Ordinal);
+        var metrics = MetricsScrape.Parse(await server.Http.GetStringAsync("metrics", TestContext.Current.CancellationToken));
+        Assert.Equal(fetched, metrics.Value("kvfetch_llm_reuse_fetched_chunks_total"));
+        Assert.NotNull(metrics.Value("kvfetch_llm_reuse_computed_chunks_total"));
     }
 
     [Fact]

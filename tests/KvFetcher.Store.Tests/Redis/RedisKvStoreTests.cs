@@ -268,7 +268,12 @@ public abstract class RedisKvStoreTests(RedisFixture fixture) : IAsyncLifetime
         var options = new RedisKvStoreOptions { ConnectionString = $"127.0.0.1:{port}", ConnectTimeout = TimeSpan.FromMilliseconds(500) };
         await using RedisKvStore store = await RedisKvStore.ConnectAsync(options, Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
         Assert.False(store.IsConnected);
-        await Assert.ThrowsAsync<KvStoreException>(async () => await store.ExistsAsync([ObjectKey.Parse("absent.raw0")], Ct));
+        KvStoreException ex = await Assert.ThrowsAsync<KvStoreException>(async () => await store.ExistsAsync([ObjectKey.Parse("absent.raw0")], Ct));
+        // In our words, on one line: no advice from the client library about "your code" or abortConnect.
+        Assert.Contains("not reachable", ex.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("your code", ex.Message, StringComparison.OrdinalIgnoreCase);
+        Assert.DoesNotContain("abortConnect", ex.Message, StringComparison.OrdinalIgnoreCase);
+        Assert.DoesNotContain('\n', ex.Message);
     }
 
     [Theory]

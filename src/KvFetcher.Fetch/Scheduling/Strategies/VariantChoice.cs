@@ -1,3 +1,4 @@
+using KvFetcher.Fetch.Calibration;
 using KvFetcher.Fetch.Fetching;
 
 namespace KvFetcher.Fetch.Scheduling.Strategies;
@@ -6,7 +7,8 @@ namespace KvFetcher.Fetch.Scheduling.Strategies;
 /// <param name="QualitySlack">How much predicted time is given up for a more accurate variant (0.05 = 5%).</param>
 /// <param name="LosslessOnly">Only lossless variants may be fetched.</param>
 /// <param name="DecodeWorkers">Decode workers per request (decode time per chunk divides among them).</param>
-internal sealed record VariantChoiceOptions(double QualitySlack, bool LosslessOnly, int DecodeWorkers);
+/// <param name="Floor">The accuracy floor's verdicts for the model: only variants it allows may be fetched (null: no floor).</param>
+internal sealed record VariantChoiceOptions(double QualitySlack, bool LosslessOnly, int DecodeWorkers, FloorDecision? Floor = null);
 
 /// <summary>
 /// The one definition of a chunk's predicted fetch cost and of the variant-choice rule, used by every strategy that picks
@@ -28,9 +30,13 @@ internal sealed class VariantChoice(FetchRates rates, int chunkBytes, VariantCho
         return (Math.Max(transfer, Math.Max(decode / options.DecodeWorkers, restore)), decode, restore);
     }
 
-    /// <summary>Whether the request may fetch ladder variant <paramref name="ladderIndex"/> of <paramref name="chunk"/>: stored, and lossless if only lossless ones may be.</summary>
+    /// <summary>
+    /// Whether the request may fetch ladder variant <paramref name="ladderIndex"/> of <paramref name="chunk"/>: stored,
+    /// lossless if only lossless ones may be, and within the accuracy floor.
+    /// </summary>
     public bool MayFetch(ChunkBoard board, int chunk, int ladderIndex) =>
-        board.Has(chunk, ladderIndex) && (!options.LosslessOnly || board.Ladder[ladderIndex].IsLossless);
+        board.Has(chunk, ladderIndex) && (!options.LosslessOnly || board.Ladder[ladderIndex].IsLossless) &&
+        (options.Floor is null || options.Floor.Allows(board.Ladder[ladderIndex]));
 
     /// <summary>
     /// The rule: the ladder index of the most accurate variant whose <paramref name="scores"/> entry is within the slack

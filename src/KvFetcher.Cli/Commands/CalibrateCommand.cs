@@ -1,0 +1,94 @@
+using System.CommandLine;
+using System.Globalization;
+using KvFetcher.Core;
+using KvFetcher.Engine;
+using KvFetcher.Fetch;
+using KvFetcher.Fetch.Calibration;
+
+namespace KvFetcher.Cli.Commands;
+
+/// <summary>
+/// <c>kvfetch calibrate --model DIR</c>: measures every codec variant on held-out text of the model (ratio, top-1
+/// agreement, perplexity change, greedy match, encode/decode rates) and writes <c>DIR/kvfetcher-profile.json</c>, which
+/// the accuracy floor reads: lossy variants are fetched only where this profile shows they pass it.
+/// </summary>
+internal static class CalibrateCommand
+{
+    public static Command Create()
+    {
+        Option<string?> model = CliOptions.Model();
+        Option<string?> documents = new("--documents") { Description = "Sample text: folders of *.txt files or files, comma-separated (default: data/heldout and data/heldout-code of the enclosing checkout)." };
+        Option<int> maxDocuments = new("--max-documents") { Description = "Documents to measure (taken in turn from each source).", DefaultValueFactory = _ => 20 };
+        Option<int> prefix = new("--prefix") { Description = "Tokens of each document whose KV is encoded and restored (whole chunks).", DefaultValueFactory = _ => 1024 };
+        Option<int> continuation = new("--continuation") { Description = "Tokens scored after the prefix (teacher-forced).", DefaultValueFactory = _ => 256 };
+        Option<int> greedy = new("--greedy") { Description = "Greedy tokens compared after the prefix.", DefaultValueFactory = _ => 32 };
+        Option<string?> variants = new("--variants") { Description = "Variants to measure, comma-separated (default: every level of every codec that runs here)." };
+        Option<string?> output = new("--output", "-o") { Description = "Where to write the profile (default: kvfetcher-profile.json in the model directory)." };
+        Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        var command = new Command("calibrate", "Measure every codec variant's accuracy and rates on this model and write its calibration profile next to it.")
+        {
+            model, documents, maxDocuments, prefix, continuation, greedy, variants, output, threads,
+        };
+        command.SetAction(parse => CliOptions.Run(parse, () =>
+        {
+            string directory = CliOptions.ResolveModel(parse.GetValue(model));
+            var evaluation = new AccuracyEvaluationOptions
+            {
+                PrefixTokens = parse.GetValue(prefix),
+                ContinuationTokens = parse.GetValue(continuation),
+                GreedyTokens = parse.GetValue(greedy),
+            };
+            evaluation.Validate();
+            IReadOnlyList<KvVariant> ladder = parse.GetValue(variants) is { } list
+                ? [.. list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(KvVariant.Parse)]
+                : Calibrator.AllVariants();
+            IReadOnlyList<string> sources = parse.GetValue(documents) is { } given
+                ? given.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                : DefaultDocuments();
+            using LanguageModel lm = LanguageModel.Open(directory, new LanguageModelOptions { KvStorageDType = DType.Float16, Threads = parse.GetValue(threads) });
+            int needed = evaluation.PrefixTokens + evaluation.ContinuationTokens;
+            IReadOnlyList<EvaluationDocument> docs = EvaluationDocuments.Load(lm.Tokenizer, sources, needed, parse.GetValue(maxDocuments));
+            if (docs.Count == 0)
+            {
+                throw new ArgumentException($"No document in {string.Join(", ", sources)} has the {needed} tokens a measurement needs.");
+            }
+
+            Console.Error.WriteLine($"kvfetch calibrate: {Path.GetFileName(directory)}, {docs.Count} documents from {string.Join(", ", sources)}; {ladder.Count} variants: {string.Join(", ", ladder)}");
+            CalibrationProfile profile = Calibrator.Measure(lm, docs, ladder, evaluation,
+                (d, _) => Console.Error.WriteLine($"  [{d + 1}/{docs.Count}] {Path.GetFileName(docs[d].Path)}"));
+            string path = parse.GetValue(output) ?? CalibrationProfile.PathIn(directory);
+            profile.Save(path);
+            Print(profile);
+            Console.Out.WriteLine($"wrote {path} (model {profile.ModelFingerprint[..16]}...)");
+            foreach (string line in AccuracyFloor.Default.Decide(ladder, profile, lm.Fingerprint).Describe())
+            {
+                Console.Out.WriteLine(line);
+            }
+
+            return 0;
+        }));
+        return command;
+    }
+
+    private static IReadOnlyList<string> DefaultDocuments()
+    {
+        IReadOnlyList<string> found = EvaluationDocuments.FindHeldOut(Directory.GetCurrentDirectory());
+        if (found.Count == 0)
+        {
+            found = EvaluationDocuments.FindHeldOut(AppContext.BaseDirectory);
+        }
+
+        return found.Count > 0 ? found : throw new ArgumentException("No data/heldout folder was found above the current folder or the executable; pass --documents.");
+    }
+
+    private static void Print(CalibrationProfile profile)
+    {
+        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{"variant",-10} {"ratio",6} {"top-1",8} {"ppl change",11} {"greedy",8} {"enc MB/s",9} {"dec MB/s",9}"));
+        foreach (ProfiledVariant v in profile.Variants)
+        {
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{v.Variant,-10} {v.RatioVsFp16,6:F2} {100 * v.Top1Agreement,7:F2}% {100 * v.PerplexityChange,10:+0.000;-0.000}% {100 * v.GreedyMatch,7:F1}% {v.EncodeMBps,9:F0} {v.DecodeMBps,9:F0}"));
+        }
+    }
+}
