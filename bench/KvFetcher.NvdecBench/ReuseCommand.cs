@@ -7,6 +7,7 @@ using KvFetcher.Core;
 using KvFetcher.Cuda;
 using KvFetcher.Engine.Model;
 using KvFetcher.Fetch;
+using KvFetcher.Fetch.Calibration;
 using KvFetcher.Fetch.Restoring;
 using KvFetcher.Fetch.Scheduling;
 using KvFetcher.Runtime;
@@ -54,6 +55,16 @@ internal static class ReuseCommand
         }
 
         var reuse = new ReuseOptions { DecodeWorkers = 12, TransfersInFlight = 4, PublishWorkers = 12, MaxBufferedBytes = 1L << 30 };
+
+        // The accuracy floor as serving applies it: lossy variants only where the bundled model's calibration profile
+        // (committed next to it, checked against its fingerprint) shows they pass the default floor.
+        CalibrationProfile? profile = CalibrationProfile.TryLoadFrom(bundledDirectory, out string? problem);
+        FloorDecision floor = AccuracyFloor.Default.Decide(new TtftSweepOptions().Ladder, profile, model.Fingerprint, problem);
+        foreach (string line in floor.Describe())
+        {
+            Console.WriteLine($"bundled model: {line}");
+        }
+
         if (!args.Contains("--skip-bundled"))
         {
             TtftSweepResult result = await TtftSweep.RunAsync(model, new TtftSweepOptions
@@ -83,6 +94,12 @@ internal static class ReuseCommand
                     MaxStepTokens = 4096,
                 }));
             Console.WriteLine($"llama-3-8b shape: {big.Choice}");
+
+            // Its stored chunks are the bundled model's real KV, so the bundled model's measured accuracy is what a lossy
+            // variant of them costs: the trusted profile is bound to this model's fingerprint (none or stale: lossless).
+            ReuseOptions largeReuse = floor.ProfileTrusted
+                ? reuse with { Profile = profile! with { ModelFingerprint = big.Model.Fingerprint.ToString() } }
+                : reuse;
             if (args.Contains("--decoders"))
             {
                 DecoderRates(big, pool, Path.Combine(output, "gpu-decoder-rates.txt"));
@@ -114,7 +131,7 @@ internal static class ReuseCommand
                     return Task.CompletedTask;
                 },
                 Restorer = big.Restorer,
-                Reuse = reuse,
+                Reuse = largeReuse,
                 Log = Console.WriteLine,
             });
             Write(result, Path.Combine(output, $"ttft-gpu-llama3-8b-{string.Join('-', large)}.json"));
