@@ -208,7 +208,7 @@ internal static class KvStatsBenchmark
         for (int l = 0; l < layers.Length; l++)
         {
             LayerStats s = layers[l];
-            text.AppendLine(Invariant($"| {l} | {s.Keys.ChannelError:F4} | {s.Keys.TokenError:F4} | {s.PreRopeKeys.ChannelError:F4} | {s.Values.ChannelError:F4} | {s.Values.TokenError:F4} | {100 * s.SinkToken0:F1}% | {100 * s.SinkFirst4:F1}% | {100 * s.PerplexityChange(8):+0.000;-0.000}% | {100 * s.PerplexityChange(4):+0.000;-0.000}% |"));
+            text.AppendLine(Invariant($"| {l} | {s.Keys.ChannelError:F4} | {s.Keys.TokenError:F4} | {s.PreRopeKeys.ChannelError:F4} | {s.Values.ChannelError:F4} | {s.Values.TokenError:F4} | {100 * s.SinkToken0:F1}% | {100 * s.SinkFirst4:F1}% | {100 * s.PerplexityChange(8):+0.000;-0.000;0.000}% | {100 * s.PerplexityChange(4):+0.000;-0.000;0.000}% |"));
         }
 
         return text.ToString();

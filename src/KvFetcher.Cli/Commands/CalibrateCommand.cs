@@ -88,7 +88,7 @@ internal static class CalibrateCommand
         foreach (ProfiledVariant v in profile.Variants)
         {
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{v.Variant,-10} {v.RatioVsFp16,6:F2} {100 * v.Top1Agreement,7:F2}% {100 * v.PerplexityChange,10:+0.000;-0.000}% {100 * v.GreedyMatch,7:F1}% {v.EncodeMBps,9:F0} {v.DecodeMBps,9:F0}"));
+                $"{v.Variant,-10} {v.RatioVsFp16,6:F2} {100 * v.Top1Agreement,7:F2}% {100 * v.PerplexityChange,10:+0.000;-0.000;0.000}% {100 * v.GreedyMatch,7:F1}% {v.EncodeMBps,9:F0} {v.DecodeMBps,9:F0}"));
         }
     }
 }
