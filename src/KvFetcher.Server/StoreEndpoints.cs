@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.IO.Pipelines;
 using System.Text;
 using System.Text.Json;
 using KvFetcher.Core.Containers;
@@ -69,13 +70,12 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         }
 
         HttpResponse response = context.Response;
-        using var body = new PooledBodyBuffer();
+        PipeWriter body = response.BodyWriter;
         StoreRead read;
         try
         {
-            // The store verifies the object into a pooled buffer first: nothing unverified is sent, a corrupt object
-            // is still a clean 404, and the length is known before the first byte, so the answer carries
-            // Content-Length and Kestrel streams it instead of holding the body until the handler returns.
+            // The store verifies the object and writes it straight into the response; Kestrel holds it until the
+            // handler returns, so the status and Content-Length set below still go out first.
             read = await store.GetAsync(key, body, range, context.RequestAborted);
         }
         catch (ArgumentException) when (ranged)
@@ -107,9 +107,6 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         }
 
         metrics.AddSent(read.BytesWritten);
-        // Awaited before the buffer goes back to the pool (the using above): Kestrel copies it into its output pipe
-        // and the await ends once the pipe has drained below its limit.
-        await response.BodyWriter.WriteAsync(body.WrittenMemory, context.RequestAborted);
     }
 
     private async Task HeadAsync(HttpContext context)
