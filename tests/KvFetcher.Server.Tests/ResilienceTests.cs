@@ -37,6 +37,27 @@ public sealed class ResilienceTests
     }
 
     [Fact]
+    public async Task Get_RawRequestForCorruptedFile_Answers404WithoutItsBytes()
+    {
+        // Through a plain HttpClient, which verifies nothing: the server itself must refuse to serve the object.
+        await using ServerHarness harness = await ServerHarness.StartAsync();
+        await using HttpKvStore client = harness.Client();
+        using HttpClient raw = harness.Raw();
+        ObjectKey key = TestObjects.KeyFor("rotting-raw");
+        byte[] container = TestObjects.Container(key, 1 << 20, 1);
+        await client.PutAsync(key, container, Ct);
+        string file = harness.ObjectPath(key);
+        byte[] onDisk = await File.ReadAllBytesAsync(file, Ct);
+        onDisk[onDisk.Length / 2] ^= 0x10;
+        await File.WriteAllBytesAsync(file, onDisk, Ct);
+
+        using HttpResponseMessage response = await raw.GetAsync($"/v1/objects/{key}", Ct);
+        Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+        Assert.True((await response.Content.ReadAsByteArrayAsync(Ct)).Length < 100);
+        Assert.Equal(1, (await client.GetStatsAsync(Ct)).CorruptObjects);
+    }
+
+    [Fact]
     public async Task Get_RangeOfCorruptedFile_MissNeverWrongData()
     {
         await using ServerHarness harness = await ServerHarness.StartAsync();

@@ -26,6 +26,24 @@ public sealed class StoreServerTests
     }
 
     [Fact]
+    public async Task Get_WholeObject_AnswersContentLengthOfObjectNotChunked()
+    {
+        await using ServerHarness harness = await ServerHarness.StartAsync();
+        await using HttpKvStore client = harness.Client();
+        using HttpClient raw = harness.Raw();
+        ObjectKey key = TestObjects.KeyFor("known-length");
+        byte[] container = TestObjects.Container(key, 1 << 20, seed: 4);
+        await client.PutAsync(key, container, Ct);
+
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"/v1/objects/{key}");
+        using HttpResponseMessage response = await raw.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(container.Length, response.Content.Headers.ContentLength);
+        Assert.NotEqual(true, response.Headers.TransferEncodingChunked);
+        Assert.Equal(container, await response.Content.ReadAsByteArrayAsync(Ct));
+    }
+
+    [Fact]
     public async Task Get_RawRange_Answers206WithContentRange()
     {
         await using ServerHarness harness = await ServerHarness.StartAsync();
