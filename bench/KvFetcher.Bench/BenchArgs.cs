@@ -25,5 +25,5 @@ internal static class BenchArgs
     }
 
     /// <summary>The bundled model of the checkout.</summary>
-    public static string BundledModel() => Path.Combine(RepositoryRoot(), "models", "kvf-pydoc-16m");
+    public static string BundledModel() => Path.Combine(RepositoryRoot(), "models", "kvf-code-32l");
 }

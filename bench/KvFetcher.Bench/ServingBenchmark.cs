@@ -236,7 +236,7 @@ internal static class ServingBenchmark
     {
         var body = new JsonObject
         {
-            ["model"] = "kvf-pydoc-16m",
+            ["model"] = "kvf-code-32l",
             ["messages"] = new JsonArray(new JsonObject { ["role"] = "system", ["content"] = document }, new JsonObject { ["role"] = "user", ["content"] = question }),
             ["max_tokens"] = maxTokens,
             ["temperature"] = 0,

@@ -63,7 +63,7 @@ internal static class VideoAblation
             }
         }
 
-        Console.WriteLine($"Video layout ablation, kvf-pydoc-16m fp16 KV, {documents} held-out documents x {prefix / ChunkTokens} chunks of {ChunkTokens} tokens; x smaller than fp16 (payload only, no scales)");
+        Console.WriteLine($"Video layout ablation, kvf-code-32l fp16 KV, {documents} held-out documents x {prefix / ChunkTokens} chunks of {ChunkTokens} tokens; x smaller than fp16 (payload only, no scales)");
         Console.WriteLine($"{"layout / bits",-22} {"quantized",10} {"+ intra",10} {"+ inter",10}");
         foreach (string name in sizes.Keys.Select(k => k.Split('|')[0]).Distinct())
         {

@@ -23,7 +23,7 @@ internal static class PrepareCommand
         int document = Args.Int(args, "--document", 0);
         (int ChunkTokens, int Chunks, int[] Levels)[] plan = ParsePlan(Args.Option(args, "--plan") ?? "256x2:12,10,8,4;1024x1:8,4;2048x1:8");
         int tokens = plan.Max(p => p.ChunkTokens * p.Chunks);
-        using LanguageModel model = LanguageModel.Open(Path.Combine(repo, "models", "kvf-pydoc-16m"), new LanguageModelOptions { KvStorageDType = DType.Float16 });
+        using LanguageModel model = LanguageModel.Open(Path.Combine(repo, "models", "kvf-code-32l"), new LanguageModelOptions { KvStorageDType = DType.Float16 });
         var streams = new List<BenchStream>();
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();

@@ -40,7 +40,7 @@ internal static class ReuseCommand
         Directory.CreateDirectory(output);
         double[] bandwidths = [.. Args.Ints(args, "--bandwidths", [1000, 4000, 8000, 16000, 40000]).Select(b => (double)b)];
         int[] large = Args.Ints(args, "--large", [4096]);
-        string bundledDirectory = Path.Combine(repo, "models", "kvf-pydoc-16m");
+        string bundledDirectory = Path.Combine(repo, "models", "kvf-code-32l");
         string documents = Path.Combine(repo, "data", "heldout");
 
         using LocalEngine bundled = LocalEngine.Open(bundledDirectory, new LocalEngineOptions { Kind = EngineKind.Cuda });

@@ -7,7 +7,7 @@ namespace KvFetcher.Cli;
 /// <summary>Options shared by several commands, and the one place that turns failures into exit codes.</summary>
 internal static class CliOptions
 {
-    public const string BundledModelName = "kvf-pydoc-16m";
+    public const string BundledModelName = "kvf-code-32l";
 
     public static readonly Option<bool> Verbose = new("--verbose", "-v")
     {

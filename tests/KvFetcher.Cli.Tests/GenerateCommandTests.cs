@@ -7,7 +7,7 @@ public class GenerateCommandTests
     {
         (int exit, string output, string error) = KvFetchProcess.Run("generate", "--prompt", "The json module", "--max-tokens", "8");
         Assert.True(exit == 0, error);
-        Assert.StartsWith("kvf-pydoc-16m", output, StringComparison.Ordinal);
+        Assert.StartsWith("kvf-code-32l", output, StringComparison.Ordinal);
         Assert.Contains("The json module", output, StringComparison.Ordinal);
         Assert.Contains("tok/s", output, StringComparison.Ordinal);
         Assert.Contains("TTFT", output, StringComparison.Ordinal);
@@ -41,7 +41,7 @@ public class GenerateCommandTests
         string dir = Directory.CreateTempSubdirectory("kvfetch-corrupt-").FullName;
         try
         {
-            string bundled = Path.Combine(AppContext.BaseDirectory, "models", "kvf-pydoc-16m");
+            string bundled = Path.Combine(AppContext.BaseDirectory, "models", "kvf-code-32l");
             foreach (string file in Directory.GetFiles(bundled))
             {
                 File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));

@@ -15,7 +15,7 @@ public sealed class KeysAndInspectTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static string BundledModel => Path.Combine(AppContext.BaseDirectory, "models", "kvf-pydoc-16m");
+    private static string BundledModel => Path.Combine(AppContext.BaseDirectory, "models", "kvf-code-32l");
 
     private string WriteText()
     {

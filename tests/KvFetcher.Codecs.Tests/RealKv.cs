@@ -14,7 +14,7 @@ internal static class RealKv
 
     public static string RepositoryRoot => KvFetcher.Tests.Repository.Root;
 
-    public static string BundledModel => Path.Combine(RepositoryRoot, "models", "kvf-pydoc-16m");
+    public static string BundledModel => Path.Combine(RepositoryRoot, "models", "kvf-code-32l");
 
     /// <summary>The bundled model (shared; do not dispose).</summary>
     public static LanguageModel Model => s_data.Value.Model;
@@ -40,7 +40,7 @@ internal static class RealKv
     private static (float[], int, LanguageModel, int[]) Compute()
     {
         LanguageModel model = LanguageModel.Open(BundledModel);
-        using JsonDocument json = JsonDocument.Parse(File.ReadAllText(Path.Combine(RepositoryRoot, "tests", "TestData", "fixtures", "kvf-pydoc-16m", "fixture.json")));
+        using JsonDocument json = JsonDocument.Parse(File.ReadAllText(Path.Combine(RepositoryRoot, "tests", "TestData", "fixtures", "kvf-code-32l", "fixture.json")));
         int[] ids = json.RootElement.GetProperty("prompts").EnumerateArray()
             .Select(p => p.GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray())
             .OrderByDescending(a => a.Length).First();

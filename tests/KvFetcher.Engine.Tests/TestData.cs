@@ -3,7 +3,7 @@ namespace KvFetcher.Engine.Tests;
 /// <summary>Where the golden data lives: tests/TestData and the bundled model under models/.</summary>
 internal static class TestData
 {
-    public const string BundledModelName = "kvf-pydoc-16m";
+    public const string BundledModelName = "kvf-code-32l";
 
     public static string RepositoryRoot => KvFetcher.Tests.Repository.Root;
 

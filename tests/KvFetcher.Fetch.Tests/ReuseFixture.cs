@@ -14,7 +14,7 @@ public sealed class ReuseFixture : IDisposable
 
     public ReuseFixture()
     {
-        Model = LanguageModel.Open(Path.Combine(Repository.Root, "models", "kvf-pydoc-16m"), new LanguageModelOptions { KvStorageDType = DType.Float16 });
+        Model = LanguageModel.Open(Path.Combine(Repository.Root, "models", "kvf-code-32l"), new LanguageModelOptions { KvStorageDType = DType.Float16 });
         string document = Directory.GetFiles(Path.Combine(Repository.Root, "data", "heldout"), "*.txt").Order(StringComparer.Ordinal).First();
         Tokens = Model.Tokenizer.Encode(File.ReadAllText(document))[..PromptTokens];
         InferenceSession session = Model.CreateSession(PromptTokens);

@@ -52,7 +52,7 @@ public sealed class ChatClientTests(ServingFixture fixture) : IClassFixture<Serv
         Assert.NotNull(usage);
         Assert.True(usage.CachedInputTokenCount >= 3 * 256, $"cached {usage.CachedInputTokenCount}");
         Assert.Equal(usage.CachedInputTokenCount, usage.AdditionalCounts!["kvfetcher.reused_tokens"]);
-        Assert.Equal("kvf-pydoc-16m", client.GetService<ChatClientMetadata>()!.DefaultModelId);
+        Assert.Equal("kvf-code-32l", client.GetService<ChatClientMetadata>()!.DefaultModelId);
     }
 
     [Fact]

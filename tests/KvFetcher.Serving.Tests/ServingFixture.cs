@@ -15,7 +15,7 @@ public sealed class ServingFixture : IDisposable
 {
     public ServingFixture()
     {
-        ModelDirectory = Path.Combine(Repository.Root, "models", "kvf-pydoc-16m");
+        ModelDirectory = Path.Combine(Repository.Root, "models", "kvf-code-32l");
         Model = LanguageModel.Open(ModelDirectory, new LanguageModelOptions { KvStorageDType = DType.Float16 });
         string path = Directory.GetFiles(Path.Combine(Repository.Root, "data", "heldout"), "*.txt").Order(StringComparer.Ordinal).First();
         // About 880 tokens of documentation: three full chunks and a suffix.
@@ -28,7 +28,7 @@ public sealed class ServingFixture : IDisposable
 
     public string Document { get; }
 
-    public const string ModelId = "kvf-pydoc-16m";
+    public const string ModelId = "kvf-code-32l";
 
     /// <summary>The prompt tokens the servers compute for a conversation (the bundled model has the plain template).</summary>
     public int[] ChatTokens(params ChatTurn[] turns) => Model.Tokenizer.Encode(ChatTemplate.Plain.Render(turns), ChatTemplate.Plain.AddSpecialTokens);

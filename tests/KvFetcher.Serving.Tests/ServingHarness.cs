@@ -72,7 +72,7 @@ internal sealed class LlmHarness : IAsyncDisposable
             messages.Add(new JsonObject { ["role"] = turn.Role, ["content"] = turn.Content });
         }
 
-        var body = new JsonObject { ["model"] = "kvf-pydoc-16m", ["messages"] = messages, ["max_tokens"] = maxTokens, ["temperature"] = 0 };
+        var body = new JsonObject { ["model"] = "kvf-code-32l", ["messages"] = messages, ["max_tokens"] = maxTokens, ["temperature"] = 0 };
         using HttpResponseMessage response = await PostAsync("v1/chat/completions", body.ToJsonString(), apiKey, tenant);
         string text = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
         Assert.True(response.IsSuccessStatusCode, $"{(int)response.StatusCode}: {text}");

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using System.Text;
@@ -15,6 +16,9 @@ public sealed class ChunkAuthenticator
 {
     /// <summary>The least secret length accepted (bytes).</summary>
     public const int MinSecretBytes = 32;
+
+    /// <summary>Printable ASCII, tab and line endings: a secret file made only of these is text.</summary>
+    private static readonly SearchValues<byte> TextBytes = SearchValues.Create("\t\n\r !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~"u8);
 
     private const int MaxCachedTenants = 4096;
     private static ReadOnlySpan<byte> ExtractSalt => "kvfetch/chunk-mac/v1"u8;
@@ -36,7 +40,7 @@ public sealed class ChunkAuthenticator
     }
 
     /// <summary>
-    /// Reads the deployment secret from <paramref name="path"/> (raw bytes; a trailing newline is ignored). The file
+    /// Reads the deployment secret from <paramref name="path"/> (raw bytes; the line ending of a text secret, one of printable ASCII, is ignored, while a binary secret is used whole). The file
     /// must not be readable or writable by group or others, as SSH requires of private keys.
     /// </summary>
     /// <exception cref="InvalidKvDataException">The file is missing, too short or too open (the message says which).</exception>
@@ -63,10 +67,15 @@ public sealed class ChunkAuthenticator
             throw new InvalidKvDataException($"chunk secret {path}: {ex.Message}", ex);
         }
 
+        // A text secret (e.g. `openssl rand -hex 32 > FILE`) loses its line ending; a binary one is used whole, so that
+        // 32 random bytes that happen to end in '\n' or '\r' stay 32 bytes.
         int length = secret.Length;
-        while (length > 0 && secret[length - 1] is (byte)'\n' or (byte)'\r')
+        if (!secret.AsSpan().ContainsAnyExcept(TextBytes))
         {
-            length--;
+            while (length > 0 && secret[length - 1] is (byte)'\n' or (byte)'\r')
+            {
+                length--;
+            }
         }
 
         try

@@ -1,6 +1,8 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Hashing;
+using System.Security.Cryptography;
+using System.Text;
 using KvFetcher.Codecs.Raw;
 using KvFetcher.Core;
 using KvFetcher.Core.Containers;
@@ -105,5 +107,36 @@ public sealed class ChunkAuthenticationTests : IDisposable
         Assert.Contains("at least 32", Assert.Throws<InvalidKvDataException>(() => ChunkAuthenticator.FromSecretFile(shortPath)).Message, StringComparison.Ordinal);
         Assert.Throws<InvalidKvDataException>(() => ChunkAuthenticator.FromSecretFile(Path.Combine(_directory, "missing")));
         Assert.Throws<IOException>(() => ChunkAuthenticator.CreateSecretFile(path)); // never overwrites a secret
+    }
+    [Fact]
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    public void FromSecretFile_BinaryEndingInNewlineOrTextWithNewline_BinaryWholeTextTrimmed()
+    {
+        byte[] binary = new byte[32];
+        RandomNumberGenerator.Fill(binary);
+        binary[0] = 0; // not text
+        binary[^1] = (byte)'\n';
+        string binaryPath = WriteSecret("binary", binary);
+        Assert.Equal(Tag(new ChunkAuthenticator(binary)), Tag(ChunkAuthenticator.FromSecretFile(binaryPath)));
+
+        byte[] text = Encoding.ASCII.GetBytes(Convert.ToHexString(RandomNumberGenerator.GetBytes(32)));
+        string textPath = WriteSecret("text", [.. text, (byte)'\r', (byte)'\n']);
+        Assert.Equal(Tag(new ChunkAuthenticator(text)), Tag(ChunkAuthenticator.FromSecretFile(textPath)));
+    }
+
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    private string WriteSecret(string name, byte[] bytes)
+    {
+        string path = Path.Combine(_directory, name);
+        File.WriteAllBytes(path, bytes);
+        File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        return path;
+    }
+
+    private static byte[] Tag(ChunkAuthenticator authenticator)
+    {
+        byte[] tag = new byte[32];
+        authenticator.ForTenant("tenant").ComputeTag("chunk"u8, tag);
+        return tag;
     }
 }

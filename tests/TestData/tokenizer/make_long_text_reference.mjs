@@ -5,14 +5,14 @@
 // Run from the repository root with the npm package of Hugging Face tokenizers (the Rust library's binding):
 //   npm install --prefix /tmp/hftok tokenizers@0.23.2
 //   NODE_PATH=/tmp/hftok/node_modules node tests/TestData/tokenizer/make_long_text_reference.mjs \
-//       tests/TestData/tokenizer/long-text-kvf-pydoc-16m.json.gz
+//       tests/TestData/tokenizer/long-text-kvf-code-32l.json.gz
 import { createRequire } from "node:module";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 
 const require = createRequire(import.meta.url);
 const { Tokenizer } = require("tokenizers");
-const model = "models/kvf-pydoc-16m";
+const model = "models/kvf-code-32l";
 
 // mulberry32: a small seeded generator, so the text is the same on every run.
 let seed = 12;
