@@ -11,7 +11,8 @@ namespace KvFetcher.Codecs.Transform;
 /// means and covariance (in double) over chunks of real KV, leaving out the tokens the codec keeps exact (attention
 /// sinks would dominate the covariance); <see cref="Build"/> takes the eigendecomposition of each covariance (Jacobi),
 /// then allocates bits across all planes' components by their variance (<see cref="KvtcAllocation"/>), each plane's
-/// error weighted by the inverse of its total variance (every layer, K and V, keeps the same share of its signal).
+/// error weighted by the model's measured sensitivity to it over the plane's total variance (without a measurement,
+/// every layer, K and V, keeps the same share of its signal).
 /// </summary>
 public sealed class KvtcFitter
 {
@@ -50,6 +51,9 @@ public sealed class KvtcFitter
             _outer[p] = new double[c * c];
         }
     }
+
+    /// <summary>Tokens at the start of each chunk the codec keeps exact (left out of the fit).</summary>
+    public int ExactHead => _exactHead;
 
     /// <summary>Tokens accumulated so far (per plane).</summary>
     public long Samples => _samples;
@@ -113,10 +117,19 @@ public sealed class KvtcFitter
 
     /// <summary>
     /// The transform of the KV added so far, bound to <paramref name="model"/>, with <paramref name="levelBits"/> (default
-    /// <see cref="KvtcTransform.DefaultLevelBits"/>: nominal bits per element of levels 0..3, descending).
+    /// <see cref="KvtcTransform.DefaultLevelBits"/>: nominal bits per element of each level, descending).
+    /// <paramref name="sensitivity"/> (per plane, layer * 2 + kind) is how much the model's loss grows per unit of
+    /// relative error (error over the plane's variance) in that plane, as measured
+    /// (<c>TransformCalibration.MeasureSensitivity</c>); without it every plane counts alike, so each keeps the same
+    /// share of its variance.
     /// </summary>
-    public KvtcTransform Build(ModelFingerprint model, IReadOnlyList<float>? levelBits = null)
+    public KvtcTransform Build(ModelFingerprint model, IReadOnlyList<float>? levelBits = null, IReadOnlyList<double>? sensitivity = null)
     {
+        if (sensitivity is not null && (sensitivity.Count != _layers * 2 || sensitivity.Any(s => !(s >= 0) || double.IsInfinity(s))))
+        {
+            throw new ArgumentException($"kvtc: one finite non-negative sensitivity per plane ({_layers * 2}) is needed.", nameof(sensitivity));
+        }
+
         levelBits ??= KvtcTransform.DefaultLevelBits;
         if (levelBits.Count != KvtcTransform.LevelCount || levelBits.Any(b => !(b > 0 && b <= KvtcTransform.MaxBits)))
         {
@@ -164,7 +177,7 @@ public sealed class KvtcFitter
                 }
             }
 
-            weights[p] = trace > 0 ? 1 / trace : 0;
+            weights[p] = trace > 0 ? (sensitivity?[p] ?? 1) / trace : 0;
         }
 
         byte[] bits = KvtcAllocation.Allocate(sigma, c, weights, levelBits);
