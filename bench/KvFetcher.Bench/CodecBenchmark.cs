@@ -41,7 +41,7 @@ internal static class CodecBenchmark
         }
 
         // kvtc: the model's transform from its directory when it was fitted to this model, else fitted here to documents
-        // other than the measured ones (--kvtc-documents, default 6; not saved: kvfetch calibrate writes it).
+        // other than the measured ones (--kvtc-documents, default 6; saved next to the model only with --kvtc-save).
         if (only is null || only.Any(n => n.StartsWith("kvtc", StringComparison.OrdinalIgnoreCase)))
         {
             int fitDocuments = int.Parse(BenchArgs.Option(args, "--kvtc-documents") ?? "6", CultureInfo.InvariantCulture);
@@ -51,6 +51,11 @@ internal static class CodecBenchmark
                 IReadOnlyList<EvaluationDocument> sample = TransformCalibration.SampleDocuments(lm, documents, docs, 1024, fitDocuments, out bool disjoint);
                 transform = TransformCalibration.Fit(lm, sample);
                 KvtcTransforms.Register(transform);
+                if (args.Contains("--kvtc-save"))
+                {
+                    transform.Save(KvtcTransform.PathIn(model));
+                }
+
                 Console.Error.WriteLine($"kvtc: transform fitted to {sample.Count} documents ({(disjoint ? "none of them measured" : "the measured ones: no other was long enough")}): {string.Join(", ", sample.Select(d => Path.GetFileName(d.Path)))}");
             }
             else

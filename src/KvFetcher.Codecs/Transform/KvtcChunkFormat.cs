@@ -21,11 +21,11 @@ namespace KvFetcher.Codecs.Transform;
 ///   16  u8[16]  id of the transform the chunk was coded with (<see cref="KvtcTransform.Id"/>)
 /// payload:
 ///   exact values: per plane p = layer * 2 + kind, tokens [0, h) then [tokens - e, tokens), channels, as stored (bit-identical)
-///   per plane, for the tokens [h, tokens - e) (none when that range is empty):
-///     per bit width b = 1..7 that the level gives a component of this plane, ascending: one rANS block
-///       (<see cref="Entropy.StaticRans"/>) of the plane's tokens x those components (token-major, components
-///       ascending): symbol q + 127 for the quantized coefficient q = round(c / step) in [-127, 127], 255 = escape
-///     u32 escapes; i16[escapes] the coefficients coded as 255, in the order they occur
+///   for the tokens [h, tokens - e) of every plane (nothing when that range is empty):
+///     per bit width b = 1..7 that the level gives any component, ascending: one rANS block
+///       (<see cref="Entropy.StaticRans"/>) of those components' symbols, planes in order, each token-major with its
+///       components ascending: symbol q + 127 for the quantized coefficient q = round(c / step) in [-127, 127], 255 = escape
+///     u32 escapes; i16[escapes] the coefficients coded as 255, in plane, token, component order; the payload ends there
 /// </code>
 /// </remarks>
 internal static class KvtcChunkFormat

@@ -107,27 +107,20 @@ public sealed class TransformCodec : IKvCodec
         }
 
         float[] x = ArrayPool<float>.Shared.Rent(c);
-        byte[] symbols = ArrayPool<byte>.Shared.Rent(coded * c);
-        short[] escapes = ArrayPool<short>.Shared.Rent(coded * c);
-        int[] groupOffsets = new int[KvtcTransform.MaxBits + 2];
+        byte[] symbols = ArrayPool<byte>.Shared.Rent(planes * coded * c);
+        short[] escapes = ArrayPool<short>.Shared.Rent(planes * coded * c);
+        int[] groupStarts = GroupStarts(transform, level, coded);
         int[] histogram = new int[256];
         Span<int> cursor = stackalloc int[KvtcTransform.MaxBits + 2];
+        groupStarts.CopyTo(cursor);
         try
         {
+            int escapeCount = 0;
             for (int p = 0; p < planes; p++)
             {
                 ReadOnlySpan<byte> bits = transform.Bits(level, p);
                 ReadOnlySpan<float> steps = transform.Steps(level, p);
                 ReadOnlySpan<float> mean = transform.Mean(p);
-                int[] counts = GroupCounts(bits);
-                groupOffsets[1] = 0;
-                for (int b = 1; b <= KvtcTransform.MaxBits; b++)
-                {
-                    groupOffsets[b + 1] = groupOffsets[b] + (coded * counts[b]);
-                }
-
-                groupOffsets.CopyTo(cursor);
-                int escapeCount = 0;
                 for (int t = head; t < codedEnd; t++)
                 {
                     long element = (((long)p * tokens) + t) * c;
@@ -160,37 +153,37 @@ public sealed class TransformCodec : IKvCodec
                         }
                     }
                 }
-
-                for (int b = 1; b <= KvtcTransform.MaxBits; b++)
-                {
-                    int n = groupOffsets[b + 1] - groupOffsets[b];
-                    if (n == 0)
-                    {
-                        continue;
-                    }
-
-                    ReadOnlySpan<byte> group = symbols.AsSpan(groupOffsets[b], n);
-                    Array.Clear(histogram);
-                    StaticRans.Count(group, histogram);
-                    int capacity = KvtcChunkFormat.RansOverhead + (2 * n) + 16;
-                    int written = StaticRans.TryEncode(group, histogram, payload.GetSpan(capacity)[..capacity]);
-                    if (written < 0)
-                    {
-                        throw new InvalidOperationException($"kvtc: a rANS block of {n} symbols did not fit {capacity} bytes.");
-                    }
-
-                    payload.Advance(written);
-                }
-
-                Span<byte> escapeBytes = payload.GetSpan(4 + (2 * escapeCount));
-                BinaryPrimitives.WriteUInt32LittleEndian(escapeBytes, (uint)escapeCount);
-                for (int i = 0; i < escapeCount; i++)
-                {
-                    BinaryPrimitives.WriteInt16LittleEndian(escapeBytes[(4 + (2 * i))..], escapes[i]);
-                }
-
-                payload.Advance(4 + (2 * escapeCount));
             }
+
+            for (int b = 1; b <= KvtcTransform.MaxBits; b++)
+            {
+                int n = groupStarts[b + 1] - groupStarts[b];
+                if (n == 0)
+                {
+                    continue;
+                }
+
+                ReadOnlySpan<byte> group = symbols.AsSpan(groupStarts[b], n);
+                Array.Clear(histogram);
+                StaticRans.Count(group, histogram);
+                int capacity = KvtcChunkFormat.RansOverhead + (2 * n) + 16;
+                int written = StaticRans.TryEncode(group, histogram, payload.GetSpan(capacity)[..capacity]);
+                if (written < 0)
+                {
+                    throw new InvalidOperationException($"kvtc: a rANS block of {n} symbols did not fit {capacity} bytes.");
+                }
+
+                payload.Advance(written);
+            }
+
+            Span<byte> escapeBytes = payload.GetSpan(4 + (2 * escapeCount));
+            BinaryPrimitives.WriteUInt32LittleEndian(escapeBytes, (uint)escapeCount);
+            for (int i = 0; i < escapeCount; i++)
+            {
+                BinaryPrimitives.WriteInt16LittleEndian(escapeBytes[(4 + (2 * i))..], escapes[i]);
+            }
+
+            payload.Advance(4 + (2 * escapeCount));
         }
         finally
         {
@@ -242,53 +235,44 @@ public sealed class TransformCodec : IKvCodec
         }
 
         float[] x = ArrayPool<float>.Shared.Rent(c);
-        byte[] symbols = ArrayPool<byte>.Shared.Rent(coded * c);
-        int[] groupOffsets = new int[KvtcTransform.MaxBits + 2];
+        byte[] symbols = ArrayPool<byte>.Shared.Rent(planes * coded * c);
+        int[] groupStarts = GroupStarts(transform, level, coded);
         Span<int> cursor = stackalloc int[KvtcTransform.MaxBits + 2];
+        groupStarts.CopyTo(cursor);
         try
         {
+            int escapesExpected = 0;
+            for (int b = 1; b <= KvtcTransform.MaxBits; b++)
+            {
+                int n = groupStarts[b + 1] - groupStarts[b];
+                if (n == 0)
+                {
+                    continue;
+                }
+
+                Span<byte> group = symbols.AsSpan(groupStarts[b], n);
+                offset += StaticRans.Decode(payload[offset..], group, offset);
+                escapesExpected += group.Count((byte)KvtcChunkFormat.Escape);
+            }
+
+            if (payload.Length - offset < 4)
+            {
+                throw new InvalidKvDataException($"kvtc: escape count at payload offset {offset} is truncated.");
+            }
+
+            uint escapeCount = BinaryPrimitives.ReadUInt32LittleEndian(payload[offset..]);
+            if (escapeCount != (uint)escapesExpected || (long)escapeCount * 2 != payload.Length - offset - 4)
+            {
+                throw new InvalidKvDataException($"kvtc: escape count at payload offset {offset} is {escapeCount}; the symbols hold {escapesExpected} escapes and {payload.Length - offset - 4} bytes follow (two per escape).");
+            }
+
+            ReadOnlySpan<byte> escapes = payload.Slice(offset + 4, escapesExpected * 2);
+            int nextEscape = 0;
             for (int p = 0; p < planes; p++)
             {
                 ReadOnlySpan<byte> bits = transform.Bits(level, p);
                 ReadOnlySpan<float> steps = transform.Steps(level, p);
                 ReadOnlySpan<float> mean = transform.Mean(p);
-                int[] counts = GroupCounts(bits);
-                groupOffsets[1] = 0;
-                for (int b = 1; b <= KvtcTransform.MaxBits; b++)
-                {
-                    groupOffsets[b + 1] = groupOffsets[b] + (coded * counts[b]);
-                }
-
-                int escapesExpected = 0;
-                for (int b = 1; b <= KvtcTransform.MaxBits; b++)
-                {
-                    int n = groupOffsets[b + 1] - groupOffsets[b];
-                    if (n == 0)
-                    {
-                        continue;
-                    }
-
-                    Span<byte> group = symbols.AsSpan(groupOffsets[b], n);
-                    offset += StaticRans.Decode(payload[offset..], group, offset);
-                    escapesExpected += group.Count((byte)KvtcChunkFormat.Escape);
-                }
-
-                if (payload.Length - offset < 4)
-                {
-                    throw new InvalidKvDataException($"kvtc: escape count of layer {p >> 1} {((p & 1) == 0 ? 'K' : 'V')} at payload offset {offset} is truncated.");
-                }
-
-                uint escapeCount = BinaryPrimitives.ReadUInt32LittleEndian(payload[offset..]);
-                if (escapeCount != (uint)escapesExpected || (long)escapeCount * 2 > payload.Length - offset - 4)
-                {
-                    throw new InvalidKvDataException($"kvtc: escape count of layer {p >> 1} {((p & 1) == 0 ? 'K' : 'V')} at payload offset {offset} is {escapeCount}; the symbols hold {escapesExpected} escapes and {payload.Length - offset - 4} bytes are left.");
-                }
-
-                ReadOnlySpan<byte> escapes = payload.Slice(offset + 4, escapesExpected * 2);
-                offset += 4 + (escapesExpected * 2);
-                int nextEscape = 0;
-
-                groupOffsets.CopyTo(cursor);
                 for (int t = head; t < codedEnd; t++)
                 {
                     Span<float> row = x.AsSpan(0, c);
@@ -302,16 +286,9 @@ public sealed class TransformCodec : IKvCodec
                         }
 
                         int symbol = symbols[cursor[b]++];
-                        int q;
-                        if (symbol == KvtcChunkFormat.Escape)
-                        {
-                            q = BinaryPrimitives.ReadInt16LittleEndian(escapes.Slice(2 * nextEscape++, 2));
-                        }
-                        else
-                        {
-                            q = symbol - KvtcChunkFormat.MaxMagnitude;
-                        }
-
+                        int q = symbol == KvtcChunkFormat.Escape
+                            ? BinaryPrimitives.ReadInt16LittleEndian(escapes.Slice(2 * nextEscape++, 2))
+                            : symbol - KvtcChunkFormat.MaxMagnitude;
                         if (q != 0)
                         {
                             TensorPrimitives.MultiplyAdd(transform.Basis(p, k), q * steps[k], row, row);
@@ -322,11 +299,6 @@ public sealed class TransformCodec : IKvCodec
                     FloatConversions.FromSingle(dtype, row, destination.Slice((int)(element * elementSize), rowBytes));
                 }
             }
-
-            if (offset != payload.Length)
-            {
-                throw new InvalidKvDataException($"kvtc: payload holds {payload.Length} bytes; its planes take {offset}.");
-            }
         }
         finally
         {
@@ -335,15 +307,27 @@ public sealed class TransformCodec : IKvCodec
         }
     }
 
-    /// <summary>Components per bit width (index 1..MaxBits).</summary>
-    private static int[] GroupCounts(ReadOnlySpan<byte> bits)
+    /// <summary>
+    /// Where each bit width's symbols start in the chunk's symbol buffer (index b = 1..MaxBits; b + 1 is its end): the
+    /// planes in order, each its coded tokens times its components of that width.
+    /// </summary>
+    private static int[] GroupStarts(KvtcTransform transform, int level, int coded)
     {
-        var counts = new int[KvtcTransform.MaxBits + 1];
-        foreach (byte b in bits)
+        var totals = new long[KvtcTransform.MaxBits + 1];
+        for (int p = 0; p < transform.Planes; p++)
         {
-            counts[b]++;
+            foreach (byte b in transform.Bits(level, p))
+            {
+                totals[b] += coded;
+            }
         }
 
-        return counts;
+        var starts = new int[KvtcTransform.MaxBits + 2];
+        for (int b = 1; b <= KvtcTransform.MaxBits; b++)
+        {
+            starts[b + 1] = checked(starts[b] + (int)totals[b]);
+        }
+
+        return starts;
     }
 }
