@@ -49,7 +49,11 @@ internal static class CodecBenchmark
             if (transform is null)
             {
                 IReadOnlyList<EvaluationDocument> sample = TransformCalibration.SampleDocuments(lm, documents, docs, 1024, fitDocuments, out bool disjoint);
-                transform = TransformCalibration.Fit(lm, sample);
+                int exactHead = int.Parse(BenchArgs.Option(args, "--kvtc-exact-head") ?? "4", CultureInfo.InvariantCulture);
+                int exactTail = int.Parse(BenchArgs.Option(args, "--kvtc-exact-tail") ?? "0", CultureInfo.InvariantCulture);
+                int sensitivityDocuments = int.Parse(BenchArgs.Option(args, "--kvtc-sensitivity-documents") ?? "2", CultureInfo.InvariantCulture);
+                float[]? bits = BenchArgs.Option(args, "--kvtc-bits")?.Split(',').Select(b => float.Parse(b, CultureInfo.InvariantCulture)).ToArray();
+                transform = TransformCalibration.Fit(lm, sample, sensitivityDocuments: sensitivityDocuments, exactHead: exactHead, exactTail: exactTail, levelBits: bits);
                 KvtcTransforms.Register(transform);
                 if (args.Contains("--kvtc-save"))
                 {

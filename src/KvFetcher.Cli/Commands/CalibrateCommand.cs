@@ -26,10 +26,12 @@ internal static class CalibrateCommand
         Option<string?> variants = new("--variants") { Description = "Variants to measure, comma-separated (default: every level of every codec that runs here)." };
         Option<string?> output = new("--output", "-o") { Description = "Where to write the profile (default: kvfetcher-profile.json in the model directory)." };
         Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        Option<int> kvtcExactHead = new("--kvtc-exact-head") { Description = "Tokens at the start of every chunk the kvtc codec keeps exact (attention sinks).", DefaultValueFactory = _ => 4 };
+        Option<int> kvtcExactTail = new("--kvtc-exact-tail") { Description = "Tokens at the end of every chunk the kvtc codec keeps exact.", DefaultValueFactory = _ => 0 };
         Option<int> kvtcDocuments = new("--kvtc-documents") { Description = "Documents (other than the measured ones where possible) whose KV the kvtc codec's PCA transform is fitted to; 0 keeps the transform already next to the model.", DefaultValueFactory = _ => 6 };
         var command = new Command("calibrate", "Measure every codec variant's accuracy and rates on this model and write its calibration profile next to it.")
         {
-            model, documents, maxDocuments, prefix, continuation, greedy, variants, output, threads, kvtcDocuments,
+            model, documents, maxDocuments, prefix, continuation, greedy, variants, output, threads, kvtcDocuments, kvtcExactHead, kvtcExactTail,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -53,7 +55,7 @@ internal static class CalibrateCommand
             }
 
             // The kvtc transform first (fitted to this model, written next to it), so that its levels are measured too.
-            PrepareKvtc(lm, directory, sources, docs, parse.GetValue(kvtcDocuments));
+            PrepareKvtc(lm, directory, sources, docs, parse.GetValue(kvtcDocuments), parse.GetValue(kvtcExactHead), parse.GetValue(kvtcExactTail));
             IReadOnlyList<KvVariant> ladder = parse.GetValue(variants) is { } list
                 ? [.. list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(KvVariant.Parse)]
                 : Calibrator.AllVariants();
@@ -75,7 +77,8 @@ internal static class CalibrateCommand
     }
 
     /// <summary>Fits the kvtc transform to <paramref name="fitDocuments"/> sample documents and saves it next to the model, or loads the one there (0).</summary>
-    private static void PrepareKvtc(LanguageModel lm, string directory, IReadOnlyList<string> sources, IReadOnlyList<EvaluationDocument> measured, int fitDocuments)
+    private static void PrepareKvtc(LanguageModel lm, string directory, IReadOnlyList<string> sources, IReadOnlyList<EvaluationDocument> measured, int fitDocuments,
+        int exactHead, int exactTail)
     {
         if (fitDocuments <= 0)
         {
@@ -86,7 +89,7 @@ internal static class CalibrateCommand
 
         IReadOnlyList<EvaluationDocument> sample = TransformCalibration.SampleDocuments(lm, sources, measured, 1024, fitDocuments, out bool disjoint);
         Console.Error.WriteLine($"kvtc: fitting the PCA transform to the KV of {sample.Count} documents{(disjoint ? " not among the measured ones" : " (all are measured ones: no other document was long enough)")}");
-        KvtcTransform transform = TransformCalibration.Fit(lm, sample);
+        KvtcTransform transform = TransformCalibration.Fit(lm, sample, exactHead: exactHead, exactTail: exactTail);
         string path = KvtcTransform.PathIn(directory);
         transform.Save(path);
         KvtcTransforms.Register(transform);

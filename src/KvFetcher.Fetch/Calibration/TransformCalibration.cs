@@ -17,10 +17,12 @@ public static class TransformCalibration
     /// Fits the transform of <paramref name="model"/> to the KV of the first <paramref name="tokensPerDocument"/> tokens
     /// of each of <paramref name="documents"/> (shorter ones in full), in <paramref name="chunkTokens"/>-token chunks,
     /// with bits allocated by the sensitivity measured on the first <paramref name="sensitivityDocuments"/> of them
-    /// (<see cref="MeasureSensitivity"/>; 0: by variance alone).
+    /// (<see cref="MeasureSensitivity"/>; 0: by variance alone), keeping <paramref name="exactHead"/> and
+    /// <paramref name="exactTail"/> tokens of every chunk exact, with <paramref name="levelBits"/> per level (default
+    /// <see cref="KvtcTransform.DefaultLevelBits"/>).
     /// </summary>
     public static KvtcTransform Fit(LanguageModel model, IReadOnlyList<EvaluationDocument> documents, int tokensPerDocument = 1024, int chunkTokens = 256,
-        int sensitivityDocuments = 2)
+        int sensitivityDocuments = 2, int exactHead = 4, int exactTail = 0, IReadOnlyList<float>? levelBits = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(documents);
@@ -31,7 +33,7 @@ public static class TransformCalibration
         }
 
         var config = model.Config;
-        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim);
+        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, exactHead, exactTail);
         DType dtype = model.KvStorageDType;
         foreach (EvaluationDocument document in documents)
         {
@@ -55,7 +57,7 @@ public static class TransformCalibration
         IReadOnlyList<double>? sensitivity = sensitivityDocuments > 0
             ? MeasureSensitivity(model, [.. documents.Take(sensitivityDocuments)], fitter.ExactHead, chunkTokens)
             : null;
-        return fitter.Build(model.Fingerprint, sensitivity: sensitivity);
+        return fitter.Build(model.Fingerprint, levelBits, sensitivity);
     }
 
     /// <summary>
