@@ -38,8 +38,8 @@ public sealed class KvtcTransform
     /// <summary>The file's name in a model directory.</summary>
     public const string FileName = "kvfetcher-kvtc.bin";
 
-    /// <summary>Levels every transform holds (the codec's levels 0..4, most bits first).</summary>
-    public const int LevelCount = 5;
+    /// <summary>Levels every transform holds (the codec's levels 0..7, most bits first).</summary>
+    public const int LevelCount = 8;
 
     /// <summary>Most bits a component gets: its step is then sigma / 32, and +-127 steps cover +-4 sigma.</summary>
     public const int MaxBits = 7;
@@ -50,8 +50,11 @@ public sealed class KvtcTransform
     /// <summary>The bytes of a transform's id.</summary>
     public const int IdSize = 16;
 
-    /// <summary>Nominal bits per element of levels 0..4 (what the allocation spends; the entropy coder's rate is close).</summary>
-    public static IReadOnlyList<float> DefaultLevelBits { get; } = [5f, 4f, 3f, 2.5f, 2f];
+    /// <summary>
+    /// Nominal bits per element of levels 0..7 (what the allocation spends; the entropy coder's rate is close): a ladder
+    /// dense enough near the accuracy floors that calibration can pick the smallest level that passes.
+    /// </summary>
+    public static IReadOnlyList<float> DefaultLevelBits { get; } = [5f, 4.5f, 4f, 3.5f, 3f, 2.75f, 2.5f, 2f];
 
     private const int FormatVersion = 1;
     private const int FixedHeader = 52;
