@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using KvFetcher.Codecs;
+using KvFetcher.Codecs.Transform;
 using KvFetcher.Core;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;
@@ -31,12 +32,6 @@ internal static class CodecBenchmark
         int maxDocuments = int.Parse(BenchArgs.Option(args, "--max-documents") ?? "20", CultureInfo.InvariantCulture);
         string? jsonPath = BenchArgs.Option(args, "--json");
         string[]? only = BenchArgs.Option(args, "--codecs")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        IReadOnlyList<KvVariant> variants = only is null
-            ? Calibrator.AllVariants()
-            : [.. only.SelectMany(name => name.Any(char.IsAsciiDigit) || KvCodecs.Get(name).Levels.Count == 1
-                ? [KvVariant.Parse(name)]
-                : KvCodecs.Get(name).Levels.Select(l => new KvVariant(KvCodecs.Get(name).Id, (byte)l)))];
-
         using LanguageModel lm = LanguageModel.Open(model, new LanguageModelOptions { KvStorageDType = DType.Float16 });
         var evaluator = new AccuracyEvaluator(lm, options);
         IReadOnlyList<EvaluationDocument> docs = EvaluationDocuments.Load(lm.Tokenizer, documents, evaluator.TokensNeeded, maxDocuments);
@@ -44,6 +39,45 @@ internal static class CodecBenchmark
         {
             throw new ArgumentException($"No document in {string.Join(", ", documents)} has {evaluator.TokensNeeded} tokens.");
         }
+
+        // kvtc: the model's transform from its directory when it was fitted to this model, else fitted here to documents
+        // other than the measured ones (--kvtc-documents, default 6; saved next to the model only with --kvtc-save).
+        if (only is null || only.Any(n => n.StartsWith("kvtc", StringComparison.OrdinalIgnoreCase)))
+        {
+            int fitDocuments = int.Parse(BenchArgs.Option(args, "--kvtc-documents") ?? "6", CultureInfo.InvariantCulture);
+            KvtcTransform? transform = args.Contains("--kvtc-refit") ? null : TransformCalibration.TryLoad(model, lm.Fingerprint, out string? problem);
+            if (transform is null)
+            {
+                IReadOnlyList<EvaluationDocument> sample = TransformCalibration.SampleDocuments(lm, documents, docs, 1024, fitDocuments, out bool disjoint);
+                int exactHead = int.Parse(BenchArgs.Option(args, "--kvtc-exact-head") ?? "4", CultureInfo.InvariantCulture);
+                int exactTail = int.Parse(BenchArgs.Option(args, "--kvtc-exact-tail") ?? "0", CultureInfo.InvariantCulture);
+                int sensitivityDocuments = int.Parse(BenchArgs.Option(args, "--kvtc-sensitivity-documents") ?? "2", CultureInfo.InvariantCulture);
+                float[]? bits = BenchArgs.Option(args, "--kvtc-bits")?.Split(',').Select(b => float.Parse(b, CultureInfo.InvariantCulture)).ToArray();
+                transform = TransformCalibration.Fit(lm, sample, sensitivityDocuments: sensitivityDocuments, exactHead: exactHead, exactTail: exactTail, levelBits: bits);
+                KvtcTransforms.Register(transform);
+                if (args.Contains("--kvtc-save"))
+                {
+                    transform.Save(KvtcTransform.PathIn(model));
+                }
+
+                Console.Error.WriteLine($"kvtc: transform fitted to {sample.Count} documents ({(disjoint ? "none of them measured" : "the measured ones: no other was long enough")}): {string.Join(", ", sample.Select(d => Path.GetFileName(d.Path)))}");
+            }
+            else
+            {
+                Console.Error.WriteLine($"kvtc: transform {transform.IdText[..12]} loaded from {model}");
+            }
+
+            for (int level = 0; level < KvtcTransform.LevelCount; level++)
+            {
+                Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"kvtc{level}: {transform.LevelBits(level)} nominal bits per value, {100 * transform.KeptVariance(level):F2}% of the variance kept (model)"));
+            }
+        }
+
+        IReadOnlyList<KvVariant> variants = only is null
+            ? Calibrator.AllVariants()
+            : [.. only.SelectMany(name => name.Any(char.IsAsciiDigit) || KvCodecs.Get(name).Levels.Count == 1
+                ? [KvVariant.Parse(name)]
+                : KvCodecs.Get(name).Levels.Select(l => new KvVariant(KvCodecs.Get(name).Id, (byte)l)))];
 
         string? partialPath = BenchArgs.Option(args, "--partial");
         IReadOnlyList<VariantAccuracy> results = evaluator.Evaluate([.. docs.Select(d => d.Tokens)], variants, (d, soFar) =>

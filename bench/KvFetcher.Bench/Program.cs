@@ -15,7 +15,10 @@ internal static class Program
           codecs  every codec and level on real KV over data/heldout and data/heldout-code: ratio vs fp16,
                   top-1 agreement, perplexity change, greedy match, encode/decode MB/s (--model, --documents,
                   --prefix, --continuation, --greedy, --max-documents, --codecs a,b, --json,
-                  --partial FILE: the table so far after each document)
+                  --partial FILE: the table so far after each document; kvtc: the model's transform if
+                  calibrated, else fitted to --kvtc-documents N other documents, --kvtc-refit to always fit,
+                  --kvtc-save to write the fitted one next to the model; fitting: --kvtc-exact-head N (4),
+                  --kvtc-exact-tail N (0), --kvtc-sensitivity-documents N (2), --kvtc-bits 5,4.5,4,3.5,3,2.75,2.5,2)
           kv-stats  per layer, K and V apart: entropy, delta entropy, outlier channels, keys before/after RoPE,
                   per-channel vs per-token error, attention sinks, perplexity sensitivity (kvfetch-bench kv-stats --help)
           video-ablation  quantized / + intra / + inter sizes per video layout and bit depth (--max-documents)

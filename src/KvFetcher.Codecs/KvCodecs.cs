@@ -2,6 +2,7 @@ using System.Globalization;
 using KvFetcher.Codecs.CacheGen;
 using KvFetcher.Codecs.Exact;
 using KvFetcher.Codecs.Raw;
+using KvFetcher.Codecs.Transform;
 using KvFetcher.Codecs.Video;
 using KvFetcher.Core;
 
@@ -10,7 +11,7 @@ namespace KvFetcher.Codecs;
 /// <summary>The codecs KvFetcher knows, by id and by name.</summary>
 public static class KvCodecs
 {
-    private static readonly IKvCodec[] s_all = [RawCodec.Instance, ExactCodec.Instance, CacheGenCodec.Instance, VideoCodec.Instance];
+    private static readonly IKvCodec[] s_all = [RawCodec.Instance, ExactCodec.Instance, CacheGenCodec.Instance, VideoCodec.Instance, TransformCodec.Instance];
 
     /// <summary>Every available codec.</summary>
     public static IReadOnlyList<IKvCodec> All => s_all;
@@ -34,7 +35,7 @@ public static class KvCodecs
 
     /// <summary>
     /// Parses a variant's text, a codec name then its level: <c>raw</c>, <c>exact</c>, <c>cachegen0</c>..<c>cachegen2</c>,
-    /// <c>video4</c>..<c>video12</c>; without a level, the codec's default.
+    /// <c>video4</c>..<c>video12</c>, <c>kvtc0</c>..<c>kvtc7</c>; without a level, the codec's default.
     /// </summary>
     /// <exception cref="ArgumentException">An unknown codec, or a level the codec does not have.</exception>
     public static (IKvCodec Codec, int Level) ParseVariant(string text)

@@ -14,6 +14,9 @@ public enum CodecId : byte
 
     /// <summary>KVFetcher: per-channel quantization, codec-friendly layout, lossless HEVC.</summary>
     Video = 3,
+
+    /// <summary>KVTC-style transform coding: a per-model PCA, bit allocation by variance, rANS-coded coefficients.</summary>
+    Kvtc = 4,
 }
 
 /// <summary>The names of <see cref="CodecId"/> values, the one spelling used in object keys, variants and messages.</summary>
@@ -26,6 +29,7 @@ public static class CodecIdExtensions
         CodecId.Exact => "exact",
         CodecId.CacheGen => "cachegen",
         CodecId.Video => "video",
+        CodecId.Kvtc => "kvtc",
         _ => throw new ArgumentOutOfRangeException(nameof(codec), codec, "Unknown codec id."),
     };
 

@@ -45,6 +45,12 @@ public sealed class KvReuse : IAsyncDisposable
         options ??= new ReuseOptions();
         options.Validate();
 
+        // The model's kvtc transform, when calibration fitted one to this model (a stale one is not loaded; kvtc then stays unusable).
+        if (!string.IsNullOrEmpty(model.Directory) && options.Ladder.Any(v => v.Codec == Core.CodecId.Kvtc))
+        {
+            _ = TransformCalibration.TryLoad(model.Directory, model.Fingerprint, out _);
+        }
+
         // Variants whose codec cannot run here (e.g. the video shim is missing) are left out, with one warning line.
         IReadOnlyList<KvVariant> usable = UsableLadder.Of(options.Ladder, out string? warning);
         if (usable.Count == 0)

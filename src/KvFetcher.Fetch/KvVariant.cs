@@ -20,12 +20,13 @@ public readonly record struct KvVariant(CodecId Codec, byte Level)
 
     /// <summary>
     /// An ordering of accuracy: lossless variants first, then more bits. Video levels are bits; cachegen levels 0/1/2
-    /// are 32/16/8 bins (5/4/3 bits).
+    /// are 32/16/8 bins (5/4/3 bits); kvtc levels 0..7 spend 5 down to 2 bits per value.
     /// </summary>
     public int Rank => IsLossless ? 100 : Codec switch
     {
         CodecId.Video => Level,
         CodecId.CacheGen => 5 - Level,
+        CodecId.Kvtc => 8 - Level,
         _ => 0,
     };
 

@@ -1,3 +1,5 @@
+using KvFetcher.Codecs.Transform;
+using KvFetcher.Core.Keys;
 using KvFetcher.Fetch.Calibration;
 
 namespace KvFetcher.Cli.Tests;
@@ -21,11 +23,15 @@ public sealed class CalibrateCommandTests : IDisposable
         }
 
         (int exit, string output, string error) = KvFetchProcess.Run("calibrate", "--model", model, "--documents", Path.Combine(root, "data", "heldout"),
-            "--max-documents", "1", "--prefix", "256", "--continuation", "32", "--greedy", "4", "--variants", "raw,cachegen2", "--threads", "1");
+            "--max-documents", "1", "--prefix", "256", "--continuation", "32", "--greedy", "4", "--variants", "raw,cachegen2,kvtc3", "--threads", "1",
+            "--kvtc-documents", "1");
 
         Assert.True(exit == 0, error + output);
         CalibrationProfile profile = CalibrationProfile.Load(CalibrationProfile.PathIn(model));
-        Assert.Equal(["raw", "cachegen2"], profile.Variants.Select(v => v.Variant));
+        Assert.Equal(["raw", "cachegen2", "kvtc3"], profile.Variants.Select(v => v.Variant));
+        Assert.True(Hash256.TryParse(profile.ModelFingerprint, out Hash256 fingerprint));
+        Assert.NotNull(KvtcTransform.TryLoadFrom(model, new ModelFingerprint(fingerprint), out string? problem));
+        Assert.Null(problem);
         Assert.Equal(1.0, profile.Variants[0].Top1Agreement);
         Assert.Single(profile.Evaluation.Documents);
         Assert.Contains("raw: allowed (lossless)", output, StringComparison.Ordinal);

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using KvFetcher.Codecs.Transform;
 using KvFetcher.Core;
 using KvFetcher.Engine;
 using KvFetcher.Fetch;
@@ -25,9 +26,12 @@ internal static class CalibrateCommand
         Option<string?> variants = new("--variants") { Description = "Variants to measure, comma-separated (default: every level of every codec that runs here)." };
         Option<string?> output = new("--output", "-o") { Description = "Where to write the profile (default: kvfetcher-profile.json in the model directory)." };
         Option<int> threads = new("--threads") { Description = "Kernel threads (0: one per processor).", DefaultValueFactory = _ => 0 };
+        Option<int> kvtcExactHead = new("--kvtc-exact-head") { Description = "Tokens at the start of every chunk the kvtc codec keeps exact (attention sinks).", DefaultValueFactory = _ => 4 };
+        Option<int> kvtcExactTail = new("--kvtc-exact-tail") { Description = "Tokens at the end of every chunk the kvtc codec keeps exact.", DefaultValueFactory = _ => 0 };
+        Option<int> kvtcDocuments = new("--kvtc-documents") { Description = "Documents (other than the measured ones where possible) whose KV the kvtc codec's PCA transform is fitted to; 0 keeps the transform already next to the model.", DefaultValueFactory = _ => 6 };
         var command = new Command("calibrate", "Measure every codec variant's accuracy and rates on this model and write its calibration profile next to it.")
         {
-            model, documents, maxDocuments, prefix, continuation, greedy, variants, output, threads,
+            model, documents, maxDocuments, prefix, continuation, greedy, variants, output, threads, kvtcDocuments, kvtcExactHead, kvtcExactTail,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -39,9 +43,6 @@ internal static class CalibrateCommand
                 GreedyTokens = parse.GetValue(greedy),
             };
             evaluation.Validate();
-            IReadOnlyList<KvVariant> ladder = parse.GetValue(variants) is { } list
-                ? [.. list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(KvVariant.Parse)]
-                : Calibrator.AllVariants();
             IReadOnlyList<string> sources = parse.GetValue(documents) is { } given
                 ? given.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 : DefaultDocuments();
@@ -53,6 +54,11 @@ internal static class CalibrateCommand
                 throw new ArgumentException($"No document in {string.Join(", ", sources)} has the {needed} tokens a measurement needs.");
             }
 
+            // The kvtc transform first (fitted to this model, written next to it), so that its levels are measured too.
+            PrepareKvtc(lm, directory, sources, docs, parse.GetValue(kvtcDocuments), parse.GetValue(kvtcExactHead), parse.GetValue(kvtcExactTail));
+            IReadOnlyList<KvVariant> ladder = parse.GetValue(variants) is { } list
+                ? [.. list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(KvVariant.Parse)]
+                : Calibrator.AllVariants();
             Console.Error.WriteLine($"kvfetch calibrate: {Path.GetFileName(directory)}, {docs.Count} documents from {string.Join(", ", sources)}; {ladder.Count} variants: {string.Join(", ", ladder)}");
             CalibrationProfile profile = Calibrator.Measure(lm, docs, ladder, evaluation,
                 (d, _) => Console.Error.WriteLine($"  [{d + 1}/{docs.Count}] {Path.GetFileName(docs[d].Path)}"));
@@ -68,6 +74,26 @@ internal static class CalibrateCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>Fits the kvtc transform to <paramref name="fitDocuments"/> sample documents and saves it next to the model, or loads the one there (0).</summary>
+    private static void PrepareKvtc(LanguageModel lm, string directory, IReadOnlyList<string> sources, IReadOnlyList<EvaluationDocument> measured, int fitDocuments,
+        int exactHead, int exactTail)
+    {
+        if (fitDocuments <= 0)
+        {
+            KvtcTransform? existing = TransformCalibration.TryLoad(directory, lm.Fingerprint, out string? problem);
+            Console.Error.WriteLine(existing is null ? $"kvtc: {problem}; kvtc is not measured" : $"kvtc: transform {existing.IdText[..12]} loaded");
+            return;
+        }
+
+        IReadOnlyList<EvaluationDocument> sample = TransformCalibration.SampleDocuments(lm, sources, measured, 1024, fitDocuments, out bool disjoint);
+        Console.Error.WriteLine($"kvtc: fitting the PCA transform to the KV of {sample.Count} documents{(disjoint ? " not among the measured ones" : " (all are measured ones: no other document was long enough)")}");
+        KvtcTransform transform = TransformCalibration.Fit(lm, sample, exactHead: exactHead, exactTail: exactTail);
+        string path = KvtcTransform.PathIn(directory);
+        transform.Save(path);
+        KvtcTransforms.Register(transform);
+        Console.Error.WriteLine($"kvtc: wrote {path} (transform {transform.IdText[..12]}, model {lm.Fingerprint.ToString()[..12]}...)");
     }
 
     private static IReadOnlyList<string> DefaultDocuments()

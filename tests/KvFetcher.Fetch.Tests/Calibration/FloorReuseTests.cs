@@ -1,4 +1,6 @@
+using KvFetcher.Codecs.Transform;
 using KvFetcher.Core;
+using KvFetcher.Core.Numerics;
 using KvFetcher.Core.Keys;
 using KvFetcher.Engine;
 using KvFetcher.Fetch.Calibration;
@@ -62,6 +64,46 @@ public sealed class FloorReuseTests(ReuseFixture fixture) : IClassFixture<ReuseF
 
         await using var lossless = new KvReuse(model, store, new ReuseOptions { Ladder = ladder, Floor = AccuracyFloor.Lossless });
         Assert.Equal([KvVariant.Raw, KvVariant.Exact], lossless.FetchLadder);
+    }
+
+    [Fact]
+    public async Task New_KvtcTransformOfAnotherModel_NotLoadedAndKvtcNotFetched()
+    {
+        string modelDirectory = CopyTinyModel();
+        using LanguageModel model = LanguageModel.Open(modelDirectory, new LanguageModelOptions { KvStorageDType = DType.Float16, Threads = 1 });
+        DiskKvStore store = OpenStore("kvtc");
+        KvVariant kvtc = KvVariant.Parse("kvtc1");
+        KvVariant[] ladder = [KvVariant.Raw, kvtc];
+        TestProfiles.Passing(model.Fingerprint, "kvtc1").Save(CalibrationProfile.PathIn(modelDirectory));
+
+        KvtcTransform stale = FitRandom(model, new ModelFingerprint(new Hash256(7, 7, 7, 7)));
+        stale.Save(KvtcTransform.PathIn(modelDirectory));
+        await using (var reuse = new KvReuse(model, store, new ReuseOptions { Ladder = ladder }))
+        {
+            Assert.Null(KvtcTransforms.Find(stale.Id));
+        }
+
+        // Fitted to this very model: loaded, and kvtc1 passes the floor with the profile (the control).
+        KvtcTransform current = FitRandom(model, model.Fingerprint);
+        current.Save(KvtcTransform.PathIn(modelDirectory));
+        await using (var reuse = new KvReuse(model, store, new ReuseOptions { Ladder = ladder }))
+        {
+            Assert.NotNull(KvtcTransforms.Find(current.Id));
+            Assert.Equal(ladder, reuse.FetchLadder);
+        }
+    }
+
+    /// <summary>A transform for <paramref name="model"/>'s dimensions fitted to random KV, bound to <paramref name="fingerprint"/>.</summary>
+    private static KvtcTransform FitRandom(LanguageModel model, ModelFingerprint fingerprint)
+    {
+        var shape = new KvShape(model.Config.NumLayers, 16, model.Config.NumKvHeads, model.Config.HeadDim);
+        var random = new Random(fingerprint.GetHashCode());
+        float[] values = [.. Enumerable.Range(0, (int)shape.Elements).Select(_ => (float)random.NextDouble())];
+        var kv = new byte[shape.Elements * 2];
+        FloatConversions.FromSingle(DType.Float16, values, kv);
+        var fitter = new KvtcFitter(shape.Layers, shape.KvHeads, shape.HeadDim);
+        fitter.Add(kv, shape, DType.Float16);
+        return fitter.Build(fingerprint);
     }
 
     [Theory]

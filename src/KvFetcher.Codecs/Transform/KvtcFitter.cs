@@ -1,0 +1,186 @@
+using System.Buffers;
+using System.Numerics.Tensors;
+using KvFetcher.Core;
+using KvFetcher.Core.Keys;
+using KvFetcher.Core.Numerics;
+
+namespace KvFetcher.Codecs.Transform;
+
+/// <summary>
+/// Fits a <see cref="KvtcTransform"/> to sample KV of one model: <see cref="Add"/> accumulates each plane's channel
+/// means and covariance (in double) over chunks of real KV, leaving out the tokens the codec keeps exact (attention
+/// sinks would dominate the covariance); <see cref="Build"/> takes the eigendecomposition of each covariance (Jacobi),
+/// then allocates bits across all planes' components by their variance (<see cref="KvtcAllocation"/>), each plane's
+/// error weighted by the model's measured sensitivity to it over the plane's total variance (without a measurement,
+/// every layer, K and V, keeps the same share of its signal).
+/// </summary>
+public sealed class KvtcFitter
+{
+    private readonly int _layers, _kvHeads, _headDim, _exactHead, _exactTail;
+    private readonly double[][] _sum;
+    private readonly double[][] _outer;
+    private long _samples;
+
+    /// <param name="layers">The model's layers.</param>
+    /// <param name="kvHeads">Its KV heads.</param>
+    /// <param name="headDim">Its head dimension.</param>
+    /// <param name="exactHead">Tokens at the start of each chunk the codec keeps exact (4: the attention sinks).</param>
+    /// <param name="exactTail">Tokens at the end of each chunk kept exact.</param>
+    public KvtcFitter(int layers, int kvHeads, int headDim, int exactHead = 4, int exactTail = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(layers, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(layers, ushort.MaxValue);
+        ArgumentOutOfRangeException.ThrowIfLessThan(kvHeads, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(headDim, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(kvHeads * headDim, KvtcTransform.MaxChannels, nameof(kvHeads));
+        ArgumentOutOfRangeException.ThrowIfNegative(exactHead);
+        ArgumentOutOfRangeException.ThrowIfNegative(exactTail);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(exactHead, ushort.MaxValue);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(exactTail, ushort.MaxValue);
+        _layers = layers;
+        _kvHeads = kvHeads;
+        _headDim = headDim;
+        _exactHead = exactHead;
+        _exactTail = exactTail;
+        int c = kvHeads * headDim;
+        _sum = new double[layers * 2][];
+        _outer = new double[layers * 2][];
+        for (int p = 0; p < layers * 2; p++)
+        {
+            _sum[p] = new double[c];
+            _outer[p] = new double[c * c];
+        }
+    }
+
+    /// <summary>Tokens at the start of each chunk the codec keeps exact (left out of the fit).</summary>
+    public int ExactHead => _exactHead;
+
+    /// <summary>Tokens accumulated so far (per plane).</summary>
+    public long Samples => _samples;
+
+    /// <summary>Adds one chunk of KV (<paramref name="shape"/>'s documented layout, elements of <paramref name="dtype"/>).</summary>
+    public void Add(ReadOnlySpan<byte> kv, KvShape shape, DType dtype)
+    {
+        CodecChecks.Input(kv, shape, dtype);
+        if (shape.Layers != _layers || shape.KvHeads != _kvHeads || shape.HeadDim != _headDim)
+        {
+            throw new ArgumentException($"kvtc fitter: {shape} is not a chunk of a {_layers}-layer model with {_kvHeads} x {_headDim} KV channels.", nameof(shape));
+        }
+
+        int c = shape.Channels;
+        int first = Math.Min(_exactHead, shape.Tokens);
+        int end = Math.Max(first, shape.Tokens - _exactTail);
+        int elementSize = dtype.SizeOf();
+        float[] rowFloats = ArrayPool<float>.Shared.Rent(c);
+        double[] row = ArrayPool<double>.Shared.Rent(c);
+        try
+        {
+            for (int p = 0; p < _layers * 2; p++)
+            {
+                double[] sum = _sum[p];
+                double[] outer = _outer[p];
+                for (int t = first; t < end; t++)
+                {
+                    long element = (((long)p * shape.Tokens) + t) * c;
+                    FloatConversions.ToSingle(dtype, kv.Slice((int)(element * elementSize), c * elementSize), rowFloats.AsSpan(0, c));
+                    Span<double> x = row.AsSpan(0, c);
+                    for (int j = 0; j < c; j++)
+                    {
+                        float v = rowFloats[j];
+                        if (!float.IsFinite(v))
+                        {
+                            throw new ArgumentException($"kvtc fitter: a non-finite value in plane {p} token {t}.", nameof(kv));
+                        }
+
+                        x[j] = v;
+                    }
+
+                    TensorPrimitives.Add(sum, x, sum);
+
+                    // The upper triangle, row by row: outer[i, i..] += x[i] * x[i..].
+                    for (int i = 0; i < c; i++)
+                    {
+                        Span<double> target = outer.AsSpan((i * c) + i, c - i);
+                        TensorPrimitives.MultiplyAdd(x[i..], x[i], target, target);
+                    }
+                }
+            }
+
+            _samples += end - first;
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(rowFloats);
+            ArrayPool<double>.Shared.Return(row);
+        }
+    }
+
+    /// <summary>
+    /// The transform of the KV added so far, bound to <paramref name="model"/>, with <paramref name="levelBits"/> (default
+    /// <see cref="KvtcTransform.DefaultLevelBits"/>: nominal bits per element of each level, descending).
+    /// <paramref name="sensitivity"/> (per plane, layer * 2 + kind) is how much the model's loss grows per unit of
+    /// relative error (error over the plane's variance) in that plane, as measured
+    /// (<c>TransformCalibration.MeasureSensitivity</c>); without it every plane counts alike, so each keeps the same
+    /// share of its variance.
+    /// </summary>
+    public KvtcTransform Build(ModelFingerprint model, IReadOnlyList<float>? levelBits = null, IReadOnlyList<double>? sensitivity = null)
+    {
+        if (sensitivity is not null && (sensitivity.Count != _layers * 2 || sensitivity.Any(s => !(s >= 0) || double.IsInfinity(s))))
+        {
+            throw new ArgumentException($"kvtc: one finite non-negative sensitivity per plane ({_layers * 2}) is needed.", nameof(sensitivity));
+        }
+
+        levelBits ??= KvtcTransform.DefaultLevelBits;
+        if (levelBits.Count != KvtcTransform.LevelCount || levelBits.Any(b => !(b > 0 && b <= KvtcTransform.MaxBits)))
+        {
+            throw new ArgumentException($"kvtc: {KvtcTransform.LevelCount} levels of nominal bits in (0, {KvtcTransform.MaxBits}] are needed.", nameof(levelBits));
+        }
+
+        if (_samples < 2)
+        {
+            throw new InvalidOperationException("kvtc fitter: at least two sample tokens are needed to fit a transform.");
+        }
+
+        int c = _kvHeads * _headDim;
+        int planes = _layers * 2;
+        var mean = new float[planes * c];
+        var sigma = new float[planes * c];
+        var basis = new float[(long)planes * c * c];
+        var weights = new double[planes];
+        var covariance = new double[c * c];
+        var vectors = new double[c * c];
+        for (int p = 0; p < planes; p++)
+        {
+            double[] sum = _sum[p];
+            double[] outer = _outer[p];
+            for (int i = 0; i < c; i++)
+            {
+                mean[(p * c) + i] = (float)(sum[i] / _samples);
+                for (int j = i; j < c; j++)
+                {
+                    double value = (outer[(i * c) + j] - (sum[i] * sum[j] / _samples)) / (_samples - 1);
+                    covariance[(i * c) + j] = value;
+                    covariance[(j * c) + i] = value;
+                }
+            }
+
+            double[] eigenvalues = SymmetricEigen.Decompose(covariance, c, vectors);
+            double trace = 0;
+            for (int k = 0; k < c; k++)
+            {
+                double variance = Math.Max(0, eigenvalues[k]);
+                trace += variance;
+                sigma[(p * c) + k] = (float)Math.Sqrt(variance);
+                for (int j = 0; j < c; j++)
+                {
+                    basis[(((long)p * c) + k) * c + j] = (float)vectors[(k * c) + j];
+                }
+            }
+
+            weights[p] = trace > 0 ? (sensitivity?[p] ?? 1) / trace : 0;
+        }
+
+        byte[] bits = KvtcAllocation.Allocate(sigma, c, weights, levelBits);
+        return new KvtcTransform(model, _layers, _kvHeads, _headDim, _exactHead, _exactTail, [.. levelBits], mean, sigma, basis, bits);
+    }
+}

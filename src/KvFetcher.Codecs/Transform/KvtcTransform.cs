@@ -1,0 +1,350 @@
+using System.Buffers.Binary;
+using System.IO.Hashing;
+using System.Runtime.InteropServices;
+using KvFetcher.Core;
+using KvFetcher.Core.Keys;
+
+namespace KvFetcher.Codecs.Transform;
+
+/// <summary>
+/// The per-model decorrelating transform of the <c>kvtc</c> codec, calibrated once per model (<see cref="KvtcFitter"/>)
+/// and bound to its fingerprint: for every plane (layer, K or V) the mean of the channels (kvHeads * headDim, all heads
+/// together), the PCA basis (eigenvectors of the channels' covariance, largest variance first) and each component's
+/// standard deviation; and per level, the bits given to each component (0 = dropped) and the quantization step that
+/// follows (<c>sigma * 2^(2 - bits)</c>). Keys are transformed as the cache stores them, after RoPE.
+/// </summary>
+/// <remarks>
+/// File format (<see cref="FileName"/> next to the model; little-endian; one definition, <see cref="Write"/> and
+/// <see cref="Read"/>):
+/// <code>
+/// 0   u8[4]   magic "KVTC"
+/// 4   u16     format version (1)
+/// 6   u16     layers
+/// 8   u16     kvHeads
+/// 10  u16     headDim
+/// 12  u8[32]  model fingerprint (SHA-256)
+/// 44  u16     exact head tokens per chunk (attention sinks)
+/// 46  u16     exact tail tokens per chunk
+/// 48  u8      levels (<see cref="LevelCount"/>)
+/// 49  u8[3]   zero
+/// 52  f32[levels]                 nominal bits per element of each level
+/// ..  per plane p = layer * 2 + kind: f32 mean[C], f32 sigma[C], f32 basis[C][C] (row k = component k)
+/// ..  per level, per plane: u8 bits[C] (0..<see cref="MaxBits"/>)
+/// ..  u8[16]  XXH128 of everything before: the transform's id, which every kvtc chunk names
+/// </code>
+/// </remarks>
+public sealed class KvtcTransform
+{
+    /// <summary>The file's name in a model directory.</summary>
+    public const string FileName = "kvfetcher-kvtc.bin";
+
+    /// <summary>Levels every transform holds (the codec's levels 0..7, most bits first).</summary>
+    public const int LevelCount = 8;
+
+    /// <summary>Most bits a component gets: its step is then sigma / 32, and +-127 steps cover +-4 sigma.</summary>
+    public const int MaxBits = 7;
+
+    /// <summary>Most channels per plane a transform may have (Llama-3-8B's 8 x 128; its basis is 4 MiB per plane).</summary>
+    public const int MaxChannels = 1024;
+
+    /// <summary>The bytes of a transform's id.</summary>
+    public const int IdSize = 16;
+
+    /// <summary>
+    /// Nominal bits per element of levels 0..7 (what the allocation spends; the entropy coder's rate is close): a ladder
+    /// dense enough near the accuracy floors that calibration can pick the smallest level that passes.
+    /// </summary>
+    public static IReadOnlyList<float> DefaultLevelBits { get; } = [5f, 4.5f, 4f, 3.5f, 3f, 2.75f, 2.5f, 2f];
+
+    private const int FormatVersion = 1;
+    private const int FixedHeader = 52;
+    private static ReadOnlySpan<byte> Magic => "KVTC"u8;
+
+    private readonly float[] _mean;
+    private readonly float[] _sigma;
+    private readonly float[] _basis;
+    private readonly byte[] _bits;
+    private readonly float[] _steps;
+    private readonly float[] _levelBits;
+    private readonly byte[] _id;
+
+    internal KvtcTransform(ModelFingerprint model, int layers, int kvHeads, int headDim, int exactHead, int exactTail, float[] levelBits,
+        float[] mean, float[] sigma, float[] basis, byte[] bits)
+    {
+        Model = model;
+        Layers = layers;
+        KvHeads = kvHeads;
+        HeadDim = headDim;
+        ExactHead = exactHead;
+        ExactTail = exactTail;
+        _levelBits = levelBits;
+        _mean = mean;
+        _sigma = sigma;
+        _basis = basis;
+        _bits = bits;
+        int c = Channels;
+        int planes = Planes;
+        _steps = new float[LevelCount * planes * c];
+        for (int i = 0; i < _steps.Length; i++)
+        {
+            int b = _bits[i];
+            _steps[i] = b == 0 ? 0f : _sigma[i % (planes * c)] * MathF.ScaleB(1f, 2 - b);
+        }
+
+        byte[] content = Serialize(withId: false);
+        _id = XxHash128.Hash(content);
+    }
+
+    /// <summary>The model whose KV this transform was fitted to.</summary>
+    public ModelFingerprint Model { get; }
+
+    public int Layers { get; }
+
+    public int KvHeads { get; }
+
+    public int HeadDim { get; }
+
+    /// <summary>Channels per plane (kvHeads * headDim).</summary>
+    public int Channels => KvHeads * HeadDim;
+
+    /// <summary>Planes: K and V of every layer.</summary>
+    public int Planes => Layers * 2;
+
+    /// <summary>Tokens at the start of every chunk stored exactly (attention sinks in a context's first chunk).</summary>
+    public int ExactHead { get; }
+
+    /// <summary>Tokens at the end of every chunk stored exactly.</summary>
+    public int ExactTail { get; }
+
+    /// <summary>The transform's id (XXH128 of its content, model fingerprint included): a chunk names the transform it was coded with.</summary>
+    public ReadOnlySpan<byte> Id => _id;
+
+    /// <summary>The id in hex, for messages.</summary>
+    public string IdText => Convert.ToHexStringLower(_id);
+
+    /// <summary>Nominal bits per element of <paramref name="level"/>.</summary>
+    public float LevelBits(int level) => _levelBits[level];
+
+    /// <summary>Whether this transform fits chunks of <paramref name="shape"/> (layers and channels; any token count).</summary>
+    public bool Fits(KvShape shape) => shape.Layers == Layers && shape.KvHeads == KvHeads && shape.HeadDim == HeadDim;
+
+    internal ReadOnlySpan<float> Mean(int plane) => _mean.AsSpan(plane * Channels, Channels);
+
+    internal ReadOnlySpan<float> Sigma(int plane) => _sigma.AsSpan(plane * Channels, Channels);
+
+    /// <summary>Row <paramref name="component"/> of plane <paramref name="plane"/>'s basis.</summary>
+    internal ReadOnlySpan<float> Basis(int plane, int component) => _basis.AsSpan(((plane * Channels) + component) * Channels, Channels);
+
+    internal ReadOnlySpan<byte> Bits(int level, int plane) => _bits.AsSpan(((level * Planes) + plane) * Channels, Channels);
+
+    internal ReadOnlySpan<float> Steps(int level, int plane) => _steps.AsSpan(((level * Planes) + plane) * Channels, Channels);
+
+    /// <summary>The share of the plane's variance each level keeps (1 - modelled distortion / variance), for reports.</summary>
+    public double KeptVariance(int level)
+    {
+        double total = 0, lost = 0;
+        for (int i = 0; i < _sigma.Length; i++)
+        {
+            double variance = (double)_sigma[i] * _sigma[i];
+            total += variance;
+            lost += variance * KvtcAllocation.Distortion(_bits[(level * _sigma.Length) + i]);
+        }
+
+        return total == 0 ? 1 : 1 - (lost / total);
+    }
+
+    /// <summary>The transform's path in <paramref name="modelDirectory"/>.</summary>
+    public static string PathIn(string modelDirectory) => System.IO.Path.Combine(modelDirectory, FileName);
+
+    /// <summary>Writes the transform to <paramref name="path"/> atomically (a temporary file, then a rename).</summary>
+    public void Save(string path)
+    {
+        string temporary = path + ".tmp";
+        File.WriteAllBytes(temporary, Serialize(withId: true));
+        File.Move(temporary, path, overwrite: true);
+    }
+
+    /// <summary>The file's bytes.</summary>
+    public byte[] Write() => Serialize(withId: true);
+
+    /// <summary>
+    /// The transform next to <paramref name="modelDirectory"/> if there is one, it reads cleanly and it was fitted to the
+    /// model with <paramref name="fingerprint"/>; otherwise null and <paramref name="problem"/> says why (missing,
+    /// unreadable, or stale: fitted to another model). A stale transform is never returned.
+    /// </summary>
+    public static KvtcTransform? TryLoadFrom(string modelDirectory, ModelFingerprint fingerprint, out string? problem)
+    {
+        ArgumentNullException.ThrowIfNull(modelDirectory);
+        string path = PathIn(modelDirectory);
+        if (!File.Exists(path))
+        {
+            problem = $"no kvtc transform ({path} is missing; run kvfetch calibrate --model {modelDirectory})";
+            return null;
+        }
+
+        KvtcTransform transform;
+        try
+        {
+            transform = Read(File.ReadAllBytes(path));
+        }
+        catch (Exception ex) when (ex is InvalidDataException or IOException or UnauthorizedAccessException)
+        {
+            problem = $"kvtc transform unusable ({path}: {ex.Message})";
+            return null;
+        }
+
+        if (transform.Model != fingerprint)
+        {
+            problem = $"kvtc transform is stale (fitted to model {transform.Model.ToString()[..12]}, this model is {fingerprint.ToString()[..12]}): run kvfetch calibrate again";
+            return null;
+        }
+
+        problem = null;
+        return transform;
+    }
+
+    /// <summary>Reads a transform file's bytes; anything malformed throws <see cref="InvalidDataException"/> naming the field.</summary>
+    public static KvtcTransform Read(ReadOnlySpan<byte> file)
+    {
+        if (file.Length < FixedHeader + IdSize || !file[..4].SequenceEqual(Magic))
+        {
+            throw new InvalidDataException($"not a kvtc transform: {file.Length} bytes without the \"KVTC\" magic and header.");
+        }
+
+        ReadOnlySpan<byte> content = file[..^IdSize];
+        if (!XxHash128.Hash(content).AsSpan().SequenceEqual(file[^IdSize..]))
+        {
+            throw new InvalidDataException("kvtc transform: checksum (last 16 bytes) does not match the content.");
+        }
+
+        int version = BinaryPrimitives.ReadUInt16LittleEndian(file[4..]);
+        int layers = BinaryPrimitives.ReadUInt16LittleEndian(file[6..]);
+        int kvHeads = BinaryPrimitives.ReadUInt16LittleEndian(file[8..]);
+        int headDim = BinaryPrimitives.ReadUInt16LittleEndian(file[10..]);
+        var model = new ModelFingerprint(Hash256.Read(file[12..]));
+        int exactHead = BinaryPrimitives.ReadUInt16LittleEndian(file[44..]);
+        int exactTail = BinaryPrimitives.ReadUInt16LittleEndian(file[46..]);
+        int levels = file[48];
+        if (version != FormatVersion)
+        {
+            throw new InvalidDataException($"kvtc transform: offset 4: format version {version} is not {FormatVersion}.");
+        }
+
+        long channels = (long)kvHeads * headDim;
+        if (layers == 0 || channels == 0 || channels > MaxChannels)
+        {
+            throw new InvalidDataException($"kvtc transform: offset 6: layers/kvHeads/headDim {layers}/{kvHeads}/{headDim}; channels must be 1..{MaxChannels}.");
+        }
+
+        if (levels != LevelCount)
+        {
+            throw new InvalidDataException($"kvtc transform: offset 48: {levels} levels; this build reads {LevelCount}.");
+        }
+
+        int c = (int)channels;
+        int planes = layers * 2;
+        long expected = FixedHeader + (4L * levels) + (planes * ((8L * c) + (4L * c * c))) + ((long)levels * planes * c) + IdSize;
+        if (expected > int.MaxValue)
+        {
+            throw new InvalidDataException($"kvtc transform: layers {layers} x {c} channels need {expected} bytes; at most {int.MaxValue} are read.");
+        }
+
+        if (file.Length != expected)
+        {
+            throw new InvalidDataException($"kvtc transform: {file.Length} bytes; layers {layers} x {c} channels need {expected}.");
+        }
+
+        int position = FixedHeader;
+        float[] levelBits = ReadFloats(file, ref position, levels, "level bits");
+        var mean = new float[planes * c];
+        var sigma = new float[planes * c];
+        var basis = new float[(long)planes * c * c];
+        for (int p = 0; p < planes; p++)
+        {
+            ReadFloats(file, ref position, c, "mean").CopyTo(mean, p * c);
+            ReadFloats(file, ref position, c, "sigma").CopyTo(sigma, p * c);
+            ReadFloats(file, ref position, c * c, "basis").CopyTo(basis, (long)p * c * c);
+        }
+
+        byte[] bits = file.Slice(position, levels * planes * c).ToArray();
+        for (int i = 0; i < bits.Length; i++)
+        {
+            if (bits[i] > MaxBits || (bits[i] > 0 && !(sigma[i % (planes * c)] > 0)))
+            {
+                throw new InvalidDataException($"kvtc transform: offset {position + i}: {bits[i]} bits for a component of sigma {sigma[i % (planes * c)]}; 0..{MaxBits}, and 0 unless sigma > 0.");
+            }
+        }
+
+        foreach (float s in sigma)
+        {
+            if (!float.IsFinite(s) || s < 0)
+            {
+                throw new InvalidDataException($"kvtc transform: a sigma is {s}; sigmas are finite and non-negative.");
+            }
+        }
+
+        return new KvtcTransform(model, layers, kvHeads, headDim, exactHead, exactTail, levelBits, mean, sigma, basis, bits);
+    }
+
+    private static float[] ReadFloats(ReadOnlySpan<byte> file, ref int position, int count, string field)
+    {
+        var values = new float[count];
+        MemoryMarshal.Cast<byte, float>(file.Slice(position, count * 4)).CopyTo(values);
+        if (!BitConverter.IsLittleEndian)
+        {
+            throw new PlatformNotSupportedException("kvtc transforms are read on little-endian machines.");
+        }
+
+        foreach (float v in values)
+        {
+            if (!float.IsFinite(v))
+            {
+                throw new InvalidDataException($"kvtc transform: offset {position}: a {field} value is {v}; every value is finite.");
+            }
+        }
+
+        position += count * 4;
+        return values;
+    }
+
+    private byte[] Serialize(bool withId)
+    {
+        int c = Channels;
+        int planes = Planes;
+        long length = FixedHeader + (4L * LevelCount) + (planes * ((8L * c) + (4L * c * c))) + ((long)LevelCount * planes * c) + (withId ? IdSize : 0);
+        var file = new byte[length];
+        Span<byte> span = file;
+        Magic.CopyTo(span);
+        BinaryPrimitives.WriteUInt16LittleEndian(span[4..], FormatVersion);
+        BinaryPrimitives.WriteUInt16LittleEndian(span[6..], (ushort)Layers);
+        BinaryPrimitives.WriteUInt16LittleEndian(span[8..], (ushort)KvHeads);
+        BinaryPrimitives.WriteUInt16LittleEndian(span[10..], (ushort)HeadDim);
+        Model.Value.Write(span[12..]);
+        BinaryPrimitives.WriteUInt16LittleEndian(span[44..], (ushort)ExactHead);
+        BinaryPrimitives.WriteUInt16LittleEndian(span[46..], (ushort)ExactTail);
+        span[48] = LevelCount;
+        int position = FixedHeader;
+        WriteFloats(span, ref position, _levelBits);
+        for (int p = 0; p < planes; p++)
+        {
+            WriteFloats(span, ref position, _mean.AsSpan(p * c, c));
+            WriteFloats(span, ref position, _sigma.AsSpan(p * c, c));
+            WriteFloats(span, ref position, _basis.AsSpan(p * c * c, c * c));
+        }
+
+        _bits.CopyTo(span[position..]);
+        position += _bits.Length;
+        if (withId)
+        {
+            XxHash128.Hash(span[..position], span[position..]);
+        }
+
+        return file;
+    }
+
+    private static void WriteFloats(Span<byte> span, ref int position, ReadOnlySpan<float> values)
+    {
+        MemoryMarshal.AsBytes(values).CopyTo(span[position..]);
+        position += values.Length * 4;
+    }
+}
