@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: OpenBLAS (the engine benchmark's reference); libx265 and libavcodec with what builds the video
-# codec's shim (native/kvfvideo); redis-server for the Redis store's tests and benchmark.
-packages=(libopenblas0 libx265-dev libavcodec-dev pkg-config gcc make redis-server)
+# codec's shim (native/kvfvideo); redis-server for the Redis store's tests and benchmark; prometheus for promtool,
+# which checks both servers' /metrics in the tests.
+packages=(libopenblas0 libx265-dev libavcodec-dev pkg-config gcc make redis-server prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
