@@ -18,6 +18,9 @@ internal static partial class ServingLog
     [LoggerMessage(EventId = 1203, EventName = "PrefixFetchFailed", Level = LogLevel.Error, Message = "The stored prefix could not be fetched; computing the whole prompt")]
     public static partial void PrefixFetchFailed(ILogger logger, Exception exception);
 
+    [LoggerMessage(EventId = 1206, EventName = "FetcherStopFailed", Level = LogLevel.Warning, Message = "A request's fetcher failed to stop cleanly; its session is released anyway")]
+    public static partial void FetcherStopFailed(ILogger logger, Exception exception);
+
     [LoggerMessage(EventId = 1204, EventName = "EngineStarted", Level = LogLevel.Information, Message = "Serving {Model} on {Engine}; store {Store}")]
     public static partial void EngineStarted(ILogger logger, string model, string engine, string store);
 

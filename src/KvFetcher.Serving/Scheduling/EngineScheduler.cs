@@ -272,46 +272,41 @@ public sealed class EngineScheduler : IAsyncDisposable
     }
 
     /// <summary>The waiting queue: fetch the request's stored prefix off the engine, then hand it to the engine.</summary>
-    private async Task WaitForKvAsync(Sequence sequence)
-    {
-        Interlocked.Increment(ref _fetching);
-        try
+    private Task WaitForKvAsync(Sequence sequence) => OffEngineAsync(
+        sequence,
+        async () =>
         {
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(sequence.CancellationToken, _stopping.Token);
             // Per chunk, the stored variant of the reuse ladder predicted to arrive first (see KvReuse.FetchPrefixAsync).
             sequence.Restore = await _reuse!.FetchPrefixAsync(sequence.Session!, sequence.Plan!, _reuse.Options.Ladder, linked.Token).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException ex)
-        {
-            Interlocked.Decrement(ref _fetching);
-            Finish(sequence, sequence.IsCancelled ? ex : new ObjectDisposedException(nameof(EngineScheduler)));
-            return;
-        }
-        catch (Exception ex) when (ex is not OutOfMemoryException)
-        {
-            // The fetcher turns store failures into misses; anything else is a bug, but it is this request's alone:
-            // compute everything.
-            sequence.Session!.Reset();
-            sequence.Restore = null;
-            ServingLog.PrefixFetchFailed(_logger, ex);
-        }
-
-        // Posted before it stops counting as fetching: a stopping engine loop waits for it and fails it.
-        Post(sequence);
-        Interlocked.Decrement(ref _fetching);
-    }
+        },
+        () => sequence.Restore = null);
 
     /// <summary>
     /// Compute and fetch together: looks up the stored prefix off the engine and starts its fetcher, then hands the request
     /// to the engine, whose iterations compute the front while the fetcher restores the back.
     /// </summary>
-    private async Task BeginReuseAsync(Sequence sequence)
+    private Task BeginReuseAsync(Sequence sequence) => OffEngineAsync(
+        sequence,
+        async () =>
+        {
+            sequence.Stopping = CancellationTokenSource.CreateLinkedTokenSource(sequence.CancellationToken, _stopping.Token);
+            sequence.Prefill = await _reuse!.BeginPrefillAsync(sequence.Session!, sequence.Plan!, ServingStrategy(), _wake, sequence.Stopping.Token).ConfigureAwait(false);
+        },
+        () => sequence.Prefill = null);
+
+    /// <summary>
+    /// Runs a reuse request's step off the engine (lookup, and the fetch or the fetcher's start) while it counts as
+    /// fetching, then posts it to the engine. The lookup and fetcher turn store failures into misses; any other failure
+    /// is a bug, but this request's alone: <paramref name="discard"/> drops what the step set and the engine computes
+    /// the whole prompt.
+    /// </summary>
+    private async Task OffEngineAsync(Sequence sequence, Func<Task> step, Action discard)
     {
         Interlocked.Increment(ref _fetching);
         try
         {
-            sequence.Stopping = CancellationTokenSource.CreateLinkedTokenSource(sequence.CancellationToken, _stopping.Token);
-            sequence.Prefill = await _reuse!.BeginPrefillAsync(sequence.Session!, sequence.Plan!, ServingStrategy(), _wake, sequence.Stopping.Token).ConfigureAwait(false);
+            await step().ConfigureAwait(false);
         }
         catch (OperationCanceledException ex)
         {
@@ -321,11 +316,9 @@ public sealed class EngineScheduler : IAsyncDisposable
         }
         catch (Exception ex) when (ex is not OutOfMemoryException)
         {
-            // The lookup turns store failures into misses; anything else is a bug, but it is this request's alone:
-            // compute everything.
             sequence.Session!.Reset();
-            sequence.Prefill = null;
-            Trace.TraceWarning($"kvfetch serving: prefix lookup failed, computing instead: {ex.Message}");
+            discard();
+            ServingLog.PrefixFetchFailed(_logger, ex);
         }
 
         // Posted before it stops counting as fetching: a stopping engine loop waits for it and fails it.
@@ -420,9 +413,9 @@ public sealed class EngineScheduler : IAsyncDisposable
             return;
         }
 
-        Track(ReleaseAfterAsync(stopped, session, sequence.Stopping));
+        Track(ReleaseAfterAsync(stopped, session, sequence.Stopping, _logger));
 
-        static async Task ReleaseAfterAsync(Task stopped, IInferenceSession? session, CancellationTokenSource? stopping)
+        static async Task ReleaseAfterAsync(Task stopped, IInferenceSession? session, CancellationTokenSource? stopping, ILogger logger)
         {
             try
             {
@@ -430,7 +423,7 @@ public sealed class EngineScheduler : IAsyncDisposable
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
-                Trace.TraceWarning($"kvfetch serving: a fetcher failed to stop cleanly: {ex.Message}");
+                ServingLog.FetcherStopFailed(logger, ex);
             }
             finally
             {
