@@ -12,10 +12,12 @@ internal static class Program
                   NVDEC bit-exactness against the CPU decoder and refusal of bad input, then throughput per
                   stream group (--tune: also without display delay)
           reuse --repo PATH [--out DIR] [--bandwidths 1000,4000,8000,16000,40000] [--large 4096,16384]
-                [--skip-checks] [--skip-bundled] [--decoders]
+                [--skip-checks] [--skip-bundled] [--decoders] [--serving [--serving-rates 4,8] [--serving-gbps 1,4,16]
+                [--serving-requests 32] [--serving-context 2048] [--serving-fresh 384]]
                   the CUDA engine with NVDEC restore: NVDEC path == CPU decoders and greedy checks on the bundled model,
                   then the TTFT sweep on it and on a Llama-3-8B shape (random weights, real-KV chunks; --large 0 skips);
-                  --decoders: instead of that sweep, the decode rates of NVDEC, CUDA cachegen and CPU, alone and together
+                  --decoders: instead of that sweep, the decode rates of NVDEC, CUDA cachegen and CPU, alone and together;
+                  --serving: instead of that sweep, the serving benchmark (engine loop, Poisson arrivals) on the 8B shape
         """;
 
     private static int Main(string[] args)

@@ -106,6 +106,12 @@ internal static class ReuseCommand
                 return failures == 0 ? 0 : 1;
             }
 
+            if (args.Contains("--serving"))
+            {
+                await ServingAsync(big, model, documents, args, output);
+                return failures == 0 ? 0 : 1;
+            }
+
             var random = new Random(7);
             TtftSweepResult result = await TtftSweep.RunAsync(big.Model, new TtftSweepOptions
             {
@@ -342,6 +348,31 @@ internal static class ReuseCommand
         a.Export(0, tokens, a.StorageDType, x);
         b.Export(0, tokens, b.StorageDType, y);
         return x.AsSpan().SequenceEqual(y);
+    }
+
+    /// <summary>
+    /// The serving benchmark (issue 17) on the Llama-3-8B shape: the engine loop with Poisson arrivals of reuse and fresh
+    /// requests over the shaped store, prompts of real text through the bundled model's tokenizer (its ids fit the
+    /// shape's vocabulary), chunks stored raw (the shape's own KV: lossless, so codec choice plays no part).
+    /// </summary>
+    private static async Task ServingAsync(LocalEngine big, CudaLanguageModel bundled, string documents, string[] args, string output)
+    {
+        using var model = new TokenizedModel(big.Model, bundled.Tokenizer, "llama-3-8b-shape (random weights)");
+        ServingWorkloadResult served = await ServingWorkload.RunAsync(model, new ServingWorkloadOptions
+        {
+            DocumentsDirectory = documents,
+            ContextTokens = Args.Int(args, "--serving-context", 2048),
+            FreshTokens = Args.Int(args, "--serving-fresh", 384),
+            Rates = [.. Args.Ints(args, "--serving-rates", [4, 8]).Select(r => (double)r)],
+            Gbps = [.. Args.Ints(args, "--serving-gbps", [1, 4, 16]).Select(g => (double)g)],
+            Requests = Args.Int(args, "--serving-requests", 32),
+            Restorer = big.Restorer,
+            Log = Console.WriteLine,
+        });
+        File.WriteAllText(Path.Combine(output, "serving-llama3-8b.json"), JsonSerializer.Serialize(served, BenchmarkJson.Default.ServingWorkloadResult));
+        string table = ServingWorkload.Markdown(served);
+        File.WriteAllText(Path.Combine(output, "serving-llama3-8b.md"), table);
+        Console.WriteLine(table);
     }
 
     private static void Write(TtftSweepResult result, string path)
