@@ -30,7 +30,7 @@ internal static class StoreBenchmark
           Each cell moves about --cell-mb MB per phase (at least 4 objects per client), puts first, then gets of the
           objects just stored; clients share one store instance per backend (one HttpClient, one Redis multiplexer).
           --fsync sets whether the disk store and our server flush every put to disk (on: their real setting);
-          redis-server always runs in memory without persistence.
+          redis-server then runs with the same durability (append-only file, appendfsync always; off: in memory only).
         """;
 
     private const int MinOpsPerClient = 4;
@@ -201,7 +201,8 @@ internal static class StoreBenchmark
         bool ratio = backends.Contains("server") && backends.Contains("redis");
         Console.WriteLine($"Store loopback benchmark, {Environment.ProcessorCount} cores; MB/s = 10^6 bytes/s over all clients; latency per operation; " +
             "CPU ms/MB = processor time of client and server together (this process, plus redis-server's) per 10^6 bytes moved; " +
-            $"~{cellBytes / 1_000_000} MB per cell and phase; disk and server fsync {(fsync ? "on" : "off")}; redis-server in memory, no persistence.");
+            $"~{cellBytes / 1_000_000} MB per cell and phase; disk and server fsync {(fsync ? "on" : "off")}; " +
+            (fsync ? "redis-server with the same durability (append-only file, appendfsync always)." : "redis-server in memory, no persistence."));
         Console.WriteLine();
         string header = "| op | size | clients | " + string.Join(" | ", backends.Select(b => $"{b} MB/s")) + " | "
             + string.Join(" | ", backends.Select(b => $"{b} p50 / p99 ms")) + " | " + string.Join(" | ", backends.Select(b => $"{b} CPU ms/MB"))
@@ -321,7 +322,7 @@ internal static class StoreBenchmark
 
                 default:
                 {
-                    RedisDeployment redis = await RedisDeployment.StartSingleAsync();
+                    RedisDeployment redis = await RedisDeployment.StartSingleAsync(durable: fsync);
                     try
                     {
                         RedisKvStore client = await RedisKvStore.ConnectAsync(new RedisKvStoreOptions

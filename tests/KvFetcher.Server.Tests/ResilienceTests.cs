@@ -37,24 +37,91 @@ public sealed class ResilienceTests
     }
 
     [Fact]
-    public async Task Get_RawRequestForCorruptedFile_Answers404WithoutItsBytes()
+    public async Task Get_RawRequestForCorruptedSmallFile_Answers404WithoutItsBytes()
     {
-        // Through a plain HttpClient, which verifies nothing: the server itself must refuse to serve the object.
+        // Through a plain HttpClient, which verifies nothing: the server itself must refuse to serve the object. One
+        // that fits the first slice the server reads is verified whole before the status line goes out.
         await using ServerHarness harness = await ServerHarness.StartAsync();
         await using HttpKvStore client = harness.Client();
         using HttpClient raw = harness.Raw();
         ObjectKey key = TestObjects.KeyFor("rotting-raw");
-        byte[] container = TestObjects.Container(key, 1 << 20, 1);
-        await client.PutAsync(key, container, Ct);
-        string file = harness.ObjectPath(key);
-        byte[] onDisk = await File.ReadAllBytesAsync(file, Ct);
-        onDisk[onDisk.Length / 2] ^= 0x10;
-        await File.WriteAllBytesAsync(file, onDisk, Ct);
+        await PutThenCorruptAsync(harness, client, key, 100_000, at: 50_000);
 
         using HttpResponseMessage response = await raw.GetAsync($"/v1/objects/{key}", Ct);
         Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
         Assert.True((await response.Content.ReadAsByteArrayAsync(Ct)).Length < 100);
         Assert.Equal(1, (await client.GetStatsAsync(Ct)).CorruptObjects);
+    }
+
+    [Fact]
+    public async Task Get_RawRequestForCorruptedLargeFile_TornNeverComplete_Then404()
+    {
+        // A large object is sent while it is read, so its checksum is known only after its last byte: the server
+        // aborts the connection, and a client that verifies nothing still never receives a complete body.
+        await using ServerHarness harness = await ServerHarness.StartAsync();
+        await using HttpKvStore client = harness.Client();
+        using HttpClient raw = harness.Raw();
+        ObjectKey key = TestObjects.KeyFor("rotting-raw-large");
+        await PutThenCorruptAsync(harness, client, key, 4 << 20, at: 3 << 20);
+
+        await Assert.ThrowsAsync<HttpRequestException>(() => raw.GetByteArrayAsync($"/v1/objects/{key}", Ct));
+        using HttpResponseMessage again = await raw.GetAsync($"/v1/objects/{key}", Ct); // discarded: now a clean miss
+        Assert.Equal(HttpStatusCode.NotFound, again.StatusCode);
+        Assert.Equal(1, (await client.GetStatsAsync(Ct)).CorruptObjects);
+        await StoreServerTests.AssertServingAsync(harness);
+    }
+
+    [Fact]
+    public async Task Get_CorruptedHeaderOfLargeFile_Answers404BeforeAnyByte()
+    {
+        await using ServerHarness harness = await ServerHarness.StartAsync();
+        await using HttpKvStore client = harness.Client();
+        using HttpClient raw = harness.Raw();
+        ObjectKey key = TestObjects.KeyFor("rotting-head");
+        await PutThenCorruptAsync(harness, client, key, 4 << 20, at: 9); // the version field
+
+        using HttpResponseMessage response = await raw.GetAsync($"/v1/objects/{key}", Ct);
+        Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+        Assert.Equal(1, (await client.GetStatsAsync(Ct)).CorruptObjects);
+    }
+
+    [Fact]
+    public async Task Get_LargeFileCorrupted_VerifyingClientMissNeverWrongData()
+    {
+        // The verifying client sees the torn answer as a failed connection, retries, and gets the clean miss.
+        await using ServerHarness harness = await ServerHarness.StartAsync();
+        await using HttpKvStore client = harness.Client();
+        ObjectKey key = TestObjects.KeyFor("rotting-large");
+        await PutThenCorruptAsync(harness, client, key, 4 << 20, at: 2 << 20);
+
+        Assert.Null(await client.GetBytesAsync(key, cancellationToken: Ct));
+        Assert.Equal(1, (await client.GetStatsAsync(Ct)).CorruptObjects);
+    }
+
+    [Fact]
+    public async Task Get_LargeIntactFile_StreamedWholeWithItsLength()
+    {
+        await using ServerHarness harness = await ServerHarness.StartAsync();
+        await using HttpKvStore client = harness.Client();
+        using HttpClient raw = harness.Raw();
+        ObjectKey key = TestObjects.KeyFor("large-intact");
+        byte[] container = TestObjects.Container(key, (8 << 20) + 12_345, 3);
+        await client.PutAsync(key, container, Ct);
+
+        using HttpResponseMessage response = await raw.GetAsync($"/v1/objects/{key}", Ct);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(container.Length, response.Content.Headers.ContentLength);
+        Assert.Equal(container, await response.Content.ReadAsByteArrayAsync(Ct));
+        Assert.Equal(0, (await client.GetStatsAsync(Ct)).CorruptObjects);
+    }
+
+    private static async Task PutThenCorruptAsync(ServerHarness harness, HttpKvStore client, ObjectKey key, int size, int at)
+    {
+        await client.PutAsync(key, TestObjects.Container(key, size, 1), Ct);
+        string file = harness.ObjectPath(key);
+        byte[] onDisk = await File.ReadAllBytesAsync(file, Ct);
+        onDisk[at] ^= 0x10;
+        await File.WriteAllBytesAsync(file, onDisk, Ct);
     }
 
     [Fact]

@@ -99,9 +99,44 @@ public static class ChunkContainer
     /// </summary>
     public static ChunkHeader Read(ReadOnlySpan<byte> container, out ReadOnlySpan<byte> parameters, out ReadOnlySpan<byte> payload)
     {
-        if (container.Length < HeaderSize + ChecksumSize)
+        CheckStructure(container, container.Length, out int tagSize, out long parametersLength, out long payloadLength);
+        int bodyEnd = container.Length - ChecksumSize;
+        ulong stored = BinaryPrimitives.ReadUInt64LittleEndian(container[bodyEnd..]);
+        ulong actual = XxHash3.HashToUInt64(container[..bodyEnd]);
+        if (stored != actual)
         {
-            throw Invalid("length", 0, container.Length, $"a container is at least {HeaderSize + ChecksumSize} bytes");
+            throw Invalid("checksum", bodyEnd, $"{stored:x16}", $"the content hashes to {actual:x16} (corrupt)");
+        }
+
+        ChunkHeader header = ReadFields(container, tagSize);
+        parameters = container.Slice(HeaderSize, (int)parametersLength);
+        payload = container.Slice(HeaderSize + (int)parametersLength, (int)payloadLength);
+        return header;
+    }
+
+    /// <summary>
+    /// Checks everything a container's first <see cref="HeaderSize"/> bytes say, for a container of
+    /// <paramref name="length"/> bytes, and returns its header: all of <see cref="Read(ReadOnlySpan{byte}, out ReadOnlySpan{byte}, out ReadOnlySpan{byte})"/>'s
+    /// checks but the checksum, which needs every byte (<see cref="ContainerStreamCheck"/> takes it as the bytes pass).
+    /// </summary>
+    /// <exception cref="InvalidKvDataException">The header is malformed or does not fit the length.</exception>
+    public static ChunkHeader ReadHeader(ReadOnlySpan<byte> head, long length)
+    {
+        if (head.Length < HeaderSize)
+        {
+            throw Invalid("length", 0, head.Length, $"a header is {HeaderSize} bytes");
+        }
+
+        CheckStructure(head, length, out int tagSize, out _, out _);
+        return ReadFields(head, tagSize);
+    }
+
+    /// <summary>The checks before the checksum: size, magic, version, flags and lengths against the container's length.</summary>
+    private static void CheckStructure(ReadOnlySpan<byte> container, long length, out int tagSize, out long parametersLength, out long payloadLength)
+    {
+        if (length < HeaderSize + ChecksumSize)
+        {
+            throw Invalid("length", 0, length, $"a container is at least {HeaderSize + ChecksumSize} bytes");
         }
 
         if (!container[..8].SequenceEqual(Magic))
@@ -121,10 +156,10 @@ public static class ChunkContainer
             throw Invalid("flags", 13, flags, "unknown flag bits");
         }
 
-        int tagSize = (flags & AuthenticatedFlag) != 0 ? ChunkMacKey.TagSize : 0;
-        long parametersLength = BinaryPrimitives.ReadInt64LittleEndian(container[112..]);
-        long payloadLength = BinaryPrimitives.ReadInt64LittleEndian(container[120..]);
-        long available = container.Length - HeaderSize - ChecksumSize - tagSize;
+        tagSize = (flags & AuthenticatedFlag) != 0 ? ChunkMacKey.TagSize : 0;
+        parametersLength = BinaryPrimitives.ReadInt64LittleEndian(container[112..]);
+        payloadLength = BinaryPrimitives.ReadInt64LittleEndian(container[120..]);
+        long available = length - HeaderSize - ChecksumSize - tagSize;
         if (parametersLength < 0 || parametersLength > available)
         {
             throw Invalid("parameters length", 112, parametersLength, $"{available} bytes follow the header");
@@ -134,16 +169,12 @@ public static class ChunkContainer
         {
             throw Invalid("payload length", 120, payloadLength, $"the container holds {available - parametersLength} payload bytes (truncated or extended)");
         }
+    }
 
-        int bodyEnd = container.Length - ChecksumSize;
-        ulong stored = BinaryPrimitives.ReadUInt64LittleEndian(container[bodyEnd..]);
-        ulong actual = XxHash3.HashToUInt64(container[..bodyEnd]);
-        if (stored != actual)
-        {
-            throw Invalid("checksum", bodyEnd, $"{stored:x16}", $"the content hashes to {actual:x16} (corrupt)");
-        }
-
-        // Structure and checksum hold: the remaining fields are as written, but still must be sane.
+    /// <summary>The header's fields once its structure holds: each must still be sane on its own and together.</summary>
+    private static ChunkHeader ReadFields(ReadOnlySpan<byte> container, int tagSize)
+    {
+        // The structure holds (and, when read whole, the checksum): the remaining fields must still be sane.
         if (container[14] != 0 || container[15] != 0 || BinaryPrimitives.ReadInt32LittleEndian(container[108..]) != 0)
         {
             throw Invalid("reserved", 14, "non-zero", "reserved bytes must be zero");
@@ -187,8 +218,6 @@ public static class ChunkContainer
             throw Invalid("token start", 80, tokenStart, $"with {tokens} tokens the chunk would end past position {int.MaxValue}");
         }
 
-        parameters = container.Slice(HeaderSize, (int)parametersLength);
-        payload = container.Slice(HeaderSize + (int)parametersLength, (int)payloadLength);
         return new ChunkHeader
         {
             Codec = (CodecId)codec,
@@ -201,6 +230,7 @@ public static class ChunkContainer
             Authenticated = tagSize != 0,
         };
     }
+
 
     /// <summary>
     /// Whether <paramref name="container"/> is a well-formed container whose checksum holds (what a store verifies
@@ -277,6 +307,6 @@ public static class ChunkContainer
         }
     }
 
-    private static InvalidKvDataException Invalid(string field, int offset, object value, string why) =>
+    internal static InvalidKvDataException Invalid(string field, int offset, object value, string why) =>
         new($"KV chunk container: {field} at offset {offset} is {value}: {why}.");
 }

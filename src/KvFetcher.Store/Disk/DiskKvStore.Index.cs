@@ -26,7 +26,7 @@ public sealed partial class DiskKvStore
     private TaskCompletionSource? _spaceReleased;
 
     /// <summary>One stored object.</summary>
-    private sealed class Entry(string key, string path, long size)
+    internal sealed class Entry(string key, string path, long size)
     {
         public string Key { get; } = key;
 

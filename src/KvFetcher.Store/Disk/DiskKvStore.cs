@@ -360,45 +360,16 @@ public sealed partial class DiskKvStore : IKvStore
     private StoreRead Get(string name, IBufferWriter<byte> destination, ByteRange range, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        Entry? entry;
-        SafeFileHandle handle;
-        long start;
-        long count;
-        lock (_gate)
+        long start = 0;
+        long count = 0;
+        if (OpenEntry(name, entry => range.TryResolve(entry.Size, out start, out count)
+                ? null
+                : new ArgumentOutOfRangeException(nameof(range), range, $"The range lies outside '{name}' ({entry.Size} bytes).")) is not { } opened)
         {
-            if (!_index.TryGetValue(name, out entry))
-            {
-                Interlocked.Increment(ref _misses);
-                return StoreRead.Miss;
-            }
-
-            if (!range.TryResolve(entry.Size, out start, out count))
-            {
-                throw new ArgumentOutOfRangeException(nameof(range), range, $"The range lies outside '{name}' ({entry.Size} bytes).");
-            }
-
-            // Opened under the gate: a concurrent delete or replace cannot slip between the lookup and the open, so the
-            // handle is this entry's file. Once open, the bytes stay readable even if the name is unlinked later.
-            try
-            {
-                handle = File.OpenHandle(entry.Path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-            }
-            catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
-            {
-                // Removed behind the store's back: the index is wrong about it, so it is a bad object.
-                RemoveEntry(entry);
-                Interlocked.Increment(ref _corruptObjects);
-                Interlocked.Increment(ref _misses);
-                return StoreRead.Miss;
-            }
-            catch (Exception ex) when (IsIoError(ex))
-            {
-                throw IoFailure("open", entry.Path, ex);
-            }
-
-            Pin(entry);
-            Touch(entry);
+            return StoreRead.Miss;
         }
+
+        (Entry entry, SafeFileHandle handle) = opened;
 
         try
         {
@@ -450,6 +421,51 @@ public sealed partial class DiskKvStore : IKvStore
         finally
         {
             Unpin(entry);
+        }
+    }
+
+    /// <summary>
+    /// Finds <paramref name="name"/> and opens its file under the gate, so a concurrent delete or replace cannot slip
+    /// between the lookup and the open (once open, the bytes stay readable even if the name is unlinked later); the entry
+    /// comes back pinned and touched, or null on a miss. <paramref name="refuse"/> may refuse the entry with an exception
+    /// before anything is opened.
+    /// </summary>
+    private (Entry Entry, SafeFileHandle Handle)? OpenEntry(string name, Func<Entry, Exception?>? refuse = null)
+    {
+        lock (_gate)
+        {
+            if (!_index.TryGetValue(name, out Entry? entry))
+            {
+                Interlocked.Increment(ref _misses);
+                return null;
+            }
+
+            if (refuse?.Invoke(entry) is { } refused)
+            {
+                throw refused;
+            }
+
+            SafeFileHandle handle;
+            try
+            {
+                handle = File.OpenHandle(entry.Path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            }
+            catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
+            {
+                // Removed behind the store's back: the index is wrong about it, so it is a bad object.
+                RemoveEntry(entry);
+                Interlocked.Increment(ref _corruptObjects);
+                Interlocked.Increment(ref _misses);
+                return null;
+            }
+            catch (Exception ex) when (IsIoError(ex))
+            {
+                throw IoFailure("open", entry.Path, ex);
+            }
+
+            Pin(entry);
+            Touch(entry);
+            return (entry, handle);
         }
     }
 

@@ -20,12 +20,16 @@ internal sealed class RedisDeployment : IAsyncDisposable
     private readonly string _directory;
     private readonly string _cli;
 
-    private RedisDeployment(string directory, string cli, bool cluster)
+    private RedisDeployment(string directory, string cli, bool cluster, bool durable)
     {
         _directory = directory;
         _cli = cli;
         IsCluster = cluster;
+        IsDurable = durable;
     }
+
+    /// <summary>Whether every acknowledged write is on disk first (append-only file, fsync on every write).</summary>
+    public bool IsDurable { get; }
 
     public bool IsCluster { get; }
 
@@ -34,11 +38,15 @@ internal sealed class RedisDeployment : IAsyncDisposable
     /// <summary><c>127.0.0.1:port,…</c> for every server.</summary>
     public string ConnectionString => string.Join(',', _ports.Select(p => $"127.0.0.1:{p}"));
 
-    public static Task<RedisDeployment> StartSingleAsync(CancellationToken cancellationToken = default) =>
-        StartAsync(1, cluster: false, cancellationToken);
+    /// <summary>
+    /// One server, in memory without persistence; <paramref name="durable"/>: with an append-only file fsync'ed on every
+    /// write (<c>appendfsync always</c>), the durability of a store that flushes every put.
+    /// </summary>
+    public static Task<RedisDeployment> StartSingleAsync(bool durable = false, CancellationToken cancellationToken = default) =>
+        StartAsync(1, cluster: false, durable, cancellationToken);
 
     public static Task<RedisDeployment> StartClusterAsync(int primaries = 3, CancellationToken cancellationToken = default) =>
-        StartAsync(primaries, cluster: true, cancellationToken);
+        StartAsync(primaries, cluster: true, durable: false, cancellationToken);
 
     /// <summary>The full path of a Redis program, or an exception saying how to install it.</summary>
     public static string FindProgram(string name)
@@ -188,14 +196,14 @@ internal sealed class RedisDeployment : IAsyncDisposable
         return text;
     }
 
-    private static async Task<RedisDeployment> StartAsync(int primaries, bool cluster, CancellationToken cancellationToken)
+    private static async Task<RedisDeployment> StartAsync(int primaries, bool cluster, bool durable, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(primaries, cluster ? 3 : 1);
         string server = FindProgram("redis-server");
         string cli = FindProgram("redis-cli");
         string directory = Path.Combine(Path.GetTempPath(), $"kvf-redis-{Guid.NewGuid():N}");
         Directory.CreateDirectory(directory);
-        var deployment = new RedisDeployment(directory, cli, cluster);
+        var deployment = new RedisDeployment(directory, cli, cluster, durable);
         try
         {
             for (int i = 0; i < primaries; i++)
@@ -270,8 +278,9 @@ internal sealed class RedisDeployment : IAsyncDisposable
         string[] arguments =
         [
             "--port", Invariant(port), "--bind", "127.0.0.1", "--protected-mode", "no", "--daemonize", "no",
-            "--dir", _directory, "--logfile", LogOf(port), "--save", string.Empty, "--appendonly", "no",
+            "--dir", _directory, "--logfile", LogOf(port), "--save", string.Empty, "--appendonly", IsDurable ? "yes" : "no",
             "--dbfilename", $"dump-{port}.rdb",
+            .. (IsDurable ? (string[])["--appendfsync", "always", "--appendfilename", $"append-{port}.aof"] : []),
         ];
         foreach (string argument in arguments)
         {

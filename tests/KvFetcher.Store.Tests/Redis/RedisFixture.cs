@@ -15,7 +15,7 @@ public abstract class RedisFixture : IAsyncLifetime
 
     /// <summary>A deployment of the same kind for a test to own (and kill).</summary>
     internal Task<RedisDeployment> StartAnotherAsync(CancellationToken cancellationToken) =>
-        IsCluster ? RedisDeployment.StartClusterAsync(3, cancellationToken) : RedisDeployment.StartSingleAsync(cancellationToken);
+        IsCluster ? RedisDeployment.StartClusterAsync(3, cancellationToken) : RedisDeployment.StartSingleAsync(cancellationToken: cancellationToken);
 
     public async ValueTask InitializeAsync() => _deployment = await StartAnotherAsync(TestContext.Current.CancellationToken);
 

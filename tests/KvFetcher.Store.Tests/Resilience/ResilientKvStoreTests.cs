@@ -166,7 +166,7 @@ public sealed class ResilientKvStoreTests : IAsyncDisposable
     [Fact]
     public async Task OpenAsync_RedisComesUpAfterStart_ReuseResumes()
     {
-        await using RedisDeployment redis = await RedisDeployment.StartSingleAsync(TestContext.Current.CancellationToken);
+        await using RedisDeployment redis = await RedisDeployment.StartSingleAsync(cancellationToken: TestContext.Current.CancellationToken);
         redis.Kill();
         await using IKvStore store = await KvStores.OpenAsync($"redis://{redis.ConnectionString}", cancellationToken: TestContext.Current.CancellationToken);
         Assert.NotNull(await KvStores.CheckAsync(store, TestContext.Current.CancellationToken));
