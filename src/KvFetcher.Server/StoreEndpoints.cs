@@ -124,9 +124,9 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
     /// A whole object from the disk store: Content-Length from the store's index, then the file in slices, each flushed
     /// to the socket as soon as it is read, so no copy of the whole object is held and reading overlaps sending. The
     /// header is checked before anything goes out, and so is the checksum of an object that fits one slice: a corrupt
-    /// one is a clean 404. A larger object's checksum is known only after its last byte, when a mismatch can only abort
-    /// the connection: the client sees a torn body, never a complete wrong one (and verifies every container itself),
-    /// and the store has discarded the object, so the client's retry is a 404.
+    /// one is a clean 404. A larger object's checksum is known only after its last byte has been read, and its last slice
+    /// is held back until then: a mismatch aborts the connection, so the client sees a torn body, never a complete wrong
+    /// one (and verifies every container itself), and the store has discarded the object, so the client's retry is a 404.
     /// </summary>
     private async Task StreamAsync(HttpContext context, DiskKvStore disk, ObjectKey key)
     {
@@ -165,15 +165,19 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
             response.Headers.AcceptRanges = StoreProtocol.RangeUnit;
             response.ContentLength = reader.Length;
             FlushResult flushed = await body.WriteAsync(first.AsMemory(0, read), context.RequestAborted);
-            while (!reader.AtEnd && !flushed.IsCanceled && !flushed.IsCompleted)
+            while (!reader.AtEnd)
             {
-                body.Advance(reader.Read(body.GetMemory(SliceBytes).Span[..SliceBytes]));
-                flushed = await body.FlushAsync(context.RequestAborted);
-            }
+                if (flushed.IsCanceled || flushed.IsCompleted)
+                {
+                    return; // the client went away
+                }
 
-            if (!reader.AtEnd)
-            {
-                return; // the client went away
+                body.Advance(reader.Read(body.GetMemory(SliceBytes).Span[..SliceBytes]));
+                if (!reader.AtEnd)
+                {
+                    // The last slice is held until the checksum holds: flushed, it would complete the body.
+                    flushed = await body.FlushAsync(context.RequestAborted);
+                }
             }
         }
         catch (InvalidKvDataException)
@@ -188,10 +192,11 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
 
         if (!reader.Finish())
         {
-            context.Abort();
+            context.Abort(); // the last slice never leaves: the client's body stays short of Content-Length
             return;
         }
 
+        await body.FlushAsync(context.RequestAborted);
         metrics.AddSent(reader.Length);
     }
 

@@ -21,14 +21,7 @@ public sealed class ResilienceTests
         await using ServerHarness harness = await ServerHarness.StartAsync();
         await using HttpKvStore client = harness.Client();
         ObjectKey key = TestObjects.KeyFor("rotting");
-        byte[] container = TestObjects.Container(key, 50_000, 1);
-        await client.PutAsync(key, container, Ct);
-
-        string file = harness.ObjectPath(key);
-        byte[] onDisk = await File.ReadAllBytesAsync(file, Ct);
-        Assert.Equal(container, onDisk);
-        onDisk[30_000] ^= 0x01;
-        await File.WriteAllBytesAsync(file, onDisk, Ct);
+        await PutThenCorruptAsync(harness, client, key, 50_000, at: 30_000);
 
         Assert.Null(await client.GetBytesAsync(key, cancellationToken: Ct));
         Assert.Equal(new[] { false }, await client.ExistsAsync([key], Ct)); // removed, not served again
@@ -115,12 +108,15 @@ public sealed class ResilienceTests
         Assert.Equal(0, (await client.GetStatsAsync(Ct)).CorruptObjects);
     }
 
+    /// <summary>Stores a container of <paramref name="size"/> payload bytes, then flips a bit of its file at <paramref name="at"/> (negative: from the end).</summary>
     private static async Task PutThenCorruptAsync(ServerHarness harness, HttpKvStore client, ObjectKey key, int size, int at)
     {
-        await client.PutAsync(key, TestObjects.Container(key, size, 1), Ct);
+        byte[] container = TestObjects.Container(key, size, 1);
+        await client.PutAsync(key, container, Ct);
         string file = harness.ObjectPath(key);
         byte[] onDisk = await File.ReadAllBytesAsync(file, Ct);
-        onDisk[at] ^= 0x10;
+        Assert.Equal(container, onDisk);
+        onDisk[at < 0 ? onDisk.Length + at : at] ^= 0x10;
         await File.WriteAllBytesAsync(file, onDisk, Ct);
     }
 
@@ -130,12 +126,7 @@ public sealed class ResilienceTests
         await using ServerHarness harness = await ServerHarness.StartAsync();
         await using HttpKvStore client = harness.Client();
         ObjectKey key = TestObjects.KeyFor("rotting-range");
-        byte[] container = TestObjects.Container(key, 50_000, 1);
-        await client.PutAsync(key, container, Ct);
-        string file = harness.ObjectPath(key);
-        byte[] onDisk = await File.ReadAllBytesAsync(file, Ct);
-        onDisk[^1] ^= 0x80; // the checksum itself
-        await File.WriteAllBytesAsync(file, onDisk, Ct);
+        await PutThenCorruptAsync(harness, client, key, 50_000, at: -1); // the checksum itself
 
         Assert.Null(await client.GetBytesAsync(key, new ByteRange(0, 100), Ct));
     }

@@ -15,6 +15,14 @@ public sealed class DiskObjectReaderTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
+    private async Task PutThenCorruptAsync(DiskKvStore store, ObjectKey key, int size, int at)
+    {
+        await store.PutAsync(key, TestObjects.Container(key, size, 1), Ct);
+        byte[] onDisk = await File.ReadAllBytesAsync(_dir.ObjectPath(key), Ct);
+        onDisk[at] ^= 0x20;
+        await File.WriteAllBytesAsync(_dir.ObjectPath(key), onDisk, Ct);
+    }
+
     private static byte[] ReadAll(DiskKvStore.ObjectReader reader, int slice)
     {
         byte[] all = new byte[reader.Length];
@@ -61,10 +69,7 @@ public sealed class DiskObjectReaderTests : IDisposable
     {
         await using DiskKvStore store = _dir.Open();
         ObjectKey key = TestObjects.KeyFor("rotten-body");
-        await store.PutAsync(key, TestObjects.Container(key, 1 << 20, 2), Ct);
-        byte[] onDisk = await File.ReadAllBytesAsync(_dir.ObjectPath(key), Ct);
-        onDisk[700_000] ^= 0x02;
-        await File.WriteAllBytesAsync(_dir.ObjectPath(key), onDisk, Ct);
+        await PutThenCorruptAsync(store, key, 1 << 20, at: 700_000);
 
         using (DiskKvStore.ObjectReader reader = store.OpenRead(key)!)
         {
@@ -82,10 +87,7 @@ public sealed class DiskObjectReaderTests : IDisposable
     {
         await using DiskKvStore store = _dir.Open();
         ObjectKey key = TestObjects.KeyFor("rotten-head");
-        await store.PutAsync(key, TestObjects.Container(key, 100_000, 3), Ct);
-        byte[] onDisk = await File.ReadAllBytesAsync(_dir.ObjectPath(key), Ct);
-        onDisk[0] ^= 0x20; // the magic
-        await File.WriteAllBytesAsync(_dir.ObjectPath(key), onDisk, Ct);
+        await PutThenCorruptAsync(store, key, 100_000, at: 0); // the magic
 
         using (DiskKvStore.ObjectReader reader = store.OpenRead(key)!)
         {
