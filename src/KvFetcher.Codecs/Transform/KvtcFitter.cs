@@ -8,8 +8,8 @@ namespace KvFetcher.Codecs.Transform;
 
 /// <summary>
 /// Fits a <see cref="KvtcTransform"/> to sample KV of one model: <see cref="Add"/> accumulates each plane's channel
-/// means and covariance (in double) over chunks of real KV, leaving out the tokens the codec keeps exact (attention
-/// sinks would dominate the covariance); <see cref="Build"/> takes the eigendecomposition of each covariance (Jacobi),
+/// means and covariance (in double) over chunks of real KV, keys with the model's rotary embedding taken off (as the
+/// codec codes them), leaving out the tokens the codec keeps exact (attention sinks would dominate the covariance); <see cref="Build"/> takes the eigendecomposition of each covariance (Jacobi),
 /// then allocates bits across all planes' components by their variance (<see cref="KvtcAllocation"/>), each plane's
 /// error weighted by the model's measured sensitivity to it over the plane's total variance (without a measurement,
 /// every layer, K and V, keeps the same share of its signal).
@@ -17,6 +17,7 @@ namespace KvFetcher.Codecs.Transform;
 public sealed class KvtcFitter
 {
     private readonly int _layers, _kvHeads, _headDim, _exactHead, _exactTail;
+    private readonly KvtcKeyRotation _keyRotation;
     private readonly double[][] _sum;
     private readonly double[][] _outer;
     private long _samples;
@@ -24,10 +25,12 @@ public sealed class KvtcFitter
     /// <param name="layers">The model's layers.</param>
     /// <param name="kvHeads">Its KV heads.</param>
     /// <param name="headDim">Its head dimension.</param>
+    /// <param name="keyRotation">Its keys' rotary embedding, taken off before the fit and by the codec (<see cref="KvtcKeyRotation.None"/>: keys as stored).</param>
     /// <param name="exactHead">Tokens at the start of each chunk the codec keeps exact (4: the attention sinks).</param>
     /// <param name="exactTail">Tokens at the end of each chunk kept exact.</param>
-    public KvtcFitter(int layers, int kvHeads, int headDim, int exactHead = 4, int exactTail = 0)
+    public KvtcFitter(int layers, int kvHeads, int headDim, KvtcKeyRotation keyRotation, int exactHead = 4, int exactTail = 0)
     {
+        ArgumentNullException.ThrowIfNull(keyRotation);
         ArgumentOutOfRangeException.ThrowIfLessThan(layers, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(layers, ushort.MaxValue);
         ArgumentOutOfRangeException.ThrowIfLessThan(kvHeads, 1);
@@ -37,6 +40,12 @@ public sealed class KvtcFitter
         ArgumentOutOfRangeException.ThrowIfNegative(exactTail);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(exactHead, ushort.MaxValue);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(exactTail, ushort.MaxValue);
+        if (!keyRotation.Fits(headDim))
+        {
+            throw new ArgumentException($"kvtc fitter: a key rotation of {keyRotation.InverseFrequencies.Length} pairs does not fit heads of {headDim} channels.", nameof(keyRotation));
+        }
+
+        _keyRotation = keyRotation;
         _layers = layers;
         _kvHeads = kvHeads;
         _headDim = headDim;
@@ -58,10 +67,14 @@ public sealed class KvtcFitter
     /// <summary>Tokens accumulated so far (per plane).</summary>
     public long Samples => _samples;
 
-    /// <summary>Adds one chunk of KV (<paramref name="shape"/>'s documented layout, elements of <paramref name="dtype"/>).</summary>
-    public void Add(ReadOnlySpan<byte> kv, KvShape shape, DType dtype)
+    /// <summary>
+    /// Adds one chunk of KV (<paramref name="shape"/>'s documented layout, elements of <paramref name="dtype"/>) whose first
+    /// token is at position <paramref name="tokenStart"/> of its context.
+    /// </summary>
+    public void Add(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, long tokenStart)
     {
         CodecChecks.Input(kv, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         if (shape.Layers != _layers || shape.KvHeads != _kvHeads || shape.HeadDim != _headDim)
         {
             throw new ArgumentException($"kvtc fitter: {shape} is not a chunk of a {_layers}-layer model with {_kvHeads} x {_headDim} KV channels.", nameof(shape));
@@ -73,6 +86,7 @@ public sealed class KvtcFitter
         int elementSize = dtype.SizeOf();
         float[] rowFloats = ArrayPool<float>.Shared.Rent(c);
         double[] row = ArrayPool<double>.Shared.Rent(c);
+        float[] angles = _keyRotation.RentAngles(tokenStart + first, end - first);
         try
         {
             for (int p = 0; p < _layers * 2; p++)
@@ -83,6 +97,11 @@ public sealed class KvtcFitter
                 {
                     long element = (((long)p * shape.Tokens) + t) * c;
                     FloatConversions.ToSingle(dtype, kv.Slice((int)(element * elementSize), c * elementSize), rowFloats.AsSpan(0, c));
+                    if ((p & 1) == 0)
+                    {
+                        _keyRotation.RotateToken(rowFloats.AsSpan(0, c), _headDim, angles, t - first, inverse: true);
+                    }
+
                     Span<double> x = row.AsSpan(0, c);
                     for (int j = 0; j < c; j++)
                     {
@@ -112,6 +131,7 @@ public sealed class KvtcFitter
         {
             ArrayPool<float>.Shared.Return(rowFloats);
             ArrayPool<double>.Shared.Return(row);
+            KvtcKeyRotation.ReturnAngles(angles);
         }
     }
 
@@ -181,6 +201,6 @@ public sealed class KvtcFitter
         }
 
         byte[] bits = KvtcAllocation.Allocate(sigma, c, weights, levelBits);
-        return new KvtcTransform(model, _layers, _kvHeads, _headDim, _exactHead, _exactTail, [.. levelBits], mean, sigma, basis, bits);
+        return new KvtcTransform(model, _layers, _kvHeads, _headDim, _exactHead, _exactTail, _keyRotation, [.. levelBits], mean, sigma, basis, bits);
     }
 }

@@ -33,7 +33,7 @@ public static class TransformCalibration
         }
 
         var config = model.Config;
-        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, exactHead, exactTail);
+        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, KeyRotationOf(config), exactHead, exactTail);
         DType dtype = model.KvStorageDType;
         foreach (EvaluationDocument document in documents)
         {
@@ -50,7 +50,7 @@ public static class TransformCalibration
             for (int start = 0; start < tokens; start += chunkTokens)
             {
                 session.Cache.Export(start, start + chunkTokens, dtype, chunk);
-                fitter.Add(chunk, shape, dtype);
+                fitter.Add(chunk, shape, dtype, start);
             }
         }
 
@@ -58,6 +58,20 @@ public static class TransformCalibration
             ? MeasureSensitivity(model, [.. documents.Take(sensitivityDocuments)], fitter.ExactHead, chunkTokens)
             : null;
         return fitter.Build(model.Fingerprint, levelBits, sensitivity);
+    }
+
+    /// <summary>
+    /// The rotary embedding of <paramref name="config"/>'s keys as the kvtc codec records it: the engines rotate channel
+    /// pairs (i, i + headDim / 2) of each head (<see cref="KvtcKeyPairing.HalfSplit"/>) by position times the inverse
+    /// frequencies of <see cref="Engine.Model.RopeConfig.Compute"/>. For <c>dynamic</c> scaling those of contexts up to
+    /// <c>max_position_embeddings</c> (longer contexts rotate by a larger base; their keys then code less compactly, and
+    /// still decode exactly as coded).
+    /// </summary>
+    public static KvtcKeyRotation KeyRotationOf(Engine.Model.ModelConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        (float[] inverseFrequencies, _) = config.Rope.Compute(config.HeadDim, config.MaxPositionEmbeddings, config.MaxPositionEmbeddings);
+        return new KvtcKeyRotation(KvtcKeyPairing.HalfSplit, inverseFrequencies);
     }
 
     /// <summary>
