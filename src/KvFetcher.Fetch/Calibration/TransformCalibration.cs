@@ -19,10 +19,11 @@ public static class TransformCalibration
     /// with bits allocated by the sensitivity measured on the first <paramref name="sensitivityDocuments"/> of them
     /// (<see cref="MeasureSensitivity"/>; 0: by variance alone), keeping <paramref name="exactHead"/> and
     /// <paramref name="exactTail"/> tokens of every chunk exact, with <paramref name="levelBits"/> per level (default
-    /// <see cref="KvtcTransform.DefaultLevelBits"/>).
+    /// <see cref="KvtcTransform.DefaultLevelBits"/>), keys before RoPE (<see cref="KeyRotationOf"/>) unless
+    /// <paramref name="keyRotation"/> says otherwise (<see cref="KvtcKeyRotation.None"/>: as stored, for comparison).
     /// </summary>
     public static KvtcTransform Fit(LanguageModel model, IReadOnlyList<EvaluationDocument> documents, int tokensPerDocument = 1024, int chunkTokens = 256,
-        int sensitivityDocuments = 2, int exactHead = 4, int exactTail = 0, IReadOnlyList<float>? levelBits = null)
+        int sensitivityDocuments = 2, int exactHead = 4, int exactTail = 0, IReadOnlyList<float>? levelBits = null, KvtcKeyRotation? keyRotation = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(documents);
@@ -33,7 +34,7 @@ public static class TransformCalibration
         }
 
         var config = model.Config;
-        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, KeyRotationOf(config), exactHead, exactTail);
+        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, keyRotation ?? KeyRotationOf(config), exactHead, exactTail);
         DType dtype = model.KvStorageDType;
         foreach (EvaluationDocument document in documents)
         {
