@@ -12,7 +12,8 @@ namespace KvFetcher.Codecs.Transform;
 /// codec codes them), leaving out the tokens the codec keeps exact (attention sinks would dominate the covariance); <see cref="Build"/> takes the eigendecomposition of each covariance (Jacobi),
 /// then allocates bits across all planes' components by their variance (<see cref="KvtcAllocation"/>), each plane's
 /// error weighted by the model's measured sensitivity to it over the plane's total variance (without a measurement,
-/// every layer, K and V, keeps the same share of its signal).
+/// every layer, K and V, keeps the same share of its signal) and, with a key metric, each key component's error by how
+/// strongly the layer's queries read along it.
 /// </summary>
 public sealed class KvtcFitter
 {
@@ -141,10 +142,22 @@ public sealed class KvtcFitter
     /// <paramref name="sensitivity"/> (per plane, layer * 2 + kind) is how much the model's loss grows per unit of
     /// relative error (error over the plane's variance) in that plane, as measured
     /// (<c>TransformCalibration.MeasureSensitivity</c>); without it every plane counts alike, so each keeps the same
-    /// share of its variance.
+    /// share of its variance. <paramref name="keyMetric"/> (per layer, channels x channels, row-major; symmetric and
+    /// positive semi-definite) is what a key error is read through: the second moment of the layer's queries in the
+    /// frame keys are coded in (so that <c>e' M e</c> is the mean squared error of the attention logits that a key error
+    /// e makes); each key component k is then weighted by <c>b_k' M b_k</c> over the mean of that over the plane's
+    /// components (so the plane's weight, and what isotropic noise costs, stay as measured). Without it every component
+    /// of a plane counts alike.
     /// </summary>
-    public KvtcTransform Build(ModelFingerprint model, IReadOnlyList<float>? levelBits = null, IReadOnlyList<double>? sensitivity = null)
+    public KvtcTransform Build(ModelFingerprint model, IReadOnlyList<float>? levelBits = null, IReadOnlyList<double>? sensitivity = null,
+        IReadOnlyList<double[]>? keyMetric = null)
     {
+        int channels = _kvHeads * _headDim;
+        if (keyMetric is not null && (keyMetric.Count != _layers || keyMetric.Any(m => m is null || m.Length != channels * channels || m.Any(v => !double.IsFinite(v)))))
+        {
+            throw new ArgumentException($"kvtc: one finite {channels} x {channels} key metric per layer ({_layers}) is needed.", nameof(keyMetric));
+        }
+
         if (sensitivity is not null && (sensitivity.Count != _layers * 2 || sensitivity.Any(s => !(s >= 0) || double.IsInfinity(s))))
         {
             throw new ArgumentException($"kvtc: one finite non-negative sensitivity per plane ({_layers * 2}) is needed.", nameof(sensitivity));
@@ -166,7 +179,7 @@ public sealed class KvtcFitter
         var mean = new float[planes * c];
         var sigma = new float[planes * c];
         var basis = new float[(long)planes * c * c];
-        var weights = new double[planes];
+        var weights = new double[planes * c];
         var covariance = new double[c * c];
         var vectors = new double[c * c];
         for (int p = 0; p < planes; p++)
@@ -197,10 +210,49 @@ public sealed class KvtcFitter
                 }
             }
 
-            weights[p] = trace > 0 ? (sensitivity?[p] ?? 1) / trace : 0;
+            double planeWeight = trace > 0 ? (sensitivity?[p] ?? 1) / trace : 0;
+            Span<double> componentWeights = weights.AsSpan(p * c, c);
+            componentWeights.Fill(planeWeight);
+            if (keyMetric is not null && (p & 1) == 0)
+            {
+                ComponentMetric(keyMetric[p >> 1], vectors, c, componentWeights);
+            }
         }
 
-        byte[] bits = KvtcAllocation.Allocate(sigma, c, weights, levelBits);
+        byte[] bits = KvtcAllocation.Allocate(sigma, weights, levelBits);
         return new KvtcTransform(model, _layers, _kvHeads, _headDim, _exactHead, _exactTail, _keyRotation, [.. levelBits], mean, sigma, basis, bits);
+    }
+
+    /// <summary>
+    /// Scales <paramref name="weights"/> (one plane's components) by each basis vector's reading under
+    /// <paramref name="metric"/>, <c>b_k' M b_k</c>, over their mean (their sum is the metric's trace); a metric with no
+    /// trace leaves them as they are.
+    /// </summary>
+    private static void ComponentMetric(double[] metric, double[] vectors, int c, Span<double> weights)
+    {
+        var reading = new double[c];
+        var mb = new double[c];
+        double total = 0;
+        for (int k = 0; k < c; k++)
+        {
+            ReadOnlySpan<double> b = vectors.AsSpan(k * c, c);
+            for (int i = 0; i < c; i++)
+            {
+                mb[i] = TensorPrimitives.Dot(metric.AsSpan(i * c, c), b);
+            }
+
+            reading[k] = Math.Max(0, TensorPrimitives.Dot<double>(b, mb));
+            total += reading[k];
+        }
+
+        if (!(total > 0))
+        {
+            return;
+        }
+
+        for (int k = 0; k < c; k++)
+        {
+            weights[k] *= reading[k] * c / total;
+        }
     }
 }

@@ -20,10 +20,13 @@ public static class TransformCalibration
     /// (<see cref="MeasureSensitivity"/>; 0: by variance alone), keeping <paramref name="exactHead"/> and
     /// <paramref name="exactTail"/> tokens of every chunk exact, with <paramref name="levelBits"/> per level (default
     /// <see cref="KvtcTransform.DefaultLevelBits"/>), keys before RoPE (<see cref="KeyRotationOf"/>) unless
-    /// <paramref name="keyRotation"/> says otherwise (<see cref="KvtcKeyRotation.None"/>: as stored, for comparison).
+    /// <paramref name="keyRotation"/> says otherwise (<see cref="KvtcKeyRotation.None"/>: as stored, for comparison);
+    /// with <paramref name="weighKeysByQueries"/>, each key component's bits also follow how strongly the layer's queries
+    /// read along it (<see cref="QueryMetric"/>).
     /// </summary>
     public static KvtcTransform Fit(LanguageModel model, IReadOnlyList<EvaluationDocument> documents, int tokensPerDocument = 1024, int chunkTokens = 256,
-        int sensitivityDocuments = 2, int exactHead = 4, int exactTail = 0, IReadOnlyList<float>? levelBits = null, KvtcKeyRotation? keyRotation = null)
+        int sensitivityDocuments = 2, int exactHead = 4, int exactTail = 0, IReadOnlyList<float>? levelBits = null, KvtcKeyRotation? keyRotation = null,
+        bool weighKeysByQueries = true)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(documents);
@@ -34,7 +37,9 @@ public static class TransformCalibration
         }
 
         var config = model.Config;
-        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, keyRotation ?? KeyRotationOf(config), exactHead, exactTail);
+        keyRotation ??= KeyRotationOf(config);
+        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, keyRotation, exactHead, exactTail);
+        var queries = new QueryMetric(config, keyRotation);
         DType dtype = model.KvStorageDType;
         foreach (EvaluationDocument document in documents)
         {
@@ -45,6 +50,7 @@ public static class TransformCalibration
             }
 
             using InferenceSession session = model.CreateSession(tokens);
+            session.Probe = weighKeysByQueries ? queries : null;
             session.Prefill(document.Tokens.AsSpan(0, tokens), 0, new float[config.VocabSize]);
             var shape = new KvShape(config.NumLayers, chunkTokens, config.NumKvHeads, config.HeadDim);
             var chunk = new byte[shape.Elements * dtype.SizeOf()];
@@ -58,7 +64,7 @@ public static class TransformCalibration
         IReadOnlyList<double>? sensitivity = sensitivityDocuments > 0
             ? MeasureSensitivity(model, [.. documents.Take(sensitivityDocuments)], fitter.ExactHead, chunkTokens)
             : null;
-        return fitter.Build(model.Fingerprint, levelBits, sensitivity);
+        return fitter.Build(model.Fingerprint, levelBits, sensitivity, weighKeysByQueries ? queries.Metric(tokensPerDocument) : null);
     }
 
     /// <summary>
