@@ -9,11 +9,11 @@ namespace KvFetcher.Codecs.Transform;
 /// <summary>
 /// Fits a <see cref="KvtcTransform"/> to sample KV of one model: <see cref="Add"/> accumulates each plane's channel
 /// means and covariance (in double) over chunks of real KV, keys with the model's rotary embedding taken off (as the
-/// codec codes them), leaving out the tokens the codec keeps exact (attention sinks would dominate the covariance); <see cref="Build"/> takes the eigendecomposition of each covariance (Jacobi),
-/// then allocates bits across all planes' components by their variance (<see cref="KvtcAllocation"/>), each plane's
-/// error weighted by the model's measured sensitivity to it over the plane's total variance (without a measurement,
-/// every layer, K and V, keeps the same share of its signal) and, with a key metric, each key component's error by how
-/// strongly the layer's queries read along it.
+/// codec codes them), leaving out the tokens the codec keeps exact (attention sinks would dominate the covariance);
+/// <see cref="Build"/> takes the eigendecomposition of each covariance (Jacobi), then allocates bits across all planes'
+/// components by their variance (<see cref="KvtcAllocation"/>), each plane's error weighted by the model's measured
+/// sensitivity to it over the plane's total variance (without a measurement, every layer, K and V, keeps the same share
+/// of its signal) and, with a key metric, each key component's error by how strongly the layer's queries read along it.
 /// </summary>
 public sealed class KvtcFitter
 {
