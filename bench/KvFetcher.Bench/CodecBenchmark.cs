@@ -53,7 +53,9 @@ internal static class CodecBenchmark
                 int exactTail = int.Parse(BenchArgs.Option(args, "--kvtc-exact-tail") ?? "0", CultureInfo.InvariantCulture);
                 int sensitivityDocuments = int.Parse(BenchArgs.Option(args, "--kvtc-sensitivity-documents") ?? "2", CultureInfo.InvariantCulture);
                 float[]? bits = BenchArgs.Option(args, "--kvtc-bits")?.Split(',').Select(b => float.Parse(b, CultureInfo.InvariantCulture)).ToArray();
-                transform = TransformCalibration.Fit(lm, sample, sensitivityDocuments: sensitivityDocuments, exactHead: exactHead, exactTail: exactTail, levelBits: bits);
+                KvtcKeyRotation? keys = args.Contains("--kvtc-keys-after-rope") ? KvtcKeyRotation.None : null; // the ablation: keys coded as stored
+                transform = TransformCalibration.Fit(lm, sample, sensitivityDocuments: sensitivityDocuments, exactHead: exactHead, exactTail: exactTail, levelBits: bits, keyRotation: keys,
+                    weighKeysByQueries: !args.Contains("--kvtc-keys-unweighted"));
                 KvtcTransforms.Register(transform);
                 if (args.Contains("--kvtc-save"))
                 {

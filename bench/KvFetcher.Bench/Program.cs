@@ -18,7 +18,9 @@ internal static class Program
                   --partial FILE: the table so far after each document; kvtc: the model's transform if
                   calibrated, else fitted to --kvtc-documents N other documents, --kvtc-refit to always fit,
                   --kvtc-save to write the fitted one next to the model; fitting: --kvtc-exact-head N (4),
-                  --kvtc-exact-tail N (0), --kvtc-sensitivity-documents N (2), --kvtc-bits 5,4.5,4,3.5,3,2.75,2.5,2)
+                  --kvtc-exact-tail N (0), --kvtc-sensitivity-documents N (2), --kvtc-bits 5,4.5,4,3.5,3,2.75,2.5,2,
+                  --kvtc-keys-after-rope to code keys as stored instead of before RoPE, --kvtc-keys-unweighted
+                  to allocate key bits without the query metric)
           kv-stats  per layer, K and V apart: entropy, delta entropy, outlier channels, keys before/after RoPE,
                   per-channel vs per-token error, attention sinks, perplexity sensitivity (kvfetch-bench kv-stats --help)
           video-ablation  quantized / + intra / + inter sizes per video layout and bit depth (--max-documents)

@@ -52,7 +52,7 @@ internal static class PrepareCommand
                         {
                             parameters.ResetWrittenCount();
                             payload.ResetWrittenCount();
-                            codec.Encode(kv, shape, DType.Float16, level, parameters, payload);
+                            codec.Encode(kv, shape, DType.Float16, start, level, parameters, payload);
                             int scales = shape.Layers * 2 * shape.Channels;
                             VideoChunkHeader header = VideoChunkFormat.ReadParameters(parameters.WrittenSpan, shape, level, new float[scales], new float[scales]);
                             NvdecStreamFormat format = NvdecVideoStreams.FormatOf(header);

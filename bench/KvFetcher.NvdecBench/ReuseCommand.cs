@@ -241,7 +241,7 @@ internal static class ReuseCommand
                 var parameters = new System.Buffers.ArrayBufferWriter<byte>();
                 var payload = new System.Buffers.ArrayBufferWriter<byte>();
                 var container = new System.Buffers.ArrayBufferWriter<byte>();
-                variant.GetCodec().Encode(kv, plan.ChunkShape, plan.DType, variant.Level, parameters, payload);
+                variant.GetCodec().Encode(kv, plan.ChunkShape, plan.DType, plan.TokenStartOf(chunk), variant.Level, parameters, payload);
                 Core.Containers.ChunkContainer.Write(plan.Header(chunk, variant), parameters.WrittenSpan, payload.WrittenSpan, container);
                 encoded[chunk] = container.WrittenSpan.ToArray();
             });

@@ -25,6 +25,9 @@ internal static class CodecChecks
         }
     }
 
+    /// <summary>A chunk's first token position: a position in a context, so never negative.</summary>
+    public static void TokenStart(long tokenStart) => ArgumentOutOfRangeException.ThrowIfNegative(tokenStart);
+
     public static void Level(IKvCodec codec, int level)
     {
         if (!codec.Levels.Contains(level))

@@ -34,9 +34,12 @@ public interface IKvCodec
 
     /// <summary>
     /// Encodes <paramref name="kv"/> (elements of <paramref name="dtype"/>, the documented layout of
-    /// <paramref name="shape"/>) at <paramref name="level"/>.
+    /// <paramref name="shape"/>) at <paramref name="level"/>. <paramref name="tokenStart"/> is the position in its context of
+    /// the chunk's first token (the container's <c>TokenStart</c>, non-negative): a codec whose coding depends on positions
+    /// (<c>kvtc</c> removes the keys' rotary embedding) uses it, the others ignore it, and decoding must be given the same
+    /// value.
     /// </summary>
-    void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload);
+    void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, long tokenStart, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload);
 
     /// <summary>
     /// The most bytes <see cref="Encode"/> writes for one chunk of <paramref name="shape"/> in <paramref name="dtype"/>
@@ -48,7 +51,8 @@ public interface IKvCodec
 
     /// <summary>
     /// Decodes into <paramref name="destination"/> (exactly <c>shape.Elements * dtype.SizeOf()</c> bytes, the documented
-    /// layout, elements of <paramref name="dtype"/>).
+    /// layout, elements of <paramref name="dtype"/>) the chunk whose first token is at <paramref name="tokenStart"/>, the
+    /// value it was encoded with (a container carries it; <see cref="KvCodecContainers.DecodeContainer"/> passes it on).
     /// </summary>
-    void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<byte> destination);
+    void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, long tokenStart, int level, Span<byte> destination);
 }

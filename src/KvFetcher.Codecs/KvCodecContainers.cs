@@ -20,7 +20,7 @@ public static class KvCodecContainers
             throw new InvalidKvDataException($"KV chunk container: codec id at offset 10 is {header.Codec}: the caller decodes {codec.Name}.");
         }
 
-        codec.Decode(parameters, payload, header.Shape, header.DType, header.Level, destination);
+        codec.Decode(parameters, payload, header.Shape, header.DType, header.TokenStart, header.Level, destination);
         return header;
     }
 

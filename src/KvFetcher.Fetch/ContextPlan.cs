@@ -68,8 +68,11 @@ public sealed class ContextPlan
 
     public ObjectKey ObjectKeyOf(int chunk, KvVariant variant) => ObjectKey.ForChunk(Keys[chunk], variant.Codec, variant.Level);
 
+    /// <summary>The position in the prompt of chunk <paramref name="chunk"/>'s first token.</summary>
+    public long TokenStartOf(int chunk) => (long)chunk * ChunkTokens;
+
     /// <summary>What a container for <paramref name="chunk"/> must declare to be restored.</summary>
-    public ChunkExpectation Expectation(int chunk) => new(Keys[chunk], Model, (long)chunk * ChunkTokens, ChunkShape, DType) { Mac = Mac };
+    public ChunkExpectation Expectation(int chunk) => new(Keys[chunk], Model, TokenStartOf(chunk), ChunkShape, DType) { Mac = Mac };
 
     /// <summary>Writes chunk <paramref name="chunk"/>'s container (sealed when the plan has a MAC key).</summary>
     public void WriteContainer(int chunk, KvVariant variant, ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, System.Buffers.IBufferWriter<byte> output) =>
@@ -82,7 +85,7 @@ public sealed class ContextPlan
         DType = DType,
         Key = Keys[chunk],
         Model = Model,
-        TokenStart = (long)chunk * ChunkTokens,
+        TokenStart = TokenStartOf(chunk),
         Shape = ChunkShape,
     };
 }

@@ -132,7 +132,7 @@ public sealed class KeysAndInspectTests : IDisposable
         var kv = new byte[shape.Elements * 2];
         new Random(3).NextBytes(kv);
         var payload = new ArrayBufferWriter<byte>();
-        RawCodec.Instance.Encode(kv, shape, DType.BFloat16, 0, new ArrayBufferWriter<byte>(), payload);
+        RawCodec.Instance.Encode(kv, shape, DType.BFloat16, 0, 0, new ArrayBufferWriter<byte>(), payload);
         header = new ChunkHeader
         {
             Codec = CodecId.Raw,

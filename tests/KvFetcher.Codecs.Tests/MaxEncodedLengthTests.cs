@@ -37,7 +37,7 @@ public class MaxEncodedLengthTests
         {
             var parameters = new ArrayBufferWriter<byte>();
             var payload = new ArrayBufferWriter<byte>();
-            codec.Encode(kv, shape, dtype, level, parameters, payload);
+            codec.Encode(kv, shape, dtype, 0, level, parameters, payload);
 
             long written = parameters.WrittenCount + payload.WrittenCount;
             Assert.True(written <= bound, $"{variant} {dtype.ToShortName()}: wrote {written} bytes; the bound is {bound}");

@@ -29,7 +29,7 @@ internal static class InspectCommand
             Console.Out.WriteLine($"payload     {payload.Length} bytes ({(double)raw / Math.Max(1, payload.Length + parameters.Length):F2}x smaller than {raw} raw bytes)");
             IKvCodec codec = KvCodecs.Get(header.Codec);
             var decoded = new byte[raw];
-            codec.Decode(parameters, payload, header.Shape, header.DType, header.Level, decoded);
+            codec.Decode(parameters, payload, header.Shape, header.DType, header.TokenStart, header.Level, decoded);
             Console.Out.WriteLine("decode      ok");
             return 0;
         }));

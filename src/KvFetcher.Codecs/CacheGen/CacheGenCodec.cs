@@ -89,11 +89,12 @@ public sealed class CacheGenCodec : IKvCodec
         return total;
     }
 
-    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
+    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, long tokenStart, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         ArgumentNullException.ThrowIfNull(payload);
         CodecChecks.Input(kv, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(shape.Layers, ushort.MaxValue, nameof(shape));
         ArgumentOutOfRangeException.ThrowIfGreaterThan(shape.Channels, MaxChannels, nameof(shape));
@@ -179,9 +180,10 @@ public sealed class CacheGenCodec : IKvCodec
         }
     }
 
-    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<byte> destination)
+    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, long tokenStart, int level, Span<byte> destination)
     {
         CodecChecks.Output(destination, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(shape.Channels, MaxChannels, nameof(shape));
         int planes = shape.Layers * 2;

@@ -74,9 +74,10 @@ public sealed class ExactCodec : IKvCodec
         return 2 + ((long)shape.Layers * 2 * (1 + (dtype.SizeOf() * (1 + planeBytes))));
     }
 
-    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
+    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, long tokenStart, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
     {
         CodecChecks.Input(kv, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
         ArgumentNullException.ThrowIfNull(payload);
         EnsureLittleEndian();
@@ -131,9 +132,10 @@ public sealed class ExactCodec : IKvCodec
         }
     }
 
-    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<byte> destination)
+    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, long tokenStart, int level, Span<byte> destination)
     {
         CodecChecks.Output(destination, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
         EnsureLittleEndian();
         if (!parameters.IsEmpty)

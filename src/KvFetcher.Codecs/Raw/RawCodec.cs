@@ -25,16 +25,18 @@ public sealed class RawCodec : IKvCodec
         return shape.Elements * dtype.SizeOf();
     }
 
-    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
+    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, long tokenStart, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
     {
         CodecChecks.Input(kv, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
         payload.Write(kv);
     }
 
-    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<byte> destination)
+    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, long tokenStart, int level, Span<byte> destination)
     {
         CodecChecks.Output(destination, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
         if (!parameters.IsEmpty)
         {

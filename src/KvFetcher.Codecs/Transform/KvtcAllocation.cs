@@ -13,11 +13,11 @@ internal static class KvtcAllocation
     public static double Distortion(int bits) => bits == 0 ? 1.0 : 4.0 / 3.0 * Math.Pow(4, -bits);
 
     /// <summary>
-    /// Allocates bits for every level of <paramref name="levelBits"/> (nominal bits per element, descending) over
-    /// <paramref name="sigma"/> (per plane, <paramref name="channels"/> components each), each plane's errors weighted by
-    /// <paramref name="planeWeights"/>. Returns <c>bits[level][plane * channels + component]</c> flattened level-major.
+    /// Allocates bits for every level of <paramref name="levelBits"/> (nominal bits per element, descending) over the
+    /// components of <paramref name="sigma"/> (per plane, channels components each), each component's error weighted by
+    /// <paramref name="weights"/> (one per component). Returns <c>bits[level][plane * channels + component]</c> flattened level-major.
     /// </summary>
-    public static byte[] Allocate(ReadOnlySpan<float> sigma, int channels, ReadOnlySpan<double> planeWeights, IReadOnlyList<float> levelBits)
+    public static byte[] Allocate(ReadOnlySpan<float> sigma, ReadOnlySpan<double> weights, IReadOnlyList<float> levelBits)
     {
         int count = sigma.Length;
         var bits = new byte[levelBits.Count * count];
@@ -28,7 +28,7 @@ internal static class KvtcAllocation
             double variance = (double)sigma[i] * sigma[i];
             if (variance > 0)
             {
-                queue.Enqueue(i, -Gain(variance * planeWeights[i / channels], 0));
+                queue.Enqueue(i, -Gain(variance * weights[i], 0));
             }
         }
 
@@ -44,7 +44,7 @@ internal static class KvtcAllocation
                 if (current[i] < KvtcTransform.MaxBits)
                 {
                     double variance = (double)sigma[i] * sigma[i];
-                    queue.Enqueue(i, -Gain(variance * planeWeights[i / channels], current[i]));
+                    queue.Enqueue(i, -Gain(variance * weights[i], current[i]));
                 }
             }
 

@@ -21,7 +21,8 @@ namespace KvFetcher.Codecs.Transform;
 ///   16  u8[16]  id of the transform the chunk was coded with (<see cref="KvtcTransform.Id"/>)
 /// payload:
 ///   exact values: per plane p = layer * 2 + kind, tokens [0, h) then [tokens - e, tokens), channels, as stored (bit-identical)
-///   for the tokens [h, tokens - e) of every plane (nothing when that range is empty):
+///   for the tokens [h, tokens - e) of every plane (nothing when that range is empty), keys taken back to before their
+///   rotary embedding at position tokenStart + t (the transform's key rotation; tokenStart is the container's):
 ///     per bit width b = 1..7 that the level gives any component, ascending: one rANS block
 ///       (<see cref="Entropy.StaticRans"/>) of those components' symbols, planes in order, each token-major with its
 ///       components ascending: symbol q + 127 for the quantized coefficient q = round(c / step) in [-127, 127], 255 = escape

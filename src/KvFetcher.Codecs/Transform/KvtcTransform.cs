@@ -11,14 +11,17 @@ namespace KvFetcher.Codecs.Transform;
 /// and bound to its fingerprint: for every plane (layer, K or V) the mean of the channels (kvHeads * headDim, all heads
 /// together), the PCA basis (eigenvectors of the channels' covariance, largest variance first) and each component's
 /// standard deviation; and per level, the bits given to each component (0 = dropped) and the quantization step that
-/// follows (<c>sigma * 2^(2 - bits)</c>). Keys are transformed as the cache stores them, after RoPE.
+/// follows (<c>sigma * 2^(2 - bits)</c>). Keys are transformed before their rotary embedding: the transform records the
+/// model's key rotation (<see cref="KeyRotation"/>), the codec takes it off each key at the token's position before the
+/// transform and puts it back after the inverse, and the fitter fits the keys so un-rotated (their statistics then do
+/// not depend on position; <see cref="KvtcKeyRotation.None"/> codes keys as stored).
 /// </summary>
 /// <remarks>
 /// File format (<see cref="FileName"/> next to the model; little-endian; one definition, <see cref="Write"/> and
 /// <see cref="Read"/>):
 /// <code>
 /// 0   u8[4]   magic "KVTC"
-/// 4   u16     format version (1)
+/// 4   u16     format version (2; version 1 held keys after RoPE and is refused)
 /// 6   u16     layers
 /// 8   u16     kvHeads
 /// 10  u16     headDim
@@ -26,8 +29,10 @@ namespace KvFetcher.Codecs.Transform;
 /// 44  u16     exact head tokens per chunk (attention sinks)
 /// 46  u16     exact tail tokens per chunk
 /// 48  u8      levels (<see cref="LevelCount"/>)
-/// 49  u8[3]   zero
+/// 49  u8      key pairing (<see cref="KvtcKeyPairing"/>: 0 none, 1 half-split, 2 interleaved)
+/// 50  u8[2]   zero
 /// 52  f32[levels]                 nominal bits per element of each level
+/// ..  f32[headDim / 2]            key inverse frequencies (finite and positive; all zero for pairing 0)
 /// ..  per plane p = layer * 2 + kind: f32 mean[C], f32 sigma[C], f32 basis[C][C] (row k = component k)
 /// ..  per level, per plane: u8 bits[C] (0..<see cref="MaxBits"/>)
 /// ..  u8[16]  XXH128 of everything before: the transform's id, which every kvtc chunk names
@@ -52,11 +57,12 @@ public sealed class KvtcTransform
 
     /// <summary>
     /// Nominal bits per element of levels 0..7 (what the allocation spends; the entropy coder's rate is close): a ladder
-    /// dense enough near the accuracy floors that calibration can pick the smallest level that passes.
+    /// dense enough near the accuracy floors that calibration can pick the smallest level that passes (5 bits measured no
+    /// better than 4.5 on kvf-code-32l and made way for 2.25).
     /// </summary>
-    public static IReadOnlyList<float> DefaultLevelBits { get; } = [5f, 4.5f, 4f, 3.5f, 3f, 2.75f, 2.5f, 2f];
+    public static IReadOnlyList<float> DefaultLevelBits { get; } = [4.5f, 4f, 3.5f, 3f, 2.75f, 2.5f, 2.25f, 2f];
 
-    private const int FormatVersion = 1;
+    private const int FormatVersion = 2;
     private const int FixedHeader = 52;
     private static ReadOnlySpan<byte> Magic => "KVTC"u8;
 
@@ -68,10 +74,16 @@ public sealed class KvtcTransform
     private readonly float[] _levelBits;
     private readonly byte[] _id;
 
-    internal KvtcTransform(ModelFingerprint model, int layers, int kvHeads, int headDim, int exactHead, int exactTail, float[] levelBits,
-        float[] mean, float[] sigma, float[] basis, byte[] bits)
+    internal KvtcTransform(ModelFingerprint model, int layers, int kvHeads, int headDim, int exactHead, int exactTail, KvtcKeyRotation keyRotation,
+        float[] levelBits, float[] mean, float[] sigma, float[] basis, byte[] bits)
     {
+        if (!keyRotation.Fits(headDim))
+        {
+            throw new ArgumentException($"kvtc: a key rotation of {keyRotation.InverseFrequencies.Length} pairs does not fit heads of {headDim} channels.", nameof(keyRotation));
+        }
+
         Model = model;
+        KeyRotation = keyRotation;
         Layers = layers;
         KvHeads = kvHeads;
         HeadDim = headDim;
@@ -115,6 +127,9 @@ public sealed class KvtcTransform
 
     /// <summary>Tokens at the end of every chunk stored exactly.</summary>
     public int ExactTail { get; }
+
+    /// <summary>The model's key rotation, taken off keys before the transform (<see cref="KvtcKeyRotation.None"/>: keys coded as stored).</summary>
+    public KvtcKeyRotation KeyRotation { get; }
 
     /// <summary>The transform's id (XXH128 of its content, model fingerprint included): a chunk names the transform it was coded with.</summary>
     public ReadOnlySpan<byte> Id => _id;
@@ -225,9 +240,20 @@ public sealed class KvtcTransform
         int exactHead = BinaryPrimitives.ReadUInt16LittleEndian(file[44..]);
         int exactTail = BinaryPrimitives.ReadUInt16LittleEndian(file[46..]);
         int levels = file[48];
+        var pairing = (KvtcKeyPairing)file[49];
         if (version != FormatVersion)
         {
-            throw new InvalidDataException($"kvtc transform: offset 4: format version {version} is not {FormatVersion}.");
+            throw new InvalidDataException($"kvtc transform: offset 4: format version {version} is not {FormatVersion}{(version == 1 ? " (version 1 coded keys after RoPE; fit the transform again with kvfetch calibrate)" : "")}.");
+        }
+
+        if (!Enum.IsDefined(pairing))
+        {
+            throw new InvalidDataException($"kvtc transform: offset 49: key pairing {file[49]} is not 0 (none), 1 (half-split) or 2 (interleaved).");
+        }
+
+        if (file[50] != 0 || file[51] != 0)
+        {
+            throw new InvalidDataException($"kvtc transform: offset 50: reserved bytes {file[50]}, {file[51]} are not zero.");
         }
 
         long channels = (long)kvHeads * headDim;
@@ -241,9 +267,14 @@ public sealed class KvtcTransform
             throw new InvalidDataException($"kvtc transform: offset 48: {levels} levels; this build reads {LevelCount}.");
         }
 
+        if (pairing != KvtcKeyPairing.None && headDim % 2 != 0)
+        {
+            throw new InvalidDataException($"kvtc transform: offset 10: head dimension {headDim} is odd; key pairs (offset 49: pairing {file[49]}) need an even one.");
+        }
+
         int c = (int)channels;
         int planes = layers * 2;
-        long expected = FixedHeader + (4L * levels) + (planes * ((8L * c) + (4L * c * c))) + ((long)levels * planes * c) + IdSize;
+        long expected = FixedHeader + (4L * levels) + (4L * (headDim / 2)) + (planes * ((8L * c) + (4L * c * c))) + ((long)levels * planes * c) + IdSize;
         if (expected > int.MaxValue)
         {
             throw new InvalidDataException($"kvtc transform: layers {layers} x {c} channels need {expected} bytes; at most {int.MaxValue} are read.");
@@ -256,6 +287,38 @@ public sealed class KvtcTransform
 
         int position = FixedHeader;
         float[] levelBits = ReadFloats(file, ref position, levels, "level bits");
+        for (int level = 0; level < levels; level++)
+        {
+            if (!(levelBits[level] > 0 && levelBits[level] <= MaxBits))
+            {
+                throw new InvalidDataException($"kvtc transform: offset {FixedHeader + (4 * level)}: level {level} has {levelBits[level]} nominal bits per value; (0, {MaxBits}] are allowed.");
+            }
+        }
+
+        int frequenciesAt = position;
+        float[] frequencies = ReadFloats(file, ref position, headDim / 2, "key inverse frequency");
+        KvtcKeyRotation keyRotation;
+        if (pairing == KvtcKeyPairing.None)
+        {
+            if (frequencies.Any(f => f != 0))
+            {
+                throw new InvalidDataException($"kvtc transform: offset {frequenciesAt}: keys coded as stored (pairing 0) have all-zero inverse frequencies.");
+            }
+
+            keyRotation = KvtcKeyRotation.None;
+        }
+        else
+        {
+            for (int i = 0; i < frequencies.Length; i++)
+            {
+                if (!(frequencies[i] > 0))
+                {
+                    throw new InvalidDataException($"kvtc transform: offset {frequenciesAt + (4 * i)}: key inverse frequency {i} is {frequencies[i]}; every one is positive.");
+                }
+            }
+
+            keyRotation = new KvtcKeyRotation(pairing, frequencies);
+        }
         var mean = new float[planes * c];
         var sigma = new float[planes * c];
         var basis = new float[(long)planes * c * c];
@@ -283,7 +346,7 @@ public sealed class KvtcTransform
             }
         }
 
-        return new KvtcTransform(model, layers, kvHeads, headDim, exactHead, exactTail, levelBits, mean, sigma, basis, bits);
+        return new KvtcTransform(model, layers, kvHeads, headDim, exactHead, exactTail, keyRotation, levelBits, mean, sigma, basis, bits);
     }
 
     private static float[] ReadFloats(ReadOnlySpan<byte> file, ref int position, int count, string field)
@@ -311,7 +374,7 @@ public sealed class KvtcTransform
     {
         int c = Channels;
         int planes = Planes;
-        long length = FixedHeader + (4L * LevelCount) + (planes * ((8L * c) + (4L * c * c))) + ((long)LevelCount * planes * c) + (withId ? IdSize : 0);
+        long length = FixedHeader + (4L * LevelCount) + (4L * (HeadDim / 2)) + (planes * ((8L * c) + (4L * c * c))) + ((long)LevelCount * planes * c) + (withId ? IdSize : 0);
         var file = new byte[length];
         Span<byte> span = file;
         Magic.CopyTo(span);
@@ -323,8 +386,10 @@ public sealed class KvtcTransform
         BinaryPrimitives.WriteUInt16LittleEndian(span[44..], (ushort)ExactHead);
         BinaryPrimitives.WriteUInt16LittleEndian(span[46..], (ushort)ExactTail);
         span[48] = LevelCount;
+        span[49] = (byte)KeyRotation.Pairing;
         int position = FixedHeader;
         WriteFloats(span, ref position, _levelBits);
+        WriteFloats(span, ref position, KeyRotation.IsNone ? new float[HeadDim / 2] : KeyRotation.InverseFrequencies);
         for (int p = 0; p < planes; p++)
         {
             WriteFloats(span, ref position, _mean.AsSpan(p * c, c));

@@ -8,8 +8,9 @@ using KvFetcher.Core.Numerics;
 namespace KvFetcher.Codecs.Transform;
 
 /// <summary>
-/// <c>kvtc</c>: transform coding in the spirit of KVTC. Every plane (layer, K or V) of a chunk is centred and rotated
-/// into the model's PCA basis (<see cref="KvtcTransform"/>, fitted once per model and bound to its fingerprint); each
+/// <c>kvtc</c>: transform coding in the spirit of KVTC. Keys are taken back to before their rotary embedding (the
+/// transform's <see cref="KvtcTransform.KeyRotation"/> at each token's position, <c>tokenStart + t</c>) and the decoder
+/// rotates them again; every plane (layer, K or V) of a chunk is centred and rotated into the model's PCA basis (<see cref="KvtcTransform"/>, fitted once per model and bound to its fingerprint); each
 /// component is quantized uniformly with the step its level's bit allocation gives it (components given no bits are
 /// dropped), and the quantized coefficients are rANS-coded, one block per bit width and plane. The first tokens of each
 /// chunk (attention sinks when the chunk starts the context) and optionally the last ones are stored exactly. Format:
@@ -66,11 +67,12 @@ public sealed class TransformCodec : IKvCodec
             + (shape.Elements * perValue);
     }
 
-    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
+    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, long tokenStart, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         ArgumentNullException.ThrowIfNull(payload);
         CodecChecks.Input(kv, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
         KvtcTransform transform = _bound ?? KvtcTransforms.ForEncoding(shape)
             ?? throw new InvalidOperationException($"kvtc: no transform is loaded for {shape} (run kvfetch calibrate --model DIR).");
@@ -109,6 +111,8 @@ public sealed class TransformCodec : IKvCodec
         float[] x = ArrayPool<float>.Shared.Rent(c);
         byte[] symbols = ArrayPool<byte>.Shared.Rent(planes * coded * c);
         short[] escapes = ArrayPool<short>.Shared.Rent(planes * coded * c);
+        KvtcKeyRotation rotation = transform.KeyRotation;
+        float[] angles = rotation.RentAngles(tokenStart + head, coded);
         int[] groupStarts = GroupStarts(transform, level, coded);
         int[] histogram = new int[256];
         Span<int> cursor = stackalloc int[KvtcTransform.MaxBits + 2];
@@ -129,6 +133,11 @@ public sealed class TransformCodec : IKvCodec
                     if (!float.IsFinite(TensorPrimitives.MaxMagnitude<float>(row)))
                     {
                         throw new ArgumentException($"kvtc: KV input holds a non-finite value in layer {p >> 1} {((p & 1) == 0 ? 'K' : 'V')} token {t}.", nameof(kv));
+                    }
+
+                    if ((p & 1) == 0)
+                    {
+                        rotation.RotateToken(row, shape.HeadDim, angles, t - head, inverse: true);
                     }
 
                     TensorPrimitives.Subtract(row, mean, row);
@@ -190,12 +199,14 @@ public sealed class TransformCodec : IKvCodec
             ArrayPool<float>.Shared.Return(x);
             ArrayPool<byte>.Shared.Return(symbols);
             ArrayPool<short>.Shared.Return(escapes);
+            KvtcKeyRotation.ReturnAngles(angles);
         }
     }
 
-    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<byte> destination)
+    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, long tokenStart, int level, Span<byte> destination)
     {
         CodecChecks.Output(destination, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
         (KvtcChunkFormat.Header header, KvtcTransform transform) = KvtcChunkFormat.Read(parameters, shape, level, _bound);
         int tokens = shape.Tokens;
@@ -239,6 +250,8 @@ public sealed class TransformCodec : IKvCodec
         int[] groupStarts = GroupStarts(transform, level, coded);
         Span<int> cursor = stackalloc int[KvtcTransform.MaxBits + 2];
         groupStarts.CopyTo(cursor);
+        KvtcKeyRotation rotation = transform.KeyRotation;
+        float[] angles = rotation.RentAngles(tokenStart + head, coded);
         try
         {
             int escapesExpected = 0;
@@ -295,6 +308,11 @@ public sealed class TransformCodec : IKvCodec
                         }
                     }
 
+                    if ((p & 1) == 0)
+                    {
+                        rotation.RotateToken(row, shape.HeadDim, angles, t - head, inverse: false);
+                    }
+
                     long element = (((long)p * tokens) + t) * c;
                     FloatConversions.FromSingle(dtype, row, destination.Slice((int)(element * elementSize), rowBytes));
                 }
@@ -304,6 +322,7 @@ public sealed class TransformCodec : IKvCodec
         {
             ArrayPool<float>.Shared.Return(x);
             ArrayPool<byte>.Shared.Return(symbols);
+            KvtcKeyRotation.ReturnAngles(angles);
         }
     }
 

@@ -82,9 +82,10 @@ public sealed class VideoCodec : IKvCodec
         return parameters + (2 * (HevcStream.RecordHeaderBytes + stream));
     }
 
-    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
+    public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, long tokenStart, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
     {
         CodecChecks.Input(kv, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
         ArgumentNullException.ThrowIfNull(parameters);
         ArgumentNullException.ThrowIfNull(payload);
@@ -120,9 +121,10 @@ public sealed class VideoCodec : IKvCodec
         }
     }
 
-    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<byte> destination)
+    public void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, long tokenStart, int level, Span<byte> destination)
     {
         CodecChecks.Output(destination, shape, dtype);
+        CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
 
         // The layout is read from the parameters, so any instance decodes a chunk of any layout.

@@ -149,9 +149,9 @@ public sealed class AccuracyEvaluator
                     parameters.ResetWrittenCount();
                     payload.ResetWrittenCount();
                     long t0 = Stopwatch.GetTimestamp();
-                    codec.Encode(chunk, shape, dtype, variant.Level, parameters, payload);
+                    codec.Encode(chunk, shape, dtype, start, variant.Level, parameters, payload);
                     long t1 = Stopwatch.GetTimestamp();
-                    codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, dtype, variant.Level, output);
+                    codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, dtype, start, variant.Level, output);
                     long t2 = Stopwatch.GetTimestamp();
                     encodeSeconds += Stopwatch.GetElapsedTime(t0, t1).TotalSeconds;
                     decodeSeconds += Stopwatch.GetElapsedTime(t1, t2).TotalSeconds;

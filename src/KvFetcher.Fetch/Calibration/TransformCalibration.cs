@@ -19,10 +19,14 @@ public static class TransformCalibration
     /// with bits allocated by the sensitivity measured on the first <paramref name="sensitivityDocuments"/> of them
     /// (<see cref="MeasureSensitivity"/>; 0: by variance alone), keeping <paramref name="exactHead"/> and
     /// <paramref name="exactTail"/> tokens of every chunk exact, with <paramref name="levelBits"/> per level (default
-    /// <see cref="KvtcTransform.DefaultLevelBits"/>).
+    /// <see cref="KvtcTransform.DefaultLevelBits"/>), keys before RoPE (<see cref="KeyRotationOf"/>) unless
+    /// <paramref name="keyRotation"/> says otherwise (<see cref="KvtcKeyRotation.None"/>: as stored, for comparison);
+    /// with <paramref name="weighKeysByQueries"/>, each key component's bits also follow how strongly the layer's queries
+    /// read along it (<see cref="QueryMetric"/>).
     /// </summary>
     public static KvtcTransform Fit(LanguageModel model, IReadOnlyList<EvaluationDocument> documents, int tokensPerDocument = 1024, int chunkTokens = 256,
-        int sensitivityDocuments = 2, int exactHead = 4, int exactTail = 0, IReadOnlyList<float>? levelBits = null)
+        int sensitivityDocuments = 2, int exactHead = 4, int exactTail = 0, IReadOnlyList<float>? levelBits = null, KvtcKeyRotation? keyRotation = null,
+        bool weighKeysByQueries = true)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(documents);
@@ -33,7 +37,9 @@ public static class TransformCalibration
         }
 
         var config = model.Config;
-        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, exactHead, exactTail);
+        keyRotation ??= KeyRotationOf(config);
+        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, keyRotation, exactHead, exactTail);
+        var queries = new QueryMetric(config, keyRotation);
         DType dtype = model.KvStorageDType;
         foreach (EvaluationDocument document in documents)
         {
@@ -44,20 +50,35 @@ public static class TransformCalibration
             }
 
             using InferenceSession session = model.CreateSession(tokens);
+            session.Probe = weighKeysByQueries ? queries : null;
             session.Prefill(document.Tokens.AsSpan(0, tokens), 0, new float[config.VocabSize]);
             var shape = new KvShape(config.NumLayers, chunkTokens, config.NumKvHeads, config.HeadDim);
             var chunk = new byte[shape.Elements * dtype.SizeOf()];
             for (int start = 0; start < tokens; start += chunkTokens)
             {
                 session.Cache.Export(start, start + chunkTokens, dtype, chunk);
-                fitter.Add(chunk, shape, dtype);
+                fitter.Add(chunk, shape, dtype, start);
             }
         }
 
         IReadOnlyList<double>? sensitivity = sensitivityDocuments > 0
             ? MeasureSensitivity(model, [.. documents.Take(sensitivityDocuments)], fitter.ExactHead, chunkTokens)
             : null;
-        return fitter.Build(model.Fingerprint, levelBits, sensitivity);
+        return fitter.Build(model.Fingerprint, levelBits, sensitivity, weighKeysByQueries ? queries.Metric(tokensPerDocument) : null);
+    }
+
+    /// <summary>
+    /// The rotary embedding of <paramref name="config"/>'s keys as the kvtc codec records it: the engines rotate channel
+    /// pairs (i, i + headDim / 2) of each head (<see cref="KvtcKeyPairing.HalfSplit"/>) by position times the inverse
+    /// frequencies of <see cref="Engine.Model.RopeConfig.Compute"/>. For <c>dynamic</c> scaling those of contexts up to
+    /// <c>max_position_embeddings</c> (longer contexts rotate by a larger base; their keys then code less compactly, and
+    /// still decode exactly as coded).
+    /// </summary>
+    public static KvtcKeyRotation KeyRotationOf(Engine.Model.ModelConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        (float[] inverseFrequencies, _) = config.Rope.Compute(config.HeadDim, config.MaxPositionEmbeddings, config.MaxPositionEmbeddings);
+        return new KvtcKeyRotation(KvtcKeyPairing.HalfSplit, inverseFrequencies);
     }
 
     /// <summary>

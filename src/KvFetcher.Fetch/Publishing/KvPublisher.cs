@@ -282,7 +282,7 @@ public sealed class KvPublisher : IAsyncDisposable
             scratch.Payload.ResetWrittenCount();
             try
             {
-                variant.GetCodec().Encode(job.Kv.AsSpan(0, plan.ChunkBytes), plan.ChunkShape, plan.DType, variant.Level, scratch.Parameters, scratch.Payload);
+                variant.GetCodec().Encode(job.Kv.AsSpan(0, plan.ChunkBytes), plan.ChunkShape, plan.DType, plan.TokenStartOf(job.Chunk), variant.Level, scratch.Parameters, scratch.Payload);
                 plan.WriteContainer(job.Chunk, variant, scratch.Parameters.WrittenSpan, scratch.Payload.WrittenSpan, container);
             }
             catch (Exception ex) when (ex is not OperationCanceledException)

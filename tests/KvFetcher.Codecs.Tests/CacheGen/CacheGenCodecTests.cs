@@ -93,21 +93,21 @@ public class CacheGenCodecTests(ITestOutputHelper output)
             var parameters = new ArrayBufferWriter<byte>();
             var payload = new ArrayBufferWriter<byte>();
             var decoded = new byte[kv.Length];
-            s_codec.Encode(kv, shape, DType.Float16, level, parameters, payload);
-            s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, level, decoded);
+            s_codec.Encode(kv, shape, DType.Float16, 0, level, parameters, payload);
+            s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 0, level, decoded);
             var encodeTime = Stopwatch.StartNew();
             for (int i = 0; i < Repetitions; i++)
             {
                 parameters.ResetWrittenCount();
                 payload.ResetWrittenCount();
-                s_codec.Encode(kv, shape, DType.Float16, level, parameters, payload);
+                s_codec.Encode(kv, shape, DType.Float16, 0, level, parameters, payload);
             }
 
             encodeTime.Stop();
             var decodeTime = Stopwatch.StartNew();
             for (int i = 0; i < Repetitions; i++)
             {
-                s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, level, decoded);
+                s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 0, level, decoded);
             }
 
             decodeTime.Stop();
@@ -128,7 +128,7 @@ public class CacheGenCodecTests(ITestOutputHelper output)
         (byte[] kv, KvShape shape) = RealKv.Chunk(512, 16, DType.Float16);
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        s_codec.Encode(kv, shape, DType.Float16, 0, parameters, payload);
+        s_codec.Encode(kv, shape, DType.Float16, 0, 0, parameters, payload);
         byte[] goodParameters = parameters.WrittenSpan.ToArray();
         byte[] goodPayload = payload.WrittenSpan.ToArray();
         var destination = new byte[kv.Length];
@@ -140,7 +140,7 @@ public class CacheGenCodecTests(ITestOutputHelper output)
             cases++;
             try
             {
-                s_codec.Decode(p, d, shape, DType.Float16, 0, destination);
+                s_codec.Decode(p, d, shape, DType.Float16, 0, 0, destination);
             }
             catch (InvalidKvDataException ex)
             {
@@ -187,14 +187,14 @@ public class CacheGenCodecTests(ITestOutputHelper output)
         (byte[] kv, KvShape shape) = RealKv.Chunk(0, 8, DType.Float16);
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        s_codec.Encode(kv, shape, DType.Float16, 1, parameters, payload);
+        s_codec.Encode(kv, shape, DType.Float16, 0, 1, parameters, payload);
 
-        InvalidKvDataException level = Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 2, new byte[kv.Length]));
+        InvalidKvDataException level = Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 0, 2, new byte[kv.Length]));
         Assert.Contains("level 1", level.Message, StringComparison.Ordinal);
         KvShape other = shape with { KvHeads = shape.KvHeads * 2 };
-        InvalidKvDataException channels = Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, other, DType.Float16, 1, new byte[kv.Length * 2]));
+        InvalidKvDataException channels = Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, other, DType.Float16, 0, 1, new byte[kv.Length * 2]));
         Assert.Contains("layers/tokens/channels", channels.Message, StringComparison.Ordinal);
-        Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 7, new byte[kv.Length]));
+        Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 0, 7, new byte[kv.Length]));
     }
 
     [Theory]
@@ -241,16 +241,16 @@ public class CacheGenCodecTests(ITestOutputHelper output)
         var payload = new ArrayBufferWriter<byte>(1 << 20);
         var decoded = new byte[kv.Length];
         using var noGc = new KvFetcher.Tests.NoGcRegion();
-        s_codec.Encode(kv, shape, DType.BFloat16, 0, parameters, payload);
-        s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.BFloat16, 0, decoded);
+        s_codec.Encode(kv, shape, DType.BFloat16, 0, 0, parameters, payload);
+        s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.BFloat16, 0, 0, decoded);
 
         long before = GC.GetAllocatedBytesForCurrentThread();
         for (int i = 0; i < 3; i++)
         {
             parameters.ResetWrittenCount();
             payload.ResetWrittenCount();
-            s_codec.Encode(kv, shape, DType.BFloat16, 0, parameters, payload);
-            s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.BFloat16, 0, decoded);
+            s_codec.Encode(kv, shape, DType.BFloat16, 0, 0, parameters, payload);
+            s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.BFloat16, 0, 0, decoded);
         }
 
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
@@ -267,7 +267,7 @@ public class CacheGenCodecTests(ITestOutputHelper output)
         var kv = new byte[values.Length * 4];
         FloatConversions.FromSingle(DType.Float32, values, kv);
 
-        Assert.Throws<ArgumentException>(() => s_codec.Encode(kv, shape, DType.Float32, 0, new ArrayBufferWriter<byte>(), new ArrayBufferWriter<byte>()));
+        Assert.Throws<ArgumentException>(() => s_codec.Encode(kv, shape, DType.Float32, 0, 0, new ArrayBufferWriter<byte>(), new ArrayBufferWriter<byte>()));
     }
 
     [Theory]
@@ -288,11 +288,11 @@ public class CacheGenCodecTests(ITestOutputHelper output)
     {
         var parameterWriter = new ArrayBufferWriter<byte>();
         var payloadWriter = new ArrayBufferWriter<byte>();
-        s_codec.Encode(kv, shape, dtype, level, parameterWriter, payloadWriter);
+        s_codec.Encode(kv, shape, dtype, 0, level, parameterWriter, payloadWriter);
         parameters = parameterWriter.WrittenSpan.ToArray();
         payload = payloadWriter.WrittenSpan.ToArray();
         var decoded = new byte[kv.Length];
-        s_codec.Decode(parameters, payload, shape, dtype, level, decoded);
+        s_codec.Decode(parameters, payload, shape, dtype, 0, level, decoded);
         return decoded;
     }
 

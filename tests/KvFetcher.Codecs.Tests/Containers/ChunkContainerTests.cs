@@ -15,15 +15,16 @@ public class ChunkContainerTests
 
     internal static (byte[] Container, ChunkExpectation Expected, byte[] Kv) Build(IKvCodec codec, int level, int tokens = 16, DType dtype = DType.Float16)
     {
-        (byte[] kv, KvShape shape) = RealKv.Chunk(64, tokens, dtype);
-        ChunkKey key = ChunkKey.ComputeChain(s_model, "tenant-a", RealKv.TokenIds.AsSpan(0, 64 + tokens), 64 + tokens)[0];
+        const int tokenStart = 64;
+        (byte[] kv, KvShape shape) = RealKv.Chunk(tokenStart, tokens, dtype);
+        ChunkKey key = ChunkKey.ComputeChain(s_model, "tenant-a", RealKv.TokenIds.AsSpan(0, tokenStart + tokens), tokenStart + tokens)[0];
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        codec.Encode(kv, shape, dtype, level, parameters, payload);
-        var header = new ChunkHeader { Codec = codec.Id, Level = (byte)level, DType = dtype, Key = key, Model = s_model, TokenStart = 64, Shape = shape };
+        codec.Encode(kv, shape, dtype, tokenStart, level, parameters, payload);
+        var header = new ChunkHeader { Codec = codec.Id, Level = (byte)level, DType = dtype, Key = key, Model = s_model, TokenStart = tokenStart, Shape = shape };
         var output = new ArrayBufferWriter<byte>();
         ChunkContainer.Write(header, parameters.WrittenSpan, payload.WrittenSpan, output);
-        return (output.WrittenSpan.ToArray(), new ChunkExpectation(key, s_model, 64, shape, dtype), kv);
+        return (output.WrittenSpan.ToArray(), new ChunkExpectation(key, s_model, tokenStart, shape, dtype), kv);
     }
 
     [Fact]

@@ -134,7 +134,7 @@ public class ExactCodecTests
         for (int length = 0; length < payload.Length; length++)
         {
             byte[] truncated = payload[..length];
-            Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([], truncated, shape, DType.Float16, 0, destination));
+            Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([], truncated, shape, DType.Float16, 0, 0, destination));
         }
     }
 
@@ -168,7 +168,7 @@ public class ExactCodecTests
 
             try
             {
-                ExactCodec.Instance.Decode([], mutated, shape, dtype, 0, destination);
+                ExactCodec.Instance.Decode([], mutated, shape, dtype, 0, 0, destination);
             }
             catch (InvalidKvDataException)
             {
@@ -191,7 +191,7 @@ public class ExactCodecTests
         Assert.Equal(0, payload[3]);
         Assert.Equal(2, payload[4 + n]);
         payload[5 + n] = 99;
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([], payload, shape, DType.Float16, 0, new byte[kv.Length]));
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([], payload, shape, DType.Float16, 0, 0, new byte[kv.Length]));
         Assert.Contains("layer 0 K byte plane 1", ex.Message, StringComparison.Ordinal);
         Assert.Contains($"scale bits out of range at payload offset {5 + n}", ex.Message, StringComparison.Ordinal);
     }
@@ -211,9 +211,9 @@ public class ExactCodecTests
             {
                 payload.ResetWrittenCount();
                 long before = GC.GetAllocatedBytesForCurrentThread();
-                ExactCodec.Instance.Encode(kv, shape, DType.BFloat16, 0, parameters, payload);
+                ExactCodec.Instance.Encode(kv, shape, DType.BFloat16, 0, 0, parameters, payload);
                 long middle = GC.GetAllocatedBytesForCurrentThread();
-                ExactCodec.Instance.Decode([], payload.WrittenSpan, shape, DType.BFloat16, 0, destination);
+                ExactCodec.Instance.Decode([], payload.WrittenSpan, shape, DType.BFloat16, 0, 0, destination);
                 encodeBytes = middle - before;
                 decodeBytes = GC.GetAllocatedBytesForCurrentThread() - middle;
             }
@@ -229,7 +229,7 @@ public class ExactCodecTests
     {
         (byte[] kv, KvShape shape) = RealKv.Chunk(0, 1, DType.Float16);
         (_, byte[] payload) = Encode(kv, shape, DType.Float16);
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([1], payload, shape, DType.Float16, 0, new byte[kv.Length]));
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([1], payload, shape, DType.Float16, 0, 0, new byte[kv.Length]));
         Assert.Contains("parameters must be empty", ex.Message, StringComparison.Ordinal);
     }
 
@@ -238,7 +238,7 @@ public class ExactCodecTests
     {
         (byte[] kv, KvShape shape) = RealKv.Chunk(0, 2, DType.Float16);
         (_, byte[] payload) = Encode(kv, shape, DType.Float16);
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([], payload, shape, DType.Float32, 0, new byte[kv.Length * 2]));
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([], payload, shape, DType.Float32, 0, 0, new byte[kv.Length * 2]));
         Assert.Contains("element size 2 at payload offset 1", ex.Message, StringComparison.Ordinal);
     }
 
@@ -247,7 +247,7 @@ public class ExactCodecTests
     {
         (byte[] kv, KvShape shape) = RealKv.Chunk(0, 2, DType.BFloat16);
         (_, byte[] payload) = Encode(kv, shape, DType.BFloat16);
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([], [.. payload, 0], shape, DType.BFloat16, 0, new byte[kv.Length]));
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([], [.. payload, 0], shape, DType.BFloat16, 0, 0, new byte[kv.Length]));
         Assert.Contains("1 trailing bytes", ex.Message, StringComparison.Ordinal);
     }
 
@@ -256,7 +256,7 @@ public class ExactCodecTests
     {
         (byte[] kv, KvShape shape) = RealKv.Chunk(0, 1, DType.Float16);
         (_, byte[] payload) = Encode(kv, shape, DType.Float16);
-        Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([], payload, shape, DType.Float16, 1, new byte[kv.Length]));
+        Assert.Throws<InvalidKvDataException>(() => ExactCodec.Instance.Decode([], payload, shape, DType.Float16, 0, 1, new byte[kv.Length]));
     }
 
     [Fact]
@@ -283,14 +283,14 @@ public class ExactCodecTests
         for (int i = 0; i < Rounds; i++)
         {
             writer.ResetWrittenCount();
-            ExactCodec.Instance.Encode(kv, shape, dtype, 0, parameters, writer);
+            ExactCodec.Instance.Encode(kv, shape, dtype, 0, 0, parameters, writer);
         }
 
         double encodeSeconds = watch.Elapsed.TotalSeconds / Rounds;
         watch.Restart();
         for (int i = 0; i < Rounds; i++)
         {
-            ExactCodec.Instance.Decode([], payload, shape, dtype, 0, destination);
+            ExactCodec.Instance.Decode([], payload, shape, dtype, 0, 0, destination);
         }
 
         double decodeSeconds = watch.Elapsed.TotalSeconds / Rounds;
@@ -303,14 +303,14 @@ public class ExactCodecTests
     {
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        ExactCodec.Instance.Encode(kv, shape, dtype, 0, parameters, payload);
+        ExactCodec.Instance.Encode(kv, shape, dtype, 0, 0, parameters, payload);
         return (parameters.WrittenSpan.ToArray(), payload.WrittenSpan.ToArray());
     }
 
     private static byte[] Decode(byte[] payload, KvShape shape, DType dtype)
     {
         var destination = new byte[shape.Elements * dtype.SizeOf()];
-        ExactCodec.Instance.Decode([], payload, shape, dtype, 0, destination);
+        ExactCodec.Instance.Decode([], payload, shape, dtype, 0, 0, destination);
         return destination;
     }
 

@@ -26,15 +26,31 @@ internal static class KvtcTestTransforms
         }
     }
 
-    /// <summary>A transform fitted to the first <see cref="FitTokens"/> tokens of the real KV, in 64-token chunks.</summary>
-    public static KvtcTransform Fit(int exactTail, ModelFingerprint model, int exactHead = 4)
+    /// <summary>
+    /// The bundled model's key rotation: its engine turns channel pairs (i, i + headDim / 2) by the inverse frequencies of
+    /// its rope config (as <c>TransformCalibration.KeyRotationOf</c> records it; Fetch.Tests checks that against the engine).
+    /// </summary>
+    public static KvtcKeyRotation KeyRotation
+    {
+        get
+        {
+            var config = Tests.RealKv.Model.Config;
+            return new KvtcKeyRotation(KvtcKeyPairing.HalfSplit, config.Rope.Compute(config.HeadDim, config.MaxPositionEmbeddings, config.MaxPositionEmbeddings).InverseFrequencies);
+        }
+    }
+
+    /// <summary>
+    /// A transform fitted to the first <see cref="FitTokens"/> tokens of the real KV, in 64-token chunks, keys before RoPE
+    /// (with <paramref name="keyRotation"/> <see cref="KvtcKeyRotation.None"/>: as stored).
+    /// </summary>
+    public static KvtcTransform Fit(int exactTail, ModelFingerprint model, int exactHead = 4, KvtcKeyRotation? keyRotation = null)
     {
         (_, KvShape shape) = Tests.RealKv.Chunk(0, 64, DType.Float16);
-        var fitter = new KvtcFitter(shape.Layers, shape.KvHeads, shape.HeadDim, exactHead, exactTail);
+        var fitter = new KvtcFitter(shape.Layers, shape.KvHeads, shape.HeadDim, keyRotation ?? KeyRotation, exactHead, exactTail);
         for (int start = 0; start < FitTokens; start += 64)
         {
             (byte[] kv, KvShape chunk) = Tests.RealKv.Chunk(start, 64, DType.Float16);
-            fitter.Add(kv, chunk, DType.Float16);
+            fitter.Add(kv, chunk, DType.Float16, start);
         }
 
         return fitter.Build(model);

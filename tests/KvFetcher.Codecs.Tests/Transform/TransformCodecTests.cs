@@ -8,11 +8,11 @@ namespace KvFetcher.Codecs.Tests.Transform;
 
 public class TransformCodecTests
 {
-    private static (byte[] Parameters, byte[] Payload) Encode(TransformCodec codec, byte[] kv, KvShape shape, DType dtype, int level)
+    private static (byte[] Parameters, byte[] Payload) Encode(TransformCodec codec, byte[] kv, KvShape shape, DType dtype, long tokenStart, int level)
     {
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        codec.Encode(kv, shape, dtype, level, parameters, payload);
+        codec.Encode(kv, shape, dtype, tokenStart, level, parameters, payload);
         return (parameters.WrittenSpan.ToArray(), payload.WrittenSpan.ToArray());
     }
 
@@ -62,9 +62,9 @@ public class TransformCodecTests
         KvtcTransform transform = KvtcTestTransforms.ForRealKv;
         var codec = new TransformCodec(transform);
         (byte[] kv, KvShape shape) = RealKv.Chunk(KvtcTestTransforms.FitTokens, 128, dtype);
-        (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, dtype, level);
+        (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, dtype, KvtcTestTransforms.FitTokens, level);
         var decoded = new byte[kv.Length];
-        codec.Decode(parameters, payload, shape, dtype, level, decoded);
+        codec.Decode(parameters, payload, shape, dtype, KvtcTestTransforms.FitTokens, level, decoded);
 
         // Held-out tokens (not fitted): the error stays within a few times what the allocation models, and far below the signal.
         double relative = RelativeError(Floats(kv, dtype), Floats(decoded, dtype), shape, transform.ExactHead);
@@ -83,9 +83,9 @@ public class TransformCodecTests
         double previousError = -1;
         foreach (int level in codec.Levels)
         {
-            (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, DType.Float16, level);
+            (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, DType.Float16, KvtcTestTransforms.FitTokens, level);
             var decoded = new byte[kv.Length];
-            codec.Decode(parameters, payload, shape, DType.Float16, level, decoded);
+            codec.Decode(parameters, payload, shape, DType.Float16, KvtcTestTransforms.FitTokens, level, decoded);
             double error = RelativeError(Floats(kv, DType.Float16), Floats(decoded, DType.Float16), shape, 4);
             Assert.True(payload.Length < previousBytes, $"level {level}: {payload.Length} bytes, previous {previousBytes}");
             Assert.True(error > previousError, $"level {level}: error {error}, previous {previousError}");
@@ -100,9 +100,9 @@ public class TransformCodecTests
         KvtcTransform transform = KvtcTestTransforms.Fit(exactTail: 8, KvtcTestTransforms.Model(2));
         var codec = new TransformCodec(transform);
         (byte[] kv, KvShape shape) = RealKv.Chunk(0, 64, DType.Float16);
-        (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, DType.Float16, 3);
+        (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, DType.Float16, 0, 3);
         var decoded = new byte[kv.Length];
-        codec.Decode(parameters, payload, shape, DType.Float16, 3, decoded);
+        codec.Decode(parameters, payload, shape, DType.Float16, 0, 3, decoded);
 
         int rowBytes = shape.Channels * 2;
         int differing = 0;
@@ -122,10 +122,10 @@ public class TransformCodecTests
     public void Decode_ChunkOfAnotherTransform_InvalidKvData()
     {
         (byte[] kv, KvShape shape) = RealKv.Chunk(KvtcTestTransforms.FitTokens, 32, DType.Float16);
-        (byte[] parameters, byte[] payload) = Encode(new TransformCodec(KvtcTestTransforms.ForRealKv), kv, shape, DType.Float16, 1);
+        (byte[] parameters, byte[] payload) = Encode(new TransformCodec(KvtcTestTransforms.ForRealKv), kv, shape, DType.Float16, KvtcTestTransforms.FitTokens, 1);
         var other = new TransformCodec(KvtcTestTransforms.Fit(exactTail: 0, KvtcTestTransforms.Model(3)));
 
-        var ex = Assert.Throws<InvalidKvDataException>(() => other.Decode(parameters, payload, shape, DType.Float16, 1, new byte[kv.Length]));
+        var ex = Assert.Throws<InvalidKvDataException>(() => other.Decode(parameters, payload, shape, DType.Float16, KvtcTestTransforms.FitTokens, 1, new byte[kv.Length]));
         Assert.Contains("transform", ex.Message, StringComparison.Ordinal);
     }
 
@@ -134,9 +134,9 @@ public class TransformCodecTests
     {
         KvtcTransform unloaded = KvtcTestTransforms.Fit(exactTail: 0, KvtcTestTransforms.Model(4));
         (byte[] kv, KvShape shape) = RealKv.Chunk(KvtcTestTransforms.FitTokens, 32, DType.Float16);
-        (byte[] parameters, byte[] payload) = Encode(new TransformCodec(unloaded), kv, shape, DType.Float16, 2);
+        (byte[] parameters, byte[] payload) = Encode(new TransformCodec(unloaded), kv, shape, DType.Float16, KvtcTestTransforms.FitTokens, 2);
 
-        var ex = Assert.Throws<InvalidKvDataException>(() => TransformCodec.Instance.Decode(parameters, payload, shape, DType.Float16, 2, new byte[kv.Length]));
+        var ex = Assert.Throws<InvalidKvDataException>(() => TransformCodec.Instance.Decode(parameters, payload, shape, DType.Float16, KvtcTestTransforms.FitTokens, 2, new byte[kv.Length]));
         Assert.Contains("not loaded", ex.Message, StringComparison.Ordinal);
     }
 
@@ -183,7 +183,7 @@ public class TransformCodecTests
     {
         var codec = new TransformCodec(KvtcTestTransforms.ForRealKv);
         (byte[] kv, KvShape shape) = RealKv.Chunk(KvtcTestTransforms.FitTokens, 16, DType.Float16);
-        (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, DType.Float16, 2);
+        (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, DType.Float16, KvtcTestTransforms.FitTokens, 2);
         var destination = new byte[kv.Length];
         var random = new Random(11);
         int refused = 0;
@@ -210,7 +210,7 @@ public class TransformCodecTests
 
             try
             {
-                codec.Decode(p, q, shape, DType.Float16, 2, destination);
+                codec.Decode(p, q, shape, DType.Float16, KvtcTestTransforms.FitTokens, 2, destination);
             }
             catch (InvalidKvDataException)
             {
@@ -232,9 +232,9 @@ public class TransformCodecTests
         Buffer.BlockCopy(noise, 0, kv, 0, kv.Length);
         foreach (int level in codec.Levels)
         {
-            (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, DType.Float32, level);
+            (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, DType.Float32, 0, level);
             Assert.True(parameters.Length + payload.Length <= codec.GetMaxEncodedLength(shape, DType.Float32, level));
-            codec.Decode(parameters, payload, shape, DType.Float32, level, new byte[kv.Length]);
+            codec.Decode(parameters, payload, shape, DType.Float32, 0, level, new byte[kv.Length]);
         }
     }
 
@@ -259,4 +259,126 @@ public class TransformCodecTests
         Assert.Equal(CodecId.Kvtc, header.Codec);
         Assert.Equal(kv.AsSpan(0, 4 * expected.Shape.Channels * 2), decoded.AsSpan(0, 4 * expected.Shape.Channels * 2));
     }
+
+    /// <summary>Squared error of the coded tokens of the K planes (or the V planes) over the original's energy.</summary>
+    private static double KindError(float[] original, float[] decoded, KvShape shape, int kind, int fromToken)
+    {
+        int c = shape.Channels;
+        double error = 0, energy = 0;
+        for (int p = kind; p < shape.Layers * 2; p += 2)
+        {
+            for (int t = fromToken; t < shape.Tokens; t++)
+            {
+                for (int j = 0; j < c; j++)
+                {
+                    int i = (((p * shape.Tokens) + t) * c) + j;
+                    error += Math.Pow(original[i] - decoded[i], 2);
+                    energy += Math.Pow(original[i], 2);
+                }
+            }
+        }
+
+        return error / energy;
+    }
+
+    [Fact]
+    public void Decode_WrongTokenStart_KeysWrongValuesAndExactTokensUnchanged()
+    {
+        var codec = new TransformCodec(KvtcTestTransforms.ForRealKv);
+        const int start = KvtcTestTransforms.FitTokens;
+        (byte[] kv, KvShape shape) = RealKv.Chunk(start, 64, DType.Float32);
+        (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, DType.Float32, start, 1);
+        var right = new byte[kv.Length];
+        var shifted = new byte[kv.Length];
+        codec.Decode(parameters, payload, shape, DType.Float32, start, 1, right);
+        codec.Decode(parameters, payload, shape, DType.Float32, start + 1, 1, shifted);
+
+        float[] original = Floats(kv, DType.Float32);
+        float[] good = Floats(right, DType.Float32);
+        float[] bad = Floats(shifted, DType.Float32);
+        double keyError = KindError(original, good, shape, 0, 4);
+        double wrongKeyError = KindError(original, bad, shape, 0, 4);
+        Assert.True(wrongKeyError > 20 * keyError, $"keys decoded one position off: relative error {wrongKeyError:E2}; at the right position {keyError:E2}");
+        Assert.Equal(KindError(original, good, shape, 1, 4), KindError(original, bad, shape, 1, 4)); // values carry no position
+        int rowBytes = shape.Channels * 4;
+        for (int p = 0; p < shape.Layers * 2; p++)
+        {
+            int plane = p * shape.Tokens * rowBytes;
+            Assert.Equal(kv.AsSpan(plane, 4 * rowBytes), shifted.AsSpan(plane, 4 * rowBytes));
+        }
+    }
+
+    [Fact]
+    public void EncodeDecode_KeysBeforeRope_LessKeyErrorThanKeysAsStored()
+    {
+        KvtcTransform preRope = KvtcTestTransforms.ForRealKv;
+        KvtcTransform asStored = KvtcTestTransforms.Fit(exactTail: 0, KvtcTestTransforms.Model(5), keyRotation: KvtcKeyRotation.None);
+        const int start = KvtcTestTransforms.FitTokens;
+        (byte[] kv, KvShape shape) = RealKv.Chunk(start, 256, DType.Float32);
+        float[] original = Floats(kv, DType.Float32);
+        double KeyError(KvtcTransform transform)
+        {
+            var codec = new TransformCodec(transform);
+            (byte[] parameters, byte[] payload) = Encode(codec, kv, shape, DType.Float32, start, 3);
+            var decoded = new byte[kv.Length];
+            codec.Decode(parameters, payload, shape, DType.Float32, start, 3, decoded);
+            return KindError(original, Floats(decoded, DType.Float32), shape, 0, 4);
+        }
+
+        double pre = KeyError(preRope), stored = KeyError(asStored);
+        Assert.True(pre < stored, $"keys before RoPE: relative error {pre:E3}; as stored {stored:E3}");
+    }
+
+    [Fact]
+    public void Read_VersionOneFile_RefusedAsKeysAfterRope()
+    {
+        byte[] file = KvtcTestTransforms.ForRealKv.Write();
+        file[4] = 1;
+        Rehash(file);
+
+        var ex = Assert.Throws<InvalidDataException>(() => KvtcTransform.Read(file));
+        Assert.Contains("format version 1", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("calibrate", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(49, 2, "key pairing")] // 1 | 2: pairing 3
+    [InlineData(50, 1, "reserved")]
+    [InlineData(52 + 3, 0x80, "nominal bits")] // level 0's nominal bits negative (the sign bit)
+    [InlineData(52 + (4 * KvtcTransform.LevelCount) + 3, 0x80, "inverse frequency")] // the first key frequency negative
+    public void Read_BadField_RefusedNamingIt(int offset, byte bits, string field)
+    {
+        byte[] file = KvtcTestTransforms.ForRealKv.Write();
+        file[offset] |= bits;
+        Rehash(file);
+
+        var ex = Assert.Throws<InvalidDataException>(() => KvtcTransform.Read(file));
+        Assert.Contains(field, ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Read_KeysAsStoredWithFrequencies_Refused()
+    {
+        byte[] file = KvtcTestTransforms.ForRealKv.Write();
+        file[49] = (byte)KvtcKeyPairing.None;
+        Rehash(file);
+
+        Assert.Contains("all-zero", Assert.Throws<InvalidDataException>(() => KvtcTransform.Read(file)).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void WriteRead_KeyRotation_RoundTripsWithTheSameId()
+    {
+        KvtcTransform transform = KvtcTestTransforms.ForRealKv;
+        KvtcTransform read = KvtcTransform.Read(transform.Write());
+
+        Assert.Equal(transform.IdText, read.IdText);
+        Assert.Equal(KvtcKeyPairing.HalfSplit, read.KeyRotation.Pairing);
+        Assert.Equal(transform.KeyRotation.InverseFrequencies.ToArray(), read.KeyRotation.InverseFrequencies.ToArray());
+        KvtcTransform asStored = KvtcTestTransforms.Fit(exactTail: 0, KvtcTestTransforms.Model(6), keyRotation: KvtcKeyRotation.None);
+        Assert.True(KvtcTransform.Read(asStored.Write()).KeyRotation.IsNone);
+    }
+
+    /// <summary>Recomputes a transform file's checksum (its last 16 bytes) after a test edited a field.</summary>
+    private static void Rehash(byte[] file) => System.IO.Hashing.XxHash128.Hash(file.AsSpan(0, file.Length - KvtcTransform.IdSize), file.AsSpan(file.Length - KvtcTransform.IdSize));
 }

@@ -46,7 +46,7 @@ public class VideoChunkFormatTests
         byte[] empty = payload.AsSpan(0, recordAt + VideoChunkFormat.RecordHeaderBytes).ToArray();
         BinaryPrimitives.WriteUInt32LittleEndian(empty.AsSpan(recordAt), 0);
 
-        InvalidKvDataException cpu = Assert.Throws<InvalidKvDataException>(() => codec.Decode(parameters, empty, shape, DType.Float16, 8, new byte[shape.Elements * 2]));
+        InvalidKvDataException cpu = Assert.Throws<InvalidKvDataException>(() => codec.Decode(parameters, empty, shape, DType.Float16, 0, 8, new byte[shape.Elements * 2]));
         InvalidKvDataException nvdec = Assert.Throws<InvalidKvDataException>(() => VideoChunkFormat.ReadStreams(empty));
 
         Assert.Equal(cpu.Message, nvdec.Message);
@@ -103,7 +103,7 @@ public class VideoChunkFormatTests
         var codec = new VideoCodec(layout);
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        codec.Encode(kv, shape, DType.Float16, level, parameters, payload);
+        codec.Encode(kv, shape, DType.Float16, 0, level, parameters, payload);
         return (parameters.WrittenSpan.ToArray(), payload.WrittenSpan.ToArray(), shape, codec);
     }
 }

@@ -24,9 +24,9 @@ public class VideoCodecTests(ITestOutputHelper output)
         (byte[] kv, KvShape shape) = RealKv.Chunk(512, 256, DType.Float16);
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        codec.Encode(kv, shape, DType.Float16, level, parameters, payload);
+        codec.Encode(kv, shape, DType.Float16, 0, level, parameters, payload);
         var expected = new byte[kv.Length];
-        codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, level, expected);
+        codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 0, level, expected);
 
         int scales = shape.Layers * 2 * shape.Channels;
         var mins = new float[scales];
@@ -99,13 +99,13 @@ public class VideoCodecTests(ITestOutputHelper output)
         var watch = Stopwatch.StartNew();
         var parameterWriter = new ArrayBufferWriter<byte>();
         var payloadWriter = new ArrayBufferWriter<byte>();
-        codec.Encode(kv, shape, dtype, level, parameterWriter, payloadWriter);
+        codec.Encode(kv, shape, dtype, 0, level, parameterWriter, payloadWriter);
         double encodeSeconds = watch.Elapsed.TotalSeconds;
         byte[] parameters = parameterWriter.WrittenSpan.ToArray();
         byte[] payload = payloadWriter.WrittenSpan.ToArray();
         var decoded = new byte[kv.Length];
         watch.Restart();
-        codec.Decode(parameters, payload, shape, dtype, level, decoded);
+        codec.Decode(parameters, payload, shape, dtype, 0, level, decoded);
         double decodeSeconds = watch.Elapsed.TotalSeconds;
 
         var original = new float[shape.Elements];
@@ -143,13 +143,13 @@ public class VideoCodecTests(ITestOutputHelper output)
         (byte[] kv, KvShape shape) = RealKv.Chunk(768, 256, DType.Float16);
         (byte[] parameters, byte[] payload) = Encode(kv, shape, DType.Float16, 4);
         var expected = new byte[kv.Length];
-        s_codec.Decode(parameters, payload, shape, DType.Float16, 4, expected);
+        s_codec.Decode(parameters, payload, shape, DType.Float16, 0, 4, expected);
         var results = new (byte[] Payload, byte[] Decoded)[4];
         Parallel.For(0, results.Length, i =>
         {
             (_, byte[] again) = Encode(kv, shape, DType.Float16, 4);
             var decoded = new byte[kv.Length];
-            s_codec.Decode(parameters, again, shape, DType.Float16, 4, decoded);
+            s_codec.Decode(parameters, again, shape, DType.Float16, 0, 4, decoded);
             results[i] = (again, decoded);
         });
         Assert.All(results, r =>
@@ -177,12 +177,12 @@ public class VideoCodecTests(ITestOutputHelper output)
         FloatConversions.FromSingle(DType.Float32, values, kv);
         var parameterWriter = new ArrayBufferWriter<byte>();
         var payloadWriter = new ArrayBufferWriter<byte>();
-        codec.Encode(kv, shape, DType.Float32, 8, parameterWriter, payloadWriter);
+        codec.Encode(kv, shape, DType.Float32, 0, 8, parameterWriter, payloadWriter);
         byte[] parameters = parameterWriter.WrittenSpan.ToArray();
         byte[] payload = payloadWriter.WrittenSpan.ToArray();
         Assert.Equal(codec.QuantizedFrames(kv, shape, DType.Float32, 8, 1), codec.DecodedFrames(payload, shape, 8, 1));
         var decoded = new float[values.Length];
-        codec.Decode(parameters, payload, shape, DType.Float32, 8, System.Runtime.InteropServices.MemoryMarshal.AsBytes(decoded.AsSpan()));
+        codec.Decode(parameters, payload, shape, DType.Float32, 0, 8, System.Runtime.InteropServices.MemoryMarshal.AsBytes(decoded.AsSpan()));
         float[] steps = Steps(parameters, shape);
         for (int i = 0; i < values.Length; i++)
         {
@@ -210,16 +210,16 @@ public class VideoCodecTests(ITestOutputHelper output)
         var rows = new VideoCodec(VideoLayoutKind.ChannelRows);
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        rows.Encode(kv, shape, DType.Float16, 4, parameters, payload);
+        rows.Encode(kv, shape, DType.Float16, 0, 4, parameters, payload);
         var viaRows = new byte[kv.Length];
         var viaDefault = new byte[kv.Length];
-        rows.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 4, viaRows);
-        VideoCodec.Instance.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 4, viaDefault);
+        rows.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 0, 4, viaRows);
+        VideoCodec.Instance.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.Float16, 0, 4, viaDefault);
         Assert.Equal(viaRows, viaDefault);
 
         byte[] unknown = parameters.WrittenSpan.ToArray();
         unknown[3] = 9;
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => VideoCodec.Instance.Decode(unknown, payload.WrittenSpan, shape, DType.Float16, 4, viaDefault));
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => VideoCodec.Instance.Decode(unknown, payload.WrittenSpan, shape, DType.Float16, 0, 4, viaDefault));
         Assert.Contains("layout id", ex.Message, StringComparison.Ordinal);
     }
 
@@ -231,10 +231,10 @@ public class VideoCodecTests(ITestOutputHelper output)
         var destination = new byte[kv.Length];
         foreach (int length in new[] { 0, 5, 12, 100, payload.Length / 2, payload.Length - 1 })
         {
-            Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, payload.AsSpan(0, length), shape, DType.Float16, 8, destination));
+            Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, payload.AsSpan(0, length), shape, DType.Float16, 0, 8, destination));
         }
 
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, [.. payload, 0], shape, DType.Float16, 8, destination));
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, [.. payload, 0], shape, DType.Float16, 0, 8, destination));
         Assert.Contains("after the V stream", ex.Message, StringComparison.Ordinal);
     }
 
@@ -254,7 +254,7 @@ public class VideoCodecTests(ITestOutputHelper output)
                 corrupt[random.Next(corrupt.Length)] ^= (byte)(1 << random.Next(8));
             }
 
-            Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, corrupt, shape, DType.Float16, 6, destination));
+            Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, corrupt, shape, DType.Float16, 0, 6, destination));
         }
     }
 
@@ -266,7 +266,7 @@ public class VideoCodecTests(ITestOutputHelper output)
         byte[] garbage = new byte[payload.Length];
         new Random(7).NextBytes(garbage);
         BinaryPrimitives.WriteUInt32LittleEndian(garbage, (uint)(garbage.Length - 24));
-        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, garbage, shape, DType.Float16, 8, new byte[shape.Elements * 2]));
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, garbage, shape, DType.Float16, 0, 8, new byte[shape.Elements * 2]));
         Assert.Contains("K HEVC stream", ex.Message, StringComparison.Ordinal);
     }
 
@@ -277,19 +277,19 @@ public class VideoCodecTests(ITestOutputHelper output)
         (byte[] parameters, byte[] payload) = Encode(kv, shape, DType.Float16, 8);
         var destination = new byte[kv.Length];
 
-        InvalidKvDataException level = Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, payload, shape, DType.Float16, 6, destination));
+        InvalidKvDataException level = Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, payload, shape, DType.Float16, 0, 6, destination));
         Assert.Contains("bits", level.Message, StringComparison.Ordinal);
 
         byte[] width = [.. parameters];
         width[4] ^= 1;
-        Assert.Contains("frame width", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(width, payload, shape, DType.Float16, 8, destination)).Message, StringComparison.Ordinal);
+        Assert.Contains("frame width", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(width, payload, shape, DType.Float16, 0, 8, destination)).Message, StringComparison.Ordinal);
 
         byte[] step = [.. parameters];
         BinaryPrimitives.WriteHalfLittleEndian(step.AsSpan(step.Length - 2), Half.NaN);
-        Assert.Contains("step", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(step, payload, shape, DType.Float16, 8, destination)).Message, StringComparison.Ordinal);
+        Assert.Contains("step", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(step, payload, shape, DType.Float16, 0, 8, destination)).Message, StringComparison.Ordinal);
 
-        Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters.AsSpan(0, parameters.Length - 1), payload, shape, DType.Float16, 8, destination));
-        Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, payload, shape, DType.Float16, 5, destination));
+        Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters.AsSpan(0, parameters.Length - 1), payload, shape, DType.Float16, 0, 8, destination));
+        Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, payload, shape, DType.Float16, 0, 5, destination));
     }
 
     [Fact]
@@ -305,7 +305,7 @@ public class VideoCodecTests(ITestOutputHelper output)
     {
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        s_codec.Encode(kv, shape, dtype, level, parameters, payload);
+        s_codec.Encode(kv, shape, dtype, 0, level, parameters, payload);
         return (parameters.WrittenSpan.ToArray(), payload.WrittenSpan.ToArray());
     }
 

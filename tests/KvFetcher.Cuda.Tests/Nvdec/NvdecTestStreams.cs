@@ -45,7 +45,7 @@ internal static class NvdecTestStreams
         (byte[] kv, KvShape shape) = RealKv.Chunk(0, ChunkTokens, DType.Float16);
         var parameters = new ArrayBufferWriter<byte>();
         var payload = new ArrayBufferWriter<byte>();
-        new VideoCodec(layout).Encode(kv, shape, DType.Float16, level, parameters, payload);
+        new VideoCodec(layout).Encode(kv, shape, DType.Float16, 0, level, parameters, payload);
         return (parameters.WrittenSpan.ToArray(), payload.WrittenSpan.ToArray());
     }
 

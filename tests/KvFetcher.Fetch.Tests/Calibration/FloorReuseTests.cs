@@ -101,8 +101,8 @@ public sealed class FloorReuseTests(ReuseFixture fixture) : IClassFixture<ReuseF
         float[] values = [.. Enumerable.Range(0, (int)shape.Elements).Select(_ => (float)random.NextDouble())];
         var kv = new byte[shape.Elements * 2];
         FloatConversions.FromSingle(DType.Float16, values, kv);
-        var fitter = new KvtcFitter(shape.Layers, shape.KvHeads, shape.HeadDim);
-        fitter.Add(kv, shape, DType.Float16);
+        var fitter = new KvtcFitter(shape.Layers, shape.KvHeads, shape.HeadDim, TransformCalibration.KeyRotationOf(model.Config));
+        fitter.Add(kv, shape, DType.Float16, tokenStart: 0);
         return fitter.Build(fingerprint);
     }
 
