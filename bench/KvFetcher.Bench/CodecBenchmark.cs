@@ -55,7 +55,8 @@ internal static class CodecBenchmark
                 float[]? bits = BenchArgs.Option(args, "--kvtc-bits")?.Split(',').Select(b => float.Parse(b, CultureInfo.InvariantCulture)).ToArray();
                 KvtcKeyRotation? keys = args.Contains("--kvtc-keys-after-rope") ? KvtcKeyRotation.None : null; // the ablation: keys coded as stored
                 transform = TransformCalibration.Fit(lm, sample, sensitivityDocuments: sensitivityDocuments, exactHead: exactHead, exactTail: exactTail, levelBits: bits, keyRotation: keys,
-                    weighKeysByQueries: !args.Contains("--kvtc-keys-unweighted"));
+                    weighKeysByQueries: !args.Contains("--kvtc-keys-unweighted"),
+                    groupLayers: int.Parse(BenchArgs.Option(args, "--kvtc-group") ?? KvtcFitter.DefaultGroupLayers.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture));
                 KvtcTransforms.Register(transform);
                 if (args.Contains("--kvtc-save"))
                 {

@@ -63,6 +63,8 @@ internal static class Program
                     return EngineBenchmark.Run(options.ToArray());
                 case "codecs":
                     return CodecBenchmark.Run(options.ToArray());
+                case "kvtc-groups":
+                    return KvtcGroupEstimate.Run(options.ToArray());
                 case "kv-stats":
                     if (help)
                     {

@@ -8,20 +8,23 @@ namespace KvFetcher.Codecs.Transform;
 
 /// <summary>
 /// The per-model decorrelating transform of the <c>kvtc</c> codec, calibrated once per model (<see cref="KvtcFitter"/>)
-/// and bound to its fingerprint: for every plane (layer, K or V) the mean of the channels (kvHeads * headDim, all heads
-/// together), the PCA basis (eigenvectors of the channels' covariance, largest variance first) and each component's
-/// standard deviation; and per level, the bits given to each component (0 = dropped) and the quantization step that
-/// follows (<c>sigma * 2^(2 - bits)</c>). Keys are transformed before their rotary embedding: the transform records the
-/// model's key rotation (<see cref="KeyRotation"/>), the codec takes it off each key at the token's position before the
-/// transform and puts it back after the inverse, and the fitter fits the keys so un-rotated (their statistics then do
-/// not depend on position; <see cref="KvtcKeyRotation.None"/> codes keys as stored).
+/// and bound to its fingerprint. Layers are taken in groups of <see cref="GroupLayers"/> neighbours (the last group
+/// smaller when the layers do not divide); a block is the keys or the values of one group, its channels the
+/// concatenated channels (kvHeads * headDim) of the group's layers. Per block: the channels' mean, and per component an
+/// analysis vector (forward row), a synthesis vector (inverse row) and the component's standard deviation; per level,
+/// the bits given to each component (0 = dropped) and the quantization step that follows (<c>sigma * 2^(2 - bits)</c>).
+/// The fitter takes the components as the principal axes of the block's covariance in the metric of the model's
+/// measured sensitivity (so forward and inverse are not transposes of each other). Keys are transformed before their
+/// rotary embedding: the transform records the model's key rotation (<see cref="KeyRotation"/>), the codec takes it off
+/// each key at the token's position before the transform and puts it back after the inverse, and the fitter fits the
+/// keys so un-rotated (<see cref="KvtcKeyRotation.None"/> codes keys as stored).
 /// </summary>
 /// <remarks>
 /// File format (<see cref="FileName"/> next to the model; little-endian; one definition, <see cref="Write"/> and
 /// <see cref="Read"/>):
 /// <code>
 /// 0   u8[4]   magic "KVTC"
-/// 4   u16     format version (2; version 1 held keys after RoPE and is refused)
+/// 4   u16     format version (3; version 2 held one transform per layer and version 1 keys after RoPE: both refused)
 /// 6   u16     layers
 /// 8   u16     kvHeads
 /// 10  u16     headDim
@@ -30,11 +33,13 @@ namespace KvFetcher.Codecs.Transform;
 /// 46  u16     exact tail tokens per chunk
 /// 48  u8      levels (<see cref="LevelCount"/>)
 /// 49  u8      key pairing (<see cref="KvtcKeyPairing"/>: 0 none, 1 half-split, 2 interleaved)
-/// 50  u8[2]   zero
+/// 50  u16     group layers G (1..layers; G * kvHeads * headDim at most <see cref="MaxChannels"/>)
 /// 52  f32[levels]                 nominal bits per element of each level
 /// ..  f32[headDim / 2]            key inverse frequencies (finite and positive; all zero for pairing 0)
-/// ..  per plane p = layer * 2 + kind: f32 mean[C], f32 sigma[C], f32 basis[C][C] (row k = component k)
-/// ..  per level, per plane: u8 bits[C] (0..<see cref="MaxBits"/>)
+/// ..  per block b = group * 2 + kind (group g: layers g * G .. min(layers, (g + 1) * G) - 1; D = its layers * C,
+///     channel index = layer in group * C + channel): f32 mean[D], f32 sigma[D], f32 forward[D][D] (row k: component k's
+///     analysis vector), f32 inverse[D][D] (row k: its synthesis vector)
+/// ..  per level, per block: u8 bits[D] (0..<see cref="MaxBits"/>)
 /// ..  u8[16]  XXH128 of everything before: the transform's id, which every kvtc chunk names
 /// </code>
 /// </remarks>
@@ -49,7 +54,7 @@ public sealed class KvtcTransform
     /// <summary>Most bits a component gets: its step is then sigma / 32, and +-127 steps cover +-4 sigma.</summary>
     public const int MaxBits = 7;
 
-    /// <summary>Most channels per plane a transform may have (Llama-3-8B's 8 x 128; its basis is 4 MiB per plane).</summary>
+    /// <summary>Most channels per block a transform may have (Llama-3-8B's 8 x 128 for one layer; its matrices are 4 MiB each per block).</summary>
     public const int MaxChannels = 1024;
 
     /// <summary>The bytes of a transform's id.</summary>
@@ -62,21 +67,29 @@ public sealed class KvtcTransform
     /// </summary>
     public static IReadOnlyList<float> DefaultLevelBits { get; } = [4.5f, 4f, 3.5f, 3f, 2.75f, 2.5f, 2.25f, 2f];
 
-    private const int FormatVersion = 2;
+    private const int FormatVersion = 3;
     private const int FixedHeader = 52;
     private static ReadOnlySpan<byte> Magic => "KVTC"u8;
 
     private readonly float[] _mean;
     private readonly float[] _sigma;
-    private readonly float[] _basis;
+    private readonly float[] _forward;
+    private readonly float[] _inverse;
+    private readonly int[] _blockStart;
+    private readonly long[] _matrixStart;
     private readonly byte[] _bits;
     private readonly float[] _steps;
     private readonly float[] _levelBits;
     private readonly byte[] _id;
 
-    internal KvtcTransform(ModelFingerprint model, int layers, int kvHeads, int headDim, int exactHead, int exactTail, KvtcKeyRotation keyRotation,
-        float[] levelBits, float[] mean, float[] sigma, float[] basis, byte[] bits)
+    internal KvtcTransform(ModelFingerprint model, int layers, int kvHeads, int headDim, int groupLayers, int exactHead, int exactTail, KvtcKeyRotation keyRotation,
+        float[] levelBits, float[] mean, float[] sigma, float[] forward, float[] inverse, byte[] bits)
     {
+        if (groupLayers < 1 || groupLayers > layers || (long)groupLayers * kvHeads * headDim > MaxChannels)
+        {
+            throw new ArgumentException($"kvtc: groups of {groupLayers} layers do not fit {layers} layers of {kvHeads * headDim} channels (at most {MaxChannels} per group).", nameof(groupLayers));
+        }
+
         if (!keyRotation.Fits(headDim))
         {
             throw new ArgumentException($"kvtc: a key rotation of {keyRotation.InverseFrequencies.Length} pairs does not fit heads of {headDim} channels.", nameof(keyRotation));
@@ -89,18 +102,33 @@ public sealed class KvtcTransform
         HeadDim = headDim;
         ExactHead = exactHead;
         ExactTail = exactTail;
+        GroupLayers = groupLayers;
         _levelBits = levelBits;
         _mean = mean;
         _sigma = sigma;
-        _basis = basis;
+        _forward = forward;
+        _inverse = inverse;
         _bits = bits;
-        int c = Channels;
-        int planes = Planes;
-        _steps = new float[LevelCount * planes * c];
+        _blockStart = new int[Blocks + 1];
+        _matrixStart = new long[Blocks + 1];
+        for (int b = 0; b < Blocks; b++)
+        {
+            int d = BlockChannels(b);
+            _blockStart[b + 1] = _blockStart[b] + d;
+            _matrixStart[b + 1] = _matrixStart[b] + ((long)d * d);
+        }
+
+        int values = Planes * Channels;
+        if (mean.Length != values || sigma.Length != values || bits.Length != LevelCount * values || forward.Length != _matrixStart[Blocks] || inverse.Length != _matrixStart[Blocks])
+        {
+            throw new ArgumentException("kvtc: the transform's arrays do not match its layers, channels and groups.", nameof(mean));
+        }
+
+        _steps = new float[LevelCount * values];
         for (int i = 0; i < _steps.Length; i++)
         {
             int b = _bits[i];
-            _steps[i] = b == 0 ? 0f : _sigma[i % (planes * c)] * MathF.ScaleB(1f, 2 - b);
+            _steps[i] = b == 0 ? 0f : _sigma[i % values] * MathF.ScaleB(1f, 2 - b);
         }
 
         byte[] content = Serialize(withId: false);
@@ -121,6 +149,21 @@ public sealed class KvtcTransform
 
     /// <summary>Planes: K and V of every layer.</summary>
     public int Planes => Layers * 2;
+
+    /// <summary>Neighbouring layers transformed together (the last group holds the rest when they do not divide).</summary>
+    public int GroupLayers { get; }
+
+    /// <summary>Blocks: K and V of every group of layers (block = group * 2 + kind).</summary>
+    public int Blocks => ((Layers + GroupLayers - 1) / GroupLayers) * 2;
+
+    /// <summary>The first layer of block <paramref name="block"/>'s group.</summary>
+    public int BlockFirstLayer(int block) => (block >> 1) * GroupLayers;
+
+    /// <summary>The layers of block <paramref name="block"/>'s group.</summary>
+    public int BlockLayers(int block) => Math.Min(GroupLayers, Layers - BlockFirstLayer(block));
+
+    /// <summary>The channels (components) of block <paramref name="block"/>: its layers times <see cref="Channels"/>.</summary>
+    public int BlockChannels(int block) => BlockLayers(block) * Channels;
 
     /// <summary>Tokens at the start of every chunk stored exactly (attention sinks in a context's first chunk).</summary>
     public int ExactHead { get; }
@@ -143,18 +186,21 @@ public sealed class KvtcTransform
     /// <summary>Whether this transform fits chunks of <paramref name="shape"/> (layers and channels; any token count).</summary>
     public bool Fits(KvShape shape) => shape.Layers == Layers && shape.KvHeads == KvHeads && shape.HeadDim == HeadDim;
 
-    internal ReadOnlySpan<float> Mean(int plane) => _mean.AsSpan(plane * Channels, Channels);
+    internal ReadOnlySpan<float> Mean(int block) => _mean.AsSpan(_blockStart[block], BlockChannels(block));
 
-    internal ReadOnlySpan<float> Sigma(int plane) => _sigma.AsSpan(plane * Channels, Channels);
+    internal ReadOnlySpan<float> Sigma(int block) => _sigma.AsSpan(_blockStart[block], BlockChannels(block));
 
-    /// <summary>Row <paramref name="component"/> of plane <paramref name="plane"/>'s basis.</summary>
-    internal ReadOnlySpan<float> Basis(int plane, int component) => _basis.AsSpan(((plane * Channels) + component) * Channels, Channels);
+    /// <summary>Component <paramref name="component"/>'s analysis vector in block <paramref name="block"/> (its coefficient is this dotted with the centred channels).</summary>
+    internal ReadOnlySpan<float> Forward(int block, int component) => _forward.AsSpan((int)(_matrixStart[block] + ((long)component * BlockChannels(block))), BlockChannels(block));
 
-    internal ReadOnlySpan<byte> Bits(int level, int plane) => _bits.AsSpan(((level * Planes) + plane) * Channels, Channels);
+    /// <summary>Component <paramref name="component"/>'s synthesis vector in block <paramref name="block"/> (the channels are the mean plus coefficient times these).</summary>
+    internal ReadOnlySpan<float> Inverse(int block, int component) => _inverse.AsSpan((int)(_matrixStart[block] + ((long)component * BlockChannels(block))), BlockChannels(block));
 
-    internal ReadOnlySpan<float> Steps(int level, int plane) => _steps.AsSpan(((level * Planes) + plane) * Channels, Channels);
+    internal ReadOnlySpan<byte> Bits(int level, int block) => _bits.AsSpan((level * Planes * Channels) + _blockStart[block], BlockChannels(block));
 
-    /// <summary>The share of the plane's variance each level keeps (1 - modelled distortion / variance), for reports.</summary>
+    internal ReadOnlySpan<float> Steps(int level, int block) => _steps.AsSpan((level * Planes * Channels) + _blockStart[block], BlockChannels(block));
+
+    /// <summary>The share of the (sensitivity-weighted) variance each level keeps (1 - modelled distortion / variance), for reports.</summary>
     public double KeptVariance(int level)
     {
         double total = 0, lost = 0;
@@ -243,7 +289,12 @@ public sealed class KvtcTransform
         var pairing = (KvtcKeyPairing)file[49];
         if (version != FormatVersion)
         {
-            throw new InvalidDataException($"kvtc transform: offset 4: format version {version} is not {FormatVersion}{(version == 1 ? " (version 1 coded keys after RoPE; fit the transform again with kvfetch calibrate)" : "")}.");
+            throw new InvalidDataException($"kvtc transform: offset 4: format version {version} is not {FormatVersion}{version switch
+            {
+                1 => " (version 1 coded keys after RoPE; recalibrate: fit the transform again with kvfetch calibrate)",
+                2 => " (version 2 held one transform per layer; recalibrate: fit the transform again with kvfetch calibrate)",
+                _ => "",
+            }}.");
         }
 
         if (!Enum.IsDefined(pairing))
@@ -251,15 +302,16 @@ public sealed class KvtcTransform
             throw new InvalidDataException($"kvtc transform: offset 49: key pairing {file[49]} is not 0 (none), 1 (half-split) or 2 (interleaved).");
         }
 
-        if (file[50] != 0 || file[51] != 0)
-        {
-            throw new InvalidDataException($"kvtc transform: offset 50: reserved bytes {file[50]}, {file[51]} are not zero.");
-        }
-
         long channels = (long)kvHeads * headDim;
         if (layers == 0 || channels == 0 || channels > MaxChannels)
         {
             throw new InvalidDataException($"kvtc transform: offset 6: layers/kvHeads/headDim {layers}/{kvHeads}/{headDim}; channels must be 1..{MaxChannels}.");
+        }
+
+        int groupLayers = BinaryPrimitives.ReadUInt16LittleEndian(file[50..]);
+        if (groupLayers < 1 || groupLayers > layers || groupLayers * channels > MaxChannels)
+        {
+            throw new InvalidDataException($"kvtc transform: offset 50: groups of {groupLayers} layers; 1..{layers} layers of {channels} channels, at most {MaxChannels} channels per group.");
         }
 
         if (levels != LevelCount)
@@ -274,7 +326,7 @@ public sealed class KvtcTransform
 
         int c = (int)channels;
         int planes = layers * 2;
-        long expected = FixedHeader + (4L * levels) + (4L * (headDim / 2)) + (planes * ((8L * c) + (4L * c * c))) + ((long)levels * planes * c) + IdSize;
+        long expected = FileLength(layers, c, groupLayers, headDim) + IdSize;
         if (expected > int.MaxValue)
         {
             throw new InvalidDataException($"kvtc transform: layers {layers} x {c} channels need {expected} bytes; at most {int.MaxValue} are read.");
@@ -321,12 +373,23 @@ public sealed class KvtcTransform
         }
         var mean = new float[planes * c];
         var sigma = new float[planes * c];
-        var basis = new float[(long)planes * c * c];
-        for (int p = 0; p < planes; p++)
+        long matrices = MatrixElements(layers, c, groupLayers);
+        var forward = new float[matrices];
+        var inverse = new float[matrices];
+        int vectorAt = 0;
+        long matrixAt = 0;
+        for (int g = 0; g < layers; g += groupLayers)
         {
-            ReadFloats(file, ref position, c, "mean").CopyTo(mean, p * c);
-            ReadFloats(file, ref position, c, "sigma").CopyTo(sigma, p * c);
-            ReadFloats(file, ref position, c * c, "basis").CopyTo(basis, (long)p * c * c);
+            int d = Math.Min(groupLayers, layers - g) * c;
+            for (int kind = 0; kind < 2; kind++)
+            {
+                ReadFloats(file, ref position, d, "mean").CopyTo(mean, vectorAt);
+                ReadFloats(file, ref position, d, "sigma").CopyTo(sigma, vectorAt);
+                ReadFloats(file, ref position, d * d, "forward").CopyTo(forward, matrixAt);
+                ReadFloats(file, ref position, d * d, "inverse").CopyTo(inverse, matrixAt);
+                vectorAt += d;
+                matrixAt += (long)d * d;
+            }
         }
 
         byte[] bits = file.Slice(position, levels * planes * c).ToArray();
@@ -346,8 +409,26 @@ public sealed class KvtcTransform
             }
         }
 
-        return new KvtcTransform(model, layers, kvHeads, headDim, exactHead, exactTail, keyRotation, levelBits, mean, sigma, basis, bits);
+        return new KvtcTransform(model, layers, kvHeads, headDim, groupLayers, exactHead, exactTail, keyRotation, levelBits, mean, sigma, forward, inverse, bits);
     }
+
+    /// <summary>The elements of every block's matrix (forward or inverse) together: two blocks (K, V) per group.</summary>
+    private static long MatrixElements(int layers, int channels, int groupLayers)
+    {
+        long total = 0;
+        for (int g = 0; g < layers; g += groupLayers)
+        {
+            long d = (long)Math.Min(groupLayers, layers - g) * channels;
+            total += 2 * d * d;
+        }
+
+        return total;
+    }
+
+    /// <summary>The file's length without its id.</summary>
+    private static long FileLength(int layers, int channels, int groupLayers, int headDim)
+        => FixedHeader + (4L * LevelCount) + (4L * (headDim / 2)) + (layers * 2L * 8 * channels) + (8 * MatrixElements(layers, channels, groupLayers))
+            + ((long)LevelCount * layers * 2 * channels);
 
     private static float[] ReadFloats(ReadOnlySpan<byte> file, ref int position, int count, string field)
     {
@@ -372,9 +453,7 @@ public sealed class KvtcTransform
 
     private byte[] Serialize(bool withId)
     {
-        int c = Channels;
-        int planes = Planes;
-        long length = FixedHeader + (4L * LevelCount) + (4L * (HeadDim / 2)) + (planes * ((8L * c) + (4L * c * c))) + ((long)LevelCount * planes * c) + (withId ? IdSize : 0);
+        long length = FileLength(Layers, Channels, GroupLayers, HeadDim) + (withId ? IdSize : 0);
         var file = new byte[length];
         Span<byte> span = file;
         Magic.CopyTo(span);
@@ -387,14 +466,17 @@ public sealed class KvtcTransform
         BinaryPrimitives.WriteUInt16LittleEndian(span[46..], (ushort)ExactTail);
         span[48] = LevelCount;
         span[49] = (byte)KeyRotation.Pairing;
+        BinaryPrimitives.WriteUInt16LittleEndian(span[50..], (ushort)GroupLayers);
         int position = FixedHeader;
         WriteFloats(span, ref position, _levelBits);
         WriteFloats(span, ref position, KeyRotation.IsNone ? new float[HeadDim / 2] : KeyRotation.InverseFrequencies);
-        for (int p = 0; p < planes; p++)
+        for (int b = 0; b < Blocks; b++)
         {
-            WriteFloats(span, ref position, _mean.AsSpan(p * c, c));
-            WriteFloats(span, ref position, _sigma.AsSpan(p * c, c));
-            WriteFloats(span, ref position, _basis.AsSpan(p * c * c, c * c));
+            int d = BlockChannels(b);
+            WriteFloats(span, ref position, Mean(b));
+            WriteFloats(span, ref position, Sigma(b));
+            WriteFloats(span, ref position, _forward.AsSpan((int)_matrixStart[b], d * d));
+            WriteFloats(span, ref position, _inverse.AsSpan((int)_matrixStart[b], d * d));
         }
 
         _bits.CopyTo(span[position..]);

@@ -10,9 +10,11 @@ namespace KvFetcher.Codecs.Transform;
 /// <summary>
 /// <c>kvtc</c>: transform coding in the spirit of KVTC. Keys are taken back to before their rotary embedding (the
 /// transform's <see cref="KvtcTransform.KeyRotation"/> at each token's position, <c>tokenStart + t</c>) and the decoder
-/// rotates them again; every plane (layer, K or V) of a chunk is centred and rotated into the model's PCA basis (<see cref="KvtcTransform"/>, fitted once per model and bound to its fingerprint); each
+/// rotates them again; every block (the keys or the values of a group of neighbouring layers, channels concatenated) of a
+/// chunk is centred and transformed into the model's components (<see cref="KvtcTransform"/>, fitted once per model and
+/// bound to its fingerprint); each
 /// component is quantized uniformly with the step its level's bit allocation gives it (components given no bits are
-/// dropped), and the quantized coefficients are rANS-coded, one block per bit width and plane. The first tokens of each
+/// dropped), and the quantized coefficients are rANS-coded, one rANS block per bit width for the chunk. The first tokens of each
 /// chunk (attention sinks when the chunk starts the context) and optionally the last ones are stored exactly. Format:
 /// <see cref="KvtcChunkFormat"/>.
 /// </summary>
@@ -108,7 +110,7 @@ public sealed class TransformCodec : IKvCodec
             return;
         }
 
-        float[] x = ArrayPool<float>.Shared.Rent(c);
+        float[] x = ArrayPool<float>.Shared.Rent(transform.GroupLayers * c);
         byte[] symbols = ArrayPool<byte>.Shared.Rent(planes * coded * c);
         short[] escapes = ArrayPool<short>.Shared.Rent(planes * coded * c);
         KvtcKeyRotation rotation = transform.KeyRotation;
@@ -120,28 +122,36 @@ public sealed class TransformCodec : IKvCodec
         try
         {
             int escapeCount = 0;
-            for (int p = 0; p < planes; p++)
+            for (int block = 0; block < transform.Blocks; block++)
             {
-                ReadOnlySpan<byte> bits = transform.Bits(level, p);
-                ReadOnlySpan<float> steps = transform.Steps(level, p);
-                ReadOnlySpan<float> mean = transform.Mean(p);
+                ReadOnlySpan<byte> bits = transform.Bits(level, block);
+                ReadOnlySpan<float> steps = transform.Steps(level, block);
+                ReadOnlySpan<float> mean = transform.Mean(block);
+                int firstLayer = transform.BlockFirstLayer(block);
+                int kind = block & 1;
+                int d = transform.BlockChannels(block);
                 for (int t = head; t < codedEnd; t++)
                 {
-                    long element = (((long)p * tokens) + t) * c;
-                    Span<float> row = x.AsSpan(0, c);
-                    FloatConversions.ToSingle(dtype, kv.Slice((int)(element * elementSize), rowBytes), row);
-                    if (!float.IsFinite(TensorPrimitives.MaxMagnitude<float>(row)))
+                    Span<float> row = x.AsSpan(0, d);
+                    for (int l = 0; l < d / c; l++)
                     {
-                        throw new ArgumentException($"kvtc: KV input holds a non-finite value in layer {p >> 1} {((p & 1) == 0 ? 'K' : 'V')} token {t}.", nameof(kv));
-                    }
+                        int p = ((firstLayer + l) * 2) + kind;
+                        long element = (((long)p * tokens) + t) * c;
+                        Span<float> part = row.Slice(l * c, c);
+                        FloatConversions.ToSingle(dtype, kv.Slice((int)(element * elementSize), rowBytes), part);
+                        if (!float.IsFinite(TensorPrimitives.MaxMagnitude<float>(part)))
+                        {
+                            throw new ArgumentException($"kvtc: KV input holds a non-finite value in layer {p >> 1} {(kind == 0 ? 'K' : 'V')} token {t}.", nameof(kv));
+                        }
 
-                    if ((p & 1) == 0)
-                    {
-                        rotation.RotateToken(row, shape.HeadDim, angles, t - head, inverse: true);
+                        if (kind == 0)
+                        {
+                            rotation.RotateToken(part, shape.HeadDim, angles, t - head, inverse: true);
+                        }
                     }
 
                     TensorPrimitives.Subtract(row, mean, row);
-                    for (int k = 0; k < c; k++)
+                    for (int k = 0; k < d; k++)
                     {
                         int b = bits[k];
                         if (b == 0)
@@ -149,7 +159,7 @@ public sealed class TransformCodec : IKvCodec
                             continue;
                         }
 
-                        float coefficient = TensorPrimitives.Dot(transform.Basis(p, k), row);
+                        float coefficient = TensorPrimitives.Dot(transform.Forward(block, k), row);
                         int q = (int)Math.Clamp(MathF.Round(coefficient / steps[k]), short.MinValue + 1, short.MaxValue);
                         if (q is < -KvtcChunkFormat.MaxMagnitude or > KvtcChunkFormat.MaxMagnitude)
                         {
@@ -245,7 +255,7 @@ public sealed class TransformCodec : IKvCodec
             return;
         }
 
-        float[] x = ArrayPool<float>.Shared.Rent(c);
+        float[] x = ArrayPool<float>.Shared.Rent(transform.GroupLayers * c);
         byte[] symbols = ArrayPool<byte>.Shared.Rent(planes * coded * c);
         int[] groupStarts = GroupStarts(transform, level, coded);
         Span<int> cursor = stackalloc int[KvtcTransform.MaxBits + 2];
@@ -281,16 +291,19 @@ public sealed class TransformCodec : IKvCodec
 
             ReadOnlySpan<byte> escapes = payload.Slice(offset + 4, escapesExpected * 2);
             int nextEscape = 0;
-            for (int p = 0; p < planes; p++)
+            for (int block = 0; block < transform.Blocks; block++)
             {
-                ReadOnlySpan<byte> bits = transform.Bits(level, p);
-                ReadOnlySpan<float> steps = transform.Steps(level, p);
-                ReadOnlySpan<float> mean = transform.Mean(p);
+                ReadOnlySpan<byte> bits = transform.Bits(level, block);
+                ReadOnlySpan<float> steps = transform.Steps(level, block);
+                ReadOnlySpan<float> mean = transform.Mean(block);
+                int firstLayer = transform.BlockFirstLayer(block);
+                int kind = block & 1;
+                int d = transform.BlockChannels(block);
                 for (int t = head; t < codedEnd; t++)
                 {
-                    Span<float> row = x.AsSpan(0, c);
+                    Span<float> row = x.AsSpan(0, d);
                     mean.CopyTo(row);
-                    for (int k = 0; k < c; k++)
+                    for (int k = 0; k < d; k++)
                     {
                         int b = bits[k];
                         if (b == 0)
@@ -304,17 +317,22 @@ public sealed class TransformCodec : IKvCodec
                             : symbol - KvtcChunkFormat.MaxMagnitude;
                         if (q != 0)
                         {
-                            TensorPrimitives.MultiplyAdd(transform.Basis(p, k), q * steps[k], row, row);
+                            TensorPrimitives.MultiplyAdd(transform.Inverse(block, k), q * steps[k], row, row);
                         }
                     }
 
-                    if ((p & 1) == 0)
+                    for (int l = 0; l < d / c; l++)
                     {
-                        rotation.RotateToken(row, shape.HeadDim, angles, t - head, inverse: false);
-                    }
+                        int p = ((firstLayer + l) * 2) + kind;
+                        Span<float> part = row.Slice(l * c, c);
+                        if (kind == 0)
+                        {
+                            rotation.RotateToken(part, shape.HeadDim, angles, t - head, inverse: false);
+                        }
 
-                    long element = (((long)p * tokens) + t) * c;
-                    FloatConversions.FromSingle(dtype, row, destination.Slice((int)(element * elementSize), rowBytes));
+                        long element = (((long)p * tokens) + t) * c;
+                        FloatConversions.FromSingle(dtype, part, destination.Slice((int)(element * elementSize), rowBytes));
+                    }
                 }
             }
         }
@@ -328,14 +346,14 @@ public sealed class TransformCodec : IKvCodec
 
     /// <summary>
     /// Where each bit width's symbols start in the chunk's symbol buffer (index b = 1..MaxBits; b + 1 is its end): the
-    /// planes in order, each its coded tokens times its components of that width.
+    /// blocks in order, each its coded tokens times its components of that width.
     /// </summary>
     private static int[] GroupStarts(KvtcTransform transform, int level, int coded)
     {
         var totals = new long[KvtcTransform.MaxBits + 1];
-        for (int p = 0; p < transform.Planes; p++)
+        for (int block = 0; block < transform.Blocks; block++)
         {
-            foreach (byte b in transform.Bits(level, p))
+            foreach (byte b in transform.Bits(level, block))
             {
                 totals[b] += coded;
             }

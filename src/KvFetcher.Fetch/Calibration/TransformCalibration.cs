@@ -22,11 +22,11 @@ public static class TransformCalibration
     /// <see cref="KvtcTransform.DefaultLevelBits"/>), keys before RoPE (<see cref="KeyRotationOf"/>) unless
     /// <paramref name="keyRotation"/> says otherwise (<see cref="KvtcKeyRotation.None"/>: as stored, for comparison);
     /// with <paramref name="weighKeysByQueries"/>, each key component's bits also follow how strongly the layer's queries
-    /// read along it (<see cref="QueryMetric"/>).
+    /// read along it (<see cref="QueryMetric"/>); the transform spans <paramref name="groupLayers"/> neighbouring layers.
     /// </summary>
     public static KvtcTransform Fit(LanguageModel model, IReadOnlyList<EvaluationDocument> documents, int tokensPerDocument = 1024, int chunkTokens = 256,
         int sensitivityDocuments = 2, int exactHead = 4, int exactTail = 0, IReadOnlyList<float>? levelBits = null, KvtcKeyRotation? keyRotation = null,
-        bool weighKeysByQueries = true)
+        bool weighKeysByQueries = true, int groupLayers = KvtcFitter.DefaultGroupLayers)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(documents);
@@ -38,7 +38,7 @@ public static class TransformCalibration
 
         var config = model.Config;
         keyRotation ??= KeyRotationOf(config);
-        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, keyRotation, exactHead, exactTail);
+        var fitter = new KvtcFitter(config.NumLayers, config.NumKvHeads, config.HeadDim, keyRotation, exactHead, exactTail, groupLayers);
         var queries = new QueryMetric(config, keyRotation);
         DType dtype = model.KvStorageDType;
         foreach (EvaluationDocument document in documents)

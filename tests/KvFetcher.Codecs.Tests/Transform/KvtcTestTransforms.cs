@@ -41,12 +41,14 @@ internal static class KvtcTestTransforms
 
     /// <summary>
     /// A transform fitted to the first <see cref="FitTokens"/> tokens of the real KV, in 64-token chunks, keys before RoPE
-    /// (with <paramref name="keyRotation"/> <see cref="KvtcKeyRotation.None"/>: as stored).
+    /// (with <paramref name="keyRotation"/> <see cref="KvtcKeyRotation.None"/>: as stored), spanning
+    /// <paramref name="groupLayers"/> neighbouring layers.
     /// </summary>
-    public static KvtcTransform Fit(int exactTail, ModelFingerprint model, int exactHead = 4, KvtcKeyRotation? keyRotation = null)
+    public static KvtcTransform Fit(int exactTail, ModelFingerprint model, int exactHead = 4, KvtcKeyRotation? keyRotation = null,
+        int groupLayers = KvtcFitter.DefaultGroupLayers)
     {
         (_, KvShape shape) = Tests.RealKv.Chunk(0, 64, DType.Float16);
-        var fitter = new KvtcFitter(shape.Layers, shape.KvHeads, shape.HeadDim, keyRotation ?? KeyRotation, exactHead, exactTail);
+        var fitter = new KvtcFitter(shape.Layers, shape.KvHeads, shape.HeadDim, keyRotation ?? KeyRotation, exactHead, exactTail, groupLayers);
         for (int start = 0; start < FitTokens; start += 64)
         {
             (byte[] kv, KvShape chunk) = Tests.RealKv.Chunk(start, 64, DType.Float16);

@@ -341,9 +341,71 @@ public class TransformCodecTests
         Assert.Contains("calibrate", ex.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void Read_VersionTwoFile_RefusedWithRecalibrate()
+    {
+        byte[] file = KvtcTestTransforms.ForRealKv.Write();
+        file[4] = 2;
+        Rehash(file);
+
+        var ex = Assert.Throws<InvalidDataException>(() => KvtcTransform.Read(file));
+        Assert.Contains("format version 2", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("recalibrate", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Read_GroupOfZeroLayers_Refused()
+    {
+        byte[] file = KvtcTestTransforms.ForRealKv.Write();
+        file[50] = 0;
+        file[51] = 0;
+        Rehash(file);
+
+        Assert.Contains("offset 50", Assert.Throws<InvalidDataException>(() => KvtcTransform.Read(file)).Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(3)] // 32 layers: ten groups of 3 and a last one of 2
+    [InlineData(5)] // six of 5 and one of 2
+    public void EncodeDecode_GroupsNotDividingTheLayers_RoundTripsAndReadsBack(int groupLayers)
+    {
+        KvtcTransform transform = KvtcTestTransforms.Fit(exactTail: 0, KvtcTestTransforms.Model(50 + (ulong)groupLayers), groupLayers: groupLayers);
+        int layers = transform.Layers;
+        Assert.Equal(groupLayers, transform.GroupLayers);
+        Assert.Equal(((layers + groupLayers - 1) / groupLayers) * 2, transform.Blocks);
+        Assert.Equal((layers % groupLayers) * transform.Channels, transform.BlockChannels(transform.Blocks - 1));
+        Assert.Equal(layers - (layers % groupLayers), transform.BlockFirstLayer(transform.Blocks - 1));
+
+        KvtcTransform read = KvtcTransform.Read(transform.Write());
+        Assert.Equal(transform.IdText, read.IdText);
+        Assert.Equal(groupLayers, read.GroupLayers);
+
+        (byte[] kv, KvShape shape) = RealKv.Chunk(KvtcTestTransforms.FitTokens, 64, DType.Float16);
+        (byte[] parameters, byte[] payload) = Encode(new TransformCodec(transform), kv, shape, DType.Float16, KvtcTestTransforms.FitTokens, 1);
+        var decoded = new byte[kv.Length];
+        new TransformCodec(read).Decode(parameters, payload, shape, DType.Float16, KvtcTestTransforms.FitTokens, 1, decoded);
+        double relative = RelativeError(Floats(kv, DType.Float16), Floats(decoded, DType.Float16), shape, transform.ExactHead);
+        Assert.True(relative < 0.1, $"groups of {groupLayers}: relative squared error {relative:F4}");
+
+        // Every layer is restored, the last group's included: no plane comes back as its mean alone.
+        float[] original = Floats(kv, DType.Float16), restored = Floats(decoded, DType.Float16);
+        int c = shape.Channels;
+        for (int p = 0; p < shape.Layers * 2; p++)
+        {
+            double error = 0, energy = 0;
+            for (int i = ((p * shape.Tokens) + transform.ExactHead) * c; i < (p + 1) * shape.Tokens * c; i++)
+            {
+                error += Math.Pow(original[i] - restored[i], 2);
+                energy += Math.Pow(original[i], 2);
+            }
+
+            Assert.True(error < 0.5 * energy, $"plane {p}: error {error:E3} of energy {energy:E3}");
+        }
+    }
+
     [Theory]
     [InlineData(49, 2, "key pairing")] // 1 | 2: pairing 3
-    [InlineData(50, 1, "reserved")]
+    [InlineData(50, 0x40, "groups of 68 layers")] // 4 | 0x40: more layers than the model has
     [InlineData(52 + 3, 0x80, "nominal bits")] // level 0's nominal bits negative (the sign bit)
     [InlineData(52 + (4 * KvtcTransform.LevelCount) + 3, 0x80, "inverse frequency")] // the first key frequency negative
     public void Read_BadField_RefusedNamingIt(int offset, byte bits, string field)
