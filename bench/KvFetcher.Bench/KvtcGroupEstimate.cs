@@ -165,8 +165,8 @@ internal static class KvtcGroupEstimate
                         if (weighted)
                         {
                             double[] root = SquareRoot(wg, dim);
-                            cf = Sandwich(root, cf, dim);
-                            ct = Sandwich(root, ct, dim);
+                            cf = KvtcFitter.Sandwich(root, cf, dim);
+                            ct = KvtcFitter.Sandwich(root, ct, dim);
                         }
 
                         var vectors = new double[dim * dim];
@@ -249,62 +249,14 @@ internal static class KvtcGroupEstimate
         return total;
     }
 
+    /// <summary>The square root of a symmetric positive semi-definite matrix (the fitter's, eigenvalues floored alike).</summary>
     private static double[] SquareRoot(double[] m, int n)
     {
-        var vectors = new double[n * n];
-        double[] values = SymmetricEigen.Decompose((double[])m.Clone(), n, vectors);
         var root = new double[n * n];
-        for (int k = 0; k < n; k++)
-        {
-            double s = Math.Sqrt(Math.Max(0, values[k]));
-            for (int i = 0; i < n; i++)
-            {
-                double vi = vectors[(k * n) + i] * s;
-                for (int j = 0; j < n; j++)
-                {
-                    root[(i * n) + j] += vi * vectors[(k * n) + j];
-                }
-            }
-        }
-
+        KvtcFitter.Roots(m, n, root, new double[n * n], n, 0);
         return root;
     }
 
-    private static double[] Sandwich(double[] r, double[] m, int n)
-    {
-        var rm = new double[n * n];
-        for (int i = 0; i < n; i++)
-        {
-            for (int k = 0; k < n; k++)
-            {
-                double v = r[(i * n) + k];
-                if (v == 0)
-                {
-                    continue;
-                }
-
-                for (int j = 0; j < n; j++)
-                {
-                    rm[(i * n) + j] += v * m[(k * n) + j];
-                }
-            }
-        }
-
-        var result = new double[n * n];
-        for (int i = 0; i < n; i++)
-        {
-            for (int k = 0; k < n; k++)
-            {
-                double v = rm[(i * n) + k];
-                for (int j = 0; j < n; j++)
-                {
-                    result[(i * n) + j] += v * r[(k * n) + j]; // r is symmetric
-                }
-            }
-        }
-
-        return result;
-    }
 
     private sealed class Moments(int blocks, int dim)
     {

@@ -294,7 +294,7 @@ public sealed class KvtcFitter
     /// floored at 1e-6 of the largest) and its inverse into the n x n diagonal block at <paramref name="at"/> of
     /// <paramref name="root"/> and <paramref name="rootInverse"/> (d x d).
     /// </summary>
-    private static void Roots(double[] weight, int n, double[] root, double[] rootInverse, int d, int at)
+    internal static void Roots(double[] weight, int n, double[] root, double[] rootInverse, int d, int at)
     {
         var vectors = new double[n * n];
         double[] values = SymmetricEigen.Decompose((double[])weight.Clone(), n, vectors);
@@ -318,7 +318,7 @@ public sealed class KvtcFitter
     }
 
     /// <summary><c>R M R</c> for symmetric <paramref name="r"/> and <paramref name="m"/> (n x n).</summary>
-    private static double[] Sandwich(double[] r, double[] m, int n)
+    internal static double[] Sandwich(double[] r, double[] m, int n)
     {
         var rm = new double[n * n];
         for (int i = 0; i < n; i++)
