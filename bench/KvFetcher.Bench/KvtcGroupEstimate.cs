@@ -257,7 +257,6 @@ internal static class KvtcGroupEstimate
         return root;
     }
 
-
     private sealed class Moments(int blocks, int dim)
     {
         private readonly double[][] _sum = [.. Enumerable.Range(0, blocks).Select(_ => new double[dim])];
