@@ -139,7 +139,8 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
 
         HttpResponse response = context.Response;
         PipeWriter body = response.BodyWriter;
-        byte[] first = ArrayPool<byte>.Shared.Rent((int)Math.Min(reader.Length, SliceBytes));
+        int firstLength = (int)Math.Min(reader.Length, SliceBytes);
+        byte[] first = ArrayPool<byte>.Shared.Rent(firstLength);
         try
         {
             // The first slice before the status line: its header check (and, for an object that fits it, the checksum)
@@ -147,7 +148,7 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
             int read;
             try
             {
-                read = reader.Read(first.AsSpan(0, (int)Math.Min(reader.Length, SliceBytes)));
+                read = reader.Read(first.AsSpan(0, firstLength));
             }
             catch (InvalidKvDataException)
             {

@@ -38,6 +38,9 @@ public static class ChunkContainer
     public const int HeaderSize = 128;
     public const int ChecksumSize = 8;
 
+    /// <summary>The fewest bytes any container has: a header and a checksum.</summary>
+    public const int MinSize = HeaderSize + ChecksumSize;
+
     /// <summary>Flag bit of byte 13: a MAC tag follows the payload.</summary>
     public const byte AuthenticatedFlag = 1;
 
@@ -134,10 +137,7 @@ public static class ChunkContainer
     /// <summary>The checks before the checksum: size, magic, version, flags and lengths against the container's length.</summary>
     private static void CheckStructure(ReadOnlySpan<byte> container, long length, out int tagSize, out long parametersLength, out long payloadLength)
     {
-        if (length < HeaderSize + ChecksumSize)
-        {
-            throw Invalid("length", 0, length, $"a container is at least {HeaderSize + ChecksumSize} bytes");
-        }
+        CheckLength(length);
 
         if (!container[..8].SequenceEqual(Magic))
         {
@@ -231,7 +231,6 @@ public static class ChunkContainer
         };
     }
 
-
     /// <summary>
     /// Whether <paramref name="container"/> is a well-formed container whose checksum holds (what a store verifies
     /// before it accepts or hands out an object). Does not check identity; <see cref="Read(ReadOnlySpan{byte}, in ChunkExpectation, out ReadOnlySpan{byte}, out ReadOnlySpan{byte})"/> does.
@@ -304,6 +303,15 @@ public static class ChunkContainer
         if (value < min || value > max)
         {
             throw Invalid(field, offset, value, $"must be in [{min}, {max}]");
+        }
+    }
+
+    /// <summary>Refuses a container length below <see cref="MinSize"/>.</summary>
+    internal static void CheckLength(long length)
+    {
+        if (length < MinSize)
+        {
+            throw Invalid("length", 0, length, $"a container is at least {MinSize} bytes");
         }
     }
 

@@ -21,11 +21,7 @@ public sealed class ContainerStreamCheck
     /// <exception cref="InvalidKvDataException"><paramref name="length"/> is shorter than any container.</exception>
     public ContainerStreamCheck(long length)
     {
-        if (length < ChunkContainer.HeaderSize + ChunkContainer.ChecksumSize)
-        {
-            throw ChunkContainer.Invalid("length", 0, length, $"a container is at least {ChunkContainer.HeaderSize + ChunkContainer.ChecksumSize} bytes");
-        }
-
+        ChunkContainer.CheckLength(length);
         Length = length;
         _bodyEnd = length - ChunkContainer.ChecksumSize;
     }

@@ -18,12 +18,12 @@ public sealed partial class DiskKvStore
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         string name = CheckKey(key);
-        if (OpenEntry(name) is not { } opened)
+        if (OpenEntry(name, ByteRange.All, out _, out _) is not { } opened)
         {
             return null;
         }
 
-        if (opened.Entry.Size < ChunkContainer.HeaderSize + ChunkContainer.ChecksumSize)
+        if (opened.Entry.Size < ChunkContainer.MinSize)
         {
             // Too short to be a container: corrupt (a longer one's header is checked with its first read).
             opened.Handle.Dispose();
@@ -133,9 +133,7 @@ public sealed partial class DiskKvStore
             }
 
             _intact = true;
-            RecordAccess(_handle, _entry.Path);
-            Interlocked.Increment(ref _store._hits);
-            Interlocked.Add(ref _store._bytesOut, Length);
+            _store.RecordHit(_handle, _entry, Length);
             return true;
         }
 

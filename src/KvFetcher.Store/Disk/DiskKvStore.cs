@@ -360,11 +360,7 @@ public sealed partial class DiskKvStore : IKvStore
     private StoreRead Get(string name, IBufferWriter<byte> destination, ByteRange range, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        long start = 0;
-        long count = 0;
-        if (OpenEntry(name, entry => range.TryResolve(entry.Size, out start, out count)
-                ? null
-                : new ArgumentOutOfRangeException(nameof(range), range, $"The range lies outside '{name}' ({entry.Size} bytes).")) is not { } opened)
+        if (OpenEntry(name, range, out long start, out long count) is not { } opened)
         {
             return StoreRead.Miss;
         }
@@ -412,9 +408,7 @@ public sealed partial class DiskKvStore : IKvStore
                     return StoreRead.Miss;
                 }
 
-                RecordAccess(handle, entry.Path);
-                Interlocked.Increment(ref _hits);
-                Interlocked.Add(ref _bytesOut, count);
+                RecordHit(handle, entry, count);
                 return new StoreRead(Found: true, ObjectLength: length, BytesWritten: count);
             }
         }
@@ -427,11 +421,14 @@ public sealed partial class DiskKvStore : IKvStore
     /// <summary>
     /// Finds <paramref name="name"/> and opens its file under the gate, so a concurrent delete or replace cannot slip
     /// between the lookup and the open (once open, the bytes stay readable even if the name is unlinked later); the entry
-    /// comes back pinned and touched, or null on a miss. <paramref name="refuse"/> may refuse the entry with an exception
-    /// before anything is opened.
+    /// comes back pinned and touched, with <paramref name="range"/> resolved against its size into
+    /// <paramref name="start"/> and <paramref name="count"/>, or null on a miss.
     /// </summary>
-    private (Entry Entry, SafeFileHandle Handle)? OpenEntry(string name, Func<Entry, Exception?>? refuse = null)
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="range"/> lies outside the object (nothing is opened).</exception>
+    private (Entry Entry, SafeFileHandle Handle)? OpenEntry(string name, ByteRange range, out long start, out long count)
     {
+        start = 0;
+        count = 0;
         lock (_gate)
         {
             if (!_index.TryGetValue(name, out Entry? entry))
@@ -440,9 +437,9 @@ public sealed partial class DiskKvStore : IKvStore
                 return null;
             }
 
-            if (refuse?.Invoke(entry) is { } refused)
+            if (!range.TryResolve(entry.Size, out start, out count))
             {
-                throw refused;
+                throw new ArgumentOutOfRangeException(nameof(range), range, $"The range lies outside '{name}' ({entry.Size} bytes).");
             }
 
             SafeFileHandle handle;
@@ -498,6 +495,14 @@ public sealed partial class DiskKvStore : IKvStore
         {
             throw IoFailure("read", path, ex);
         }
+    }
+
+    /// <summary>A verified read of <paramref name="bytes"/> of <paramref name="entry"/>: its access time, a hit, the bytes out.</summary>
+    private void RecordHit(SafeFileHandle handle, Entry entry, long bytes)
+    {
+        RecordAccess(handle, entry.Path);
+        Interlocked.Increment(ref _hits);
+        Interlocked.Add(ref _bytesOut, bytes);
     }
 
     /// <summary>Stores the access time on the file, so recency survives a restart (the index is rebuilt from it).</summary>
