@@ -242,6 +242,12 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
             return;
         }
 
+        if (store is DiskKvStore disk)
+        {
+            await PutStreamAsync(context, disk, key, length);
+            return;
+        }
+
         int size = (int)length;
         byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(size, 1));
         try
@@ -275,6 +281,64 @@ internal sealed class StoreEndpoints(IKvStore store, StoreServerOptions options,
         {
             ArrayPool<byte>.Shared.Return(buffer);
         }
+    }
+
+    /// <summary>
+    /// A put into the disk store as the body arrives: each piece goes from Kestrel's buffer straight to the object's temp
+    /// file (no copy of the whole object), the header is checked as soon as its bytes are in and the checksum after the
+    /// last; the object replaces any old one only once it holds. The disk's blocks are allocated before the body is read,
+    /// so a full disk is refused (507) without consuming it.
+    /// </summary>
+    private async Task PutStreamAsync(HttpContext context, DiskKvStore disk, ObjectKey key, long length)
+    {
+        if (length < ChunkContainer.MinSize)
+        {
+            await FailAsync(context, StatusCodes.Status400BadRequest, $"a body of {length} bytes cannot be a chunk container");
+            return;
+        }
+
+        using DiskKvStore.ObjectWriter writer = await disk.OpenWriteAsync(key, length, context.RequestAborted);
+        PipeReader body = context.Request.BodyReader;
+        try
+        {
+            while (true)
+            {
+                ReadResult result = await body.ReadAsync(context.RequestAborted);
+                ReadOnlySequence<byte> received = result.Buffer;
+                try
+                {
+                    foreach (ReadOnlyMemory<byte> piece in received)
+                    {
+                        writer.Write(piece.Span);
+                    }
+                }
+                finally
+                {
+                    body.AdvanceTo(received.End);
+                }
+
+                if (result.IsCompleted || result.IsCanceled)
+                {
+                    break;
+                }
+            }
+
+            if (writer.Written != length)
+            {
+                await FailAsync(context, StatusCodes.Status400BadRequest, $"body ended after {writer.Written} of {length} bytes");
+                return;
+            }
+
+            writer.Commit();
+        }
+        catch (InvalidKvDataException)
+        {
+            await FailAsync(context, StatusCodes.Status400BadRequest, "the body is not an intact chunk container");
+            return;
+        }
+
+        metrics.AddReceived(length);
+        context.Response.StatusCode = StatusCodes.Status204NoContent;
     }
 
     private async Task DeleteAsync(HttpContext context)

@@ -3,6 +3,7 @@ using KvFetcher.Store;
 using KvFetcher.Store.Disk;
 using KvFetcher.Store.Remote;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
@@ -66,6 +67,8 @@ public sealed class StoreServer : IAsyncDisposable
             WriteUnauthorizedAsync = context => StoreEndpoints.FailAsync(context, StatusCodes.Status401Unauthorized, "a valid bearer token is required"),
         });
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.RequestTimeout + TimeSpan.FromSeconds(5));
+        // Objects of megabytes: socket reads and response segments of 64 KiB, not Kestrel's 4 KiB (see BulkMemoryPool).
+        builder.Services.AddSingleton<IMemoryPoolFactory<byte>>(new BulkMemoryPool.Factory(maxPooledBytesPerPool: 64 << 20));
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             // Large objects: windows big enough that one 8 MB transfer never stalls on flow control.

@@ -108,6 +108,57 @@ public sealed class ResilienceTests
         Assert.Equal(0, (await client.GetStatsAsync(Ct)).CorruptObjects);
     }
 
+    [Fact]
+    public async Task Put_LargeCorruptBodyOverAnIntactObject_Answers400AndOldObjectKept()
+    {
+        await using ServerHarness harness = await ServerHarness.StartAsync();
+        await using HttpKvStore client = harness.Client();
+        ObjectKey key = TestObjects.KeyFor("streamed-put-corrupt");
+        byte[] old = TestObjects.Container(key, 1 << 20, 1);
+        await client.PutAsync(key, old, Ct);
+        byte[] corrupt = TestObjects.Container(key, 5 << 20, 2);
+        corrupt[3 << 20] ^= 0x08; // the checksum fails only after the last byte has been written to disk
+
+        using HttpClient raw = harness.Raw();
+        using HttpResponseMessage response = await raw.PutAsync($"/v1/objects/{key}", new ByteArrayContent(corrupt), Ct);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(old, await client.GetBytesAsync(key, cancellationToken: Ct));
+        Assert.Empty(Directory.GetFileSystemEntries(Path.Combine(harness.DataDirectory, "tmp")));
+    }
+
+    [Fact]
+    public async Task Put_ClientGoesAwayMidBody_NothingStoredNoTempFileServerServes()
+    {
+        await using ServerHarness harness = await ServerHarness.StartAsync();
+        ObjectKey key = TestObjects.KeyFor("streamed-put-cut");
+        byte[] container = TestObjects.Container(key, 2 << 20, 1);
+        using (var socket = new TcpClient())
+        {
+            await socket.ConnectAsync(harness.Address.Host, harness.Address.Port, Ct);
+            NetworkStream stream = socket.GetStream();
+            string head = $"PUT /v1/objects/{key} HTTP/1.1\r\nHost: {harness.Address.Authority}\r\nAuthorization: Bearer {ServerHarness.Token}\r\n" +
+                $"Content-Type: application/octet-stream\r\nContent-Length: {container.Length}\r\n\r\n";
+            await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes(head), Ct);
+            await stream.WriteAsync(container.AsMemory(0, container.Length / 3), Ct);
+            await stream.FlushAsync(Ct);
+            await Task.Delay(200, Ct); // the server is inside the body, its temp file open
+        }
+
+        // The abandoned put leaves neither an object nor a temp file, and frees its reservation.
+        await using HttpKvStore client = harness.Client();
+        DateTime until = DateTime.UtcNow + s_hang;
+        while (Directory.GetFileSystemEntries(Path.Combine(harness.DataDirectory, "tmp")).Length > 0 && DateTime.UtcNow < until)
+        {
+            await Task.Delay(20, Ct);
+        }
+
+        Assert.Empty(Directory.GetFileSystemEntries(Path.Combine(harness.DataDirectory, "tmp")));
+        Assert.Null(await client.GetBytesAsync(key, cancellationToken: Ct));
+        Assert.Equal(0, (await client.GetStatsAsync(Ct)).UsedBytes);
+        await StoreServerTests.AssertServingAsync(harness);
+    }
+
     /// <summary>Stores a container of <paramref name="size"/> payload bytes, then flips a bit of its file at <paramref name="at"/> (negative: from the end).</summary>
     private static async Task PutThenCorruptAsync(ServerHarness harness, HttpKvStore client, ObjectKey key, int size, int at)
     {

@@ -21,7 +21,10 @@ namespace KvFetcher.Store.Disk;
 /// refused (<see cref="KvStoreFullException"/>). When the filesystem fills up first (ENOSPC or EDQUOT, with or without a
 /// capacity), a put evicts least recently used objects and tries again, and is refused with
 /// <see cref="KvStoreFullException"/> only once nothing is left to evict.
-/// Every get reads the whole file and verifies its checksum before a byte is handed out. Thread-safe.
+/// Every get reads the whole file and verifies its checksum before a byte is handed out. A server that cannot hold whole
+/// objects streams them instead: <see cref="OpenRead"/> (checked as read, the last bytes held until the checksum holds)
+/// and <see cref="OpenWriteAsync"/> (its blocks allocated before the body is read, so a full disk evicts or refuses
+/// first; the object replaces the old one only once its checksum holds). Thread-safe.
 /// </summary>
 public sealed partial class DiskKvStore : IKvStore
 {
@@ -126,11 +129,7 @@ public sealed partial class DiskKvStore : IKvStore
             throw new ArgumentException($"Refusing to store '{name}': its {data.Length} bytes are not an intact chunk container.", nameof(data));
         }
 
-        if (_capacity is long capacity && data.Length > capacity)
-        {
-            throw new KvStoreFullException($"Disk store {Description}: '{name}' ({data.Length} bytes) is larger than the capacity ({capacity} bytes).");
-        }
-
+        CheckCapacity(name, data.Length);
         return PutCoreAsync(name, data, cancellationToken);
     }
 
@@ -268,8 +267,10 @@ public sealed partial class DiskKvStore : IKvStore
     public override string ToString() => Description;
 
     /// <summary>
-    /// Puts, and when the filesystem itself is full (ENOSPC or EDQUOT: below the capacity, or without one), evicts least
-    /// recently used objects and tries again; once nothing is left to evict, refuses with <see cref="KvStoreFullException"/>.
+    /// Puts verified bytes through an <see cref="ObjectWriter"/>, and when the filesystem itself is full (ENOSPC or
+    /// EDQUOT: below the capacity, or without one), evicts least recently used objects and tries again; once nothing is
+    /// left to evict, refuses with <see cref="KvStoreFullException"/>. (The writer's allocation catches a full disk before
+    /// any write where the filesystem can allocate; a later ENOSPC, at a write or at fsync, is caught here.)
     /// </summary>
     private async ValueTask PutCoreAsync(string name, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
@@ -277,7 +278,11 @@ public sealed partial class DiskKvStore : IKvStore
         {
             try
             {
-                await PutOnceAsync(name, data, cancellationToken).ConfigureAwait(false);
+                using ObjectWriter writer = await OpenWriteCoreAsync(name, data.Length, check: null, cancellationToken).ConfigureAwait(false);
+                cancellationToken.ThrowIfCancellationRequested();
+                writer.Write(data.Span);
+                cancellationToken.ThrowIfCancellationRequested();
+                writer.Commit();
                 return;
             }
             catch (KvStoreException ex) when (IsOutOfSpace(ex))
@@ -289,71 +294,6 @@ public sealed partial class DiskKvStore : IKvStore
                         $"Disk store {Description}: no space left on the device for '{name}' ({data.Length} bytes) and nothing left to evict ({ex.Message})", ex);
                 }
             }
-        }
-    }
-
-    private async ValueTask PutOnceAsync(string name, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
-    {
-        cancellationToken.ThrowIfCancellationRequested();
-        long size = data.Length;
-        while (!TryReserve(size, name, out Task? wait))
-        {
-            await wait!.WaitAsync(cancellationToken).ConfigureAwait(false);
-        }
-
-        string tempPath = Path.Join(_tempPath, $"{Interlocked.Increment(ref _tempCounter):x16}.tmp");
-        string fan = FanOf(name);
-        string path = Path.Join(_objectsPath, fan, name);
-        try
-        {
-            WriteTempFile(tempPath, data.Span, cancellationToken);
-            EnsureFanFolder(fan);
-            cancellationToken.ThrowIfCancellationRequested();
-            lock (_gate)
-            {
-                try
-                {
-                    File.Move(tempPath, path, overwrite: true);
-                }
-                catch (Exception ex) when (IsIoError(ex))
-                {
-                    throw IoFailure("rename the temp file over", path, ex);
-                }
-
-                if (_index.TryGetValue(name, out Entry? old))
-                {
-                    RemoveEntry(old);
-                }
-
-                AddMostRecent(new Entry(name, path, size));
-                ReleaseReservation(size, committed: true);
-            }
-        }
-        catch (Exception failure)
-        {
-            lock (_gate)
-            {
-                ReleaseReservation(size, committed: false);
-            }
-
-            try
-            {
-                File.Delete(tempPath);
-            }
-            catch (Exception cleanup) when (IsIoError(cleanup))
-            {
-                throw new KvStoreException(
-                    $"Disk store {Description}: put of '{name}' failed ({failure.Message}) and its temp file '{tempPath}' could not be removed ({cleanup.Message}); the next open deletes it.",
-                    new AggregateException(failure, cleanup));
-            }
-
-            throw;
-        }
-
-        Interlocked.Add(ref _bytesIn, size);
-        if (_fsync)
-        {
-            SyncDirectory(Path.Join(_objectsPath, fan));
         }
     }
 
@@ -532,34 +472,6 @@ public sealed partial class DiskKvStore : IKvStore
 
         Interlocked.Increment(ref _corruptObjects);
         Interlocked.Increment(ref _misses);
-    }
-
-    private void WriteTempFile(string tempPath, ReadOnlySpan<byte> data, CancellationToken cancellationToken)
-    {
-        try
-        {
-            // No preallocationSize: .NET reports a failed preallocation without its errno, and a full disk must be told
-            // apart (ENOSPC from write(2) is IOException.HResult 28).
-            using SafeFileHandle handle = File.OpenHandle(tempPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, FileOptions.None);
-            int done = 0;
-            while (done < data.Length)
-            {
-                cancellationToken.ThrowIfCancellationRequested();
-                int slice = Math.Min(IoSliceBytes, data.Length - done);
-                RandomAccess.Write(handle, data.Slice(done, slice), done);
-                done += slice;
-            }
-
-            File.SetLastAccessTimeUtc(handle, DateTime.UtcNow);
-            if (_fsync)
-            {
-                RandomAccess.FlushToDisk(handle);
-            }
-        }
-        catch (Exception ex) when (IsIoError(ex))
-        {
-            throw IoFailure("write", tempPath, ex);
-        }
     }
 
     private void EnsureFanFolder(string fan)

@@ -55,6 +55,37 @@ public sealed class DiskKvStoreFullDiskTests
     }
 
     [Fact]
+    public async Task OpenWrite_FilesystemFull_EvictsBeforeAnyByteIsWritten()
+    {
+        using SmallFilesystem fs = SmallFilesystem.Mount(kibibytes: 1024);
+        await using DiskKvStore store = DiskKvStore.Open(new DiskKvStoreOptions { Directory = Path.Combine(fs.Path, "store") });
+        ObjectKey[] keys = [.. Enumerable.Range(0, 9).Select(i => TestObjects.KeyFor($"filled-{i}"))];
+        for (int i = 0; i < keys.Length; i++)
+        {
+            await store.PutAsync(keys[i], TestObjects.Container(keys[i], Payload, i), Ct);
+        }
+
+        // A streamed put three objects large: its blocks are allocated at open, so the room is made (oldest first)
+        // before the caller hands over a byte, and the write itself cannot run out of space.
+        ObjectKey big = TestObjects.KeyFor("big");
+        byte[] data = TestObjects.Container(big, 3 * Payload, 99);
+        using (DiskKvStore.ObjectWriter writer = await store.OpenWriteAsync(big, data.Length, Ct))
+        {
+            Assert.True((await store.GetStatsAsync(Ct)).Evictions >= 1, "nothing was evicted before the body was written");
+            writer.Write(data);
+            writer.Commit();
+        }
+
+        bool[] present = await store.ExistsAsync(keys, Ct);
+        Assert.False(present[0]);
+        Assert.True(present[^1]);
+        var read = new ArrayBufferWriter<byte>();
+        Assert.True((await store.GetAsync(big, read, cancellationToken: Ct)).Found);
+        Assert.Equal(data, read.WrittenSpan.ToArray());
+        Assert.Empty(Directory.GetFiles(Path.Combine(fs.Path, "store", "tmp")));
+    }
+
+    [Fact]
     public async Task Put_FilesystemFullNothingToEvict_KvStoreFullExceptionAndStoreStillServes()
     {
         using SmallFilesystem fs = SmallFilesystem.Mount(kibibytes: 512);
