@@ -5,6 +5,7 @@ using System.Net.Http.Json;
 using System.Net.Security;
 using System.Security.Cryptography.X509Certificates;
 using System.Text.Json;
+using KvFetcher.Core;
 using KvFetcher.Core.Containers;
 
 using KvFetcher.Store.Telemetry;
@@ -269,8 +270,7 @@ public sealed class HttpKvStore : IKvStore
         if (target.Length >= size)
         {
             // Straight into the caller's buffer; committed only once verified.
-            await ReadBodyAsync(body, target[..size], idle);
-            if (!IsVerified(target.Span[..size], range))
+            if (!await ReadVerifiedAsync(body, target[..size], range, idle))
             {
                 return StoreRead.Miss;
             }
@@ -283,8 +283,7 @@ public sealed class HttpKvStore : IKvStore
             byte[] scratch = ArrayPool<byte>.Shared.Rent(size);
             try
             {
-                await ReadBodyAsync(body, scratch.AsMemory(0, size), idle);
-                if (!IsVerified(scratch.AsSpan(0, size), range))
+                if (!await ReadVerifiedAsync(body, scratch.AsMemory(0, size), range, idle))
                 {
                     return StoreRead.Miss;
                 }
@@ -307,8 +306,35 @@ public sealed class HttpKvStore : IKvStore
         return new StoreRead(Found: true, ObjectLength: objectLength, BytesWritten: size);
     }
 
+    /// <summary>
+    /// Reads the whole body into <paramref name="target"/>; a whole object is verified as it arrives (header and
+    /// checksum, hashed piece by piece while the rest is still on the wire), a range is the caller's to check. False:
+    /// the object is corrupt (counted; the caller answers a miss).
+    /// </summary>
+    private async Task<bool> ReadVerifiedAsync(Stream body, Memory<byte> target, ByteRange range, IdleDeadline idle)
+    {
+        if (!range.IsAll)
+        {
+            await ReadBodyAsync(body, target, idle, check: null);
+            return true;
+        }
+
+        try
+        {
+            var check = new ContainerStreamCheck(target.Length);
+            await ReadBodyAsync(body, target, idle, check);
+            check.Complete();
+            return true;
+        }
+        catch (InvalidKvDataException)
+        {
+            Interlocked.Increment(ref _corruptBodies);
+            return false;
+        }
+    }
+
     /// <summary>Reads the whole body into <paramref name="target"/>, restarting the idle clock on every piece that arrives.</summary>
-    private static async Task ReadBodyAsync(Stream body, Memory<byte> target, IdleDeadline idle)
+    private static async Task ReadBodyAsync(Stream body, Memory<byte> target, IdleDeadline idle, ContainerStreamCheck? check)
     {
         for (int done = 0; done < target.Length;)
         {
@@ -318,6 +344,7 @@ public sealed class HttpKvStore : IKvStore
                 throw new IOException($"The answer ended after {done} of its {target.Length} bytes.");
             }
 
+            check?.Append(target.Span.Slice(done, read));
             done += read;
             idle.Progress();
         }
@@ -338,17 +365,6 @@ public sealed class HttpKvStore : IKvStore
         {
             throw new KvStoreException($"{Description}: {operation}: stalled, no bytes for {_options.IdleTimeout.TotalSeconds:0.###} s.", ex);
         }
-    }
-
-    private bool IsVerified(ReadOnlySpan<byte> body, ByteRange range)
-    {
-        if (!range.IsAll || ChunkContainer.IsIntact(body))
-        {
-            return true;
-        }
-
-        Interlocked.Increment(ref _corruptBodies);
-        return false;
     }
 
     private async Task<StoreRead> HeadAttemptAsync(ObjectKey key, IdleDeadline idle)
