@@ -74,6 +74,9 @@ public sealed class StoreServer : IAsyncDisposable
             // Large objects: windows big enough that one 8 MB transfer never stalls on flow control.
             kestrel.Limits.Http2.InitialConnectionWindowSize = 32 << 20;
             kestrel.Limits.Http2.InitialStreamWindowSize = 16 << 20;
+            // A streamed GET's next slice is read and hashed while the socket still sends the last ones (with Kestrel's
+            // 64 KiB, every 256 KiB flush waited until the socket had taken it).
+            kestrel.Limits.MaxResponseBufferSize = 1 << 20;
         });
 
         WebApplication app = builder.Build();
