@@ -35,7 +35,7 @@ public static class KvCodecs
 
     /// <summary>
     /// Parses a variant's text, a codec name then its level: <c>raw</c>, <c>exact</c>, <c>cachegen0</c>..<c>cachegen2</c>,
-    /// <c>video4</c>..<c>video12</c>, <c>kvtc0</c>..<c>kvtc7</c>, <c>cachegenp0</c>..<c>cachegenp4</c>; without a level, the codec's default.
+    /// <c>video4</c>..<c>video12</c>, <c>kvtc0</c>..<c>kvtc7</c>, <c>cachegenp0</c>..<c>cachegenp6</c>; without a level, the codec's default.
     /// </summary>
     /// <exception cref="ArgumentException">An unknown codec, or a level the codec does not have.</exception>
     public static (IKvCodec Codec, int Level) ParseVariant(string text)

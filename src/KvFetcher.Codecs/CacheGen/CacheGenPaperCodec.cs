@@ -16,7 +16,7 @@ namespace KvFetcher.Codecs.CacheGen;
 /// own (symmetric, 8 bits, its abs-max as the scale); each other token is coded as its delta to the anchor as decoded, so
 /// errors do not accumulate and every delta of a group decodes independently.</item>
 /// <item><b>Layer-wise quantization</b>: deltas get more bins in the first third of the layers than in the middle third,
-/// and more there than in the last (<see cref="CacheGenPaperBins"/>; five levels).</item>
+/// and more there than in the last (<see cref="CacheGenPaperBins"/>; seven levels).</item>
 /// <item><b>Arithmetic coding with a distribution per (layer, channel)</b>: every (plane, channel) has one model for its
 /// anchors and one for its deltas; our range coder (<see cref="RangeEncoder"/>) codes the symbols.</item>
 /// </list>

@@ -10,13 +10,13 @@ public class CacheGenPaperCodecTests(ITestOutputHelper output)
 {
     private const int AnchorMagnitude = 127;
     private const int Group = 10;
-    private static readonly int[][] s_magnitudes = [[127, 95, 63], [63, 47, 31], [31, 23, 15], [15, 11, 7], [7, 5, 3]];
+    private static readonly int[][] s_magnitudes = [[127, 95, 63], [95, 71, 47], [63, 47, 31], [47, 35, 23], [31, 23, 15], [15, 11, 7], [7, 5, 3]];
     private static readonly CacheGenPaperCodec s_codec = CacheGenPaperCodec.Instance;
 
     [Theory]
     [InlineData(DType.Float16, 0)]
     [InlineData(DType.Float16, 2)]
-    [InlineData(DType.Float16, 4)]
+    [InlineData(DType.Float16, 6)]
     [InlineData(DType.BFloat16, 1)]
     [InlineData(DType.Float32, 3)]
     public void Decode_RealKv_EqualsReferenceDequantization(DType dtype, int level)
@@ -31,7 +31,7 @@ public class CacheGenPaperCodecTests(ITestOutputHelper output)
     [Theory]
     [InlineData(0)]
     [InlineData(2)]
-    [InlineData(4)]
+    [InlineData(6)]
     public void Decode_RealKv_ErrorWithinHalfAStepOfTheLayersBins(int level)
     {
         // fp32 output holds the decoder's values exactly, so a decoded anchor is the anchor its deltas were taken from.
@@ -149,6 +149,25 @@ public class CacheGenPaperCodecTests(ITestOutputHelper output)
             output.WriteLine($"level {level}: correlated {correlated} bytes, shuffled {scrambled} bytes ({(double)scrambled / correlated:F2}x)");
             Assert.True(correlated * 1.3 < scrambled, $"level {level}: correlated tokens take {correlated} bytes, shuffled {scrambled}");
         }
+
+        // The same on the bundled model's real KV, reported (how much locality the anchors find there).
+        (byte[] real, KvShape realShape) = RealKv.Chunk(256, 256, DType.Float16);
+        float[] realValues = ToFloats(real, DType.Float16);
+        var realShuffled = new float[realValues.Length];
+        int[] realOrder = [.. Enumerable.Range(0, realShape.Tokens).OrderBy(_ => random.Next())];
+        for (int plane = 0; plane < realShape.Layers * 2; plane++)
+        {
+            for (int t = 0; t < realShape.Tokens; t++)
+            {
+                realValues.AsSpan(((plane * realShape.Tokens) + realOrder[t]) * realShape.Channels, realShape.Channels)
+                    .CopyTo(realShuffled.AsSpan(((plane * realShape.Tokens) + t) * realShape.Channels, realShape.Channels));
+            }
+        }
+
+        foreach (int level in new[] { 0, 2, 4 })
+        {
+            output.WriteLine($"real KV, level {level}: in order {EncodedSize(realValues, realShape, level)} bytes, tokens shuffled {EncodedSize(realShuffled, realShape, level)} bytes");
+        }
     }
 
     [Fact]
@@ -250,25 +269,25 @@ public class CacheGenPaperCodecTests(ITestOutputHelper output)
     public void Decode_CorruptModelsOrScale_ThrowsNamingTheField()
     {
         (byte[] kv, KvShape shape) = RealKv.Chunk(0, 12, DType.Float16);
-        (byte[] parameters, byte[] payload) = Encode(kv, shape, DType.Float16, 4);
+        (byte[] parameters, byte[] payload) = Encode(kv, shape, DType.Float16, 6);
         int channels = shape.Channels;
         var destination = new byte[kv.Length];
 
         byte[] centre = (byte[])payload.Clone();
-        centre[2 * channels] = 200; // the first delta centre; level 4's first layers have 15 symbols
-        Assert.Contains("delta model centre of layer 0 K channel 0", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, centre, shape, DType.Float16, 0, 4, destination)).Message, StringComparison.Ordinal);
+        centre[2 * channels] = 200; // the first delta centre; level 6's first layers have 15 symbols
+        Assert.Contains("delta model centre of layer 0 K channel 0", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, centre, shape, DType.Float16, 0, 6, destination)).Message, StringComparison.Ordinal);
 
         byte[] anchorShape = (byte[])payload.Clone();
         anchorShape[channels + 5] = 64;
-        Assert.Contains("anchor model shape of layer 0 K channel 5", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, anchorShape, shape, DType.Float16, 0, 4, destination)).Message, StringComparison.Ordinal);
+        Assert.Contains("anchor model shape of layer 0 K channel 5", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(parameters, anchorShape, shape, DType.Float16, 0, 6, destination)).Message, StringComparison.Ordinal);
 
         byte[] scale = (byte[])parameters.Clone();
         BinaryPrimitives.WriteUInt16LittleEndian(scale.AsSpan(16 + (4 * shape.Layers * 2)), BitConverter.HalfToUInt16Bits(Half.NaN));
-        Assert.Contains("scale of layer 0 K token 0", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(scale, payload, shape, DType.Float16, 0, 4, destination)).Message, StringComparison.Ordinal);
+        Assert.Contains("scale of layer 0 K token 0", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(scale, payload, shape, DType.Float16, 0, 6, destination)).Message, StringComparison.Ordinal);
 
         byte[] length = (byte[])parameters.Clone();
         BinaryPrimitives.WriteUInt32LittleEndian(length.AsSpan(16), uint.MaxValue);
-        Assert.Contains("stream length", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(length, payload, shape, DType.Float16, 0, 4, destination)).Message, StringComparison.Ordinal);
+        Assert.Contains("stream length", Assert.Throws<InvalidKvDataException>(() => s_codec.Decode(length, payload, shape, DType.Float16, 0, 6, destination)).Message, StringComparison.Ordinal);
     }
 
     [Theory]
