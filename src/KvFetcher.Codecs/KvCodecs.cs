@@ -11,7 +11,7 @@ namespace KvFetcher.Codecs;
 /// <summary>The codecs KvFetcher knows, by id and by name.</summary>
 public static class KvCodecs
 {
-    private static readonly IKvCodec[] s_all = [RawCodec.Instance, ExactCodec.Instance, CacheGenCodec.Instance, VideoCodec.Instance, TransformCodec.Instance];
+    private static readonly IKvCodec[] s_all = [RawCodec.Instance, ExactCodec.Instance, CacheGenCodec.Instance, VideoCodec.Instance, TransformCodec.Instance, CacheGenPaperCodec.Instance];
 
     /// <summary>Every available codec.</summary>
     public static IReadOnlyList<IKvCodec> All => s_all;
@@ -27,7 +27,7 @@ public static class KvCodecs
     public static IKvCodec Get(CodecId id) =>
         s_all.FirstOrDefault(c => c.Id == id) ?? throw new InvalidKvDataException($"Codec {id} is not available in this build.");
 
-    /// <summary>The codec named <paramref name="name"/> (raw, exact, cachegen, video).</summary>
+    /// <summary>The codec named <paramref name="name"/> (raw, exact, cachegen, video, kvtc, cachegenp).</summary>
     public static IKvCodec Get(string name) =>
         CodecIdExtensions.TryParse(name, out CodecId id) && s_all.FirstOrDefault(c => c.Id == id) is { } codec
             ? codec
@@ -35,7 +35,7 @@ public static class KvCodecs
 
     /// <summary>
     /// Parses a variant's text, a codec name then its level: <c>raw</c>, <c>exact</c>, <c>cachegen0</c>..<c>cachegen2</c>,
-    /// <c>video4</c>..<c>video12</c>, <c>kvtc0</c>..<c>kvtc7</c>; without a level, the codec's default.
+    /// <c>video4</c>..<c>video12</c>, <c>kvtc0</c>..<c>kvtc7</c>, <c>cachegenp0</c>..<c>cachegenp6</c>; without a level, the codec's default.
     /// </summary>
     /// <exception cref="ArgumentException">An unknown codec, or a level the codec does not have.</exception>
     public static (IKvCodec Codec, int Level) ParseVariant(string text)

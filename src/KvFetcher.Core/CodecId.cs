@@ -17,12 +17,15 @@ public enum CodecId : byte
 
     /// <summary>KVTC-style transform coding: a per-model PCA, bit allocation by variance, rANS-coded coefficients.</summary>
     Kvtc = 4,
+
+    /// <summary>CacheGen as its paper describes it: anchor tokens and deltas, layer-wise bins, per-(layer, channel) arithmetic coding.</summary>
+    CacheGenP = 5,
 }
 
 /// <summary>The names of <see cref="CodecId"/> values, the one spelling used in object keys, variants and messages.</summary>
 public static class CodecIdExtensions
 {
-    /// <summary>The lower-case name: raw, exact, cachegen, video.</summary>
+    /// <summary>The lower-case name: raw, exact, cachegen, video, kvtc, cachegenp.</summary>
     public static string ToName(this CodecId codec) => codec switch
     {
         CodecId.Raw => "raw",
@@ -30,6 +33,7 @@ public static class CodecIdExtensions
         CodecId.CacheGen => "cachegen",
         CodecId.Video => "video",
         CodecId.Kvtc => "kvtc",
+        CodecId.CacheGenP => "cachegenp",
         _ => throw new ArgumentOutOfRangeException(nameof(codec), codec, "Unknown codec id."),
     };
 

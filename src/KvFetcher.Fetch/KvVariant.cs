@@ -20,13 +20,15 @@ public readonly record struct KvVariant(CodecId Codec, byte Level)
 
     /// <summary>
     /// An ordering of accuracy: lossless variants first, then more bits. Video levels are bits; cachegen levels 0/1/2
-    /// are 32/16/8 bins (5/4/3 bits); kvtc levels 0..7 spend 5 down to 2 bits per value.
+    /// are 32/16/8 bins (5/4/3 bits); kvtc levels 0..7 spend 5 down to 2 bits per value; cachegenp levels 0..6 code
+    /// the first third of the layers' deltas at 8 down to 4 bits.
     /// </summary>
     public int Rank => IsLossless ? 100 : Codec switch
     {
         CodecId.Video => Level,
         CodecId.CacheGen => 5 - Level,
         CodecId.Kvtc => 8 - Level,
+        CodecId.CacheGenP => 7 - Level,
         _ => 0,
     };
 

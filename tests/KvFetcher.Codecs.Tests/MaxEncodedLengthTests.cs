@@ -16,6 +16,8 @@ public class MaxEncodedLengthTests
         { "exact", DType.Float32 },
         { "cachegen0", DType.Float16 },
         { "cachegen2", DType.BFloat16 },
+        { "cachegenp0", DType.Float16 },
+        { "cachegenp6", DType.Float32 },
         { "video12", DType.Float16 },
         { "video8", DType.Float32 },
         { "video4", DType.Float16 },

@@ -14,6 +14,8 @@ public class VariantNameTests
     [InlineData("video", CodecId.Video, 8)]
     [InlineData("video12", CodecId.Video, 12)]
     [InlineData("video4", CodecId.Video, 4)]
+    [InlineData("cachegenp", CodecId.CacheGenP, 0)]
+    [InlineData("cachegenp6", CodecId.CacheGenP, 6)]
     public void ParseVariant_KnownText_CodecAndLevel(string text, CodecId codec, int level)
     {
         (IKvCodec parsed, int parsedLevel) = KvCodecs.ParseVariant(text);
@@ -25,6 +27,7 @@ public class VariantNameTests
     [Theory]
     [InlineData("video7")]
     [InlineData("cachegen3")]
+    [InlineData("cachegenp7")]
     [InlineData("raw1")]
     [InlineData("zstd")]
     [InlineData("8")]
@@ -52,6 +55,7 @@ public class VariantNameTests
         Assert.Equal("exact", KvCodecs.VariantName(CodecId.Exact, 0));
         Assert.Equal("video8", KvCodecs.VariantName(CodecId.Video, 8));
         Assert.Equal("cachegen0", KvCodecs.VariantName(CodecId.CacheGen, 0));
+        Assert.Equal("cachegenp2", KvCodecs.VariantName(CodecId.CacheGenP, 2));
     }
 
     [Fact]

@@ -168,6 +168,7 @@ public sealed class FetchRates
             CodecId.Raw => (1.0, 0.0002 * megabytes),
             CodecId.Exact => (0.85, 0.0035 * megabytes),
             CodecId.CacheGen => (variant.Level switch { 0 => 0.37, 1 => 0.24, _ => 0.14 }, 0.0065 * megabytes),
+            CodecId.CacheGenP => (0.46 - (0.035 * variant.Level), 0.0085 * megabytes),
             CodecId.Kvtc => ((KvtcTransform.DefaultLevelBits[Math.Min((int)variant.Level, KvtcTransform.LevelCount - 1)] + 0.4) / 16, 0.02 * megabytes),
             _ => (Math.Min(1.2, variant.Level / 16.0 * 1.17), 0.025 * megabytes),
         };
