@@ -62,7 +62,14 @@ public static class KestrelApp
     /// </summary>
     public static WebApplicationBuilder CreateBuilder(string applicationName)
     {
-        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = applicationName });
+        // No reload on change: the configuration files would be watched through a recursive watch of the working
+        // directory, one inotify watch per folder below it (about 800 in a checkout of this repository, and enough in a
+        // home directory to run out of the user's watches). They are read once, at start.
+        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            Args = ["--hostBuilder:reloadConfigOnChange=false"],
+            ApplicationName = applicationName,
+        });
         builder.Configuration.Sources.Insert(0, new MemoryConfigurationSource { InitialData = LoggingDefaults });
         builder.Logging.ClearProviders();
         // Before AddConsole, so that Logging:Console:FormatterOptions in configuration still wins.

@@ -6,6 +6,7 @@ using KvFetcher.Tests;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
@@ -43,6 +44,18 @@ public sealed class KestrelAppTests
         Assert.Equal(expectedPublic, PublicRoutes.Paths(publicMetrics));
         Assert.Equal(200, await RouteWalk.SendAsync(app.Addresses[0], "GET", "/V1/SECRET/x", Token, cancellationToken: Ct));
         Assert.Equal(200, await RouteWalk.SendAsync(app.Addresses[0], "GET", "/healthz", token: null, cancellationToken: Ct));
+    }
+
+    [Fact]
+    public void CreateBuilder_ConfigurationFiles_ReadOnceNotWatched()
+    {
+        // Watching them would watch the working directory recursively: one inotify watch per folder below it.
+        WebApplicationBuilder builder = KestrelApp.CreateBuilder("kvf-test");
+
+        FileConfigurationSource[] files = [.. ((IConfigurationBuilder)builder.Configuration).Sources.OfType<FileConfigurationSource>()];
+
+        Assert.NotEmpty(files);
+        Assert.All(files, source => Assert.False(source.ReloadOnChange, $"{source.Path} is watched for changes"));
     }
 
     [Fact]
