@@ -126,7 +126,7 @@ public sealed class KvReuse : IAsyncDisposable
     /// </summary>
     public ContextPlan Plan(int[] tokens, string tenantSalt) =>
         ContextPlan.Create(_model.Fingerprint, tenantSalt, tokens, Options.ChunkTokens, _model.Config.NumLayers, _model.Config.NumKvHeads,
-            _model.Config.HeadDim, _model.KvStorageDType, Options.Authenticator);
+            _model.Config.HeadDim, _model.KvStorageDType, Options.Authenticator, Options.LayerGroup);
 
     /// <summary>
     /// Prefills <paramref name="tokens"/> into <paramref name="session"/> (which is reset first) and writes the last
