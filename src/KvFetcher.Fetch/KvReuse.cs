@@ -1,3 +1,4 @@
+using KvFetcher.Codecs;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using KvFetcher.Engine;
@@ -266,6 +267,7 @@ public sealed class KvReuse : IAsyncDisposable
     {
         PrefillMode.ComputeOnly => [],
         PrefillMode.Adaptive => FetchLadder,
+        PrefillMode.LayerSplit => [.. FetchLadder.Where(v => v.GetCodec() is ILayerAddressableCodec && v.IsLossless)],
         _ => [strategy.Variant ?? throw new ArgumentException($"Strategy {strategy.Mode} needs a variant.", nameof(strategy))],
     };
 
