@@ -82,7 +82,7 @@ public class ChunkLayerTableTests
 
         InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => table.Verify(3, 5, range));
         Assert.Contains("layer group 4", ex.Message, StringComparison.Ordinal);
-        Assert.Throws<InvalidKvDataException>(() => table.Verify(3, 5, range[..^1]));
+        Assert.Throws<InvalidKvDataException>(() => table.Verify(3, 5, range.AsSpan(0, range.Length - 1).ToArray()));
     }
 
     [Theory]
@@ -123,7 +123,7 @@ public class ChunkLayerTableTests
         byte[] container = Write(1);
         Assert.Throws<InvalidKvDataException>(() => ChunkLayerTable.ReadHead(container, container.Length, Expected with { TokenStart = 0 }));
         Assert.Throws<InvalidKvDataException>(() => ChunkLayerTable.ReadHead(container, container.Length, Expected with { Key = new ChunkKey(new Hash256(9, 9, 9, 9)) }));
-        Assert.Throws<InvalidKvDataException>(() => ChunkLayerTable.ReadHead(container[..100], container.Length, Expected));
+        Assert.Throws<InvalidKvDataException>(() => ChunkLayerTable.ReadHead(container.AsSpan(0, 100).ToArray(), container.Length, Expected));
         Assert.Throws<ChunkAuthenticationException>(() => ChunkLayerTable.ReadHead(container, container.Length,
             Expected with { Mac = new ChunkAuthenticator(new byte[32]).ForTenant("t") }));
 
