@@ -405,6 +405,8 @@ internal sealed class PrefillRun : IAsyncDisposable
             ReusedTokens = RestoredChunks * _plan.ChunkTokens,
             ComputedTokens = _plan.Tokens.Length - (RestoredChunks * _plan.ChunkTokens),
             BytesFetched = BytesFetched,
+            SplitChunk = SplitRestored() ? _lowerComputed : -1,
+            SplitLayers = SplitRestored() ? _strategy!.SplitLayersOf(_lowerComputed) : 0,
             LookupFailed = LookupFailed,
             TimeToFirstToken = timeToFirstToken,
             FirstToken = firstToken,
@@ -443,6 +445,9 @@ internal sealed class PrefillRun : IAsyncDisposable
             Timeline = _timeline.ToArray(),
         };
     }
+
+    /// <summary>Whether a chunk was split by layers: the engine computed its lower layers and the fetcher restored the upper ones.</summary>
+    private bool SplitRestored() => _lowerComputed >= 0 && OutcomeOf(_lowerComputed).Outcome == FetchOutcome.Restored;
 
     /// <summary>Stored chunks whose fetch failed, by reason (see <see cref="ReuseTelemetry.ReasonOf"/>).</summary>
     private Dictionary<string, int> FallbackReasons()
