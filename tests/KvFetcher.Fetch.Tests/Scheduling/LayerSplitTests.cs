@@ -66,6 +66,31 @@ public class LayerSplitTests
     }
 
     [Fact]
+    public void Best_EngineSharingCoresWithAFastFetch_FetchesEverything()
+    {
+        // The CPU at 16 Gbit/s: 8 chunks of 125 ms compute, fetched at 15 ms each, of which 12 ms are decode and restore on
+        // the engine's cores. With independent sides the engine would compute chunk 0 beside the fetch (0.125 s against
+        // 0.132 s; the best layer split, 0.118 s, gains less than a split chunk's own stages); charged the fetcher's work,
+        // computing anything beside the fetch costs more than it saves, and everything is fetched.
+        LayerSplit independent = LayerSplit.Best(8, 32, 1, _ => 0.125, 0.015, latency: 0.012);
+        LayerSplit shared = LayerSplit.Best(8, 32, 1, _ => 0.125, 0.015, latency: 0.012, hostWork: 0.012);
+
+        Assert.Equal((1, 0), (independent.Chunk, independent.Layers));
+        Assert.Equal((0, 0), (shared.Chunk, shared.Layers));
+        Assert.Equal((8 * 0.015) + 0.012, shared.PredictedSeconds, 9);
+    }
+
+    [Fact]
+    public void Best_EngineSharingCoresWithASlowLink_StillSplits()
+    {
+        // 100 Mbit/s: the link, not the cores, bounds the fetch, so the split still pays with the host work charged.
+        LayerSplit shared = LayerSplit.Best(4, 32, 1, _ => 0.56, 0.142, latency: 0.025, hostWork: 0.025);
+
+        Assert.True(shared.Layers > 0);
+        Assert.True(shared.PredictedSeconds < Enumerable.Range(0, 5).Min(m => Math.Max(m == 0 ? 0 : (m * 0.56) + ((4 - m) * 0.025), (4 - m) == 0 ? 0 : ((4 - m) * 0.142) + 0.025)));
+    }
+
+    [Fact]
     public void Best_PipelineLatency_MovesTheSplitTowardsTheEngine()
     {
         LayerSplit without = LayerSplit.Best(4, 32, 1, _ => 1.0, 2.0 / 3, latency: 0);

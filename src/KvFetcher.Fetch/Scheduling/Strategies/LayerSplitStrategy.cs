@@ -15,11 +15,17 @@ internal readonly record struct LayerSplit(int Chunk, int Layers, double Predict
     /// time to meet, in the fluid model: the engine takes <paramref name="compute"/>(i) per chunk i, spread evenly over the
     /// layers; the fetcher <paramref name="perChunk"/> per chunk in a full pipeline (a layer range costs its share) plus
     /// <paramref name="latency"/> once (the last chunk's decode and restore). Splits fall on multiples of
-    /// <paramref name="groupLayers"/> (0: no layer split, token-only meeting points).
+    /// <paramref name="groupLayers"/> (0: no layer split, token-only meeting points). <paramref name="hostWork"/> is the
+    /// CPU time per fetched chunk (decode and restore) that an engine computing on the same cores loses while it
+    /// computes beside the fetcher (0 for a GPU engine): the two sides are then not independent, and an overlap that only
+    /// shaves the pipeline's own CPU stages does not pay. A split is taken only where it beats the best token-wise meeting
+    /// point by more than <paramref name="latency"/>: the split chunk is one more partial transfer, decode and restore,
+    /// and a predicted gain smaller than one chunk's pipeline stages is within what the prediction cannot see.
     /// </summary>
-    public static LayerSplit Best(int chunks, int modelLayers, int groupLayers, Func<int, double> compute, double perChunk, double latency)
+    public static LayerSplit Best(int chunks, int modelLayers, int groupLayers, Func<int, double> compute, double perChunk, double latency, double hostWork = 0)
     {
         var best = new LayerSplit(chunks, 0, double.MaxValue);
+        var bestSplit = new LayerSplit(chunks, 0, double.MaxValue);
         double engine = 0;
         for (int m = 0; m <= chunks; m++)
         {
@@ -27,20 +33,25 @@ internal readonly record struct LayerSplit(int Chunk, int Layers, double Predict
             int lastSplit = m < chunks && groupLayers > 0 ? modelLayers - 1 : 0;
             for (int k = 0; k <= lastSplit; k += Math.Max(1, groupLayers))
             {
-                double engineTime = engine + (chunkCompute * k / modelLayers);
                 double fetched = m < chunks ? chunks - m - ((double)k / modelLayers) : 0;
+                double computed = engine + (chunkCompute * k / modelLayers);
+                double engineTime = computed > 0 ? computed + (fetched * hostWork) : 0;
                 double fetchTime = fetched > 0 ? (fetched * perChunk) + latency : 0;
                 double meet = Math.Max(engineTime, fetchTime);
-                if (meet < best.PredictedSeconds)
+                if (k == 0 && meet < best.PredictedSeconds)
                 {
                     best = new LayerSplit(m, k, meet);
+                }
+                else if (k > 0 && meet < bestSplit.PredictedSeconds)
+                {
+                    bestSplit = new LayerSplit(m, k, meet);
                 }
             }
 
             engine += chunkCompute;
         }
 
-        return best;
+        return bestSplit.PredictedSeconds + latency < best.PredictedSeconds ? bestSplit : best;
     }
 }
 
@@ -90,7 +101,8 @@ internal sealed class LayerSplitStrategy : MeetInMiddleStrategy
 
         Split = _variant < 0
             ? new LayerSplit(board.Chunks, 0, 0)
-            : LayerSplit.Best(board.Chunks, modelLayers, groupLayers, chunk => rates.ComputeSeconds(chunk, chunkTokens), perChunk, latency);
+            : LayerSplit.Best(board.Chunks, modelLayers, groupLayers, chunk => rates.ComputeSeconds(chunk, chunkTokens), perChunk, latency,
+                hostWork: sharedCores ? latency : 0);
         _patienceSeconds = Math.Max(MinPatienceSeconds, 2 * Split.PredictedSeconds);
     }
 
