@@ -29,6 +29,12 @@ public sealed record TtftSweepOptions
     /// <summary>Runs per point; the median is reported.</summary>
     public int Repeats { get; init; } = 1;
 
+    /// <summary>
+    /// Runs the strategies of a point in rounds (each round every strategy once, in a rotating order) instead of each
+    /// strategy's repeats back to back, so a load that changes over time falls on every strategy alike.
+    /// </summary>
+    public bool Interleave { get; init; }
+
     /// <summary>A jitter profile (a <see cref="BandwidthSchedule"/>) run on the longest context; null to skip.</summary>
     public string? Jitter { get; init; } = "200Mbps@500ms,20Mbps@500ms";
 
@@ -128,12 +134,16 @@ public static class TtftSweep
 
                     // One adaptive request first: the estimator learns this link (a serving engine has seen earlier requests).
                     await MedianAsync(model, shaped, reuseOptions, rates, options.Restorer, tokens, PrefillStrategy.Adaptive, 1, cancellationToken).ConfigureAwait(false);
+                    Dictionary<string, PointResult>? interleaved = options.Interleave
+                        ? await InterleavedAsync(model, shaped, reuseOptions, rates, options.Restorer, tokens, [.. options.Strategies.Where(n => PrefillStrategy.Parse(n).Mode != PrefillMode.ComputeOnly)],
+                            options.Repeats, cancellationToken).ConfigureAwait(false)
+                        : null;
                     foreach (string name in options.Strategies)
                     {
                         PrefillStrategy strategy = PrefillStrategy.Parse(name);
                         PointResult result = strategy.Mode == PrefillMode.ComputeOnly
                             ? new PointResult(computeOnly, 0, 0, 0, "")
-                            : await MedianAsync(model, shaped, reuseOptions, rates, options.Restorer, tokens, strategy, options.Repeats, cancellationToken).ConfigureAwait(false);
+                            : interleaved?[name] ?? await MedianAsync(model, shaped, reuseOptions, rates, options.Restorer, tokens, strategy, options.Repeats, cancellationToken).ConfigureAwait(false);
                         points.Add(new TtftPoint(context, options.RealLinkMbps is null ? "shaper" : "netns", mbps, name, result.TtftMs, result.Restored, result.Failed, result.Bytes, result.Variants));
                         options.Log?.Invoke($"  {context} tokens, {mbps,6} Mbit/s, {name,-16} TTFT {result.TtftMs,8:F0} ms  restored {result.Restored,2} ({result.Variants}) {result.Stages}");
                     }
@@ -187,8 +197,26 @@ public static class TtftSweep
             string.Join(" ", median.Variants.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => $"{p.Key}:{p.Value}")), Stages(median));
     }
 
+    /// <summary>Each strategy's median over <paramref name="repeats"/> rounds, every round running each strategy once in a rotating order.</summary>
+    private static async Task<Dictionary<string, PointResult>> InterleavedAsync(IInferenceModel model, IKvStore store, ReuseOptions options, FetchRates rates, IChunkRestorer? restorer,
+        int[] tokens, IReadOnlyList<string> strategies, int repeats, CancellationToken cancellationToken)
+    {
+        var runs = strategies.ToDictionary(name => name, _ => new List<PointResult>());
+        for (int round = 0; round < repeats; round++)
+        {
+            for (int i = 0; i < strategies.Count; i++)
+            {
+                string name = strategies[(i + round) % strategies.Count];
+                runs[name].Add(await MedianAsync(model, store, options, rates, restorer, tokens, PrefillStrategy.Parse(name), 1, cancellationToken).ConfigureAwait(false));
+            }
+        }
+
+        return runs.ToDictionary(p => p.Key, p => p.Value.OrderBy(r => r.TtftMs).ElementAt(p.Value.Count / 2));
+    }
+
     /// <summary>Busy time and span count per stage, for the log: e.g. "compute 812ms/23 transfer 1200ms/41".</summary>
     private static string Stages(PrefillReport report) =>
+        (report.SplitChunk >= 0 ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $"split chunk {report.SplitChunk} at layer {report.SplitLayers} ") : "") +
         string.Join(" ", Enum.GetValues<PrefillStage>()
             .Select(stage => (stage, count: report.Timeline.Count(s => s.Stage == stage)))
             .Where(x => x.count > 0)

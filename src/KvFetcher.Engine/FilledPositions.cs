@@ -12,6 +12,11 @@ public sealed class FilledPositions
     private readonly Lock _lock = new();
     private volatile int _length;
 
+    // Positions filled in two layer ranges (the lower layers computed, the upper ones imported): per position, layers
+    // [0, _lower) and [_upperFrom, layers) hold values. Allocated on the first such fill.
+    private int[]? _lower;
+    private int[]? _upperFrom;
+
     /// <summary>Creates the bookkeeping of <paramref name="capacity"/> positions, none filled.</summary>
     public FilledPositions(int capacity)
     {
@@ -37,6 +42,11 @@ public sealed class FilledPositions
         {
             Array.Clear(_filled, length, Capacity - length);
             _length = Math.Min(_length, length);
+            if (_lower is not null)
+            {
+                Array.Clear(_lower, length, Capacity - length);
+                Array.Clear(_upperFrom!, length, Capacity - length);
+            }
         }
     }
 
@@ -46,14 +56,67 @@ public sealed class FilledPositions
         CheckRange(start, end);
         lock (_lock)
         {
-            _filled.AsSpan(start, end - start).Fill(true);
-            int length = _length;
-            while (length < Capacity && _filled[length])
+            FillLocked(start, end);
+        }
+    }
+
+    private void FillLocked(int start, int end)
+    {
+        _filled.AsSpan(start, end - start).Fill(true);
+        int length = _length;
+        while (length < Capacity && _filled[length])
+        {
+            length++;
+        }
+
+        _length = length;
+    }
+
+    /// <summary>
+    /// Records that layers [<paramref name="layerStart"/>, <paramref name="layerEnd"/>) of positions [start, end) hold
+    /// values, in a cache of <paramref name="layers"/> layers: the lower layers (from 0, computed) or the upper ones (to
+    /// the last, imported). A position whose lower and upper layers meet is filled (<see cref="MarkFilled"/>); returns
+    /// whether all of [start, end) now are.
+    /// </summary>
+    public bool MarkLayers(int start, int end, int layerStart, int layerEnd, int layers)
+    {
+        CheckRange(start, end);
+        if (layerStart < 0 || layerEnd > layers || layerStart >= layerEnd || (layerStart != 0 && layerEnd != layers))
+        {
+            throw new ArgumentOutOfRangeException(nameof(layerStart), $"Layers [{layerStart}, {layerEnd}) of {layers} are neither the lower nor the upper layers.");
+        }
+
+        lock (_lock)
+        {
+            _lower ??= new int[Capacity];
+            _upperFrom ??= new int[Capacity];
+            bool all = true;
+            for (int position = start; position < end; position++)
             {
-                length++;
+                if (_upperFrom[position] == 0)
+                {
+                    _upperFrom[position] = layers; // no upper layer yet (0 is "never touched")
+                }
+
+                if (layerStart == 0)
+                {
+                    _lower[position] = Math.Max(_lower[position], layerEnd);
+                }
+
+                if (layerEnd == layers)
+                {
+                    _upperFrom[position] = Math.Min(_upperFrom[position], layerStart);
+                }
+
+                all &= _filled[position] || _lower[position] >= _upperFrom[position];
             }
 
-            _length = length;
+            if (all)
+            {
+                FillLocked(start, end);
+            }
+
+            return all;
         }
     }
 

@@ -30,4 +30,7 @@ public sealed class InferenceSession : InferenceSessionBase<LanguageModel, KvCac
         _transformer.Forward(tokens, startPosition, Cache, _scratch, logits, allLogits, Probe);
         return -1;
     }
+
+    protected override void ForwardLowerLayers(ReadOnlySpan<int> tokens, int startPosition, int layers) =>
+        _transformer.Forward(tokens, startPosition, Cache, _scratch, [], allLogits: false, layers, Probe);
 }

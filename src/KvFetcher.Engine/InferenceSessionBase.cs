@@ -75,6 +75,33 @@ public abstract class InferenceSessionBase<TModel, TCache> : IInferenceSession
     /// <summary>Computes one generated token at <paramref name="position"/> and writes the next token's logits.</summary>
     public void Decode(int token, int position, Span<float> logits) => Prefill([token], position, logits);
 
+    /// <summary>
+    /// Computes <paramref name="tokens"/> at [<paramref name="startPosition"/>, + length) through the lower
+    /// <paramref name="layers"/> layers only (1 to the model's layers - 1), writing their KV and no logits; the positions
+    /// are filled once their upper layers are imported (<see cref="KvCacheBase.ImportLayers"/>).
+    /// </summary>
+    public void PrefillLowerLayers(ReadOnlySpan<int> tokens, int startPosition, int layers)
+    {
+        if (!Cache.SupportsLayerRanges)
+        {
+            throw new NotSupportedException("This engine does not prefill a layer range.");
+        }
+
+        CheckStep(tokens, startPosition, 0, 0);
+        ArgumentOutOfRangeException.ThrowIfLessThan(layers, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(layers, Cache.NumLayers);
+        int step = StepTokens;
+        for (int offset = 0; offset < tokens.Length; offset += step)
+        {
+            int n = Math.Min(step, tokens.Length - offset);
+            ForwardLowerLayers(tokens.Slice(offset, n), startPosition + offset, layers);
+        }
+    }
+
+    /// <summary>One checked step of <see cref="PrefillLowerLayers"/>; engines that support layer ranges override it.</summary>
+    protected virtual void ForwardLowerLayers(ReadOnlySpan<int> tokens, int startPosition, int layers) =>
+        throw new NotSupportedException("This engine does not prefill a layer range.");
+
     /// <summary>Empties the cache.</summary>
     public void Reset() => Cache.Truncate(0);
 

@@ -74,10 +74,35 @@ public sealed class KvCache : KvCacheBase
     public override void Import(int start, int end, DType dtype, ReadOnlySpan<byte> source)
     {
         _ = CheckImport(start, end, dtype, source.Length, nameof(source));
+        Write(start, end, 0, dtype, source);
+        MarkFilled(start, end);
+    }
+
+    public override bool SupportsLayerRanges => true;
+
+    /// <summary>
+    /// Writes the upper layers [<paramref name="layerStart"/>, <see cref="KvCacheBase.NumLayers"/>) of positions
+    /// [<paramref name="start"/>, <paramref name="end"/>) from <paramref name="source"/>, the documented layout cut to
+    /// those layers; the positions are filled once their lower layers are computed too
+    /// (<see cref="IInferenceSession.PrefillLowerLayers"/>), in either order and from either thread.
+    /// </summary>
+    public override void ImportLayers(int start, int end, int layerStart, DType dtype, ReadOnlySpan<byte> source)
+    {
+        _ = CheckImport(start, end, dtype, source.Length, nameof(source), layerStart);
+        Write(start, end, layerStart, dtype, source);
+        Filled.MarkLayers(start, end, layerStart, NumLayers, NumLayers);
+    }
+
+    /// <summary>Records that the lower <paramref name="layers"/> layers of [start, end) are computed.</summary>
+    internal void MarkLowerLayers(int start, int end, int layers) => Filled.MarkLayers(start, end, 0, layers, NumLayers);
+
+    /// <summary>Writes layers [layerStart, NumLayers) of [start, end) from the wire layout cut to those layers.</summary>
+    private void Write(int start, int end, int layerStart, DType dtype, ReadOnlySpan<byte> source)
+    {
         int elementSize = dtype.SizeOf();
         int rowBytes = HeadDim * elementSize;
         int offset = 0;
-        for (int layer = 0; layer < NumLayers; layer++)
+        for (int layer = layerStart; layer < NumLayers; layer++)
         {
             for (int kind = 0; kind < 2; kind++)
             {
@@ -94,8 +119,6 @@ public sealed class KvCache : KvCacheBase
                 }
             }
         }
-
-        MarkFilled(start, end);
     }
 
     /// <summary>Keys of one layer and KV head: [capacity, headDim].</summary>

@@ -69,15 +69,29 @@ public abstract class KvCacheBase : IKvCache
     /// </summary>
     public abstract void Import(int start, int end, DType dtype, ReadOnlySpan<byte> source);
 
+    /// <summary>Whether <see cref="ImportLayers"/> (and the session's lower-layer prefill) work on this engine.</summary>
+    public virtual bool SupportsLayerRanges => false;
+
+    /// <summary>
+    /// Writes the upper layers [<paramref name="layerStart"/>, <see cref="NumLayers"/>) of positions
+    /// [<paramref name="start"/>, <paramref name="end"/>) from the wire layout cut to those layers; they count as filled
+    /// once their lower layers are computed too.
+    /// </summary>
+    public virtual void ImportLayers(int start, int end, int layerStart, DType dtype, ReadOnlySpan<byte> source) =>
+        throw new NotSupportedException("This engine's KV cache does not import layer ranges.");
+
     /// <summary>
     /// Throws unless [<paramref name="start"/>, <paramref name="end"/>) is a non-empty range of the cache,
     /// <paramref name="dtype"/> is one the wire layout takes, and the source holds exactly the range's bytes; returns them.
+    /// With <paramref name="layerStart"/>, the source holds layers [layerStart, <see cref="NumLayers"/>) only.
     /// </summary>
-    protected long CheckImport(int start, int end, DType dtype, long sourceLength, string parameterName)
+    protected long CheckImport(int start, int end, DType dtype, long sourceLength, string parameterName, int layerStart = 0)
     {
         Filled.CheckRange(start, end);
         CheckDType(dtype, nameof(dtype));
-        long needed = GetExportByteCount(end - start, dtype);
+        ArgumentOutOfRangeException.ThrowIfNegative(layerStart);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(layerStart, NumLayers);
+        long needed = GetExportByteCount(end - start, dtype) / NumLayers * (NumLayers - layerStart);
         if (sourceLength != needed)
         {
             throw new ArgumentException($"Source holds {sourceLength} bytes; positions [{start}, {end}) in {dtype.ToShortName()} need exactly {needed}.", parameterName);

@@ -1,3 +1,4 @@
+using KvFetcher.Codecs;
 using KvFetcher.Core;
 using KvFetcher.Core.Containers;
 using KvFetcher.Core.Keys;
@@ -11,9 +12,10 @@ namespace KvFetcher.Fetch;
 /// </summary>
 public sealed class ContextPlan
 {
-    private ContextPlan(int[] tokens, ChunkKey[] keys, ModelFingerprint model, int chunkTokens, KvShape chunkShape, DType dtype, ChunkMacKey? mac)
+    private ContextPlan(int[] tokens, ChunkKey[] keys, ModelFingerprint model, int chunkTokens, KvShape chunkShape, DType dtype, ChunkMacKey? mac, int layerGroup)
     {
         Mac = mac;
+        LayerGroup = layerGroup;
         Tokens = tokens;
         Keys = keys;
         Model = model;
@@ -41,6 +43,12 @@ public sealed class ContextPlan
     /// <summary>The tenant's chunk MAC key when the store is untrusted: containers are sealed and verified with it.</summary>
     public ChunkMacKey? Mac { get; }
 
+    /// <summary>
+    /// Layers per group of the layer-addressable containers written for layer-addressable codecs (raw, exact); 0 writes
+    /// plain containers (<see cref="ReuseOptions.LayerGroup"/>).
+    /// </summary>
+    public int LayerGroup { get; }
+
     /// <summary>Full chunks that end before the prompt's last token.</summary>
     public int ReusableChunks { get; }
 
@@ -49,8 +57,9 @@ public sealed class ContextPlan
 
     /// <summary>The plan of <paramref name="tokens"/>; with <paramref name="authenticator"/>, chunks are sealed with and verified against the tenant's MAC key.</summary>
     public static ContextPlan Create(ModelFingerprint model, string tenantSalt, int[] tokens, int chunkTokens, int layers, int kvHeads, int headDim, DType dtype,
-        ChunkAuthenticator? authenticator = null)
+        ChunkAuthenticator? authenticator = null, int layerGroup = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(layerGroup);
         ArgumentNullException.ThrowIfNull(tokens);
         if (tokens.Length == 0)
         {
@@ -63,7 +72,7 @@ public sealed class ContextPlan
         }
 
         ChunkKey[] keys = ChunkKey.ComputeChain(model, tenantSalt, tokens, chunkTokens);
-        return new ContextPlan(tokens, keys, model, chunkTokens, new KvShape(layers, chunkTokens, kvHeads, headDim), dtype, authenticator?.ForTenant(tenantSalt));
+        return new ContextPlan(tokens, keys, model, chunkTokens, new KvShape(layers, chunkTokens, kvHeads, headDim), dtype, authenticator?.ForTenant(tenantSalt), layerGroup);
     }
 
     public ObjectKey ObjectKeyOf(int chunk, KvVariant variant) => ObjectKey.ForChunk(Keys[chunk], variant.Codec, variant.Level);
@@ -74,9 +83,12 @@ public sealed class ContextPlan
     /// <summary>What a container for <paramref name="chunk"/> must declare to be restored.</summary>
     public ChunkExpectation Expectation(int chunk) => new(Keys[chunk], Model, TokenStartOf(chunk), ChunkShape, DType) { Mac = Mac };
 
-    /// <summary>Writes chunk <paramref name="chunk"/>'s container (sealed when the plan has a MAC key).</summary>
+    /// <summary>
+    /// Writes chunk <paramref name="chunk"/>'s container (sealed when the plan has a MAC key; layer-addressable when the
+    /// variant's codec is and <see cref="LayerGroup"/> is set).
+    /// </summary>
     public void WriteContainer(int chunk, KvVariant variant, ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, System.Buffers.IBufferWriter<byte> output) =>
-        ChunkContainer.Write(Header(chunk, variant), parameters, payload, output, Mac);
+        variant.GetCodec().WriteContainer(Header(chunk, variant), parameters, payload, LayerGroup, output, Mac);
 
     public ChunkHeader Header(int chunk, KvVariant variant) => new()
     {

@@ -1,3 +1,4 @@
+using KvFetcher.Codecs;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using KvFetcher.Engine;
@@ -126,7 +127,7 @@ public sealed class KvReuse : IAsyncDisposable
     /// </summary>
     public ContextPlan Plan(int[] tokens, string tenantSalt) =>
         ContextPlan.Create(_model.Fingerprint, tenantSalt, tokens, Options.ChunkTokens, _model.Config.NumLayers, _model.Config.NumKvHeads,
-            _model.Config.HeadDim, _model.KvStorageDType, Options.Authenticator);
+            _model.Config.HeadDim, _model.KvStorageDType, Options.Authenticator, Options.LayerGroup);
 
     /// <summary>
     /// Prefills <paramref name="tokens"/> into <paramref name="session"/> (which is reset first) and writes the last
@@ -266,6 +267,7 @@ public sealed class KvReuse : IAsyncDisposable
     {
         PrefillMode.ComputeOnly => [],
         PrefillMode.Adaptive => FetchLadder,
+        PrefillMode.LayerSplit => [.. FetchLadder.Where(v => v.GetCodec() is ILayerAddressableCodec && v.IsLossless)],
         _ => [strategy.Variant ?? throw new ArgumentException($"Strategy {strategy.Mode} needs a variant.", nameof(strategy))],
     };
 

@@ -74,6 +74,14 @@ public sealed record ReuseOptions
     /// </summary>
     public ChunkAuthenticator? Authenticator { get; init; }
 
+    /// <summary>
+    /// Layers per group of the layer-addressable containers that variants of raw and exact are stored as (version 2 of
+    /// the container, <see cref="ChunkLayerTable"/>): a fetcher can then read and verify a group of layers of a chunk
+    /// without the rest (<c>ours-layer</c> fetches the upper layers of the chunk where the engine and the fetcher meet).
+    /// 0 writes plain (version 1) containers, which readers before version 2 also read.
+    /// </summary>
+    public int LayerGroup { get; init; } = 1;
+
     public void Validate()
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(ChunkTokens, 1);
@@ -89,6 +97,7 @@ public sealed record ReuseOptions
         ArgumentOutOfRangeException.ThrowIfLessThan(TransfersInFlight, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(DecodeWorkers, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(PublishWorkers, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(LayerGroup);
         ArgumentOutOfRangeException.ThrowIfLessThan(ChunkTimeout, TimeSpan.FromMilliseconds(1));
         ArgumentOutOfRangeException.ThrowIfLessThan(LookupTimeout, TimeSpan.FromMilliseconds(1));
         if (!(PrefixWaitFactor > 0) || double.IsInfinity(PrefixWaitFactor))

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Hashing;
+using KvFetcher.Codecs;
 using KvFetcher.Codecs.Raw;
 using KvFetcher.Core;
 using KvFetcher.Core.Containers;
@@ -57,6 +58,16 @@ public sealed class KeysAndInspectTests : IDisposable
         Assert.Contains("checksum ok", output, StringComparison.Ordinal);
         Assert.Contains(header.Key.ToString(), output, StringComparison.Ordinal);
         Assert.Contains("tokens      [32, 40)", output, StringComparison.Ordinal);
+        Assert.Contains("decode      ok", output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Inspect_LayerAddressableContainer_PrintsVersionTwoAndDecodes()
+    {
+        string path = WriteContainer(out _, groupLayers: 1);
+        (int exit, string output, string error) = KvFetchProcess.Run("inspect", path);
+        Assert.True(exit == 0, error);
+        Assert.Contains("version 2 (layer-addressable, 1 layer(s) per group), checksum and layer table ok", output, StringComparison.Ordinal);
         Assert.Contains("decode      ok", output, StringComparison.Ordinal);
     }
 
@@ -126,7 +137,7 @@ public sealed class KeysAndInspectTests : IDisposable
         Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
     }
 
-    private string WriteContainer(out ChunkHeader header)
+    private string WriteContainer(out ChunkHeader header, int groupLayers = 0)
     {
         var shape = new KvShape(2, 8, 2, 16);
         var kv = new byte[shape.Elements * 2];
@@ -143,7 +154,7 @@ public sealed class KeysAndInspectTests : IDisposable
             Shape = shape,
         };
         var output = new ArrayBufferWriter<byte>();
-        ChunkContainer.Write(header, [], payload.WrittenSpan, output);
+        RawCodec.Instance.WriteContainer(header, [], payload.WrittenSpan, groupLayers, output);
         string path = Path.Combine(_dir, "chunk.kvf");
         File.WriteAllBytes(path, output.WrittenSpan.ToArray());
         return path;

@@ -53,8 +53,10 @@ public class MaxEncodedLengthTests
         var shape = new KvShape(4, 256, 8, 64);
 
         Assert.Equal(shape.Elements * 2, RawCodec.Instance.GetMaxEncodedLength(shape, DType.BFloat16, 0));
-        Assert.Equal(ChunkContainer.GetSize(0, shape.Elements * 4), RawCodec.Instance.GetMaxContainerLength(shape, DType.Float32, 0, authenticated: false));
-        Assert.Equal(ChunkContainer.GetSize(0, shape.Elements * 4, authenticated: true), RawCodec.Instance.GetMaxContainerLength(shape, DType.Float32, 0));
+        // Raw is layer-addressable: its largest container has a layer table of one layer per group.
+        int table = ChunkLayerTable.SizeOf(shape.Layers, 1);
+        Assert.Equal(ChunkContainer.GetSize(0, shape.Elements * 4) + table, RawCodec.Instance.GetMaxContainerLength(shape, DType.Float32, 0, authenticated: false));
+        Assert.Equal(ChunkContainer.GetSize(0, shape.Elements * 4, authenticated: true) + table, RawCodec.Instance.GetMaxContainerLength(shape, DType.Float32, 0));
     }
 
     [Fact]

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 using KvFetcher.Codecs;
@@ -38,6 +39,7 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
     [InlineData("cake-raw")]
     [InlineData("cake-exact")]
     [InlineData("ours")]
+    [InlineData("ours-layer")]
     public async Task Prefill_LosslessStrategy_BitIdenticalToFullPrefill(string strategy)
     {
         await using KvReuse reuse = await WarmAsync(new ReuseOptions { Ladder = s_ladder, LosslessOnly = true });
@@ -81,6 +83,60 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
         (PrefillReport report, float[] logits, byte[] kv) = await PrefillAsync(reuse, PrefillStrategy.Adaptive, publish: false);
 
         Assert.True(report.RestoredChunks > 0, $"ours restored nothing: {report.FailedChunks} failed, {report.TakenBackChunks} taken back");
+        Assert.Equal(fixture.FullLogits, logits);
+        Assert.Equal(fixture.FullKv, kv);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    public async Task Prefill_OursLayerWhenComputeAndFetchAreClose_SplitsAChunkByLayersAndStaysBitIdentical(int layerGroupLog2)
+    {
+        int group = 1 << layerGroupLog2;
+        await using KvReuse reuse = await WarmAsync(new ReuseOptions { Ladder = [KvVariant.Raw], LosslessOnly = true, LayerGroup = group });
+        // As the rates say: a chunk computes in 1 s and arrives raw in 2/3 s. Token-wise the best meeting point takes 2 s (one
+        // chunk computed and three fetched, or two and two); split by layers it is 1.6 s, with chunk 1's lower ~60% computed.
+        reuse.Rates.SetBandwidth(reuse.Plan(fixture.Tokens).ChunkBytes / (2.0 / 3));
+        for (int i = 0; i < 40; i++)
+        {
+            reuse.Rates.ObserveCompute(i % 4, 1.0);
+        }
+
+        (PrefillReport report, float[] logits, byte[] kv) = await PrefillAsync(reuse, PrefillStrategy.LayerSplit, publish: false);
+
+        Assert.Equal(1, report.SplitChunk);
+        int layers = fixture.Model.Config.NumLayers;
+        Assert.InRange(report.SplitLayers, (layers / 2) - group, (layers * 3 / 4) + group);
+        Assert.Equal(0, report.SplitLayers % group);
+        Assert.Equal(3, report.RestoredChunks);
+        Assert.True(report.BytesFetched < 3 * (long)reuse.Plan(fixture.Tokens).ChunkBytes, $"fetched {report.BytesFetched} bytes: the split chunk's lower layers were fetched too");
+        Assert.Equal(fixture.FullLogits, logits);
+        Assert.Equal(fixture.FullKv, kv);
+    }
+
+    [Fact]
+    public async Task Prefill_OursLayerWithACorruptSplitChunk_ComputesItWholeAndStaysBitIdentical()
+    {
+        await using KvReuse reuse = await WarmAsync(new ReuseOptions { Ladder = [KvVariant.Raw], LosslessOnly = true });
+        reuse.Rates.SetBandwidth(reuse.Plan(fixture.Tokens).ChunkBytes / (2.0 / 3));
+        for (int i = 0; i < 40; i++)
+        {
+            reuse.Rates.ObserveCompute(i % 4, 1.0);
+        }
+
+        // Flip one byte in the upper layers of chunk 1 (the split chunk) on disk: its group checksum must refuse it.
+        ContextPlan plan = reuse.Plan(fixture.Tokens);
+        var container = new System.Buffers.ArrayBufferWriter<byte>();
+        Assert.True((await reuse.Store.GetAsync(plan.ObjectKeyOf(1, KvVariant.Raw), container, cancellationToken: TestContext.Current.CancellationToken)).Found);
+        byte[] bytes = container.WrittenSpan.ToArray();
+        bytes[bytes.Length - 100] ^= 0x40;
+        await using var tampering = new TamperingStore(reuse.Store, plan.ObjectKeyOf(1, KvVariant.Raw), bytes);
+        await using var tampered = new KvReuse(fixture.Model, tampering, reuse.Options, reuse.Rates);
+
+        (PrefillReport report, float[] logits, byte[] kv) = await PrefillAsync(tampered, PrefillStrategy.LayerSplit, publish: false);
+
+        Assert.Equal(-1, report.SplitChunk);
+        Assert.Equal(1, report.FailedChunks);
         Assert.Equal(fixture.FullLogits, logits);
         Assert.Equal(fixture.FullKv, kv);
     }
@@ -345,6 +401,36 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
         }
 
         return result;
+    }
+
+    /// <summary>A store that serves <c>replaced</c>'s bytes for one key (ranges included), unverified: a store that lies.</summary>
+    private sealed class TamperingStore(IKvStore inner, ObjectKey key, byte[] replaced) : IKvStore
+    {
+        public string Description => "tampering";
+
+        public ValueTask PutAsync(ObjectKey objectKey, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default) => inner.PutAsync(objectKey, data, cancellationToken);
+
+        public ValueTask<StoreRead> GetAsync(ObjectKey objectKey, System.Buffers.IBufferWriter<byte> destination, ByteRange range = default, CancellationToken cancellationToken = default)
+        {
+            if (objectKey != key)
+            {
+                return inner.GetAsync(objectKey, destination, range, cancellationToken);
+            }
+
+            Assert.True(range.TryResolve(replaced.Length, out long start, out long count));
+            destination.Write(replaced.AsSpan((int)start, (int)count));
+            return ValueTask.FromResult(new StoreRead(true, replaced.Length, count));
+        }
+
+        public ValueTask<bool[]> ExistsAsync(IReadOnlyList<ObjectKey> keys, CancellationToken cancellationToken = default) => inner.ExistsAsync(keys, cancellationToken);
+
+        public ValueTask<int> LongestPrefixAsync(IReadOnlyList<ObjectKey> chain, CancellationToken cancellationToken = default) => inner.LongestPrefixAsync(chain, cancellationToken);
+
+        public ValueTask<bool> DeleteAsync(ObjectKey objectKey, CancellationToken cancellationToken = default) => inner.DeleteAsync(objectKey, cancellationToken);
+
+        public ValueTask<StoreStats> GetStatsAsync(CancellationToken cancellationToken = default) => inner.GetStatsAsync(cancellationToken);
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 
     /// <summary>The CPU restorer, except that chunk <c>decodeFails</c>'s decode and chunk <c>restoreFails</c>'s restore throw.</summary>

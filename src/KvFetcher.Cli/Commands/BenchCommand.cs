@@ -4,6 +4,7 @@ using System.Text.Json;
 using KvFetcher.Runtime;
 using KvFetcher.Engine;
 using KvFetcher.Benchmarking;
+using KvFetcher.Fetch;
 
 namespace KvFetcher.Cli.Commands;
 
@@ -22,6 +23,8 @@ internal static class BenchCommand
         Option<string> bandwidths = new Option<string>("--bandwidths") { Description = "Link rates in Mbit/s.", DefaultValueFactory = _ => "10,50,100,500,1000,10000" }
             .Parses(text => ParseRates(text));
         Option<string> strategies = new("--strategies") { Description = "Strategies to compare.", DefaultValueFactory = _ => "compute,fetch-raw,fetch-cachegen0,fetch-video8,cake-raw,ours" };
+        Option<string> ladder = new("--ladder") { Description = "The variants every chunk is stored as (ours picks among them).", DefaultValueFactory = _ => "raw,exact,cachegen0,video8,video4" };
+        Option<bool> interleave = new("--interleave") { Description = "Run a point's strategies in rounds (each once per round, rotating) instead of each strategy's repeats back to back." };
         Option<string?> jitter = new("--jitter") { Description = "Jitter profile for the longest context ('none' to skip).", DefaultValueFactory = _ => "200Mbps@500ms,20Mbps@500ms" };
         Option<int> repeats = new Option<int>("--repeats") { Description = "Runs per point (median reported).", DefaultValueFactory = _ => 1 }.AtLeast(1);
         Option<DirectoryInfo?> documents = new("--documents") { Description = "Documents whose tokens form the contexts (default: the bundled held-out set)." };
@@ -39,7 +42,7 @@ internal static class BenchCommand
         Option<int> fresh = new("--fresh") { Description = "With --serving: prompt tokens of a request without stored context.", DefaultValueFactory = _ => 384 };
         var command = new Command("bench", "Measure TTFT per strategy across bandwidths and context lengths.")
         {
-            model, output, contexts, bandwidths, strategies, jitter, repeats, documents, threads, store, linkMbps, mixed, serving, gbps, rates, requests, context, fresh, engine, render,
+            model, output, contexts, bandwidths, strategies, ladder, interleave, jitter, repeats, documents, threads, store, linkMbps, mixed, serving, gbps, rates, requests, context, fresh, engine, render,
         };
         command.SetAction(parse => CliOptions.Run(parse, () =>
         {
@@ -96,8 +99,10 @@ internal static class BenchCommand
                 Contexts = ParseContexts(parse.GetValue(contexts)!),
                 BandwidthsMbps = ParseRates(parse.GetValue(bandwidths)!),
                 Strategies = Split(parse.GetValue(strategies)!),
+                Ladder = [.. Split(parse.GetValue(ladder)!).Select(KvVariant.Parse)],
                 Jitter = jitterText is null or "none" ? null : jitterText,
                 Repeats = parse.GetValue(repeats),
+                Interleave = parse.GetValue(interleave),
                 DocumentsDirectory = parse.GetValue(documents)?.FullName ?? DefaultDocuments(),
                 Store = parse.GetValue(store),
                 RealLinkMbps = parse.GetValue(linkMbps),

@@ -16,7 +16,9 @@ internal static class InspectCommand
         {
             byte[] bytes = File.ReadAllBytes(parse.GetValue(file)!.FullName);
             ChunkHeader header = ChunkContainer.Read(bytes, out ReadOnlySpan<byte> parameters, out ReadOnlySpan<byte> payload);
-            Console.Out.WriteLine($"container   {bytes.Length} bytes, version {ChunkContainer.Version}, checksum ok");
+            Console.Out.WriteLine(header.LayerGroup > 0
+                ? $"container   {bytes.Length} bytes, version {ChunkContainer.LayeredVersion} (layer-addressable, {header.LayerGroup} layer(s) per group), checksum and layer table ok"
+                : $"container   {bytes.Length} bytes, version {ChunkContainer.Version}, checksum ok");
             Console.Out.WriteLine($"codec       {header.Codec.ToString().ToLowerInvariant()} level {header.Level}");
             Console.Out.WriteLine($"dtype       {header.DType.ToShortName()}");
             Console.Out.WriteLine($"key         {header.Key}");

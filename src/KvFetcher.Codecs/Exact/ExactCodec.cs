@@ -40,7 +40,7 @@ namespace KvFetcher.Codecs.Exact;
 /// (previous token's exponent, channel groups) gained under 1% after their table cost and were left out.
 /// </para>
 /// </remarks>
-public sealed class ExactCodec : IKvCodec
+public sealed class ExactCodec : ILayerAddressableCodec
 {
     private const byte Version = 1;
     private const int Predictors = 3;
@@ -137,6 +137,40 @@ public sealed class ExactCodec : IKvCodec
         CodecChecks.Output(destination, shape, dtype);
         CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
+        Decode(parameters, payload, shape, dtype, destination, layerEnds: []);
+    }
+
+    /// <summary>
+    /// The 2-byte stream header is the prefix; each layer's K and V blocks follow in layer order and are coded on their
+    /// own (no state crosses a block), so the header followed by layers [a, b) is the stream of the chunk cut to them.
+    /// Finds the ends by decoding the stream (the check a reader would make), into pooled scratch.
+    /// </summary>
+    public int GetLayerEnds(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<long> layerEnds)
+    {
+        CodecChecks.Level(this, level);
+        shape.Validate();
+        if (layerEnds.Length != shape.Layers)
+        {
+            throw new ArgumentException($"exact: {layerEnds.Length} layer ends for {shape.Layers} layers.", nameof(layerEnds));
+        }
+
+        int bytes = checked((int)(shape.Elements * dtype.SizeOf()));
+        byte[] scratch = ArrayPool<byte>.Shared.Rent(bytes);
+        try
+        {
+            Decode(parameters, payload, shape, dtype, scratch.AsSpan(0, bytes), layerEnds);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(scratch);
+        }
+
+        return 2;
+    }
+
+    /// <summary>Decodes the checked arguments; writes where each layer's blocks end when <paramref name="layerEnds"/> is not empty.</summary>
+    private static void Decode(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, Span<byte> destination, Span<long> layerEnds)
+    {
         EnsureLittleEndian();
         if (!parameters.IsEmpty)
         {
@@ -185,6 +219,11 @@ public sealed class ExactCodec : IKvCodec
                 for (int p = 0; p < elementSize; p++)
                 {
                     pos = DecodePlane(payload, pos, planes.Slice(p * n, n), block, kind, p);
+                }
+
+                if ((block & 1) == 1 && !layerEnds.IsEmpty)
+                {
+                    layerEnds[block >> 1] = pos;
                 }
 
                 Span<byte> target = destination.Slice(block * blockBytes, blockBytes);

@@ -4,7 +4,7 @@ using KvFetcher.Core;
 namespace KvFetcher.Codecs.Raw;
 
 /// <summary>The values as stored: the floor every compressed codec is measured against.</summary>
-public sealed class RawCodec : IKvCodec
+public sealed class RawCodec : ILayerAddressableCodec
 {
     public static RawCodec Instance { get; } = new();
 
@@ -49,5 +49,29 @@ public sealed class RawCodec : IKvCodec
         }
 
         payload.CopyTo(destination);
+    }
+
+    /// <summary>No prefix: layer l is the payload's l-th slice of <c>2 x tokens x channels</c> values.</summary>
+    public int GetLayerEnds(ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, KvShape shape, DType dtype, int level, Span<long> layerEnds)
+    {
+        CodecChecks.Level(this, level);
+        shape.Validate();
+        if (layerEnds.Length != shape.Layers)
+        {
+            throw new ArgumentException($"raw: {layerEnds.Length} layer ends for {shape.Layers} layers.", nameof(layerEnds));
+        }
+
+        long layerBytes = 2L * shape.Tokens * shape.Channels * dtype.SizeOf();
+        if (!parameters.IsEmpty || payload.Length != layerBytes * shape.Layers)
+        {
+            throw new InvalidKvDataException($"raw: {parameters.Length} parameter and {payload.Length} payload bytes are not {shape} in {dtype.ToShortName()}.");
+        }
+
+        for (int layer = 0; layer < shape.Layers; layer++)
+        {
+            layerEnds[layer] = (layer + 1) * layerBytes;
+        }
+
+        return 0;
     }
 }

@@ -11,7 +11,7 @@ namespace KvFetcher.Core.Containers;
 /// <code>
 /// offset size  field
 ///      0    8  magic "KVFCHUNK"
-///      8    2  version (1)
+///      8    2  version (1, or 2: layer-addressable, below)
 ///     10    1  codec id            11  1  quality level
 ///     12    1  dtype               13  1  flags: bit 0 = authenticated (others zero)
 ///     14    2  reserved, zero
@@ -19,9 +19,10 @@ namespace KvFetcher.Core.Containers;
 ///     48   32  model fingerprint (SHA-256)
 ///     80    8  token start         88  8  token count
 ///     96    4  layers             100  4  KV heads
-///    104    4  head dim           108  4  reserved, zero
+///    104    4  head dim           108  4  version 1: reserved, zero; version 2: layers per group G (1..layers)
 ///    112    8  parameters length  120  8  payload length
-///    128    …  codec parameters, then payload
+///    128    …  version 2 only: the layer table (<see cref="ChunkLayerTable"/>, 24 + 16 x ceil(layers / G) bytes)
+///      …    …  codec parameters, then payload
 ///      …   32  authenticated only: HMAC-SHA256 under the tenant's <see cref="ChunkMacKey"/> of every byte before it
 ///    end    8  XxHash3-64 of every byte before it
 /// </code>
@@ -31,10 +32,19 @@ namespace KvFetcher.Core.Containers;
 /// checksum catches accidents only (anyone can recompute it); a reader that expects a MAC key
 /// (<see cref="ChunkExpectation.Mac"/>) also refuses any container whose tag is missing or does not verify, which
 /// is what makes a store that others can write to safe to read from.
+/// <para>
+/// Version 2 makes a layer range readable without the rest (<see cref="ChunkLayerTable"/>): its table says where each
+/// group of G layers lies in the payload, with a checksum per group and one over the header and the table, so a reader
+/// can fetch the header and table, then only the groups it needs, and verify both. Version 1 containers read as before.
+/// </para>
 /// </summary>
-public static class ChunkContainer
+public static partial class ChunkContainer
 {
+    /// <summary>The version of a container without a layer table.</summary>
     public const ushort Version = 1;
+
+    /// <summary>The version of a layer-addressable container (<see cref="WriteLayered"/>).</summary>
+    public const ushort LayeredVersion = 2;
     public const int HeaderSize = 128;
     public const int ChecksumSize = 8;
 
@@ -50,16 +60,61 @@ public static class ChunkContainer
     public static long GetSize(long parametersLength, long payloadLength, bool authenticated = false) =>
         HeaderSize + parametersLength + payloadLength + (authenticated ? ChunkMacKey.TagSize : 0) + ChecksumSize;
 
-    /// <summary>Writes a container; with <paramref name="mac"/>, sealed with the tenant's MAC tag.</summary>
-    public static void Write(in ChunkHeader header, ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, IBufferWriter<byte> output, ChunkMacKey? mac = null)
+    /// <summary>
+    /// Writes a layer-addressable container (version 2): as <see cref="Write(in ChunkHeader, ReadOnlySpan{byte}, ReadOnlySpan{byte}, IBufferWriter{byte}, ChunkMacKey?)"/>
+    /// with a layer table after the header. The payload must be <paramref name="prefixLength"/> bytes shared by every
+    /// layer (at most <see cref="ChunkLayerTable.MaxPrefix"/>), then each layer's bytes in order, layer l ending at
+    /// payload offset <paramref name="layerEnds"/>[l] (what a layer-addressable codec reports); layers are grouped
+    /// <paramref name="groupLayers"/> at a time, the unit a reader fetches and verifies.
+    /// </summary>
+    public static void WriteLayered(in ChunkHeader header, ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, int prefixLength, ReadOnlySpan<long> layerEnds,
+        int groupLayers, IBufferWriter<byte> output, ChunkMacKey? mac = null)
     {
         header.Shape.Validate();
+        ArgumentOutOfRangeException.ThrowIfLessThan(groupLayers, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(groupLayers, header.Shape.Layers);
+        ArgumentOutOfRangeException.ThrowIfNegative(prefixLength);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(prefixLength, Math.Min(ChunkLayerTable.MaxPrefix, payload.Length));
+        if (layerEnds.Length != header.Shape.Layers)
+        {
+            throw new ArgumentException($"{layerEnds.Length} layer ends given for {header.Shape.Layers} layers.", nameof(layerEnds));
+        }
+
+        long previous = prefixLength;
+        foreach (long end in layerEnds)
+        {
+            if (end < previous)
+            {
+                throw new ArgumentException($"Layer ends must not decrease and start at the prefix ({prefixLength}); found {end} after {previous}.", nameof(layerEnds));
+            }
+
+            previous = end;
+        }
+
+        if (previous != payload.Length)
+        {
+            throw new ArgumentException($"The last layer ends at {previous}; the payload is {payload.Length} bytes.", nameof(layerEnds));
+        }
+
+        Write(header, parameters, payload, output, mac, new LayerLayout(groupLayers, prefixLength, layerEnds));
+    }
+
+    /// <summary>Writes a container; with <paramref name="mac"/>, sealed with the tenant's MAC tag.</summary>
+    public static void Write(in ChunkHeader header, ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, IBufferWriter<byte> output, ChunkMacKey? mac = null) =>
+        Write(header, parameters, payload, output, mac, layout: default);
+
+    private static void Write(in ChunkHeader header, ReadOnlySpan<byte> parameters, ReadOnlySpan<byte> payload, IBufferWriter<byte> output, ChunkMacKey? mac, in LayerLayout layout)
+    {
+        header.Shape.Validate();
+        bool layered = layout.GroupLayers > 0;
+        int tableSize = layered ? ChunkLayerTable.SizeOf(header.Shape.Layers, layout.GroupLayers) : 0;
         ArgumentOutOfRangeException.ThrowIfNegative(header.TokenStart);
         var checksum = new XxHash3();
-        Span<byte> head = output.GetSpan(HeaderSize)[..HeaderSize];
+        Span<byte> whole = output.GetSpan(HeaderSize + tableSize)[..(HeaderSize + tableSize)];
+        Span<byte> head = whole[..HeaderSize];
         head.Clear();
         Magic.CopyTo(head);
-        BinaryPrimitives.WriteUInt16LittleEndian(head[8..], Version);
+        BinaryPrimitives.WriteUInt16LittleEndian(head[8..], layered ? LayeredVersion : Version);
         head[10] = (byte)header.Codec;
         head[11] = header.Level;
         head[12] = (byte)header.DType;
@@ -71,12 +126,24 @@ public static class ChunkContainer
         BinaryPrimitives.WriteInt32LittleEndian(head[96..], header.Shape.Layers);
         BinaryPrimitives.WriteInt32LittleEndian(head[100..], header.Shape.KvHeads);
         BinaryPrimitives.WriteInt32LittleEndian(head[104..], header.Shape.HeadDim);
+        BinaryPrimitives.WriteInt32LittleEndian(head[108..], layout.GroupLayers);
         BinaryPrimitives.WriteInt64LittleEndian(head[112..], parameters.Length);
         BinaryPrimitives.WriteInt64LittleEndian(head[120..], payload.Length);
         checksum.Append(head);
         using IncrementalHash? hmac = mac?.CreateHmac();
         hmac?.AppendData(head);
-        output.Advance(HeaderSize);
+        if (layered)
+        {
+            // The table's own head checksum covers the header and the table.
+            ChunkLayerTable.Write(header.Shape.Layers, layout, payload, whole);
+            checksum.Append(whole[HeaderSize..]);
+            hmac?.AppendData(whole[HeaderSize..]);
+            output.Advance(HeaderSize + tableSize);
+        }
+        else
+        {
+            output.Advance(HeaderSize);
+        }
         checksum.Append(parameters);
         checksum.Append(payload);
         output.Write(parameters);
@@ -102,7 +169,7 @@ public static class ChunkContainer
     /// </summary>
     public static ChunkHeader Read(ReadOnlySpan<byte> container, out ReadOnlySpan<byte> parameters, out ReadOnlySpan<byte> payload)
     {
-        CheckStructure(container, container.Length, out int tagSize, out long parametersLength, out long payloadLength);
+        CheckStructure(container, container.Length, out int tagSize, out int tableSize, out long parametersLength, out long payloadLength);
         int bodyEnd = container.Length - ChecksumSize;
         ulong stored = BinaryPrimitives.ReadUInt64LittleEndian(container[bodyEnd..]);
         ulong actual = XxHash3.HashToUInt64(container[..bodyEnd]);
@@ -112,8 +179,15 @@ public static class ChunkContainer
         }
 
         ChunkHeader header = ReadFields(container, tagSize);
-        parameters = container.Slice(HeaderSize, (int)parametersLength);
-        payload = container.Slice(HeaderSize + (int)parametersLength, (int)payloadLength);
+        int parametersStart = HeaderSize + tableSize;
+        parameters = container.Slice(parametersStart, (int)parametersLength);
+        payload = container.Slice(parametersStart + (int)parametersLength, (int)payloadLength);
+        if (tableSize > 0)
+        {
+            // The whole checksum held, but the table must still describe this payload: a reader of a layer range trusts it.
+            ChunkLayerTable.Parse(container[..parametersStart], header, parametersLength, payloadLength).CheckWhole(payload);
+        }
+
         return header;
     }
 
@@ -130,12 +204,12 @@ public static class ChunkContainer
             throw Invalid("length", 0, head.Length, $"a header is {HeaderSize} bytes");
         }
 
-        CheckStructure(head, length, out int tagSize, out _, out _);
+        CheckStructure(head, length, out int tagSize, out _, out _, out _);
         return ReadFields(head, tagSize);
     }
 
     /// <summary>The checks before the checksum: size, magic, version, flags and lengths against the container's length.</summary>
-    private static void CheckStructure(ReadOnlySpan<byte> container, long length, out int tagSize, out long parametersLength, out long payloadLength)
+    private static void CheckStructure(ReadOnlySpan<byte> container, long length, out int tagSize, out int tableSize, out long parametersLength, out long payloadLength)
     {
         CheckLength(length);
 
@@ -145,9 +219,19 @@ public static class ChunkContainer
         }
 
         ushort version = BinaryPrimitives.ReadUInt16LittleEndian(container[8..]);
-        if (version != Version)
+        if (version is not (Version or LayeredVersion))
         {
-            throw Invalid("version", 8, version, $"this reader knows version {Version}");
+            throw Invalid("version", 8, version, $"this reader knows versions {Version} and {LayeredVersion}");
+        }
+
+        tableSize = 0;
+        if (version == LayeredVersion)
+        {
+            int layers = BinaryPrimitives.ReadInt32LittleEndian(container[96..]);
+            CheckRange("layers", 96, layers, 1, 4096);
+            int groupLayers = BinaryPrimitives.ReadInt32LittleEndian(container[108..]);
+            CheckRange("layers per group", 108, groupLayers, 1, layers);
+            tableSize = ChunkLayerTable.SizeOf(layers, groupLayers);
         }
 
         byte flags = container[13];
@@ -159,10 +243,15 @@ public static class ChunkContainer
         tagSize = (flags & AuthenticatedFlag) != 0 ? ChunkMacKey.TagSize : 0;
         parametersLength = BinaryPrimitives.ReadInt64LittleEndian(container[112..]);
         payloadLength = BinaryPrimitives.ReadInt64LittleEndian(container[120..]);
-        long available = length - HeaderSize - ChecksumSize - tagSize;
+        long available = length - HeaderSize - tableSize - ChecksumSize - tagSize;
+        if (available < 0)
+        {
+            throw Invalid("length", 0, length, $"a version {version} container of these layers is at least {MinSize + tableSize + tagSize} bytes");
+        }
+
         if (parametersLength < 0 || parametersLength > available)
         {
-            throw Invalid("parameters length", 112, parametersLength, $"{available} bytes follow the header");
+            throw Invalid("parameters length", 112, parametersLength, $"{available} bytes follow the header{(tableSize > 0 ? " and layer table" : "")}");
         }
 
         if (payloadLength < 0 || payloadLength != available - parametersLength)
@@ -175,7 +264,8 @@ public static class ChunkContainer
     private static ChunkHeader ReadFields(ReadOnlySpan<byte> container, int tagSize)
     {
         // The structure holds (and, when read whole, the checksum): the remaining fields must still be sane.
-        if (container[14] != 0 || container[15] != 0 || BinaryPrimitives.ReadInt32LittleEndian(container[108..]) != 0)
+        bool layered = BinaryPrimitives.ReadUInt16LittleEndian(container[8..]) == LayeredVersion;
+        if (container[14] != 0 || container[15] != 0 || (!layered && BinaryPrimitives.ReadInt32LittleEndian(container[108..]) != 0))
         {
             throw Invalid("reserved", 14, "non-zero", "reserved bytes must be zero");
         }
@@ -228,6 +318,7 @@ public static class ChunkContainer
             TokenStart = tokenStart,
             Shape = new KvShape(layers, (int)tokens, heads, headDim),
             Authenticated = tagSize != 0,
+            LayerGroup = layered ? BinaryPrimitives.ReadInt32LittleEndian(container[108..]) : 0,
         };
     }
 
@@ -270,6 +361,13 @@ public static class ChunkContainer
             }
         }
 
+        CheckIdentity(header, expected);
+        return header;
+    }
+
+    /// <summary>Refuses a header whose key, model, position, shape or dtype is not the expected one.</summary>
+    internal static void CheckIdentity(in ChunkHeader header, in ChunkExpectation expected)
+    {
         if (header.Key != expected.Key)
         {
             throw Invalid("chunk key", 16, header.Key, $"expected {expected.Key} (another context, position or tenant)");
@@ -294,11 +392,9 @@ public static class ChunkContainer
         {
             throw Invalid("dtype", 12, header.DType.ToShortName(), $"expected {expected.DType.ToShortName()}");
         }
-
-        return header;
     }
 
-    private static void CheckRange(string field, int offset, long value, long min, long max)
+    internal static void CheckRange(string field, int offset, long value, long min, long max)
     {
         if (value < min || value > max)
         {
@@ -317,4 +413,15 @@ public static class ChunkContainer
 
     internal static InvalidKvDataException Invalid(string field, int offset, object value, string why) =>
         new($"KV chunk container: {field} at offset {offset} is {value}: {why}.");
+
+    /// <summary>Where a layer-addressable payload's layers lie: the shared prefix and each layer's end, grouped.</summary>
+    internal readonly ref struct LayerLayout(int groupLayers, int prefixLength, ReadOnlySpan<long> layerEnds)
+    {
+        /// <summary>Layers per group; 0: no layer table (version 1).</summary>
+        public int GroupLayers { get; } = groupLayers;
+
+        public int PrefixLength { get; } = prefixLength;
+
+        public ReadOnlySpan<long> LayerEnds { get; } = layerEnds;
+    }
 }

@@ -24,6 +24,12 @@ public readonly record struct ChunkHeader
     /// <summary>Whether the container carries a MAC tag (only a reader with the tenant's key can check it).</summary>
     public bool Authenticated { get; init; }
 
+    /// <summary>
+    /// Layers per group of a layer-addressable container (version 2, <see cref="ChunkLayerTable"/>), whose groups can be
+    /// read and verified apart; 0 for a container without a layer table.
+    /// </summary>
+    public int LayerGroup { get; init; }
+
     public override string ToString() =>
         $"{Codec.ToName()} level {Level}, {DType.ToShortName()}, tokens [{TokenStart}, {TokenStart + Shape.Tokens}), {Shape}, key {Key}, model {Model}{(Authenticated ? ", authenticated" : "")}";
 }

@@ -24,6 +24,16 @@ public interface IInferenceSession : IDisposable
     /// <summary>Computes one generated token at <paramref name="position"/> and writes the next token's logits.</summary>
     void Decode(int token, int position, Span<float> logits);
 
+    /// <summary>
+    /// Computes <paramref name="tokens"/> at positions [<paramref name="startPosition"/>, + length) through the lower
+    /// <paramref name="layers"/> layers only (on top of a cache whose positions [0, startPosition) are filled), writing
+    /// their KV; no logits. The positions count as filled once their upper layers are imported too
+    /// (<see cref="IKvCache.ImportLayers"/>), in either order; the result is then the same as a full prefill's.
+    /// Works where <see cref="IKvCache.SupportsLayerRanges"/> says so.
+    /// </summary>
+    void PrefillLowerLayers(ReadOnlySpan<int> tokens, int startPosition, int layers) =>
+        throw new NotSupportedException("This engine does not prefill a layer range.");
+
     /// <summary>Empties the cache.</summary>
     void Reset();
 }

@@ -41,4 +41,15 @@ public interface IKvCache
 
     /// <summary>Fills positions [<paramref name="start"/>, <paramref name="end"/>) from the wire layout in <paramref name="dtype"/>.</summary>
     void Import(int start, int end, DType dtype, ReadOnlySpan<byte> source);
+
+    /// <summary>Whether <see cref="ImportLayers"/> and a session's <see cref="IInferenceSession.PrefillLowerLayers"/> work on this engine.</summary>
+    bool SupportsLayerRanges => false;
+
+    /// <summary>
+    /// Writes the upper layers [<paramref name="layerStart"/>, <see cref="NumLayers"/>) of positions
+    /// [<paramref name="start"/>, <paramref name="end"/>) from the wire layout cut to those layers. The positions count as
+    /// filled once their lower layers are computed too (<see cref="IInferenceSession.PrefillLowerLayers"/>), in either order.
+    /// </summary>
+    void ImportLayers(int start, int end, int layerStart, DType dtype, ReadOnlySpan<byte> source) =>
+        throw new NotSupportedException("This engine's KV cache does not import layer ranges.");
 }

@@ -47,7 +47,15 @@ internal sealed class CpuTransformer
     /// logits of the last token (when <paramref name="allLogits"/> is false) or of every token ([n, vocab]); with empty
     /// <paramref name="logits"/> the step only fills the cache (no final norm or LM head). Positions [0, start) must be filled. n must not exceed the scratch's capacity.
     /// </summary>
-    public void Forward(ReadOnlySpan<int> tokens, int start, KvCache cache, ForwardScratch scratch, Span<float> logits, bool allLogits, IAttentionProbe? probe = null)
+    public void Forward(ReadOnlySpan<int> tokens, int start, KvCache cache, ForwardScratch scratch, Span<float> logits, bool allLogits, IAttentionProbe? probe = null) =>
+        Forward(tokens, start, cache, scratch, logits, allLogits, _layers.Length, probe);
+
+    /// <summary>
+    /// <see cref="Forward(ReadOnlySpan{int}, int, KvCache, ForwardScratch, Span{float}, bool, IAttentionProbe?)"/> through
+    /// the lower <paramref name="layers"/> layers only: below all of them the step writes those layers' K/V, marks them
+    /// computed (the positions are filled once their upper layers are imported) and computes no logits.
+    /// </summary>
+    public void Forward(ReadOnlySpan<int> tokens, int start, KvCache cache, ForwardScratch scratch, Span<float> logits, bool allLogits, int layers, IAttentionProbe? probe = null)
     {
         int n = tokens.Length;
         ModelConfig c = _config;
@@ -78,7 +86,7 @@ internal sealed class CpuTransformer
             Core.Numerics.FloatConversions.ToSingle(_embedding.DType, _embedding.Row(token), x.Slice(i * d, d));
         }
 
-        for (int l = 0; l < _layers.Length; l++)
+        for (int l = 0; l < layers; l++)
         {
             Layer layer = _layers[l];
             RmsNormRows(x, layer.InputNorm, normed, n, d);
@@ -105,6 +113,12 @@ internal sealed class CpuTransformer
             Kernels.SwiGlu(gate, up);
             MatMul.Multiply(gate, n, layer.DownProjection, projected, _pool, layer.DownBias);
             Add(x, projected);
+        }
+
+        if (layers < _layers.Length)
+        {
+            cache.MarkLowerLayers(start, start + n, layers);
+            return;
         }
 
         cache.MarkFilled(start, start + n);

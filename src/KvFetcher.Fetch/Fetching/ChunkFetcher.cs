@@ -225,7 +225,7 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                 return;
             }
 
-            slot.Reset(chunk, variant);
+            slot.Reset(chunk, variant, _strategy.LayerStartOf(chunk));
             _tried[chunk] = variant;
             if (!await TransferAsync(slot, stop).ConfigureAwait(false))
             {
@@ -258,7 +258,9 @@ internal sealed class ChunkFetcher : IAsyncDisposable
         Volatile.Write(ref slot.Transfer, transfer);
         try
         {
-            StoreRead read = await _store.GetAsync(_plan.ObjectKeyOf(slot.Chunk, slot.Variant), slot, ByteRange.All, transfer.Token).ConfigureAwait(false);
+            StoreRead read = slot.LayerStart == 0
+                ? await _store.GetAsync(_plan.ObjectKeyOf(slot.Chunk, slot.Variant), slot, ByteRange.All, transfer.Token).ConfigureAwait(false)
+                : await TransferLayersAsync(slot, transfer.Token).ConfigureAwait(false);
             if (!read.Found)
             {
                 FetchLog.ChunkMissing(_logger, slot.Chunk, slot.Variant);
@@ -302,11 +304,44 @@ internal sealed class ChunkFetcher : IAsyncDisposable
             FetchLog.ChunkCorrupt(_logger, slot.Chunk, slot.Variant, ex.Message, ex);
             return Failed(slot, FetchOutcome.Corrupt); // larger than any container of this chunk
         }
+        catch (InvalidKvDataException ex)
+        {
+            FetchLog.ChunkCorrupt(_logger, slot.Chunk, slot.Variant, ex.Message, ex);
+            return Failed(slot, FetchOutcome.Corrupt); // a layer range's head: malformed, corrupt, not layer-addressable or not this chunk's
+        }
+        catch (ArgumentOutOfRangeException ex)
+        {
+            FetchLog.ChunkCorrupt(_logger, slot.Chunk, slot.Variant, ex.Message, ex);
+            return Failed(slot, FetchOutcome.Corrupt); // stored in layer groups the split does not fall on
+        }
         finally
         {
             Volatile.Write(ref slot.Transfer, null);
             Interlocked.Decrement(ref _activeTransfers);
         }
+    }
+
+    /// <summary>
+    /// Reads the upper layers [<see cref="ChunkSlot.LayerStart"/>, layers) of a layer-addressable container into the slot
+    /// in two ranged reads: its head (header and layer table, checked against the chunk's expectation), then the bytes of
+    /// those layers' groups (checked by the decode stage). The whole object's length comes with the first read.
+    /// </summary>
+    private async Task<StoreRead> TransferLayersAsync(ChunkSlot slot, CancellationToken cancellationToken)
+    {
+        ObjectKey key = _plan.ObjectKeyOf(slot.Chunk, slot.Variant);
+        int headSize = ChunkLayerTable.HeadSizeOf(_plan.ChunkShape, _plan.LayerGroup);
+        StoreRead head = await _store.GetAsync(key, slot, new ByteRange(0, headSize), cancellationToken).ConfigureAwait(false);
+        if (!head.Found)
+        {
+            return head;
+        }
+
+        ChunkLayerTable table = ChunkLayerTable.ReadHead(slot.Container.Span, head.ObjectLength, _plan.Expectation(slot.Chunk));
+        (long offset, long length) = table.RangeOf(slot.LayerStart, _plan.ChunkShape.Layers);
+        slot.Table = table;
+        slot.HeadLength = (int)head.BytesWritten;
+        StoreRead layers = await _store.GetAsync(key, slot, new ByteRange(offset, length), cancellationToken).ConfigureAwait(false);
+        return layers with { BytesWritten = head.BytesWritten + layers.BytesWritten };
     }
 
     private void DecodeLoop()
@@ -321,7 +356,15 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                 bool decoded;
                 try
                 {
-                    slot.Decoded.Decode(slot.Container, _plan.Expectation(slot.Chunk), slot.Variant);
+                    if (slot.Table is { } table)
+                    {
+                        slot.Decoded.DecodeLayers(table, slot.Container[slot.HeadLength..], slot.LayerStart, slot.Variant);
+                    }
+                    else
+                    {
+                        slot.Decoded.Decode(slot.Container, _plan.Expectation(slot.Chunk), slot.Variant);
+                    }
+
                     decoded = true;
                 }
                 catch (ChunkAuthenticationException ex)
@@ -352,7 +395,12 @@ internal sealed class ChunkFetcher : IAsyncDisposable
 
                 double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
                 string variant = slot.Variant.ToString();
-                _rates.ObserveVariant(slot.Variant, slot.Container.Length, _plan.ChunkBytes, seconds, EngineBusy);
+                if (slot.LayerStart == 0)
+                {
+                    // A layer range is a part of a chunk: its size and decode time would skew the variant's per-chunk rates.
+                    _rates.ObserveVariant(slot.Variant, slot.Container.Length, _plan.ChunkBytes, seconds, EngineBusy);
+                }
+
                 _telemetry.Decoded(variant, seconds);
                 _timeline.Add(PrefillStage.Decode, slot.Chunk, variant, start);
 
@@ -384,7 +432,11 @@ internal sealed class ChunkFetcher : IAsyncDisposable
                     if (TryRestore(slot, first))
                     {
                         string variant = slot.Variant.ToString();
-                        _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy);
+                        if (slot.LayerStart == 0)
+                        {
+                            _rates.ObserveRestore(Stopwatch.GetElapsedTime(t0).TotalSeconds, EngineBusy);
+                        }
+
                         _timeline.Add(PrefillStage.Restore, chunk, variant, start);
                         _telemetry.Restored(variant, slot.Container.Length);
                         _outcomes[chunk] = FetchOutcome.Restored;
@@ -410,7 +462,15 @@ internal sealed class ChunkFetcher : IAsyncDisposable
     {
         try
         {
-            slot.Decoded.Restore(_cache, first, first + _plan.ChunkTokens);
+            if (slot.LayerStart > 0)
+            {
+                slot.Decoded.RestoreLayers(_cache, first, first + _plan.ChunkTokens, slot.LayerStart);
+            }
+            else
+            {
+                slot.Decoded.Restore(_cache, first, first + _plan.ChunkTokens);
+            }
+
             return true;
         }
         catch (Exception ex) when (ex is not OperationCanceledException)

@@ -23,6 +23,15 @@ internal sealed class ChunkSlot : IBufferWriter<byte>, IDisposable
 
     public KvVariant Variant { get; private set; }
 
+    /// <summary>The first layer fetched: 0 for the whole chunk, else the upper layers of a layer-addressable container.</summary>
+    public int LayerStart { get; private set; }
+
+    /// <summary>For a layer range: the container's checked head; its layers' bytes follow the head in <see cref="Container"/>.</summary>
+    public Core.Containers.ChunkLayerTable? Table { get; set; }
+
+    /// <summary>For a layer range: the bytes of the head before the layers' bytes in <see cref="Container"/>.</summary>
+    public int HeadLength { get; set; }
+
     /// <summary>The transfer running into this slot now, or null (published for <see cref="ChunkFetcher.Abandon"/>).</summary>
     public TransferHandle? Transfer;
 
@@ -31,10 +40,13 @@ internal sealed class ChunkSlot : IBufferWriter<byte>, IDisposable
     /// <summary>The chunk decoded, until it is restored.</summary>
     public IRestoreSlot Decoded { get; }
 
-    public void Reset(int chunk, KvVariant variant)
+    public void Reset(int chunk, KvVariant variant, int layerStart = 0)
     {
         Chunk = chunk;
         Variant = variant;
+        LayerStart = layerStart;
+        Table = null;
+        HeadLength = 0;
         _written = 0;
     }
 

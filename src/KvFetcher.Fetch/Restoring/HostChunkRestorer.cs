@@ -13,6 +13,8 @@ public sealed class HostChunkRestorer : IChunkRestorer
 
     public string Name => "cpu";
 
+    public bool SupportsLayerRanges => true;
+
     public IRestoreSlot CreateSlot(KvShape shape, DType dtype) => new Slot(checked((int)(shape.Elements * dtype.SizeOf())), dtype);
 
     /// <summary>A host buffer of one chunk's KV in the wire layout.</summary>
@@ -33,6 +35,19 @@ public sealed class HostChunkRestorer : IChunkRestorer
             variant.GetCodec().DecodeContainer(container.Span, expected, _kv.AsSpan(0, _bytes));
 
         public void Restore(IKvCache cache, int start, int end) => cache.Import(start, end, _dtype, _kv.AsSpan(0, _bytes));
+
+        public bool SupportsLayerRanges => true;
+
+        public void DecodeLayers(ChunkLayerTable table, ReadOnlyMemory<byte> layerBytes, int layerStart, KvVariant variant)
+        {
+            ArgumentNullException.ThrowIfNull(table);
+            variant.GetCodec().DecodeLayers(table, layerBytes.Span, layerStart, table.Header.Shape.Layers, _kv.AsSpan(0, UpperBytes(table.Header.Shape.Layers, layerStart)));
+        }
+
+        public void RestoreLayers(IKvCache cache, int start, int end, int layerStart) =>
+            cache.ImportLayers(start, end, layerStart, _dtype, _kv.AsSpan(0, UpperBytes(cache.NumLayers, layerStart)));
+
+        private int UpperBytes(int layers, int layerStart) => _bytes / layers * (layers - layerStart);
 
         public void Dispose()
         {

@@ -17,6 +17,9 @@ public interface IChunkRestorer
 
     /// <summary>Working state for one slot: chunks of <paramref name="shape"/> in <paramref name="dtype"/>.</summary>
     IRestoreSlot CreateSlot(KvShape shape, DType dtype);
+
+    /// <summary>Whether its slots decode and restore layer ranges (<see cref="IRestoreSlot.DecodeLayers"/>).</summary>
+    bool SupportsLayerRanges => false;
 }
 
 /// <summary>
@@ -34,4 +37,19 @@ public interface IRestoreSlot : IDisposable
 
     /// <summary>Writes the decoded chunk into <paramref name="cache"/> positions [<paramref name="start"/>, <paramref name="end"/>).</summary>
     void Restore(IKvCache cache, int start, int end);
+
+    /// <summary>Whether <see cref="DecodeLayers"/> and <see cref="RestoreLayers"/> work (layer-wise overlap).</summary>
+    bool SupportsLayerRanges => false;
+
+    /// <summary>
+    /// Decodes layers [<paramref name="layerStart"/>, layers) of a layer-addressable container from
+    /// <paramref name="layerBytes"/>, its bytes at <see cref="ChunkLayerTable.RangeOf"/> of its checked head
+    /// <paramref name="table"/>; throws <see cref="InvalidKvDataException"/> if a group's checksum fails.
+    /// </summary>
+    void DecodeLayers(ChunkLayerTable table, ReadOnlyMemory<byte> layerBytes, int layerStart, KvVariant variant) =>
+        throw new NotSupportedException("This restorer does not decode layer ranges.");
+
+    /// <summary>Writes the decoded upper layers into <paramref name="cache"/> positions [<paramref name="start"/>, <paramref name="end"/>) (<see cref="IKvCache.ImportLayers"/>).</summary>
+    void RestoreLayers(IKvCache cache, int start, int end, int layerStart) =>
+        throw new NotSupportedException("This restorer does not restore layer ranges.");
 }

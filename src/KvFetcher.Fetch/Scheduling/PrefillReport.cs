@@ -31,6 +31,15 @@ public sealed record PrefillReport
 
     public long BytesFetched { get; init; }
 
+    /// <summary>
+    /// The chunk split by layers (ours-layer: the engine computed its lower <see cref="SplitLayers"/> layers and the
+    /// fetcher restored the upper ones; it counts in <see cref="RestoredChunks"/>), or -1 when no chunk was.
+    /// </summary>
+    public int SplitChunk { get; init; } = -1;
+
+    /// <summary>The lower layers the engine computed of <see cref="SplitChunk"/>; 0 when no chunk was split.</summary>
+    public int SplitLayers { get; init; }
+
     /// <summary>The lookup failed (store down); everything was computed.</summary>
     public bool LookupFailed { get; init; }
 

@@ -44,6 +44,7 @@ internal sealed class PrefillRun : IAsyncDisposable
     private bool _suffixStarted;
     private int _next;
     private int _rangeEnd;
+    private int _lowerComputed = -1;
 
     private PrefillRun(RunContext context, IInferenceSession session, ContextPlan plan, Timeline timeline, Lookup lookup, ChunkStrategy? strategy, ChunkFetcher? fetcher)
     {
@@ -112,6 +113,8 @@ internal sealed class PrefillRun : IAsyncDisposable
             PrefillMode.FetchOnly => new FetchOnlyStrategy(board, ladder.Count > 1 ? choice : null),
             PrefillMode.Cake => new CakeStrategy(board),
             PrefillMode.Adaptive => new AdaptiveStrategy(board, context.Rates, choice, plan.ChunkTokens, context.SharedCores),
+            PrefillMode.LayerSplit => new LayerSplitStrategy(board, context.Rates, choice, plan.ChunkTokens, plan.ChunkShape.Layers,
+                groupLayers: plan.Mac is null && session.Cache.SupportsLayerRanges && context.Restorer.SupportsLayerRanges ? plan.LayerGroup : 0, context.SharedCores),
             _ => throw new ArgumentOutOfRangeException(nameof(mode), mode, "This mode fetches nothing."),
         };
         FetcherOptions fetcherOptions = pipelined ? context.Fetcher : context.Fetcher.Sequential;
@@ -137,6 +140,11 @@ internal sealed class PrefillRun : IAsyncDisposable
                     return;
                 case EngineStepKind.Wait:
                     await _strategy!.Board.WaitForChangeAsync(version, step.Recheck, cancellationToken).ConfigureAwait(false);
+                    break;
+                case EngineStepKind.ComputeLower:
+                    long start = Stopwatch.GetTimestamp();
+                    _session.PrefillLowerLayers(_plan.Tokens.AsSpan(step.Start, step.Count), step.Start, step.Layers);
+                    Computed(step, Stopwatch.GetElapsedTime(start));
                     break;
                 default:
                     long t0 = Stopwatch.GetTimestamp();
@@ -180,6 +188,16 @@ internal sealed class PrefillRun : IAsyncDisposable
             }
 
             ChunkState state = board!.StateOf(chunk);
+            int lowerLayers = _strategy!.SplitLayersOf(chunk);
+            if (lowerLayers > 0 && _lowerComputed != chunk && state is not (ChunkState.Failed or ChunkState.Computing)
+                && !(state == ChunkState.Pending && _strategy.IsStopped))
+            {
+                // Split by layers: the engine computes the lower layers whoever holds the chunk; the fetcher brings the
+                // upper ones (the positions are filled once both are in). Should the fetch fail, the chunk is computed whole.
+                board.SetEngineComputing(true);
+                return EngineStep.ComputeLower(chunk * chunkTokens, chunkTokens, lowerLayers);
+            }
+
             if (state == ChunkState.Filled)
             {
                 _chunk++;
@@ -243,6 +261,14 @@ internal sealed class PrefillRun : IAsyncDisposable
     /// </summary>
     public void Computed(EngineStep step, TimeSpan elapsed)
     {
+        if (step.Kind == EngineStepKind.ComputeLower)
+        {
+            _lowerComputed = step.Start / _plan.ChunkTokens;
+            _timeline.Add(PrefillStage.Compute, _lowerComputed, null, _timeline.Now - elapsed);
+            _strategy!.Board.SetEngineComputing(false);
+            return;
+        }
+
         if (step.Kind != EngineStepKind.Compute || step.Start != _next)
         {
             throw new InvalidOperationException($"Computed tokens [{step.Start}, {step.Start + step.Count}) but the engine is at {_next}.");
@@ -379,6 +405,8 @@ internal sealed class PrefillRun : IAsyncDisposable
             ReusedTokens = RestoredChunks * _plan.ChunkTokens,
             ComputedTokens = _plan.Tokens.Length - (RestoredChunks * _plan.ChunkTokens),
             BytesFetched = BytesFetched,
+            SplitChunk = SplitRestored() ? _lowerComputed : -1,
+            SplitLayers = SplitRestored() ? _strategy!.SplitLayersOf(_lowerComputed) : 0,
             LookupFailed = LookupFailed,
             TimeToFirstToken = timeToFirstToken,
             FirstToken = firstToken,
@@ -417,6 +445,9 @@ internal sealed class PrefillRun : IAsyncDisposable
             Timeline = _timeline.ToArray(),
         };
     }
+
+    /// <summary>Whether a chunk was split by layers: the engine computed its lower layers and the fetcher restored the upper ones.</summary>
+    private bool SplitRestored() => _lowerComputed >= 0 && OutcomeOf(_lowerComputed).Outcome == FetchOutcome.Restored;
 
     /// <summary>Stored chunks whose fetch failed, by reason (see <see cref="ReuseTelemetry.ReasonOf"/>).</summary>
     private Dictionary<string, int> FallbackReasons()

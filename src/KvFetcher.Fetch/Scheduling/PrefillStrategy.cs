@@ -17,6 +17,12 @@ public enum PrefillMode
     /// and the engine computing a chunk itself instead of waiting when that is predicted faster.
     /// </summary>
     Adaptive,
+
+    /// <summary>
+    /// Ours with layer-wise overlap: the meeting point predicted from measured rates as a chunk and a layer split of it
+    /// (the engine computes its lower layers while the fetcher brings its upper ones), lossless layer-addressable variants.
+    /// </summary>
+    LayerSplit,
 }
 
 /// <summary>A prefill strategy: the mode, the variant for fixed-variant modes, and whether fetching is pipelined.</summary>
@@ -26,11 +32,13 @@ public sealed record PrefillStrategy(PrefillMode Mode, KvVariant? Variant = null
 
     public static PrefillStrategy Adaptive { get; } = new(PrefillMode.Adaptive);
 
+    public static PrefillStrategy LayerSplit { get; } = new(PrefillMode.LayerSplit);
+
     public static PrefillStrategy FetchOnly(KvVariant variant, bool pipelined = true) => new(PrefillMode.FetchOnly, variant, pipelined);
 
     public static PrefillStrategy Cake(KvVariant variant) => new(PrefillMode.Cake, variant);
 
-    /// <summary>Parses <c>compute</c>, <c>ours</c>, <c>cake-raw</c>, <c>fetch-video8</c>, <c>fetch-raw-seq</c>.</summary>
+    /// <summary>Parses <c>compute</c>, <c>ours</c>, <c>ours-layer</c>, <c>cake-raw</c>, <c>fetch-video8</c>, <c>fetch-raw-seq</c>.</summary>
     public static PrefillStrategy Parse(string text)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(text);
@@ -42,6 +50,11 @@ public sealed record PrefillStrategy(PrefillMode Mode, KvVariant? Variant = null
         if (text is "ours" or "adaptive")
         {
             return Adaptive;
+        }
+
+        if (text is "ours-layer")
+        {
+            return LayerSplit;
         }
 
         if (text.StartsWith("cake-", StringComparison.Ordinal))
@@ -56,13 +69,14 @@ public sealed record PrefillStrategy(PrefillMode Mode, KvVariant? Variant = null
             return FetchOnly(KvVariant.Parse(variant), !sequential);
         }
 
-        throw new ArgumentException($"Unknown strategy '{text}': compute, ours, cake-VARIANT, fetch-VARIANT or fetch-VARIANT-seq (VARIANT: raw, exact, cachegen0, video8, ...).", nameof(text));
+        throw new ArgumentException($"Unknown strategy '{text}': compute, ours, ours-layer, cake-VARIANT, fetch-VARIANT or fetch-VARIANT-seq (VARIANT: raw, exact, cachegen0, video8, ...).", nameof(text));
     }
 
     public override string ToString() => Mode switch
     {
         PrefillMode.ComputeOnly => "compute",
         PrefillMode.Adaptive => "ours",
+        PrefillMode.LayerSplit => "ours-layer",
         PrefillMode.Cake => $"cake-{Variant}",
         _ => Pipelined ? $"fetch-{Variant}" : $"fetch-{Variant}-seq",
     };

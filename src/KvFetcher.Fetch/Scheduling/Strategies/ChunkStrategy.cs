@@ -64,6 +64,15 @@ internal abstract class ChunkStrategy(ChunkBoard board)
         };
     }
 
+    /// <summary>
+    /// Engine side: how many lower layers of <paramref name="chunk"/> the engine computes while the fetcher brings the
+    /// upper ones (0: the chunk is not split by layers; it is computed or fetched whole).
+    /// </summary>
+    public virtual int SplitLayersOf(int chunk) => 0;
+
+    /// <summary>Fetch side: the first layer the fetcher brings of <paramref name="chunk"/> (0: the whole chunk).</summary>
+    public virtual int LayerStartOf(int chunk) => 0;
+
     /// <summary>Engine side: the engine took <paramref name="chunk"/> and the rest back (after <see cref="EngineMove.TakeBackRest"/>).</summary>
     public virtual void TookBack(int chunk, int restored)
     {
