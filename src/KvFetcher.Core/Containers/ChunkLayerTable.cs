@@ -228,9 +228,14 @@ public sealed class ChunkLayerTable
         return (layerStart / GroupLayers, GroupCount(layerEnd, GroupLayers));
     }
 
-    private void CheckGroup(int group, ReadOnlySpan<byte> bytes)
+    /// <summary>Where group <paramref name="group"/>'s bytes lie in the payload: [Start, End).</summary>
+    internal (long Start, long End) GroupBounds(int group) => (group == 0 ? _prefix.Length : _ends[group - 1], _ends[group]);
+
+    private void CheckGroup(int group, ReadOnlySpan<byte> bytes) => CheckGroupHash(group, XxHash3.HashToUInt64(bytes));
+
+    /// <summary>Refuses group <paramref name="group"/> unless its bytes hashed to <paramref name="actual"/> match its checksum.</summary>
+    internal void CheckGroupHash(int group, ulong actual)
     {
-        ulong actual = XxHash3.HashToUInt64(bytes);
         if (actual != _hashes[group])
         {
             throw ChunkContainer.Invalid($"checksum of layer group {group}", EntriesOffset + (16 * group) + 8, $"{_hashes[group]:x16}", $"its bytes hash to {actual:x16} (corrupt)");

@@ -6,17 +6,23 @@ namespace KvFetcher.Core.Containers;
 /// <summary>
 /// Verifies a container of a known length whose bytes pass through in order, slice by slice (a server sending an
 /// object while it reads it): every header check as soon as the first <see cref="ChunkContainer.HeaderSize"/> bytes
-/// have passed, the checksum once the last byte has. The same checks as <see cref="ChunkContainer.IsIntact"/>, without
-/// holding the container: a reader that sends bytes before <see cref="Complete"/> must treat a failure there as a
+/// have passed, a layer-addressable container's table (head checksum, payload prefix, each layer group's checksum) as
+/// its bytes pass, the checksum once the last byte has. The same checks as <see cref="ChunkContainer.IsIntact"/>,
+/// without holding the container: a reader that sends bytes before <see cref="Complete"/> must treat a failure there as a
 /// torn object (abort what it sent), never as a good one.
 /// </summary>
 public sealed class ContainerStreamCheck
 {
     private readonly XxHash3 _hash = new();
-    private readonly byte[] _head = new byte[ChunkContainer.HeaderSize];
+    private byte[] _head = new byte[ChunkContainer.HeaderSize];
     private readonly byte[] _stored = new byte[ChunkContainer.ChecksumSize];
     private readonly long _bodyEnd;
     private long _seen;
+
+    /// <summary>A layer-addressable container's table, once its head has passed; and the group being hashed.</summary>
+    private ChunkLayerTable? _table;
+    private XxHash3? _groupHash;
+    private int _group;
 
     /// <exception cref="InvalidKvDataException"><paramref name="length"/> is shorter than any container.</exception>
     public ContainerStreamCheck(long length)
@@ -46,14 +52,14 @@ public sealed class ContainerStreamCheck
             throw ChunkContainer.Invalid("length", 0, _seen + slice.Length, $"more bytes than the {Length} announced");
         }
 
-        if (_seen < ChunkContainer.HeaderSize)
+        if (_seen < _head.Length)
         {
-            int headBytes = (int)Math.Min(slice.Length, ChunkContainer.HeaderSize - _seen);
-            slice[..headBytes].CopyTo(_head.AsSpan((int)_seen));
-            if (_seen + headBytes == ChunkContainer.HeaderSize)
-            {
-                Header = ChunkContainer.ReadHeader(_head, Length);
-            }
+            TakeHead(slice, _seen);
+        }
+
+        if (_table is { } table)
+        {
+            CheckPayload(table, slice);
         }
 
         // Every byte before the checksum is hashed; the checksum's own bytes are kept to compare.
@@ -65,6 +71,82 @@ public sealed class ContainerStreamCheck
         }
 
         _seen += slice.Length;
+    }
+
+    /// <summary>
+    /// Collects the head from <paramref name="slice"/> (at container offset <paramref name="at"/>): the header, checked
+    /// when its last byte is in and grown to hold the layer table when the header says there is one; then the table,
+    /// checked when complete.
+    /// </summary>
+    private void TakeHead(ReadOnlySpan<byte> slice, long at)
+    {
+        while (!slice.IsEmpty && at < _head.Length)
+        {
+            int n = (int)Math.Min(slice.Length, _head.Length - at);
+            slice[..n].CopyTo(_head.AsSpan((int)at));
+            slice = slice[n..];
+            at += n;
+            if (at < _head.Length)
+            {
+                return;
+            }
+
+            if (Header is not { } header)
+            {
+                header = ChunkContainer.ReadHeader(_head, Length);
+                Header = header;
+                if (header.LayerGroup > 0)
+                {
+                    byte[] head = new byte[ChunkLayerTable.HeadSizeOf(header.Shape, header.LayerGroup)];
+                    _head.CopyTo(head, 0);
+                    _head = head;
+                }
+            }
+            else
+            {
+                _table = ChunkLayerTable.Parse(_head, header, ParametersLength(), PayloadLength());
+            }
+        }
+    }
+
+    private long ParametersLength() => BinaryPrimitives.ReadInt64LittleEndian(_head.AsSpan(112));
+
+    private long PayloadLength() => BinaryPrimitives.ReadInt64LittleEndian(_head.AsSpan(120));
+
+    /// <summary>The payload bytes of <paramref name="slice"/> (at container offset <c>_seen</c>): the prefix compared, each layer group hashed and checked at its end.</summary>
+    private void CheckPayload(ChunkLayerTable table, ReadOnlySpan<byte> slice)
+    {
+        long from = Math.Max(_seen, table.PayloadStart);
+        long to = Math.Min(_seen + slice.Length, table.PayloadStart + table.PayloadLength);
+        for (long at = from; at < to;)
+        {
+            long payloadAt = at - table.PayloadStart;
+            ReadOnlySpan<byte> bytes = slice.Slice((int)(at - _seen), (int)(to - at));
+            ReadOnlySpan<byte> prefix = table.Prefix;
+            if (payloadAt < prefix.Length)
+            {
+                int n = (int)Math.Min(bytes.Length, prefix.Length - payloadAt);
+                if (!bytes[..n].SequenceEqual(prefix.Slice((int)payloadAt, n)))
+                {
+                    throw ChunkContainer.Invalid("payload prefix", ChunkContainer.HeaderSize + 8, Convert.ToHexString(prefix), "the payload starts otherwise");
+                }
+
+                at += n;
+                continue;
+            }
+
+            (_, long groupEnd) = table.GroupBounds(_group);
+            int take = (int)Math.Min(bytes.Length, groupEnd - payloadAt);
+            _groupHash ??= new XxHash3();
+            _groupHash.Append(bytes[..take]);
+            at += take;
+            if (payloadAt + take == groupEnd)
+            {
+                table.CheckGroupHash(_group, _groupHash.GetCurrentHashAsUInt64());
+                _groupHash.Reset();
+                _group++;
+            }
+        }
     }
 
     /// <summary>Whether every byte has passed.</summary>

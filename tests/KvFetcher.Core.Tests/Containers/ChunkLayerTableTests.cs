@@ -117,6 +117,65 @@ public class ChunkLayerTableTests
         Assert.Throws<InvalidKvDataException>(() => table.Verify(1, 2, container.AsSpan((int)offset, (int)length)));
     }
 
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(1, 7)]
+    [InlineData(2, 130)]
+    [InlineData(2, 1 << 20)]
+    public void StreamCheck_LayeredContainerAnySlicing_AgreesWithTheWholeRead(int groupLayers, int slice)
+    {
+        byte[] container = Write(groupLayers);
+        var check = new ContainerStreamCheck(container.Length);
+        for (int at = 0; at < container.Length; at += slice)
+        {
+            check.Append(container.AsSpan(at, Math.Min(slice, container.Length - at)));
+        }
+
+        check.Complete();
+        Assert.Equal(ChunkContainer.Read(container, out _, out _), check.Header);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(64)]
+    public void StreamCheck_TableThatLiesWithValidChecksums_RefusedBeforeTheEnd(int slice)
+    {
+        // As the whole read refuses it (above), so must a server that checks an object while it streams it.
+        byte[] container = Write(1);
+        int entry = ChunkContainer.HeaderSize + 16 + 16 + 8; // group 1's checksum
+        container[entry] ^= 0xFF;
+        int headEnd = ChunkContainer.HeaderSize + ChunkLayerTable.SizeOf(s_shape.Layers, 1) - 8;
+        BinaryPrimitives.WriteUInt64LittleEndian(container.AsSpan(headEnd), XxHash3.HashToUInt64(container.AsSpan(0, headEnd)));
+        BinaryPrimitives.WriteUInt64LittleEndian(container.AsSpan(container.Length - 8), XxHash3.HashToUInt64(container.AsSpan(0, container.Length - 8)));
+        var check = new ContainerStreamCheck(container.Length);
+
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() =>
+        {
+            for (int at = 0; at < container.Length; at += slice)
+            {
+                check.Append(container.AsSpan(at, Math.Min(slice, container.Length - at)));
+            }
+        });
+
+        Assert.Contains("layer group 1", ex.Message, StringComparison.Ordinal);
+        Assert.False(check.IsComplete);
+    }
+
+    [Fact]
+    public void StreamCheck_PayloadPrefixChanged_Refused()
+    {
+        byte[] container = Write(1);
+        ChunkLayerTable table = ChunkLayerTable.ReadHead(container, container.Length, Expected);
+        container[(int)table.PayloadStart] ^= 0x01; // the prefix every range shares, outside every group's checksum
+        BinaryPrimitives.WriteUInt64LittleEndian(container.AsSpan(container.Length - 8), XxHash3.HashToUInt64(container.AsSpan(0, container.Length - 8)));
+        var check = new ContainerStreamCheck(container.Length);
+
+        InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => check.Append(container));
+
+        Assert.Contains("payload prefix", ex.Message, StringComparison.Ordinal);
+        Assert.False(ChunkContainer.IsIntact(container));
+    }
+
     [Fact]
     public void ReadHead_OtherChunkVersionOneOrMacReader_Refused()
     {
