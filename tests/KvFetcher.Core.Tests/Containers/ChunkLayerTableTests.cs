@@ -103,12 +103,7 @@ public class ChunkLayerTableTests
     public void Read_TableThatLiesWithValidChecksums_Refused()
     {
         // A writer whose table does not describe its payload (checksums recomputed over the lie) is caught by a whole read.
-        byte[] container = Write(1);
-        int entry = ChunkContainer.HeaderSize + 16 + 16 + 8; // group 1's checksum
-        container[entry] ^= 0xFF;
-        int headEnd = ChunkContainer.HeaderSize + ChunkLayerTable.SizeOf(s_shape.Layers, 1) - 8;
-        BinaryPrimitives.WriteUInt64LittleEndian(container.AsSpan(headEnd), XxHash3.HashToUInt64(container.AsSpan(0, headEnd)));
-        BinaryPrimitives.WriteUInt64LittleEndian(container.AsSpan(container.Length - 8), XxHash3.HashToUInt64(container.AsSpan(0, container.Length - 8)));
+        byte[] container = TableThatLies();
 
         InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() => ChunkContainer.Read(container, out _, out _));
         Assert.Contains("layer group 1", ex.Message, StringComparison.Ordinal);
@@ -141,12 +136,7 @@ public class ChunkLayerTableTests
     public void StreamCheck_TableThatLiesWithValidChecksums_RefusedBeforeTheEnd(int slice)
     {
         // As the whole read refuses it (above), so must a server that checks an object while it streams it.
-        byte[] container = Write(1);
-        int entry = ChunkContainer.HeaderSize + 16 + 16 + 8; // group 1's checksum
-        container[entry] ^= 0xFF;
-        int headEnd = ChunkContainer.HeaderSize + ChunkLayerTable.SizeOf(s_shape.Layers, 1) - 8;
-        BinaryPrimitives.WriteUInt64LittleEndian(container.AsSpan(headEnd), XxHash3.HashToUInt64(container.AsSpan(0, headEnd)));
-        BinaryPrimitives.WriteUInt64LittleEndian(container.AsSpan(container.Length - 8), XxHash3.HashToUInt64(container.AsSpan(0, container.Length - 8)));
+        byte[] container = TableThatLies();
         var check = new ContainerStreamCheck(container.Length);
 
         InvalidKvDataException ex = Assert.Throws<InvalidKvDataException>(() =>
@@ -214,6 +204,18 @@ public class ChunkLayerTableTests
         decreasing[2] = 1;
         Assert.Throws<ArgumentException>(() => ChunkContainer.WriteLayered(s_header, [], s_payload, Prefix, decreasing, 1, output));
         Assert.Throws<ArgumentOutOfRangeException>(() => ChunkContainer.WriteLayered(s_header, [], s_payload, 9, s_layerEnds, 1, output));
+    }
+
+    /// <summary>A container whose group 1 checksum in the table is wrong, with the head and whole checksums recomputed over the lie.</summary>
+    private static byte[] TableThatLies()
+    {
+        byte[] container = Write(1);
+        int entry = ChunkContainer.HeaderSize + 16 + 16 + 8; // group 1's checksum
+        container[entry] ^= 0xFF;
+        int headEnd = ChunkContainer.HeaderSize + ChunkLayerTable.SizeOf(s_shape.Layers, 1) - 8;
+        BinaryPrimitives.WriteUInt64LittleEndian(container.AsSpan(headEnd), XxHash3.HashToUInt64(container.AsSpan(0, headEnd)));
+        BinaryPrimitives.WriteUInt64LittleEndian(container.AsSpan(container.Length - 8), XxHash3.HashToUInt64(container.AsSpan(0, container.Length - 8)));
+        return container;
     }
 
     private static byte[] Write(int groupLayers)
