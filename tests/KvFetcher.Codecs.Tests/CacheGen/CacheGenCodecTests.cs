@@ -182,30 +182,7 @@ public class CacheGenCodecTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void EncodeDecode_WarmedUp_AllocateNothingPerChunk()
-    {
-        (byte[] kv, KvShape shape) = RealKv.Chunk(0, 64, DType.BFloat16);
-        var parameters = new ArrayBufferWriter<byte>(1 << 16);
-        var payload = new ArrayBufferWriter<byte>(1 << 20);
-        var decoded = new byte[kv.Length];
-        using var noGc = new KvFetcher.Tests.NoGcRegion();
-        s_codec.Encode(kv, shape, DType.BFloat16, 0, 0, parameters, payload);
-        s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.BFloat16, 0, 0, decoded);
-
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 3; i++)
-        {
-            parameters.ResetWrittenCount();
-            payload.ResetWrittenCount();
-            s_codec.Encode(kv, shape, DType.BFloat16, 0, 0, parameters, payload);
-            s_codec.Decode(parameters.WrittenSpan, payload.WrittenSpan, shape, DType.BFloat16, 0, 0, decoded);
-        }
-
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-
-        // Pool rentals only; a stray allocation per token or per plane would cost far more than this slack.
-        Assert.True(allocated < 1024, $"{allocated} bytes allocated by 3 warmed-up encode + decode calls");
-    }
+    public void EncodeDecode_WarmedUp_AllocateNothingPerChunk() => CodecAllocations.AssertWarmedUpAllocatesNothing(s_codec);
 
     [Fact]
     public void Encode_NonFiniteValue_ThrowsArgumentException()
