@@ -285,9 +285,11 @@ public sealed partial class DiskKvStore : IKvStore
                 writer.Commit();
                 return;
             }
-            catch (KvStoreException ex) when (IsOutOfSpace(ex))
+            catch (KvStoreException ex) when (ex is not KvStoreFullException && IsOutOfSpace(ex))
             {
-                // Each round frees at least the object's size or everything evictable, so the loop ends.
+                // (A KvStoreFullException comes from the writer's allocation, which has already evicted everything it
+                // could: it passes through as it is.) Each round frees at least the object's size or everything
+                // evictable, so the loop ends.
                 if (EvictForSpace(data.Length) == 0)
                 {
                     throw new KvStoreFullException(

@@ -96,6 +96,9 @@ public sealed class DiskKvStoreFullDiskTests
         KvStoreFullException full = await Assert.ThrowsAsync<KvStoreFullException>(async () => await store.PutAsync(big, TestObjects.Container(big, 2 * Payload, 1), Ct));
 
         Assert.Contains("no space left", full.Message, StringComparison.Ordinal);
+        // One refusal, not a refusal wrapped in another: the cause underneath is the filesystem's own error.
+        Assert.IsType<IOException>(full.InnerException, exactMatch: false);
+        Assert.IsNotType<KvStoreFullException>(full.InnerException);
         Assert.Empty(Directory.GetFiles(Path.Combine(fs.Path, "store", "tmp")));
         Assert.Equal(0, (await store.GetStatsAsync(Ct)).UsedBytes);
         ObjectKey small = TestObjects.KeyFor("fits");
