@@ -107,8 +107,9 @@ public sealed class CudaLanguageModel : IInferenceModel
     /// <summary>The tokenizer (a model with random weights has none).</summary>
     public TextTokenizer Tokenizer => Loaded.Tokenizer;
 
-    /// <summary>The model directory (a model with random weights has none).</summary>
-    public string Directory => Loaded.Directory;
+    /// <summary>The model directory; empty for a model with random weights, which has none (callers that look for
+    /// files next to the model, such as a calibration profile, then find none).</summary>
+    public string Directory => _loaded?.Directory ?? "";
 
     /// <summary>
     /// The model's identity in chunk keys and containers: the same as the CPU engine's for a checkpoint; for random

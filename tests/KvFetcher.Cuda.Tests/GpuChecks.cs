@@ -32,7 +32,7 @@ internal static class GpuChecks
     /// <summary>
     /// Max |logit difference| between the tensor-core and CUDA-core attention kernels with a bf16 cache: the fp16
     /// cache's bound (<see cref="Bf16LogitTolerance"/>) times 8, as bf16 keeps three mantissa bits fewer than fp16 for
-    /// the rounded Q and P (measured on the H100: 9.8e-2 on the bundled model, 2.9e-2 on tiny-llama3-rope; fp16 1.2e-2).
+    /// the rounded Q and P (measured on the H100: 9.8e-2 on the 8-layer kvf-pydoc-16m, 2.9e-2 on tiny-llama3-rope; fp16 1.2e-2; deeper models: <see cref="DepthScaled"/>).
     /// </summary>
     public const float Bf16KvAttentionTolerance = 8 * Bf16LogitTolerance;
 
@@ -44,6 +44,13 @@ internal static class GpuChecks
 
     /// <summary>Max |logit difference| between chunked and one-shot prefill on the GPU in fp32.</summary>
     public const float ChunkingTolerance = 1e-4f;
+
+    /// <summary>
+    /// A kernel-against-kernel bound measured on 8-layer models, for a model of <paramref name="layers"/> layers: the
+    /// rounding differences of independent layers add like a random walk, so the bound grows with the square root of
+    /// the depth (measured on the H100 with kvf-code-32l, 32 layers: 1.9x to 2.3x the 8-layer model's differences).
+    /// </summary>
+    public static float DepthScaled(float tolerance, int layers) => tolerance * MathF.Sqrt(Math.Max(1f, layers / 8f));
 
     public static string Format(float value) => value.ToString("E3", CultureInfo.InvariantCulture);
 
@@ -364,7 +371,7 @@ internal static class GpuChecks
         int[] a = Continue(oneShotSession, n, ArgMax(oneShot.AsSpan((n - 1) * vocab, vocab)), 8);
         int[] b = Continue(chunkedSession, n, ArgMax(chunked.AsSpan((n - 1) * vocab, vocab)), 8);
         bool sameContinuation = a.AsSpan().SequenceEqual(b);
-        float tolerance = kvStorage == DType.BFloat16 ? Bf16KvAttentionTolerance : Bf16LogitTolerance;
+        float tolerance = DepthScaled(kvStorage == DType.BFloat16 ? Bf16KvAttentionTolerance : Bf16LogitTolerance, flash.Config.NumLayers);
         return new CheckResult(
             label,
             finite && oneShotWorst <= tolerance && chunkedWorst <= tolerance && sameContinuation,
@@ -373,8 +380,8 @@ internal static class GpuChecks
 
     /// <summary>
     /// The split-K decode kernel against the CUDA-core reference kernel on the same model (fp32 products, a 16-bit
-    /// cache): a 1,000-token prompt (the model's window where it has one), then 24 decode steps fed the same tokens on
-    /// both; every step's logits within <see cref="ChunkingTolerance"/> (both kernels compute in fp32 and differ only
+    /// cache): a 1,000-token prompt (the model's window where it has one) prefilled once and its cache copied to both,
+    /// then 24 decode steps fed the same tokens on both; every step's logits within <see cref="ChunkingTolerance"/> (both kernels compute in fp32 and differ only
     /// in the order of their sums) and the same greedy choices.
     /// </summary>
     public static CheckResult DecodeVersusCudaCores(string name, DType kvStorage)
@@ -408,8 +415,14 @@ internal static class GpuChecks
         using CudaSession plainSession = plain.CreateSession(n + Steps);
         var fastLogits = new float[vocab];
         var plainLogits = new float[vocab];
-        fastSession.Prefill(prompt, 0, fastLogits);
+        // Both decode from the same cache: the prompt's KV of the CUDA-core prefill, copied bit for bit (the prefill's
+        // own attention kernel differs between the two settings, and its differences would compound over a deep
+        // model's layers before the first decode step).
         plainSession.Prefill(prompt, 0, plainLogits);
+        byte[] promptKv = new byte[plainSession.Cache.GetExportByteCount(n, kvStorage)];
+        plainSession.Cache.Export(0, n, kvStorage, promptKv);
+        fastSession.Cache.Import(0, n, kvStorage, promptKv);
+        plainLogits.CopyTo(fastLogits.AsSpan());
         float worst = 0;
         int sameChoices = 0;
         for (int step = 0; step < Steps; step++)
@@ -421,10 +434,11 @@ internal static class GpuChecks
             worst = MathF.Max(worst, MaxDifference(fastLogits, plainLogits));
         }
 
+        float tolerance = DepthScaled(ChunkingTolerance, fast.Config.NumLayers);
         return new CheckResult(
             label,
-            float.IsFinite(worst) && worst <= ChunkingTolerance && sameChoices == Steps,
-            $"{n}-token prompt + {Steps} decode steps, fp32 products: max |logit diff| to the CUDA-core kernel {Format(worst)} (tolerance {Format(ChunkingTolerance)}), same greedy choice {sameChoices}/{Steps}");
+            float.IsFinite(worst) && worst <= tolerance && sameChoices == Steps,
+            $"{n}-token prompt + {Steps} decode steps, fp32 products: max |logit diff| to the CUDA-core kernel {Format(worst)} (tolerance {Format(tolerance)}), same greedy choice {sameChoices}/{Steps}");
     }
 
     /// <summary>
@@ -438,10 +452,11 @@ internal static class GpuChecks
             Context = GpuModels.Context, MatmulPrecision = CudaMatmulPrecision.Stored, KvStorageDType = kvStorage, Attention = CudaAttentionKernel.TensorCores,
         });
         (float worst, string perPrompt) = FixtureLogitDifferences(model, name);
+        float tolerance = DepthScaled(RoundedActivationLogitTolerance, model.Config.NumLayers);
         return new CheckResult(
             $"logits {name} Stored, {kvStorage.ToShortName()} KV, attention on {(model.UsesTensorCoreAttention ? "tensor cores" : "CUDA cores")}",
-            worst <= RoundedActivationLogitTolerance,
-            $"max |logit diff| {Format(worst)} (tolerance {Format(RoundedActivationLogitTolerance)}); {perPrompt}");
+            worst <= tolerance,
+            $"max |logit diff| {Format(worst)} (tolerance {Format(tolerance)}); {perPrompt}");
     }
 
     /// <summary>

@@ -16,7 +16,7 @@ public interface IInferenceModel : IDisposable
 
     TextTokenizer Tokenizer { get; }
 
-    /// <summary>The model directory.</summary>
+    /// <summary>The model directory; empty when the model was not loaded from one (random weights).</summary>
     string Directory { get; }
 
     /// <summary>The model's identity in chunk keys and containers.</summary>
