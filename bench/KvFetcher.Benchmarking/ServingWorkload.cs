@@ -44,7 +44,8 @@ public sealed record ServingWorkloadOptions
 
     /// <summary>
     /// What runs at each point: <c>off</c> (reuse switched off: every prompt computed), <c>fetch</c> (the waiting queue),
-    /// <c>cake</c> and <c>ours</c> (compute and fetch together in the engine's iterations).
+    /// <c>cake</c>, <c>ours</c> and <c>ours-layer</c> (compute and fetch together in the engine's iterations; ours-layer
+    /// also splits the meeting chunk by layers).
     /// </summary>
     public IReadOnlyList<string> Strategies { get; init; } = ["off", "fetch", "cake", "ours"];
 

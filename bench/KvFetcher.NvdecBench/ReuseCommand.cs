@@ -28,7 +28,7 @@ namespace KvFetcher.NvdecBench;
 /// </summary>
 internal static class ReuseCommand
 {
-    private static readonly string[] Strategies = ["compute", "fetch-raw", "fetch-cachegen0", "fetch-video8", "cake-raw", "ours"];
+    private static readonly string[] Strategies = ["compute", "fetch-raw", "fetch-cachegen0", "fetch-video8", "cake-raw", "ours", "ours-layer"];
 
     private static readonly string[] CheckedVariants = ["raw", "exact", "cachegen0", "cachegen2", "video12", "video10", "video8", "video6", "video4"];
 
@@ -366,6 +366,7 @@ internal static class ReuseCommand
             Rates = [.. Args.Ints(args, "--serving-rates", [4, 8]).Select(r => (double)r)],
             Gbps = [.. Args.Ints(args, "--serving-gbps", [1, 4, 16]).Select(g => (double)g)],
             Requests = Args.Int(args, "--serving-requests", 32),
+            Strategies = ["off", "fetch", "cake", "ours", "ours-layer"],
             Restorer = big.Restorer,
             Log = Console.WriteLine,
         });

@@ -38,6 +38,9 @@ public sealed class GpuChunkRestorer : IChunkRestorer
 
     public IRestoreSlot CreateSlot(KvShape shape, DType dtype) => new Slot(this, shape, dtype);
 
+    /// <summary>Layer ranges (ours-layer) are read only from layer-addressable codecs (raw, exact), which decode on the CPU.</summary>
+    public bool SupportsLayerRanges => true;
+
     /// <summary>Picks the decoder for each chunk's codec; restores with the one that decoded it.</summary>
     private sealed class Slot : IRestoreSlot
     {
@@ -77,6 +80,18 @@ public sealed class GpuChunkRestorer : IChunkRestorer
 
             _decoded.Restore(cache, start, end);
         }
+
+        public bool SupportsLayerRanges => true;
+
+        public void DecodeLayers(ChunkLayerTable table, ReadOnlyMemory<byte> layerBytes, int layerStart, KvVariant variant)
+        {
+            _decoded = null;
+            _host.DecodeLayers(table, layerBytes, layerStart, variant);
+            _decoded = _host;
+        }
+
+        public void RestoreLayers(IKvCache cache, int start, int end, int layerStart) =>
+            (_decoded ?? throw new InvalidOperationException("No chunk was decoded into this slot.")).RestoreLayers(cache, start, end, layerStart);
 
         public void Dispose()
         {

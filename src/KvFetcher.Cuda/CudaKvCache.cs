@@ -137,6 +137,60 @@ public sealed unsafe class CudaKvCache : KvCacheBase, IDisposable
         MarkFilled(start, end);
     }
 
+    public override bool SupportsLayerRanges => true;
+
+    /// <summary>
+    /// Writes the upper layers [<paramref name="layerStart"/>, <see cref="KvCacheBase.NumLayers"/>) of positions
+    /// [<paramref name="start"/>, <paramref name="end"/>) from <paramref name="source"/>, the documented layout cut to
+    /// those layers, rounding to <see cref="KvCacheBase.StorageDType"/> as <see cref="Import(int, int, DType, ReadOnlySpan{byte})"/>
+    /// does; the positions are filled once their lower layers are computed too
+    /// (<see cref="IInferenceSession.PrefillLowerLayers"/>), in either order and from either thread.
+    /// </summary>
+    public override void ImportLayers(int start, int end, int layerStart, DType dtype, ReadOnlySpan<byte> source)
+    {
+        long needed = CheckImport(start, end, dtype, source.Length, nameof(source), layerStart);
+        lock (_transferLock)
+        {
+            DeviceBuffer staging = Staging(needed);
+            _context.MakeCurrent();
+            fixed (byte* data = source)
+            {
+                Check.Cuda(Interop.Cuda.cuMemcpyHtoDAsync(staging.Pointer, data, (nuint)needed, _stream.Handle));
+            }
+
+            ImportFrom(start, end, dtype, staging.Pointer, layerStart);
+            _stream.Synchronize();
+        }
+
+        Filled.MarkLayers(start, end, layerStart, NumLayers, NumLayers);
+    }
+
+    /// <summary>
+    /// Like <see cref="ImportLayers(int, int, int, DType, ReadOnlySpan{byte})"/>, from device memory at byte
+    /// <paramref name="offset"/> (e.g. a decoder's output), under the same rules as
+    /// <see cref="Import(int, int, DType, DeviceBuffer, long)"/>.
+    /// </summary>
+    public void ImportLayers(int start, int end, int layerStart, DType dtype, DeviceBuffer source, long offset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        int layers = NumLayers - Math.Clamp(layerStart, 0, NumLayers - 1);
+        long needed = GetExportByteCount(Math.Max(0, end - start), dtype) / NumLayers * layers;
+        if (offset + needed > source.Length)
+        {
+            throw new ArgumentException($"The source holds {source.Length - offset} bytes from offset {offset}; layers [{layerStart}, {NumLayers}) of positions [{start}, {end}) in {dtype.ToShortName()} need {needed}.", nameof(source));
+        }
+
+        _ = CheckImport(start, end, dtype, needed, nameof(source), layerStart);
+        lock (_transferLock)
+        {
+            ImportFrom(start, end, dtype, source.Pointer + (ulong)offset, layerStart);
+            _stream.Synchronize();
+        }
+
+        Filled.MarkLayers(start, end, layerStart, NumLayers, NumLayers);
+    }
+
     public void Dispose()
     {
         _staging?.Dispose();
@@ -156,6 +210,12 @@ public sealed unsafe class CudaKvCache : KvCacheBase, IDisposable
     /// </summary>
     internal void MarkFilled(int start, int end) => Filled.MarkFilled(start, end);
 
+    /// <summary>
+    /// Records that the lower <paramref name="layers"/> layers of [start, end) are computed (after their values are on
+    /// the device); the positions are filled once their upper layers are in too. Thread-safe.
+    /// </summary>
+    internal void MarkLowerLayers(int start, int end, int layers) => Filled.MarkLayers(start, end, 0, layers, NumLayers);
+
     private void ExportTo(int start, int end, DType dtype, ulong destination)
     {
         int tokens = end - start;
@@ -172,20 +232,22 @@ public sealed unsafe class CudaKvCache : KvCacheBase, IDisposable
         _export.Launch(_stream, (GridFor((long)NumLayers * 2 * tokens * ChannelsPerToken), 1, 1), 256, 0, ref arguments);
     }
 
-    private void ImportFrom(int start, int end, DType dtype, ulong source)
+    /// <summary>Queues the import of layers [<paramref name="layerStart"/>, NumLayers) from the wire layout cut to those layers.</summary>
+    private void ImportFrom(int start, int end, DType dtype, ulong source, int layerStart = 0)
     {
         int tokens = end - start;
+        int layers = NumLayers - layerStart;
         var arguments = default(KernelArguments);
         arguments.Add(source);
         arguments.Add((int)dtype);
-        arguments.Add(_memory.Pointer);
-        arguments.Add(NumLayers);
+        arguments.Add(LayerKeys(layerStart)); // the kernel's layer 0: the cache layout is layer-major
+        arguments.Add(layers);
         arguments.Add(NumKvHeads);
         arguments.Add(Capacity);
         arguments.Add(start);
         arguments.Add(tokens);
         _context.MakeCurrent();
-        _import.Launch(_stream, (GridFor((long)NumLayers * 2 * tokens * ChannelsPerToken), 1, 1), 256, 0, ref arguments);
+        _import.Launch(_stream, (GridFor((long)layers * 2 * tokens * ChannelsPerToken), 1, 1), 256, 0, ref arguments);
     }
 
     private static int GridFor(long elements) => (int)Math.Clamp((elements + 255) / 256, 1, 65_535);

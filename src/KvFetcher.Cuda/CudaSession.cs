@@ -7,7 +7,9 @@ namespace KvFetcher.Cuda;
 /// One sequence computed on the device: its <see cref="CudaKvCache"/> and the device activations of a forward step.
 /// The same API and rules as <see cref="Engine.InferenceSession"/> (both derive from
 /// <see cref="InferenceSessionBase{TModel, TCache}"/>): prefill may run in chunks, positions may be imported into the
-/// cache in any order, and prefill and decode then continue as if they had been computed. Every call returns when its
+/// cache in any order, and prefill and decode then continue as if they had been computed; a chunk may be split by layers
+/// (its lower layers computed with <see cref="InferenceSessionBase{TModel, TCache}.PrefillLowerLayers"/>, its upper
+/// layers imported with <see cref="CudaKvCache.ImportLayers(int, int, int, Core.DType, ReadOnlySpan{byte})"/>). Every call returns when its
 /// work on the device is done. Not thread-safe.
 /// </summary>
 public sealed class CudaSession : InferenceSessionBase<CudaLanguageModel, CudaKvCache>
@@ -61,6 +63,9 @@ public sealed class CudaSession : InferenceSessionBase<CudaLanguageModel, CudaKv
 
     protected override int Forward(ReadOnlySpan<int> tokens, int startPosition, Span<float> logits, bool allLogits) =>
         _transformer.Forward(tokens, startPosition, Cache, _scratch, logits, allLogits);
+
+    protected override void ForwardLowerLayers(ReadOnlySpan<int> tokens, int startPosition, int layers) =>
+        _transformer.ForwardLowerLayers(tokens, startPosition, Cache, _scratch, layers);
 
     protected override void Dispose(bool disposing)
     {

@@ -49,8 +49,10 @@ public sealed class KvFetcherOptions
 
     /// <summary>
     /// How a request with a stored prefix obtains it: <c>ours</c> (compute the front in the engine's iterations while the
-    /// back is fetched, meeting where the measured rates predict), <c>cake</c> (the same, meeting at run time, fetching
-    /// the first variant), or <c>fetch</c> (a waiting queue fetches the whole prefix off the engine first).
+    /// back is fetched, meeting where the measured rates predict), <c>ours-layer</c> (ours whose meeting chunk may be split
+    /// by layers: its lower layers computed while its upper layers are fetched, from raw or exact only), <c>cake</c> (the
+    /// same as ours, meeting at run time, fetching the first variant), or <c>fetch</c> (a waiting queue fetches the whole
+    /// prefix off the engine first).
     /// </summary>
     public string ReuseStrategy { get; set; } = "ours";
 
@@ -112,14 +114,18 @@ public sealed class KvFetcherOptions
         _ = ParseFloor();
     }
 
-    /// <summary><c>ours</c>, <c>cake</c>, <c>fetch</c> (the waiting queue), or a strategy with its variant (<c>cake-raw</c>).</summary>
+    /// <summary>
+    /// <c>ours</c>, <c>ours-layer</c> (ours with layer-wise overlap), <c>cake</c>, <c>fetch</c> (the waiting queue), or a
+    /// strategy with its variant (<c>cake-raw</c>).
+    /// </summary>
     public static PrefillStrategy ParseStrategy(string? text) => text switch
     {
         "ours" or "adaptive" => PrefillStrategy.Adaptive,
+        "ours-layer" => PrefillStrategy.LayerSplit,
         "cake" => new PrefillStrategy(PrefillMode.Cake),
         "fetch" or "fetch-only" or "waiting-queue" => new PrefillStrategy(PrefillMode.FetchOnly),
         _ when text is not null && (text.StartsWith("cake-", StringComparison.Ordinal) || text.StartsWith("fetch-", StringComparison.Ordinal)) => PrefillStrategy.Parse(text),
-        _ => throw new ArgumentException($"{nameof(ReuseStrategy)} '{text}': give ours, cake or fetch."),
+        _ => throw new ArgumentException($"{nameof(ReuseStrategy)} '{text}': give ours, ours-layer, cake or fetch."),
     };
 
     /// <summary>

@@ -80,6 +80,17 @@ if (checks)
         all.Add(($"reuse {storage}", () => GpuChecks.ReuseAfterImport(storage)));
     }
 
+    foreach ((string name, CudaMatmulPrecision precision, DType storage, int split, bool importFirst, bool fromDevice) in GpuChecks.LayerSplitCases)
+    {
+        all.Add(($"layer split {name} {precision} {storage} {split}{(importFirst ? " import-first" : "")}{(fromDevice ? " device" : "")}",
+            () => GpuChecks.LayerSplitPrefill(name, precision, storage, split, importFirst, fromDevice)));
+    }
+
+    foreach (DType storage in new[] { DType.Float32, DType.BFloat16 })
+    {
+        all.Add(($"ours-layer reuse {storage}", () => GpuReuseChecks.OursLayerReuse(storage)));
+    }
+
     string? filter = ArgumentValue("--check-filter");
     // --check-filter A|B|C: the checks whose name contains any of the parts.
     string[] parts = filter?.Split('|', StringSplitOptions.RemoveEmptyEntries) ?? [];

@@ -313,6 +313,132 @@ internal static class GpuChecks
     }
 
     /// <summary>
+    /// The layer splits <see cref="LayerSplitPrefill"/> is run with: every storage dtype, the three kernel settings, the
+    /// lowest, a middle and the highest split, both orders, host and device sources, a sliding window and biases.
+    /// </summary>
+    public static IReadOnlyList<(string Name, CudaMatmulPrecision Precision, DType Storage, int Split, bool ImportFirst, bool FromDevice)> LayerSplitCases { get; } =
+    [
+        ("bundled", CudaMatmulPrecision.Float32, DType.Float32, 1, false, false),
+        ("bundled", CudaMatmulPrecision.StoredSplit, DType.Float32, 16, true, false),
+        ("bundled", CudaMatmulPrecision.Stored, DType.BFloat16, 16, false, true),
+        ("bundled", CudaMatmulPrecision.Stored, DType.Float16, -1, true, true),
+        ("bundled", CudaMatmulPrecision.StoredSplit, DType.BFloat16, -1, false, false),
+        ("tiny-mistral", CudaMatmulPrecision.Float32, DType.Float16, 1, true, false),
+        ("tiny-qwen2", CudaMatmulPrecision.StoredSplit, DType.BFloat16, 1, false, true),
+    ];
+
+    /// <summary>
+    /// Layer-wise overlap on the GPU (ours-layer's engine side): chunk 0 computed, chunk 1 split at
+    /// <paramref name="split"/> layers (a negative value counts from the top: -1 is the model's layers - 1), its lower
+    /// layers computed with <see cref="Engine.InferenceSessionBase{TModel, TCache}.PrefillLowerLayers"/> and its upper
+    /// layers imported from a reference session's export (<see cref="CudaKvCache.ImportLayers(int, int, int, DType, ReadOnlySpan{byte})"/>,
+    /// from host memory or, with <paramref name="fromDevice"/>, from device memory), in either order; then the rest of
+    /// the prompt and 8 decode steps. The reference computes the same steps ([0, 64), [64, 128), the rest) whole, so
+    /// the same kernels see the same inputs: the cache, the first token's logits and every decode step's logits must be
+    /// bit-identical. The positions count as filled only once both halves are in. A control imports chunk 0's upper
+    /// layers into chunk 1 instead and must change the logits (the check can fail).
+    /// </summary>
+    public static CheckResult LayerSplitPrefill(string name, CudaMatmulPrecision precision, DType storage, int split, bool importFirst, bool fromDevice)
+    {
+        CudaLanguageModel model = GpuModels.Get(name, precision, storage);
+        const int ChunkTokens = 64;
+        const int Steps = 8;
+        int layers = model.Config.NumLayers;
+        int k = split < 0 ? layers + split : split;
+        string label = $"layer split {name} {precision} {storage.ToShortName()} KV at {k}/{layers} ({(importFirst ? "upper imported first" : "lower computed first")}, upper from {(fromDevice ? "device" : "host")} memory)";
+        if (k < 1 || k >= layers)
+        {
+            return new CheckResult(label, false, $"split {split} is outside [1, {layers - 1}]");
+        }
+
+        int vocab = model.Config.VocabSize;
+        int[] prompt = name == "bundled" ? BundledPrompt(300) : RandomPrompt(model, Math.Min(300, model.Config.MaxPositionEmbeddings - Steps - 8), 13);
+        int n = prompt.Length;
+
+        // The reference: the same three steps computed whole, then greedy decoding fed its own choices.
+        using CudaSession full = model.CreateSession(n + Steps);
+        var expected = new float[vocab];
+        full.Prefill(prompt.AsSpan(0, ChunkTokens), 0, expected);
+        full.Prefill(prompt.AsSpan(ChunkTokens, ChunkTokens), ChunkTokens, expected);
+        full.Prefill(prompt.AsSpan(2 * ChunkTokens), 2 * ChunkTokens, expected);
+        float[] firstExpected = [.. expected];
+
+        using CudaSession reused = model.CreateSession(n + Steps);
+        reused.Prefill(prompt.AsSpan(0, ChunkTokens), 0, new float[vocab]);
+        byte[] upper = ExportUpper(full.Cache, ChunkTokens, 2 * ChunkTokens, k, storage);
+        bool halfIsNotFilled;
+        if (importFirst)
+        {
+            ImportUpper(reused.Cache, ChunkTokens, k, storage, upper, fromDevice);
+            halfIsNotFilled = reused.Cache.Length == ChunkTokens && !reused.Cache.IsFilled(ChunkTokens);
+            reused.PrefillLowerLayers(prompt.AsSpan(ChunkTokens, ChunkTokens), ChunkTokens, k);
+        }
+        else
+        {
+            reused.PrefillLowerLayers(prompt.AsSpan(ChunkTokens, ChunkTokens), ChunkTokens, k);
+            halfIsNotFilled = reused.Cache.Length == ChunkTokens && !reused.Cache.IsFilled(ChunkTokens);
+            ImportUpper(reused.Cache, ChunkTokens, k, storage, upper, fromDevice);
+        }
+
+        bool bothFilled = reused.Cache.Length == 2 * ChunkTokens;
+        var actual = new float[vocab];
+        reused.Prefill(prompt.AsSpan(2 * ChunkTokens), 2 * ChunkTokens, actual);
+        bool sameKv = SameKv(full.Cache, reused.Cache, n);
+        float firstWorst = MaxDifference(expected, actual);
+        float decodeWorst = 0;
+        int sameSteps = 0;
+        for (int i = 0; i < Steps; i++)
+        {
+            int next = ArgMax(expected);
+            sameSteps += next == ArgMax(actual) ? 1 : 0;
+            full.Decode(next, n + i, expected);
+            reused.Decode(next, n + i, actual);
+            float difference = MaxDifference(expected, actual);
+            decodeWorst = float.IsNaN(difference) || float.IsNaN(decodeWorst) ? float.NaN : MathF.Max(decodeWorst, difference);
+        }
+
+        // The control: chunk 0's upper layers (still in the reference's cache) in chunk 1's place.
+        using CudaSession wrong = model.CreateSession(n);
+        wrong.Prefill(prompt.AsSpan(0, ChunkTokens), 0, new float[vocab]);
+        wrong.PrefillLowerLayers(prompt.AsSpan(ChunkTokens, ChunkTokens), ChunkTokens, k);
+        wrong.Cache.ImportLayers(ChunkTokens, 2 * ChunkTokens, k, storage, ExportUpper(full.Cache, 0, ChunkTokens, k, storage));
+        var wrongLogits = new float[vocab];
+        wrong.Prefill(prompt.AsSpan(2 * ChunkTokens), 2 * ChunkTokens, wrongLogits);
+        bool controlDiffers = MaxDifference(firstExpected, wrongLogits) != 0;
+
+        bool identical = sameKv && firstWorst == 0 && decodeWorst == 0;
+        return new CheckResult(
+            label,
+            identical && halfIsNotFilled && bothFilled && controlDiffers,
+            $"{n} tokens: KV {(sameKv ? "bit-identical" : "DIFFERS")}, first-token max |logit diff| {Format(firstWorst)}, {Steps} decode steps max {Format(decodeWorst)} (must be 0), same greedy choice {sameSteps}/{Steps}; " +
+            $"fill state {(halfIsNotFilled && bothFilled ? "right" : "WRONG")} (one half: not filled; both: filled); control with the wrong upper layers {(controlDiffers ? "changes the logits" : "DOES NOT change the logits")}");
+    }
+
+    /// <summary>Layers [from, layers) of positions [start, end) in the wire layout cut to those layers.</summary>
+    private static byte[] ExportUpper(CudaKvCache cache, int start, int end, int from, DType dtype)
+    {
+        var all = new byte[cache.GetExportByteCount(end - start, dtype)];
+        cache.Export(start, end, dtype, all);
+        int layerBytes = all.Length / cache.NumLayers;
+        return all[(from * layerBytes)..];
+    }
+
+    /// <summary>Imports <paramref name="upper"/> (layers from <paramref name="from"/>) at [start, start + 64) from host memory or through a device buffer.</summary>
+    private static void ImportUpper(CudaKvCache cache, int start, int from, DType dtype, byte[] upper, bool fromDevice)
+    {
+        const int ChunkTokens = 64;
+        if (!fromDevice)
+        {
+            cache.ImportLayers(start, start + ChunkTokens, from, dtype, upper);
+            return;
+        }
+
+        using DeviceBuffer device = GpuModels.Context.Allocate(upper.Length + 512);
+        device.CopyFrom(upper, 512);
+        cache.ImportLayers(start, start + ChunkTokens, from, dtype, device, 512);
+    }
+
+    /// <summary>
     /// The tensor-core attention (<see cref="CudaAttentionKernel.TensorCores"/>) against the fp32 CUDA-core kernel on
     /// the same model, fp32 products and a 16-bit cache: every logit of a 300-token prompt, one-shot and in chunks
     /// [100, 3, 129, 1, 64] (steps on top of a filled cache; the 3- and 1-token steps take the CUDA-core path), within
@@ -502,6 +628,19 @@ internal static class GpuChecks
         return longest[..Math.Min(length, longest.Length)];
     }
 
+    /// <summary><paramref name="length"/> random token ids of <paramref name="model"/>'s vocabulary (ids from 3 on).</summary>
+    public static int[] RandomPrompt(CudaLanguageModel model, int length, int seed)
+    {
+        var random = new Random(seed);
+        int[] prompt = new int[length];
+        for (int i = 0; i < length; i++)
+        {
+            prompt[i] = random.Next(3, model.Config.VocabSize);
+        }
+
+        return prompt;
+    }
+
     public static int ArgMax(ReadOnlySpan<float> values)
     {
         int best = 0;
@@ -563,6 +702,16 @@ internal static class GpuChecks
         float[] values = new float[bytes.Length / sizeof(float)];
         Buffer.BlockCopy(bytes, 0, values, 0, bytes.Length);
         return values;
+    }
+
+    /// <summary>Whether positions [0, <paramref name="tokens"/>) of two caches hold the same bits (an export in the storage dtype).</summary>
+    public static bool SameKv(CudaKvCache a, CudaKvCache b, int tokens)
+    {
+        var x = new byte[a.GetExportByteCount(tokens, a.StorageDType)];
+        var y = new byte[b.GetExportByteCount(tokens, b.StorageDType)];
+        a.Export(0, tokens, a.StorageDType, x);
+        b.Export(0, tokens, b.StorageDType, y);
+        return x.AsSpan().SequenceEqual(y);
     }
 
     private static float MaxDifference(ReadOnlySpan<float> a, ReadOnlySpan<float> b)

@@ -62,6 +62,31 @@ public class GpuParityTests(ITestOutputHelper output)
     public void ImportReversedChunks_ThenContinue_SameGreedyOutputAsFullPrefill(DType storage) => Run(() => GpuChecks.ReuseAfterImport(storage));
 
     [Theory]
+    [MemberData(nameof(LayerSplits))]
+    public void PrefillLowerLayers_ThenImportUpper_BitIdenticalToTheSameStepsComputedWhole(string name, CudaMatmulPrecision precision, DType storage, int split, bool importFirst, bool fromDevice) =>
+        Run(() => GpuChecks.LayerSplitPrefill(name, precision, storage, split, importFirst, fromDevice));
+
+    [Theory]
+    [InlineData(DType.Float32)]
+    [InlineData(DType.BFloat16)]
+    public void OursLayerReuse_LosslessLadder_SameGreedyOutputAsFullPrefill(DType storage) => Run(() => GpuReuseChecks.OursLayerReuse(storage));
+
+    /// <summary>The layer-split cases the device runner runs too (<see cref="GpuChecks.LayerSplitCases"/>).</summary>
+    public static TheoryData<string, CudaMatmulPrecision, DType, int, bool, bool> LayerSplits
+    {
+        get
+        {
+            var data = new TheoryData<string, CudaMatmulPrecision, DType, int, bool, bool>();
+            foreach ((string name, CudaMatmulPrecision precision, DType storage, int split, bool importFirst, bool fromDevice) in GpuChecks.LayerSplitCases)
+            {
+                data.Add(name, precision, storage, split, importFirst, fromDevice);
+            }
+
+            return data;
+        }
+    }
+
+    [Theory]
     [InlineData("bundled", DType.BFloat16)]
     [InlineData("bundled", DType.Float16)]
     [InlineData("tiny-mistral", DType.Float16)]

@@ -204,6 +204,72 @@ internal sealed unsafe class CudaTransformer : IDisposable
         int n = tokens.Length;
         ModelConfig c = _config;
         int d = c.HiddenSize;
+        Layers(tokens, start, cache, s, c.NumLayers);
+        CudaStream stream = s.Stream;
+        int firstRow = allLogits ? 0 : n - 1;
+        int rows = n - firstRow;
+        int vocab = c.VocabSize;
+        int act = MatmulType.SizeOf();
+        ulong finalHidden = s.Hidden.Pointer + (ulong)((long)firstRow * d * sizeof(float));
+        ulong headLo = SplitHeadActivations ? s.NormedLo.Pointer : 0;
+        RmsNorm(stream, finalHidden, _weights.FinalNorm, s.Normed.Pointer, headLo, rows);
+        int chosen = -1;
+        for (int done = 0; done < rows; done += s.LogitRows)
+        {
+            int count = Math.Min(s.LogitRows, rows - done);
+            ulong rowOffset = (ulong)((long)done * d * act);
+            Linear(s, s.Normed.Pointer + rowOffset, headLo == 0 ? 0 : headLo + rowOffset, _weights.LmHead, s.Logits.Pointer, count, d, vocab);
+            if (logits.IsEmpty)
+            {
+                var args = default(KernelArguments);
+                args.Add(s.Logits.Pointer + (ulong)((long)(count - 1) * vocab * sizeof(float)));
+                args.Add(s.Chosen.Pointer);
+                args.Add(vocab);
+                _argMax.Launch(stream, (1, 1, 1), 1024, 0, ref args);
+                Check.Cuda(Interop.Cuda.cuMemcpyDtoHAsync(s.PinnedTokens.Pointer, s.Chosen.Pointer, sizeof(int), stream.Handle));
+                stream.Synchronize();
+                chosen = s.PinnedTokens.AsSpan<int>()[0];
+                continue;
+            }
+
+            long bytes = (long)count * vocab * sizeof(float);
+            Check.Cuda(Interop.Cuda.cuMemcpyDtoHAsync(s.PinnedLogits.Pointer, s.Logits.Pointer, (nuint)bytes, stream.Handle));
+            stream.Synchronize();
+            s.PinnedLogits.AsSpan<float>()[..(count * vocab)].CopyTo(logits.Slice(done * vocab, count * vocab));
+        }
+
+        cache.MarkFilled(start, start + n);
+        return chosen;
+    }
+
+    /// <summary>
+    /// Computes the tokens at positions [start, start + n) through the lower <paramref name="layers"/> layers only (1 to
+    /// the model's layers - 1), writing those layers' K/V into <paramref name="cache"/>, and marks them computed: the
+    /// positions are filled once their upper layers are imported (<see cref="CudaKvCache.ImportLayers(int, int, int, DType, ReadOnlySpan{byte})"/>).
+    /// The same kernels on the same inputs as <see cref="Forward"/>, so those layers' K/V are exactly a full step's.
+    /// Returns when the work on the device is done. Positions [0, start) must be filled.
+    /// </summary>
+    public void ForwardLowerLayers(ReadOnlySpan<int> tokens, int start, CudaKvCache cache, DeviceScratch s, int layers)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(layers, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(layers, _config.NumLayers);
+        Layers(tokens, start, cache, s, layers);
+
+        // Another thread may read the cache once the positions are filled (an export): the values must be there.
+        s.Stream.Synchronize();
+        cache.MarkLowerLayers(start, start + tokens.Length, layers);
+    }
+
+    /// <summary>
+    /// Queues the embedding and layers [0, <paramref name="layers"/>) of the tokens at [start, start + n): each layer's
+    /// K/V into <paramref name="cache"/>, and (all layers) the last layer's output in the scratch's hidden state. With
+    /// fewer than all layers the last one stops once its K/V are written: nothing reads its output.
+    /// </summary>
+    private void Layers(ReadOnlySpan<int> tokens, int start, CudaKvCache cache, DeviceScratch s, int layers)
+    {
+        int n = tokens.Length;
+        ModelConfig c = _config;
+        int d = c.HiddenSize;
         int qkvWidth = c.QueryDim + (2 * c.KvDim);
         int ffn = c.IntermediateSize;
         for (int i = 0; i < n; i++)
@@ -227,7 +293,7 @@ internal sealed unsafe class CudaTransformer : IDisposable
         args.Add(d);
         _embed.Launch(stream, (n, 1, 1), 128, 0, ref args);
 
-        for (int l = 0; l < c.NumLayers; l++)
+        for (int l = 0; l < layers; l++)
         {
             DeviceWeights.Layer layer = _weights.Layers[l];
             ulong normedLo = SplitLayerActivations ? s.NormedLo.Pointer : 0;
@@ -252,6 +318,10 @@ internal sealed unsafe class CudaTransformer : IDisposable
             args.Add(c.NumKvHeads);
             args.Add(cache.Capacity);
             _qkvRope.Launch(stream, (n, 1, 1), 128, 0, ref args);
+            if (l + 1 == layers && layers < c.NumLayers)
+            {
+                return;
+            }
 
             Attention(stream, s, cache, l, n, start);
             Linear(s, s.AttentionOutput.Pointer, s.AttentionOutputLo?.Pointer ?? 0, layer.Output, s.Projected.Pointer, n, c.QueryDim, d);
@@ -276,40 +346,6 @@ internal sealed unsafe class CudaTransformer : IDisposable
             }
         }
 
-        int firstRow = allLogits ? 0 : n - 1;
-        int rows = n - firstRow;
-        int vocab = c.VocabSize;
-        int act = MatmulType.SizeOf();
-        ulong finalHidden = s.Hidden.Pointer + (ulong)((long)firstRow * d * sizeof(float));
-        ulong headLo = SplitHeadActivations ? s.NormedLo.Pointer : 0;
-        RmsNorm(stream, finalHidden, _weights.FinalNorm, s.Normed.Pointer, headLo, rows);
-        int chosen = -1;
-        for (int done = 0; done < rows; done += s.LogitRows)
-        {
-            int count = Math.Min(s.LogitRows, rows - done);
-            ulong rowOffset = (ulong)((long)done * d * act);
-            Linear(s, s.Normed.Pointer + rowOffset, headLo == 0 ? 0 : headLo + rowOffset, _weights.LmHead, s.Logits.Pointer, count, d, vocab);
-            if (logits.IsEmpty)
-            {
-                args = default;
-                args.Add(s.Logits.Pointer + (ulong)((long)(count - 1) * vocab * sizeof(float)));
-                args.Add(s.Chosen.Pointer);
-                args.Add(vocab);
-                _argMax.Launch(stream, (1, 1, 1), 1024, 0, ref args);
-                Check.Cuda(Interop.Cuda.cuMemcpyDtoHAsync(s.PinnedTokens.Pointer, s.Chosen.Pointer, sizeof(int), stream.Handle));
-                stream.Synchronize();
-                chosen = s.PinnedTokens.AsSpan<int>()[0];
-                continue;
-            }
-
-            long bytes = (long)count * vocab * sizeof(float);
-            Check.Cuda(Interop.Cuda.cuMemcpyDtoHAsync(s.PinnedLogits.Pointer, s.Logits.Pointer, (nuint)bytes, stream.Handle));
-            stream.Synchronize();
-            s.PinnedLogits.AsSpan<float>()[..(count * vocab)].CopyTo(logits.Slice(done * vocab, count * vocab));
-        }
-
-        cache.MarkFilled(start, start + n);
-        return chosen;
     }
 
     /// <summary>Fills weights from <see cref="DeviceWeights.AllocateRandom"/> with random values.</summary>

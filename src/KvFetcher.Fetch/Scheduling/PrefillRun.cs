@@ -405,8 +405,8 @@ internal sealed class PrefillRun : IAsyncDisposable
             ReusedTokens = RestoredChunks * _plan.ChunkTokens,
             ComputedTokens = _plan.Tokens.Length - (RestoredChunks * _plan.ChunkTokens),
             BytesFetched = BytesFetched,
-            SplitChunk = SplitRestored() ? _lowerComputed : -1,
-            SplitLayers = SplitRestored() ? _strategy!.SplitLayersOf(_lowerComputed) : 0,
+            SplitChunk = SplitChunk,
+            SplitLayers = SplitLayers,
             LookupFailed = LookupFailed,
             TimeToFirstToken = timeToFirstToken,
             FirstToken = firstToken,
@@ -445,6 +445,12 @@ internal sealed class PrefillRun : IAsyncDisposable
             Timeline = _timeline.ToArray(),
         };
     }
+
+    /// <summary>The chunk split by layers (the engine computed its lower layers, the fetcher restored the upper ones), or -1.</summary>
+    public int SplitChunk => SplitRestored() ? _lowerComputed : -1;
+
+    /// <summary>The lower layers the engine computed of <see cref="SplitChunk"/>; 0 when no chunk was split.</summary>
+    public int SplitLayers => SplitRestored() ? _strategy!.SplitLayersOf(_lowerComputed) : 0;
 
     /// <summary>Whether a chunk was split by layers: the engine computed its lower layers and the fetcher restored the upper ones.</summary>
     private bool SplitRestored() => _lowerComputed >= 0 && OutcomeOf(_lowerComputed).Outcome == FetchOutcome.Restored;

@@ -8,7 +8,7 @@ namespace KvFetcher.Fetch.Scheduling;
 /// </summary>
 public sealed record ReuseSplit
 {
-    /// <summary>The strategy that split the work (<c>fetch-…</c>, <c>cake-…</c>, <c>ours</c>).</summary>
+    /// <summary>The strategy that split the work (<c>fetch-…</c>, <c>cake-…</c>, <c>ours</c>, <c>ours-layer</c>).</summary>
     public required string Strategy { get; init; }
 
     /// <summary>Chunks of the prompt found in the store (the longest stored prefix).</summary>
@@ -28,6 +28,15 @@ public sealed record ReuseSplit
 
     /// <summary>The first stored chunk the fetcher restored (the engine computed the ones before it); <see cref="StoredChunks"/> when none.</summary>
     public int MeetingChunk { get; init; }
+
+    /// <summary>
+    /// The chunk split by layers (ours-layer: the engine computed its lower <see cref="SplitLayers"/> layers and the
+    /// fetcher restored the upper ones; it counts in <see cref="FetchedChunks"/>), or -1 when no chunk was.
+    /// </summary>
+    public int SplitChunk { get; init; } = -1;
+
+    /// <summary>The lower layers the engine computed of <see cref="SplitChunk"/>; 0 when no chunk was split.</summary>
+    public int SplitLayers { get; init; }
 
     /// <summary>Chunks restored per variant name.</summary>
     public IReadOnlyDictionary<string, int> Variants { get; init; } = new Dictionary<string, int>();
@@ -108,6 +117,8 @@ public sealed class ReusePrefill : IAsyncDisposable
             FailedChunks = _run.FailedChunks,
             TakenBackChunks = _run.TakenBackChunks,
             MeetingChunk = stored == 0 ? 0 : _run.MeetingChunk(),
+            SplitChunk = _run.SplitChunk,
+            SplitLayers = _run.SplitLayers,
             Variants = variants,
             BytesFetched = _run.BytesFetched,
             RestoredLossy = stored > 0 && _run.FirstLossyRestore() < stored,

@@ -728,12 +728,21 @@ public sealed class EngineScheduler : IAsyncDisposable
         {
             if (prefill && sequence.Prefill is { StoredChunks: > 0 } reuse)
             {
-                if (reuseStep.Kind != EngineStepKind.Compute || reuseStep.Count == 0)
+                if (reuseStep.Kind is not (EngineStepKind.Compute or EngineStepKind.ComputeLower) || reuseStep.Count == 0)
                 {
                     reuseStep = reuse.NextStep(count); // the rest of the prompt, from the prefilling list
                 }
 
                 long started = Stopwatch.GetTimestamp();
+                if (reuseStep.Kind == EngineStepKind.ComputeLower)
+                {
+                    // ours-layer: the lower layers of the chunk where the engine and the fetcher meet; the fetcher brings
+                    // its upper layers, and the positions count as computed once both are in.
+                    session.PrefillLowerLayers(prompt.AsSpan(reuseStep.Start, reuseStep.Count), reuseStep.Start, reuseStep.Layers);
+                    reuse.Computed(reuseStep, Stopwatch.GetElapsedTime(started));
+                    return StepOutcome.Working;
+                }
+
                 session.Prefill(prompt.AsSpan(reuseStep.Start, reuseStep.Count), reuseStep.Start, logits);
                 reuse.Computed(reuseStep, Stopwatch.GetElapsedTime(started));
                 sequence.Computed = reuseStep.Start + reuseStep.Count;

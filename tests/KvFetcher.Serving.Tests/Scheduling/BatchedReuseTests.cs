@@ -35,6 +35,7 @@ public sealed class BatchedReuseTests(ServingFixture fixture) : IClassFixture<Se
 
     [Theory]
     [InlineData("ours")]
+    [InlineData("ours-layer")]
     [InlineData("cake")]
     [InlineData("fetch")]
     public async Task Submit_StoredContextThroughServingEngine_GreedyEqualsFullPrefill(string strategy)
@@ -118,6 +119,7 @@ public sealed class BatchedReuseTests(ServingFixture fixture) : IClassFixture<Se
 
     [Theory]
     [InlineData("ours")]
+    [InlineData("ours-layer")]
     [InlineData("cake")]
     [InlineData("fetch")]
     public async Task Submit_FetchStallsForever_BothRequestsCompleteByComputing(string strategy)
@@ -138,6 +140,32 @@ public sealed class BatchedReuseTests(ServingFixture fixture) : IClassFixture<Se
         Assert.Equal(fixture.Greedy(plain, 3), computed.Text);
         Assert.Equal(0, reused.Prefill.ReusedTokens);
         Assert.Equal(3, reused.Prefill.Reuse!.ComputedChunks);
+    }
+
+    [Fact]
+    public async Task Submit_OursLayerWhenComputeAndFetchAreClose_SplitsAChunkByLayersInTheEngineLoop()
+    {
+        int[] prompt = fixture.Model.Tokenizer.Encode(fixture.Document);
+        await WarmAsync(prompt);
+        await using var reuse = new KvReuse(fixture.Model, _disk!, new ReuseOptions { Ladder = [KvVariant.Raw], LosslessOnly = true });
+        // As the rates say: a chunk computes in 1 s and arrives raw in 2/3 s: meeting inside a chunk split by layers is fastest.
+        reuse.Rates.SetBandwidth(reuse.Plan(prompt).ChunkBytes / (2.0 / 3));
+        for (int i = 0; i < 40; i++)
+        {
+            reuse.Rates.ObserveCompute(i % 3, 1.0);
+        }
+
+        await using var scheduler = new EngineScheduler(fixture.Model, reuse, new EngineSchedulerOptions { ReuseStrategy = KvFetcherOptions.ParseStrategy("ours-layer") }, new ServingMetrics());
+
+        GenerationResult result = await scheduler.Submit(new GenerationRequest { Prompt = prompt, MaxTokens = 6 }, TestContext.Current.CancellationToken)
+            .Completion.WaitAsync(s_hangGuard, TestContext.Current.CancellationToken);
+
+        Assert.Equal(fixture.Greedy(prompt, 6), result.Text);
+        ReuseSplit split = Assert.IsType<ReuseSplit>(result.Prefill.Reuse);
+        Assert.Equal("ours-layer", split.Strategy);
+        Assert.InRange(split.SplitChunk, 0, split.StoredChunks - 1);
+        Assert.InRange(split.SplitLayers, 1, fixture.Model.Config.NumLayers - 1);
+        Assert.Equal(0, split.FailedChunks);
     }
 
     [Fact]
