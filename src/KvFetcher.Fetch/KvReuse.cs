@@ -285,7 +285,9 @@ public sealed class KvReuse : IAsyncDisposable
 
     private void CheckSession(IInferenceSession session)
     {
-        if (session.Model != _model)
+        // The same model object, or one seen through a wrapper (same weights and configuration, same KV storage):
+        // chunks are keyed by the fingerprint, so its KV is what this reuse stores and restores.
+        if (session.Model != _model && (session.Model.Fingerprint != _model.Fingerprint || session.Model.KvStorageDType != _model.KvStorageDType))
         {
             throw new ArgumentException("The session belongs to another model.", nameof(session));
         }

@@ -361,7 +361,6 @@ internal static class GpuChecks
         full.Prefill(prompt.AsSpan(0, ChunkTokens), 0, expected);
         full.Prefill(prompt.AsSpan(ChunkTokens, ChunkTokens), ChunkTokens, expected);
         full.Prefill(prompt.AsSpan(2 * ChunkTokens), 2 * ChunkTokens, expected);
-        float[] firstExpected = [.. expected];
 
         using CudaSession reused = model.CreateSession(n + Steps);
         reused.Prefill(prompt.AsSpan(0, ChunkTokens), 0, new float[vocab]);
@@ -397,14 +396,22 @@ internal static class GpuChecks
             decodeWorst = float.IsNaN(difference) || float.IsNaN(decodeWorst) ? float.NaN : MathF.Max(decodeWorst, difference);
         }
 
-        // The control: chunk 0's upper layers (still in the reference's cache) in chunk 1's place.
-        using CudaSession wrong = model.CreateSession(n);
+        // The control: chunk 0's upper layers (still in the reference's cache) in chunk 1's place. It compares the
+        // logits of the token right after chunk 1, which attends to it under any sliding window (the prompt's last
+        // token may not: tiny-mistral's window is 64).
+        int probe = 2 * ChunkTokens;
+        using CudaSession right = model.CreateSession(probe + 1);
+        right.Prefill(prompt.AsSpan(0, ChunkTokens), 0, new float[vocab]);
+        right.Prefill(prompt.AsSpan(ChunkTokens, ChunkTokens), ChunkTokens, new float[vocab]);
+        var rightLogits = new float[vocab];
+        right.Prefill(prompt.AsSpan(probe, 1), probe, rightLogits);
+        using CudaSession wrong = model.CreateSession(probe + 1);
         wrong.Prefill(prompt.AsSpan(0, ChunkTokens), 0, new float[vocab]);
         wrong.PrefillLowerLayers(prompt.AsSpan(ChunkTokens, ChunkTokens), ChunkTokens, k);
         wrong.Cache.ImportLayers(ChunkTokens, 2 * ChunkTokens, k, storage, ExportUpper(full.Cache, 0, ChunkTokens, k, storage));
         var wrongLogits = new float[vocab];
-        wrong.Prefill(prompt.AsSpan(2 * ChunkTokens), 2 * ChunkTokens, wrongLogits);
-        bool controlDiffers = MaxDifference(firstExpected, wrongLogits) != 0;
+        wrong.Prefill(prompt.AsSpan(probe, 1), probe, wrongLogits);
+        bool controlDiffers = MaxDifference(rightLogits, wrongLogits) != 0;
 
         bool identical = sameKv && firstWorst == 0 && decodeWorst == 0;
         return new CheckResult(
@@ -507,8 +514,8 @@ internal static class GpuChecks
     /// <summary>
     /// The split-K decode kernel against the CUDA-core reference kernel on the same model (fp32 products, a 16-bit
     /// cache): a 1,000-token prompt (the model's window where it has one) prefilled once and its cache copied to both,
-    /// then 24 decode steps fed the same tokens on both; every step's logits within <see cref="ChunkingTolerance"/> (both kernels compute in fp32 and differ only
-    /// in the order of their sums) and the same greedy choices.
+    /// then 24 decode steps fed the same tokens on both: the first step's logits within <see cref="ChunkingTolerance"/>
+    /// (scaled with depth), every step's within the 16-bit bound, and the same greedy choices.
     /// </summary>
     public static CheckResult DecodeVersusCudaCores(string name, DType kvStorage)
     {
@@ -549,6 +556,7 @@ internal static class GpuChecks
         plainSession.Cache.Export(0, n, kvStorage, promptKv);
         fastSession.Cache.Import(0, n, kvStorage, promptKv);
         plainLogits.CopyTo(fastLogits.AsSpan());
+        float first = float.NaN;
         float worst = 0;
         int sameChoices = 0;
         for (int step = 0; step < Steps; step++)
@@ -557,14 +565,21 @@ internal static class GpuChecks
             sameChoices += ArgMax(fastLogits) == token ? 1 : 0;
             fastSession.Decode(token, n + step, fastLogits);
             plainSession.Decode(token, n + step, plainLogits);
-            worst = MathF.Max(worst, MaxDifference(fastLogits, plainLogits));
+            float difference = MaxDifference(fastLogits, plainLogits);
+            first = step == 0 ? difference : first;
+            worst = float.IsNaN(difference) ? float.NaN : MathF.Max(worst, difference);
         }
 
-        float tolerance = DepthScaled(ChunkingTolerance, fast.Config.NumLayers);
+        // The first step starts from identical caches, so only the order of the kernels' fp32 sums differs. Each step
+        // then writes its token's K/V rounded to the 16-bit cache on both sides, where a difference in the last fp32
+        // bits can round to neighbouring 16-bit values (2^-8 apart in bf16); over a deep model's layers and later
+        // steps these grow to the 16-bit bound (measured on the H100: kvf-code-32l, 32 layers, bf16: 6.5e-3 over 24
+        // steps; 2-layer models: under 2e-5).
+        float firstTolerance = DepthScaled(ChunkingTolerance, fast.Config.NumLayers);
         return new CheckResult(
             label,
-            float.IsFinite(worst) && worst <= tolerance && sameChoices == Steps,
-            $"{n}-token prompt + {Steps} decode steps, fp32 products: max |logit diff| to the CUDA-core kernel {Format(worst)} (tolerance {Format(tolerance)}), same greedy choice {sameChoices}/{Steps}");
+            float.IsFinite(worst) && first <= firstTolerance && worst <= Bf16LogitTolerance && sameChoices == Steps,
+            $"{n}-token prompt + {Steps} decode steps, fp32 products: max |logit diff| to the CUDA-core kernel at the first step {Format(first)} (tolerance {Format(firstTolerance)}), over all steps {Format(worst)} (tolerance {Format(Bf16LogitTolerance)}), same greedy choice {sameChoices}/{Steps}");
     }
 
     /// <summary>
