@@ -70,9 +70,9 @@ public class SegmentTableTests
         int written = table.TryEncode(symbols, destination);
         byte[] stream = destination[..written];
         var decoded = new byte[symbols.Length];
-        Assert.Throws<InvalidKvDataException>(() => table.Decode(stream[..^1], decoded, 0));
+        Assert.Throws<InvalidKvDataException>(() => table.Decode(stream.AsSpan(0, stream.Length - 1), decoded, 0));
         Assert.Throws<InvalidKvDataException>(() => table.Decode([.. stream, 0], decoded, 0));
-        Assert.Throws<InvalidKvDataException>(() => table.Decode(stream[..7], decoded, 0));
+        Assert.Throws<InvalidKvDataException>(() => table.Decode(stream.AsSpan(0, 7), decoded, 0));
         byte[] garbled = (byte[])stream.Clone();
         garbled[0] ^= 0x10;
         Assert.Throws<InvalidKvDataException>(() => table.Decode(garbled, decoded, 0));
