@@ -9,7 +9,8 @@ using KvFetcher.Engine.Tests;
 
 // kvf-gpu-check [--checks [--check-filter TEXT[|TEXT...]]] [--kvtc-rate] [--bench] [--json FILE] [--llama FILE [--baseline]]: the CUDA engine's
 // checks (the xunit suite's GpuChecks and KvtcGpuChecks) and its prefill/decode throughput next to the CPU engine's, on the machine it runs on;
-// --kvtc-rate the kvtc GPU decoder's rate (GB/s of fp16 KV) next to the CPU decoder's; --llama
+// --kvtc-rate the kvtc GPU decoder's rate (GB/s of fp16 KV) next to the CPU decoder's, on the bundled model and (unless
+// --no-large) on Llama-3-8B-shaped chunks; --llama
 // writes the Llama-3-8B-shape comparison with PyTorch (bench/pytorch/compare.py joins both). Exit code 1 when a check
 // fails.
 string? llamaPath = ArgumentValue("--llama");
@@ -115,6 +116,17 @@ if (args.Contains("--kvtc-rate"))
     });
     results.Add(rate);
     Console.WriteLine(rate);
+    if (!args.Contains("--no-large"))
+    {
+        CheckResult large = RunCheck("kvtc gpu rate llama-3-8b shape", () =>
+        {
+            (CheckResult result, IReadOnlyList<(string, double)> measured) = KvtcGpuChecks.RateLlamaShape([1, 4, 8], seconds: 3);
+            kvtcRates.AddRange(measured);
+            return result;
+        });
+        results.Add(large);
+        Console.WriteLine(large);
+    }
 }
 
 if (bench)

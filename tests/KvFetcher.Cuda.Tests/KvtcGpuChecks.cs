@@ -201,8 +201,6 @@ internal static class KvtcGpuChecks
     public static (CheckResult Result, IReadOnlyList<(string Setting, double GigabytesPerSecond)> Rates) Rate(int[] slots, double seconds)
     {
         Setup setup = s_setup.Value;
-        CudaLanguageModel model = GpuModels.Get("bundled", CudaMatmulPrecision.StoredSplit, DType.Float16);
-        var restorer = new GpuChunkRestorer(model, pool: null);
         const int Level = 3;
         var containers = new List<(byte[] Container, ChunkExpectation Expected)>();
         foreach (Chunk chunk in setup.Chunks)
@@ -211,13 +209,79 @@ internal static class KvtcGpuChecks
             containers.Add((container, expected));
         }
 
-        long chunkBytes = setup.Shape.Elements * sizeof(ushort);
+        return Measure("kvtc gpu rate", $"bundled model, level {Level}", setup.Shape, containers, new KvVariant(CodecId.Kvtc, Level), slots, seconds, cpuThreads: [1, Environment.ProcessorCount]);
+    }
+
+    /// <summary>
+    /// The rate on chunks of Llama-3-8B's KV shape (32 layers, 8 KV heads of 128, 256 tokens; 32 MiB of fp16 each): a
+    /// synthetic transform of one layer per block (1,024 channels, identity synthesis, 4 bits per component, Llama-3's
+    /// rotary frequencies) and Gaussian KV, so the segments, the 1,024 x 1,024 products and the key rotation are those
+    /// of that model. The CPU decoder's rate from one chunk on one thread.
+    /// </summary>
+    public static (CheckResult Result, IReadOnlyList<(string Setting, double GigabytesPerSecond)> Rates) RateLlamaShape(int[] slots, double seconds)
+    {
+        KvFetcher.Engine.Model.ModelConfig config = KvFetcher.Engine.Model.ModelShapes.Llama3Size8B();
+        var shape = new KvShape(config.NumLayers, ChunkTokens, config.NumKvHeads, config.HeadDim);
+        int c = shape.Channels;
+        int planes = shape.Layers * 2;
+        long matrices = (long)planes * c * c;
+        var identity = new float[matrices];
+        for (long block = 0; block < planes; block++)
+        {
+            for (int k = 0; k < c; k++)
+            {
+                identity[(block * c * c) + ((long)k * c) + k] = 1f;
+            }
+        }
+
+        var bits = new byte[KvtcTransform.LevelCount * planes * c];
+        bits.AsSpan().Fill(4);
+        var sigma = new float[planes * c];
+        sigma.AsSpan().Fill(1f);
+        var model = new ModelFingerprint(new Hash256(8, 8, 8, 8));
+        var transform = new KvtcTransform(model, shape.Layers, shape.KvHeads, shape.HeadDim, 1, 4, 0, TransformCalibration.KeyRotationOf(config),
+            [.. KvtcTransform.DefaultLevelBits], new float[planes * c], sigma, identity, (float[])identity.Clone(), bits);
+        KvtcTransforms.Register(transform);
+        var codec = new TransformCodec(transform);
+        const int Level = 1;
+        var containers = new (byte[] Container, ChunkExpectation Expected)[4];
+        Parallel.For(0, containers.Length, i =>
+        {
+            var random = new Random(100 + i);
+            var values = new Half[shape.Elements];
+            for (long v = 0; v < values.Length; v++)
+            {
+                // Gaussian (Box-Muller), standard deviation 1.
+                double u = 1 - random.NextDouble();
+                values[v] = (Half)(Math.Sqrt(-2 * Math.Log(u)) * Math.Cos(2 * Math.PI * random.NextDouble()));
+            }
+
+            byte[] kv = System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()).ToArray();
+            var parameters = new ArrayBufferWriter<byte>();
+            var payload = new ArrayBufferWriter<byte>();
+            long tokenStart = (long)i * ChunkTokens;
+            codec.Encode(kv, shape, DType.Float16, tokenStart, Level, parameters, payload);
+            var header = new ChunkHeader { Codec = CodecId.Kvtc, Level = Level, DType = DType.Float16, Model = model, TokenStart = tokenStart, Shape = shape };
+            var output = new ArrayBufferWriter<byte>();
+            ChunkContainer.Write(header, parameters.WrittenSpan, payload.WrittenSpan, output);
+            containers[i] = (output.WrittenSpan.ToArray(), new ChunkExpectation(default, model, tokenStart, shape, DType.Float16));
+        });
+
+        return Measure("kvtc gpu rate llama-3-8b shape", $"llama-3-8b shape (synthetic transform, 4 bits per component), level {Level}", shape, [.. containers],
+            new KvVariant(CodecId.Kvtc, Level), slots, seconds, cpuThreads: [1]);
+    }
+
+    private static (CheckResult Result, IReadOnlyList<(string Setting, double GigabytesPerSecond)> Rates) Measure(string name, string what, KvShape shape,
+        List<(byte[] Container, ChunkExpectation Expected)> containers, KvVariant variant, int[] slots, double seconds, int[] cpuThreads)
+    {
+        CudaLanguageModel model = GpuModels.Get("bundled", CudaMatmulPrecision.StoredSplit, DType.Float16);
+        var restorer = new GpuChunkRestorer(model, pool: null);
+        long chunkBytes = shape.Elements * sizeof(ushort);
         long compressed = containers.Sum(c => (long)c.Container.Length) / containers.Count;
         var rates = new List<(string, double)>();
-        var variant = new KvVariant(CodecId.Kvtc, Level);
         foreach (int count in slots)
         {
-            var slotList = Enumerable.Range(0, count).Select(_ => restorer.CreateSlot(setup.Shape, DType.Float16)).ToArray();
+            IRestoreSlot[] slotList = [.. Enumerable.Range(0, count).Select(_ => restorer.CreateSlot(shape, DType.Float16))];
             try
             {
                 // Warm-up: kernels compiled, tables uploaded, scratch grown.
@@ -242,7 +306,7 @@ internal static class KvtcGpuChecks
                     Interlocked.Add(ref decoded, mine);
                 });
                 double elapsed = stopwatch.Elapsed.TotalSeconds;
-                rates.Add(($"gpu, {count} slot{(count == 1 ? "" : "s")}", decoded * chunkBytes / elapsed / 1e9));
+                rates.Add(($"{what}: gpu, {count} slot{(count == 1 ? "" : "s")}", decoded * chunkBytes / elapsed / 1e9));
             }
             finally
             {
@@ -253,7 +317,7 @@ internal static class KvtcGpuChecks
             }
         }
 
-        foreach (int threads in new[] { 1, Environment.ProcessorCount })
+        foreach (int threads in cpuThreads)
         {
             long decoded = 0;
             var stopwatch = Stopwatch.StartNew();
@@ -271,14 +335,14 @@ internal static class KvtcGpuChecks
                 Interlocked.Add(ref decoded, mine);
             });
             double elapsed = stopwatch.Elapsed.TotalSeconds;
-            rates.Add(($"cpu, {threads} thread{(threads == 1 ? "" : "s")}", decoded * chunkBytes / elapsed / 1e9));
+            rates.Add(($"{what}: cpu, {threads} thread{(threads == 1 ? "" : "s")}", decoded * chunkBytes / elapsed / 1e9));
         }
 
-        string table = string.Join("; ", rates.Select(r => string.Create(CultureInfo.InvariantCulture, $"{r.Item1}: {r.Item2:F2} GB/s")));
+        string table = string.Join("; ", rates.Select(r => string.Create(CultureInfo.InvariantCulture, $"{r.Item1[(what.Length + 2)..]}: {r.Item2:F3} GB/s")));
         return (new CheckResult(
-            "kvtc gpu rate",
+            name,
             rates.All(r => r.Item2 > 0),
-            string.Create(CultureInfo.InvariantCulture, $"fp16 KV produced, {setup.Shape} chunks of {chunkBytes >> 10} KiB ({compressed >> 10} KiB coded, level {Level}): {table}")), rates);
+            string.Create(CultureInfo.InvariantCulture, $"fp16 KV produced, {what}, {shape} chunks of {chunkBytes >> 10} KiB ({compressed >> 10} KiB coded): {table}")), rates);
     }
 
     private static byte[] Encode(Setup setup, Chunk chunk, int level, out ChunkExpectation expected)

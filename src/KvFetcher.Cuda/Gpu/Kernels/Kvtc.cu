@@ -69,6 +69,42 @@ __device__ __forceinline__ void kvtc_enter(kvtc_cursor& c, int bits, int blocks,
     }
 }
 
+// Stores one decoded symbol's coefficient at the cursor and moves the cursor on: 0, or the status of a problem (3 more
+// escapes than the segment declares, 4 a symbol past the last block).
+__device__ __forceinline__ int kvtc_emit(int symbol, kvtc_cursor& c, int& used, int escapes, const unsigned char* escapeValues, int bits, int blocks,
+    int coded, const int* widthCounts, const int* widthOffsets, const int* components, const int* channelStarts, float* coefficients)
+{
+    if (c.block >= blocks)
+    {
+        return 4;
+    }
+
+    int q = symbol - KVTC_MAX_MAGNITUDE;
+    if (symbol == KVTC_ESCAPE)
+    {
+        if (used >= escapes)
+        {
+            return 3;
+        }
+        q = (int)(short)(unsigned short)((unsigned int)escapeValues[2 * used] | ((unsigned int)escapeValues[2 * used + 1] << 8));
+        used++;
+    }
+
+    coefficients[c.base + (size_t)c.token * c.d + c.list[c.j]] = (float)q;
+    if (++c.j == c.m)
+    {
+        c.j = 0;
+        if (++c.token == coded)
+        {
+            c.token = 0;
+            c.block++;
+            kvtc_enter(c, bits, blocks, coded, widthCounts, widthOffsets, components, channelStarts);
+        }
+    }
+
+    return 0;
+}
+
 // One thread per segment (segments: KVTC_FIELDS ints each, KvtcChunkLayout's fields: stream offset, stream bytes,
 // symbols, first escape, escapes, bit width, first block, first coded token, first component index). Each decoded
 // coefficient q goes to coefficients (fp32, [block][coded token][component], block b at coded * channelStarts[b]) as q
@@ -134,47 +170,25 @@ extern "C" __global__ void kvtc_decode_segments(
     for (int i = 0; i < n; i += 2)
     {
         // Symbol i with state 0 and i + 1 with state 1, stepped side by side; renormalized in the encoder's order.
-        int symbols[2];
-        symbols[0] = kvtc_step(x0, slots, entries);
+        int symbol0 = kvtc_step(x0, slots, entries);
         bool second = i + 1 < n;
-        symbols[1] = second ? kvtc_step(x1, slots, entries) : 0;
+        int symbol1 = second ? kvtc_step(x1, slots, entries) : 0;
         if (!kvtc_refill(x0, stream, length, read) || (second && !kvtc_refill(x1, stream, length, read)))
         {
             status[index] = 2;
             return;
         }
 
-        for (int k = 0; k < (second ? 2 : 1); k++)
+        int problem = kvtc_emit(symbol0, c, used, escapes, escapeValues, bits, blocks, coded, widthCounts, widthOffsets, components, channelStarts, coefficients);
+        if (problem == 0 && second)
         {
-            if (c.block >= blocks)
-            {
-                status[index] = 4;
-                return;
-            }
+            problem = kvtc_emit(symbol1, c, used, escapes, escapeValues, bits, blocks, coded, widthCounts, widthOffsets, components, channelStarts, coefficients);
+        }
 
-            int q = symbols[k] - KVTC_MAX_MAGNITUDE;
-            if (symbols[k] == KVTC_ESCAPE)
-            {
-                if (used >= escapes)
-                {
-                    status[index] = 3;
-                    return;
-                }
-                q = (int)(short)(unsigned short)((unsigned int)escapeValues[2 * used] | ((unsigned int)escapeValues[2 * used + 1] << 8));
-                used++;
-            }
-
-            coefficients[c.base + (size_t)c.token * c.d + c.list[c.j]] = (float)q;
-            if (++c.j == c.m)
-            {
-                c.j = 0;
-                if (++c.token == coded)
-                {
-                    c.token = 0;
-                    c.block++;
-                    kvtc_enter(c, bits, blocks, coded, widthCounts, widthOffsets, components, channelStarts);
-                }
-            }
+        if (problem != 0)
+        {
+            status[index] = problem;
+            return;
         }
     }
 
