@@ -85,13 +85,14 @@ internal static class KvtcGpuChecks
     /// boundary moved, stream bytes flipped, the escape count changed) are refused with <see cref="InvalidKvDataException"/>
     /// by the GPU decoder, which then still decodes an intact chunk as before.
     /// </summary>
-    public static CheckResult HostileInput()
+    public static CheckResult HostileInput() => HostileInput(onGpu: true);
+
+    /// <summary>The same hostile chunks through the CPU decoder (no device needed): each refused with <see cref="InvalidKvDataException"/>.</summary>
+    public static CheckResult HostileInputOnCpu() => HostileInput(onGpu: false);
+
+    private static CheckResult HostileInput(bool onGpu)
     {
         Setup setup = s_setup.Value;
-        CudaLanguageModel model = GpuModels.Get("bundled", CudaMatmulPrecision.StoredSplit, DType.Float16);
-        var restorer = new GpuChunkRestorer(model, pool: null);
-        using IRestoreSlot slot = restorer.CreateSlot(setup.Shape, DType.Float16);
-        using CudaKvCache cache = model.CreateCache(ChunkTokens);
         const int Level = 3;
         Chunk chunk = setup.Chunks[0];
         var parameters = new ArrayBufferWriter<byte>();
@@ -151,6 +152,30 @@ internal static class KvtcGpuChecks
 
         var failures = new List<string>();
         var refusals = new List<string>();
+        if (!onGpu)
+        {
+            var destination = new byte[setup.Shape.Elements * sizeof(ushort)];
+            foreach ((string name, byte[] bad) in cases)
+            {
+                byte[] container = Container(setup, chunk, Level, parameters.WrittenSpan, bad, out ChunkExpectation expected);
+                try
+                {
+                    TransformCodec.Instance.DecodeContainer(container, expected, destination);
+                    failures.Add($"{name}: decoded without an error");
+                }
+                catch (InvalidKvDataException e)
+                {
+                    refusals.Add($"{name}: {e.Message}");
+                }
+            }
+
+            return new CheckResult("kvtc cpu hostile input", failures.Count == 0, failures.Count == 0 ? $"{cases.Count} hostile chunks refused; e.g. {refusals[3]}" : string.Join("; ", failures));
+        }
+
+        CudaLanguageModel model = GpuModels.Get("bundled", CudaMatmulPrecision.StoredSplit, DType.Float16);
+        var restorer = new GpuChunkRestorer(model, pool: null);
+        using IRestoreSlot slot = restorer.CreateSlot(setup.Shape, DType.Float16);
+        using CudaKvCache cache = model.CreateCache(ChunkTokens);
         foreach ((string name, byte[] bad) in cases)
         {
             byte[] container = Container(setup, chunk, Level, parameters.WrittenSpan, bad, out ChunkExpectation expected);

@@ -10,6 +10,14 @@ public class KvtcGpuTests(ITestOutputHelper output)
     public void Decode_HostileChunks_InvalidKvDataThenIntactChunkStillDecodes() => Run(KvtcGpuChecks.HostileInput);
 
     [Fact]
+    public void Decode_HostileChunksOfTheGpuCheck_CpuDecoderRefusesThemToo()
+    {
+        CheckResult result = KvtcGpuChecks.HostileInputOnCpu();
+        output.WriteLine(result.ToString());
+        Assert.True(result.Passed, result.ToString());
+    }
+
+    [Fact]
     public void Decode_ManyChunksOnTwoSlots_MeasuresARate() => Run(() => KvtcGpuChecks.Rate([2], seconds: 0.5).Result);
 
     private void Run(Func<CheckResult> check)
