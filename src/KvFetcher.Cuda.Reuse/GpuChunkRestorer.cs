@@ -9,7 +9,8 @@ namespace KvFetcher.Cuda.Reuse;
 
 /// <summary>
 /// Restores fetched chunks into a <see cref="CudaKvCache"/> with one decoder per codec, each an
-/// <see cref="IRestoreSlot"/>: <c>cachegen</c> on the CUDA cores (<see cref="CudaCacheGenDecoder"/>), <c>video</c> on
+/// <see cref="IRestoreSlot"/>: <c>cachegen</c> on the CUDA cores (<see cref="CudaCacheGenDecoder"/>), <c>kvtc</c> on the
+/// CUDA and tensor cores (<see cref="CudaKvtcChunkDecoder"/>; the transform uploaded once per transform and level), <c>video</c> on
 /// NVDEC when an <see cref="NvdecPool"/> is given (<see cref="NvdecVideoDecoder"/>), every other codec on the CPU and
 /// copied up (<see cref="HostChunkRestorer.Slot"/>). The device decoders of a slot share its device KV buffer and
 /// stream. With <see cref="VerifyFrames"/> each video stream's decoded frames are also checked against the checksum
@@ -31,7 +32,7 @@ public sealed class GpuChunkRestorer : IChunkRestorer
         VerifyFrames = verifyFrames;
     }
 
-    public string Name => _pool is null ? "cuda cachegen + cpu" : $"nvdec x{_pool.Sessions} + cuda cachegen + cpu";
+    public string Name => _pool is null ? "cuda cachegen/kvtc + cpu" : $"nvdec x{_pool.Sessions} + cuda cachegen/kvtc + cpu";
 
     /// <summary>Whether decoded frames are checked against their streams' checksums.</summary>
     public bool VerifyFrames { get; }
@@ -46,6 +47,7 @@ public sealed class GpuChunkRestorer : IChunkRestorer
     {
         private readonly DeviceChunk _chunk;
         private readonly CudaCacheGenDecoder _cachegen;
+        private readonly CudaKvtcChunkDecoder _kvtc;
         private readonly NvdecVideoDecoder? _video;
         private readonly HostChunkRestorer.Slot _host;
         private IRestoreSlot? _decoded;
@@ -54,6 +56,7 @@ public sealed class GpuChunkRestorer : IChunkRestorer
         {
             _chunk = new DeviceChunk(owner._model, shape, dtype);
             _cachegen = new CudaCacheGenDecoder(_chunk);
+            _kvtc = new CudaKvtcChunkDecoder(_chunk);
             _video = owner._pool is null ? null : new NvdecVideoDecoder(_chunk, owner._pool, owner.VerifyFrames);
             _host = new HostChunkRestorer.Slot(checked((int)(shape.Elements * dtype.SizeOf())), dtype);
         }
@@ -64,6 +67,7 @@ public sealed class GpuChunkRestorer : IChunkRestorer
             IRestoreSlot decoder = variant.Codec switch
             {
                 CodecId.CacheGen => _cachegen,
+                CodecId.Kvtc => _kvtc,
                 CodecId.Video when _video is not null => _video,
                 _ => _host,
             };
@@ -98,6 +102,7 @@ public sealed class GpuChunkRestorer : IChunkRestorer
             _host.Dispose();
             _video?.Dispose();
             _cachegen.Dispose();
+            _kvtc.Dispose();
             _chunk.Dispose();
         }
     }

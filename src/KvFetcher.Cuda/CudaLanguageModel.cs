@@ -21,6 +21,7 @@ public sealed class CudaLanguageModel : IInferenceModel
     private readonly bool _ownsContext;
     private readonly Lazy<ModelFingerprint> _fingerprint;
     private readonly Lazy<CudaRestoreKernels> _restoreKernels;
+    private readonly Lazy<Kvtc.CudaKvtcKernels> _kvtcKernels;
 
     private CudaLanguageModel(LoadedModel? loaded, ModelConfig config, CudaContext context, bool ownsContext, CudaModelOptions options, DeviceWeights weights, int seed = 0)
     {
@@ -31,6 +32,7 @@ public sealed class CudaLanguageModel : IInferenceModel
         Config = config;
         Transformer = new CudaTransformer(context, config, weights, options.KvStorageDType, options.MatmulPrecision, options.Attention);
         _restoreKernels = new Lazy<CudaRestoreKernels>(() => new CudaRestoreKernels(_context, Transformer.Module));
+        _kvtcKernels = new Lazy<Kvtc.CudaKvtcKernels>(() => Kvtc.CudaKvtcKernels.Compile(_context));
         _fingerprint = new Lazy<ModelFingerprint>(() => loaded is null ? ModelFingerprinter.ComputeSynthetic(config, "cuda-random-bf16", seed) : ModelFingerprinter.Get(loaded));
     }
 
@@ -138,6 +140,9 @@ public sealed class CudaLanguageModel : IInferenceModel
     /// <summary>The kernels that restore fetched chunks into this model's caches (compiled with the model's kernels).</summary>
     public CudaRestoreKernels RestoreKernels => _restoreKernels.Value;
 
+    /// <summary>The kvtc codec's decoder kernels and device transform tables (a program of their own, compiled on first use; disposed with the model).</summary>
+    public Kvtc.CudaKvtcKernels KvtcKernels => _kvtcKernels.Value;
+
     /// <summary>Whether decode-sized steps take the split-K decode attention kernel (a 16-bit cache, not <see cref="CudaAttentionKernel.CudaCores"/>).</summary>
     public bool UsesDecodeAttention => Transformer.UsesDecodeAttention;
 
@@ -157,6 +162,11 @@ public sealed class CudaLanguageModel : IInferenceModel
 
     public void Dispose()
     {
+        if (_kvtcKernels.IsValueCreated)
+        {
+            _kvtcKernels.Value.Dispose();
+        }
+
         Transformer.Dispose();
         if (_ownsContext)
         {

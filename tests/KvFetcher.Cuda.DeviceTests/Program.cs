@@ -7,8 +7,10 @@ using KvFetcher.Cuda.Tests;
 using KvFetcher.Engine;
 using KvFetcher.Engine.Tests;
 
-// kvf-gpu-check [--checks [--check-filter TEXT[|TEXT...]]] [--bench] [--json FILE] [--llama FILE [--baseline]]: the CUDA engine's checks (the xunit
-// suite's GpuChecks) and its prefill/decode throughput next to the CPU engine's, on the machine it runs on; --llama
+// kvf-gpu-check [--checks [--check-filter TEXT[|TEXT...]]] [--kvtc-rate] [--bench] [--json FILE] [--llama FILE [--baseline]]: the CUDA engine's
+// checks (the xunit suite's GpuChecks and KvtcGpuChecks) and its prefill/decode throughput next to the CPU engine's, on the machine it runs on;
+// --kvtc-rate the kvtc GPU decoder's rate (GB/s of fp16 KV) next to the CPU decoder's, on the bundled model and (unless
+// --no-large) on Llama-3-8B-shaped chunks; --llama
 // writes the Llama-3-8B-shape comparison with PyTorch (bench/pytorch/compare.py joins both). Exit code 1 when a check
 // fails.
 string? llamaPath = ArgumentValue("--llama");
@@ -24,6 +26,8 @@ if (args.Contains("--nvrtc-smoke"))
         KvFetcher.Cuda.Gpu.KernelModule.EngineSource, new Version(9, 0),
         ["HEAD_DIM=128", "KV=bf16_t", "ACT=bf16_t", "EMB=bf16_t", "TC_ATTENTION", "DECODE_ATTENTION", "GEMV"]);
     Console.WriteLine($"NVRTC compiled the engine kernels for sm_90: {image.Length} bytes");
+    byte[] kvtc = KvFetcher.Cuda.Gpu.KernelModule.CompileImage(KvFetcher.Cuda.Kvtc.CudaKvtcKernels.Source, new Version(9, 0), KvFetcher.Cuda.Kvtc.CudaKvtcKernels.Defines);
+    Console.WriteLine($"NVRTC compiled the kvtc kernels for sm_90: {kvtc.Length} bytes");
     return 0;
 }
 
@@ -39,6 +43,7 @@ Console.WriteLine($"repository: {TestData.RepositoryRoot}");
 
 var results = new List<CheckResult>();
 var timings = new List<(string Engine, string Setting, string Phase, int Context, int Tokens, double Seconds)>();
+var kvtcRates = new List<(string Setting, double GigabytesPerSecond)>();
 if (checks)
 {
     var all = new List<(string, Func<CheckResult>)>();
@@ -91,6 +96,9 @@ if (checks)
         all.Add(($"ours-layer reuse {storage}", () => GpuReuseChecks.OursLayerReuse(storage)));
     }
 
+    all.Add(("kvtc gpu vs cpu", KvtcGpuChecks.GpuVersusCpu));
+    all.Add(("kvtc gpu hostile input", KvtcGpuChecks.HostileInput));
+
     string? filter = ArgumentValue("--check-filter");
     // --check-filter A|B|C: the checks whose name contains any of the parts.
     string[] parts = filter?.Split('|', StringSplitOptions.RemoveEmptyEntries) ?? [];
@@ -106,6 +114,29 @@ if (checks)
     {
         CheckResult result = RunCheck(name, check);
         Console.WriteLine($"INFO {result.Name}: {result.Detail}");
+    }
+}
+
+if (args.Contains("--kvtc-rate"))
+{
+    CheckResult rate = RunCheck("kvtc gpu rate", () =>
+    {
+        (CheckResult result, IReadOnlyList<(string, double)> measured) = KvtcGpuChecks.Rate([1, 4, 8], seconds: 3);
+        kvtcRates.AddRange(measured);
+        return result;
+    });
+    results.Add(rate);
+    Console.WriteLine(rate);
+    if (!args.Contains("--no-large"))
+    {
+        CheckResult large = RunCheck("kvtc gpu rate llama-3-8b shape", () =>
+        {
+            (CheckResult result, IReadOnlyList<(string, double)> measured) = KvtcGpuChecks.RateLlamaShape([1, 4, 8], seconds: 3);
+            kvtcRates.AddRange(measured);
+            return result;
+        });
+        results.Add(large);
+        Console.WriteLine(large);
     }
 }
 
@@ -165,6 +196,16 @@ if (jsonPath is not null)
         json.WriteNumber("tokens", t.Tokens);
         json.WriteNumber("seconds", t.Seconds);
         json.WriteNumber("tokensPerSecond", t.Tokens / t.Seconds);
+        json.WriteEndObject();
+    }
+
+    json.WriteEndArray();
+    json.WriteStartArray("kvtcDecodeRate");
+    foreach ((string setting, double rate) in kvtcRates)
+    {
+        json.WriteStartObject();
+        json.WriteString("setting", setting);
+        json.WriteNumber("fp16GigabytesPerSecond", rate);
         json.WriteEndObject();
     }
 

@@ -22,7 +22,7 @@ namespace KvFetcher.Codecs.Entropy;
 /// against the declared lengths, and requires both final states to equal the initial state and the stream to be
 /// consumed exactly.
 /// </remarks>
-internal static class StaticRans
+internal static partial class StaticRans
 {
     public const int MinScaleBits = 12;
     public const int MaxScaleBits = 15;

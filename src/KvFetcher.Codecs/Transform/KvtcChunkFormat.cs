@@ -10,7 +10,7 @@ namespace KvFetcher.Codecs.Transform;
 /// <remarks>
 /// <code>
 /// parameters (32 bytes, little-endian):
-///   0   u8      format version (1)
+///   0   u8      format version (2; version 1 coded one rANS block per bit width and is refused: re-encode)
 ///   1   u8      level
 ///   2   u16     layers
 ///   4   u16     kvHeads
@@ -23,21 +23,37 @@ namespace KvFetcher.Codecs.Transform;
 ///   exact values: per plane p = layer * 2 + kind, tokens [0, h) then [tokens - e, tokens), channels, as stored (bit-identical)
 ///   for the tokens [h, tokens - e) of every plane (nothing when that range is empty), keys taken back to before their
 ///   rotary embedding at position tokenStart + t (the transform's key rotation; tokenStart is the container's):
-///     per bit width b = 1..7 that the level gives any component, ascending: one rANS block
-///       (<see cref="Entropy.StaticRans"/>) of those components' symbols, planes in order, each token-major with its
-///       components ascending: symbol q + 127 for the quantized coefficient q = round(c / step) in [-127, 127], 255 = escape
-///     u32 escapes; i16[escapes] the coefficients coded as 255, in plane, token, component order; the payload ends there
+///     the symbols of bit width b (b = 1..7) are, blocks in order, each block's coded tokens token-major with the block's
+///     components of width b ascending: q + 127 for the quantized coefficient q = round(c / step) in [-127, 127], 255 = escape;
+///     per bit width b that has symbols, ascending:
+///       one segmented rANS table (<see cref="Entropy.StaticRans.SegmentTable"/>: scale 12, bitmap, frequencies)
+///       u32     segments: ceil(symbols of width b / <see cref="SegmentSymbols"/>); segment i holds symbols
+///               [i * SegmentSymbols, min((i + 1) * SegmentSymbols, n))
+///       per segment: u32 stream bytes (at least 8), u32 escapes among its symbols
+///       per segment: its rANS stream (two states, then renormalization bytes), back to back in segment order
+///     u32 escapes (the segments' escapes summed); i16[escapes] the coefficients coded as 255, bit widths ascending,
+///     segments in order, symbols in order; the payload ends there
 /// </code>
 /// </remarks>
 internal static class KvtcChunkFormat
 {
     public const int ParametersSize = 32;
-    public const byte Version = 1;
+    public const byte Version = 2;
+
+    /// <summary>Symbols per rANS segment (the last segment of a bit width holds the rest).</summary>
+    public const int SegmentSymbols = 8192;
+
+    /// <summary>Bytes of one segment's entry in its bit width's segment table (stream bytes, escapes).</summary>
+    public const int SegmentEntryBytes = 8;
+
+    /// <summary>The most segments a chunk may declare (a 65,536-token chunk of Llama-3-8B's shape holds 2^32 values: far fewer).</summary>
+    public const int MaxSegments = 1 << 22;
     public const int Escape = 255;
     public const int MaxMagnitude = 127;
 
-    /// <summary>The most bytes one rANS block's table and framing take (scale, bitmap, 256 three-byte varints, length, states).</summary>
-    public const int RansOverhead = 1 + 32 + (256 * 3) + 4 + 8;
+    /// <summary>The most bytes of framing a chunk's entropy-coded part takes besides its symbols' bytes: per bit width a table and a segment count, per segment its entry and up to 16 bytes of states and slack, and the escape count.</summary>
+    public static long FramingBound(long symbols) =>
+        4 + (KvtcTransform.MaxBits * (Entropy.StaticRans.MaxTableBytes + 4L)) + (((symbols / SegmentSymbols) + KvtcTransform.MaxBits) * (SegmentEntryBytes + 16L));
 
     public readonly record struct Header(int Level, int Tokens, int ExactHead, int ExactTail);
 
@@ -74,7 +90,9 @@ internal static class KvtcChunkFormat
 
         if (parameters[0] != Version)
         {
-            throw new InvalidKvDataException($"kvtc: parameters offset 0: format version {parameters[0]} is not {Version}.");
+            throw new InvalidKvDataException(parameters[0] == 1
+                ? $"kvtc: parameters offset 0: format version 1 (one rANS stream per bit width) is no longer read; this build reads version {Version} (segmented streams): encode the chunk again."
+                : $"kvtc: parameters offset 0: format version {parameters[0]} is not {Version}.");
         }
 
         if (parameters[1] != level)

@@ -81,6 +81,7 @@ public sealed class KvtcTransform
     private readonly float[] _steps;
     private readonly float[] _levelBits;
     private readonly byte[] _id;
+    private readonly int[]?[] _widthCounts = new int[LevelCount][];
 
     internal KvtcTransform(ModelFingerprint model, int layers, int kvHeads, int headDim, int groupLayers, int exactHead, int exactTail, KvtcKeyRotation keyRotation,
         float[] levelBits, float[] mean, float[] sigma, float[] forward, float[] inverse, byte[] bits)
@@ -186,7 +187,8 @@ public sealed class KvtcTransform
     /// <summary>Whether this transform fits chunks of <paramref name="shape"/> (layers and channels; any token count).</summary>
     public bool Fits(KvShape shape) => shape.Layers == Layers && shape.KvHeads == KvHeads && shape.HeadDim == HeadDim;
 
-    internal ReadOnlySpan<float> Mean(int block) => _mean.AsSpan(_blockStart[block], BlockChannels(block));
+    /// <summary>Block <paramref name="block"/>'s channel means (<see cref="BlockChannels"/> values).</summary>
+    public ReadOnlySpan<float> Mean(int block) => _mean.AsSpan(_blockStart[block], BlockChannels(block));
 
     internal ReadOnlySpan<float> Sigma(int block) => _sigma.AsSpan(_blockStart[block], BlockChannels(block));
 
@@ -196,9 +198,44 @@ public sealed class KvtcTransform
     /// <summary>Component <paramref name="component"/>'s synthesis vector in block <paramref name="block"/> (the channels are the mean plus coefficient times these).</summary>
     internal ReadOnlySpan<float> Inverse(int block, int component) => _inverse.AsSpan((int)(_matrixStart[block] + ((long)component * BlockChannels(block))), BlockChannels(block));
 
-    internal ReadOnlySpan<byte> Bits(int level, int block) => _bits.AsSpan((level * Planes * Channels) + _blockStart[block], BlockChannels(block));
+    /// <summary>
+    /// Block <paramref name="block"/>'s synthesis matrix, row-major [components][channels] (row k: component k's
+    /// synthesis vector): the channels are the mean plus the coefficients times this.
+    /// </summary>
+    public ReadOnlySpan<float> InverseMatrix(int block) => _inverse.AsSpan((int)_matrixStart[block], BlockChannels(block) * BlockChannels(block));
 
-    internal ReadOnlySpan<float> Steps(int level, int block) => _steps.AsSpan((level * Planes * Channels) + _blockStart[block], BlockChannels(block));
+    /// <summary>Where block <paramref name="block"/>'s channels start among all blocks' channels (blocks in order).</summary>
+    public int BlockChannelStart(int block) => _blockStart[block];
+
+    /// <summary>The bits <paramref name="level"/> gives each of block <paramref name="block"/>'s components (0: dropped).</summary>
+    public ReadOnlySpan<byte> Bits(int level, int block) => _bits.AsSpan((level * Planes * Channels) + _blockStart[block], BlockChannels(block));
+
+    /// <summary>The quantization step of each of block <paramref name="block"/>'s components at <paramref name="level"/> (0 for dropped ones).</summary>
+    public ReadOnlySpan<float> Steps(int level, int block) => _steps.AsSpan((level * Planes * Channels) + _blockStart[block], BlockChannels(block));
+
+    /// <summary>
+    /// How many of each block's components <paramref name="level"/> gives each bit width: entry
+    /// <c>bits * Blocks + block</c> for bits 0..<see cref="MaxBits"/> (computed once per level).
+    /// </summary>
+    internal ReadOnlySpan<int> WidthCounts(int level)
+    {
+        int[]? counts = Volatile.Read(ref _widthCounts[level]);
+        if (counts is null)
+        {
+            counts = new int[(MaxBits + 1) * Blocks];
+            for (int block = 0; block < Blocks; block++)
+            {
+                foreach (byte b in Bits(level, block))
+                {
+                    counts[(b * Blocks) + block]++;
+                }
+            }
+
+            Volatile.Write(ref _widthCounts[level], counts);
+        }
+
+        return counts;
+    }
 
     /// <summary>The share of the (sensitivity-weighted) variance each level keeps (1 - modelled distortion / variance), for reports.</summary>
     public double KeptVariance(int level)

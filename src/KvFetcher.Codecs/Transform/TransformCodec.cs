@@ -14,7 +14,7 @@ namespace KvFetcher.Codecs.Transform;
 /// chunk is centred and transformed into the model's components (<see cref="KvtcTransform"/>, fitted once per model and
 /// bound to its fingerprint); each
 /// component is quantized uniformly with the step its level's bit allocation gives it (components given no bits are
-/// dropped), and the quantized coefficients are rANS-coded, one rANS block per bit width for the chunk. The first tokens of each
+/// dropped), and the quantized coefficients are rANS-coded, one frequency table per bit width for the chunk and its symbols in independent segments (a GPU decodes them side by side). The first tokens of each
 /// chunk (attention sinks when the chunk starts the context) and optionally the last ones are stored exactly. Format:
 /// <see cref="KvtcChunkFormat"/>.
 /// </summary>
@@ -57,16 +57,15 @@ public sealed class TransformCodec : IKvCodec
 
     /// <summary>
     /// The parameters, then per plane every token's values at up to four bytes each (a two-byte symbol and a two-byte
-    /// escape, or the stored value, whichever is larger) and the framing of up to <see cref="KvtcTransform.MaxBits"/> rANS
-    /// blocks and the escape count.
+    /// escape, or the stored value, whichever is larger) and the framing of the segmented rANS streams
+    /// (<see cref="KvtcChunkFormat.FramingBound"/>).
     /// </summary>
     public long GetMaxEncodedLength(KvShape shape, DType dtype, int level)
     {
         shape.Validate();
         CodecChecks.Level(this, level);
         long perValue = Math.Max(4, dtype.SizeOf());
-        return KvtcChunkFormat.ParametersSize + (shape.Layers * 2L * ((KvtcTransform.MaxBits * (long)KvtcChunkFormat.RansOverhead) + 4))
-            + (shape.Elements * perValue);
+        return KvtcChunkFormat.ParametersSize + KvtcChunkFormat.FramingBound(shape.Elements) + (shape.Elements * perValue);
     }
 
     public void Encode(ReadOnlySpan<byte> kv, KvShape shape, DType dtype, long tokenStart, int level, IBufferWriter<byte> parameters, IBufferWriter<byte> payload)
@@ -116,12 +115,11 @@ public sealed class TransformCodec : IKvCodec
         KvtcKeyRotation rotation = transform.KeyRotation;
         float[] angles = rotation.RentAngles(tokenStart + head, coded);
         int[] groupStarts = GroupStarts(transform, level, coded);
-        int[] histogram = new int[256];
+        var histogram = new int[256];
         Span<int> cursor = stackalloc int[KvtcTransform.MaxBits + 2];
         groupStarts.CopyTo(cursor);
         try
         {
-            int escapeCount = 0;
             for (int block = 0; block < transform.Blocks; block++)
             {
                 ReadOnlySpan<byte> bits = transform.Bits(level, block);
@@ -163,8 +161,8 @@ public sealed class TransformCodec : IKvCodec
                         int q = (int)Math.Clamp(MathF.Round(coefficient / steps[k]), short.MinValue + 1, short.MaxValue);
                         if (q is < -KvtcChunkFormat.MaxMagnitude or > KvtcChunkFormat.MaxMagnitude)
                         {
+                            escapes[cursor[b]] = (short)q;
                             symbols[cursor[b]++] = KvtcChunkFormat.Escape;
-                            escapes[escapeCount++] = (short)q;
                         }
                         else
                         {
@@ -174,35 +172,23 @@ public sealed class TransformCodec : IKvCodec
                 }
             }
 
-            for (int b = 1; b <= KvtcTransform.MaxBits; b++)
-            {
-                int n = groupStarts[b + 1] - groupStarts[b];
-                if (n == 0)
-                {
-                    continue;
-                }
-
-                ReadOnlySpan<byte> group = symbols.AsSpan(groupStarts[b], n);
-                Array.Clear(histogram);
-                StaticRans.Count(group, histogram);
-                int capacity = KvtcChunkFormat.RansOverhead + (2 * n) + 16;
-                int written = StaticRans.TryEncode(group, histogram, payload.GetSpan(capacity)[..capacity]);
-                if (written < 0)
-                {
-                    throw new InvalidOperationException($"kvtc: a rANS block of {n} symbols did not fit {capacity} bytes.");
-                }
-
-                payload.Advance(written);
-            }
-
+            int escapeCount = WriteSegments(symbols, groupStarts, histogram, payload);
             Span<byte> escapeBytes = payload.GetSpan(4 + (2 * escapeCount));
             BinaryPrimitives.WriteUInt32LittleEndian(escapeBytes, (uint)escapeCount);
-            for (int i = 0; i < escapeCount; i++)
+            int written = 4;
+            for (int b = 1; b <= KvtcTransform.MaxBits; b++)
             {
-                BinaryPrimitives.WriteInt16LittleEndian(escapeBytes[(4 + (2 * i))..], escapes[i]);
+                for (int i = groupStarts[b]; i < groupStarts[b + 1]; i++)
+                {
+                    if (symbols[i] == KvtcChunkFormat.Escape)
+                    {
+                        BinaryPrimitives.WriteInt16LittleEndian(escapeBytes[written..], escapes[i]);
+                        written += 2;
+                    }
+                }
             }
 
-            payload.Advance(4 + (2 * escapeCount));
+            payload.Advance(written);
         }
         finally
         {
@@ -218,22 +204,18 @@ public sealed class TransformCodec : IKvCodec
         CodecChecks.Output(destination, shape, dtype);
         CodecChecks.TokenStart(tokenStart);
         CodecChecks.Level(this, level);
-        (KvtcChunkFormat.Header header, KvtcTransform transform) = KvtcChunkFormat.Read(parameters, shape, level, _bound);
+        KvtcChunkLayout layout = t_layout ??= new KvtcChunkLayout();
+        layout.Read(parameters, payload, shape, dtype, level, _bound);
+        KvtcTransform transform = layout.Transform;
         int tokens = shape.Tokens;
         int c = shape.Channels;
         int planes = shape.Layers * 2;
         int elementSize = dtype.SizeOf();
         int rowBytes = c * elementSize;
-        int head = header.ExactHead;
-        int tail = header.ExactTail;
+        int head = layout.ExactHead;
+        int tail = layout.ExactTail;
         int codedEnd = tokens - tail;
-        int coded = codedEnd - head;
-
-        long exactBytes = (long)planes * (head + tail) * rowBytes;
-        if (payload.Length < exactBytes)
-        {
-            throw new InvalidKvDataException($"kvtc: payload holds {payload.Length} bytes; its exact tokens alone take {exactBytes}.");
-        }
+        int coded = layout.Coded;
 
         int offset = 0;
         for (int p = 0; p < planes; p++)
@@ -247,50 +229,31 @@ public sealed class TransformCodec : IKvCodec
 
         if (coded == 0)
         {
-            if (offset != payload.Length)
-            {
-                throw new InvalidKvDataException($"kvtc: payload holds {payload.Length} bytes; a chunk of exact tokens only takes {offset}.");
-            }
-
             return;
         }
 
         float[] x = ArrayPool<float>.Shared.Rent(transform.GroupLayers * c);
-        byte[] symbols = ArrayPool<byte>.Shared.Rent(planes * coded * c);
-        int[] groupStarts = GroupStarts(transform, level, coded);
+        byte[] symbols = ArrayPool<byte>.Shared.Rent((int)layout.SymbolCount);
         Span<int> cursor = stackalloc int[KvtcTransform.MaxBits + 2];
-        groupStarts.CopyTo(cursor);
+        Span<int> nextEscape = stackalloc int[KvtcTransform.MaxBits + 2];
         KvtcKeyRotation rotation = transform.KeyRotation;
         float[] angles = rotation.RentAngles(tokenStart + head, coded);
         try
         {
-            int escapesExpected = 0;
+            DecodeSegments(layout, payload, symbols);
+            ReadOnlySpan<int> segments = layout.Segments;
             for (int b = 1; b <= KvtcTransform.MaxBits; b++)
             {
-                int n = groupStarts[b + 1] - groupStarts[b];
-                if (n == 0)
-                {
-                    continue;
-                }
-
-                Span<byte> group = symbols.AsSpan(groupStarts[b], n);
-                offset += StaticRans.Decode(payload[offset..], group, offset);
-                escapesExpected += group.Count((byte)KvtcChunkFormat.Escape);
+                cursor[b] = (int)layout.SymbolStart(b);
             }
 
-            if (payload.Length - offset < 4)
+            for (int i = layout.SegmentCount - 1; i >= 0; i--)
             {
-                throw new InvalidKvDataException($"kvtc: escape count at payload offset {offset} is truncated.");
+                ReadOnlySpan<int> segment = segments.Slice(i * KvtcChunkLayout.SegmentFields, KvtcChunkLayout.SegmentFields);
+                nextEscape[segment[KvtcChunkLayout.BitsField]] = segment[KvtcChunkLayout.FirstEscapeField];
             }
 
-            uint escapeCount = BinaryPrimitives.ReadUInt32LittleEndian(payload[offset..]);
-            if (escapeCount != (uint)escapesExpected || (long)escapeCount * 2 != payload.Length - offset - 4)
-            {
-                throw new InvalidKvDataException($"kvtc: escape count at payload offset {offset} is {escapeCount}; the symbols hold {escapesExpected} escapes and {payload.Length - offset - 4} bytes follow (two per escape).");
-            }
-
-            ReadOnlySpan<byte> escapes = payload.Slice(offset + 4, escapesExpected * 2);
-            int nextEscape = 0;
+            ReadOnlySpan<byte> escapes = payload.Slice(layout.EscapeOffset, layout.EscapeCount * 2);
             for (int block = 0; block < transform.Blocks; block++)
             {
                 ReadOnlySpan<byte> bits = transform.Bits(level, block);
@@ -313,7 +276,7 @@ public sealed class TransformCodec : IKvCodec
 
                         int symbol = symbols[cursor[b]++];
                         int q = symbol == KvtcChunkFormat.Escape
-                            ? BinaryPrimitives.ReadInt16LittleEndian(escapes.Slice(2 * nextEscape++, 2))
+                            ? BinaryPrimitives.ReadInt16LittleEndian(escapes.Slice(2 * nextEscape[b]++, 2))
                             : symbol - KvtcChunkFormat.MaxMagnitude;
                         if (q != 0)
                         {
@@ -342,6 +305,93 @@ public sealed class TransformCodec : IKvCodec
             ArrayPool<byte>.Shared.Return(symbols);
             KvtcKeyRotation.ReturnAngles(angles);
         }
+    }
+
+    /// <summary>
+    /// Decodes every segment of <paramref name="layout"/> into <paramref name="symbols"/> (each bit width's symbols at
+    /// its start) and checks each segment's escape count.
+    /// </summary>
+    private static void DecodeSegments(KvtcChunkLayout layout, ReadOnlySpan<byte> payload, byte[] symbols)
+    {
+        ReadOnlySpan<int> segments = layout.Segments;
+        int previousBits = 0;
+        long next = 0;
+        for (int i = 0; i < layout.SegmentCount; i++)
+        {
+            ReadOnlySpan<int> segment = segments.Slice(i * KvtcChunkLayout.SegmentFields, KvtcChunkLayout.SegmentFields);
+            int b = segment[KvtcChunkLayout.BitsField];
+            if (b != previousBits)
+            {
+                next = layout.SymbolStart(b);
+                previousBits = b;
+            }
+
+            int n = segment[KvtcChunkLayout.SymbolsField];
+            Span<byte> output = symbols.AsSpan((int)next, n);
+            next += n;
+            int streamOffset = segment[KvtcChunkLayout.StreamOffsetField];
+            layout.Table(b).Decode(payload.Slice(streamOffset, segment[KvtcChunkLayout.StreamBytesField]), output, streamOffset);
+            int escapes = output.Count((byte)KvtcChunkFormat.Escape);
+            if (escapes != segment[KvtcChunkLayout.EscapesField])
+            {
+                throw new InvalidKvDataException($"kvtc: the segment at payload offset {streamOffset} (bit width {b}) declares {segment[KvtcChunkLayout.EscapesField]} escapes; its symbols hold {escapes}.");
+            }
+        }
+    }
+
+    [ThreadStatic]
+    private static KvtcChunkLayout? t_layout;
+
+    /// <summary>
+    /// Writes every bit width's table, segment table and segment streams (<see cref="KvtcChunkFormat"/>) for the symbols
+    /// at <paramref name="groupStarts"/>; returns the escapes among them.
+    /// </summary>
+    private static int WriteSegments(byte[] symbols, int[] groupStarts, int[] histogram, IBufferWriter<byte> payload)
+    {
+        var table = new StaticRans.SegmentTable();
+        int escapeCount = 0;
+        for (int b = 1; b <= KvtcTransform.MaxBits; b++)
+        {
+            int n = groupStarts[b + 1] - groupStarts[b];
+            if (n == 0)
+            {
+                continue;
+            }
+
+            ReadOnlySpan<byte> group = symbols.AsSpan(groupStarts[b], n);
+            Array.Clear(histogram);
+            StaticRans.Count(group, histogram);
+            table.Build(histogram, n);
+            int segments = (n + KvtcChunkFormat.SegmentSymbols - 1) / KvtcChunkFormat.SegmentSymbols;
+            long capacityLong = StaticRans.MaxTableBytes + 4 + ((long)segments * (KvtcChunkFormat.SegmentEntryBytes + 16)) + (2L * n);
+            int capacity = checked((int)capacityLong);
+            Span<byte> destination = payload.GetSpan(capacity)[..capacity];
+            int position = table.Write(destination);
+            BinaryPrimitives.WriteUInt32LittleEndian(destination[position..], (uint)segments);
+            position += 4;
+            int entries = position;
+            position += segments * KvtcChunkFormat.SegmentEntryBytes;
+            for (int i = 0; i < segments; i++)
+            {
+                int start = i * KvtcChunkFormat.SegmentSymbols;
+                ReadOnlySpan<byte> segment = group.Slice(start, Math.Min(KvtcChunkFormat.SegmentSymbols, n - start));
+                int written = table.TryEncode(segment, destination[position..]);
+                if (written < 0)
+                {
+                    throw new InvalidOperationException($"kvtc: a rANS segment of {segment.Length} symbols did not fit {destination.Length - position} bytes.");
+                }
+
+                int segmentEscapes = segment.Count((byte)KvtcChunkFormat.Escape);
+                BinaryPrimitives.WriteUInt32LittleEndian(destination[(entries + (i * KvtcChunkFormat.SegmentEntryBytes))..], (uint)written);
+                BinaryPrimitives.WriteUInt32LittleEndian(destination[(entries + (i * KvtcChunkFormat.SegmentEntryBytes) + 4)..], (uint)segmentEscapes);
+                position += written;
+                escapeCount += segmentEscapes;
+            }
+
+            payload.Advance(position);
+        }
+
+        return escapeCount;
     }
 
     /// <summary>

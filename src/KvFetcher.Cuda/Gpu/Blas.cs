@@ -53,6 +53,41 @@ internal sealed unsafe class Blas : IDisposable
         }
     }
 
+    /// <summary>
+    /// <paramref name="batch"/> products, column-major as cuBLAS sees memory: C[i] (fp32, m x n, ld m) = A[i] (input
+    /// type, m x k, ld m) · B[i] (input type, k x n, ld k), each operand's i-th matrix <c>stride</c> elements after the
+    /// previous one.
+    /// </summary>
+    public void StridedBatched(ulong a, long strideA, ulong b, long strideB, ulong c, long strideC, int m, int n, int k, int batch)
+    {
+        float alpha = 1f;
+        float beta = 0f;
+        Check.Cublas(Interop.Cublas.cublasGemmStridedBatchedEx(
+            _handle.DangerousGetHandle(),
+            Interop.Cublas.OperationNone,
+            Interop.Cublas.OperationNone,
+            m,
+            n,
+            k,
+            &alpha,
+            a,
+            _inputType,
+            m,
+            strideA,
+            b,
+            _inputType,
+            k,
+            strideB,
+            &beta,
+            c,
+            Interop.Cublas.DataFloat32,
+            m,
+            strideC,
+            batch,
+            _computeType,
+            Interop.Cublas.GemmDefault));
+    }
+
     public void Dispose() => _handle.Dispose();
 
     private void Gemm(ulong x, ulong w, ulong y, int rows, int inFeatures, int outFeatures, float beta)

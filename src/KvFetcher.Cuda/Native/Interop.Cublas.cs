@@ -72,5 +72,31 @@ internal static unsafe partial class Interop
             int ldc,
             int computeType,
             int algorithm);
+
+        [LibraryImport(Library)]
+        public static partial CublasStatus cublasGemmStridedBatchedEx(
+            IntPtr handle,
+            int transposeA,
+            int transposeB,
+            int m,
+            int n,
+            int k,
+            void* alpha,
+            ulong a,
+            int aType,
+            int lda,
+            long strideA,
+            ulong b,
+            int bType,
+            int ldb,
+            long strideB,
+            void* beta,
+            ulong c,
+            int cType,
+            int ldc,
+            long strideC,
+            int batchCount,
+            int computeType,
+            int algorithm);
     }
 }
