@@ -216,6 +216,7 @@ public static class TtftSweep
 
     /// <summary>Busy time and span count per stage, for the log: e.g. "compute 812ms/23 transfer 1200ms/41".</summary>
     private static string Stages(PrefillReport report) =>
+        (report.Plan is null ? "" : $"plan {report.Plan} ") +
         (report.SplitChunk >= 0 ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $"split chunk {report.SplitChunk} at layer {report.SplitLayers} ") : "") +
         string.Join(" ", Enum.GetValues<PrefillStage>()
             .Select(stage => (stage, count: report.Timeline.Count(s => s.Stage == stage)))

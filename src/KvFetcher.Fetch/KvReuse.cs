@@ -1,4 +1,3 @@
-using KvFetcher.Codecs;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using KvFetcher.Engine;
@@ -266,8 +265,7 @@ public sealed class KvReuse : IAsyncDisposable
     private IReadOnlyList<KvVariant> LadderFor(PrefillStrategy strategy) => strategy.Mode switch
     {
         PrefillMode.ComputeOnly => [],
-        PrefillMode.Adaptive => FetchLadder,
-        PrefillMode.LayerSplit => [.. FetchLadder.Where(v => v.GetCodec() is ILayerAddressableCodec && v.IsLossless)],
+        PrefillMode.Adaptive or PrefillMode.LayerSplit => FetchLadder, // ours-layer may take ours' plan, over the whole ladder
         _ => [strategy.Variant ?? throw new ArgumentException($"Strategy {strategy.Mode} needs a variant.", nameof(strategy))],
     };
 

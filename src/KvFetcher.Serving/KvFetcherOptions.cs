@@ -49,8 +49,9 @@ public sealed class KvFetcherOptions
 
     /// <summary>
     /// How a request with a stored prefix obtains it: <c>ours</c> (compute the front in the engine's iterations while the
-    /// back is fetched, meeting where the measured rates predict), <c>ours-layer</c> (ours whose meeting chunk may be split
-    /// by layers: its lower layers computed while its upper layers are fetched, from raw or exact only), <c>cake</c> (the
+    /// back is fetched, meeting where the measured rates predict), <c>ours-layer</c> (ours, or, where the measured rates
+    /// predict it faster, a meeting chunk split by layers: its lower layers computed while its upper layers are fetched,
+    /// from raw or exact only), <c>cake</c> (the
     /// same as ours, meeting at run time, fetching the first variant), or <c>fetch</c> (a waiting queue fetches the whole
     /// prefix off the engine first).
     /// </summary>

@@ -32,7 +32,7 @@ internal static class ServeLlmCommand
         Option<bool> allowAnonymous = new("--allow-anonymous") { Description = "Serve without API keys on a non-loopback URL." };
         Option<bool> publicMetrics = new("--public-metrics") { Description = "Serve /metrics without an API key (with keys, every other route but /healthz needs one)." };
         Option<string> variant = new("--variant") { Description = "How chunks are stored and fetched: raw, exact (lossless), video8, cachegen0, ...; several comma-separated (e.g. raw,video8): each chunk is fetched as the one predicted fastest.", DefaultValueFactory = _ => "raw" };
-        Option<string> reuseStrategy = new("--reuse-strategy") { Description = "How a stored prefix is obtained: ours (compute the front while fetching the back, meeting where the rates predict), ours-layer (ours, splitting the meeting chunk by layers), cake (meet at run time) or fetch (fetch it whole in a waiting queue first).", DefaultValueFactory = _ => "ours" };
+        Option<string> reuseStrategy = new("--reuse-strategy") { Description = "How a stored prefix is obtained: ours (compute the front while fetching the back, meeting where the rates predict), ours-layer (ours, or a meeting chunk split by layers where that is predicted faster), cake (meet at run time) or fetch (fetch it whole in a waiting queue first).", DefaultValueFactory = _ => "ours" };
         Option<string> accuracy = CliOptions.Accuracy();
         Option<string?> modelId = new("--model-id") { Description = "The model name clients send (default: the model directory's name)." };
         Option<int> maxSessions = new("--max-sessions") { Description = "Requests holding a KV cache at once (memory bound).", DefaultValueFactory = _ => 8 };

@@ -32,6 +32,12 @@ public sealed record PrefillReport
     public long BytesFetched { get; init; }
 
     /// <summary>
+    /// The plan the strategy took, where it chooses one from the measured rates: ours-layer takes <c>ours</c> (ours' plan
+    /// over the whole ladder) or <c>layer-split</c> (a chunk split by layers); ours reports <c>ours</c>; null otherwise.
+    /// </summary>
+    public string? Plan { get; init; }
+
+    /// <summary>
     /// The chunk split by layers (ours-layer: the engine computed its lower <see cref="SplitLayers"/> layers and the
     /// fetcher restored the upper ones; it counts in <see cref="RestoredChunks"/>), or -1 when no chunk was.
     /// </summary>

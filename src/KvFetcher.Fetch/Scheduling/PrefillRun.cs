@@ -113,14 +113,28 @@ internal sealed class PrefillRun : IAsyncDisposable
             PrefillMode.FetchOnly => new FetchOnlyStrategy(board, ladder.Count > 1 ? choice : null),
             PrefillMode.Cake => new CakeStrategy(board),
             PrefillMode.Adaptive => new AdaptiveStrategy(board, context.Rates, choice, plan.ChunkTokens, context.SharedCores),
-            PrefillMode.LayerSplit => new LayerSplitStrategy(board, context.Rates, choice, plan.ChunkTokens, plan.ChunkShape.Layers,
-                groupLayers: plan.Mac is null && session.Cache.SupportsLayerRanges && context.Restorer.SupportsLayerRanges ? plan.LayerGroup : 0, context.SharedCores),
+            PrefillMode.LayerSplit => OursLayer(context, board, choice, plan,
+                groupLayers: plan.Mac is null && session.Cache.SupportsLayerRanges && context.Restorer.SupportsLayerRanges ? plan.LayerGroup : 0),
             _ => throw new ArgumentOutOfRangeException(nameof(mode), mode, "This mode fetches nothing."),
         };
         FetcherOptions fetcherOptions = pipelined ? context.Fetcher : context.Fetcher.Sequential;
         var fetcher = new ChunkFetcher(plan, context.Store, session.Cache, context.Restorer, context.Rates, fetcherOptions, strategy, context.SharedCores, timeline, context.Telemetry,
             fetcherOptions.Slots(plan.ChunkBytes, pipelined), cancellationToken);
         return new PrefillRun(context, session, plan, timeline, lookup, strategy, fetcher);
+    }
+
+    /// <summary>
+    /// ours-layer: ours' plan or a layer split, whichever the measured rates predict faster (<see cref="OursLayerPlan"/>),
+    /// with the choice and both predictions logged.
+    /// </summary>
+    private static ChunkStrategy OursLayer(RunContext context, ChunkBoard board, VariantChoice choice, ContextPlan plan, int groupLayers)
+    {
+        var layerPlan = OursLayerPlan.Predict(board, context.Rates, choice, plan.ChunkTokens, plan.ChunkShape.Layers, groupLayers, context.SharedCores);
+        ChunkStrategy strategy = layerPlan.CreateStrategy(board, context.Rates, choice, plan.ChunkTokens, context.SharedCores);
+        FetchLog.OursLayerPlan(context.Telemetry.Logger, strategy.Plan, layerPlan.Ours.PredictedSeconds * 1e3, layerPlan.Ours.Chunk,
+            layerPlan.OursVariant < 0 ? "none" : board.Ladder[layerPlan.OursVariant].ToString(), layerPlan.Split.PredictedSeconds * 1e3, layerPlan.Split.Chunk,
+            layerPlan.Split.Layers, layerPlan.SplitVariant < 0 ? "none" : board.Ladder[layerPlan.SplitVariant].ToString());
+        return strategy;
     }
 
     /// <summary>
@@ -405,6 +419,7 @@ internal sealed class PrefillRun : IAsyncDisposable
             ReusedTokens = RestoredChunks * _plan.ChunkTokens,
             ComputedTokens = _plan.Tokens.Length - (RestoredChunks * _plan.ChunkTokens),
             BytesFetched = BytesFetched,
+            Plan = Plan,
             SplitChunk = SplitChunk,
             SplitLayers = SplitLayers,
             LookupFailed = LookupFailed,
@@ -445,6 +460,9 @@ internal sealed class PrefillRun : IAsyncDisposable
             Timeline = _timeline.ToArray(),
         };
     }
+
+    /// <inheritdoc cref="ChunkStrategy.Plan"/>
+    public string? Plan => _strategy?.Plan;
 
     /// <summary>The chunk split by layers (the engine computed its lower layers, the fetcher restored the upper ones), or -1.</summary>
     public int SplitChunk => SplitRestored() ? _lowerComputed : -1;

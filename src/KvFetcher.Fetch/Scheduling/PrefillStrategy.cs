@@ -19,8 +19,9 @@ public enum PrefillMode
     Adaptive,
 
     /// <summary>
-    /// Ours with layer-wise overlap: the meeting point predicted from measured rates as a chunk and a layer split of it
-    /// (the engine computes its lower layers while the fetcher brings its upper ones), lossless layer-addressable variants.
+    /// Ours with layer-wise overlap: ours' plan, or, where the measured rates predict it faster, a meeting point that is a
+    /// chunk and a layer split of it (the engine computes its lower layers while the fetcher brings its upper ones, from a
+    /// lossless layer-addressable variant).
     /// </summary>
     LayerSplit,
 }

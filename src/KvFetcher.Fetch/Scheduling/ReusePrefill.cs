@@ -30,6 +30,12 @@ public sealed record ReuseSplit
     public int MeetingChunk { get; init; }
 
     /// <summary>
+    /// The plan the strategy took, where it chooses one from the measured rates: ours-layer takes <c>ours</c> (ours' plan
+    /// over the whole ladder) or <c>layer-split</c> (a chunk split by layers); ours reports <c>ours</c>; null otherwise.
+    /// </summary>
+    public string? Plan { get; init; }
+
+    /// <summary>
     /// The chunk split by layers (ours-layer: the engine computed its lower <see cref="SplitLayers"/> layers and the
     /// fetcher restored the upper ones; it counts in <see cref="FetchedChunks"/>), or -1 when no chunk was.
     /// </summary>
@@ -117,6 +123,7 @@ public sealed class ReusePrefill : IAsyncDisposable
             FailedChunks = _run.FailedChunks,
             TakenBackChunks = _run.TakenBackChunks,
             MeetingChunk = stored == 0 ? 0 : _run.MeetingChunk(),
+            Plan = _run.Plan,
             SplitChunk = _run.SplitChunk,
             SplitLayers = _run.SplitLayers,
             Variants = variants,

@@ -36,6 +36,10 @@ internal static partial class FetchLog
     [LoggerMessage(EventId = 1309, EventName = "LookupFailed", Level = LogLevel.Warning, Message = "Lookup of {Chunks} chunks failed ({Reason}); computing the whole prompt")]
     public static partial void LookupFailed(ILogger logger, int chunks, string reason);
 
+    [LoggerMessage(EventId = 1310, EventName = "OursLayerPlan", Level = LogLevel.Debug,
+        Message = "ours-layer takes {Plan}: predicted ours {OursMs:0.0} ms (meeting at chunk {OursChunk}, {OursVariant}), layer split {SplitMs:0.0} ms (chunk {SplitChunk}, {SplitLayers} lower layers computed, {SplitVariant})")]
+    public static partial void OursLayerPlan(ILogger logger, string? plan, double oursMs, int oursChunk, string oursVariant, double splitMs, int splitChunk, int splitLayers, string splitVariant);
+
     [LoggerMessage(EventId = 1351, EventName = "PublishFailed", Level = LogLevel.Warning, Message = "Publisher: {Reason}")]
     public static partial void PublishFailed(ILogger logger, string reason);
 

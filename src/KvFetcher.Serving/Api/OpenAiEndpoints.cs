@@ -202,7 +202,7 @@ internal sealed class OpenAiEndpoints(KvFetcherEngine engine, LlmServerOptions o
         return new Usage(p.PromptTokens, result.CompletionTokens, p.PromptTokens + result.CompletionTokens, new PromptTokensDetails(p.ReusedTokens),
             new KvFetcherUsage(p.ReusedTokens, p.ComputedTokens, Ms(p.TimeToFirstToken), Ms(p.Queue), Ms(p.Fetch), Ms(p.Prefill), p.BytesFetched,
                 p.FailedChunks, p.LookupFailed, prepared.TenantName, p.Reuse?.Strategy, p.StoredChunks, p.Reuse?.ComputedChunks ?? 0, p.Reuse?.FetchedChunks ?? 0,
-                p.Reuse?.MeetingChunk, p.Reuse?.Variants));
+                p.Reuse?.MeetingChunk, p.Reuse?.Variants, p.Reuse?.Plan));
     }
 
     private static double Ms(TimeSpan span) => Math.Round(span.TotalMilliseconds, 3);

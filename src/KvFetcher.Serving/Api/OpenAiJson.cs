@@ -129,7 +129,8 @@ internal sealed record PromptTokensDetails(int CachedTokens);
 /// <summary>
 /// The reuse details of one request: tokens and times, and how the stored prefix was split (<c>strategy</c>;
 /// <c>stored_chunks</c> found, of which the engine computed <c>computed_chunks</c> and the fetcher restored
-/// <c>fetched_chunks</c>; <c>meeting_chunk</c>, the first chunk the fetcher restored; chunks per <c>variants</c>).
+/// <c>fetched_chunks</c>; <c>meeting_chunk</c>, the first chunk the fetcher restored; chunks per <c>variants</c>; <c>plan</c>, the plan a
+/// strategy that chooses one took: ours-layer's <c>ours</c> or <c>layer-split</c>).
 /// </summary>
 internal sealed record KvFetcherUsage(
     int ReusedTokens,
@@ -147,7 +148,8 @@ internal sealed record KvFetcherUsage(
     int ComputedChunks = 0,
     int FetchedChunks = 0,
     int? MeetingChunk = null,
-    IReadOnlyDictionary<string, int>? Variants = null);
+    IReadOnlyDictionary<string, int>? Variants = null,
+    string? Plan = null);
 
 internal sealed record ModelList(string Object, ModelInfo[] Data);
 

@@ -47,6 +47,8 @@ internal sealed class AdaptiveStrategy : MeetInMiddleStrategy
 
     public override int EngineWaitingFor => Volatile.Read(ref _engineWaitingFor);
 
+    public override string Plan => "ours";
+
     public override void TookBack(int chunk, int restored)
     {
         double waited = Board.Time.GetElapsedTime(_waitingSince).TotalSeconds;

@@ -73,6 +73,12 @@ internal abstract class ChunkStrategy(ChunkBoard board)
     /// <summary>Fetch side: the first layer the fetcher brings of <paramref name="chunk"/> (0: the whole chunk).</summary>
     public virtual int LayerStartOf(int chunk) => 0;
 
+    /// <summary>
+    /// The plan this strategy follows, where a strategy is one of several plans chosen from the measured rates
+    /// (ours-layer: <c>ours</c> or <c>layer-split</c>); null for the strategies that have one plan only.
+    /// </summary>
+    public virtual string? Plan => null;
+
     /// <summary>Engine side: the engine took <paramref name="chunk"/> and the rest back (after <see cref="EngineMove.TakeBackRest"/>).</summary>
     public virtual void TookBack(int chunk, int restored)
     {

@@ -1,6 +1,3 @@
-using KvFetcher.Codecs;
-using KvFetcher.Fetch.Fetching;
-
 namespace KvFetcher.Fetch.Scheduling.Strategies;
 
 /// <summary>
@@ -56,14 +53,15 @@ internal readonly record struct LayerSplit(int Chunk, int Layers, double Predict
 }
 
 /// <summary>
-/// Ours with layer-wise overlap (<c>ours-layer</c>): the meeting point is predicted once from the measured compute,
-/// bandwidth, decode and restore rates (<see cref="LayerSplit.Best"/>), as a chunk and a layer split of it: the engine
-/// computes the chunks before it and the chunk's lower layers, while the fetcher brings the chunks after it and the
-/// chunk's upper layers (a layer-range read of a layer-addressable container: raw or exact). Only lossless,
-/// layer-addressable variants are fetched, the fastest predicted one. Engine side: every chunk before the meeting chunk is
-/// computed; at the meeting chunk the engine computes the lower layers (<see cref="SplitLayersOf"/>), then waits for the
-/// fetcher; it waits for the chunks after it too, until the fetcher is clearly later than predicted (twice the
-/// prediction, at least 0.1 s), then takes back everything not delivered and computes it in one pass.
+/// ours-layer's layer split (<c>layer-split</c>), taken where <see cref="OursLayerPlan"/> predicts it beats ours' plan: the
+/// meeting point, predicted once from the measured compute, bandwidth, decode and restore rates
+/// (<see cref="LayerSplit.Best"/>), is a chunk and a layer split of it: the engine computes the chunks before it and the
+/// chunk's lower layers, while the fetcher brings the chunks after it and the chunk's upper layers (a layer-range read of a
+/// layer-addressable container: raw or exact). Only that one lossless, layer-addressable variant is fetched. Engine side:
+/// every chunk before the meeting chunk is computed; at the meeting chunk the engine computes the lower layers
+/// (<see cref="SplitLayersOf"/>), then waits for the fetcher; it waits for the chunks after it too, until the fetcher is
+/// clearly later than predicted (twice the prediction, at least 0.1 s), then takes back everything not delivered and
+/// computes it in one pass.
 /// </summary>
 internal sealed class LayerSplitStrategy : MeetInMiddleStrategy
 {
@@ -74,36 +72,15 @@ internal sealed class LayerSplitStrategy : MeetInMiddleStrategy
     private int _waitingFor = -1;
 
     /// <param name="board">The request's chunk board.</param>
-    /// <param name="rates">The measured rates the split is predicted from.</param>
-    /// <param name="choice">The cost formula and fetch filters.</param>
-    /// <param name="chunkTokens">Tokens per chunk.</param>
-    /// <param name="modelLayers">The model's layers.</param>
-    /// <param name="groupLayers">Layers per group of the stored containers; 0 when layer ranges cannot be read (no layer split).</param>
-    /// <param name="sharedCores">Whether the engine computes on the host's cores (decode and restore then run beside it).</param>
-    public LayerSplitStrategy(ChunkBoard board, FetchRates rates, VariantChoice choice, int chunkTokens, int modelLayers, int groupLayers, bool sharedCores)
+    /// <param name="split">The predicted meeting point.</param>
+    /// <param name="variant">The ladder index of the lossless, layer-addressable variant fetched.</param>
+    public LayerSplitStrategy(ChunkBoard board, LayerSplit split, int variant)
         : base(board)
     {
-        _variant = -1;
-        double perChunk = double.MaxValue, latency = 0;
-        for (int v = 0; v < board.Ladder.Count; v++)
-        {
-            if (board.Ladder[v].GetCodec() is not ILayerAddressableCodec || !board.Ladder[v].IsLossless || !choice.MayFetch(board, 0, v))
-            {
-                continue;
-            }
-
-            (double cost, double decode, double restore) = choice.Cost(board.Ladder[v], engineBusy: sharedCores);
-            if (cost < perChunk)
-            {
-                (_variant, perChunk, latency) = (v, cost, decode + restore);
-            }
-        }
-
-        Split = _variant < 0
-            ? new LayerSplit(board.Chunks, 0, 0)
-            : LayerSplit.Best(board.Chunks, modelLayers, groupLayers, chunk => rates.ComputeSeconds(chunk, chunkTokens), perChunk, latency,
-                hostWork: sharedCores ? latency : 0);
-        _patienceSeconds = Math.Max(MinPatienceSeconds, 2 * Split.PredictedSeconds);
+        ArgumentOutOfRangeException.ThrowIfNegative(variant);
+        Split = split;
+        _variant = variant;
+        _patienceSeconds = Math.Max(MinPatienceSeconds, 2 * split.PredictedSeconds);
     }
 
     /// <summary>The predicted meeting point.</summary>
@@ -115,6 +92,8 @@ internal sealed class LayerSplitStrategy : MeetInMiddleStrategy
     public override int SplitLayersOf(int chunk) => chunk == Split.Chunk ? Split.Layers : 0;
 
     public override int LayerStartOf(int chunk) => SplitLayersOf(chunk);
+
+    public override string Plan => "layer-split";
 
     protected override int Choose(int chunk, int inFlight) => chunk >= Split.Chunk ? _variant : -1;
 

@@ -67,6 +67,30 @@ internal sealed class VariantChoice(FetchRates rates, int chunkBytes, VariantCho
     }
 
     /// <summary>
+    /// The variant a whole pipeline of <paramref name="board"/>'s chunks is predicted to be fetched as, by the rule over
+    /// each variant's pipelined cost among those the request may fetch of the first chunk (and <paramref name="eligible"/>
+    /// allows), with its seconds per chunk and one chunk's decode plus restore (the latency a pipeline adds); variant -1,
+    /// an infinite cost and no latency when none may be fetched.
+    /// </summary>
+    public (int Variant, double PerChunk, double Latency) Pipeline(ChunkBoard board, bool engineBusy, Func<KvVariant, bool>? eligible = null)
+    {
+        Span<double> cost = stackalloc double[board.Ladder.Count];
+        for (int v = 0; v < cost.Length; v++)
+        {
+            cost[v] = MayFetch(board, 0, v) && (eligible is null || eligible(board.Ladder[v])) ? Cost(board.Ladder[v], engineBusy).PerChunk : double.NaN;
+        }
+
+        int best = MostAccurateWithinSlack(board.Ladder, cost);
+        if (best < 0)
+        {
+            return (-1, double.PositiveInfinity, 0);
+        }
+
+        (double perChunk, double decode, double restore) = Cost(board.Ladder[best], engineBusy);
+        return (best, perChunk, decode + restore);
+    }
+
+    /// <summary>
     /// For a request that only fetches: the ladder index to fetch <paramref name="chunk"/> as, by the rule over each
     /// variant's pipelined cost; 0 when none may be fetched (the strategy then finds it not stored and marks it failed).
     /// </summary>
