@@ -104,6 +104,7 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
 
         (PrefillReport report, float[] logits, byte[] kv) = await PrefillAsync(reuse, PrefillStrategy.LayerSplit, publish: false);
 
+        Assert.Equal("layer-split", report.Plan);
         Assert.Equal(1, report.SplitChunk);
         int layers = fixture.Model.Config.NumLayers;
         Assert.InRange(report.SplitLayers, (layers / 2) - group, (layers * 3 / 4) + group);
@@ -112,6 +113,51 @@ public sealed class KvReuseTests(ReuseFixture fixture) : IClassFixture<ReuseFixt
         Assert.True(report.BytesFetched < 3 * (long)reuse.Plan(fixture.Tokens).ChunkBytes, $"fetched {report.BytesFetched} bytes: the split chunk's lower layers were fetched too");
         Assert.Equal(fixture.FullLogits, logits);
         Assert.Equal(fixture.FullKv, kv);
+    }
+
+    [Fact]
+    public async Task Prefill_OursLayerWithoutLayerAddressableContainers_TakesOursPlanAndStaysBitIdentical()
+    {
+        await using KvReuse reuse = await WarmAsync(new ReuseOptions { Ladder = [KvVariant.Raw, KvVariant.Exact], LosslessOnly = true, LayerGroup = 0 });
+        // As the rates say: a chunk arrives in 0.2 s and takes 5 s to compute. Plain containers cannot be read by layer
+        // ranges, so ours-layer follows ours' plan (which fetches).
+        reuse.Rates.SetBandwidth(reuse.Plan(fixture.Tokens).ChunkBytes / 0.2);
+        for (int i = 0; i < 40; i++)
+        {
+            reuse.Rates.ObserveCompute(i % 4, 5.0);
+        }
+
+        (PrefillReport report, float[] logits, byte[] kv) = await PrefillAsync(reuse, PrefillStrategy.LayerSplit, publish: false);
+
+        Assert.Equal("ours-layer", report.Strategy);
+        Assert.Equal("ours", report.Plan);
+        Assert.Equal(-1, report.SplitChunk);
+        Assert.True(report.RestoredChunks > 0, $"ours-layer restored nothing: {report.FailedChunks} failed, {report.TakenBackChunks} taken back");
+        Assert.Equal(fixture.FullLogits, logits);
+        Assert.Equal(fixture.FullKv, kv);
+    }
+
+    [Fact]
+    public async Task Prefill_OursLayerWhenALossyVariantIsFarCheaper_TakesOursPlanOverTheWholeLadder()
+    {
+        KvVariant video = KvVariant.Parse("video8");
+        await using KvReuse reuse = await WarmAsync(new ReuseOptions { Ladder = [KvVariant.Raw, video], Profile = TestProfiles.Passing(fixture.Model.Fingerprint, "video8") });
+        // As the rates say: a chunk computes in 1 s, arrives raw in 2/3 s (a layer split of raw would pay: 1.6 s against
+        // 2 s token-wise) and as video8 in 1/3 s (ours meets after one computed chunk, in 1 s): ours' plan, fetching video8.
+        int chunkBytes = reuse.Plan(fixture.Tokens).ChunkBytes;
+        reuse.Rates.SetBandwidth(chunkBytes / (2.0 / 3));
+        reuse.Rates.ObserveVariant(video, containerBytes: chunkBytes / 2, chunkBytes, decodeSeconds: 0.001);
+        for (int i = 0; i < 40; i++)
+        {
+            reuse.Rates.ObserveCompute(i % 4, 1.0);
+        }
+
+        (PrefillReport report, _, _) = await PrefillAsync(reuse, PrefillStrategy.LayerSplit, publish: false);
+
+        Assert.Equal("ours", report.Plan);
+        Assert.Equal(-1, report.SplitChunk);
+        Assert.True(report.RestoredChunks > 0, $"ours-layer restored nothing: {report.FailedChunks} failed, {report.TakenBackChunks} taken back");
+        Assert.Contains("video8", report.Variants.Keys); // what a layer split never fetches (later chunks follow the rates measured meanwhile)
     }
 
     [Fact]

@@ -74,6 +74,7 @@ public sealed class BatchedReuseTests(ServingFixture fixture) : IClassFixture<Se
         int fetched = usage.GetProperty("fetched_chunks").GetInt32();
         int meeting = usage.GetProperty("meeting_chunk").GetInt32();
         Assert.Equal("ours", usage.GetProperty("strategy").GetString());
+        Assert.Equal("ours", usage.GetProperty("plan").GetString());
         Assert.True(stored >= 3, $"stored {stored}");
         Assert.Equal(stored, usage.GetProperty("computed_chunks").GetInt32() + fetched);
         Assert.Equal(fetched * 256, answer.ReusedTokens);
@@ -163,6 +164,7 @@ public sealed class BatchedReuseTests(ServingFixture fixture) : IClassFixture<Se
         Assert.Equal(fixture.Greedy(prompt, 6), result.Text);
         ReuseSplit split = Assert.IsType<ReuseSplit>(result.Prefill.Reuse);
         Assert.Equal("ours-layer", split.Strategy);
+        Assert.Equal("layer-split", split.Plan);
         Assert.InRange(split.SplitChunk, 0, split.StoredChunks - 1);
         Assert.InRange(split.SplitLayers, 1, fixture.Model.Config.NumLayers - 1);
         Assert.Equal(0, split.FailedChunks);
