@@ -42,7 +42,7 @@ internal static class KvtcGpuChecks
     {
         Setup setup = s_setup.Value;
         CudaLanguageModel model = GpuModels.Get("bundled", CudaMatmulPrecision.StoredSplit, DType.Float16);
-        var restorer = new GpuChunkRestorer(model, pool: null);
+        var restorer = new GpuChunkRestorer(model, pool: null, kvtcOnGpu: true);
         using IRestoreSlot slot = restorer.CreateSlot(setup.Shape, DType.Float16);
         using CudaKvCache cache = model.CreateCache(ChunkTokens);
         int bytes = checked((int)(setup.Shape.Elements * sizeof(ushort)));
@@ -173,7 +173,7 @@ internal static class KvtcGpuChecks
         }
 
         CudaLanguageModel model = GpuModels.Get("bundled", CudaMatmulPrecision.StoredSplit, DType.Float16);
-        var restorer = new GpuChunkRestorer(model, pool: null);
+        var restorer = new GpuChunkRestorer(model, pool: null, kvtcOnGpu: true);
         using IRestoreSlot slot = restorer.CreateSlot(setup.Shape, DType.Float16);
         using CudaKvCache cache = model.CreateCache(ChunkTokens);
         foreach ((string name, byte[] bad) in cases)
@@ -300,7 +300,7 @@ internal static class KvtcGpuChecks
         List<(byte[] Container, ChunkExpectation Expected)> containers, KvVariant variant, int[] slots, double seconds, int[] cpuThreads)
     {
         CudaLanguageModel model = GpuModels.Get("bundled", CudaMatmulPrecision.StoredSplit, DType.Float16);
-        var restorer = new GpuChunkRestorer(model, pool: null);
+        var restorer = new GpuChunkRestorer(model, pool: null, kvtcOnGpu: true);
         long chunkBytes = shape.Elements * sizeof(ushort);
         long compressed = containers.Sum(c => (long)c.Container.Length) / containers.Count;
         var rates = new List<(string, double)>();
