@@ -47,7 +47,7 @@ public sealed record ServingWorkloadOptions
     /// <c>cake</c>, <c>ours</c> and <c>ours-layer</c> (compute and fetch together in the engine's iterations; ours-layer
     /// also splits the meeting chunk by layers).
     /// </summary>
-    public IReadOnlyList<string> Strategies { get; init; } = ["off", "fetch", "cake", "ours"];
+    public IReadOnlyList<string> Strategies { get; init; } = ["off", "fetch", "cake", "ours", "ours-layer"];
 
     /// <summary>Arrivals per run (the same schedule for every strategy at a rate).</summary>
     public int Requests { get; init; } = 24;

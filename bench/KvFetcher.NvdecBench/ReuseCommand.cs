@@ -366,7 +366,6 @@ internal static class ReuseCommand
             Rates = [.. Args.Ints(args, "--serving-rates", [4, 8]).Select(r => (double)r)],
             Gbps = [.. Args.Ints(args, "--serving-gbps", [1, 4, 16]).Select(g => (double)g)],
             Requests = Args.Int(args, "--serving-requests", 32),
-            Strategies = ["off", "fetch", "cake", "ours", "ours-layer"],
             Restorer = big.Restorer,
             Log = Console.WriteLine,
         });
