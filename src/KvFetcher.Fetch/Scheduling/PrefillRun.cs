@@ -246,6 +246,11 @@ internal sealed class PrefillRun : IAsyncDisposable
                 // whatever happens, and one pass over them beats as many chunk-sized ones (a GPU pays per call).
                 end = Take(board, chunk + 1, fromFetcher: false);
             }
+            else
+            {
+                // Chunks the fetcher cannot deliver before they are computed join this one in one call.
+                end = Take(board, chunk + 1, fromFetcher: false, limit: Math.Min(_strategy.EngineRunEnd(chunk), board.Chunks));
+            }
 
             _republish[chunk] = state == ChunkState.Failed;
             if (end == Stored && end > chunk + 1)
@@ -498,12 +503,12 @@ internal sealed class PrefillRun : IAsyncDisposable
     /// Takes chunks [<paramref name="from"/>, …) for the engine: the pending and failed ones, and with
     /// <paramref name="fromFetcher"/> those the fetcher is fetching too (abandoned there), up to the first one that is
     /// filled or being restored (the restorer writes it into the cache now), or, without it, in the fetcher's hands;
-    /// returns the end of the taken range.
+    /// and not past <paramref name="limit"/>; returns the end of the taken range.
     /// </summary>
-    private int Take(ChunkBoard board, int from, bool fromFetcher)
+    private int Take(ChunkBoard board, int from, bool fromFetcher, int limit = int.MaxValue)
     {
         int end = from;
-        for (; end < board.Chunks; end++)
+        for (; end < Math.Min(limit, board.Chunks); end++)
         {
             ChunkState state = board.StateOf(end);
             bool takable = state is ChunkState.Pending or ChunkState.Failed || (fromFetcher && state == ChunkState.Fetching);

@@ -188,4 +188,38 @@ public sealed class StrategyTests
         Assert.Equal(EngineMove.TakeBackRest, ours.Decide(5, ChunkState.Fetching, new FetchProgress(3, 0, false), out _));
         Assert.Equal(EngineMove.Wait, ours.Decide(5, ChunkState.Fetching, new FetchProgress(3, 1, false), out _));
     }
+
+    [Fact]
+    public void Ours_SlowLink_EngineComputesTheFrontInOneRunThatTheFetcherCannotReach()
+    {
+        ChunkBoard board = Board(new FakeTimeProvider());
+        FetchRates rates = Rates(5e6); // a 1 MB chunk in about 200 ms; computing it takes 50 ms
+        AdaptiveStrategy ours = Ours(board, rates);
+        Assert.Equal(-1, ours.EngineWaitingFor);
+
+        int end = ours.EngineRunEnd(0);
+
+        // Several chunks in one call, but none the fetcher could deliver before the call ends: at the run's end the
+        // fetcher, from the back at its fastest, is still at least one chunk away.
+        Assert.InRange(end, 2, Chunks - 1);
+        double run = Enumerable.Range(0, end).Sum(c => rates.ComputeSeconds(c, ChunkTokens));
+        double fetchPerChunk = ChunkBytes / 5e6;
+        Assert.True(Chunks - 1 - (run / fetchPerChunk) >= end, $"run [0, {end}) of {run:F2} s reaches the fetcher's chunks");
+
+        // Once the fetcher has claimed chunks from the back, a run never takes them.
+        List<int> claimed = ClaimAll(ours);
+        Assert.NotEmpty(claimed);
+        Assert.True(ours.EngineRunEnd(0) <= claimed.Min(), $"run end {ours.EngineRunEnd(0)}, fetcher from {claimed.Min()}");
+    }
+
+    [Fact]
+    public void Ours_FastLinkOrCake_OneChunkPerCall()
+    {
+        ChunkBoard board = Board(new FakeTimeProvider());
+        AdaptiveStrategy ours = Ours(board, Rates(10e9));
+        Assert.Equal(0, ours.EngineWaitingFor);
+        Assert.Equal(1, ours.EngineRunEnd(0)); // it waits for the fetcher; nothing joins the chunk it computes
+
+        Assert.Equal(4, new CakeStrategy(Board()).EngineRunEnd(3)); // Cake meets at run time: chunk by chunk
+    }
 }

@@ -116,17 +116,41 @@ internal sealed class AdaptiveStrategy : MeetInMiddleStrategy
     }
 
     /// <summary>
-    /// Whether the fetcher is predicted to deliver <paramref name="chunk"/> before the engine could compute it (then the
-    /// engine waits for it instead of computing). Once the engine defers, the fetcher stops comparing against the engine
-    /// and fetches down to the chunk the engine waits for.
+    /// The run grows while the fetcher, delivering from its next unclaimed chunk downwards at the fastest allowed
+    /// variant's pipelined rate, is predicted not to reach the run's next chunk (with one chunk to spare) before the run,
+    /// computed at the chunk-by-chunk rate (which one call only beats), has ended. Chunks the fetcher has claimed are
+    /// never in it.
     /// </summary>
-    private bool EngineShouldWait(int chunk, int inFlight)
+    public override int EngineRunEnd(int chunk)
     {
-        if (IsStopped || EngineWaitingFor == chunk)
+        int end = chunk + 1;
+        (double fastest, _) = FastestFetch(chunk);
+        if (IsStopped || fastest == double.MaxValue || EngineWaitingFor >= 0)
         {
-            return !IsStopped;
+            return end; // the engine's own take (stopped fetcher) or its waiting decides instead
         }
 
+        int unclaimed = NextUnclaimed;
+        double seconds = _rates.ComputeSeconds(chunk, _chunkTokens);
+        while (end < unclaimed)
+        {
+            double next = seconds + _rates.ComputeSeconds(end, _chunkTokens);
+            int fetcherReach = unclaimed - 1 - (int)Math.Ceiling(next / Math.Max(1e-9, fastest));
+            if (end >= fetcherReach)
+            {
+                break;
+            }
+
+            seconds = next;
+            end++;
+        }
+
+        return end;
+    }
+
+    /// <summary>The fastest allowed variant's pipelined cost per chunk of <paramref name="chunk"/>, and its decode plus restore latency (MaxValue: none may be fetched).</summary>
+    private (double PerChunk, double Latency) FastestFetch(int chunk)
+    {
         double fastest = double.MaxValue, latency = 0;
         for (int v = 0; v < Board.Ladder.Count; v++)
         {
@@ -141,6 +165,23 @@ internal sealed class AdaptiveStrategy : MeetInMiddleStrategy
                 (fastest, latency) = (perChunk, decode + restore);
             }
         }
+
+        return (fastest, latency);
+    }
+
+    /// <summary>
+    /// Whether the fetcher is predicted to deliver <paramref name="chunk"/> before the engine could compute it (then the
+    /// engine waits for it instead of computing). Once the engine defers, the fetcher stops comparing against the engine
+    /// and fetches down to the chunk the engine waits for.
+    /// </summary>
+    private bool EngineShouldWait(int chunk, int inFlight)
+    {
+        if (IsStopped || EngineWaitingFor == chunk)
+        {
+            return !IsStopped;
+        }
+
+        (double fastest, double latency) = FastestFetch(chunk);
 
         // Computing this chunk instead costs its compute time plus, when the engine computes on the host's cores (the CPU
         // backend), the CPU work of the chunks fetched meanwhile: decode and restore then take cores from it. A GPU

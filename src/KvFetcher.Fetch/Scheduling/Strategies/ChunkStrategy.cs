@@ -74,6 +74,14 @@ internal abstract class ChunkStrategy(ChunkBoard board)
     public virtual int LayerStartOf(int chunk) => 0;
 
     /// <summary>
+    /// Engine side, once it computes <paramref name="chunk"/>: the end of the run of chunks it may compute with it in one
+    /// call (chunks [chunk, end), those still pending). One long prefill costs less than as many chunk-sized ones (a
+    /// GPU pays per call), but a chunk taken into a run can no longer be fetched, so only chunks the fetcher could not
+    /// deliver before the run ends belong in it. Default: <paramref name="chunk"/> + 1, one chunk per call.
+    /// </summary>
+    public virtual int EngineRunEnd(int chunk) => chunk + 1;
+
+    /// <summary>
     /// The plan this strategy follows, where a strategy is one of several plans chosen from the measured rates
     /// (ours-layer: <c>ours</c> or <c>layer-split</c>); null for the strategies that have one plan only.
     /// </summary>
