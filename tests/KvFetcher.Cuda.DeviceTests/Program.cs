@@ -119,24 +119,22 @@ if (checks)
 
 if (args.Contains("--kvtc-rate"))
 {
-    CheckResult rate = RunCheck("kvtc gpu rate", () =>
+    void MeasureKvtcRate(string name, Func<(CheckResult, IReadOnlyList<(string, double)>)> measure)
     {
-        (CheckResult result, IReadOnlyList<(string, double)> measured) = KvtcGpuChecks.Rate([1, 4, 8], seconds: 3);
-        kvtcRates.AddRange(measured);
-        return result;
-    });
-    results.Add(rate);
-    Console.WriteLine(rate);
-    if (!args.Contains("--no-large"))
-    {
-        CheckResult large = RunCheck("kvtc gpu rate llama-3-8b shape", () =>
+        CheckResult rate = RunCheck(name, () =>
         {
-            (CheckResult result, IReadOnlyList<(string, double)> measured) = KvtcGpuChecks.RateLlamaShape([1, 4, 8], seconds: 3);
+            (CheckResult result, IReadOnlyList<(string, double)> measured) = measure();
             kvtcRates.AddRange(measured);
             return result;
         });
-        results.Add(large);
-        Console.WriteLine(large);
+        results.Add(rate);
+        Console.WriteLine(rate);
+    }
+
+    MeasureKvtcRate("kvtc gpu rate", () => KvtcGpuChecks.Rate([1, 4, 8], seconds: 3));
+    if (!args.Contains("--no-large"))
+    {
+        MeasureKvtcRate("kvtc gpu rate llama-3-8b shape", () => KvtcGpuChecks.RateLlamaShape([1, 4, 8], seconds: 3));
     }
 }
 
