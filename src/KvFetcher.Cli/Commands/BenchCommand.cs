@@ -34,7 +34,7 @@ internal static class BenchCommand
         Option<EngineKind> engine = CliOptions.Engine();
         Option<FileInfo?> render = new("--render") { Description = "Only write ttft.md and the plots for a ttft.json measured elsewhere (e.g. on the GPU machine)." };
         Option<bool> mixed = new("--mixed") { Description = "Run the mixed workload instead: reuse requests among a background load, one FIFO queue vs a separate waiting queue." };
-        Option<bool> serving = new("--serving") { Description = "Run the serving benchmark instead: Poisson arrivals of reuse and fresh requests through the engine loop, reuse off / fetch (waiting queue) / cake / ours, at --gbps link rates and --rates arrival rates." };
+        Option<bool> serving = new("--serving") { Description = "Run the serving benchmark instead: Poisson arrivals of reuse and fresh requests through the engine loop, reuse off / fetch (waiting queue) / cake / ours / ours-layer, at --gbps link rates and --rates arrival rates." };
         Option<string> gbps = new("--gbps") { Description = "With --serving: link rates in Gbit/s.", DefaultValueFactory = _ => "1,4,16" };
         Option<string> rates = new("--rates") { Description = "With --serving: arrival rates in requests/s (both classes).", DefaultValueFactory = _ => "1,2" };
         Option<int> requests = new("--requests") { Description = "With --serving: arrivals per run.", DefaultValueFactory = _ => 24 };
