@@ -171,13 +171,7 @@ public sealed class WorkerPool : IDisposable
             }
 
             seen = Volatile.Read(ref _generation);
-            long allocated = GC.GetAllocatedBytesForCurrentThread();
             RunShare(index);
-            allocated = GC.GetAllocatedBytesForCurrentThread() - allocated;
-            if (allocated != 0)
-            {
-                Interlocked.Add(ref _workerAllocatedBytes, allocated);
-            }
         }
     }
 
@@ -185,6 +179,7 @@ public sealed class WorkerPool : IDisposable
     {
         IParallelWork work = _work!;
         int count = _count;
+        long allocated = threadIndex == 0 ? 0 : GC.GetAllocatedBytesForCurrentThread();
         t_insideWork = true;
         try
         {
@@ -208,6 +203,14 @@ public sealed class WorkerPool : IDisposable
         finally
         {
             t_insideWork = false;
+
+            // A worker's allocations are counted before it checks out, so the caller sees them once the dispatch ends.
+            allocated = threadIndex == 0 ? 0 : GC.GetAllocatedBytesForCurrentThread() - allocated;
+            if (allocated != 0)
+            {
+                Interlocked.Add(ref _workerAllocatedBytes, allocated);
+            }
+
             if (Interlocked.Decrement(ref _active) == 0)
             {
                 _done.Set();
