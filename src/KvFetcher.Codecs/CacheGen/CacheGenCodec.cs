@@ -39,7 +39,7 @@ namespace KvFetcher.Codecs.CacheGen;
 public sealed class CacheGenCodec : IKvCodec
 {
     private const byte FormatVersion = 1;
-    private const int HeaderBytes = 12;
+    private const int HeaderBytes = CacheGenParameters.CommonHeaderBytes;
     private const int CdfTotal = 1 << RangeEncoder.CdfBits;
     private const int BucketBits = 8;
 
@@ -79,7 +79,7 @@ public sealed class CacheGenCodec : IKvCodec
         shape.Validate();
         CodecChecks.Level(this, level);
         int planes = shape.Layers * 2;
-        long total = HeaderBytes + (4L * planes) + (2L * planes * shape.Tokens);
+        long total = CacheGenParameters.Length(shape, HeaderBytes);
         for (int plane = 0; plane < planes; plane++)
         {
             int n = CacheGenBins.Symbols(CacheGenBins.Of(level, shape.Layers, plane >> 1, plane & 1));
@@ -102,7 +102,7 @@ public sealed class CacheGenCodec : IKvCodec
         int channels = shape.Channels;
         int planes = shape.Layers * 2;
         long maxStream = RangeEncoder.MaxEncodedLength((long)tokens * channels);
-        if (maxStream > int.MaxValue || HeaderBytes + (4L * planes) + (2L * planes * tokens) > int.MaxValue)
+        if (maxStream > int.MaxValue || CacheGenParameters.Length(shape, HeaderBytes) > int.MaxValue)
         {
             throw new ArgumentException($"cachegen: {shape} is too large for one chunk.", nameof(shape));
         }
@@ -410,60 +410,14 @@ public sealed class CacheGenCodec : IKvCodec
         }
     }
 
-    private static void WriteParameters(IBufferWriter<byte> parameters, int level, KvShape shape, ReadOnlySpan<int> lengths, ReadOnlySpan<ushort> scales)
-    {
-        int bytes = HeaderBytes + (4 * lengths.Length) + (2 * scales.Length);
-        Span<byte> output = parameters.GetSpan(bytes);
-        output[0] = FormatVersion;
-        output[1] = (byte)level;
-        BinaryPrimitives.WriteUInt16LittleEndian(output[2..], (ushort)shape.Layers);
-        BinaryPrimitives.WriteUInt32LittleEndian(output[4..], (uint)shape.Tokens);
-        BinaryPrimitives.WriteUInt32LittleEndian(output[8..], (uint)shape.Channels);
-        int position = HeaderBytes;
-        foreach (int length in lengths)
-        {
-            BinaryPrimitives.WriteUInt32LittleEndian(output[position..], (uint)length);
-            position += 4;
-        }
-
-        foreach (ushort scale in scales)
-        {
-            BinaryPrimitives.WriteUInt16LittleEndian(output[position..], scale);
-            position += 2;
-        }
-
-        parameters.Advance(bytes);
-    }
+    private static void WriteParameters(IBufferWriter<byte> parameters, int level, KvShape shape, ReadOnlySpan<int> lengths, ReadOnlySpan<ushort> scales) =>
+        CacheGenParameters.Write(parameters, HeaderBytes, FormatVersion, level, shape, [], lengths, scales);
 
     /// <summary>Checks the header against the caller's shape and level; returns the scales.</summary>
     private static ReadOnlySpan<byte> CheckParameters(ReadOnlySpan<byte> parameters, KvShape shape, int level)
     {
-        int planes = shape.Layers * 2;
-        long expected = HeaderBytes + (4L * planes) + (2L * planes * shape.Tokens);
-        if (parameters.Length != expected)
-        {
-            throw new InvalidKvDataException($"cachegen: parameters hold {parameters.Length} bytes; {shape} needs {expected} (header, stream lengths, fp16 scales).");
-        }
-
-        if (parameters[0] != FormatVersion)
-        {
-            throw new InvalidKvDataException($"cachegen: parameters offset 0: format version {parameters[0]} is not {FormatVersion}.");
-        }
-
-        if (parameters[1] != level)
-        {
-            throw new InvalidKvDataException($"cachegen: parameters offset 1: level {parameters[1]} does not match the requested level {level}.");
-        }
-
-        int layers = BinaryPrimitives.ReadUInt16LittleEndian(parameters[2..]);
-        uint tokens = BinaryPrimitives.ReadUInt32LittleEndian(parameters[4..]);
-        uint channels = BinaryPrimitives.ReadUInt32LittleEndian(parameters[8..]);
-        if (layers != shape.Layers || tokens != (uint)shape.Tokens || channels != (uint)shape.Channels)
-        {
-            throw new InvalidKvDataException($"cachegen: parameters offset 2: layers/tokens/channels {layers}/{tokens}/{channels} do not match {shape} ({shape.Layers}/{shape.Tokens}/{shape.Channels}).");
-        }
-
-        return parameters[(HeaderBytes + (4 * planes))..];
+        CacheGenParameters.Check(parameters, "cachegen", HeaderBytes, FormatVersion, shape, level);
+        return parameters[(HeaderBytes + (4 * shape.Layers * 2))..];
     }
 
     private static void CheckPayloadLength(ReadOnlySpan<byte> lengths, int payloadLength, KvShape shape, int level)
@@ -487,5 +441,5 @@ public sealed class CacheGenCodec : IKvCodec
         }
     }
 
-    private static string PlaneName(int plane) => $"layer {plane >> 1} {((plane & 1) == 0 ? 'K' : 'V')}";
+    private static string PlaneName(int plane) => CacheGenParameters.PlaneName(plane);
 }

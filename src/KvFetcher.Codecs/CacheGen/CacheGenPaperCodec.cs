@@ -322,7 +322,7 @@ public sealed class CacheGenPaperCodec : IKvCodec
         }
     }
 
-    private static long ParametersLength(KvShape shape) => HeaderBytes + (4L * shape.Layers * 2) + (2L * shape.Layers * 2 * shape.Tokens);
+    private static long ParametersLength(KvShape shape) => CacheGenParameters.Length(shape, HeaderBytes);
 
     /// <summary>Checks one stream's models (centres, then shapes) and writes per channel its CDF offset, bucket offset and centre.</summary>
     private static void ReadModels(ReadOnlySpan<byte> input, int symbols, Span<int> tables, int plane, string stream, int payloadOffset)
@@ -348,60 +348,13 @@ public sealed class CacheGenPaperCodec : IKvCodec
         }
     }
 
-    private static void WriteParameters(IBufferWriter<byte> parameters, int level, KvShape shape, ReadOnlySpan<int> lengths, ReadOnlySpan<ushort> scales)
-    {
-        int bytes = HeaderBytes + (4 * lengths.Length) + (2 * scales.Length);
-        Span<byte> output = parameters.GetSpan(bytes)[..bytes];
-        output[..HeaderBytes].Clear();
-        output[0] = FormatVersion;
-        output[1] = (byte)level;
-        BinaryPrimitives.WriteUInt16LittleEndian(output[2..], (ushort)shape.Layers);
-        BinaryPrimitives.WriteUInt32LittleEndian(output[4..], (uint)shape.Tokens);
-        BinaryPrimitives.WriteUInt32LittleEndian(output[8..], (uint)shape.Channels);
-        output[12] = CacheGenPaperBins.GroupTokens;
-        int position = HeaderBytes;
-        foreach (int length in lengths)
-        {
-            BinaryPrimitives.WriteUInt32LittleEndian(output[position..], (uint)length);
-            position += 4;
-        }
-
-        foreach (ushort scale in scales)
-        {
-            BinaryPrimitives.WriteUInt16LittleEndian(output[position..], scale);
-            position += 2;
-        }
-
-        parameters.Advance(bytes);
-    }
+    private static void WriteParameters(IBufferWriter<byte> parameters, int level, KvShape shape, ReadOnlySpan<int> lengths, ReadOnlySpan<ushort> scales) =>
+        CacheGenParameters.Write(parameters, HeaderBytes, FormatVersion, level, shape, [CacheGenPaperBins.GroupTokens], lengths, scales);
 
     /// <summary>Checks the header against the caller's shape and level; returns the group size.</summary>
     private static int CheckParameters(ReadOnlySpan<byte> parameters, KvShape shape, int level)
     {
-        long expected = ParametersLength(shape);
-        if (parameters.Length != expected)
-        {
-            throw new InvalidKvDataException($"cachegenp: parameters hold {parameters.Length} bytes; {shape} needs {expected} (header, stream lengths, fp16 scales).");
-        }
-
-        if (parameters[0] != FormatVersion)
-        {
-            throw new InvalidKvDataException($"cachegenp: parameters offset 0: format version {parameters[0]} is not {FormatVersion}.");
-        }
-
-        if (parameters[1] != level)
-        {
-            throw new InvalidKvDataException($"cachegenp: parameters offset 1: level {parameters[1]} does not match the requested level {level}.");
-        }
-
-        int layers = BinaryPrimitives.ReadUInt16LittleEndian(parameters[2..]);
-        uint tokens = BinaryPrimitives.ReadUInt32LittleEndian(parameters[4..]);
-        uint channels = BinaryPrimitives.ReadUInt32LittleEndian(parameters[8..]);
-        if (layers != shape.Layers || tokens != (uint)shape.Tokens || channels != (uint)shape.Channels)
-        {
-            throw new InvalidKvDataException($"cachegenp: parameters offset 2: layers/tokens/channels {layers}/{tokens}/{channels} do not match {shape} ({shape.Layers}/{shape.Tokens}/{shape.Channels}).");
-        }
-
+        CacheGenParameters.Check(parameters, "cachegenp", HeaderBytes, FormatVersion, shape, level);
         int group = parameters[12];
         if (group == 0)
         {
@@ -439,5 +392,5 @@ public sealed class CacheGenPaperCodec : IKvCodec
         }
     }
 
-    private static string PlaneName(int plane) => $"layer {plane >> 1} {((plane & 1) == 0 ? 'K' : 'V')}";
+    private static string PlaneName(int plane) => CacheGenParameters.PlaneName(plane);
 }
